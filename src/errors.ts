@@ -1,0 +1,131 @@
+/**
+ * The error taxonomy. Every failure the service answers with is an `ApiError`
+ * and is written by `errorResponse()` alone, so the wire shape
+ * `{"error":{"message","type","param","code"}}` (which the OpenAI SDKs parse)
+ * and the retry headers live in one place.
+ */
+
+export type ErrorType =
+  | 'invalid_request_error'
+  | 'authentication_error'
+  | 'permission_error'
+  | 'not_found_error'
+  | 'conflict_error'
+  | 'rate_limit_error'
+  | 'insufficient_quota'
+  | 'upstream_error'
+  | 'timeout_error'
+  | 'service_unavailable'
+  | 'server_error';
+
+export interface ApiErrorOptions {
+  type: ErrorType;
+  code: string;
+  param?: string | null;
+  /** Seconds; becomes `retry-after` (and `retry-after-ms`). */
+  retryAfterS?: number;
+  /**
+   * Explicit `x-should-retry`. OpenAI SDKs read it before the status code, so
+   * `false` stops them from resending a request whose fal job may already
+   * have been billed.
+   */
+  shouldRetry?: boolean;
+  headers?: Record<string, string>;
+  cause?: unknown;
+}
+
+export class ApiError extends Error {
+  readonly status: number;
+  readonly type: ErrorType;
+  readonly code: string;
+  readonly param: string | null;
+  readonly retryAfterS: number | undefined;
+  shouldRetry: boolean | undefined;
+  readonly headers: Record<string, string>;
+
+  constructor(status: number, message: string, opts: ApiErrorOptions) {
+    super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
+    this.name = 'ApiError';
+    this.status = status;
+    this.type = opts.type;
+    this.code = opts.code;
+    this.param = opts.param ?? null;
+    this.retryAfterS = opts.retryAfterS;
+    this.shouldRetry = opts.shouldRetry;
+    this.headers = opts.headers ?? {};
+  }
+}
+
+/** 400 naming the top-level field the caller sent. */
+export function invalidRequest(message: string, param: string | null, code = 'invalid_value'): ApiError {
+  return new ApiError(400, message, { type: 'invalid_request_error', code, param });
+}
+
+export function unauthorized(message = 'Missing or invalid API key. Send "Authorization: Bearer <key>".'): ApiError {
+  return new ApiError(401, message, { type: 'authentication_error', code: 'invalid_api_key' });
+}
+
+export function forbidden(message = 'This key is not allowed to use this route.'): ApiError {
+  return new ApiError(403, message, { type: 'permission_error', code: 'permission_denied' });
+}
+
+export function notFound(message: string, code = 'not_found', param: string | null = null): ApiError {
+  return new ApiError(404, message, { type: 'invalid_request_error', code, param });
+}
+
+export function modelNotFound(model: unknown): ApiError {
+  const shown = typeof model === 'string' ? JSON.stringify(model.slice(0, 200)) : 'missing';
+  return notFound(
+    `The model ${shown} does not exist. GET /v1/models lists the models this service serves.`,
+    'model_not_found',
+    'model',
+  );
+}
+
+export function rateLimited(message: string, retryAfterS: number, code = 'rate_limit_exceeded', headers?: Record<string, string>): ApiError {
+  return new ApiError(429, message, { type: 'rate_limit_error', code, retryAfterS, headers });
+}
+
+export function insufficientQuota(message: string): ApiError {
+  return new ApiError(429, message, { type: 'insufficient_quota', code: 'insufficient_quota', shouldRetry: false });
+}
+
+export function upstreamError(message = 'The image provider failed. Please try again later.', opts: Partial<ApiErrorOptions> = {}): ApiError {
+  return new ApiError(502, message, { type: 'upstream_error', code: 'upstream_error', ...opts });
+}
+
+export function upstreamTimeout(message = 'The image provider did not finish before the deadline.', opts: Partial<ApiErrorOptions> = {}): ApiError {
+  return new ApiError(504, message, { type: 'timeout_error', code: 'upstream_timeout', ...opts });
+}
+
+export function serviceUnavailable(message: string, retryAfterS?: number, code = 'service_unavailable'): ApiError {
+  return new ApiError(503, message, { type: 'service_unavailable', code, retryAfterS });
+}
+
+export interface ErrorResponse {
+  status: number;
+  headers: Record<string, string>;
+  body: { error: { message: string; type: ErrorType; param: string | null; code: string } };
+}
+
+/**
+ * Turns anything thrown into the one wire shape. Unknown errors become a
+ * generic 500 whose message never leaks internals (keys, upstream bodies).
+ */
+export function errorResponse(err: unknown): ErrorResponse {
+  const e = err instanceof ApiError
+    ? err
+    : new ApiError(500, 'The server had an error while processing your request.', { type: 'server_error', code: 'internal_error' });
+  const headers: Record<string, string> = { ...e.headers };
+  if (e.retryAfterS !== undefined) {
+    const s = Math.max(0, e.retryAfterS);
+    headers['retry-after'] = String(Math.ceil(s));
+    headers['retry-after-ms'] = String(Math.round(s * 1000));
+  }
+  if (e.shouldRetry !== undefined) headers['x-should-retry'] = e.shouldRetry ? 'true' : 'false';
+  return {
+    status: e.status,
+    headers,
+    body: { error: { message: e.message, type: e.type, param: e.param, code: e.code } },
+  };
+}
