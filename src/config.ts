@@ -1,0 +1,131 @@
+/**
+ * The environment, parsed once. Every problem is collected and reported
+ * together so an operator fixes a bad deployment in one pass, not one
+ * restart per variable.
+ */
+
+export interface Config {
+  port: number;
+  host: string;
+  /** Static bearer keys (`API_KEYS`). */
+  apiKeys: string[];
+  adminApiKey: string | undefined;
+  falKey: string | undefined;
+  /** Host-prefixed fal-protocol server; unset with FAL_KEY means real fal. */
+  falBaseUrl: string | undefined;
+  /** True when neither FAL_KEY nor FAL_BASE_URL is set: run the emulator in-process. */
+  embeddedEmulator: boolean;
+  publicBaseUrl: string | undefined;
+  requestTimeoutMs: number;
+  maxBodyBytes: number;
+  /** Exact decimal string, e.g. "1.05". */
+  priceMarkup: string;
+  logLevel: string;
+  logPrompts: boolean;
+  dataDir: string;
+  databaseUrl: string | undefined;
+  idempotencyTtlS: number;
+  billingWebhookUrl: string | undefined;
+  billingWebhookSecret: string | undefined;
+  emulatorLatencyMs: number | undefined;
+  emulatorImageMode: 'entropy' | 'cheap' | undefined;
+}
+
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`Invalid configuration:\n  - ${problems.join('\n  - ')}`);
+    this.name = 'ConfigError';
+  }
+}
+
+type Env = Record<string, string | undefined>;
+
+export function loadConfig(env: Env = process.env): Config {
+  const problems: string[] = [];
+  const str = (name: string): string | undefined => {
+    const v = env[name];
+    return v === undefined || v.trim() === '' ? undefined : v.trim();
+  };
+  const int = (name: string, def: number, min: number, max: number): number => {
+    const raw = str(name);
+    if (raw === undefined) return def;
+    if (!/^\d+$/.test(raw) || Number(raw) < min || Number(raw) > max) {
+      problems.push(`${name} must be an integer from ${min} to ${max} (got ${JSON.stringify(raw)})`);
+      return def;
+    }
+    return Number(raw);
+  };
+  const url = (name: string, protocols: string[]): string | undefined => {
+    const raw = str(name);
+    if (raw === undefined) return undefined;
+    try {
+      const u = new URL(raw);
+      if (!protocols.includes(u.protocol)) throw new Error('protocol');
+      return raw.replace(/\/+$/, '');
+    } catch {
+      problems.push(`${name} must be a ${protocols.join(' or ')} URL (got ${JSON.stringify(raw)})`);
+      return undefined;
+    }
+  };
+  const bool = (name: string, def: boolean): boolean => {
+    const raw = str(name)?.toLowerCase();
+    if (raw === undefined) return def;
+    if (['1', 'true', 'yes', 'on'].includes(raw)) return true;
+    if (['0', 'false', 'no', 'off'].includes(raw)) return false;
+    problems.push(`${name} must be true or false (got ${JSON.stringify(raw)})`);
+    return def;
+  };
+
+  const markup = str('PRICE_MARKUP') ?? '1.0';
+  if (!/^\d+(\.\d+)?$/.test(markup) || Number(markup) <= 0) {
+    problems.push(`PRICE_MARKUP must be a positive decimal such as 1.05 (got ${JSON.stringify(markup)})`);
+  }
+
+  const apiKeys = (str('API_KEYS') ?? '').split(',').map((k) => k.trim()).filter(Boolean);
+  for (const k of apiKeys) {
+    if (k.length < 16) problems.push('API_KEYS entries must be at least 16 characters (short keys are guessable)');
+  }
+  const adminApiKey = str('ADMIN_API_KEY');
+  if (adminApiKey !== undefined && adminApiKey.length < 16) problems.push('ADMIN_API_KEY must be at least 16 characters');
+
+  const falKey = str('FAL_KEY');
+  const falBaseUrl = url('FAL_BASE_URL', ['http:', 'https:']);
+  const databaseUrl = url('DATABASE_URL', ['postgres:', 'postgresql:']);
+  const logLevel = str('LOG_LEVEL') ?? 'info';
+  if (!['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].includes(logLevel)) {
+    problems.push(`LOG_LEVEL must be one of fatal, error, warn, info, debug, trace, silent (got ${JSON.stringify(logLevel)})`);
+  }
+  const billingWebhookUrl = url('BILLING_WEBHOOK_URL', ['http:', 'https:']);
+  const billingWebhookSecret = str('BILLING_WEBHOOK_SECRET');
+  if (billingWebhookUrl && !billingWebhookSecret) problems.push('BILLING_WEBHOOK_URL needs BILLING_WEBHOOK_SECRET to sign events');
+
+  const imageMode = str('EMULATOR_IMAGE_MODE');
+  if (imageMode !== undefined && imageMode !== 'entropy' && imageMode !== 'cheap') {
+    problems.push(`EMULATOR_IMAGE_MODE must be entropy or cheap (got ${JSON.stringify(imageMode)})`);
+  }
+
+  const config: Config = {
+    port: int('PORT', 8080, 0, 65535),
+    host: str('HOST') ?? '127.0.0.1',
+    apiKeys,
+    adminApiKey,
+    falKey,
+    falBaseUrl,
+    embeddedEmulator: falKey === undefined && falBaseUrl === undefined,
+    publicBaseUrl: url('PUBLIC_BASE_URL', ['http:', 'https:']),
+    requestTimeoutMs: int('REQUEST_TIMEOUT_MS', 300_000, 1_000, 3_600_000),
+    maxBodyBytes: int('MAX_BODY_BYTES', 1_048_576, 1_024, 104_857_600),
+    priceMarkup: markup,
+    logLevel,
+    logPrompts: bool('LOG_PROMPTS', false),
+    dataDir: str('DATA_DIR') ?? './data',
+    databaseUrl,
+    idempotencyTtlS: int('IDEMPOTENCY_TTL_S', 86_400, 1, 30 * 86_400),
+    billingWebhookUrl,
+    billingWebhookSecret,
+    emulatorLatencyMs: str('EMULATOR_LATENCY_MS') === undefined ? undefined : int('EMULATOR_LATENCY_MS', 0, 0, 3_600_000),
+    emulatorImageMode: imageMode as Config['emulatorImageMode'],
+  };
+  if (problems.length > 0) throw new ConfigError(problems);
+  return config;
+}

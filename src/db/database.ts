@@ -1,0 +1,191 @@
+/**
+ * The database factory: SQLite under the data directory by default,
+ * PostgreSQL when a `postgres://` URL is given. Everything above this file
+ * sees one `Kysely<DB>` and does not branch on the dialect except where SQL
+ * itself differs.
+ */
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { Kysely, PostgresDialect, sql, type Dialect } from 'kysely';
+import pg from 'pg';
+import { migrateToLatest } from './migrations.js';
+import type { DB } from './schema.js';
+import { createSqliteDialect } from './sqlite.js';
+
+export type DatabaseDialect = 'sqlite' | 'postgres';
+
+/** The part of a pino logger this module uses. */
+export interface DbLogger {
+  info(obj: object, msg?: string): void;
+  warn(obj: object, msg?: string): void;
+  error(obj: object, msg?: string): void;
+}
+
+export interface DatabaseOptions {
+  /** `postgres://` or `postgresql://` selects PostgreSQL; absent selects SQLite. */
+  databaseUrl?: string | undefined;
+  /** SQLite lives at `<dataDir>/gateway.sqlite`; the directory is created. */
+  dataDir: string;
+  logger?: DbLogger | undefined;
+  /**
+   * PostgreSQL only: the schema for every table, set as each connection's
+   * search_path and created if missing. Lets tests (or tenants) share one
+   * database without seeing each other. Ignored for SQLite.
+   */
+  schema?: string | undefined;
+  /** PostgreSQL pool size. */
+  poolSize?: number | undefined;
+  /**
+   * SQLite `synchronous`. `full` (default) survives power loss after commit;
+   * `normal` survives process crashes only but saves an fsync per commit.
+   */
+  sqliteSynchronous?: 'full' | 'normal' | undefined;
+  /** How long a SQLite connection waits for another's write lock. */
+  sqliteBusyTimeoutMs?: number | undefined;
+  /** Run migrations on open (default true). */
+  migrate?: boolean | undefined;
+}
+
+export interface Database {
+  readonly db: Kysely<DB>;
+  readonly dialect: DatabaseDialect;
+  /** The PostgreSQL schema in use (undefined for SQLite). */
+  readonly schema: string | undefined;
+  /** Rejects when the database cannot answer a trivial query. */
+  ping(): Promise<void>;
+  /** Applies pending migrations; returns the names applied (empty when up to date). */
+  migrate(): Promise<string[]>;
+  close(): Promise<void>;
+}
+
+const SCHEMA_NAME = /^[A-Za-z_][A-Za-z0-9_]{0,62}$/;
+const PG_INT8_OID = 20;
+
+export function isPostgresUrl(url: string): boolean {
+  return /^postgres(ql)?:\/\//i.test(url);
+}
+
+/** The URL without its password, for log lines and error messages. */
+export function redactDatabaseUrl(url: string): string {
+  try {
+    const parsed = new URL(url);
+    if (parsed.password) parsed.password = '***';
+    return parsed.toString();
+  } catch {
+    return '(unparseable database URL)';
+  }
+}
+
+export async function createDatabase(options: DatabaseOptions): Promise<Database> {
+  const url = options.databaseUrl?.trim() || undefined;
+  if (url !== undefined && !isPostgresUrl(url)) {
+    throw new Error(
+      `DATABASE_URL must start with postgres:// or postgresql:// (got ${redactDatabaseUrl(url)}); leave it unset for SQLite under DATA_DIR`,
+    );
+  }
+  const database = url === undefined ? openSqlite(options) : await openPostgres(url, options);
+  if (options.migrate !== false) {
+    try {
+      const applied = await database.migrate();
+      if (applied.length > 0) options.logger?.info({ migrations: applied, dialect: database.dialect }, 'database migrated');
+    } catch (error) {
+      await database.close().catch(() => {});
+      throw error;
+    }
+  }
+  return database;
+}
+
+function openSqlite(options: DatabaseOptions): Database {
+  mkdirSync(options.dataDir, { recursive: true });
+  const file = join(options.dataDir, 'gateway.sqlite');
+  const dialect = createSqliteDialect({
+    file,
+    busyTimeoutMs: options.sqliteBusyTimeoutMs ?? 5000,
+    synchronous: options.sqliteSynchronous ?? 'full',
+  });
+  return wrap(new Kysely<DB>({ dialect }), 'sqlite', undefined);
+}
+
+async function openPostgres(url: string, options: DatabaseOptions): Promise<Database> {
+  const schema = options.schema;
+  if (schema !== undefined && !SCHEMA_NAME.test(schema)) {
+    throw new Error(`invalid PostgreSQL schema name ${JSON.stringify(schema)}`);
+  }
+  if (schema !== undefined) await createSchemaIfMissing(url, schema);
+
+  const pool = new pg.Pool({
+    connectionString: url,
+    max: options.poolSize ?? 10,
+    // A startup parameter rather than a SET after connect: it applies before
+    // the pool hands the connection to anyone, with no extra round trip.
+    ...(schema !== undefined ? { options: `-c search_path=${schema}` } : {}),
+    // pg answers int8 as a string; money must come back as bigint.
+    types: {
+      getTypeParser: ((oid: number, format?: 'text' | 'binary') =>
+        oid === PG_INT8_OID && format !== 'binary'
+          ? (value: string) => BigInt(value)
+          : pg.types.getTypeParser(oid, format as 'text')) as typeof pg.types.getTypeParser,
+    },
+  });
+  // An idle client losing its connection emits 'error' on the pool; unhandled,
+  // that would crash the process instead of failing the next query.
+  pool.on('error', (error) => options.logger?.warn({ err: error }, 'idle PostgreSQL connection failed'));
+
+  const dialect: Dialect = new PostgresDialect({ pool });
+  const db = new Kysely<DB>({ dialect });
+  let effectiveSchema = schema;
+  if (effectiveSchema === undefined) {
+    try {
+      const result = await sql<{ schema: string }>`select current_schema() as schema`.execute(db);
+      effectiveSchema = result.rows[0]?.schema ?? 'public';
+    } catch (error) {
+      await db.destroy().catch(() => {});
+      throw new Error(`PostgreSQL not reachable at ${redactDatabaseUrl(url)}: ${(error as Error).message}`, {
+        cause: error,
+      });
+    }
+  }
+  return wrap(db, 'postgres', effectiveSchema);
+}
+
+async function createSchemaIfMissing(url: string, schema: string): Promise<void> {
+  const client = new pg.Client({ connectionString: url });
+  try {
+    await client.connect();
+  } catch (error) {
+    throw new Error(`PostgreSQL not reachable at ${redactDatabaseUrl(url)}: ${(error as Error).message}`, {
+      cause: error,
+    });
+  }
+  try {
+    await client.query(`create schema if not exists "${schema}"`);
+  } catch (error) {
+    // Two processes creating the same schema at once can both pass the "if
+    // not exists" check; the loser gets a unique violation although the
+    // schema now exists, which is all we wanted.
+    const exists = await client.query('select 1 from pg_namespace where nspname = $1', [schema]);
+    if (exists.rowCount === 0) throw error;
+  } finally {
+    await client.end().catch(() => {});
+  }
+}
+
+function wrap(db: Kysely<DB>, dialect: DatabaseDialect, schema: string | undefined): Database {
+  let closed: Promise<void> | undefined;
+  return {
+    db,
+    dialect,
+    schema,
+    async ping() {
+      await sql`select 1`.execute(db);
+    },
+    migrate() {
+      return migrateToLatest(db, dialect, schema !== undefined ? { schema } : {});
+    },
+    close() {
+      closed ??= db.destroy();
+      return closed;
+    },
+  };
+}

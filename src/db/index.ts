@@ -1,0 +1,5 @@
+export { createDatabase, isPostgresUrl, redactDatabaseUrl } from './database.js';
+export type { Database, DatabaseDialect, DatabaseOptions, DbLogger } from './database.js';
+export { migrateToLatest, migrations } from './migrations.js';
+export type * from './schema.js';
+export * from './values.js';

@@ -1,0 +1,172 @@
+/**
+ * The one set of migrations for both dialects. Migrations are code, not
+ * files, so the service needs nothing beside its own modules at run time.
+ * Names sort in the order they must run; never edit one that has shipped,
+ * add the next.
+ */
+import { Migrator, sql, type Kysely, type Migration, type MigrationProvider } from 'kysely';
+import type { DatabaseDialect } from './database.js';
+
+export function migrations(dialect: DatabaseDialect): Record<string, Migration> {
+  return {
+    '0001_metering': {
+      async up(db: Kysely<any>) {
+        await db.schema
+          .createTable('api_keys')
+          .addColumn('id', 'text', (c) => c.primaryKey())
+          .addColumn('name', 'text', (c) => c.notNull())
+          .addColumn('key_hash', 'text', (c) => c.notNull().unique())
+          .addColumn('role', 'text', (c) => c.notNull())
+          .addColumn('enabled', 'bigint', (c) => c.notNull().defaultTo(1))
+          .addColumn('budget_micros', 'bigint')
+          .addColumn('spent_micros', 'bigint', (c) => c.notNull().defaultTo(0))
+          .addColumn('reserved_micros', 'bigint', (c) => c.notNull().defaultTo(0))
+          .addColumn('rpm_limit', 'bigint')
+          .addColumn('created_at', 'text', (c) => c.notNull())
+          .addColumn('updated_at', 'text', (c) => c.notNull())
+          .addCheckConstraint('api_keys_role', sql`role in ('user', 'admin')`)
+          .addCheckConstraint('api_keys_enabled', sql`enabled in (0, 1)`)
+          // A negative reservation can only come from a bookkeeping bug; fail
+          // the transaction rather than let it hide.
+          .addCheckConstraint('api_keys_amounts', sql`spent_micros >= 0 and reserved_micros >= 0`)
+          .execute();
+
+        await db.schema
+          .createTable('requests')
+          .addColumn('id', 'text', (c) => c.primaryKey())
+          .addColumn('key_id', 'text', (c) => c.notNull().references('api_keys.id'))
+          .addColumn('model', 'text', (c) => c.notNull())
+          .addColumn('endpoint', 'text', (c) => c.notNull())
+          .addColumn('end_user', 'text')
+          .addColumn('status', 'text', (c) => c.notNull())
+          .addColumn('reserved_micros', 'bigint', (c) => c.notNull())
+          .addColumn('charge_micros', 'bigint', (c) => c.notNull().defaultTo(0))
+          .addColumn('credits', 'bigint', (c) => c.notNull().defaultTo(0))
+          .addColumn('upstream_cost_micros', 'bigint', (c) => c.notNull().defaultTo(0))
+          .addColumn('images', 'bigint', (c) => c.notNull().defaultTo(0))
+          .addColumn('error_code', 'text')
+          .addColumn('idempotency_key', 'text')
+          .addColumn('created_at', 'text', (c) => c.notNull())
+          .addColumn('settled_at', 'text')
+          .addCheckConstraint(
+            'requests_status',
+            sql`status in ('reserved', 'submitted', 'settled', 'released', 'failed', 'orphaned')`,
+          )
+          .addCheckConstraint('requests_amounts', sql`reserved_micros >= 0 and charge_micros >= 0`)
+          .execute();
+        // Usage and export read settled rows by settlement time; reconciliation reads open rows.
+        await db.schema.createIndex('requests_status_settled').on('requests').columns(['status', 'settled_at', 'id']).execute();
+        await db.schema.createIndex('requests_key_settled').on('requests').columns(['key_id', 'settled_at']).execute();
+        await db.schema.createIndex('requests_status_created').on('requests').columns(['status', 'created_at']).execute();
+
+        await db.schema
+          .createTable('upstream_jobs')
+          .addColumn('fal_request_id', 'text', (c) => c.primaryKey())
+          .addColumn('request_id', 'text', (c) => c.notNull().references('requests.id'))
+          .addColumn('endpoint', 'text', (c) => c.notNull())
+          .addColumn('status', 'text', (c) => c.notNull())
+          .addColumn('images', 'bigint', (c) => c.notNull().defaultTo(0))
+          .addColumn('pixels', 'bigint', (c) => c.notNull().defaultTo(0))
+          .addColumn('units_estimate', 'text')
+          .addColumn('units_fal', 'text')
+          .addColumn('upstream_cost_micros', 'bigint', (c) => c.notNull().defaultTo(0))
+          .addColumn('created_at', 'text', (c) => c.notNull())
+          .addColumn('completed_at', 'text')
+          .addCheckConstraint(
+            'upstream_jobs_status',
+            sql`status in ('submitted', 'completed', 'failed', 'cancelled', 'duplicate')`,
+          )
+          .execute();
+        await db.schema.createIndex('upstream_jobs_request').on('upstream_jobs').column('request_id').execute();
+
+        await db.schema
+          .createTable('idempotency')
+          .addColumn('key_id', 'text', (c) => c.notNull())
+          .addColumn('idem_key', 'text', (c) => c.notNull())
+          .addColumn('body_hash', 'text', (c) => c.notNull())
+          .addColumn('state', 'text', (c) => c.notNull())
+          .addColumn('status_code', 'bigint')
+          .addColumn('response_json', 'text')
+          .addColumn('request_id', 'text', (c) => c.notNull())
+          .addColumn('created_at', 'text', (c) => c.notNull())
+          .addColumn('expires_at', 'text', (c) => c.notNull())
+          .addPrimaryKeyConstraint('idempotency_pk', ['key_id', 'idem_key'])
+          .addCheckConstraint('idempotency_state', sql`state in ('running', 'done')`)
+          .execute();
+        await db.schema.createIndex('idempotency_expires').on('idempotency').column('expires_at').execute();
+
+        await db.schema
+          .createTable('outbox')
+          .addColumn('seq', dialect === 'postgres' ? 'bigserial' : 'integer', (c) =>
+            // In SQLite only the exact type name INTEGER makes the rowid alias;
+            // AUTOINCREMENT keeps a deleted row's seq from being reused.
+            dialect === 'postgres' ? c.primaryKey() : c.primaryKey().autoIncrement(),
+          )
+          .addColumn('event_id', 'text', (c) => c.notNull().unique())
+          .addColumn('key_id', 'text', (c) => c.notNull())
+          .addColumn('type', 'text', (c) => c.notNull())
+          .addColumn('payload_json', 'text', (c) => c.notNull())
+          .addColumn('created_at', 'text', (c) => c.notNull())
+          .addColumn('attempts', 'bigint', (c) => c.notNull().defaultTo(0))
+          .addColumn('next_attempt_at', 'text', (c) => c.notNull())
+          .addColumn('delivered_at', 'text')
+          .addColumn('last_error', 'text')
+          .execute();
+        // The undelivered head of each key's queue is what delivery looks for.
+        await db.schema
+          .createIndex('outbox_undelivered')
+          .on('outbox')
+          .columns(['key_id', 'seq'])
+          .where(sql.ref('delivered_at'), 'is', null)
+          .execute();
+      },
+    },
+  };
+}
+
+class InCodeMigrationProvider implements MigrationProvider {
+  readonly #dialect: DatabaseDialect;
+  constructor(dialect: DatabaseDialect) {
+    this.#dialect = dialect;
+  }
+  async getMigrations(): Promise<Record<string, Migration>> {
+    return migrations(this.#dialect);
+  }
+}
+
+export interface MigrateOptions {
+  /**
+   * The PostgreSQL schema holding our tables. Kysely's bookkeeping tables must
+   * live there too: its "does the table exist" check looks at every schema,
+   * so a second schema in the same database would otherwise believe it was
+   * already migrated.
+   */
+  schema?: string;
+}
+
+/**
+ * Brings the schema to the latest migration and returns the names it applied.
+ * Safe to run from several processes at once: on PostgreSQL the migrator holds
+ * a session advisory lock around a single transaction; on SQLite it runs in one
+ * immediate transaction (see `sqlite.ts`). Whoever comes second re-reads the
+ * applied list under the lock and applies nothing.
+ */
+export async function migrateToLatest(
+  db: Kysely<any>,
+  dialect: DatabaseDialect,
+  options: MigrateOptions = {},
+): Promise<string[]> {
+  const migrator = new Migrator({
+    db,
+    provider: new InCodeMigrationProvider(dialect),
+    ...(options.schema ? { migrationTableSchema: options.schema } : {}),
+  });
+  const { error, results } = await migrator.migrateToLatest();
+  if (error) {
+    const failed = results?.find((r) => r.status === 'Error')?.migrationName;
+    throw new Error(`database migration ${failed ?? ''} failed: ${(error as Error).message ?? String(error)}`, {
+      cause: error,
+    });
+  }
+  return (results ?? []).filter((r) => r.status === 'Success').map((r) => r.migrationName);
+}

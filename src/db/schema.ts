@@ -1,0 +1,103 @@
+/**
+ * Table types as Kysely sees them. Both dialects store every integer column as
+ * a 64-bit integer and the driver setup in `database.ts` reads them as
+ * `bigint` (better-sqlite3 `safeIntegers`, a pg int8 parser), so one query
+ * codebase sees one representation. Stores still convert through
+ * `values.ts` because aggregates and drivers are easy to get subtly wrong.
+ *
+ * Timestamps are ISO-8601 UTC strings of fixed width (`Date#toISOString`),
+ * which sort and compare lexicographically in the same order as in time on
+ * both dialects, and whose first 10 characters are the UTC day.
+ */
+import type { ColumnType, Generated } from 'kysely';
+
+/** A 64-bit integer column: written as bigint (or a safe number), read as bigint. */
+export type Int64 = ColumnType<bigint, bigint | number, bigint | number>;
+type NullableInt64 = ColumnType<bigint | null, bigint | number | null, bigint | number | null>;
+
+export type KeyRole = 'user' | 'admin';
+export type RequestStatus = 'reserved' | 'submitted' | 'settled' | 'released' | 'failed' | 'orphaned';
+export type JobStatus = 'submitted' | 'completed' | 'failed' | 'cancelled' | 'duplicate';
+export type IdempotencyState = 'running' | 'done';
+
+export interface ApiKeysTable {
+  id: string;
+  name: string;
+  key_hash: string;
+  role: KeyRole;
+  /** 0 or 1: SQLite has no boolean and better-sqlite3 cannot bind one. */
+  enabled: Int64;
+  budget_micros: NullableInt64;
+  spent_micros: Int64;
+  reserved_micros: Int64;
+  rpm_limit: NullableInt64;
+  created_at: string;
+  updated_at: string;
+}
+
+export interface RequestsTable {
+  id: string;
+  key_id: string;
+  model: string;
+  endpoint: string;
+  /** The caller's OpenAI `user` field; not `user`, which PostgreSQL reads as CURRENT_USER unquoted. */
+  end_user: string | null;
+  status: RequestStatus;
+  reserved_micros: Int64;
+  charge_micros: Int64;
+  credits: Int64;
+  upstream_cost_micros: Int64;
+  images: Int64;
+  error_code: string | null;
+  idempotency_key: string | null;
+  created_at: string;
+  settled_at: string | null;
+}
+
+export interface UpstreamJobsTable {
+  fal_request_id: string;
+  request_id: string;
+  endpoint: string;
+  status: JobStatus;
+  images: Int64;
+  pixels: Int64;
+  /** Canonical decimal strings (see `canonicalDecimal`), so SQL equality is numeric equality. */
+  units_estimate: string | null;
+  units_fal: string | null;
+  upstream_cost_micros: Int64;
+  created_at: string;
+  completed_at: string | null;
+}
+
+export interface IdempotencyTable {
+  key_id: string;
+  idem_key: string;
+  body_hash: string;
+  state: IdempotencyState;
+  status_code: NullableInt64;
+  response_json: string | null;
+  request_id: string;
+  created_at: string;
+  expires_at: string;
+}
+
+export interface OutboxTable {
+  seq: Generated<bigint>;
+  event_id: string;
+  key_id: string;
+  type: string;
+  payload_json: string;
+  created_at: string;
+  attempts: Int64;
+  next_attempt_at: string;
+  delivered_at: string | null;
+  last_error: string | null;
+}
+
+export interface DB {
+  api_keys: ApiKeysTable;
+  requests: RequestsTable;
+  upstream_jobs: UpstreamJobsTable;
+  idempotency: IdempotencyTable;
+  outbox: OutboxTable;
+}

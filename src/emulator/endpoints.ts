@@ -1,0 +1,111 @@
+/**
+ * The endpoints the emulator serves: one declarative entry per fal endpoint
+ * id, with fal's own published input constraints (not the gateway's
+ * stricter ones: fal has no prompt maxLength, for example) and the key of
+ * its row in the price table. Adding an endpoint is adding an entry.
+ *
+ * Every entry describes a text-to-image app; the job engine reads the common
+ * fields (prompt, image_size, num_images, seed, output_format, sync_mode,
+ * enable_safety_checker, enable_prompt_expansion) from the validated input.
+ */
+import { IMAGE_SIZE_PRESETS } from './images.js';
+import type { ObjectRule, Rule } from './validate.js';
+
+export interface EndpointSpec {
+  id: string;
+  /** Row in the price table. */
+  priceKey: string;
+  input: ObjectRule;
+}
+
+const PRESETS = Object.keys(IMAGE_SIZE_PRESETS);
+const ACCELERATION = ['none', 'regular', 'high'] as const;
+
+/** fal's generic ImageSize: width/height > 0, at most 14142. */
+const imageSize = (def = 'landscape_4_3', bounds: { minimum?: number; maximum?: number } = {}): Rule => ({
+  type: 'image_size',
+  presets: PRESETS,
+  default: def,
+  ...(bounds.minimum === undefined ? { exclusiveMinimum: 0 } : { minimum: bounds.minimum }),
+  maximum: bounds.maximum ?? 14142,
+});
+
+const loras: Rule = {
+  type: 'array',
+  maxItems: 3,
+  items: {
+    type: 'object',
+    properties: {
+      path: { type: 'string' },
+      scale: { type: 'number', minimum: 0, maximum: 4, default: 1 },
+    },
+    required: ['path'],
+  },
+};
+
+const common = (o: {
+  steps: { minimum: number; maximum: number; default: number };
+  formats: readonly string[];
+  defaultFormat: string;
+  acceleration: string;
+}): Record<string, Rule> => ({
+  prompt: { type: 'string' },
+  image_size: imageSize(),
+  num_inference_steps: { type: 'integer', ...o.steps },
+  seed: { type: 'integer' },
+  sync_mode: { type: 'boolean', default: false },
+  num_images: { type: 'integer', minimum: 1, maximum: 4, default: 1 },
+  enable_safety_checker: { type: 'boolean', default: true },
+  output_format: { type: 'string', enum: o.formats, default: o.defaultFormat },
+  acceleration: { type: 'string', enum: ACCELERATION, default: o.acceleration },
+});
+
+const PNG_JPEG_WEBP = ['jpeg', 'png', 'webp'] as const;
+
+const zImageTurbo: Record<string, Rule> = {
+  ...common({ steps: { minimum: 1, maximum: 8, default: 8 }, formats: PNG_JPEG_WEBP, defaultFormat: 'png', acceleration: 'regular' }),
+  enable_prompt_expansion: { type: 'boolean', default: false },
+};
+
+const zImageBase: Record<string, Rule> = {
+  ...common({ steps: { minimum: 1, maximum: 50, default: 28 }, formats: PNG_JPEG_WEBP, defaultFormat: 'png', acceleration: 'regular' }),
+  guidance_scale: { type: 'number', minimum: 1, maximum: 20, default: 4 },
+  negative_prompt: { type: 'string', default: '' },
+};
+
+const fluxDev: Record<string, Rule> = {
+  ...common({ steps: { minimum: 1, maximum: 50, default: 28 }, formats: ['jpeg', 'png'], defaultFormat: 'jpeg', acceleration: 'none' }),
+  guidance_scale: { type: 'number', minimum: 1, maximum: 20, default: 3.5 },
+};
+
+const fluxSchnell: Record<string, Rule> = {
+  ...common({ steps: { minimum: 1, maximum: 12, default: 4 }, formats: ['jpeg', 'png'], defaultFormat: 'jpeg', acceleration: 'none' }),
+};
+
+const flux2Lora: Record<string, Rule> = {
+  ...common({ steps: { minimum: 4, maximum: 50, default: 28 }, formats: PNG_JPEG_WEBP, defaultFormat: 'png', acceleration: 'regular' }),
+  image_size: imageSize('landscape_4_3', { minimum: 512, maximum: 2048 }),
+  guidance_scale: { type: 'number', minimum: 0, maximum: 20, default: 2.5 },
+  enable_prompt_expansion: { type: 'boolean', default: false },
+  loras,
+};
+
+const entry = (id: string, properties: Record<string, Rule>): EndpointSpec => ({
+  id,
+  priceKey: id,
+  input: { type: 'object', properties, required: ['prompt'] },
+});
+
+export const ENDPOINTS: readonly EndpointSpec[] = [
+  entry('fal-ai/z-image/turbo', zImageTurbo),
+  entry('fal-ai/z-image/turbo/lora', { ...zImageTurbo, loras }),
+  entry('fal-ai/z-image/base', zImageBase),
+  entry('fal-ai/z-image/base/lora', { ...zImageBase, loras }),
+  entry('fal-ai/flux/schnell', fluxSchnell),
+  entry('fal-ai/flux/dev', fluxDev),
+  entry('fal-ai/flux-2/lora', flux2Lora),
+];
+
+export function endpointTable(list: readonly EndpointSpec[] = ENDPOINTS): Map<string, EndpointSpec> {
+  return new Map(list.map((e) => [e.id, e]));
+}

@@ -1,0 +1,267 @@
+import { createFalClient, ApiError as FalApiError, type QueueStatus } from '@fal-ai/client';
+import { createFalTransport, HIDDEN_RETRYABLE_STATUS, FalTransportError, sleep, type CallCapture, type FalPhase, type TransportOptions } from './transport.js';
+import type { FetchLike } from './redirect-fetch.js';
+
+/**
+ * The only module that talks to fal. Everything above it sees plain data and
+ * `FalCallError`, never the client's classes, so the rest of the service does
+ * not change if fal's client does.
+ */
+
+export interface FalImage {
+  url: string;
+  width: number;
+  height: number;
+  content_type: string;
+  file_name?: string;
+  file_size?: number;
+}
+
+export interface FalImageOutput {
+  images: FalImage[];
+  seed?: number;
+  has_nsfw_concepts?: boolean[];
+  prompt?: string;
+  timings?: Record<string, unknown>;
+  [k: string]: unknown;
+}
+
+export interface FalResult {
+  falRequestId: string;
+  output: FalImageOutput;
+  /** fal's `x-fal-billable-units`, verbatim (a decimal string), when sent. */
+  billableUnits: string | null;
+}
+
+export type FalJobStatus = { status: 'IN_QUEUE' | 'IN_PROGRESS' | 'COMPLETED'; queuePosition?: number };
+
+export type FalCancelOutcome = 'cancellation_requested' | 'already_completed' | 'not_found' | 'failed';
+
+export type FalErrorKind = 'http' | 'network' | 'aborted' | 'bad_response';
+
+export class FalCallError extends Error {
+  readonly phase: FalPhase;
+  readonly kind: FalErrorKind;
+  /** The status fal really answered (not the one we showed the client). */
+  readonly status: number | undefined;
+  readonly body: unknown;
+  readonly falRequestId: string | undefined;
+  readonly retryAfterS: number | undefined;
+  /** A submit that may have created a job we never heard about. */
+  readonly ambiguous: boolean;
+
+  constructor(message: string, init: { phase: FalPhase; kind: FalErrorKind; status?: number; body?: unknown; falRequestId?: string; retryAfterS?: number; ambiguous?: boolean; cause?: unknown }) {
+    super(message, { cause: init.cause });
+    this.name = 'FalCallError';
+    this.phase = init.phase;
+    this.kind = init.kind;
+    this.status = init.status;
+    this.body = init.body;
+    this.falRequestId = init.falRequestId;
+    this.retryAfterS = init.retryAfterS;
+    this.ambiguous = init.ambiguous ?? false;
+  }
+}
+
+export interface CallOptions {
+  signal?: AbortSignal;
+}
+
+export interface FalGateway {
+  submit(endpoint: string, input: Record<string, unknown>, opts?: CallOptions & { webhookUrl?: string }): Promise<{ falRequestId: string }>;
+  /** Resolves once the job reports COMPLETED (which failed jobs also do). */
+  waitForCompletion(endpoint: string, falRequestId: string, opts?: CallOptions & { onStatus?: (s: FalJobStatus) => void }): Promise<void>;
+  status(endpoint: string, falRequestId: string, opts?: CallOptions): Promise<FalJobStatus>;
+  result(endpoint: string, falRequestId: string, opts?: CallOptions): Promise<FalResult>;
+  cancel(endpoint: string, falRequestId: string, opts?: CallOptions): Promise<FalCancelOutcome>;
+  /** Any HTTP answer from the queue host counts as reachable. */
+  ping(opts?: CallOptions): Promise<boolean>;
+  /** Counters for metrics and benchmarks. */
+  readonly stats: { statusCalls: number; streamCalls: number };
+}
+
+export interface FalGatewayOptions {
+  credentials?: string;
+  /** `FAL_BASE_URL`: host-prefixed fal-protocol server (the emulator). */
+  baseUrl?: string;
+  fetchImpl?: FetchLike;
+  retry?: TransportOptions['retry'];
+  maxRetryAfterMs?: number;
+  /** Poll delays used when the status stream is unavailable. */
+  pollMinMs?: number;
+  pollMaxMs?: number;
+}
+
+const STATUSES = new Set(['IN_QUEUE', 'IN_PROGRESS', 'COMPLETED']);
+
+export function createFalGateway(opts: FalGatewayOptions): FalGateway {
+  const transport = createFalTransport({ baseUrl: opts.baseUrl, fetchImpl: opts.fetchImpl, retry: opts.retry, maxRetryAfterMs: opts.maxRetryAfterMs });
+  const client = createFalClient({
+    credentials: opts.credentials,
+    fetch: transport.fetch as typeof fetch,
+    // Our transport does the retrying; keep the client's own to a minimum
+    // (its per-call queue settings still override this, hence the 599 trick).
+    retry: { maxRetries: 0, baseDelay: 0, maxDelay: 0 },
+  });
+  const pollMinMs = opts.pollMinMs ?? 100;
+  const pollMaxMs = opts.pollMaxMs ?? 1000;
+  const stats = { statusCalls: 0, streamCalls: 0 };
+
+  function translate(err: unknown, capture: CallCapture): FalCallError {
+    if (err instanceof FalCallError) return err;
+    const base = { phase: capture.phase, falRequestId: capture.falRequestId, retryAfterS: capture.retryAfterS, cause: err };
+    if (capture.signal?.aborted || (err as Error)?.name === 'AbortError') {
+      return new FalCallError(`fal ${capture.phase} aborted`, { ...base, kind: 'aborted', ambiguous: capture.phase === 'submit' });
+    }
+    if (err instanceof FalTransportError || (capture.networkError && capture.status === undefined)) {
+      return new FalCallError(`fal ${capture.phase}: network error`, { ...base, kind: 'network', ambiguous: capture.ambiguous });
+    }
+    if (err instanceof FalApiError) {
+      const status = err.status === HIDDEN_RETRYABLE_STATUS ? capture.status : err.status;
+      return new FalCallError(`fal ${capture.phase}: HTTP ${status}`, {
+        ...base,
+        kind: 'http',
+        status,
+        body: err.body,
+        ambiguous: capture.phase === 'submit' && (status === 500 || status === 502 || status === 504),
+      });
+    }
+    return new FalCallError(`fal ${capture.phase}: ${(err as Error)?.message ?? 'unknown error'}`, { ...base, kind: 'bad_response' });
+  }
+
+  async function call<T>(phase: FalPhase, signal: AbortSignal | undefined, fn: (c: CallCapture) => Promise<T>): Promise<{ value: T; capture: CallCapture }> {
+    return transport.run(phase, signal, async (capture) => {
+      try {
+        return { value: await fn(capture), capture };
+      } catch (err) {
+        throw translate(err, capture);
+      }
+    });
+  }
+
+  function badResponse(phase: FalPhase, what: string, capture: CallCapture): FalCallError {
+    return new FalCallError(`fal ${phase}: ${what}`, { phase, kind: 'bad_response', status: capture.status, falRequestId: capture.falRequestId });
+  }
+
+  function parseStatus(raw: unknown, capture: CallCapture): FalJobStatus {
+    const s = raw as QueueStatus | undefined;
+    if (!s || typeof s !== 'object' || !STATUSES.has((s as { status?: string }).status ?? '')) {
+      throw badResponse(capture.phase, 'status response is not a queue status', capture);
+    }
+    const qp = (s as { queue_position?: unknown }).queue_position;
+    return { status: s.status, ...(typeof qp === 'number' ? { queuePosition: qp } : {}) };
+  }
+
+  const gateway: FalGateway = {
+    stats,
+
+    async submit(endpoint, input, o = {}) {
+      const { value, capture } = await call('submit', o.signal, () =>
+        client.queue.submit(endpoint, { input, webhookUrl: o.webhookUrl, abortSignal: o.signal }),
+      );
+      const id = (value as { request_id?: unknown })?.request_id;
+      if (typeof id !== 'string' || id.length === 0) {
+        throw new FalCallError('fal submit: no request_id in the answer', { phase: 'submit', kind: 'bad_response', status: capture.status, ambiguous: true });
+      }
+      return { falRequestId: id };
+    },
+
+    async status(endpoint, falRequestId, o = {}) {
+      stats.statusCalls++;
+      const { value, capture } = await call('status', o.signal, () =>
+        client.queue.status(endpoint, { requestId: falRequestId, logs: false, abortSignal: o.signal }),
+      );
+      return parseStatus(value, capture);
+    },
+
+    async waitForCompletion(endpoint, falRequestId, o = {}) {
+      const signal = o.signal;
+      // The SSE status stream tells us the moment a job completes, with no
+      // poll delay in between. If it is unavailable or ends early we poll.
+      try {
+        stats.streamCalls++;
+        const done = await call('stream', signal, async (capture) => {
+          const stream = await client.queue.streamStatus(endpoint, { requestId: falRequestId, logs: false });
+          const onAbort = () => stream.abort();
+          signal?.addEventListener('abort', onAbort, { once: true });
+          stream.on('data', (d: unknown) => {
+            try {
+              o.onStatus?.(parseStatus(d, capture));
+            } catch {
+              // malformed events are judged by the final status below
+            }
+          });
+          try {
+            return (await stream.done()) as unknown;
+          } finally {
+            signal?.removeEventListener('abort', onAbort);
+          }
+        });
+        if (signal?.aborted) throw abortedError('stream', signal);
+        if ((done.value as { status?: unknown } | undefined)?.status === 'COMPLETED') return;
+      } catch (err) {
+        if (signal?.aborted) throw abortedError('stream', signal);
+        // A 404 means fal does not know the job: polling would not help.
+        if (err instanceof FalCallError && err.kind === 'http' && err.status === 404) throw err;
+      }
+      let delay = pollMinMs;
+      for (;;) {
+        if (signal?.aborted) throw abortedError('status', signal);
+        const st = await gateway.status(endpoint, falRequestId, { signal });
+        o.onStatus?.(st);
+        if (st.status === 'COMPLETED') return;
+        await sleep(delay, signal);
+        delay = Math.min(pollMaxMs, Math.round(delay * 1.5));
+      }
+    },
+
+    async result(endpoint, falRequestId, o = {}) {
+      const { value, capture } = await call('result', o.signal, () =>
+        client.queue.result(endpoint, { requestId: falRequestId, abortSignal: o.signal }),
+      );
+      const output = (value as { data?: unknown }).data as FalImageOutput | undefined;
+      if (!output || typeof output !== 'object' || !Array.isArray(output.images)) {
+        throw badResponse('result', 'result has no images array', capture);
+      }
+      for (const img of output.images) {
+        if (!img || typeof img.url !== 'string' || !Number.isInteger(img.width) || !Number.isInteger(img.height)) {
+          throw badResponse('result', 'result image lacks url/width/height', capture);
+        }
+      }
+      return {
+        falRequestId: capture.falRequestId ?? falRequestId,
+        output,
+        billableUnits: capture.billableUnits ?? null,
+      };
+    },
+
+    async cancel(endpoint, falRequestId, o = {}) {
+      try {
+        await call('cancel', o.signal, () => client.queue.cancel(endpoint, { requestId: falRequestId, abortSignal: o.signal }));
+        return 'cancellation_requested';
+      } catch (err) {
+        if (err instanceof FalCallError && err.kind === 'http') {
+          const st = (err.body as { status?: unknown } | undefined)?.status;
+          if (err.status === 400 && st === 'ALREADY_COMPLETED') return 'already_completed';
+          if (err.status === 404) return 'not_found';
+        }
+        return 'failed';
+      }
+    },
+
+    async ping(o = {}) {
+      try {
+        const res = await transport.run('other', o.signal, () => transport.fetch('https://queue.fal.run/', { method: 'GET', signal: o.signal }));
+        await res.body?.cancel().catch(() => {});
+        return true;
+      } catch {
+        return false;
+      }
+    },
+  };
+  return gateway;
+}
+
+function abortedError(phase: FalPhase, signal: AbortSignal): FalCallError {
+  return new FalCallError(`fal ${phase} aborted`, { phase, kind: 'aborted', cause: signal.reason });
+}

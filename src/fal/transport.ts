@@ -1,0 +1,201 @@
+import { AsyncLocalStorage } from 'node:async_hooks';
+import { createRedirectFetch, type FetchLike } from './redirect-fetch.js';
+
+/**
+ * The `fetch` we hand to `@fal-ai/client`. It owns three things the client
+ * cannot do for us:
+ *
+ * 1. Redirection to a fal-protocol server (`FAL_BASE_URL`), see redirect-fetch.
+ * 2. Capturing response headers (`x-fal-request-id`, `x-fal-billable-units`,
+ *    `retry-after`) for the call in progress. Calls are told apart with
+ *    AsyncLocalStorage: the client awaits our fetch inside the async context of
+ *    the gateway method that started it, so no header ever lands on the wrong job.
+ * 3. Retries, in exactly one layer. The client retries submit/result 3× and
+ *    status 5× with second-scale backoff that ignores `retry-after`, and a
+ *    retried submit can create a second billable job. So we retry here, with
+ *    per-phase rules, and then hide retryable outcomes from the client: a
+ *    retryable status reaches it as 599 (in no retry list) and a network error
+ *    as a plain Error (no retryable shape). The gateway reads the real status
+ *    from the capture.
+ */
+
+export type FalPhase = 'submit' | 'status' | 'stream' | 'result' | 'cancel' | 'run' | 'storage' | 'other';
+
+export interface CallCapture {
+  phase: FalPhase;
+  /** Aborts retries and in-flight attempts (deadline or caller gone). */
+  signal?: AbortSignal;
+  /** Filled in by the transport. */
+  status?: number;
+  headers?: Headers;
+  falRequestId?: string;
+  billableUnits?: string;
+  retryAfterS?: number;
+  attempts: number;
+  /** The last transport failure when no response came back. */
+  networkError?: Error;
+  /** True when the last submit attempt may have reached fal without an answer. */
+  ambiguous?: boolean;
+}
+
+/** Status we give the client for an outcome we already retried. */
+export const HIDDEN_RETRYABLE_STATUS = 599;
+
+export class FalTransportError extends Error {
+  constructor(message: string, readonly causeError: unknown) {
+    super(message);
+    this.name = 'FalTransportError';
+  }
+}
+
+export interface RetryPolicy {
+  /** Attempts in total, including the first. */
+  attempts: number;
+  baseDelayMs: number;
+  maxDelayMs: number;
+}
+
+export interface TransportOptions {
+  baseUrl?: string;
+  fetchImpl?: FetchLike;
+  retry?: Partial<Record<FalPhase, RetryPolicy>>;
+  /** Longest `retry-after` we are willing to wait inside one request. */
+  maxRetryAfterMs?: number;
+  sleep?: (ms: number, signal?: AbortSignal) => Promise<void>;
+}
+
+const DEFAULT_RETRY: Record<FalPhase, RetryPolicy> = {
+  // A submit that may have reached fal is never resent (see shouldRetry).
+  submit: { attempts: 3, baseDelayMs: 200, maxDelayMs: 2000 },
+  status: { attempts: 4, baseDelayMs: 100, maxDelayMs: 1000 },
+  stream: { attempts: 1, baseDelayMs: 0, maxDelayMs: 0 },
+  result: { attempts: 4, baseDelayMs: 100, maxDelayMs: 1000 },
+  cancel: { attempts: 2, baseDelayMs: 100, maxDelayMs: 500 },
+  run: { attempts: 1, baseDelayMs: 0, maxDelayMs: 0 },
+  storage: { attempts: 3, baseDelayMs: 200, maxDelayMs: 2000 },
+  other: { attempts: 1, baseDelayMs: 0, maxDelayMs: 0 },
+};
+
+const RETRYABLE_STATUS = new Set([429, 500, 502, 503, 504]);
+
+/** Network failures where the request certainly never reached the server. */
+function neverSent(err: unknown): boolean {
+  let cur: unknown = err;
+  for (let i = 0; i < 5 && cur && typeof cur === 'object'; i++) {
+    const code = (cur as { code?: unknown }).code;
+    if (code === 'ECONNREFUSED' || code === 'ENOTFOUND' || code === 'EAI_AGAIN' || code === 'UND_ERR_CONNECT_TIMEOUT') return true;
+    cur = (cur as { cause?: unknown }).cause;
+  }
+  return false;
+}
+
+function parseRetryAfter(h: Headers): number | undefined {
+  const ms = h.get('retry-after-ms');
+  if (ms && /^\d+(\.\d+)?$/.test(ms)) return Number(ms) / 1000;
+  const s = h.get('retry-after');
+  if (!s) return undefined;
+  if (/^\d+(\.\d+)?$/.test(s)) return Number(s);
+  const when = Date.parse(s);
+  return Number.isNaN(when) ? undefined : Math.max(0, (when - Date.now()) / 1000);
+}
+
+/** Resolves after `ms`, or at once when `signal` aborts (never rejects). */
+export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal?.aborted) return resolve();
+    const t = setTimeout(done, ms);
+    function done() {
+      clearTimeout(t);
+      signal?.removeEventListener('abort', done);
+      resolve();
+    }
+    signal?.addEventListener('abort', done, { once: true });
+  });
+}
+
+export interface FalTransport {
+  fetch: FetchLike;
+  /** Runs `fn` with a fresh capture for the fal call(s) it makes. */
+  run<T>(phase: FalPhase, signal: AbortSignal | undefined, fn: (capture: CallCapture) => Promise<T>): Promise<T>;
+}
+
+export function createFalTransport(opts: TransportOptions = {}): FalTransport {
+  const store = new AsyncLocalStorage<CallCapture>();
+  const inner = createRedirectFetch({ baseUrl: opts.baseUrl, fetchImpl: opts.fetchImpl });
+  const policies = { ...DEFAULT_RETRY, ...(opts.retry ?? {}) };
+  const maxRetryAfterMs = opts.maxRetryAfterMs ?? 5000;
+  const pause = opts.sleep ?? sleep;
+
+  const wrapped: FetchLike = async (input, init) => {
+    const capture = store.getStore();
+    if (!capture) return inner(input, init);
+    const policy = policies[capture.phase];
+    const signals = [init?.signal, capture.signal].filter((s): s is AbortSignal => !!s);
+    const signal = signals.length > 1 ? AbortSignal.any(signals) : signals[0];
+
+    for (let attempt = 1; ; attempt++) {
+      capture.attempts++;
+      let res: Response;
+      try {
+        res = await inner(input, { ...init, signal });
+      } catch (err) {
+        capture.networkError = err as Error;
+        capture.status = undefined;
+        const aborted = signal?.aborted ?? false;
+        // A submit whose connection failed after sending may have created a
+        // job; resending could bill twice, so only a refused connection is safe.
+        const safe = capture.phase !== 'submit' || neverSent(err);
+        capture.ambiguous = capture.phase === 'submit' && !neverSent(err);
+        if (!aborted && safe && attempt < policy.attempts) {
+          await pause(backoff(policy, attempt), signal);
+          if (!signal?.aborted) continue;
+        }
+        if (signal?.aborted) throw err; // an AbortError is not retried by the client either
+        throw new FalTransportError(`fal ${capture.phase} failed: ${(err as Error).message}`, err);
+      }
+
+      capture.status = res.status;
+      capture.headers = res.headers;
+      capture.networkError = undefined;
+      capture.ambiguous = false;
+      const fid = res.headers.get('x-fal-request-id');
+      if (fid) capture.falRequestId = fid;
+      const units = res.headers.get('x-fal-billable-units');
+      if (units !== null) capture.billableUnits = units;
+      capture.retryAfterS = parseRetryAfter(res.headers);
+
+      if (capture.phase === 'stream' && res.ok && !(res.headers.get('content-type') ?? '').startsWith('text/event-stream')) {
+        // The client's non-SSE branch reads chunks with no rejection handler, so
+        // a reset mid-body would surface as an unhandled rejection. Refuse it here.
+        await res.body?.cancel().catch(() => {});
+        return new Response(null, { status: HIDDEN_RETRYABLE_STATUS, statusText: 'status stream is not text/event-stream', headers: res.headers });
+      }
+      if (!RETRYABLE_STATUS.has(res.status)) return res;
+
+      // 429 and 503 are refusals: the job was not created, so even a submit
+      // may be resent. A 500/502/504 on submit is ambiguous.
+      const resendable = capture.phase !== 'submit' || res.status === 429 || res.status === 503;
+      const waitMs = capture.retryAfterS !== undefined ? capture.retryAfterS * 1000 : backoff(policy, attempt);
+      if (resendable && attempt < policy.attempts && waitMs <= maxRetryAfterMs && !signal?.aborted) {
+        await res.body?.cancel().catch(() => {});
+        await pause(waitMs, signal);
+        if (!signal?.aborted) continue;
+      }
+      return new Response(res.body, { status: HIDDEN_RETRYABLE_STATUS, statusText: `upstream ${res.status}`, headers: res.headers });
+    }
+  };
+
+  return {
+    fetch: wrapped,
+    run(phase, signal, fn) {
+      const capture: CallCapture = { phase, signal, attempts: 0 };
+      return store.run(capture, () => fn(capture));
+    },
+  };
+}
+
+function backoff(p: RetryPolicy, attempt: number): number {
+  const base = Math.min(p.baseDelayMs * 2 ** (attempt - 1), p.maxDelayMs);
+  // Jitter spreads retries from many waiting jobs so they do not arrive together.
+  return Math.round(base * (0.75 + Math.random() * 0.5));
+}

@@ -1,0 +1,31 @@
+import type { RequestHandler } from 'express';
+import { forbidden, unauthorized } from '../errors.js';
+
+export interface Principal {
+  keyId: string;
+  role: 'user' | 'admin';
+  rpmLimit: number | null;
+}
+
+export type Authenticate = (token: string) => Promise<Principal | null>;
+
+/** `Authorization: Bearer <key>`; the key itself never reaches a log or a response. */
+export function requireKey(authenticate: Authenticate): RequestHandler {
+  return async (req, res, next) => {
+    const header = req.get('authorization') ?? '';
+    const m = /^Bearer\s+(\S{1,512})\s*$/i.exec(header);
+    if (!m) throw unauthorized(header ? 'The Authorization header must be "Bearer <key>".' : undefined);
+    const principal = await authenticate(m[1]!);
+    if (!principal) throw unauthorized('Invalid API key.');
+    res.locals.principal = principal;
+    next();
+  };
+}
+
+export function requireAdmin(): RequestHandler {
+  return (_req, res, next) => {
+    const p = res.locals.principal as Principal | undefined;
+    if (!p || p.role !== 'admin') throw forbidden('This route needs an admin key.');
+    next();
+  };
+}

@@ -1,0 +1,247 @@
+import type { Logger } from 'pino';
+import { ApiError, insufficientQuota, serviceUnavailable, upstreamError } from '../errors.js';
+import { FalCallError, type FalGateway, type FalResult } from '../fal/gateway.js';
+import type { CanonicalRequest } from './normalize.js';
+import type { Media } from './media.js';
+import { MediaError } from './media.js';
+import { mapFalError } from './upstream-errors.js';
+import { callerCharge, maxCharge, upstreamCost } from '../metering/pricing.js';
+import { formatUsd, type Markup } from '../metering/money.js';
+import type { Ledger } from '../metering/ledger.js';
+
+/**
+ * The use case: one caller request → one fal job → one OpenAI-shaped
+ * response, metered. It knows nothing of HTTP: the route hands it a canonical
+ * request and a signal that fires when the caller goes away.
+ *
+ * Billing follows the images, not the request: the caller is charged for the
+ * images fal returned, whenever fal completed the job, even if the caller has
+ * left; a job that failed or was cancelled before completing is not charged.
+ */
+
+export interface GenerateContext {
+  requestId: string;
+  keyId: string;
+  /** Fires when the caller disconnects. */
+  callerSignal: AbortSignal;
+  /** Origin the caller used, for URLs of images we proxy. */
+  publicBaseUrl: string;
+  idempotencyKey?: string;
+}
+
+export interface ImageItem {
+  url?: string;
+  b64_json?: string;
+}
+
+export interface ImagesResponseBody {
+  created: number;
+  data: ImageItem[];
+  output_format: string;
+  size: string;
+  meta: {
+    usage: { credits_used: number; tokens_used: number; cost_usd: string };
+    seed: number | null;
+    images: Array<{ width: number; height: number; content_type: string; has_nsfw_concept: boolean }>;
+    fal_request_id: string;
+  };
+}
+
+export interface GenerateOutcome {
+  body: ImagesResponseBody;
+  headers: Record<string, string>;
+  falRequestId: string;
+}
+
+export interface ImageServiceDeps {
+  fal: FalGateway;
+  ledger: Ledger;
+  media: Media;
+  markup: Markup;
+  requestTimeoutMs: number;
+  logger: Logger;
+  now?: () => number;
+  /** Fires on shutdown after the grace period: abandon waits, cancel jobs. */
+  shutdownSignal?: AbortSignal;
+}
+
+export interface ImageService {
+  generate(req: CanonicalRequest, ctx: GenerateContext): Promise<GenerateOutcome>;
+}
+
+/** fal fields whose name differs from what an OpenAI caller may have sent. */
+const OPENAI_ALIASES: Record<string, string> = { num_images: 'n', image_size: 'size' };
+
+export function createImageService(deps: ImageServiceDeps): ImageService {
+  const now = deps.now ?? Date.now;
+
+  async function ledgerCall<T>(what: string, fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (err) {
+      deps.logger.error({ err, what }, 'ledger write failed');
+      // Fail closed: never serve what cannot be metered.
+      throw serviceUnavailable('Usage metering is unavailable; the request was not processed.', 5, 'metering_unavailable');
+    }
+  }
+
+  return {
+    async generate(req, ctx) {
+      const log = deps.logger.child({ request_id: ctx.requestId, model: req.model.id });
+      const reserve = maxCharge(req, deps.markup);
+      const reserved = await ledgerCall('reserve', () =>
+        deps.ledger.reserve({
+          requestId: ctx.requestId,
+          keyId: ctx.keyId,
+          model: req.model.id,
+          endpoint: req.model.endpoint,
+          user: req.user ?? null,
+          maxChargeMicros: reserve,
+          idempotencyKey: ctx.idempotencyKey ?? null,
+        }),
+      );
+      if (!reserved.ok) {
+        throw insufficientQuota(
+          `This request may cost up to $${formatUsd(reserve)}, which would exceed the key's budget ($${formatUsd(reserved.budgetMicros ?? 0n)} total, $${formatUsd(reserved.spentMicros)} spent, $${formatUsd(reserved.reservedMicros)} reserved by requests in flight).`,
+        );
+      }
+
+      const deadline = AbortSignal.timeout(deps.requestTimeoutMs);
+      const signals = [ctx.callerSignal, deadline, ...(deps.shutdownSignal ? [deps.shutdownSignal] : [])];
+      const signal = AbortSignal.any(signals);
+      const abortReason = (): 'deadline' | 'client_gone' | 'shutdown' | undefined =>
+        ctx.callerSignal.aborted ? 'client_gone' : deadline.aborted ? 'deadline' : deps.shutdownSignal?.aborted ? 'shutdown' : undefined;
+      const fieldOrigins = Object.fromEntries(
+        Object.keys(req.falInput).map((f) => [f, OPENAI_ALIASES[f] && req.sentFields.has(OPENAI_ALIASES[f]!) ? OPENAI_ALIASES[f]! : f]),
+      );
+
+      const input = { ...req.falInput, sync_mode: req.responseFormat === 'b64_json' };
+      let falRequestId: string;
+      try {
+        ({ falRequestId } = await deps.fal.submit(req.model.endpoint, input, { signal }));
+      } catch (err) {
+        const fe = asFalError(err);
+        if (fe.ambiguous) {
+          // fal may have created a job we never learnt the id of: keep the
+          // reservation visible as an orphan instead of quietly releasing it.
+          await ledgerCall('orphan', () => deps.ledger.markOrphaned(ctx.requestId));
+          log.error({ err: fe.message, phase: fe.phase, status: fe.status }, 'submit outcome unknown; request marked orphaned');
+        } else {
+          await ledgerCall('release', () => deps.ledger.release({ requestId: ctx.requestId, status: 'failed', errorCode: `submit_${fe.status ?? fe.kind}` }));
+        }
+        throw mapFalError(fe, { submitted: false, fieldOrigins, abortReason: abortReason() });
+      }
+      await ledgerCall('submit', () => deps.ledger.recordSubmit({ requestId: ctx.requestId, falRequestId, endpoint: req.model.endpoint }));
+      log.debug({ fal_request_id: falRequestId }, 'fal job submitted');
+
+      let result: FalResult;
+      try {
+        await deps.fal.waitForCompletion(req.model.endpoint, falRequestId, { signal });
+        result = await deps.fal.result(req.model.endpoint, falRequestId, { signal });
+      } catch (err) {
+        const fe = asFalError(err);
+        const after = fe.kind === 'aborted' ? await cancelOrCollect(req, falRequestId, log) : null;
+        if (after?.result) {
+          result = after.result;
+        } else {
+          if (fe.kind === 'http' && fe.phase === 'result') {
+            // The job ran and failed: fal bills nothing for it.
+            await ledgerCall('fail', () => deps.ledger.failJob({ falRequestId, status: 'failed' }));
+            await ledgerCall('release', () => deps.ledger.release({ requestId: ctx.requestId, status: 'failed', errorCode: `job_failed_${fe.status}` }));
+          } else if (after?.cancelled) {
+            await ledgerCall('cancel', () => deps.ledger.failJob({ falRequestId, status: 'cancelled' }));
+            await ledgerCall('release', () => deps.ledger.release({ requestId: ctx.requestId, status: 'released', errorCode: abortReason() ?? 'aborted' }));
+          }
+          // Anything else (cancel refused, fal unreachable) leaves the request
+          // open: reconciliation asks fal what became of the job and settles
+          // or releases it, so a job fal finishes anyway is still billed.
+          throw mapFalError(fe, { submitted: true, fieldOrigins, abortReason: abortReason() });
+        }
+      }
+
+      const output = result.output;
+      const images = output.images.map((i) => ({ width: i.width, height: i.height }));
+      const charge = callerCharge(req.model, images, req.promptExpansion, deps.markup);
+      const cost = upstreamCost(req.model, images, req.promptExpansion, result.billableUnits);
+      if (cost.disagrees) {
+        log.warn({ fal_request_id: falRequestId, units_estimate: cost.unitsEstimate, units_fal: result.billableUnits }, 'fal billed a different quantity than our estimate');
+      }
+      await ledgerCall('settle', async () => {
+        await deps.ledger.completeJob({
+          falRequestId,
+          images: images.length,
+          pixels: images.reduce((s, i) => s + i.width * i.height, 0),
+          unitsEstimate: cost.unitsEstimate,
+          unitsFal: result.billableUnits,
+          upstreamCostMicros: cost.micros,
+        });
+        await deps.ledger.settle({
+          requestId: ctx.requestId,
+          chargeMicros: charge.micros,
+          credits: charge.credits,
+          upstreamCostMicros: cost.micros,
+          images: images.length,
+        });
+      });
+
+      let data: ImageItem[];
+      try {
+        data = req.responseFormat === 'b64_json'
+          ? await Promise.all(output.images.map(async (i) => ({ b64_json: await deps.media.toBase64(i.url) })))
+          : output.images.map((i) => ({ url: deps.media.toClientUrl(i.url, ctx.publicBaseUrl) }));
+      } catch (err) {
+        if (!(err instanceof MediaError)) throw err;
+        log.error({ err: err.message }, 'could not deliver images');
+        throw upstreamError('The generated images could not be retrieved from the provider.', { code: 'upstream_media_error', shouldRetry: false });
+      }
+
+      const nsfw = Array.isArray(output.has_nsfw_concepts) ? output.has_nsfw_concepts : [];
+      const body: ImagesResponseBody = {
+        created: Math.floor(now() / 1000),
+        data,
+        output_format: req.outputFormat,
+        size: `${req.size.width}x${req.size.height}`,
+        meta: {
+          usage: { credits_used: charge.credits, tokens_used: charge.credits, cost_usd: charge.usd },
+          seed: typeof output.seed === 'number' ? output.seed : null,
+          images: output.images.map((i, k) => ({
+            width: i.width,
+            height: i.height,
+            content_type: i.content_type,
+            has_nsfw_concept: nsfw[k] === true,
+          })),
+          fal_request_id: result.falRequestId,
+        },
+      };
+      return {
+        body,
+        falRequestId: result.falRequestId,
+        headers: { 'x-usage-cost-usd': charge.usd, 'x-usage-credits': String(charge.credits), 'x-fal-request-id': result.falRequestId },
+      };
+    },
+  };
+
+  /**
+   * Our wait was cut short. Cancel the job; if fal says it already completed,
+   * it will bill us, so fetch the result and bill (and, if the caller is still
+   * there, deliver) it rather than lose it.
+   */
+  async function cancelOrCollect(req: CanonicalRequest, falRequestId: string, log: Logger): Promise<{ result?: FalResult; cancelled: boolean }> {
+    const outcome = await deps.fal.cancel(req.model.endpoint, falRequestId, { signal: AbortSignal.timeout(10_000) });
+    log.info({ fal_request_id: falRequestId, outcome }, 'fal job cancel');
+    if (outcome === 'cancellation_requested') return { cancelled: true };
+    if (outcome !== 'already_completed') return { cancelled: false };
+    try {
+      return { result: await deps.fal.result(req.model.endpoint, falRequestId, { signal: AbortSignal.timeout(30_000) }), cancelled: false };
+    } catch (err) {
+      log.error({ err: (err as Error).message, fal_request_id: falRequestId }, 'completed job result unavailable after cancel; left for reconciliation');
+      return { cancelled: false };
+    }
+  }
+}
+
+function asFalError(err: unknown): FalCallError {
+  if (err instanceof FalCallError) return err;
+  if (err instanceof ApiError) throw err;
+  return new FalCallError(`unexpected: ${(err as Error)?.message}`, { phase: 'other', kind: 'bad_response', cause: err });
+}

@@ -1,0 +1,208 @@
+/**
+ * API keys. A key is 32 random bytes, so a plain SHA-256 of it is enough to
+ * store (nothing to brute-force, and no slow hash on every request); the
+ * plaintext exists only in the answer to `create`.
+ */
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import type { Selectable, Updateable } from 'kysely';
+import type { Database } from '../db/database.js';
+import type { ApiKeysTable, KeyRole } from '../db/schema.js';
+import { systemClock, toBigInt, toIsoTimestamp, toNullableBigInt, toNullableNumber, type Clock } from '../db/values.js';
+
+export interface KeyRecord {
+  id: string;
+  name: string;
+  role: KeyRole;
+  enabled: boolean;
+  /** Lifetime budget; null means unlimited. */
+  budgetMicros: bigint | null;
+  spentMicros: bigint;
+  /** Held by requests in flight. */
+  reservedMicros: bigint;
+  rpmLimit: number | null;
+  createdAt: string;
+  updatedAt: string;
+}
+
+export interface CreateKeyInput {
+  name: string;
+  role?: KeyRole | undefined;
+  budgetMicros?: bigint | null | undefined;
+  rpmLimit?: number | null | undefined;
+}
+
+export interface KeyPatch {
+  name?: string | undefined;
+  enabled?: boolean | undefined;
+  /** null removes the budget. */
+  budgetMicros?: bigint | null | undefined;
+  rpmLimit?: number | null | undefined;
+  role?: KeyRole | undefined;
+}
+
+export interface KeysStore {
+  /** Returns the only copy of the plaintext key the service will ever hold. */
+  create(input: CreateKeyInput): Promise<{ record: KeyRecord; key: string }>;
+  /** The record for a presented key, enabled or not (the caller decides); null if unknown. */
+  findByKey(key: string): Promise<KeyRecord | null>;
+  list(): Promise<KeyRecord[]>;
+  get(id: string): Promise<KeyRecord | null>;
+  update(id: string, patch: KeyPatch): Promise<KeyRecord | null>;
+  disable(id: string): Promise<KeyRecord | null>;
+  /**
+   * The row for a key configured in the environment (`API_KEYS`,
+   * `ADMIN_API_KEY`): id `static-` + the first 8 hex characters of its hash,
+   * no budget. Idempotent; safe from several processes at once. The row
+   * exists so static keys are metered and reported like any other.
+   */
+  ensureStatic(key: string, options?: { role?: KeyRole | undefined; name?: string | undefined }): Promise<KeyRecord>;
+}
+
+export const KEY_PREFIX = 'sk-';
+
+export function hashKey(key: string): string {
+  return createHash('sha256').update(key, 'utf8').digest('hex');
+}
+
+export function staticKeyId(key: string): string {
+  return `static-${hashKey(key).slice(0, 8)}`;
+}
+
+export function createKeysStore(database: Database, options: { clock?: Clock | undefined } = {}): KeysStore {
+  const db = database.db;
+  const clock = options.clock ?? systemClock;
+  const now = (): string => toIsoTimestamp(clock());
+
+  async function get(id: string): Promise<KeyRecord | null> {
+    const row = await db.selectFrom('api_keys').selectAll().where('id', '=', id).executeTakeFirst();
+    return row ? toKey(row) : null;
+  }
+
+  async function update(id: string, patch: KeyPatch): Promise<KeyRecord | null> {
+    const set: Updateable<ApiKeysTable> = { updated_at: now() };
+    if (patch.name !== undefined) set.name = patch.name;
+    if (patch.enabled !== undefined) set.enabled = patch.enabled ? 1 : 0;
+    if (patch.budgetMicros !== undefined) set.budget_micros = checkBudget(patch.budgetMicros);
+    if (patch.rpmLimit !== undefined) set.rpm_limit = checkRpm(patch.rpmLimit);
+    if (patch.role !== undefined) set.role = checkRole(patch.role);
+    const changed = await db
+      .updateTable('api_keys')
+      .set(set)
+      .where('id', '=', id)
+      .returningAll()
+      .executeTakeFirst();
+    return changed ? toKey(changed) : null;
+  }
+
+  return {
+    async create(input) {
+      const key = KEY_PREFIX + randomBytes(32).toString('base64url');
+      const at = now();
+      const row = await db
+        .insertInto('api_keys')
+        .values({
+          id: `key_${randomBytes(8).toString('hex')}`,
+          name: input.name,
+          key_hash: hashKey(key),
+          role: checkRole(input.role ?? 'user'),
+          enabled: 1,
+          budget_micros: checkBudget(input.budgetMicros ?? null),
+          spent_micros: 0n,
+          reserved_micros: 0n,
+          rpm_limit: checkRpm(input.rpmLimit ?? null),
+          created_at: at,
+          updated_at: at,
+        })
+        .returningAll()
+        .executeTakeFirstOrThrow();
+      return { record: toKey(row), key };
+    },
+
+    async findByKey(key) {
+      const hash = hashKey(key);
+      const row = await db.selectFrom('api_keys').selectAll().where('key_hash', '=', hash).executeTakeFirst();
+      if (!row) return null;
+      // The index lookup already matched; this re-check costs nothing and
+      // keeps the final comparison independent of where the hashes differ.
+      const stored = Buffer.from(row.key_hash, 'hex');
+      const presented = Buffer.from(hash, 'hex');
+      if (stored.length !== presented.length || !timingSafeEqual(stored, presented)) return null;
+      return toKey(row);
+    },
+
+    async list() {
+      const rows = await db.selectFrom('api_keys').selectAll().orderBy('created_at').orderBy('id').execute();
+      return rows.map(toKey);
+    },
+
+    get,
+    update,
+
+    disable(id) {
+      return update(id, { enabled: false });
+    },
+
+    async ensureStatic(key, opts = {}) {
+      const hash = hashKey(key);
+      const id = `static-${hash.slice(0, 8)}`;
+      const role = checkRole(opts.role ?? 'user');
+      const at = now();
+      await db
+        .insertInto('api_keys')
+        .values({
+          id,
+          name: opts.name ?? (role === 'admin' ? 'static admin key' : 'static key'),
+          key_hash: hash,
+          role,
+          enabled: 1,
+          budget_micros: null,
+          spent_micros: 0n,
+          reserved_micros: 0n,
+          rpm_limit: null,
+          created_at: at,
+          updated_at: at,
+        })
+        .onConflict((oc) => oc.column('id').doNothing())
+        .execute();
+      const row = await db.selectFrom('api_keys').selectAll().where('id', '=', id).executeTakeFirstOrThrow();
+      if (row.key_hash !== hash) {
+        throw new Error(`two configured keys share the id ${id}; replace one of them`);
+      }
+      // The environment decides a static key's role; follow it if it changed.
+      if (row.role !== role) {
+        return (await update(id, { role })) ?? toKey(row);
+      }
+      return toKey(row);
+    },
+  };
+}
+
+function checkRole(role: KeyRole): KeyRole {
+  if (role !== 'user' && role !== 'admin') throw new RangeError(`role must be "user" or "admin", not ${JSON.stringify(role)}`);
+  return role;
+}
+
+function checkBudget(budget: bigint | null): bigint | null {
+  if (budget !== null && budget < 0n) throw new RangeError('budget must not be negative');
+  return budget;
+}
+
+function checkRpm(rpm: number | null): number | null {
+  if (rpm !== null && (!Number.isSafeInteger(rpm) || rpm < 0)) throw new RangeError('rpm limit must be a non-negative integer');
+  return rpm;
+}
+
+function toKey(row: Selectable<ApiKeysTable>): KeyRecord {
+  return {
+    id: row.id,
+    name: row.name,
+    role: row.role,
+    enabled: toBigInt(row.enabled) === 1n,
+    budgetMicros: toNullableBigInt(row.budget_micros),
+    spentMicros: toBigInt(row.spent_micros),
+    reservedMicros: toBigInt(row.reserved_micros),
+    rpmLimit: toNullableNumber(row.rpm_limit),
+    createdAt: row.created_at,
+    updatedAt: row.updated_at,
+  };
+}

@@ -1,0 +1,781 @@
+/**
+ * The usage ledger: one request row per caller request (reserved before fal
+ * is called, settled after) and one upstream-job row per fal job.
+ *
+ * Every amount moves between a request row and its key row inside one
+ * transaction, and every state change is a conditional UPDATE on the row's
+ * current status, so a repeat (a retry, a second process reconciling the
+ * same request) finds nothing to change instead of billing twice. Row locks
+ * are always taken request first, key second, so concurrent settles and
+ * releases cannot deadlock.
+ *
+ * Reservations: a request in `reserved` or `submitted` holds `reserved_micros`
+ * on its key. Settling, releasing or orphaning gives the hold back; settling
+ * adds the charge to `spent_micros`. An orphan (submit sent, answer lost)
+ * keeps its row for reporting but not its hold: the caller is not charged
+ * for what we cannot show was delivered, unless reconciliation later finds
+ * the job and settles it.
+ */
+import {
+  sql,
+  type Expression,
+  type ExpressionBuilder,
+  type Kysely,
+  type Selectable,
+  type SqlBool,
+  type Transaction,
+} from 'kysely';
+import type { Database } from '../db/database.js';
+import type { DB, JobStatus, RequestStatus, RequestsTable, UpstreamJobsTable } from '../db/schema.js';
+import { systemClock, toBigInt, toIsoTimestamp, toNumber, type Clock, type TimeInput } from '../db/values.js';
+import { enqueueOutboxEvent, type OutboxEventInput } from './outbox-store.js';
+
+export interface ReserveInput {
+  requestId: string;
+  keyId: string;
+  model: string;
+  endpoint: string;
+  user?: string | null | undefined;
+  maxChargeMicros: bigint;
+  idempotencyKey?: string | null | undefined;
+}
+
+export type ReserveResult =
+  | { ok: true }
+  | {
+      ok: false;
+      reason: 'insufficient_quota';
+      budgetMicros: bigint;
+      spentMicros: bigint;
+      reservedMicros: bigint;
+    };
+
+export interface RequestRecord {
+  id: string;
+  keyId: string;
+  model: string;
+  endpoint: string;
+  user: string | null;
+  status: RequestStatus;
+  /** The maximum charge held when the request was reserved (kept after the hold ends). */
+  reservedMicros: bigint;
+  chargeMicros: bigint;
+  credits: bigint;
+  upstreamCostMicros: bigint;
+  images: number;
+  errorCode: string | null;
+  idempotencyKey: string | null;
+  createdAt: string;
+  /** When the request was settled, released or failed. */
+  settledAt: string | null;
+}
+
+export interface JobRecord {
+  falRequestId: string;
+  requestId: string;
+  endpoint: string;
+  status: JobStatus;
+  images: number;
+  pixels: number;
+  unitsEstimate: string | null;
+  unitsFal: string | null;
+  upstreamCostMicros: bigint;
+  createdAt: string;
+  completedAt: string | null;
+}
+
+export interface RequestWithJobs extends RequestRecord {
+  jobs: JobRecord[];
+}
+
+export interface CompleteJobInput {
+  falRequestId: string;
+  images: number;
+  pixels: number;
+  /** Our estimate of fal's billed quantity, as a decimal. */
+  unitsEstimate: string | number | bigint;
+  /** fal's `x-fal-billable-units`, when it sent one. */
+  unitsFal?: string | number | bigint | null | undefined;
+  upstreamCostMicros: bigint;
+}
+
+export interface CompleteJobResult {
+  job: JobRecord;
+  /** False when the job was already completed (a repeat). */
+  changed: boolean;
+  /** fal reported a quantity that is not numerically equal to our estimate. */
+  unitsMismatch: boolean;
+}
+
+export interface SettleInput {
+  requestId: string;
+  chargeMicros: bigint;
+  credits: bigint | number;
+  upstreamCostMicros: bigint;
+  images: number;
+  /** The billing event, written in the same transaction as the charge. */
+  outboxEvent?: Omit<OutboxEventInput, 'keyId'> | undefined;
+}
+
+export interface SettleResult {
+  /** True when this call settled the request; false when it was already closed (nothing changed). */
+  settled: boolean;
+  request: RequestRecord;
+}
+
+export interface ReleaseInput {
+  requestId: string;
+  status: 'released' | 'failed';
+  errorCode?: string | null | undefined;
+}
+
+export interface ReleaseResult {
+  released: boolean;
+  request: RequestRecord;
+}
+
+export interface UsageFilter {
+  /** Inclusive, on settlement time. */
+  from?: TimeInput | undefined;
+  /** Exclusive, on settlement time. */
+  to?: TimeInput | undefined;
+  model?: string | undefined;
+  keyId?: string | undefined;
+}
+
+export type UsageGroupBy = 'day' | 'model' | 'key';
+
+export interface UsageTotals {
+  requests: number;
+  images: number;
+  chargeMicros: bigint;
+  credits: bigint;
+  upstreamCostMicros: bigint;
+}
+
+export interface UsageRow extends UsageTotals {
+  /** The UTC day (YYYY-MM-DD), the model id or the key id. */
+  group: string;
+}
+
+export interface UsageReport {
+  rows: UsageRow[];
+  totals: UsageTotals;
+}
+
+/**
+ * One settled request, as billing exports carry it. The keys are the
+ * documented export columns, in `EXPORT_COLUMNS` order.
+ */
+export interface ExportRow {
+  request_id: string;
+  key_id: string;
+  model: string;
+  endpoint: string;
+  user: string | null;
+  images: number;
+  charge_micros: bigint;
+  credits: bigint;
+  upstream_cost_micros: bigint;
+  created_at: string;
+  settled_at: string;
+}
+
+export const EXPORT_COLUMNS = [
+  'request_id',
+  'key_id',
+  'model',
+  'endpoint',
+  'user',
+  'images',
+  'charge_micros',
+  'credits',
+  'upstream_cost_micros',
+  'created_at',
+  'settled_at',
+] as const satisfies readonly (keyof ExportRow)[];
+
+export interface ExportFilter extends UsageFilter {
+  /** Rows fetched per query; memory stays bounded by one batch. */
+  batchSize?: number | undefined;
+}
+
+export interface UnitsDisagreements {
+  count: number;
+  /** The most recent ones, newest first. */
+  jobs: JobRecord[];
+}
+
+export interface Ledger {
+  reserve(input: ReserveInput): Promise<ReserveResult>;
+  /** Records a fal job as soon as submit answers. Repeating the same id is a no-op. */
+  recordSubmit(input: { requestId: string; falRequestId: string; endpoint: string }): Promise<JobRecord>;
+  completeJob(input: CompleteJobInput): Promise<CompleteJobResult>;
+  failJob(input: { falRequestId: string; status: 'failed' | 'cancelled' }): Promise<{ changed: boolean; job: JobRecord }>;
+  /** A second fal job created for the same work (a retried submit); recorded, never charged to the caller. */
+  markDuplicate(input: { requestId: string; falRequestId: string; endpoint: string }): Promise<JobRecord>;
+  settle(input: SettleInput): Promise<SettleResult>;
+  release(input: ReleaseInput): Promise<ReleaseResult>;
+  /** Submit outcome unknown: the hold is returned, the row kept and reported. Returns false if the request was not open. */
+  markOrphaned(requestId: string): Promise<boolean>;
+  /** Requests still holding a reservation, with their jobs, oldest first: what start-up reconciliation works through. */
+  listOpen(options?: { createdBefore?: TimeInput | undefined }): Promise<RequestWithJobs[]>;
+  listOrphaned(): Promise<RequestWithJobs[]>;
+  getRequest(requestId: string): Promise<RequestWithJobs | null>;
+  /** Settled requests only, by settlement time. */
+  usage(filter?: UsageFilter & { groupBy?: UsageGroupBy | undefined }): Promise<UsageReport>;
+  /** Settled requests ordered by (settled_at, request_id), fetched in keyset-paginated batches. */
+  exportRows(filter?: ExportFilter): AsyncIterable<ExportRow>;
+  unitsDisagreements(options?: { limit?: number | undefined }): Promise<UnitsDisagreements>;
+}
+
+export class UnknownKeyError extends Error {
+  constructor(readonly keyId: string) {
+    super(`no key row for key id ${JSON.stringify(keyId)}; static keys need keys.ensureStatic() first`);
+    this.name = 'UnknownKeyError';
+  }
+}
+
+export class UnknownRequestError extends Error {
+  constructor(readonly requestId: string) {
+    super(`no request ${JSON.stringify(requestId)} in the ledger`);
+    this.name = 'UnknownRequestError';
+  }
+}
+
+export class UnknownJobError extends Error {
+  constructor(readonly falRequestId: string) {
+    super(`no upstream job ${JSON.stringify(falRequestId)} in the ledger`);
+    this.name = 'UnknownJobError';
+  }
+}
+
+const HOLDING: RequestStatus[] = ['reserved', 'submitted'];
+const ID_CHUNK = 500;
+
+export interface LedgerOptions {
+  clock?: Clock | undefined;
+  /** Default export batch size. */
+  exportBatchSize?: number | undefined;
+}
+
+export function createLedger(database: Database, options: LedgerOptions = {}): Ledger {
+  const db = database.db;
+  const clock = options.clock ?? systemClock;
+  const now = (): string => toIsoTimestamp(clock());
+  const defaultBatch = options.exportBatchSize ?? 1000;
+
+  async function requestOrThrow(q: Kysely<DB>, requestId: string): Promise<RequestRecord> {
+    const row = await q.selectFrom('requests').selectAll().where('id', '=', requestId).executeTakeFirst();
+    if (!row) throw new UnknownRequestError(requestId);
+    return toRequest(row);
+  }
+
+  async function jobOrThrow(q: Kysely<DB>, falRequestId: string): Promise<JobRecord> {
+    const row = await q.selectFrom('upstream_jobs').selectAll().where('fal_request_id', '=', falRequestId).executeTakeFirst();
+    if (!row) throw new UnknownJobError(falRequestId);
+    return toJob(row);
+  }
+
+  async function withJobs(rows: Selectable<RequestsTable>[]): Promise<RequestWithJobs[]> {
+    const byRequest = new Map<string, JobRecord[]>();
+    for (let i = 0; i < rows.length; i += ID_CHUNK) {
+      const ids = rows.slice(i, i + ID_CHUNK).map((r) => r.id);
+      const jobs = await db
+        .selectFrom('upstream_jobs')
+        .selectAll()
+        .where('request_id', 'in', ids)
+        .orderBy('created_at')
+        .orderBy('fal_request_id')
+        .execute();
+      for (const job of jobs) {
+        const list = byRequest.get(job.request_id) ?? [];
+        list.push(toJob(job));
+        byRequest.set(job.request_id, list);
+      }
+    }
+    return rows.map((r) => ({ ...toRequest(r), jobs: byRequest.get(r.id) ?? [] }));
+  }
+
+  function settledIn(eb: ExpressionBuilder<DB, 'requests'>, filter: UsageFilter): Expression<SqlBool> {
+    const conditions: Expression<SqlBool>[] = [eb('status', '=', 'settled')];
+    if (filter.from !== undefined) conditions.push(eb('settled_at', '>=', toIsoTimestamp(filter.from)));
+    if (filter.to !== undefined) conditions.push(eb('settled_at', '<', toIsoTimestamp(filter.to)));
+    if (filter.model !== undefined) conditions.push(eb('model', '=', filter.model));
+    if (filter.keyId !== undefined) conditions.push(eb('key_id', '=', filter.keyId));
+    return eb.and(conditions);
+  }
+
+  return {
+    async reserve(input) {
+      const amount = input.maxChargeMicros;
+      if (amount < 0n) throw new RangeError('maxChargeMicros must not be negative');
+      return db.transaction().execute(async (trx): Promise<ReserveResult> => {
+        // The budget check and the hold are one statement: under concurrency
+        // PostgreSQL re-evaluates the WHERE against the row as committed by
+        // whoever held its lock, and SQLite writers are serialised, so no two
+        // reservations can both see the same headroom.
+        const held = await trx
+          .updateTable('api_keys')
+          .set({ reserved_micros: sql<bigint>`reserved_micros + ${amount}` })
+          .where('id', '=', input.keyId)
+          .where((eb) =>
+            eb.or([
+              eb('budget_micros', 'is', null),
+              eb(sql<bigint>`spent_micros + reserved_micros + ${amount}`, '<=', eb.ref('budget_micros')),
+            ]),
+          )
+          .returning('id')
+          .executeTakeFirst();
+        if (!held) {
+          const key = await trx
+            .selectFrom('api_keys')
+            .select(['budget_micros', 'spent_micros', 'reserved_micros'])
+            .where('id', '=', input.keyId)
+            .executeTakeFirst();
+          if (!key) throw new UnknownKeyError(input.keyId);
+          return {
+            ok: false,
+            reason: 'insufficient_quota',
+            budgetMicros: toBigInt(key.budget_micros ?? 0n),
+            spentMicros: toBigInt(key.spent_micros),
+            reservedMicros: toBigInt(key.reserved_micros),
+          };
+        }
+        await trx
+          .insertInto('requests')
+          .values({
+            id: input.requestId,
+            key_id: input.keyId,
+            model: input.model,
+            endpoint: input.endpoint,
+            end_user: input.user ?? null,
+            status: 'reserved',
+            reserved_micros: amount,
+            idempotency_key: input.idempotencyKey ?? null,
+            created_at: now(),
+          })
+          .execute();
+        return { ok: true };
+      });
+    },
+
+    async recordSubmit({ requestId, falRequestId, endpoint }) {
+      return db.transaction().execute(async (trx) => {
+        const inserted = await trx
+          .insertInto('upstream_jobs')
+          .values({ fal_request_id: falRequestId, request_id: requestId, endpoint, status: 'submitted', created_at: now() })
+          .onConflict((oc) => oc.column('fal_request_id').doNothing())
+          .returning('fal_request_id')
+          .executeTakeFirst();
+        if (!inserted) {
+          const existing = await jobOrThrow(trx, falRequestId);
+          if (existing.requestId !== requestId) {
+            throw new Error(`fal request ${falRequestId} is already recorded for request ${existing.requestId}, not ${requestId}`);
+          }
+          return existing;
+        }
+        // Only a request still holding its reservation moves on; a late
+        // record for a closed or orphaned request keeps the job visible
+        // without reopening the request.
+        await trx
+          .updateTable('requests')
+          .set({ status: 'submitted' })
+          .where('id', '=', requestId)
+          .where('status', '=', 'reserved')
+          .execute();
+        return jobOrThrow(trx, falRequestId);
+      });
+    },
+
+    async completeJob(input) {
+      const unitsEstimate = canonicalDecimal(input.unitsEstimate);
+      const unitsFal = input.unitsFal === null || input.unitsFal === undefined ? null : canonicalDecimal(input.unitsFal);
+      const images = toNumber(input.images);
+      const pixels = toNumber(input.pixels);
+      const cost = toBigInt(input.upstreamCostMicros);
+      return db.transaction().execute(async (trx) => {
+        const values = {
+          images,
+          pixels,
+          units_estimate: unitsEstimate,
+          units_fal: unitsFal,
+          upstream_cost_micros: cost,
+          completed_at: now(),
+        };
+        // A result from fal is a fact and overrides an earlier failed or
+        // cancelled guess (a cancel can lose the race with completion).
+        let changed = await trx
+          .updateTable('upstream_jobs')
+          .set({ ...values, status: 'completed' })
+          .where('fal_request_id', '=', input.falRequestId)
+          .where('status', 'in', ['submitted', 'failed', 'cancelled'])
+          .returning('fal_request_id')
+          .executeTakeFirst();
+        // A duplicate that ran still cost us: record it, keep it marked.
+        changed ??= await trx
+          .updateTable('upstream_jobs')
+          .set(values)
+          .where('fal_request_id', '=', input.falRequestId)
+          .where('status', '=', 'duplicate')
+          .where('completed_at', 'is', null)
+          .returning('fal_request_id')
+          .executeTakeFirst();
+        const job = await jobOrThrow(trx, input.falRequestId);
+        return {
+          job,
+          changed: changed !== undefined,
+          unitsMismatch: job.unitsFal !== null && job.unitsEstimate !== null && job.unitsFal !== job.unitsEstimate,
+        };
+      });
+    },
+
+    async failJob({ falRequestId, status }) {
+      const changed = await db
+        .updateTable('upstream_jobs')
+        .set({ status, completed_at: now() })
+        .where('fal_request_id', '=', falRequestId)
+        .where('status', '=', 'submitted')
+        .returning('fal_request_id')
+        .executeTakeFirst();
+      return { changed: changed !== undefined, job: await jobOrThrow(db, falRequestId) };
+    },
+
+    async markDuplicate({ requestId, falRequestId, endpoint }) {
+      await db
+        .insertInto('upstream_jobs')
+        .values({ fal_request_id: falRequestId, request_id: requestId, endpoint, status: 'duplicate', created_at: now() })
+        .onConflict((oc) =>
+          oc
+            .column('fal_request_id')
+            .doUpdateSet({ status: 'duplicate' })
+            .where('upstream_jobs.status', '=', 'submitted')
+            .where('upstream_jobs.request_id', '=', requestId),
+        )
+        .execute();
+      return jobOrThrow(db, falRequestId);
+    },
+
+    async settle(input) {
+      const charge = toBigInt(input.chargeMicros);
+      if (charge < 0n) throw new RangeError('chargeMicros must not be negative');
+      const settledValues = {
+        status: 'settled' as const,
+        charge_micros: charge,
+        credits: toBigInt(input.credits),
+        upstream_cost_micros: toBigInt(input.upstreamCostMicros),
+        images: toNumber(input.images),
+        error_code: null,
+        settled_at: now(),
+      };
+      return db.transaction().execute(async (trx): Promise<SettleResult> => {
+        let hold: bigint;
+        let keyId: string;
+        const fromHolding = await trx
+          .updateTable('requests')
+          .set(settledValues)
+          .where('id', '=', input.requestId)
+          .where('status', 'in', HOLDING)
+          .returning(['key_id', 'reserved_micros'])
+          .executeTakeFirst();
+        if (fromHolding) {
+          hold = toBigInt(fromHolding.reserved_micros);
+          keyId = fromHolding.key_id;
+        } else {
+          const fromOrphan = await trx
+            .updateTable('requests')
+            .set(settledValues)
+            .where('id', '=', input.requestId)
+            .where('status', '=', 'orphaned')
+            .returning('key_id')
+            .executeTakeFirst();
+          if (!fromOrphan) return { settled: false, request: await requestOrThrow(trx, input.requestId) };
+          hold = 0n;
+          keyId = fromOrphan.key_id;
+        }
+        // The key row is updated before the outbox insert on purpose: its row
+        // lock orders concurrent settles of one key, so outbox sequence
+        // numbers of a key are assigned in commit order and per-key delivery
+        // order cannot be overtaken by a transaction that committed later.
+        await trx
+          .updateTable('api_keys')
+          .set({
+            reserved_micros: sql<bigint>`reserved_micros - ${hold}`,
+            spent_micros: sql<bigint>`spent_micros + ${charge}`,
+          })
+          .where('id', '=', keyId)
+          .execute();
+        if (input.outboxEvent) {
+          await enqueueOutboxEvent(trx, { ...input.outboxEvent, keyId }, clock);
+        }
+        return { settled: true, request: await requestOrThrow(trx, input.requestId) };
+      });
+    },
+
+    async release({ requestId, status, errorCode }) {
+      return db.transaction().execute(async (trx): Promise<ReleaseResult> => {
+        const closedAt = now();
+        const fromHolding = await trx
+          .updateTable('requests')
+          .set({ status, error_code: errorCode ?? null, settled_at: closedAt })
+          .where('id', '=', requestId)
+          .where('status', 'in', HOLDING)
+          .returning(['key_id', 'reserved_micros'])
+          .executeTakeFirst();
+        if (fromHolding) {
+          await returnHold(trx, fromHolding.key_id, toBigInt(fromHolding.reserved_micros));
+          return { released: true, request: await requestOrThrow(trx, requestId) };
+        }
+        // An orphan resolved as not billed: close it; its hold is already back.
+        const fromOrphan = await trx
+          .updateTable('requests')
+          .set({ status, error_code: errorCode ?? null, settled_at: closedAt })
+          .where('id', '=', requestId)
+          .where('status', '=', 'orphaned')
+          .returning('id')
+          .executeTakeFirst();
+        return { released: fromOrphan !== undefined, request: await requestOrThrow(trx, requestId) };
+      });
+    },
+
+    async markOrphaned(requestId) {
+      return db.transaction().execute(async (trx) => {
+        const row = await trx
+          .updateTable('requests')
+          .set({ status: 'orphaned', error_code: 'orphaned' })
+          .where('id', '=', requestId)
+          .where('status', 'in', HOLDING)
+          .returning(['key_id', 'reserved_micros'])
+          .executeTakeFirst();
+        if (!row) {
+          await requestOrThrow(trx, requestId);
+          return false;
+        }
+        await returnHold(trx, row.key_id, toBigInt(row.reserved_micros));
+        return true;
+      });
+    },
+
+    async listOpen(opts = {}) {
+      let q = db.selectFrom('requests').selectAll().where('status', 'in', HOLDING);
+      if (opts.createdBefore !== undefined) q = q.where('created_at', '<', toIsoTimestamp(opts.createdBefore));
+      return withJobs(await q.orderBy('created_at').orderBy('id').execute());
+    },
+
+    async listOrphaned() {
+      const rows = await db
+        .selectFrom('requests')
+        .selectAll()
+        .where('status', '=', 'orphaned')
+        .orderBy('created_at')
+        .orderBy('id')
+        .execute();
+      return withJobs(rows);
+    },
+
+    async getRequest(requestId) {
+      const row = await db.selectFrom('requests').selectAll().where('id', '=', requestId).executeTakeFirst();
+      if (!row) return null;
+      const [out] = await withJobs([row]);
+      return out ?? null;
+    },
+
+    async usage(filter = {}) {
+      const aggregates = [
+        sql<bigint>`count(*)`.as('requests'),
+        sql<bigint>`cast(coalesce(sum(images), 0) as bigint)`.as('images'),
+        sql<bigint>`cast(coalesce(sum(charge_micros), 0) as bigint)`.as('charge_micros'),
+        sql<bigint>`cast(coalesce(sum(credits), 0) as bigint)`.as('credits'),
+        sql<bigint>`cast(coalesce(sum(upstream_cost_micros), 0) as bigint)`.as('upstream_cost_micros'),
+      ] as const;
+      const base = db.selectFrom('requests').where((eb) => settledIn(eb, filter));
+
+      if (filter.groupBy === undefined) {
+        const row = await base.select([...aggregates]).executeTakeFirstOrThrow();
+        return { rows: [], totals: toTotals(row) };
+      }
+      // settled_at is a fixed-width UTC ISO string: its first ten characters
+      // are the UTC day on both dialects.
+      const group =
+        filter.groupBy === 'day'
+          ? sql<string>`substr(settled_at, 1, 10)`
+          : filter.groupBy === 'model'
+            ? sql<string>`${sql.ref('model')}`
+            : sql<string>`${sql.ref('key_id')}`;
+      const grouped = await base
+        .select([group.as('grp'), ...aggregates])
+        .groupBy(group)
+        .orderBy('grp')
+        .execute();
+      const rows = grouped.map((r) => ({ group: String(r.grp), ...toTotals(r) }));
+      const totals = rows.reduce<UsageTotals>(
+        (t, r) => ({
+          requests: t.requests + r.requests,
+          images: t.images + r.images,
+          chargeMicros: t.chargeMicros + r.chargeMicros,
+          credits: t.credits + r.credits,
+          upstreamCostMicros: t.upstreamCostMicros + r.upstreamCostMicros,
+        }),
+        { requests: 0, images: 0, chargeMicros: 0n, credits: 0n, upstreamCostMicros: 0n },
+      );
+      return { rows, totals };
+    },
+
+    exportRows(filter = {}) {
+      const batchSize = Math.max(1, Math.trunc(filter.batchSize ?? defaultBatch));
+      return {
+        async *[Symbol.asyncIterator]() {
+          let after: { settledAt: string; id: string } | undefined;
+          for (;;) {
+            let q = db.selectFrom('requests').where((eb) => settledIn(eb, filter));
+            if (after) {
+              const { settledAt, id } = after;
+              q = q.where((eb) =>
+                eb.or([eb('settled_at', '>', settledAt), eb.and([eb('settled_at', '=', settledAt), eb('id', '>', id)])]),
+              );
+            }
+            const batch = await q.selectAll().orderBy('settled_at').orderBy('id').limit(batchSize).execute();
+            for (const row of batch) yield toExportRow(row);
+            const last = batch.at(-1);
+            if (batch.length < batchSize || !last) return;
+            after = { settledAt: last.settled_at ?? '', id: last.id };
+          }
+        },
+      };
+    },
+
+    async unitsDisagreements(opts = {}) {
+      // Canonical decimals (see canonicalDecimal) make string inequality numeric inequality.
+      const differs = db
+        .selectFrom('upstream_jobs')
+        .where('units_fal', 'is not', null)
+        .where('units_estimate', 'is not', null)
+        .whereRef('units_fal', '<>', 'units_estimate');
+      const count = await differs.select(sql<bigint>`count(*)`.as('n')).executeTakeFirstOrThrow();
+      const jobs = await differs
+        .selectAll()
+        .orderBy('completed_at', 'desc')
+        .orderBy('fal_request_id', 'desc')
+        .limit(Math.max(0, Math.trunc(opts.limit ?? 100)))
+        .execute();
+      return { count: toNumber(count.n), jobs: jobs.map(toJob) };
+    },
+  };
+}
+
+async function returnHold(trx: Transaction<DB>, keyId: string, hold: bigint): Promise<void> {
+  await trx
+    .updateTable('api_keys')
+    .set({ reserved_micros: sql<bigint>`reserved_micros - ${hold}` })
+    .where('id', '=', keyId)
+    .execute();
+}
+
+function toRequest(row: Selectable<RequestsTable>): RequestRecord {
+  return {
+    id: row.id,
+    keyId: row.key_id,
+    model: row.model,
+    endpoint: row.endpoint,
+    user: row.end_user,
+    status: row.status,
+    reservedMicros: toBigInt(row.reserved_micros),
+    chargeMicros: toBigInt(row.charge_micros),
+    credits: toBigInt(row.credits),
+    upstreamCostMicros: toBigInt(row.upstream_cost_micros),
+    images: toNumber(row.images),
+    errorCode: row.error_code,
+    idempotencyKey: row.idempotency_key,
+    createdAt: row.created_at,
+    settledAt: row.settled_at,
+  };
+}
+
+function toJob(row: Selectable<UpstreamJobsTable>): JobRecord {
+  return {
+    falRequestId: row.fal_request_id,
+    requestId: row.request_id,
+    endpoint: row.endpoint,
+    status: row.status,
+    images: toNumber(row.images),
+    pixels: toNumber(row.pixels),
+    unitsEstimate: row.units_estimate,
+    unitsFal: row.units_fal,
+    upstreamCostMicros: toBigInt(row.upstream_cost_micros),
+    createdAt: row.created_at,
+    completedAt: row.completed_at,
+  };
+}
+
+function toTotals(row: {
+  requests: unknown;
+  images: unknown;
+  charge_micros: unknown;
+  credits: unknown;
+  upstream_cost_micros: unknown;
+}): UsageTotals {
+  return {
+    requests: toNumber(row.requests),
+    images: toNumber(row.images),
+    chargeMicros: toBigInt(row.charge_micros),
+    credits: toBigInt(row.credits),
+    upstreamCostMicros: toBigInt(row.upstream_cost_micros),
+  };
+}
+
+function toExportRow(row: Selectable<RequestsTable>): ExportRow {
+  return {
+    request_id: row.id,
+    key_id: row.key_id,
+    model: row.model,
+    endpoint: row.endpoint,
+    user: row.end_user,
+    images: toNumber(row.images),
+    charge_micros: toBigInt(row.charge_micros),
+    credits: toBigInt(row.credits),
+    upstream_cost_micros: toBigInt(row.upstream_cost_micros),
+    created_at: row.created_at,
+    settled_at: row.settled_at ?? '',
+  };
+}
+
+const DECIMAL = /^([+-])?(\d*)(?:\.(\d*))?(?:[eE]([+-]?\d+))?$/;
+const MAX_EXPONENT = 1000;
+
+/**
+ * Canonical form for the unit quantities fal reports (`x-fal-billable-units`
+ * may be fractional) and the ones we estimate. Stored canonical, SQL string
+ * equality is numeric equality: "1", "1.0", "01" and "1e0" all become "1".
+ */
+export function canonicalDecimal(input: string | number | bigint): string {
+  if (typeof input === 'bigint') return input.toString();
+  if (typeof input === 'number' && !Number.isFinite(input)) throw new RangeError(`not a finite decimal: ${input}`);
+  const text = String(input).trim();
+  const m = DECIMAL.exec(text);
+  const intPart = m?.[2] ?? '';
+  const fracPart = m?.[3] ?? '';
+  if (!m || intPart.length + fracPart.length === 0) throw new RangeError(`not a decimal: ${JSON.stringify(text)}`);
+  const exponent = Number(m[4] ?? '0');
+  if (Math.abs(exponent) > MAX_EXPONENT) throw new RangeError(`decimal exponent out of range: ${text}`);
+
+  // value = digits × 10^-scale
+  let digits = (intPart + fracPart).replace(/^0+/, '');
+  let scale = fracPart.length - exponent;
+  if (digits === '') return '0';
+  while (scale > 0 && digits.endsWith('0')) {
+    digits = digits.slice(0, -1);
+    scale -= 1;
+  }
+  let out: string;
+  if (scale <= 0) {
+    out = digits + '0'.repeat(-scale);
+  } else {
+    const padded = digits.padStart(scale + 1, '0');
+    out = `${padded.slice(0, padded.length - scale)}.${padded.slice(padded.length - scale)}`;
+  }
+  return m[1] === '-' ? `-${out}` : out;
+}
+
+export function decimalsEqual(a: string | number | bigint, b: string | number | bigint): boolean {
+  return canonicalDecimal(a) === canonicalDecimal(b);
+}

@@ -1,0 +1,200 @@
+/**
+ * Pricing: pure functions from a model entry's price rule (data, mirroring
+ * fal's price table) and the images of a job to exact amounts.
+ *
+ * Two sides of every charge:
+ * - `upstreamEstimate`: what fal should bill us for one job (no markup).
+ * - `callerCharge`: what we bill the caller, on the images actually
+ *   returned, times `PRICE_MARKUP`, rounded up once to a whole micro-dollar.
+ * `maxCharge` is the caller charge if every requested image comes back, for
+ * the reservation made before fal is called.
+ */
+import { addRatio, ceilToMicros, formatDecimal, formatUsd, MoneyError, mulRatio, parseDecimal, ratio, type Ratio } from './money.js';
+
+/** aimlapi's unit: $1 = 2,000,000 credits, so one micro-dollar is 2 credits. */
+export const CREDITS_PER_MICRO = 2n;
+
+/** Per-unit rates may be finer than a micro-dollar; the total is what gets rounded. */
+const RATE_DECIMALS = 12;
+
+interface PricingCommon {
+  /** USD per unit, as an exact decimal string. */
+  readonly rateUsd: string;
+  /** Flat USD added to a request that had prompt expansion on. Required on models that offer it. */
+  readonly promptExpansionUsd?: string;
+}
+
+export type ModelPricing =
+  | (PricingCommon & {
+      readonly unit: 'megapixel';
+      /** Pixels in one billed megapixel; fal does not say whether it is 10^6 or 2^20. */
+      readonly megapixelPixels: number;
+      /** `ceil_per_image`: each image is rounded up to whole megapixels. `exact`: fractional megapixels. */
+      readonly rounding: 'ceil_per_image' | 'exact';
+    })
+  | (PricingCommon & { readonly unit: 'image' })
+  | (PricingCommon & { readonly unit: 'request' });
+
+export interface PricedModel {
+  readonly pricing: ModelPricing;
+}
+
+export interface ImageDims {
+  readonly width: number;
+  readonly height: number;
+}
+
+export interface Charge {
+  readonly micros: bigint;
+  /** `micros` as a six-decimal USD string, e.g. "0.005250". */
+  readonly usd: string;
+  /** aimlapi credits (`meta.usage.credits_used`). */
+  readonly credits: number;
+}
+
+export interface UpstreamEstimate {
+  /** Billable units in the model's unit, as fal's `x-fal-billable-units` would state them. */
+  readonly units: string;
+  readonly micros: bigint;
+}
+
+/**
+ * Throws unless `pricing` is a complete, positive price rule. Run at registry
+ * construction so a model with a missing or broken price stops start-up
+ * rather than being served at $0.
+ */
+export function validatePricing(pricing: unknown): asserts pricing is ModelPricing {
+  if (typeof pricing !== 'object' || pricing === null) throw new Error('pricing is missing');
+  const p = pricing as Record<string, unknown>;
+  const unit = p['unit'];
+  if (unit !== 'megapixel' && unit !== 'image' && unit !== 'request') {
+    throw new Error(`pricing.unit must be "megapixel", "image" or "request" (got ${JSON.stringify(unit)})`);
+  }
+  const rate = decimalField(p, 'rateUsd');
+  if (rate === undefined) throw new Error('pricing.rateUsd is missing');
+  if (rate.num === 0n) throw new Error('pricing.rateUsd must be greater than 0; a free model would be billed $0 by mistake too easily');
+  decimalField(p, 'promptExpansionUsd');
+  if (unit === 'megapixel') {
+    const px = p['megapixelPixels'];
+    if (typeof px !== 'number' || !Number.isSafeInteger(px) || px <= 0) {
+      throw new Error(`pricing.megapixelPixels must be a positive integer (got ${JSON.stringify(px)})`);
+    }
+    const rounding = p['rounding'];
+    if (rounding !== 'ceil_per_image' && rounding !== 'exact') {
+      throw new Error(`pricing.rounding must be "ceil_per_image" or "exact" (got ${JSON.stringify(rounding)})`);
+    }
+  }
+}
+
+function decimalField(p: Record<string, unknown>, key: string): Ratio | undefined {
+  const v = p[key];
+  if (v === undefined) return undefined;
+  if (typeof v !== 'string') throw new Error(`pricing.${key} must be a decimal string such as "0.005" (got ${JSON.stringify(v)})`);
+  try {
+    return parseDecimal(v, RATE_DECIMALS, `pricing.${key}`);
+  } catch (e) {
+    if (e instanceof MoneyError) throw new Error(e.message);
+    throw e;
+  }
+}
+
+function rateOf(pricing: ModelPricing): Ratio {
+  return parseDecimal(pricing.rateUsd, RATE_DECIMALS, 'pricing.rateUsd');
+}
+
+function expansionFee(pricing: ModelPricing): Ratio {
+  if (pricing.promptExpansionUsd === undefined) {
+    // The registry refuses such a model when its schema offers expansion; reaching this is a bug, never a free pass.
+    throw new Error('prompt expansion was on but the model has no promptExpansionUsd price');
+  }
+  return parseDecimal(pricing.promptExpansionUsd, RATE_DECIMALS, 'pricing.promptExpansionUsd');
+}
+
+function checkDims(size: ImageDims): void {
+  if (!Number.isSafeInteger(size.width) || !Number.isSafeInteger(size.height) || size.width <= 0 || size.height <= 0) {
+    throw new RangeError(`image dimensions must be positive integers (got ${size.width}x${size.height})`);
+  }
+}
+
+/**
+ * Billable units of one image. Megapixel pricing: `ceil(w*h / megapixelPixels)`
+ * with `ceil_per_image`, the exact fraction with `exact`. Per-image pricing: 1.
+ * Per-request pricing has no per-image units: 0.
+ */
+export function imageUnits(pricing: ModelPricing, size: ImageDims): Ratio {
+  checkDims(size);
+  switch (pricing.unit) {
+    case 'megapixel': {
+      const pixels = BigInt(size.width) * BigInt(size.height);
+      const per = BigInt(pricing.megapixelPixels);
+      return pricing.rounding === 'ceil_per_image' ? ratio((pixels + per - 1n) / per) : ratio(pixels, per);
+    }
+    case 'image':
+      return ratio(1n);
+    case 'request':
+      return ratio(0n);
+  }
+}
+
+/** Units of one job that produced `images`; a per-request job is one unit whether or not images came back. */
+function jobUnits(pricing: ModelPricing, images: readonly ImageDims[]): Ratio {
+  if (pricing.unit === 'request') return ratio(1n);
+  return images.reduce((sum, img) => addRatio(sum, imageUnits(pricing, img)), ratio(0n));
+}
+
+/** USD, before markup, of delivering `images` (plus the expansion fee when on). */
+function deliveredUsd(pricing: ModelPricing, images: readonly ImageDims[], promptExpansion: boolean): Ratio {
+  // Nothing delivered, nothing billed: not even a per-request price or the expansion fee.
+  if (images.length === 0) return ratio(0n);
+  let usd = mulRatio(jobUnits(pricing, images), rateOf(pricing));
+  if (promptExpansion) usd = addRatio(usd, expansionFee(pricing));
+  return usd;
+}
+
+export function creditsFromMicros(micros: bigint): number {
+  const credits = micros * CREDITS_PER_MICRO;
+  if (credits > BigInt(Number.MAX_SAFE_INTEGER) || credits < 0n) throw new RangeError(`credits out of range: ${credits}`);
+  return Number(credits);
+}
+
+export function chargeFromMicros(micros: bigint): Charge {
+  return { micros, usd: formatUsd(micros), credits: creditsFromMicros(micros) };
+}
+
+/**
+ * What the caller pays for one job: Σ over the images it RETURNED of their
+ * units × rate, plus the prompt-expansion fee when it was on, × `markup`,
+ * rounded up once to a whole micro-dollar (so never below the configured
+ * price, and never more than one micro-dollar above it).
+ */
+export function callerCharge(model: PricedModel, images: readonly ImageDims[], promptExpansion: boolean, markup: Ratio): Charge {
+  return chargeFromMicros(ceilToMicros(mulRatio(deliveredUsd(model.pricing, images, promptExpansion), markup)));
+}
+
+export interface ChargeableRequest {
+  readonly model: PricedModel;
+  readonly numImages: number;
+  readonly size: ImageDims;
+  readonly promptExpansion: boolean;
+}
+
+/** The caller charge if every requested image is returned: what to reserve against the budget. */
+export function maxCharge(request: ChargeableRequest, markup: Ratio): Charge {
+  if (!Number.isSafeInteger(request.numImages) || request.numImages < 1) throw new RangeError(`numImages must be a positive integer (got ${request.numImages})`);
+  const images = Array.from({ length: request.numImages }, () => request.size);
+  return callerCharge(request.model, images, request.promptExpansion, markup);
+}
+
+/**
+ * What fal should bill us for one completed job, from the entry's mirror of
+ * fal's price table; the ledger records it beside fal's own
+ * `x-fal-billable-units`. `units` covers the images (or the request) only;
+ * the prompt-expansion fee is in `micros`.
+ */
+export function upstreamEstimate(model: PricedModel, images: readonly ImageDims[], promptExpansion: boolean): UpstreamEstimate {
+  const pricing = model.pricing;
+  const units = jobUnits(pricing, images);
+  let usd = mulRatio(units, rateOf(pricing));
+  if (promptExpansion) usd = addRatio(usd, expansionFee(pricing));
+  return { units: formatDecimal(units), micros: ceilToMicros(usd) };
+}

@@ -1,0 +1,215 @@
+/**
+ * The model registry: one declarative entry per public model, checked in
+ * full when the registry is built so that a bad entry (above all a missing
+ * or broken price) stops start-up instead of being served and billed $0.
+ * Lookup is exact, by id or a declared alias: no prefixes, no substrings,
+ * no case folding, so a name can never route to a model it does not name.
+ */
+import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
+import { validatePricing, type ModelPricing } from '../metering/pricing.js';
+import type { ImageSizeValue, OutputFormat } from '../schemas/image-request.js';
+
+/** A request body schema as the registry needs it: a closed object with `model` and `prompt`. */
+export interface RequestSchema {
+  readonly type: 'object';
+  readonly properties: { readonly [field: string]: object };
+  readonly required: readonly string[];
+  readonly additionalProperties: false;
+}
+
+/**
+ * fal's own defaults for the endpoint. The fields that decide the price
+ * (`PINNED_FIELDS`) are always sent to fal explicitly from here, so a change
+ * of fal's defaults cannot make an image cost something other than what we
+ * bill; the rest document what fal does when the caller says nothing.
+ */
+export type ModelDefaults = {
+  readonly image_size: ImageSizeValue;
+  readonly num_images: number;
+  readonly output_format: OutputFormat;
+  readonly enable_safety_checker: boolean;
+  readonly enable_prompt_expansion?: boolean;
+} & { readonly [field: string]: unknown };
+
+export interface ModelEntry {
+  /** The public model name, e.g. `alibaba/z-image-turbo`. */
+  readonly id: string;
+  /** Other exact names that select this model. */
+  readonly aliases: readonly string[];
+  /** fal endpoint id, e.g. `fal-ai/z-image/turbo`. */
+  readonly endpoint: string;
+  readonly ownedBy: string;
+  /** Unix seconds, for `GET /v1/models`. */
+  readonly created: number;
+  readonly description: string;
+  readonly requestSchema: RequestSchema;
+  /** The most images one fal job makes (fal's `num_images` maximum). */
+  readonly maxImagesPerJob: number;
+  readonly defaults: ModelDefaults;
+  readonly pricing: ModelPricing;
+}
+
+/** Request fields sent to fal on every request (from `defaults` when the caller omits them) because the price depends on them. */
+export const PINNED_FIELDS = ['image_size', 'num_images', 'output_format', 'enable_safety_checker', 'enable_prompt_expansion'] as const;
+
+export interface ModelValidators {
+  /** The whole request body against the model's schema. */
+  readonly body: ValidateFunction;
+  /** The model's `image_size` field alone, for checking OpenAI's `size` against the same limits. */
+  readonly imageSize: ValidateFunction | undefined;
+}
+
+export interface ModelRegistry {
+  /** Exact match on id or declared alias. */
+  lookup(name: string): ModelEntry | undefined;
+  /** Every model, in declaration order. */
+  list(): readonly ModelEntry[];
+  /** The validators compiled for `model` when the registry was built. */
+  validators(model: ModelEntry): ModelValidators;
+}
+
+const ENDPOINT_ID = /^[a-z0-9-]+\/[a-z0-9._-]+(?:\/[a-z0-9._-]+)*$/;
+const MODEL_NAME = /^[\x21-\x7e]{1,200}$/;
+const FORBIDDEN_FIELD_NAMES = new Set(['__proto__', 'constructor', 'prototype']);
+
+/**
+ * One Ajv per registry. `verbose` keeps the failing sub-schema on each error,
+ * which the normalizer needs to describe `anyOf` failures in words.
+ * `allowUnionTypes` is for OpenAI's nullable fields (`type: ["integer","null"]`).
+ */
+export function createAjv(): Ajv {
+  return new Ajv({ strict: true, allErrors: false, verbose: true, allowUnionTypes: true });
+}
+
+function fail(where: string, problem: string): never {
+  throw new Error(`Model registry: ${where}: ${problem}`);
+}
+
+function ajvErrorsText(errors: ErrorObject[] | null | undefined): string {
+  return (errors ?? []).map((e) => `${e.instancePath || '/'} ${e.message ?? e.keyword}`).join('; ');
+}
+
+function isPositiveInt(v: unknown): v is number {
+  return typeof v === 'number' && Number.isSafeInteger(v) && v > 0;
+}
+
+function checkEntryShape(e: ModelEntry, where: string): void {
+  if (typeof e !== 'object' || e === null) fail(where, 'entry must be an object');
+  if (typeof e.id !== 'string' || !MODEL_NAME.test(e.id)) fail(where, `id must be a non-empty name without spaces (got ${JSON.stringify(e.id)})`);
+  if (!Array.isArray(e.aliases)) fail(where, 'aliases must be an array (empty when there are none)');
+  for (const a of e.aliases) {
+    if (typeof a !== 'string' || !MODEL_NAME.test(a)) fail(where, `alias ${JSON.stringify(a)} must be a non-empty name without spaces`);
+  }
+  if (typeof e.endpoint !== 'string' || !ENDPOINT_ID.test(e.endpoint)) fail(where, `endpoint must be a fal endpoint id like "fal-ai/z-image/turbo" (got ${JSON.stringify(e.endpoint)})`);
+  if (typeof e.ownedBy !== 'string' || e.ownedBy === '') fail(where, 'ownedBy is missing');
+  if (!isPositiveInt(e.created)) fail(where, `created must be unix seconds (got ${JSON.stringify(e.created)})`);
+  if (typeof e.description !== 'string' || e.description === '') fail(where, 'description is missing');
+  if (!isPositiveInt(e.maxImagesPerJob)) fail(where, `maxImagesPerJob must be a positive integer (got ${JSON.stringify(e.maxImagesPerJob)})`);
+}
+
+function checkSchema(e: ModelEntry, where: string): void {
+  const s = e.requestSchema as unknown as Record<string, unknown> | undefined;
+  if (typeof s !== 'object' || s === null) fail(where, 'requestSchema is missing');
+  const props = s['properties'];
+  if (s['type'] !== 'object' || typeof props !== 'object' || props === null) fail(where, 'requestSchema must be an object schema with properties');
+  // A closed schema is what lets unknown fields be refused instead of forwarded to fal.
+  if (s['additionalProperties'] !== false) fail(where, 'requestSchema must set additionalProperties: false');
+  const required = s['required'];
+  for (const field of ['model', 'prompt']) {
+    if (!Object.hasOwn(props, field)) fail(where, `requestSchema must define "${field}"`);
+    if (!Array.isArray(required) || !required.includes(field)) fail(where, `requestSchema must require "${field}"`);
+  }
+  for (const field of Object.keys(props)) {
+    if (FORBIDDEN_FIELD_NAMES.has(field)) fail(where, `requestSchema must not define a field named "${field}"`);
+  }
+  const has = (f: string) => Object.hasOwn(props, f);
+  // The OpenAI names are mapped onto the fal names, so they can only exist together.
+  if (has('n') && !has('num_images')) fail(where, 'requestSchema defines "n" without "num_images"');
+  if (has('size') && !has('image_size')) fail(where, 'requestSchema defines "size" without "image_size"');
+  for (const f of ['num_images', 'n']) {
+    const max = has(f) ? (props as Record<string, { maximum?: unknown }>)[f]?.maximum : undefined;
+    if (has(f) && max !== e.maxImagesPerJob) fail(where, `requestSchema "${f}" maximum (${String(max)}) must equal maxImagesPerJob (${e.maxImagesPerJob})`);
+  }
+}
+
+function checkDefaults(e: ModelEntry, where: string, body: ValidateFunction): void {
+  const d = e.defaults as unknown;
+  if (typeof d !== 'object' || d === null) fail(where, 'defaults are missing');
+  for (const f of PINNED_FIELDS) {
+    if (Object.hasOwn(e.requestSchema.properties, f) && !Object.hasOwn(d, f)) {
+      fail(where, `defaults.${f} is missing; it decides the price, so it is always sent to fal explicitly`);
+    }
+  }
+  const probe = { ...(d as object), model: e.id, prompt: 'registry self-check' };
+  if (!body(probe)) fail(where, `defaults do not satisfy the model's own request schema: ${ajvErrorsText(body.errors)}`);
+}
+
+function checkPricing(e: ModelEntry, where: string): void {
+  try {
+    validatePricing(e.pricing);
+  } catch (err) {
+    fail(where, `${(err as Error).message}. A model without a valid price is never served`);
+  }
+  if (Object.hasOwn(e.requestSchema.properties, 'enable_prompt_expansion') && e.pricing.promptExpansionUsd === undefined) {
+    fail(where, 'the schema offers enable_prompt_expansion but pricing.promptExpansionUsd is missing; expansion would be billed $0');
+  }
+}
+
+function freezeEntry(e: ModelEntry): ModelEntry {
+  return Object.freeze({
+    ...e,
+    aliases: Object.freeze([...e.aliases]),
+    defaults: Object.freeze({ ...e.defaults }),
+    pricing: Object.freeze({ ...e.pricing }),
+  });
+}
+
+/**
+ * Builds the registry, compiling each model's validators once. Throws, naming
+ * the model and the problem, on any invalid entry or clashing name.
+ */
+export function createModelRegistry(entries: readonly ModelEntry[]): ModelRegistry {
+  if (!Array.isArray(entries) || entries.length === 0) throw new Error('Model registry: no models configured');
+  const ajv = createAjv();
+  const byName = new Map<string, ModelEntry>();
+  const validators = new Map<ModelEntry, ModelValidators>();
+  const list: ModelEntry[] = [];
+
+  entries.forEach((raw, i) => {
+    const where = typeof raw?.id === 'string' ? raw.id : `entry #${i}`;
+    checkEntryShape(raw, where);
+    checkSchema(raw, where);
+    let compiled: ModelValidators;
+    try {
+      const imageSizeSchema = raw.requestSchema.properties['image_size'];
+      compiled = {
+        body: ajv.compile(raw.requestSchema),
+        imageSize: imageSizeSchema === undefined ? undefined : ajv.compile(imageSizeSchema),
+      };
+    } catch (err) {
+      fail(where, `requestSchema does not compile: ${(err as Error).message}`);
+    }
+    checkDefaults(raw, where, compiled.body);
+    checkPricing(raw, where);
+
+    const entry = freezeEntry(raw);
+    for (const name of [entry.id, ...entry.aliases]) {
+      const clash = byName.get(name);
+      if (clash) fail(where, `name "${name}" is already taken by ${clash.id}`);
+      byName.set(name, entry);
+    }
+    validators.set(entry, compiled);
+    list.push(entry);
+  });
+  Object.freeze(list);
+
+  return {
+    lookup: (name) => byName.get(name),
+    list: () => list,
+    validators(model) {
+      const v = validators.get(model);
+      if (!v) throw new Error(`Model registry: ${model.id} is not an entry of this registry`);
+      return v;
+    },
+  };
+}

@@ -1,0 +1,75 @@
+/**
+ * The success body of `POST /v1/images/generations`: OpenAI's
+ * ImagesResponse (which the OpenAI SDKs parse) plus `meta`, aimlapi's usage
+ * block and what fal told us about the job. OpenAI SDKs pass unknown
+ * top-level fields such as `meta` through untouched.
+ */
+import type { FromSchema } from 'json-schema-to-ts';
+
+const DRAFT_07 = 'http://json-schema.org/draft-07/schema#';
+
+export const imagesResponseSchema = {
+  $schema: DRAFT_07,
+  title: 'Images response',
+  description: "OpenAI's ImagesResponse plus meta (usage in aimlapi credits, seed, per-image facts, fal's request id).",
+  type: 'object',
+  properties: {
+    created: { type: 'integer', minimum: 0, description: 'Unix time in seconds.' },
+    data: {
+      type: 'array',
+      description: 'One item per image fal returned, in order.',
+      items: {
+        type: 'object',
+        properties: {
+          url: { type: 'string', description: 'Where to download the image (response_format "url").' },
+          b64_json: { type: 'string', description: 'The image file as bare base64, no data: prefix (response_format "b64_json").' },
+          revised_prompt: { type: 'string', description: 'The prompt after prompt expansion, when it was on.' },
+        },
+        oneOf: [{ required: ['url'] }, { required: ['b64_json'] }],
+        additionalProperties: false,
+      },
+    },
+    output_format: { type: 'string', enum: ['png', 'jpeg', 'webp'], description: 'The format of every image in data.' },
+    size: { type: 'string', pattern: '^[1-9][0-9]*x[1-9][0-9]*$', description: 'The size requested, as WIDTHxHEIGHT.' },
+    meta: {
+      type: 'object',
+      properties: {
+        usage: {
+          type: 'object',
+          description: 'What this request costs the caller. $1 = 2,000,000 credits (aimlapi).',
+          properties: {
+            credits_used: { type: 'integer', minimum: 0 },
+            tokens_used: { type: 'integer', minimum: 0, description: 'Same value as credits_used, under the name older aimlapi clients read.' },
+            cost_usd: { type: 'string', pattern: '^[0-9]+\\.[0-9]{6}$', description: 'The charge in USD, exact to the micro-dollar.' },
+          },
+          required: ['credits_used', 'tokens_used', 'cost_usd'],
+          additionalProperties: false,
+        },
+        seed: { type: 'integer', description: 'The seed fal used.' },
+        images: {
+          type: 'array',
+          items: {
+            type: 'object',
+            properties: {
+              width: { type: 'integer', minimum: 1 },
+              height: { type: 'integer', minimum: 1 },
+              content_type: { type: 'string' },
+              has_nsfw_concept: { type: 'boolean', description: "fal's safety checker flag; flagged images are returned as fal returned them." },
+            },
+            required: ['width', 'height', 'content_type', 'has_nsfw_concept'],
+            additionalProperties: false,
+          },
+        },
+        fal_request_id: { type: 'string', description: "fal's id of the job that made these images." },
+      },
+      required: ['usage', 'seed', 'images', 'fal_request_id'],
+      additionalProperties: false,
+    },
+  },
+  required: ['created', 'data', 'meta'],
+  additionalProperties: false,
+} as const;
+
+export type ImagesResponse = FromSchema<typeof imagesResponseSchema>;
+export type ImagesResponseMeta = ImagesResponse['meta'];
+export type ImagesResponseUsage = ImagesResponseMeta['usage'];

@@ -1,0 +1,144 @@
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Express } from 'express';
+import pino, { type Logger } from 'pino';
+import type { Config } from './config.js';
+import { createApp } from './app.js';
+import { createFalGateway, type FalGateway } from './fal/gateway.js';
+import { createMedia } from './images/media.js';
+import { createImageService } from './images/generate.js';
+import { createModelRegistry, defaultModels, type ModelRegistry } from './models/registry.js';
+import { parseMarkup } from './metering/money.js';
+import { createDatabase, type Database } from './db/index.js';
+import { createLedger, type Ledger } from './metering/ledger.js';
+import { createKeysStore, type KeysStore } from './metering/keys-store.js';
+import { createAuthenticator, loadOrCreateGeneratedKey, type GeneratedKey } from './metering/auth.js';
+import { startEmulator, type Emulator } from './emulator/index.js';
+
+/**
+ * The composition root: builds every part from the configuration and wires
+ * them through factories. `main.ts` adds only process concerns (signals,
+ * banner); tests build a service the same way with overrides.
+ */
+
+export interface Service {
+  app: Express;
+  server: Server;
+  url: string;
+  logger: Logger;
+  fal: FalGateway;
+  ledger: Ledger;
+  keys: KeysStore;
+  database: Database;
+  registry: ModelRegistry;
+  emulator: Emulator | undefined;
+  generatedKey: GeneratedKey | undefined;
+  /** Stops accepting, lets in-flight requests finish, closes everything. */
+  close(): Promise<void>;
+}
+
+export interface ServiceOverrides {
+  logger?: Logger;
+  /** Reuse an emulator the caller started (tests) instead of the embedded one. */
+  emulator?: Emulator;
+  registry?: ModelRegistry;
+}
+
+export async function startService(config: Config, overrides: ServiceOverrides = {}): Promise<Service> {
+  const logger = overrides.logger ?? pino({
+    level: config.logLevel,
+    redact: { paths: ['req.headers.authorization', '*.authorization', '*.apiKey', '*.key', '*.falKey', '*.secret'], censor: '[redacted]' },
+  });
+  const registry = overrides.registry ?? createModelRegistry(defaultModels);
+  const markup = parseMarkup(config.priceMarkup);
+
+  let emulator = overrides.emulator;
+  let ownEmulator = false;
+  if (!emulator && config.embeddedEmulator) {
+    emulator = await startEmulator({ port: 0, latencyMs: config.emulatorLatencyMs, imageMode: config.emulatorImageMode });
+    ownEmulator = true;
+  }
+  const falBaseUrl = emulator ? emulator.url : config.falBaseUrl;
+  const falKey = config.falKey ?? (emulator ? 'emulator' : undefined);
+
+  const database = await createDatabase({ databaseUrl: config.databaseUrl, dataDir: config.dataDir, logger });
+  const ledger = createLedger(database);
+  const keys = createKeysStore(database);
+  const generatedKey = config.apiKeys.length === 0 && !config.adminApiKey ? await loadOrCreateGeneratedKey(config.dataDir) : undefined;
+  const authenticate = createAuthenticator({
+    keys,
+    staticKeys: config.apiKeys,
+    adminKey: config.adminApiKey,
+    generatedKeyHash: generatedKey?.sha256,
+  });
+
+  const fal = createFalGateway({ credentials: falKey, baseUrl: falBaseUrl });
+  const media = createMedia({ falBaseUrl });
+  const shutdown = new AbortController();
+  let shuttingDown = false;
+  const images = createImageService({
+    fal,
+    ledger,
+    media,
+    markup,
+    requestTimeoutMs: config.requestTimeoutMs,
+    logger,
+    shutdownSignal: shutdown.signal,
+  });
+
+  const app = createApp({
+    logger,
+    registry,
+    images,
+    media,
+    authenticate,
+    maxBodyBytes: config.maxBodyBytes,
+    publicBaseUrl: config.publicBaseUrl,
+    isShuttingDown: () => shuttingDown,
+    readiness: [
+      { name: 'upstream', check: () => fal.ping({ signal: AbortSignal.timeout(2000) }) },
+      { name: 'storage', check: () => database.ping().then(() => true) },
+    ],
+  });
+
+  const server = createServer(app);
+  // Image jobs take seconds to minutes: Node's default 5-minute request
+  // timeout must not cut a job that our own deadline still allows.
+  server.requestTimeout = config.requestTimeoutMs + 30_000;
+  server.headersTimeout = 60_000;
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(config.port, config.host, () => resolve());
+  });
+  const addr = server.address() as AddressInfo;
+  const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
+  const url = `http://${host}:${addr.port}`;
+
+  let closing: Promise<void> | undefined;
+  return {
+    app,
+    server,
+    url,
+    logger,
+    fal,
+    ledger,
+    keys,
+    database,
+    registry,
+    emulator,
+    generatedKey,
+    close() {
+      closing ??= (async () => {
+        shuttingDown = true;
+        await new Promise<void>((resolve) => {
+          server.close(() => resolve());
+          server.closeIdleConnections();
+        });
+        shutdown.abort();
+        await database.close();
+        if (ownEmulator) await emulator!.close();
+      })();
+      return closing;
+    },
+  };
+}

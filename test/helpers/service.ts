@@ -1,0 +1,59 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pino from 'pino';
+import { loadConfig } from '../../src/config.js';
+import { startService, type Service } from '../../src/service.js';
+import { startEmulator, type Emulator, type EmulatorOptions } from '../../src/emulator/index.js';
+
+export const TEST_KEY = 'sk-test-0123456789abcdef';
+export const OTHER_KEY = 'sk-test-fedcba9876543210';
+export const ADMIN_KEY = 'sk-admin-0123456789abcdef';
+
+export interface TestService {
+  service: Service;
+  emulator: Emulator;
+  url: string;
+  key: string;
+  dataDir: string;
+  logs: Array<Record<string, unknown>>;
+  close(): Promise<void>;
+}
+
+/**
+ * A real service listening on a free loopback port, talking over HTTP to a
+ * real emulator, with its own SQLite file (or PostgreSQL when `env` sets
+ * DATABASE_URL). Log lines are captured for assertions.
+ */
+export async function startTestService(env: Record<string, string> = {}, emulatorOptions: EmulatorOptions = {}): Promise<TestService> {
+  const emulator = await startEmulator({ port: 0, latencyMs: 20, ...emulatorOptions });
+  const dataDir = await mkdtemp(join(tmpdir(), 'gw-test-'));
+  const logs: Array<Record<string, unknown>> = [];
+  const logger = pino(
+    { level: env.LOG_LEVEL ?? 'info' },
+    { write: (line: string) => void logs.push(JSON.parse(line) as Record<string, unknown>) },
+  );
+  const config = loadConfig({
+    PORT: '0',
+    API_KEYS: `${TEST_KEY},${OTHER_KEY}`,
+    ADMIN_API_KEY: ADMIN_KEY,
+    FAL_BASE_URL: emulator.url,
+    FAL_KEY: 'fal-test-key',
+    DATA_DIR: dataDir,
+    ...env,
+  });
+  const service = await startService(config, { logger, emulator });
+  return {
+    service,
+    emulator,
+    url: service.url,
+    key: TEST_KEY,
+    dataDir,
+    logs,
+    async close() {
+      await service.close();
+      await emulator.close();
+      await rm(dataDir, { recursive: true, force: true });
+    },
+  };
+}
