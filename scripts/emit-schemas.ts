@@ -7,9 +7,10 @@
  */
 import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { EMITTED_SCHEMAS, schemaFileText } from '../src/schemas/index.js';
 
-const dir = new URL('../schemas/', import.meta.url).pathname;
+const dir = fileURLToPath(new URL('../schemas/', import.meta.url));
 const check = process.argv.includes('--check');
 
 function read(path: string): string | undefined {

@@ -36,6 +36,11 @@ export interface DatabaseOptions {
   /** PostgreSQL pool size. */
   poolSize?: number | undefined;
   /**
+   * PostgreSQL: how long to wait for a connection. Bounded so that a database
+   * that stops answering turns into a prompt 503, not a request that hangs.
+   */
+  connectTimeoutMs?: number | undefined;
+  /**
    * SQLite `synchronous`. `full` (default) survives power loss after commit;
    * `normal` survives process crashes only but saves an fsync per commit.
    */
@@ -117,6 +122,7 @@ async function openPostgres(url: string, options: DatabaseOptions): Promise<Data
   const pool = new pg.Pool({
     connectionString: url,
     max: options.poolSize ?? 10,
+    connectionTimeoutMillis: options.connectTimeoutMs ?? 5000,
     // A startup parameter rather than a SET after connect: it applies before
     // the pool hands the connection to anyone, with no extra round trip.
     ...(schema !== undefined ? { options: `-c search_path=${schema}` } : {}),

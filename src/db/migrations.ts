@@ -14,8 +14,9 @@ export function migrations(dialect: DatabaseDialect): Record<string, Migration> 
         await db.schema
           .createTable('api_keys')
           .addColumn('id', 'text', (c) => c.primaryKey())
+          .addColumn('kind', 'text', (c) => c.notNull().defaultTo('issued'))
           .addColumn('name', 'text', (c) => c.notNull())
-          .addColumn('key_hash', 'text', (c) => c.notNull().unique())
+          .addColumn('key_hash', 'text', (c) => c.notNull())
           .addColumn('role', 'text', (c) => c.notNull())
           .addColumn('enabled', 'bigint', (c) => c.notNull().defaultTo(1))
           .addColumn('budget_micros', 'bigint')
@@ -24,11 +25,23 @@ export function migrations(dialect: DatabaseDialect): Record<string, Migration> 
           .addColumn('rpm_limit', 'bigint')
           .addColumn('created_at', 'text', (c) => c.notNull())
           .addColumn('updated_at', 'text', (c) => c.notNull())
+          .addCheckConstraint('api_keys_kind', sql`kind in ('issued', 'static')`)
           .addCheckConstraint('api_keys_role', sql`role in ('user', 'admin')`)
           .addCheckConstraint('api_keys_enabled', sql`enabled in (0, 1)`)
           // A negative reservation can only come from a bookkeeping bug; fail
           // the transaction rather than let it hide.
           .addCheckConstraint('api_keys_amounts', sql`spent_micros >= 0 and reserved_micros >= 0`)
+          .execute();
+
+        // Unique among issued keys, which authenticate by it. Static rows only
+        // meter environment keys, and one such key may appear twice (say, as
+        // ADMIN_API_KEY under its own id and again in API_KEYS).
+        await db.schema
+          .createIndex('api_keys_issued_hash')
+          .on('api_keys')
+          .column('key_hash')
+          .unique()
+          .where(sql.ref('kind'), '=', 'issued')
           .execute();
 
         await db.schema

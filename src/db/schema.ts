@@ -13,6 +13,8 @@ import type { ColumnType, Generated } from 'kysely';
 
 /** A 64-bit integer column: written as bigint (or a safe number), read as bigint. */
 export type Int64 = ColumnType<bigint, bigint | number, bigint | number>;
+/** The same, with a default in the table definition, so inserts may omit it. */
+export type Int64WithDefault = ColumnType<bigint, bigint | number | undefined, bigint | number>;
 type NullableInt64 = ColumnType<bigint | null, bigint | number | null, bigint | number | null>;
 
 export type KeyRole = 'user' | 'admin';
@@ -20,16 +22,24 @@ export type RequestStatus = 'reserved' | 'submitted' | 'settled' | 'released' | 
 export type JobStatus = 'submitted' | 'completed' | 'failed' | 'cancelled' | 'duplicate';
 export type IdempotencyState = 'running' | 'done';
 
+export type KeyKind = 'issued' | 'static';
+
 export interface ApiKeysTable {
   id: string;
+  /**
+   * `issued` keys authenticate through this table; `static` rows only anchor
+   * the metering of keys configured in the environment, which authenticate
+   * from the environment alone, so removing one there revokes it.
+   */
+  kind: ColumnType<KeyKind, KeyKind | undefined, KeyKind>;
   name: string;
   key_hash: string;
   role: KeyRole;
   /** 0 or 1: SQLite has no boolean and better-sqlite3 cannot bind one. */
-  enabled: Int64;
+  enabled: Int64WithDefault;
   budget_micros: NullableInt64;
-  spent_micros: Int64;
-  reserved_micros: Int64;
+  spent_micros: Int64WithDefault;
+  reserved_micros: Int64WithDefault;
   rpm_limit: NullableInt64;
   created_at: string;
   updated_at: string;
@@ -44,10 +54,10 @@ export interface RequestsTable {
   end_user: string | null;
   status: RequestStatus;
   reserved_micros: Int64;
-  charge_micros: Int64;
-  credits: Int64;
-  upstream_cost_micros: Int64;
-  images: Int64;
+  charge_micros: Int64WithDefault;
+  credits: Int64WithDefault;
+  upstream_cost_micros: Int64WithDefault;
+  images: Int64WithDefault;
   error_code: string | null;
   idempotency_key: string | null;
   created_at: string;
@@ -59,12 +69,12 @@ export interface UpstreamJobsTable {
   request_id: string;
   endpoint: string;
   status: JobStatus;
-  images: Int64;
-  pixels: Int64;
+  images: Int64WithDefault;
+  pixels: Int64WithDefault;
   /** Canonical decimal strings (see `canonicalDecimal`), so SQL equality is numeric equality. */
   units_estimate: string | null;
   units_fal: string | null;
-  upstream_cost_micros: Int64;
+  upstream_cost_micros: Int64WithDefault;
   created_at: string;
   completed_at: string | null;
 }
@@ -88,7 +98,7 @@ export interface OutboxTable {
   type: string;
   payload_json: string;
   created_at: string;
-  attempts: Int64;
+  attempts: Int64WithDefault;
   next_attempt_at: string;
   delivered_at: string | null;
   last_error: string | null;

@@ -121,11 +121,11 @@ class SerializedSqliteDriver implements Driver {
     return this.#inner.releaseSavepoint(connection, name, compile);
   }
 
-  async releaseConnection(connection: DatabaseConnection): Promise<void> {
+  async releaseConnection(): Promise<void> {
     const release = this.#release;
     this.#release = undefined;
     try {
-      await this.#inner.releaseConnection(connection);
+      await this.#inner.releaseConnection();
     } finally {
       release?.();
     }

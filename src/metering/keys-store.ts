@@ -6,11 +6,13 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import type { Selectable, Updateable } from 'kysely';
 import type { Database } from '../db/database.js';
-import type { ApiKeysTable, KeyRole } from '../db/schema.js';
+import type { ApiKeysTable, KeyKind, KeyRole } from '../db/schema.js';
 import { systemClock, toBigInt, toIsoTimestamp, toNullableBigInt, toNullableNumber, type Clock } from '../db/values.js';
 
 export interface KeyRecord {
   id: string;
+  /** `static`: configured in the environment; the row only carries its metering. */
+  kind: KeyKind;
   name: string;
   role: KeyRole;
   enabled: boolean;
@@ -43,19 +45,34 @@ export interface KeyPatch {
 export interface KeysStore {
   /** Returns the only copy of the plaintext key the service will ever hold. */
   create(input: CreateKeyInput): Promise<{ record: KeyRecord; key: string }>;
-  /** The record for a presented key, enabled or not (the caller decides); null if unknown. */
+  /**
+   * The issued key matching a presented key, enabled or not (the caller
+   * decides); null if none. Static rows never match: static keys
+   * authenticate from the environment, so dropping one there revokes it.
+   */
   findByKey(key: string): Promise<KeyRecord | null>;
+  /** As `findByKey`, for a caller that has already hashed the key (SHA-256 hex). */
+  findByHash(keyHash: string): Promise<KeyRecord | null>;
   list(): Promise<KeyRecord[]>;
   get(id: string): Promise<KeyRecord | null>;
   update(id: string, patch: KeyPatch): Promise<KeyRecord | null>;
   disable(id: string): Promise<KeyRecord | null>;
   /**
-   * The row for a key configured in the environment (`API_KEYS`,
-   * `ADMIN_API_KEY`): id `static-` + the first 8 hex characters of its hash,
-   * no budget. Idempotent; safe from several processes at once. The row
-   * exists so static keys are metered and reported like any other.
+   * The metering row for a key configured in the environment (`API_KEYS`,
+   * `ADMIN_API_KEY`, a generated key of which only the hash is kept): by
+   * default id `static-` + the first 8 hex characters of its SHA-256, no
+   * budget. Idempotent and safe from several processes at once. A spec with
+   * an explicit id follows key rotation (the stored hash is replaced); the
+   * role always follows the environment.
    */
-  ensureStatic(key: string, options?: { role?: KeyRole | undefined; name?: string | undefined }): Promise<KeyRecord>;
+  ensureStatic(key: string | StaticKeySpec, options?: { role?: KeyRole | undefined; name?: string | undefined }): Promise<KeyRecord>;
+}
+
+export interface StaticKeySpec {
+  keyHash: string;
+  id?: string | undefined;
+  role?: KeyRole | undefined;
+  name?: string | undefined;
 }
 
 export const KEY_PREFIX = 'sk-';
@@ -64,9 +81,7 @@ export function hashKey(key: string): string {
   return createHash('sha256').update(key, 'utf8').digest('hex');
 }
 
-export function staticKeyId(key: string): string {
-  return `static-${hashKey(key).slice(0, 8)}`;
-}
+const SHA256_HEX = /^[0-9a-f]{64}$/;
 
 export function createKeysStore(database: Database, options: { clock?: Clock | undefined } = {}): KeysStore {
   const db = database.db;
@@ -94,6 +109,23 @@ export function createKeysStore(database: Database, options: { clock?: Clock | u
     return changed ? toKey(changed) : null;
   }
 
+  async function findByHash(keyHash: string): Promise<KeyRecord | null> {
+    if (!SHA256_HEX.test(keyHash)) return null;
+    const row = await db
+      .selectFrom('api_keys')
+      .selectAll()
+      .where('key_hash', '=', keyHash)
+      .where('kind', '=', 'issued')
+      .executeTakeFirst();
+    if (!row) return null;
+    // The index lookup already matched; this re-check costs nothing and keeps
+    // the final comparison independent of where two hashes differ.
+    const stored = Buffer.from(row.key_hash, 'hex');
+    const presented = Buffer.from(keyHash, 'hex');
+    if (stored.length !== presented.length || !timingSafeEqual(stored, presented)) return null;
+    return toKey(row);
+  }
+
   return {
     async create(input) {
       const key = KEY_PREFIX + randomBytes(32).toString('base64url');
@@ -105,7 +137,6 @@ export function createKeysStore(database: Database, options: { clock?: Clock | u
           name: input.name,
           key_hash: hashKey(key),
           role: checkRole(input.role ?? 'user'),
-          enabled: 1,
           budget_micros: checkBudget(input.budgetMicros ?? null),
           spent_micros: 0n,
           reserved_micros: 0n,
@@ -118,17 +149,11 @@ export function createKeysStore(database: Database, options: { clock?: Clock | u
       return { record: toKey(row), key };
     },
 
-    async findByKey(key) {
-      const hash = hashKey(key);
-      const row = await db.selectFrom('api_keys').selectAll().where('key_hash', '=', hash).executeTakeFirst();
-      if (!row) return null;
-      // The index lookup already matched; this re-check costs nothing and
-      // keeps the final comparison independent of where the hashes differ.
-      const stored = Buffer.from(row.key_hash, 'hex');
-      const presented = Buffer.from(hash, 'hex');
-      if (stored.length !== presented.length || !timingSafeEqual(stored, presented)) return null;
-      return toKey(row);
+    findByKey(key) {
+      return findByHash(hashKey(key));
     },
+
+    findByHash,
 
     async list() {
       const rows = await db.selectFrom('api_keys').selectAll().orderBy('created_at').orderBy('id').execute();
@@ -142,22 +167,23 @@ export function createKeysStore(database: Database, options: { clock?: Clock | u
       return update(id, { enabled: false });
     },
 
-    async ensureStatic(key, opts = {}) {
-      const hash = hashKey(key);
-      const id = `static-${hash.slice(0, 8)}`;
-      const role = checkRole(opts.role ?? 'user');
+    async ensureStatic(keyOrSpec, opts = {}) {
+      const spec: StaticKeySpec = typeof keyOrSpec === 'string' ? { keyHash: hashKey(keyOrSpec) } : keyOrSpec;
+      const hash = spec.keyHash.toLowerCase();
+      if (!SHA256_HEX.test(hash)) throw new RangeError('keyHash must be a SHA-256 hex digest');
+      const derivedId = `static-${hash.slice(0, 8)}`;
+      const id = spec.id ?? derivedId;
+      const role = checkRole(spec.role ?? opts.role ?? 'user');
       const at = now();
       await db
         .insertInto('api_keys')
         .values({
           id,
-          name: opts.name ?? (role === 'admin' ? 'static admin key' : 'static key'),
+          kind: 'static',
+          name: spec.name ?? opts.name ?? (role === 'admin' ? 'static admin key' : 'static key'),
           key_hash: hash,
           role,
-          enabled: 1,
           budget_micros: null,
-          spent_micros: 0n,
-          reserved_micros: 0n,
           rpm_limit: null,
           created_at: at,
           updated_at: at,
@@ -165,14 +191,18 @@ export function createKeysStore(database: Database, options: { clock?: Clock | u
         .onConflict((oc) => oc.column('id').doNothing())
         .execute();
       const row = await db.selectFrom('api_keys').selectAll().where('id', '=', id).executeTakeFirstOrThrow();
-      if (row.key_hash !== hash) {
+      if (row.kind !== 'static') throw new Error(`key id ${id} belongs to an issued key, not a static one`);
+      if (row.key_hash !== hash && id === derivedId) {
         throw new Error(`two configured keys share the id ${id}; replace one of them`);
       }
-      // The environment decides a static key's role; follow it if it changed.
-      if (row.role !== role) {
-        return (await update(id, { role })) ?? toKey(row);
-      }
-      return toKey(row);
+      if (row.key_hash === hash && row.role === role) return toKey(row);
+      const changed = await db
+        .updateTable('api_keys')
+        .set({ key_hash: hash, role, updated_at: at })
+        .where('id', '=', id)
+        .returningAll()
+        .executeTakeFirstOrThrow();
+      return toKey(changed);
     },
   };
 }
@@ -195,6 +225,7 @@ function checkRpm(rpm: number | null): number | null {
 function toKey(row: Selectable<ApiKeysTable>): KeyRecord {
   return {
     id: row.id,
+    kind: row.kind,
     name: row.name,
     role: row.role,
     enabled: toBigInt(row.enabled) === 1n,

@@ -134,6 +134,12 @@ export interface ReleaseResult {
   request: RequestRecord;
 }
 
+/**
+ * Time ranges apply to settlement time, not request time: a charge is
+ * committed at settlement, so a period that has been exported can never gain
+ * a row later (a request started before midnight and settled after it counts
+ * in the new day, instead of in a day already invoiced).
+ */
 export interface UsageFilter {
   /** Inclusive, on settlement time. */
   from?: TimeInput | undefined;
@@ -168,16 +174,26 @@ export interface UsageReport {
  * documented export columns, in `EXPORT_COLUMNS` order.
  */
 export interface ExportRow {
+  /** Our request id (also the `x-request-id` the caller saw). */
   request_id: string;
   key_id: string;
+  /** The public model id the caller asked for. */
   model: string;
+  /** The fal endpoint id that served it. */
   endpoint: string;
+  /** The caller's OpenAI `user` field, if sent. */
   user: string | null;
+  /** Images delivered (and billed). */
   images: number;
+  /** What the caller is billed, in millionths of a US dollar. */
   charge_micros: bigint;
+  /** The same charge in aimlapi credits. */
   credits: bigint;
+  /** What fal billed us for the request's jobs, in millionths of a US dollar. */
   upstream_cost_micros: bigint;
+  /** When the request was reserved, ISO-8601 UTC. */
   created_at: string;
+  /** When the charge was committed, ISO-8601 UTC; export ranges apply to this. */
   settled_at: string;
 }
 
@@ -605,9 +621,12 @@ export function createLedger(database: Database, options: LedgerOptions = {}): L
       const grouped = await base
         .select([group.as('grp'), ...aggregates])
         .groupBy(group)
-        .orderBy('grp')
         .execute();
-      const rows = grouped.map((r) => ({ group: String(r.grp), ...toTotals(r) }));
+      // Sorted here, by code unit, because PostgreSQL would order text by its
+      // collation and SQLite by bytes: one order for both.
+      const rows = grouped
+        .map((r) => ({ group: String(r.grp), ...toTotals(r) }))
+        .sort((a, b) => (a.group < b.group ? -1 : a.group > b.group ? 1 : 0));
       const totals = rows.reduce<UsageTotals>(
         (t, r) => ({
           requests: t.requests + r.requests,

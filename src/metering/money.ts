@@ -116,6 +116,9 @@ export function formatDecimal(r: Ratio, maxDecimals = 12): string {
   return frac === '' ? whole.toString() : `${whole}.${frac}`;
 }
 
+/** A price multiplier (`PRICE_MARKUP`), exact. */
+export type Markup = Ratio;
+
 /** Markups are multipliers with at most this many decimals ("1.333" is fine). */
 const MARKUP_DECIMALS = 6;
 
@@ -123,7 +126,7 @@ const MARKUP_DECIMALS = 6;
  * `PRICE_MARKUP`: `"1.05"` → 21/20. Must be greater than zero: a zero markup
  * would bill every request at $0.
  */
-export function parseMarkup(value: string | number): Ratio {
+export function parseMarkup(value: string | number): Markup {
   const r = parseDecimal(value, MARKUP_DECIMALS, 'the price markup');
   if (r.num === 0n) throw new MoneyError('the price markup must be greater than 0 (a zero markup would bill $0)');
   return r;
@@ -134,7 +137,7 @@ export function parseMarkup(value: string | number): Ratio {
  * is below one micro-dollar per charge and always in the direction that
  * never bills less than the configured price.
  */
-export function applyMarkup(micros: bigint, markup: Ratio): bigint {
+export function applyMarkup(micros: bigint, markup: Markup): bigint {
   if (micros < 0n) throw new RangeError('applyMarkup: amount must not be negative');
   return ceilDiv(micros * markup.num, markup.den);
 }

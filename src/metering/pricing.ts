@@ -9,7 +9,7 @@
  * `maxCharge` is the caller charge if every requested image comes back, for
  * the reservation made before fal is called.
  */
-import { addRatio, ceilToMicros, formatDecimal, formatUsd, MoneyError, mulRatio, parseDecimal, ratio, type Ratio } from './money.js';
+import { addRatio, ceilToMicros, formatDecimal, formatUsd, MoneyError, mulRatio, parseDecimal, ratio, type Markup, type Ratio } from './money.js';
 
 /** aimlapi's unit: $1 = 2,000,000 credits, so one micro-dollar is 2 credits. */
 export const CREDITS_PER_MICRO = 2n;
@@ -167,7 +167,7 @@ export function chargeFromMicros(micros: bigint): Charge {
  * rounded up once to a whole micro-dollar (so never below the configured
  * price, and never more than one micro-dollar above it).
  */
-export function callerCharge(model: PricedModel, images: readonly ImageDims[], promptExpansion: boolean, markup: Ratio): Charge {
+export function callerCharge(model: PricedModel, images: readonly ImageDims[], promptExpansion: boolean, markup: Markup): Charge {
   return chargeFromMicros(ceilToMicros(mulRatio(deliveredUsd(model.pricing, images, promptExpansion), markup)));
 }
 
@@ -178,11 +178,11 @@ export interface ChargeableRequest {
   readonly promptExpansion: boolean;
 }
 
-/** The caller charge if every requested image is returned: what to reserve against the budget. */
-export function maxCharge(request: ChargeableRequest, markup: Ratio): Charge {
+/** Micro-dollars of the caller charge if every requested image comes back: what to reserve against the budget. */
+export function maxCharge(request: ChargeableRequest, markup: Markup): bigint {
   if (!Number.isSafeInteger(request.numImages) || request.numImages < 1) throw new RangeError(`numImages must be a positive integer (got ${request.numImages})`);
   const images = Array.from({ length: request.numImages }, () => request.size);
-  return callerCharge(request.model, images, request.promptExpansion, markup);
+  return callerCharge(request.model, images, request.promptExpansion, markup).micros;
 }
 
 /**
@@ -192,9 +192,60 @@ export function maxCharge(request: ChargeableRequest, markup: Ratio): Charge {
  * the prompt-expansion fee is in `micros`.
  */
 export function upstreamEstimate(model: PricedModel, images: readonly ImageDims[], promptExpansion: boolean): UpstreamEstimate {
-  const pricing = model.pricing;
-  const units = jobUnits(pricing, images);
+  const units = jobUnits(model.pricing, images);
+  return { units: formatDecimal(units), micros: costOfUnits(model.pricing, units, promptExpansion) };
+}
+
+function costOfUnits(pricing: ModelPricing, units: Ratio, promptExpansion: boolean): bigint {
   let usd = mulRatio(units, rateOf(pricing));
   if (promptExpansion) usd = addRatio(usd, expansionFee(pricing));
-  return { units: formatDecimal(units), micros: ceilToMicros(usd) };
+  return ceilToMicros(usd);
+}
+
+export interface UpstreamCost {
+  /** What we record as fal's bill for the job. */
+  readonly micros: bigint;
+  /** Where `micros` came from: fal's `x-fal-billable-units`, or our estimate when fal sent none we could read. */
+  readonly source: 'fal' | 'estimate';
+  /** Our estimate of the units, always computed so it can be compared. */
+  readonly unitsEstimate: string;
+  /** fal's units in canonical decimal form; null when absent or unreadable. */
+  readonly unitsFal: string | null;
+  /** fal's units differ from our estimate, or fal sent units we could not read: log and count it. */
+  readonly disagrees: boolean;
+}
+
+/**
+ * The upstream cost of one completed job: fal's own billable units × the
+ * rate when fal reported them, otherwise our estimate. The prompt-expansion
+ * fee is added on top in both cases, since fal's units count images only
+ * (an assumption: fal does not document the header).
+ */
+export function upstreamCost(
+  model: PricedModel,
+  images: readonly ImageDims[],
+  promptExpansion: boolean,
+  falBillableUnits: string | null | undefined,
+): UpstreamCost {
+  const estimate = jobUnits(model.pricing, images);
+  const unitsEstimate = formatDecimal(estimate);
+  let fal: Ratio | undefined;
+  if (falBillableUnits !== null && falBillableUnits !== undefined) {
+    try {
+      fal = parseDecimal(falBillableUnits.trim(), RATE_DECIMALS, 'x-fal-billable-units');
+    } catch {
+      fal = undefined;
+    }
+  }
+  if (fal === undefined) {
+    const unreadable = falBillableUnits !== null && falBillableUnits !== undefined;
+    return { micros: costOfUnits(model.pricing, estimate, promptExpansion), source: 'estimate', unitsEstimate, unitsFal: null, disagrees: unreadable };
+  }
+  return {
+    micros: costOfUnits(model.pricing, fal, promptExpansion),
+    source: 'fal',
+    unitsEstimate,
+    unitsFal: formatDecimal(fal),
+    disagrees: fal.num !== estimate.num || fal.den !== estimate.den,
+  };
 }

@@ -7,7 +7,10 @@
  */
 import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
 import { validatePricing, type ModelPricing } from '../metering/pricing.js';
+import { IMAGE_SIZE_PRESET_PIXELS } from '../schemas/fields.js';
 import type { ImageSizeValue, OutputFormat } from '../schemas/image-request.js';
+
+export { defaultModels } from './catalog.js';
 
 /** A request body schema as the registry needs it: a closed object with `model` and `prompt`. */
 export interface RequestSchema {
@@ -126,6 +129,14 @@ function checkSchema(e: ModelEntry, where: string): void {
   // The OpenAI names are mapped onto the fal names, so they can only exist together.
   if (has('n') && !has('num_images')) fail(where, 'requestSchema defines "n" without "num_images"');
   if (has('size') && !has('image_size')) fail(where, 'requestSchema defines "size" without "image_size"');
+  // Pricing needs pixels: every preset a schema offers must be in the preset table.
+  const imageSize = has('image_size') ? (props as Record<string, { anyOf?: unknown; enum?: unknown }>)['image_size'] : undefined;
+  const branches = Array.isArray(imageSize?.anyOf) ? (imageSize.anyOf as Array<{ enum?: unknown }>) : imageSize ? [imageSize] : [];
+  for (const branch of branches) {
+    for (const preset of Array.isArray(branch.enum) ? branch.enum : []) {
+      if (!Object.hasOwn(IMAGE_SIZE_PRESET_PIXELS, String(preset))) fail(where, `image_size preset ${JSON.stringify(preset)} has no pixel size in IMAGE_SIZE_PRESET_PIXELS`);
+    }
+  }
   for (const f of ['num_images', 'n']) {
     const max = has(f) ? (props as Record<string, { maximum?: unknown }>)[f]?.maximum : undefined;
     if (has(f) && max !== e.maxImagesPerJob) fail(where, `requestSchema "${f}" maximum (${String(max)}) must equal maxImagesPerJob (${e.maxImagesPerJob})`);
@@ -136,7 +147,7 @@ function checkDefaults(e: ModelEntry, where: string, body: ValidateFunction): vo
   const d = e.defaults as unknown;
   if (typeof d !== 'object' || d === null) fail(where, 'defaults are missing');
   for (const f of PINNED_FIELDS) {
-    if (Object.hasOwn(e.requestSchema.properties, f) && !Object.hasOwn(d, f)) {
+    if (Object.hasOwn(e.requestSchema.properties, f) && (d as Record<string, unknown>)[f] === undefined) {
       fail(where, `defaults.${f} is missing; it decides the price, so it is always sent to fal explicitly`);
     }
   }

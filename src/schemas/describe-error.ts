@@ -70,7 +70,8 @@ function listValues(values: readonly unknown[]): string {
 function branchWords(branch: unknown): string {
   if (typeof branch !== 'object' || branch === null) return 'something else';
   const b = branch as Record<string, unknown>;
-  if (Array.isArray(b['enum'])) return `one of ${listValues(b['enum'])}`;
+  // Commas only: the alternatives themselves are joined with "or".
+  if (Array.isArray(b['enum'])) return `one of ${b['enum'].map((v) => showValue(v)).join(', ')}`;
   if (b['type'] === 'object' && typeof b['properties'] === 'object' && b['properties'] !== null) {
     return `an object {${Object.keys(b['properties']).join(', ')}}`;
   }

@@ -8,6 +8,10 @@ import type { FromSchema } from 'json-schema-to-ts';
 
 const DRAFT_07 = 'http://json-schema.org/draft-07/schema#';
 
+const urlField = { type: 'string', description: 'Where to download the image (response_format "url").' } as const;
+const b64Field = { type: 'string', description: 'The image file as bare base64, no data: prefix (response_format "b64_json").' } as const;
+const revisedPromptField = { type: 'string', description: 'The prompt after prompt expansion, when it was on.' } as const;
+
 export const imagesResponseSchema = {
   $schema: DRAFT_07,
   title: 'Images response',
@@ -19,14 +23,20 @@ export const imagesResponseSchema = {
       type: 'array',
       description: 'One item per image fal returned, in order.',
       items: {
-        type: 'object',
-        properties: {
-          url: { type: 'string', description: 'Where to download the image (response_format "url").' },
-          b64_json: { type: 'string', description: 'The image file as bare base64, no data: prefix (response_format "b64_json").' },
-          revised_prompt: { type: 'string', description: 'The prompt after prompt expansion, when it was on.' },
-        },
-        oneOf: [{ required: ['url'] }, { required: ['b64_json'] }],
-        additionalProperties: false,
+        oneOf: [
+          {
+            type: 'object',
+            properties: { url: urlField, revised_prompt: revisedPromptField },
+            required: ['url'],
+            additionalProperties: false,
+          },
+          {
+            type: 'object',
+            properties: { b64_json: b64Field, revised_prompt: revisedPromptField },
+            required: ['b64_json'],
+            additionalProperties: false,
+          },
+        ],
       },
     },
     output_format: { type: 'string', enum: ['png', 'jpeg', 'webp'], description: 'The format of every image in data.' },

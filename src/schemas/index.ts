@@ -24,6 +24,7 @@ export function schemaFileText(schema: object): string {
   return `${JSON.stringify(schema, null, 2)}\n`;
 }
 
+export * from './describe-error.js';
 export * from './error-response.js';
 export * from './fields.js';
 export * from './image-request.js';

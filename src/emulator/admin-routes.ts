@@ -1,0 +1,116 @@
+/**
+ * `/_emulator/*`: the test bed's control panel. No auth: it is a local tool,
+ * and tests must be able to inspect billing without knowing the key.
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Ctx, Route } from './context.js';
+import { FaultSpecError } from './faults.js';
+import { parseJsonBody, readBody, sendJson } from './http.js';
+import { PriceTableError, parsePriceTable, sumUsd } from './pricing.js';
+
+export function jobView(ctx: Ctx, id: string): Record<string, unknown> | undefined {
+  const job = ctx.engine.get(id);
+  if (!job) return undefined;
+  return { ...structuredClone(job), queue_position: ctx.engine.queuePosition(job) };
+}
+
+async function jsonBody(req: IncomingMessage, res: ServerResponse): Promise<{ ok: true; value: unknown } | { ok: false }> {
+  const parsed = parseJsonBody(await readBody(req, 1024 * 1024));
+  if (!parsed.ok) {
+    sendJson(res, 400, { detail: `Invalid JSON: ${parsed.message}` });
+    return { ok: false };
+  }
+  return parsed;
+}
+
+export async function admin(ctx: Ctx, req: IncomingMessage, res: ServerResponse, route: Route): Promise<void> {
+  ctx.calls.admin += 1;
+  const path = route.segments.join('/');
+  const method = req.method ?? 'GET';
+  const key = `${method} ${path}`;
+  switch (key) {
+    case 'GET health':
+      sendJson(res, 200, {
+        status: 'ok',
+        uptime_s: Math.round((Date.now() - ctx.started) / 1000),
+        jobs: ctx.engine.list().length,
+        pending_webhooks: ctx.webhooks.pending(),
+        image_mode: ctx.options.imageMode,
+        latency_ms: ctx.options.latencyMs,
+        public_url: ctx.publicUrl(),
+      });
+      return;
+    case 'GET billing': {
+      const entries = ctx.engine.billing();
+      sendJson(res, 200, { entries, total_usd: sumUsd(entries.map((e) => e.usd)) });
+      return;
+    }
+    case 'POST reset':
+      ctx.reset();
+      sendJson(res, 200, { status: 'reset' });
+      return;
+    case 'GET faults':
+      sendJson(res, 200, { faults: ctx.faults.list() });
+      return;
+    case 'POST faults': {
+      const body = await jsonBody(req, res);
+      if (!body.ok) return;
+      try {
+        sendJson(res, 201, { faults: ctx.faults.arm(body.value) });
+      } catch (err) {
+        if (!(err instanceof FaultSpecError)) throw err;
+        sendJson(res, 400, { detail: err.message });
+      }
+      return;
+    }
+    case 'DELETE faults':
+      ctx.faults.clear();
+      sendJson(res, 200, { faults: [] });
+      return;
+    case 'GET jobs':
+      sendJson(res, 200, { jobs: ctx.engine.list().map((j) => jobView(ctx, j.request_id)) });
+      return;
+    case 'GET prices':
+      sendJson(res, 200, ctx.prices());
+      return;
+    case 'POST prices': {
+      const body = await jsonBody(req, res);
+      if (!body.ok) return;
+      try {
+        ctx.setPrices(parsePriceTable(body.value), route.query.get('merge') === '1' || route.query.get('merge') === 'true');
+      } catch (err) {
+        if (!(err instanceof PriceTableError)) throw err;
+        sendJson(res, 400, { detail: err.message });
+        return;
+      }
+      sendJson(res, 200, ctx.prices());
+      return;
+    }
+    case 'GET webhooks':
+      sendJson(res, 200, { deliveries: ctx.webhooks.deliveries() });
+      return;
+    case 'GET jwks.json':
+    case 'GET .well-known/jwks.json':
+      sendJson(res, 200, ctx.signer.jwks);
+      return;
+    case 'GET stats':
+      sendJson(res, 200, { calls: { ...ctx.calls } });
+      return;
+  }
+  const jobRoute = /^jobs\/([^/]+)(\/finish)?$/.exec(path);
+  if (jobRoute) {
+    const id = jobRoute[1]!;
+    if (!jobRoute[2] && method === 'GET') {
+      const view = jobView(ctx, id);
+      if (view) sendJson(res, 200, view);
+      else sendJson(res, 404, { detail: `Request ${id} not found` });
+      return;
+    }
+    if (jobRoute[2] && method === 'POST') {
+      if (ctx.engine.finishNow(id)) sendJson(res, 200, jobView(ctx, id));
+      else sendJson(res, 404, { detail: `No unfinished request ${id}` });
+      return;
+    }
+  }
+  sendJson(res, 404, { detail: `Unknown admin route ${method} /_emulator/${path}` });
+}

@@ -1,0 +1,201 @@
+/**
+ * Request normalization: an untrusted body in either dialect (aimlapi/fal
+ * field names or OpenAI's) becomes one canonical request and the exact fal
+ * input. Order matters and is part of the contract: the body must be an
+ * object, then the model is looked up (so an unknown model is a 404 whatever
+ * else is wrong), then the model's own schema, then the checks that span
+ * fields. Nothing is clamped or dropped: every value either reaches fal, is
+ * consumed here with a meaning, or is refused with a 400 naming the field.
+ */
+import { invalidRequest, modelNotFound } from '../errors.js';
+import type { ModelEntry, ModelRegistry } from '../models/registry.js';
+import { PINNED_FIELDS } from '../models/registry.js';
+import { describeValidationErrors, showValue } from '../schemas/describe-error.js';
+import { IMAGE_SIZE_PRESET_PIXELS, openAiImageFields, type ImageSizePreset } from '../schemas/fields.js';
+import type { ImageRequestFields, ImageSizeValue, OutputFormat, ResponseFormat } from '../schemas/image-request.js';
+
+export interface CanonicalRequest {
+  /** The resolved registry entry. */
+  model: ModelEntry;
+  /**
+   * Exactly what goes to fal. Never carries `sync_mode` (how images come
+   * back is the gateway's choice, not the caller's). The price-deciding
+   * fields are always explicit so fal's defaults cannot drift from our bill.
+   */
+  falInput: Record<string, unknown>;
+  numImages: number;
+  /** Pixels of each requested image. */
+  size: { width: number; height: number };
+  responseFormat: ResponseFormat;
+  outputFormat: OutputFormat;
+  promptExpansion: boolean;
+  /** The caller's end-user id, for usage attribution only. */
+  user: string | undefined;
+  /**
+   * The top-level fields the caller sent, so an upstream complaint about a
+   * fal field (`image_size`) can be reported under the name the caller used
+   * (`size`).
+   */
+  sentFields: ReadonlySet<string>;
+}
+
+/** Fields this layer consumes; everything else the schema allowed is a fal field and goes to fal as sent. */
+const CONSUMED_FIELDS: ReadonlySet<string> = new Set(['model', 'provider', ...Object.keys(openAiImageFields)]);
+
+const SHOWN_NAME_MAX = 100;
+/** A 1 MiB body can hold tens of thousands of keys; the error names enough of them to act on. */
+const MAX_NAMES_LISTED = 10;
+
+function fieldName(key: string): string {
+  return /^[A-Za-z0-9_.-]{1,64}$/.test(key) ? key : showValue(key);
+}
+
+function paramName(key: string): string {
+  return key.length > SHOWN_NAME_MAX ? key.slice(0, SHOWN_NAME_MAX) : key;
+}
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) return false;
+  const proto = Object.getPrototypeOf(v);
+  return proto === Object.prototype || proto === null;
+}
+
+/**
+ * Unknown fields are refused before the schema runs so the message can name
+ * all of them, and so keys like `__proto__` or `constructor` are rejected by
+ * an own-property test rather than anything that walks prototypes. A field
+ * another model accepts (`loras` on the non-LoRA model) says which.
+ */
+function rejectUnknownFields(registry: ModelRegistry, model: ModelEntry, body: Record<string, unknown>): void {
+  const props = model.requestSchema.properties;
+  const unknown = Object.keys(body).filter((k) => !Object.hasOwn(props, k));
+  if (unknown.length === 0) return;
+  for (const key of unknown) {
+    const elsewhere = registry
+      .list()
+      .filter((m) => m !== model && Object.hasOwn(m.requestSchema.properties, key))
+      .map((m) => m.id);
+    if (elsewhere.length > 0) {
+      throw invalidRequest(`${key} is not supported by ${model.id}; it is accepted by ${elsewhere.join(', ')}`, key);
+    }
+  }
+  const first = unknown[0] ?? '';
+  const shown = unknown.slice(0, MAX_NAMES_LISTED).map(fieldName);
+  if (unknown.length > MAX_NAMES_LISTED) shown.push(`and ${unknown.length - MAX_NAMES_LISTED} more`);
+  const names = shown.join(', ');
+  throw invalidRequest(
+    unknown.length === 1 ? `Unrecognized request argument supplied: ${names}` : `Unrecognized request arguments supplied: ${names}`,
+    paramName(first),
+    'unknown_parameter',
+  );
+}
+
+function pixelsOf(size: ImageSizeValue): { width: number; height: number } {
+  if (typeof size === 'string') {
+    const px = IMAGE_SIZE_PRESET_PIXELS[size as ImageSizePreset] as { width: number; height: number } | undefined;
+    // The registry refuses schemas with presets missing from the table; this guards the invariant, never the caller.
+    if (!px) throw new Error(`no pixel size known for image_size preset ${JSON.stringify(size)}`);
+    return { width: px.width, height: px.height };
+  }
+  return { width: size.width, height: size.height };
+}
+
+function describeSize(size: ImageSizeValue): string {
+  const { width, height } = pixelsOf(size);
+  return typeof size === 'string' ? `"${size}" (${width}x${height})` : `{width: ${width}, height: ${height}}`;
+}
+
+/**
+ * OpenAI's `size: "WxH"` is held to the model's own `image_size` limits, so
+ * both dialects accept exactly the same sizes.
+ */
+function sizeFromOpenAi(registry: ModelRegistry, model: ModelEntry, size: string): { width: number; height: number } {
+  const [w, h] = size.split('x');
+  const dims = { width: Number(w), height: Number(h) };
+  const validate = registry.validators(model).imageSize;
+  if (validate && !validate(dims)) {
+    const f = describeValidationErrors(validate.errors, { modelId: model.id });
+    throw invalidRequest(`size ${showValue(size)}: ${f.message}`, 'size');
+  }
+  return dims;
+}
+
+export function normalizeRequest(registry: ModelRegistry, body: unknown): CanonicalRequest {
+  if (!isPlainObject(body)) throw invalidRequest('The request body must be a JSON object.', null);
+
+  const name = Object.hasOwn(body, 'model') ? body['model'] : undefined;
+  const model = typeof name === 'string' ? registry.lookup(name) : undefined;
+  if (!model) throw modelNotFound(name);
+
+  rejectUnknownFields(registry, model, body);
+  const validate = registry.validators(model).body;
+  if (!validate(body)) {
+    const f = describeValidationErrors(validate.errors, { modelId: model.id });
+    let message = f.message;
+    if (f.keyword === 'maximum' && (f.param === 'n' || f.param === 'num_images')) {
+      message += `; ${model.id} makes at most ${model.maxImagesPerJob} images per request`;
+    }
+    throw invalidRequest(message, f.param);
+  }
+  const req = body as ImageRequestFields;
+
+  if (req.provider !== undefined && req.provider.toLowerCase() === 'alibaba') {
+    throw invalidRequest(
+      `provider ${showValue(req.provider)} is not available: this service generates every image with fal. Send "fal" or "auto", or leave provider out.`,
+      'provider',
+    );
+  }
+
+  const n = req.n ?? undefined;
+  if (n !== undefined && req.num_images !== undefined && n !== req.num_images) {
+    throw invalidRequest(`n (${n}) and num_images (${req.num_images}) disagree; send one of them`, 'n');
+  }
+  const numImages = n ?? req.num_images ?? model.defaults.num_images;
+
+  let imageSize: ImageSizeValue = req.image_size ?? model.defaults.image_size;
+  if (req.size != null && req.size !== 'auto') {
+    const dims = sizeFromOpenAi(registry, model, req.size);
+    if (req.image_size !== undefined) {
+      const given = pixelsOf(req.image_size);
+      if (given.width !== dims.width || given.height !== dims.height) {
+        throw invalidRequest(
+          `size ${showValue(req.size)} and image_size ${describeSize(req.image_size)} disagree; send one of them`,
+          'size',
+        );
+      }
+    } else {
+      imageSize = dims;
+    }
+  }
+
+  const outputFormat = req.output_format ?? model.defaults.output_format;
+  const pinned: Record<string, unknown> = {
+    image_size: imageSize,
+    num_images: numImages,
+    output_format: outputFormat,
+    enable_safety_checker: req.enable_safety_checker ?? model.defaults.enable_safety_checker,
+    enable_prompt_expansion: req.enable_prompt_expansion ?? model.defaults.enable_prompt_expansion ?? false,
+  };
+
+  const falInput: Record<string, unknown> = { prompt: req.prompt };
+  for (const field of PINNED_FIELDS) {
+    if (Object.hasOwn(model.requestSchema.properties, field)) falInput[field] = structuredClone(pinned[field]);
+  }
+  for (const [key, value] of Object.entries(body)) {
+    // null is only valid on OpenAI-nullable fields, where it means "not given".
+    if (CONSUMED_FIELDS.has(key) || Object.hasOwn(falInput, key) || value === null) continue;
+    falInput[key] = structuredClone(value);
+  }
+
+  return {
+    model,
+    falInput,
+    numImages,
+    size: pixelsOf(imageSize),
+    responseFormat: req.response_format ?? 'url',
+    outputFormat,
+    promptExpansion: falInput['enable_prompt_expansion'] === true,
+    user: req.user,
+    sentFields: new Set(Object.keys(body)),
+  };
+}

@@ -1,0 +1,159 @@
+/**
+ * `Idempotency-Key` records, scoped per API key. The first request with a key
+ * claims it by inserting the row; every later one (in this process or
+ * another) reads what the first left: still running, its stored response, or
+ * a different body.
+ */
+import type { Database } from '../db/database.js';
+import { systemClock, toIsoTimestamp, toNumber, type Clock } from '../db/values.js';
+
+export interface BeginInput {
+  keyId: string;
+  idemKey: string;
+  /** A hash of the parsed body, so equal JSON with different spacing counts as equal. */
+  bodyHash: string;
+  /** Our request id for the request that would do the work. */
+  requestId: string;
+  ttlS: number;
+}
+
+export type BeginResult =
+  /** This caller owns the key: do the work, then `complete` (or `abandon`). */
+  | { state: 'new' }
+  /** Another request with this key is still at work; wait and ask again. */
+  | { state: 'running'; requestId: string }
+  /** Answer with the stored response. */
+  | { state: 'done'; statusCode: number; response: unknown; requestId: string }
+  /** Same key, different body. */
+  | { state: 'mismatch' };
+
+export interface IdempotencyStore {
+  begin(input: BeginInput): Promise<BeginResult>;
+  /**
+   * Stores the response. With `requestId`, only the claim that request made
+   * is completed (a claim that expired and was taken over is left alone).
+   * Returns false if there was no running claim to complete.
+   */
+  complete(input: {
+    keyId: string;
+    idemKey: string;
+    statusCode: number;
+    response: unknown;
+    requestId?: string | undefined;
+  }): Promise<boolean>;
+  /**
+   * Drops a running claim whose outcome must not be replayed (a validation
+   * failure), so a corrected retry with the same key starts afresh.
+   */
+  abandon(input: { keyId: string; idemKey: string; requestId?: string | undefined }): Promise<boolean>;
+  /** Deletes expired records; returns how many. */
+  purgeExpired(): Promise<number>;
+}
+
+const MAX_ATTEMPTS = 5;
+
+export function createIdempotencyStore(database: Database, options: { clock?: Clock | undefined } = {}): IdempotencyStore {
+  const db = database.db;
+  const clock = options.clock ?? systemClock;
+
+  return {
+    async begin({ keyId, idemKey, bodyHash, requestId, ttlS }) {
+      if (!(ttlS > 0)) throw new RangeError('ttlS must be positive');
+      // Each pass either claims the key or reads a row that someone else
+      // claimed; it repeats only when that row vanished or expired under us.
+      for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+        const nowDate = clock();
+        const now = toIsoTimestamp(nowDate);
+        const expiresAt = toIsoTimestamp(nowDate.getTime() + ttlS * 1000);
+        const claimed = await db
+          .insertInto('idempotency')
+          .values({
+            key_id: keyId,
+            idem_key: idemKey,
+            body_hash: bodyHash,
+            state: 'running',
+            request_id: requestId,
+            created_at: now,
+            expires_at: expiresAt,
+          })
+          .onConflict((oc) => oc.columns(['key_id', 'idem_key']).doNothing())
+          .returning('key_id')
+          .executeTakeFirst();
+        if (claimed) return { state: 'new' };
+
+        const row = await db
+          .selectFrom('idempotency')
+          .selectAll()
+          .where('key_id', '=', keyId)
+          .where('idem_key', '=', idemKey)
+          .executeTakeFirst();
+        if (!row) continue;
+
+        if (row.expires_at <= now) {
+          // Take over an expired record with a compare-and-set on what we
+          // read, so of two requests racing for it exactly one wins.
+          const taken = await db
+            .updateTable('idempotency')
+            .set({
+              body_hash: bodyHash,
+              state: 'running',
+              status_code: null,
+              response_json: null,
+              request_id: requestId,
+              created_at: now,
+              expires_at: expiresAt,
+            })
+            .where('key_id', '=', keyId)
+            .where('idem_key', '=', idemKey)
+            .where('expires_at', '=', row.expires_at)
+            .where('request_id', '=', row.request_id)
+            .returning('key_id')
+            .executeTakeFirst();
+          if (taken) return { state: 'new' };
+          continue;
+        }
+
+        if (row.body_hash !== bodyHash) return { state: 'mismatch' };
+        if (row.state === 'running') return { state: 'running', requestId: row.request_id };
+        return {
+          state: 'done',
+          statusCode: toNumber(row.status_code),
+          response: row.response_json === null ? null : (JSON.parse(row.response_json) as unknown),
+          requestId: row.request_id,
+        };
+      }
+      throw new Error(`idempotency key ${JSON.stringify(idemKey)} kept changing under us; try again`);
+    },
+
+    async complete({ keyId, idemKey, statusCode, response, requestId }) {
+      let q = db
+        .updateTable('idempotency')
+        .set({ state: 'done', status_code: statusCode, response_json: JSON.stringify(response ?? null) })
+        .where('key_id', '=', keyId)
+        .where('idem_key', '=', idemKey)
+        .where('state', '=', 'running');
+      if (requestId !== undefined) q = q.where('request_id', '=', requestId);
+      const done = await q.returning('key_id').executeTakeFirst();
+      return done !== undefined;
+    },
+
+    async abandon({ keyId, idemKey, requestId }) {
+      let q = db
+        .deleteFrom('idempotency')
+        .where('key_id', '=', keyId)
+        .where('idem_key', '=', idemKey)
+        .where('state', '=', 'running');
+      if (requestId !== undefined) q = q.where('request_id', '=', requestId);
+      const gone = await q.returning('key_id').executeTakeFirst();
+      return gone !== undefined;
+    },
+
+    async purgeExpired() {
+      const result = await db
+        .deleteFrom('idempotency')
+        .where('expires_at', '<=', toIsoTimestamp(clock()))
+        .executeTakeFirst();
+      return toNumber(result.numDeletedRows);
+    },
+  };
+}

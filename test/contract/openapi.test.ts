@@ -1,0 +1,103 @@
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { parse } from 'yaml';
+import AjvModule from 'ajv';
+
+/**
+ * openapi.yaml references the schemas in schemas/ instead of restating them;
+ * here every example in it is validated against the schema it illustrates,
+ * so the document cannot drift from what the service enforces.
+ */
+const Ajv = AjvModule.default ?? AjvModule;
+const root = new URL('../../', import.meta.url).pathname;
+const doc = parse(readFileSync(join(root, 'openapi.yaml'), 'utf8')) as Record<string, any>;
+const ajv = new Ajv({ allErrors: true, strict: false });
+for (const f of readdirSync(join(root, 'schemas'))) {
+  if (f.endsWith('.json')) ajv.addSchema(JSON.parse(readFileSync(join(root, 'schemas', f), 'utf8')), `schemas/${f}`);
+}
+
+function resolve(node: any): any {
+  if (node && typeof node.$ref === 'string' && node.$ref.startsWith('#/')) {
+    return resolve(node.$ref.slice(2).split('/').reduce((o: any, k: string) => o?.[k], doc));
+  }
+  return node;
+}
+
+/** Turns an OpenAPI schema node into something ajv can compile. */
+function compileSchema(schema: any) {
+  if (schema.$ref?.startsWith('./schemas/')) return ajv.getSchema(schema.$ref.slice(2))!;
+  const rewritten = JSON.parse(JSON.stringify(schema), (_k, v) =>
+    v && typeof v === 'object' && typeof v.$ref === 'string' && v.$ref.startsWith('#/') ? resolve(v) : v,
+  );
+  for (const key of ['anyOf', 'oneOf'] as const) {
+    if (Array.isArray(rewritten[key])) {
+      const parts = rewritten[key].map((s: any) => (s.$ref?.startsWith('./schemas/') ? { $ref: s.$ref.slice(2) } : s));
+      return ajv.compile({ [key]: parts });
+    }
+  }
+  return ajv.compile(rewritten);
+}
+
+interface Example {
+  where: string;
+  schema: any;
+  value: unknown;
+}
+
+function collectExamples(): Example[] {
+  const out: Example[] = [];
+  for (const [path, item] of Object.entries<any>(doc.paths)) {
+    for (const [method, op] of Object.entries<any>(item)) {
+      const contents: Array<[string, any]> = [];
+      if (op.requestBody) contents.push([`${method} ${path} request`, op.requestBody.content]);
+      for (const [status, r] of Object.entries<any>(op.responses ?? {})) contents.push([`${method} ${path} ${status}`, resolve(r).content]);
+      for (const [where, content] of contents) {
+        for (const [type, media] of Object.entries<any>(content ?? {})) {
+          if (!media?.schema) continue;
+          if (media.example !== undefined) out.push({ where: `${where} ${type}`, schema: media.schema, value: media.example });
+          for (const [name, ex] of Object.entries<any>(media.examples ?? {})) {
+            out.push({ where: `${where} ${type} (${name})`, schema: media.schema, value: resolve(ex).value });
+          }
+        }
+      }
+    }
+  }
+  return out;
+}
+
+describe('openapi.yaml', () => {
+  const examples = collectExamples();
+
+  it('has examples to check', () => {
+    assert.ok(examples.length >= 10, `found ${examples.length}`);
+  });
+
+  for (const ex of examples) {
+    it(`example is valid: ${ex.where}`, () => {
+      const validate = compileSchema(ex.schema);
+      const ok = validate(ex.value);
+      assert.ok(ok, JSON.stringify(validate.errors));
+    });
+  }
+
+  it('the example check can fail: a body without prompt is refused by the request schema', () => {
+    const body = doc.paths['/v1/images/generations'].post.requestBody.content['application/json'];
+    const validate = compileSchema(body.schema);
+    assert.equal(validate({ model: 'alibaba/z-image-turbo' }), false);
+    assert.equal(validate({ model: 'alibaba/z-image-turbo', prompt: 'x', image_size: { width: 1000, height: 1024 } }), false);
+  });
+
+  it('every schemas/*.json file is referenced', () => {
+    const text = readFileSync(join(root, 'openapi.yaml'), 'utf8');
+    for (const f of readdirSync(join(root, 'schemas'))) {
+      if (f.endsWith('.json')) assert.ok(text.includes(`./schemas/${f}`), `${f} is not referenced by openapi.yaml`);
+    }
+  });
+
+  it('documents every route the app serves', () => {
+    const documented = new Set(Object.keys(doc.paths));
+    for (const p of ['/v1/images/generations', '/v1/files/{path}', '/healthz', '/readyz']) assert.ok(documented.has(p), p);
+  });
+});
