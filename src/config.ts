@@ -27,6 +27,10 @@ export interface Config {
   idempotencyTtlS: number;
   billingWebhookUrl: string | undefined;
   billingWebhookSecret: string | undefined;
+  /** Open requests older than this are reconciled with fal (start-up and periodically). */
+  reconcileAfterMs: number;
+  /** How often to look for open requests; 0 = only at start-up. */
+  reconcileIntervalMs: number;
   emulatorLatencyMs: number | undefined;
   emulatorImageMode: 'entropy' | 'cheap' | undefined;
 }
@@ -123,9 +127,14 @@ export function loadConfig(env: Env = process.env): Config {
     idempotencyTtlS: int('IDEMPOTENCY_TTL_S', 86_400, 1, 30 * 86_400),
     billingWebhookUrl,
     billingWebhookSecret,
+    reconcileAfterMs: 0,
+    reconcileIntervalMs: int('RECONCILE_INTERVAL_MS', 60_000, 0, 86_400_000),
     emulatorLatencyMs: str('EMULATOR_LATENCY_MS') === undefined ? undefined : int('EMULATOR_LATENCY_MS', 0, 0, 3_600_000),
     emulatorImageMode: imageMode as Config['emulatorImageMode'],
   };
+  // By default a request is only reconciled once no live process could still
+  // be working on it: our own deadline plus a margin.
+  config.reconcileAfterMs = int('RECONCILE_AFTER_MS', config.requestTimeoutMs + 60_000, 0, 7 * 86_400_000);
   if (problems.length > 0) throw new ConfigError(problems);
   return config;
 }

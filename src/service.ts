@@ -14,6 +14,7 @@ import { createLedger, type Ledger } from './metering/ledger.js';
 import { createKeysStore, type KeysStore } from './metering/keys-store.js';
 import { createAuthenticator, loadOrCreateGeneratedKey, type GeneratedKey } from './metering/auth.js';
 import { startEmulator, type Emulator } from './emulator/index.js';
+import { createReconciler, type Reconciler, type ReconcileReport } from './metering/reconcile.js';
 
 /**
  * The composition root: builds every part from the configuration and wires
@@ -33,6 +34,9 @@ export interface Service {
   registry: ModelRegistry;
   emulator: Emulator | undefined;
   generatedKey: GeneratedKey | undefined;
+  reconciler: Reconciler;
+  /** The reconciliation started with the service (it does not delay listening). */
+  startupReconcile: Promise<ReconcileReport | undefined>;
   /** Stops accepting, lets in-flight requests finish, closes everything. */
   close(): Promise<void>;
 }
@@ -86,6 +90,26 @@ export async function startService(config: Config, overrides: ServiceOverrides =
     shutdownSignal: shutdown.signal,
   });
 
+  const reconciler = createReconciler({ ledger, fal, registry, markup, logger });
+  let reconciling: Promise<ReconcileReport | undefined> | undefined;
+  const reconcile = (): Promise<ReconcileReport | undefined> => {
+    // One round at a time; a slow fal must not pile rounds up.
+    reconciling ??= reconciler
+      .run({ olderThanMs: config.reconcileAfterMs })
+      .then((report) => {
+        if (report.examined > 0) logger.info({ reconcile: { ...report, examined: report.examined } }, 'reconciled open requests');
+        return report;
+      })
+      .catch((err: unknown) => {
+        logger.error({ err }, 'reconciliation failed');
+        return undefined;
+      })
+      .finally(() => {
+        reconciling = undefined;
+      });
+    return reconciling;
+  };
+
   const app = createApp({
     logger,
     registry,
@@ -114,6 +138,10 @@ export async function startService(config: Config, overrides: ServiceOverrides =
   const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
   const url = `http://${host}:${addr.port}`;
 
+  const startupReconcile = reconcile();
+  const timer = config.reconcileIntervalMs > 0 ? setInterval(() => void reconcile(), config.reconcileIntervalMs) : undefined;
+  timer?.unref();
+
   let closing: Promise<void> | undefined;
   return {
     app,
@@ -127,14 +155,18 @@ export async function startService(config: Config, overrides: ServiceOverrides =
     registry,
     emulator,
     generatedKey,
+    reconciler,
+    startupReconcile,
     close() {
       closing ??= (async () => {
         shuttingDown = true;
+        if (timer) clearInterval(timer);
         await new Promise<void>((resolve) => {
           server.close(() => resolve());
           server.closeIdleConnections();
         });
         shutdown.abort();
+        await reconciling;
         await database.close();
         if (ownEmulator) await emulator!.close();
       })();

@@ -51,6 +51,10 @@ export function migrations(dialect: DatabaseDialect): Record<string, Migration> 
           .addColumn('model', 'text', (c) => c.notNull())
           .addColumn('endpoint', 'text', (c) => c.notNull())
           .addColumn('end_user', 'text')
+          // What the charge depends on besides the images (prompt expansion,
+          // markup at the time), so a request settled by reconciliation after
+          // a restart is priced exactly as it would have been live.
+          .addColumn('pricing_json', 'text')
           .addColumn('status', 'text', (c) => c.notNull())
           .addColumn('reserved_micros', 'bigint', (c) => c.notNull())
           .addColumn('charge_micros', 'bigint', (c) => c.notNull().defaultTo(0))

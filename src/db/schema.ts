@@ -52,6 +52,7 @@ export interface RequestsTable {
   endpoint: string;
   /** The caller's OpenAI `user` field; not `user`, which PostgreSQL reads as CURRENT_USER unquoted. */
   end_user: string | null;
+  pricing_json: ColumnType<string | null, string | null | undefined, string | null>;
   status: RequestStatus;
   reserved_micros: Int64;
   charge_micros: Int64WithDefault;

@@ -1,11 +1,12 @@
 import type { Logger } from 'pino';
 import { ApiError, insufficientQuota, serviceUnavailable, upstreamError } from '../errors.js';
-import { FalCallError, type FalGateway, type FalResult } from '../fal/gateway.js';
+import { FalCallError, jobFailed, type FalGateway, type FalResult } from '../fal/gateway.js';
 import type { CanonicalRequest } from './normalize.js';
 import type { Media } from './media.js';
 import { MediaError } from './media.js';
 import { mapFalError } from './upstream-errors.js';
-import { callerCharge, maxCharge, upstreamCost } from '../metering/pricing.js';
+import { maxCharge } from '../metering/pricing.js';
+import { encodePricing, settleCompleted } from '../metering/settlement.js';
 import { formatUsd, type Markup } from '../metering/money.js';
 import type { Ledger } from '../metering/ledger.js';
 
@@ -89,6 +90,7 @@ export function createImageService(deps: ImageServiceDeps): ImageService {
     async generate(req, ctx) {
       const log = deps.logger.child({ request_id: ctx.requestId, model: req.model.id });
       const reserve = maxCharge(req, deps.markup);
+      const pricing = { promptExpansion: req.promptExpansion, markup: deps.markup };
       const reserved = await ledgerCall('reserve', () =>
         deps.ledger.reserve({
           requestId: ctx.requestId,
@@ -97,6 +99,7 @@ export function createImageService(deps: ImageServiceDeps): ImageService {
           endpoint: req.model.endpoint,
           user: req.user ?? null,
           maxChargeMicros: reserve,
+          pricing: encodePricing(pricing),
           idempotencyKey: ctx.idempotencyKey ?? null,
         }),
       );
@@ -144,8 +147,8 @@ export function createImageService(deps: ImageServiceDeps): ImageService {
         if (after?.result) {
           result = after.result;
         } else {
-          if (fe.kind === 'http' && fe.phase === 'result') {
-            // The job ran and failed: fal bills nothing for it.
+          if (jobFailed(fe)) {
+            // The job ran and failed on its input: fal bills nothing for it.
             await ledgerCall('fail', () => deps.ledger.failJob({ falRequestId, status: 'failed' }));
             await ledgerCall('release', () => deps.ledger.release({ requestId: ctx.requestId, status: 'failed', errorCode: `job_failed_${fe.status}` }));
           } else if (after?.cancelled) {
@@ -161,28 +164,11 @@ export function createImageService(deps: ImageServiceDeps): ImageService {
 
       const output = result.output;
       const images = output.images.map((i) => ({ width: i.width, height: i.height }));
-      const charge = callerCharge(req.model, images, req.promptExpansion, deps.markup);
-      const cost = upstreamCost(req.model, images, req.promptExpansion, result.billableUnits);
-      if (cost.disagrees) {
-        log.warn({ fal_request_id: falRequestId, units_estimate: cost.unitsEstimate, units_fal: result.billableUnits }, 'fal billed a different quantity than our estimate');
-      }
-      await ledgerCall('settle', async () => {
-        await deps.ledger.completeJob({
-          falRequestId,
-          images: images.length,
-          pixels: images.reduce((s, i) => s + i.width * i.height, 0),
-          unitsEstimate: cost.unitsEstimate,
-          unitsFal: result.billableUnits,
-          upstreamCostMicros: cost.micros,
-        });
-        await deps.ledger.settle({
-          requestId: ctx.requestId,
-          chargeMicros: charge.micros,
-          credits: charge.credits,
-          upstreamCostMicros: cost.micros,
-          images: images.length,
-        });
-      });
+      const settled = await ledgerCall('settle', () =>
+        settleCompleted(deps.ledger, req.model, ctx.requestId, pricing, [{ falRequestId, images, billableUnits: result.billableUnits }]),
+      );
+      for (const d of settled.disagreements) log.warn({ fal_request_id: d.falRequestId, units_estimate: d.unitsEstimate, units_fal: d.unitsFal }, 'fal billed a different quantity than our estimate');
+      const charge = settled.charge;
 
       let data: ImageItem[];
       try {
@@ -227,18 +213,29 @@ export function createImageService(deps: ImageServiceDeps): ImageService {
    * there, deliver) it rather than lose it.
    */
   async function cancelOrCollect(req: CanonicalRequest, falRequestId: string, log: Logger): Promise<{ result?: FalResult; cancelled: boolean }> {
-    const outcome = await deps.fal.cancel(req.model.endpoint, falRequestId, { signal: AbortSignal.timeout(10_000) });
+    const endpoint = req.model.endpoint;
+    const outcome = await deps.fal.cancel(endpoint, falRequestId, { signal: AbortSignal.timeout(10_000) });
     log.info({ fal_request_id: falRequestId, outcome }, 'fal job cancel');
-    if (outcome === 'cancellation_requested') return { cancelled: true };
-    if (outcome !== 'already_completed') return { cancelled: false };
+    if (outcome !== 'already_completed' && outcome !== 'cancellation_requested') return { cancelled: false };
+    // A 202 is only a request: the job may still finish (and be billed).
+    // Confirm briefly; whatever stays unknown is left to reconciliation.
+    const confirmBy = Date.now() + CANCEL_CONFIRM_MS;
     try {
-      return { result: await deps.fal.result(req.model.endpoint, falRequestId, { signal: AbortSignal.timeout(30_000) }), cancelled: false };
+      while ((await deps.fal.status(endpoint, falRequestId, { signal: AbortSignal.timeout(5_000) })).status !== 'COMPLETED') {
+        if (Date.now() > confirmBy) return { cancelled: false };
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      return { result: await deps.fal.result(endpoint, falRequestId, { signal: AbortSignal.timeout(30_000) }), cancelled: false };
     } catch (err) {
-      log.error({ err: (err as Error).message, fal_request_id: falRequestId }, 'completed job result unavailable after cancel; left for reconciliation');
+      if (err instanceof FalCallError && jobFailed(err)) return { cancelled: true };
+      log.warn({ err: (err as Error).message, fal_request_id: falRequestId }, 'job state unknown after cancel; left for reconciliation');
       return { cancelled: false };
     }
   }
 }
+
+/** How long we wait for fal to confirm a cancel before leaving it to reconciliation. */
+const CANCEL_CONFIRM_MS = 2_000;
 
 function asFalError(err: unknown): FalCallError {
   if (err instanceof FalCallError) return err;

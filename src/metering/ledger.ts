@@ -36,6 +36,8 @@ export interface ReserveInput {
   model: string;
   endpoint: string;
   user?: string | null | undefined;
+  /** Opaque JSON of what the charge depends on besides the images. */
+  pricing?: string | null | undefined;
   maxChargeMicros: bigint;
   idempotencyKey?: string | null | undefined;
 }
@@ -56,6 +58,7 @@ export interface RequestRecord {
   model: string;
   endpoint: string;
   user: string | null;
+  pricing: string | null;
   status: RequestStatus;
   /** The maximum charge held when the request was reserved (kept after the hold ends). */
   reservedMicros: bigint;
@@ -366,6 +369,7 @@ export function createLedger(database: Database, options: LedgerOptions = {}): L
             model: input.model,
             endpoint: input.endpoint,
             end_user: input.user ?? null,
+            pricing_json: input.pricing ?? null,
             status: 'reserved',
             reserved_micros: amount,
             idempotency_key: input.idempotencyKey ?? null,
@@ -697,6 +701,7 @@ function toRequest(row: Selectable<RequestsTable>): RequestRecord {
     model: row.model,
     endpoint: row.endpoint,
     user: row.end_user,
+    pricing: row.pricing_json ?? null,
     status: row.status,
     reservedMicros: toBigInt(row.reserved_micros),
     chargeMicros: toBigInt(row.charge_micros),

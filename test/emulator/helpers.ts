@@ -6,17 +6,18 @@ import { startEmulator, type Emulator, type EmulatorOptions } from '../../src/em
 export const TURBO = 'fal-ai/z-image/turbo';
 export const LORA = 'fal-ai/z-image/turbo/lora';
 
-export function falClient(emu: Emulator, credentials: string | undefined = 'test-key') {
+/** `credentials: null` sends no Authorization header at all. */
+export function falClient(emu: Emulator, credentials: string | null = 'test-key') {
   return createFalClient({
-    ...(credentials === undefined ? { credentials: () => undefined } : { credentials }),
+    ...(credentials === null ? { credentials: () => undefined } : { credentials }),
     fetch: createRedirectFetch({ baseUrl: emu.url }),
   });
 }
 
-/** Starts an emulator closed by the test's `after` hook (pass `t` from node:test or `after`). */
-export async function emulator(register: (fn: () => Promise<void>) => void, opts: EmulatorOptions = {}): Promise<Emulator> {
+/** Starts an emulator that the test's own `t.after` closes. */
+export async function emulator(t: { after(fn: () => Promise<void>): void }, opts: EmulatorOptions = {}): Promise<Emulator> {
   const emu = await startEmulator({ port: 0, latencyMs: 30, ...opts });
-  register(() => emu.close());
+  t.after(() => emu.close());
   return emu;
 }
 

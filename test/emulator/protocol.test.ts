@@ -1,14 +1,15 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ApiError, ValidationError } from '@fal-ai/client';
-import type { Emulator } from '../../src/emulator/index.js';
+import { startEmulator, type Emulator } from '../../src/emulator/index.js';
 import { appOf, emulator, falClient, LORA, raw, rawSubmit, TURBO, waitFor } from './helpers.js';
 
 describe('fal queue protocol with the real @fal-ai/client', () => {
   let emu: Emulator;
   before(async () => {
-    emu = await emulator(after);
+    emu = await startEmulator({ port: 0, latencyMs: 30 });
   });
+  after(() => emu.close());
 
   test('subscribe (polling) returns fal-shaped output and the request id', async () => {
     const fal = falClient(emu);
@@ -98,8 +99,8 @@ describe('fal queue protocol with the real @fal-ai/client', () => {
     assert.equal(r.status, 404);
   });
 
-  test('queued status carries queue_position; result before completion is 400 "still in progress"', async () => {
-    const slow = await emulator(after, { latencyMs: 2000 });
+  test('queued status carries queue_position; result before completion is 400 "still in progress"', async (t) => {
+    const slow = await emulator(t, { latencyMs: 2000 });
     const a = await rawSubmit(slow, TURBO, { prompt: 'first' });
     const b = await rawSubmit(slow, TURBO, { prompt: 'second' });
     const s = await raw(slow, 'GET', `queue.fal.run/${appOf(TURBO)}/requests/${b}/status`);
@@ -112,8 +113,8 @@ describe('fal queue protocol with the real @fal-ai/client', () => {
     assert.equal(r.headers.get('x-fal-request-id'), a);
   });
 
-  test('cancel: 202 CANCELLATION_REQUESTED while running, then 400 ALREADY_COMPLETED; result is an error', async () => {
-    const slow = await emulator(after, { latencyMs: 5000 });
+  test('cancel: 202 CANCELLATION_REQUESTED while running, then 400 ALREADY_COMPLETED; result is an error', async (t) => {
+    const slow = await emulator(t, { latencyMs: 5000 });
     const fal = falClient(slow);
     const { request_id } = await fal.queue.submit(TURBO, { input: { prompt: 'to cancel' } });
     const first = await raw(slow, 'PUT', `queue.fal.run/${appOf(TURBO)}/requests/${request_id}/cancel`);
@@ -185,15 +186,15 @@ describe('fal queue protocol with the real @fal-ai/client', () => {
     assert.deepEqual(locs, ['body.loras', 'body.loras.0.path', 'body.loras.0.scale']);
   });
 
-  test('401 without a key (JSON detail), and the configured key is enforced', async () => {
-    const fal = falClient(emu, undefined);
+  test('401 without a key (JSON detail), and the configured key is enforced', async (t) => {
+    const fal = falClient(emu, null);
     await assert.rejects(fal.queue.submit(TURBO, { input: { prompt: 'no key' } }), (err: unknown) => {
       assert.ok(err instanceof ApiError);
       assert.equal(err.status, 401);
       assert.equal(typeof (err.body as any).detail, 'string');
       return true;
     });
-    const keyed = await emulator(after, { emulatorKey: 'sekret' });
+    const keyed = await emulator(t, { emulatorKey: 'sekret' });
     assert.equal((await raw(keyed, 'POST', `queue.fal.run/${TURBO}`, { body: { prompt: 'p' }, key: 'wrong' })).status, 401);
     assert.equal((await raw(keyed, 'POST', `queue.fal.run/${TURBO}`, { body: { prompt: 'p' }, key: 'sekret' })).status, 200);
     assert.equal((await raw(keyed, 'POST', `queue.fal.run/${TURBO}`, { body: { prompt: 'p' }, key: null })).status, 401);
