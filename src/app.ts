@@ -11,6 +11,7 @@ import { healthRouter, type ReadinessCheck } from './http/routes/health.js';
 import type { ModelRegistry } from './models/registry.js';
 import type { ImageService } from './images/generate.js';
 import type { Media } from './images/media.js';
+import type { IdempotencyOptions } from './http/idempotency.js';
 
 export interface AppDeps {
   logger: Logger;
@@ -21,6 +22,7 @@ export interface AppDeps {
   readiness: ReadinessCheck[];
   maxBodyBytes: number;
   publicBaseUrl: string | undefined;
+  idempotency: IdempotencyOptions;
   isShuttingDown?: () => boolean;
 }
 
@@ -42,7 +44,7 @@ export function createApp(deps: AppDeps): Express {
 
   const auth = requireKey(deps.authenticate);
   app.post('/v1/images/generations', auth, ...jsonBody(deps.maxBodyBytes));
-  app.use(imagesRouter({ registry: deps.registry, images: deps.images, publicBaseUrl: deps.publicBaseUrl }));
+  app.use(imagesRouter({ registry: deps.registry, images: deps.images, publicBaseUrl: deps.publicBaseUrl, idempotency: deps.idempotency }));
 
   app.use((req) => {
     throw notFound(`Unknown route: ${req.method} ${req.path.slice(0, 200)}`, 'unknown_route');

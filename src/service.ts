@@ -12,6 +12,7 @@ import { parseMarkup } from './metering/money.js';
 import { createDatabase, type Database } from './db/index.js';
 import { createLedger, type Ledger } from './metering/ledger.js';
 import { createKeysStore, type KeysStore } from './metering/keys-store.js';
+import { createIdempotencyStore } from './metering/idempotency-store.js';
 import { createAuthenticator, loadOrCreateGeneratedKey, type GeneratedKey } from './metering/auth.js';
 import { startEmulator, type Emulator } from './emulator/index.js';
 import { createReconciler, type Reconciler, type ReconcileReport } from './metering/reconcile.js';
@@ -118,6 +119,7 @@ export async function startService(config: Config, overrides: ServiceOverrides =
     authenticate,
     maxBodyBytes: config.maxBodyBytes,
     publicBaseUrl: config.publicBaseUrl,
+    idempotency: { store: createIdempotencyStore(database), ttlS: config.idempotencyTtlS, waitMs: config.requestTimeoutMs + 5_000 },
     isShuttingDown: () => shuttingDown,
     readiness: [
       { name: 'upstream', check: () => fal.ping({ signal: AbortSignal.timeout(2000) }) },

@@ -28,6 +28,8 @@ export interface GenerateContext {
   /** Origin the caller used, for URLs of images we proxy. */
   publicBaseUrl: string;
   idempotencyKey?: string;
+  /** Called once a fal job exists or may exist (submit answered, or its outcome is unknown). */
+  onSubmitted?: () => void;
 }
 
 export interface ImageItem {
@@ -122,9 +124,11 @@ export function createImageService(deps: ImageServiceDeps): ImageService {
       let falRequestId: string;
       try {
         ({ falRequestId } = await deps.fal.submit(req.model.endpoint, input, { signal }));
+        ctx.onSubmitted?.();
       } catch (err) {
         const fe = asFalError(err);
         if (fe.ambiguous) {
+          ctx.onSubmitted?.();
           // fal may have created a job we never learnt the id of: keep the
           // reservation visible as an orphan instead of quietly releasing it.
           await ledgerCall('orphan', () => deps.ledger.markOrphaned(ctx.requestId));
