@@ -27,6 +27,8 @@ export interface Config {
   idempotencyTtlS: number;
   billingWebhookUrl: string | undefined;
   billingWebhookSecret: string | undefined;
+  /** The longest wait between two delivery attempts of one billing event. */
+  billingWebhookMaxBackoffMs: number;
   /** Open requests older than this are reconciled with fal (start-up and periodically). */
   reconcileAfterMs: number;
   /** How often to look for open requests; 0 = only at start-up. */
@@ -102,6 +104,11 @@ export function loadConfig(env: Env = process.env): Config {
   const billingWebhookUrl = url('BILLING_WEBHOOK_URL', ['http:', 'https:']);
   const billingWebhookSecret = str('BILLING_WEBHOOK_SECRET');
   if (billingWebhookUrl && !billingWebhookSecret) problems.push('BILLING_WEBHOOK_URL needs BILLING_WEBHOOK_SECRET to sign events');
+  const whsec = billingWebhookSecret?.startsWith('whsec_') ? billingWebhookSecret.slice(6) : undefined;
+  if (whsec !== undefined && !(/^[A-Za-z0-9+/]+={0,2}$/.test(whsec) && whsec.length % 4 === 0)) {
+    // Never echo the value: it is a secret.
+    problems.push('BILLING_WEBHOOK_SECRET starts with whsec_ but what follows is not standard base64');
+  }
 
   const imageMode = str('EMULATOR_IMAGE_MODE');
   if (imageMode !== undefined && imageMode !== 'entropy' && imageMode !== 'cheap') {
@@ -127,6 +134,7 @@ export function loadConfig(env: Env = process.env): Config {
     idempotencyTtlS: int('IDEMPOTENCY_TTL_S', 86_400, 1, 30 * 86_400),
     billingWebhookUrl,
     billingWebhookSecret,
+    billingWebhookMaxBackoffMs: int('BILLING_WEBHOOK_MAX_BACKOFF_MS', 3_600_000, 10, 7 * 86_400_000),
     reconcileAfterMs: 0,
     reconcileIntervalMs: int('RECONCILE_INTERVAL_MS', 60_000, 0, 86_400_000),
     emulatorLatencyMs: str('EMULATOR_LATENCY_MS') === undefined ? undefined : int('EMULATOR_LATENCY_MS', 0, 0, 3_600_000),

@@ -16,6 +16,8 @@ import { createIdempotencyStore } from './metering/idempotency-store.js';
 import { createAuthenticator, loadOrCreateGeneratedKey, type GeneratedKey } from './metering/auth.js';
 import { startEmulator, type Emulator } from './emulator/index.js';
 import { createReconciler, type Reconciler, type ReconcileReport } from './metering/reconcile.js';
+import { createOutboxStore } from './metering/outbox-store.js';
+import { createBillingWebhookWorker, type BillingWebhookWorker } from './metering/billing-webhook.js';
 
 /**
  * The composition root: builds every part from the configuration and wires
@@ -69,6 +71,15 @@ export async function startService(config: Config, overrides: ServiceOverrides =
   const database = await createDatabase({ databaseUrl: config.databaseUrl, dataDir: config.dataDir, logger });
   const ledger = createLedger(database);
   const keys = createKeysStore(database);
+  const billingWebhook: BillingWebhookWorker | undefined = config.billingWebhookUrl
+    ? createBillingWebhookWorker({
+        outbox: createOutboxStore(database),
+        url: config.billingWebhookUrl,
+        secret: config.billingWebhookSecret ?? '',
+        logger,
+        backoff: { maxMs: config.billingWebhookMaxBackoffMs },
+      })
+    : undefined;
   const generatedKey = config.apiKeys.length === 0 && !config.adminApiKey ? await loadOrCreateGeneratedKey(config.dataDir) : undefined;
   const authenticate = createAuthenticator({
     keys,
@@ -89,9 +100,10 @@ export async function startService(config: Config, overrides: ServiceOverrides =
     requestTimeoutMs: config.requestTimeoutMs,
     logger,
     shutdownSignal: shutdown.signal,
+    billingEvents: billingWebhook,
   });
 
-  const reconciler = createReconciler({ ledger, fal, registry, markup, logger });
+  const reconciler = createReconciler({ ledger, fal, registry, markup, logger, billingEvents: billingWebhook });
   let reconciling: Promise<ReconcileReport | undefined> | undefined;
   const reconcile = (): Promise<ReconcileReport | undefined> => {
     // One round at a time; a slow fal must not pile rounds up.
@@ -140,6 +152,7 @@ export async function startService(config: Config, overrides: ServiceOverrides =
   const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
   const url = `http://${host}:${addr.port}`;
 
+  billingWebhook?.start();
   const startupReconcile = reconcile();
   const timer = config.reconcileIntervalMs > 0 ? setInterval(() => void reconcile(), config.reconcileIntervalMs) : undefined;
   timer?.unref();
@@ -169,6 +182,13 @@ export async function startService(config: Config, overrides: ServiceOverrides =
         });
         shutdown.abort();
         await reconciling;
+        if (billingWebhook) {
+          // Every settled request has its event committed by now; send what
+          // is due so a clean restart does not delay billing, but never hold
+          // shutdown hostage to a receiver that is down.
+          await billingWebhook.flush(BILLING_FLUSH_MS);
+          await billingWebhook.stop();
+        }
         await database.close();
         if (ownEmulator) await emulator!.close();
       })();
@@ -176,3 +196,6 @@ export async function startService(config: Config, overrides: ServiceOverrides =
     },
   };
 }
+
+/** How long shutdown spends delivering due billing events before leaving them for the next start. */
+const BILLING_FLUSH_MS = 5_000;

@@ -1,5 +1,5 @@
 import type { RequestHandler } from 'express';
-import { forbidden, unauthorized } from '../errors.js';
+import { forbidden, serviceUnavailable, unauthorized } from '../errors.js';
 
 export interface Principal {
   keyId: string;
@@ -15,7 +15,13 @@ export function requireKey(authenticate: Authenticate): RequestHandler {
     const header = req.get('authorization') ?? '';
     const m = /^Bearer\s+(\S{1,512})\s*$/i.exec(header);
     if (!m) throw unauthorized(header ? 'The Authorization header must be "Bearer <key>".' : undefined);
-    const principal = await authenticate(m[1]!);
+    let principal: Principal | null;
+    try {
+      principal = await authenticate(m[1]!);
+    } catch {
+      // Key storage is down: refuse (never let a request through unchecked).
+      throw serviceUnavailable('API key verification is unavailable; the request was not processed.', 5, 'auth_unavailable');
+    }
     if (!principal) throw unauthorized('Invalid API key.');
     res.locals.principal = principal;
     next();

@@ -6,7 +6,7 @@ import type { Media } from './media.js';
 import { MediaError } from './media.js';
 import { mapFalError } from './upstream-errors.js';
 import { maxCharge } from '../metering/pricing.js';
-import { encodePricing, settleCompleted } from '../metering/settlement.js';
+import { encodePricing, settleCompleted, type BillingEvents } from '../metering/settlement.js';
 import { formatUsd, type Markup } from '../metering/money.js';
 import type { Ledger } from '../metering/ledger.js';
 
@@ -66,6 +66,8 @@ export interface ImageServiceDeps {
   now?: () => number;
   /** Fires on shutdown after the grace period: abandon waits, cancel jobs. */
   shutdownSignal?: AbortSignal;
+  /** Set when the billing webhook is on: settlements then write an event for it. */
+  billingEvents?: BillingEvents | undefined;
 }
 
 export interface ImageService {
@@ -169,7 +171,9 @@ export function createImageService(deps: ImageServiceDeps): ImageService {
       const output = result.output;
       const images = output.images.map((i) => ({ width: i.width, height: i.height }));
       const settled = await ledgerCall('settle', () =>
-        settleCompleted(deps.ledger, req.model, ctx.requestId, pricing, [{ falRequestId, images, billableUnits: result.billableUnits }]),
+        settleCompleted(deps.ledger, req.model, ctx.requestId, pricing, [{ falRequestId, images, billableUnits: result.billableUnits }], {
+          billingEvents: deps.billingEvents,
+        }),
       );
       for (const d of settled.disagreements) log.warn({ fal_request_id: d.falRequestId, units_estimate: d.unitsEstimate, units_fal: d.unitsFal }, 'fal billed a different quantity than our estimate');
       const charge = settled.charge;

@@ -117,7 +117,16 @@ export interface SettleInput {
   upstreamCostMicros: bigint;
   images: number;
   /** The billing event, written in the same transaction as the charge. */
-  outboxEvent?: Omit<OutboxEventInput, 'keyId'> | undefined;
+  outboxEvent?: SettleOutboxEvent | undefined;
+}
+
+export interface SettleOutboxEvent extends Omit<OutboxEventInput, 'keyId' | 'payload'> {
+  /**
+   * The event body, or a function that makes it from the request row as
+   * settled: inside the transaction, so the event carries exactly the
+   * `settled_at`, key and charge the ledger holds, with no second read.
+   */
+  payload: unknown;
 }
 
 export interface SettleResult {
@@ -525,10 +534,13 @@ export function createLedger(database: Database, options: LedgerOptions = {}): L
           })
           .where('id', '=', keyId)
           .execute();
+        const request = await requestOrThrow(trx, input.requestId);
         if (input.outboxEvent) {
-          await enqueueOutboxEvent(trx, { ...input.outboxEvent, keyId }, clock);
+          const { eventId, type, payload } = input.outboxEvent;
+          const body: unknown = typeof payload === 'function' ? (payload as (r: RequestRecord) => unknown)(request) : payload;
+          await enqueueOutboxEvent(trx, { eventId, type, payload: body, keyId }, clock);
         }
-        return { settled: true, request: await requestOrThrow(trx, input.requestId) };
+        return { settled: true, request };
       });
     },
 

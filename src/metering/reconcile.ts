@@ -3,7 +3,7 @@ import { FalCallError, jobFailed, type FalGateway } from '../fal/gateway.js';
 import type { ModelRegistry } from '../models/registry.js';
 import type { Ledger, RequestWithJobs } from './ledger.js';
 import type { Markup } from './money.js';
-import { decodePricing, settleCompleted, type CompletedJob } from './settlement.js';
+import { decodePricing, settleCompleted, type BillingEvents, type CompletedJob } from './settlement.js';
 
 /**
  * Finishes the requests a process left open: it crashed, fal could not be
@@ -38,6 +38,8 @@ export interface ReconcilerDeps {
   logger: Logger;
   now?: () => number;
   giveUpAfterMs?: number;
+  /** Set when the billing webhook is on (see settleCompleted). */
+  billingEvents?: BillingEvents | undefined;
 }
 
 export interface Reconciler {
@@ -98,7 +100,7 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
       report.released.push(r.id);
       return;
     }
-    const out = await settleCompleted(deps.ledger, model, r.id, decodePricing(r.pricing, deps.markup), completed);
+    const out = await settleCompleted(deps.ledger, model, r.id, decodePricing(r.pricing, deps.markup), completed, { billingEvents: deps.billingEvents });
     report.settled.push(r.id);
     log.info({ charge_usd: out.charge.usd, jobs: completed.length }, 'reconcile: settled a request fal completed');
   }

@@ -1,6 +1,7 @@
-import type { Ledger } from './ledger.js';
+import type { Ledger, RequestRecord } from './ledger.js';
 import { callerCharge, upstreamCost, type Charge, type PricedModel } from './pricing.js';
-import { formatDecimal, parseMarkup, type Markup } from './money.js';
+import { formatDecimal, formatUsd, parseMarkup, type Markup } from './money.js';
+import type { UsageSettledData } from '../schemas/usage-settled-event.js';
 
 /**
  * Turning finished fal jobs into ledger rows, shared by the live request path
@@ -40,6 +41,47 @@ export interface SettlementOutcome {
   disagreements: Array<{ falRequestId: string; unitsEstimate: string; unitsFal: string | null }>;
 }
 
+/** Where settlements announce themselves when the billing webhook is on (the delivery worker). */
+export interface BillingEvents {
+  /** A new event was committed: deliver soon rather than at the next poll. */
+  kick(): void;
+}
+
+export interface SettleOptions {
+  /** When set, every settlement also writes a `usage.settled` event to the outbox, in the same transaction. */
+  billingEvents?: BillingEvents | undefined;
+}
+
+export const USAGE_SETTLED = 'usage.settled';
+
+/**
+ * The event id of a request's settlement: the same on every attempt and in
+ * every process, so a receiver can de-duplicate on it. Request ids may come
+ * from the caller's `x-request-id`, which allows `.`; Standard Webhooks
+ * signs `<id>.<timestamp>.<body>`, so a dot in the id would let one signed
+ * string be split two ways. `~` never occurs in a request id, which keeps the
+ * mapping one-to-one.
+ */
+export function billingEventId(requestId: string): string {
+  return `evt_${requestId.replaceAll('.', '~')}`;
+}
+
+/** The `data` of a `usage.settled` event (see src/schemas/usage-settled-event.ts). */
+export function usageSettledData(request: RequestRecord, falRequestIds: readonly string[]): UsageSettledData {
+  return {
+    request_id: request.id,
+    key_id: request.keyId,
+    model: request.model,
+    user: request.user,
+    images: request.images,
+    fal_request_ids: [...falRequestIds],
+    charge_usd: formatUsd(request.chargeMicros),
+    credits: Number(request.credits),
+    created_at: request.createdAt,
+    settled_at: request.settledAt ?? '',
+  };
+}
+
 /**
  * Records every completed job and settles the request on the images they
  * returned. The prompt-expansion fee is per request, so it is charged once
@@ -51,6 +93,7 @@ export async function settleCompleted(
   requestId: string,
   pricing: RequestPricing,
   jobs: readonly CompletedJob[],
+  options: SettleOptions = {},
 ): Promise<SettlementOutcome> {
   let upstreamMicros = 0n;
   const disagreements: SettlementOutcome['disagreements'] = [];
@@ -71,12 +114,20 @@ export async function settleCompleted(
     if (done.unitsMismatch) disagreements.push({ falRequestId: job.falRequestId, unitsEstimate: cost.unitsEstimate, unitsFal: job.billableUnits });
   }
   const charge = callerCharge(model, allImages, pricing.promptExpansion, pricing.markup);
-  await ledger.settle({
+  const events = options.billingEvents;
+  const falRequestIds = jobs.map((j) => j.falRequestId);
+  const result = await ledger.settle({
     requestId,
     chargeMicros: charge.micros,
     credits: charge.credits,
     upstreamCostMicros: upstreamMicros,
     images: allImages.length,
+    outboxEvent: events && {
+      eventId: billingEventId(requestId),
+      type: USAGE_SETTLED,
+      payload: (request: RequestRecord) => usageSettledData(request, falRequestIds),
+    },
   });
+  if (result.settled) events?.kick();
   return { charge, upstreamCostMicros: upstreamMicros, disagreements };
 }

@@ -5,6 +5,9 @@
 import { errorResponseSchema } from './error-response.js';
 import { imagesResponseSchema } from './images-response.js';
 import { zImageTurboLoraRequestSchema, zImageTurboRequestSchema } from './image-request.js';
+import { usageSettledEventSchema } from './usage-settled-event.js';
+import { apiKeyListSchema, apiKeySchema, createdApiKeySchema, createKeyRequestSchema, updateKeyRequestSchema } from './admin-keys.js';
+import { adminUsageReportSchema, usageReportSchema } from './usage.js';
 
 export interface EmittedSchema {
   /** File name under `schemas/`. */
@@ -17,6 +20,14 @@ export const EMITTED_SCHEMAS: readonly EmittedSchema[] = [
   { file: 'z-image-turbo-lora.request.json', schema: zImageTurboLoraRequestSchema },
   { file: 'images-response.json', schema: imagesResponseSchema },
   { file: 'error-response.json', schema: errorResponseSchema },
+  { file: 'usage-settled.event.json', schema: usageSettledEventSchema },
+  { file: 'admin-key-create.request.json', schema: createKeyRequestSchema },
+  { file: 'admin-key-update.request.json', schema: updateKeyRequestSchema },
+  { file: 'api-key.json', schema: apiKeySchema },
+  { file: 'api-key-created.json', schema: createdApiKeySchema },
+  { file: 'api-key-list.json', schema: apiKeyListSchema },
+  { file: 'usage-report.json', schema: usageReportSchema },
+  { file: 'admin-usage-report.json', schema: adminUsageReportSchema },
 ];
 
 /** Exactly the bytes `scripts/emit-schemas.ts` writes for a schema. */
@@ -29,3 +40,6 @@ export * from './error-response.js';
 export * from './fields.js';
 export * from './image-request.js';
 export * from './images-response.js';
+export * from './usage-settled-event.js';
+export * from './admin-keys.js';
+export * from './usage.js';

@@ -1,0 +1,150 @@
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { startEmulator, type Emulator } from '../../src/emulator/index.js';
+import { createDatabase, type Database } from '../../src/db/index.js';
+import { createLedger } from '../../src/metering/ledger.js';
+import { parseUsd } from '../../src/metering/money.js';
+import { TEST_KEY } from '../helpers/service.js';
+
+/**
+ * SIGKILL the service with jobs in flight, start it again on the same data,
+ * and show that nothing fal billed is lost: every billed job is in the ledger
+ * with fal's units and cost, every reconciled request is charged on its
+ * images, and a request killed before fal answered its submit is listed as
+ * an orphan.
+ */
+
+const root = new URL('../../', import.meta.url).pathname;
+
+interface Proc {
+  child: ChildProcess;
+  url: string;
+  lines: Array<Record<string, unknown>>;
+  exited: Promise<void>;
+}
+
+function startServiceProcess(env: Record<string, string>): Promise<Proc> {
+  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+    cwd: root,
+    env: { ...process.env, ...env, PORT: '0', LOG_LEVEL: 'info' },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const lines: Array<Record<string, unknown>> = [];
+  const exited = new Promise<void>((r) => child.once('exit', () => r()));
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('service did not start')), 30_000);
+    createInterface({ input: child.stdout! }).on('line', (line) => {
+      const m = /listening on (http:\/\/\S+)/.exec(line);
+      if (m) {
+        clearTimeout(timer);
+        resolve({ child, url: m[1]!, lines, exited });
+      }
+      if (line.startsWith('{')) lines.push(JSON.parse(line) as Record<string, unknown>);
+    });
+    child.once('exit', (code) => reject(new Error(`service exited early (${code})`)));
+  });
+}
+
+async function until<T>(fn: () => T | undefined | Promise<T | undefined>, ms: number, what: string): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await fn();
+    if (v !== undefined && v !== false) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+describe('crash recovery', () => {
+  let emulator: Emulator;
+  let dataDir: string;
+  let database: Database | undefined;
+  const procs: Proc[] = [];
+
+  before(async () => {
+    emulator = await startEmulator({ port: 0, latencyMs: 1500 });
+    dataDir = await mkdtemp(join(tmpdir(), 'gw-crash-'));
+  });
+  after(async () => {
+    for (const p of procs) p.child.kill('SIGKILL');
+    await Promise.all(procs.map((p) => p.exited));
+    await database?.close();
+    await emulator.close();
+    await rm(dataDir, { recursive: true, force: true });
+  });
+
+  it('reconciles every job fal billed after a SIGKILL, and lists orphans', async () => {
+    const env = { FAL_BASE_URL: emulator.url, FAL_KEY: 'k', API_KEYS: TEST_KEY, DATA_DIR: dataDir, RECONCILE_AFTER_MS: '0', RECONCILE_INTERVAL_MS: '0' };
+    const first = await startServiceProcess(env);
+    procs.push(first);
+    // One submit is held by the emulator so that the kill lands between
+    // sending it and learning its fal id: that request must become an orphan.
+    emulator.armFault({ phase: 'submit', kind: 'delay', delay_ms: 800, prompt_contains: 'held' });
+    const prompts = ['crash a', 'crash b', 'crash c', 'crash d', 'held submit'];
+    const inflight = prompts.map((prompt, i) =>
+      fetch(`${first.url}/v1/images/generations`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${TEST_KEY}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ model: 'alibaba/z-image-turbo', prompt, image_size: i % 2 ? 'square' : 'landscape_16_9', num_images: 1 + (i % 3) }),
+      }).catch(() => 'connection lost'),
+    );
+    // Kill once the ledger has saved the four ordinary jobs' fal ids, while the
+    // held submit is still unanswered.
+    database = await createDatabase({ dataDir });
+    const db = database.db;
+    await until(async () => (await db.selectFrom('upstream_jobs').select('fal_request_id').execute()).length === 4, 10_000, 'four fal ids saved');
+    assert.equal(emulator.jobs().filter((j) => String(j.input.prompt).startsWith('held')).length, 0, 'the held submit is unanswered');
+    first.child.kill('SIGKILL');
+    await first.exited;
+    const answers = await Promise.all(inflight);
+    assert.ok(answers.every((a) => a === 'connection lost'), 'no request was answered before the kill');
+
+    // Let every job finish at fal (and be billed there) while we are down.
+    await until(() => emulator.jobs().length === 5 && emulator.jobs().every((j) => j.status === 'COMPLETED'), 10_000, 'jobs to finish at fal');
+    assert.equal(emulator.billing().length, 5);
+
+    const second = await startServiceProcess(env);
+    procs.push(second);
+    const line = await until(() => second.lines.find((l) => l.msg === 'reconciled open requests'), 20_000, 'start-up reconciliation');
+    const report = line.reconcile as { settled: string[]; orphaned: string[] };
+    assert.equal(report.settled.length, 4);
+    assert.equal(report.orphaned.length, 1);
+
+    const ledger = createLedger(database);
+    const jobs = await database.db.selectFrom('upstream_jobs').selectAll().execute();
+    const byFalId = new Map(jobs.map((j) => [j.fal_request_id, j]));
+    const billedInLedger = emulator.billing().filter((b) => byFalId.has(b.request_id));
+    assert.equal(billedInLedger.length, 4, 'every job whose fal id we saved is accounted for');
+    for (const b of billedInLedger) {
+      const j = byFalId.get(b.request_id)!;
+      assert.equal(j.status, 'completed');
+      assert.equal(Number(j.units_fal), Number(b.units), 'unit for unit');
+      assert.equal(j.upstream_cost_micros, parseUsd(b.usd), 'upstream cost equals what fal billed');
+    }
+    // Caller charges follow the images fal returned, at markup 1.0 equal to fal's cost here.
+    const settled = await database.db.selectFrom('requests').selectAll().where('status', '=', 'settled').execute();
+    assert.equal(settled.length, 4);
+    for (const r of settled) {
+      assert.ok(r.charge_micros > 0n);
+      assert.equal(r.charge_micros, r.upstream_cost_micros);
+      assert.equal(r.credits, r.charge_micros * 2n);
+    }
+    const orphans = await ledger.listOrphaned();
+    assert.equal(orphans.length, 1);
+    assert.equal(orphans[0]!.jobs.length, 0);
+    // The one billed job we never learnt the id of is exactly the orphan's.
+    const unknown = emulator.billing().filter((b) => !byFalId.has(b.request_id));
+    assert.equal(unknown.length, 1);
+    assert.equal(emulator.job(unknown[0]!.request_id)?.input.prompt, 'held submit');
+    const keys = await database.db.selectFrom('api_keys').selectAll().execute();
+    assert.equal(keys.reduce((s, k) => s + k.reserved_micros, 0n), 0n, 'no reservation is left held');
+
+    second.child.kill('SIGTERM');
+    await second.exited;
+  });
+});
