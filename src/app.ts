@@ -3,15 +3,24 @@ import type { Logger } from 'pino';
 import { errorResponse, notFound, ApiError } from './errors.js';
 import { requestId } from './http/request-id.js';
 import { accessLog } from './http/access-log.js';
-import { requireKey, type Authenticate } from './http/auth.js';
+import { requireAdmin, requireKey, type Authenticate } from './http/auth.js';
 import { jsonBody, bodyErrors } from './http/body.js';
 import { imagesRouter } from './http/routes/images.js';
 import { filesRouter } from './http/routes/files.js';
 import { healthRouter, type ReadinessCheck } from './http/routes/health.js';
+import { adminKeysRouter } from './http/routes/admin-keys.js';
+import { usageRouter } from './http/routes/usage.js';
+import type { KeysStore } from './metering/keys-store.js';
+import type { Ledger } from './metering/ledger.js';
 import type { ModelRegistry } from './models/registry.js';
 import type { ImageService } from './images/generate.js';
 import type { Media } from './images/media.js';
 import type { IdempotencyOptions } from './http/idempotency.js';
+import { rateLimit, type RateLimitOptions } from './http/rate-limit.js';
+import helmet from 'helmet';
+import cors from 'cors';
+import type { Metrics } from './metrics.js';
+import { inFlightLimit, refuseWhenShuttingDown } from './http/backpressure.js';
 
 export interface AppDeps {
   logger: Logger;
@@ -19,11 +28,19 @@ export interface AppDeps {
   images: ImageService;
   media: Media;
   authenticate: Authenticate;
+  keys: KeysStore;
+  ledger: Ledger;
   readiness: ReadinessCheck[];
   maxBodyBytes: number;
   publicBaseUrl: string | undefined;
   idempotency: IdempotencyOptions;
   isShuttingDown?: () => boolean;
+  metrics: Metrics;
+  maxInFlight: number;
+  /** Origins allowed by CORS; empty = CORS off. */
+  corsOrigins: string[];
+  /** Per-key requests-per-minute limits on the image route. */
+  rateLimit: RateLimitOptions;
 }
 
 /**
@@ -37,14 +54,33 @@ export function createApp(deps: AppDeps): Express {
   app.set('trust proxy', false);
   app.set('query parser', 'simple');
 
+  const isShuttingDown = deps.isShuttingDown ?? (() => false);
   app.use(requestId());
-  app.use(accessLog(deps.logger));
-  app.use(healthRouter(deps.readiness, deps.isShuttingDown ?? (() => false)));
+  app.use(accessLog(deps.logger, deps.metrics));
+  // An API serves no HTML of its own here, so the strict defaults cost nothing.
+  app.use(helmet({ crossOriginResourcePolicy: { policy: 'cross-origin' } }));
+  if (deps.corsOrigins.length > 0) {
+    app.use(cors({ origin: deps.corsOrigins, allowedHeaders: ['authorization', 'content-type', 'idempotency-key', 'x-request-id'], exposedHeaders: ['x-request-id', 'x-usage-cost-usd', 'x-usage-credits', 'retry-after'] }));
+  }
+  app.use(healthRouter(deps.readiness, isShuttingDown));
+  app.get('/metrics', async (_req, res) => {
+    res.setHeader('content-type', deps.metrics.registry.contentType);
+    res.send(await deps.metrics.registry.metrics());
+  });
+  app.use(refuseWhenShuttingDown(isShuttingDown));
   app.use(filesRouter(deps.media));
 
   const auth = requireKey(deps.authenticate);
-  app.post('/v1/images/generations', auth, ...jsonBody(deps.maxBodyBytes));
+  // Limited before the body is read: a caller over its limit costs us no parsing.
+  app.post('/v1/images/generations', auth, rateLimit(deps.rateLimit), inFlightLimit(deps.maxInFlight, deps.metrics), ...jsonBody(deps.maxBodyBytes));
   app.use(imagesRouter({ registry: deps.registry, images: deps.images, publicBaseUrl: deps.publicBaseUrl, idempotency: deps.idempotency }));
+
+  // Every /v1/admin path, unknown ones included, answers 403 to a non-admin
+  // before anything else, so the admin surface cannot be mapped without a key.
+  app.use('/v1/admin', auth, requireAdmin());
+  app.get('/v1/usage', auth);
+  app.use(adminKeysRouter({ keys: deps.keys, maxBodyBytes: deps.maxBodyBytes }));
+  app.use(usageRouter({ ledger: deps.ledger }));
 
   app.use((req) => {
     throw notFound(`Unknown route: ${req.method} ${req.path.slice(0, 200)}`, 'unknown_route');

@@ -33,8 +33,19 @@ export interface Config {
   reconcileAfterMs: number;
   /** How often to look for open requests; 0 = only at start-up. */
   reconcileIntervalMs: number;
+  /** Image requests one process works on at once; beyond it, 429. */
+  maxInFlight: number;
+  /** On SIGTERM: how long in-flight requests may take to finish. */
+  shutdownGraceMs: number;
+  /** Origins allowed by CORS; empty = CORS off. */
+  corsOrigins: string[];
   emulatorLatencyMs: number | undefined;
   emulatorImageMode: 'entropy' | 'cheap' | undefined;
+  /** Requests per minute for keys without their own `rpm_limit`; 0 = unlimited. */
+  defaultRpmLimit: number;
+  /** Shared rate-limit counters; unset = counted in each process. */
+  redisUrl: string | undefined;
+  redisKeyPrefix: string;
 }
 
 export class ConfigError extends Error {
@@ -72,6 +83,14 @@ export function loadConfig(env: Env = process.env): Config {
       problems.push(`${name} must be a ${protocols.join(' or ')} URL (got ${JSON.stringify(raw)})`);
       return undefined;
     }
+  };
+  // As `url`, for URLs that may carry a password: a bad value is never echoed.
+  const secretUrl = (name: string, protocols: string[]): string | undefined => {
+    const raw = str(name);
+    if (raw === undefined) return undefined;
+    if (URL.canParse(raw) && protocols.includes(new URL(raw).protocol)) return raw;
+    problems.push(`${name} must be a ${protocols.join(' or ')} URL (value not shown: it may hold a password)`);
+    return undefined;
   };
   const bool = (name: string, def: boolean): boolean => {
     const raw = str(name)?.toLowerCase();
@@ -136,9 +155,15 @@ export function loadConfig(env: Env = process.env): Config {
     billingWebhookSecret,
     billingWebhookMaxBackoffMs: int('BILLING_WEBHOOK_MAX_BACKOFF_MS', 3_600_000, 10, 7 * 86_400_000),
     reconcileAfterMs: 0,
+    maxInFlight: int('MAX_IN_FLIGHT', 2_000, 1, 1_000_000),
+    shutdownGraceMs: int('SHUTDOWN_GRACE_MS', 30_000, 0, 3_600_000),
+    corsOrigins: (str('CORS_ORIGINS') ?? '').split(',').map((o) => o.trim()).filter(Boolean),
     reconcileIntervalMs: int('RECONCILE_INTERVAL_MS', 60_000, 0, 86_400_000),
     emulatorLatencyMs: str('EMULATOR_LATENCY_MS') === undefined ? undefined : int('EMULATOR_LATENCY_MS', 0, 0, 3_600_000),
     emulatorImageMode: imageMode as Config['emulatorImageMode'],
+    defaultRpmLimit: int('DEFAULT_RPM_LIMIT', 600, 0, 1_000_000),
+    redisUrl: secretUrl('REDIS_URL', ['redis:', 'rediss:']),
+    redisKeyPrefix: str('REDIS_KEY_PREFIX') ?? 'images-gw:rl',
   };
   // By default a request is only reconciled once no live process could still
   // be working on it: our own deadline plus a margin.

@@ -15,9 +15,11 @@ import { createKeysStore, type KeysStore } from './metering/keys-store.js';
 import { createIdempotencyStore } from './metering/idempotency-store.js';
 import { createAuthenticator, loadOrCreateGeneratedKey, type GeneratedKey } from './metering/auth.js';
 import { startEmulator, type Emulator } from './emulator/index.js';
+import { createMetrics, type Metrics } from './metrics.js';
 import { createReconciler, type Reconciler, type ReconcileReport } from './metering/reconcile.js';
 import { createOutboxStore } from './metering/outbox-store.js';
 import { createBillingWebhookWorker, type BillingWebhookWorker } from './metering/billing-webhook.js';
+import { createKeyRateLimiter, type KeyRateLimiter } from './http/rate-limit.js';
 
 /**
  * The composition root: builds every part from the configuration and wires
@@ -35,9 +37,12 @@ export interface Service {
   keys: KeysStore;
   database: Database;
   registry: ModelRegistry;
+  metrics: Metrics;
   emulator: Emulator | undefined;
   generatedKey: GeneratedKey | undefined;
   reconciler: Reconciler;
+  /** Per-key request limits; `stats` counts refusals and fail-opens. */
+  rateLimiter: KeyRateLimiter;
   /** The reconciliation started with the service (it does not delay listening). */
   startupReconcile: Promise<ReconcileReport | undefined>;
   /** Stops accepting, lets in-flight requests finish, closes everything. */
@@ -49,6 +54,7 @@ export interface ServiceOverrides {
   /** Reuse an emulator the caller started (tests) instead of the embedded one. */
   emulator?: Emulator;
   registry?: ModelRegistry;
+  metrics?: Metrics;
 }
 
 export async function startService(config: Config, overrides: ServiceOverrides = {}): Promise<Service> {
@@ -88,7 +94,15 @@ export async function startService(config: Config, overrides: ServiceOverrides =
     generatedKeyHash: generatedKey?.sha256,
   });
 
-  const fal = createFalGateway({ credentials: falKey, baseUrl: falBaseUrl });
+  const metrics = overrides.metrics ?? createMetrics();
+  const fal = createFalGateway({
+    credentials: falKey,
+    baseUrl: falBaseUrl,
+    observe: (phase, seconds) => {
+      metrics.falCallDuration.observe({ phase }, seconds);
+      if (phase === 'status' || phase === 'stream') metrics.upstreamStatusRequests.inc();
+    },
+  });
   const media = createMedia({ falBaseUrl });
   const shutdown = new AbortController();
   let shuttingDown = false;
@@ -123,16 +137,27 @@ export async function startService(config: Config, overrides: ServiceOverrides =
     return reconciling;
   };
 
+  const rateLimiter = createKeyRateLimiter({ logger, redisUrl: config.redisUrl, keyPrefix: config.redisKeyPrefix });
+  // Bounded by the client's connect timeout; a Redis that is down leaves
+  // limits failing open, it never stops the service from starting.
+  await rateLimiter.ready();
+
   const app = createApp({
     logger,
     registry,
     images,
     media,
     authenticate,
+    keys,
+    ledger,
     maxBodyBytes: config.maxBodyBytes,
     publicBaseUrl: config.publicBaseUrl,
+    metrics,
+    maxInFlight: config.maxInFlight,
+    corsOrigins: config.corsOrigins,
     idempotency: { store: createIdempotencyStore(database), ttlS: config.idempotencyTtlS, waitMs: config.requestTimeoutMs + 5_000 },
     isShuttingDown: () => shuttingDown,
+    rateLimit: { limiter: rateLimiter, defaultRpm: config.defaultRpmLimit },
     readiness: [
       { name: 'upstream', check: () => fal.ping({ signal: AbortSignal.timeout(2000) }) },
       { name: 'storage', check: () => database.ping().then(() => true) },
@@ -168,18 +193,28 @@ export async function startService(config: Config, overrides: ServiceOverrides =
     keys,
     database,
     registry,
+    metrics,
     emulator,
     generatedKey,
     reconciler,
+    rateLimiter,
     startupReconcile,
     close() {
       closing ??= (async () => {
+        // Graceful: /readyz turns 503 and new requests are refused at once;
+        // requests in flight get SHUTDOWN_GRACE_MS to finish (and be billed).
+        // Past it, their fal waits are aborted (the jobs are cancelled, or
+        // left to the next start's reconciliation) so they still get answered.
         shuttingDown = true;
         if (timer) clearInterval(timer);
-        await new Promise<void>((resolve) => {
-          server.close(() => resolve());
-          server.closeIdleConnections();
-        });
+        const drained = new Promise<void>((resolve) => server.close(() => resolve()));
+        server.closeIdleConnections();
+        const graceOver = await Promise.race([drained.then(() => false), delay(config.shutdownGraceMs).then(() => true)]);
+        if (graceOver) {
+          logger.warn({ grace_ms: config.shutdownGraceMs }, 'shutdown grace period over; aborting requests still in flight');
+          shutdown.abort();
+          if (await Promise.race([drained.then(() => false), delay(ABORT_DRAIN_MS).then(() => true)])) server.closeAllConnections();
+        }
         shutdown.abort();
         await reconciling;
         if (billingWebhook) {
@@ -189,12 +224,20 @@ export async function startService(config: Config, overrides: ServiceOverrides =
           await billingWebhook.flush(BILLING_FLUSH_MS);
           await billingWebhook.stop();
         }
+        await rateLimiter.close();
         await database.close();
         if (ownEmulator) await emulator!.close();
       })();
       return closing;
     },
   };
+}
+
+/** After the grace period: how long aborted requests get to send their error before sockets are cut. */
+const ABORT_DRAIN_MS = 15_000;
+
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms).unref());
 }
 
 /** How long shutdown spends delivering due billing events before leaving them for the next start. */

@@ -59,7 +59,7 @@ export interface EmulatorOptions {
   pricesFile?: string;
   /** Persist jobs, billing and the webhook key here (atomic, debounced writes) and reload them on start. */
   stateFile?: string;
-  /** Debounce for state writes; default 50 ms. */
+  /** Debounce for state writes; default 100 ms. */
   stateDebounceMs?: number;
   /** When set, only `Authorization: Key <emulatorKey>` is accepted. */
   emulatorKey?: string;
@@ -285,7 +285,7 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
         jobs: engine.list(),
         billing: engine.billing(),
       }),
-      opts.stateDebounceMs ?? 50,
+      opts.stateDebounceMs ?? 100,
       (err) => logger.error({ err }, 'emulator could not write its state file'),
     );
     persist();
@@ -329,7 +329,7 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
       return;
     }
     if (hostName) segs.unshift(hostName);
-    const ownHost = headerValue(req, 'host');
+    const ownHost = headerValue(req, 'host')?.toLowerCase();
     for (let i = 0; i < 4; i++) {
       const first = segs[0]?.toLowerCase();
       if (first !== undefined && (selfHosts.has(first) || first === ownHost)) {

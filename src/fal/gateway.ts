@@ -99,6 +99,8 @@ export interface FalGatewayOptions {
   /** Poll delays used when the status stream is unavailable. */
   pollMinMs?: number;
   pollMaxMs?: number;
+  /** Told about every gateway call: phase, seconds (including our retries), and whether it failed. */
+  observe?: (phase: FalPhase, seconds: number, failed: boolean) => void;
 }
 
 const STATUSES = new Set(['IN_QUEUE', 'IN_PROGRESS', 'COMPLETED']);
@@ -139,13 +141,22 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
   }
 
   async function call<T>(phase: FalPhase, signal: AbortSignal | undefined, fn: (c: CallCapture) => Promise<T>): Promise<{ value: T; capture: CallCapture }> {
-    return transport.run(phase, signal, async (capture) => {
-      try {
-        return { value: await fn(capture), capture };
-      } catch (err) {
-        throw translate(err, capture);
-      }
-    });
+    const started = performance.now();
+    let failed = false;
+    try {
+      return await transport.run(phase, signal, async (capture) => {
+        try {
+          return { value: await fn(capture), capture };
+        } catch (err) {
+          throw translate(err, capture);
+        }
+      });
+    } catch (err) {
+      failed = true;
+      throw err;
+    } finally {
+      opts.observe?.(phase, (performance.now() - started) / 1000, failed);
+    }
   }
 
   function badResponse(phase: FalPhase, what: string, capture: CallCapture): FalCallError {

@@ -9,6 +9,7 @@ import { maxCharge } from '../metering/pricing.js';
 import { encodePricing, settleCompleted, type BillingEvents } from '../metering/settlement.js';
 import { formatUsd, type Markup } from '../metering/money.js';
 import type { Ledger } from '../metering/ledger.js';
+import type { Metrics } from '../metrics.js';
 
 /**
  * The use case: one caller request → one fal job → one OpenAI-shaped
@@ -64,6 +65,7 @@ export interface ImageServiceDeps {
   requestTimeoutMs: number;
   logger: Logger;
   now?: () => number;
+  metrics?: Metrics;
   /** Fires on shutdown after the grace period: abandon waits, cancel jobs. */
   shutdownSignal?: AbortSignal;
   /** Set when the billing webhook is on: settlements then write an event for it. */
@@ -92,128 +94,149 @@ export function createImageService(deps: ImageServiceDeps): ImageService {
 
   return {
     async generate(req, ctx) {
-      const log = deps.logger.child({ request_id: ctx.requestId, model: req.model.id });
-      const reserve = maxCharge(req, deps.markup);
-      const pricing = { promptExpansion: req.promptExpansion, markup: deps.markup };
-      const reserved = await ledgerCall('reserve', () =>
-        deps.ledger.reserve({
-          requestId: ctx.requestId,
-          keyId: ctx.keyId,
-          model: req.model.id,
-          endpoint: req.model.endpoint,
-          user: req.user ?? null,
-          maxChargeMicros: reserve,
-          pricing: encodePricing(pricing),
-          idempotencyKey: ctx.idempotencyKey ?? null,
-        }),
-      );
-      if (!reserved.ok) {
-        throw insufficientQuota(
-          `This request may cost up to $${formatUsd(reserve)}, which would exceed the key's budget ($${formatUsd(reserved.budgetMicros ?? 0n)} total, $${formatUsd(reserved.spentMicros)} spent, $${formatUsd(reserved.reservedMicros)} reserved by requests in flight).`,
-        );
-      }
-
-      const deadline = AbortSignal.timeout(deps.requestTimeoutMs);
-      const signals = [ctx.callerSignal, deadline, ...(deps.shutdownSignal ? [deps.shutdownSignal] : [])];
-      const signal = AbortSignal.any(signals);
-      const abortReason = (): 'deadline' | 'client_gone' | 'shutdown' | undefined =>
-        ctx.callerSignal.aborted ? 'client_gone' : deadline.aborted ? 'deadline' : deps.shutdownSignal?.aborted ? 'shutdown' : undefined;
-      const fieldOrigins = Object.fromEntries(
-        Object.keys(req.falInput).map((f) => [f, OPENAI_ALIASES[f] && req.sentFields.has(OPENAI_ALIASES[f]!) ? OPENAI_ALIASES[f]! : f]),
-      );
-
-      const input = { ...req.falInput, sync_mode: req.responseFormat === 'b64_json' };
-      let falRequestId: string;
+      deps.metrics?.jobsInFlight.inc();
       try {
-        ({ falRequestId } = await deps.fal.submit(req.model.endpoint, input, { signal }));
-        ctx.onSubmitted?.();
-      } catch (err) {
-        const fe = asFalError(err);
-        if (fe.ambiguous) {
-          ctx.onSubmitted?.();
-          // fal may have created a job we never learnt the id of: keep the
-          // reservation visible as an orphan instead of quietly releasing it.
-          await ledgerCall('orphan', () => deps.ledger.markOrphaned(ctx.requestId));
-          log.error({ err: fe.message, phase: fe.phase, status: fe.status }, 'submit outcome unknown; request marked orphaned');
-        } else {
-          await ledgerCall('release', () => deps.ledger.release({ requestId: ctx.requestId, status: 'failed', errorCode: `submit_${fe.status ?? fe.kind}` }));
-        }
-        throw mapFalError(fe, { submitted: false, fieldOrigins, abortReason: abortReason() });
+        return await generateOne(req, ctx);
+      } finally {
+        deps.metrics?.jobsInFlight.dec();
       }
-      await ledgerCall('submit', () => deps.ledger.recordSubmit({ requestId: ctx.requestId, falRequestId, endpoint: req.model.endpoint }));
-      log.debug({ fal_request_id: falRequestId }, 'fal job submitted');
-
-      let result: FalResult;
-      try {
-        await deps.fal.waitForCompletion(req.model.endpoint, falRequestId, { signal });
-        result = await deps.fal.result(req.model.endpoint, falRequestId, { signal });
-      } catch (err) {
-        const fe = asFalError(err);
-        const after = fe.kind === 'aborted' ? await cancelOrCollect(req, falRequestId, log) : null;
-        if (after?.result) {
-          result = after.result;
-        } else {
-          if (jobFailed(fe)) {
-            // The job ran and failed on its input: fal bills nothing for it.
-            await ledgerCall('fail', () => deps.ledger.failJob({ falRequestId, status: 'failed' }));
-            await ledgerCall('release', () => deps.ledger.release({ requestId: ctx.requestId, status: 'failed', errorCode: `job_failed_${fe.status}` }));
-          } else if (after?.cancelled) {
-            await ledgerCall('cancel', () => deps.ledger.failJob({ falRequestId, status: 'cancelled' }));
-            await ledgerCall('release', () => deps.ledger.release({ requestId: ctx.requestId, status: 'released', errorCode: abortReason() ?? 'aborted' }));
-          }
-          // Anything else (cancel refused, fal unreachable) leaves the request
-          // open: reconciliation asks fal what became of the job and settles
-          // or releases it, so a job fal finishes anyway is still billed.
-          throw mapFalError(fe, { submitted: true, fieldOrigins, abortReason: abortReason() });
-        }
-      }
-
-      const output = result.output;
-      const images = output.images.map((i) => ({ width: i.width, height: i.height }));
-      const settled = await ledgerCall('settle', () =>
-        settleCompleted(deps.ledger, req.model, ctx.requestId, pricing, [{ falRequestId, images, billableUnits: result.billableUnits }], {
-          billingEvents: deps.billingEvents,
-        }),
-      );
-      for (const d of settled.disagreements) log.warn({ fal_request_id: d.falRequestId, units_estimate: d.unitsEstimate, units_fal: d.unitsFal }, 'fal billed a different quantity than our estimate');
-      const charge = settled.charge;
-
-      let data: ImageItem[];
-      try {
-        data = req.responseFormat === 'b64_json'
-          ? await Promise.all(output.images.map(async (i) => ({ b64_json: await deps.media.toBase64(i.url) })))
-          : output.images.map((i) => ({ url: deps.media.toClientUrl(i.url, ctx.publicBaseUrl) }));
-      } catch (err) {
-        if (!(err instanceof MediaError)) throw err;
-        log.error({ err: err.message }, 'could not deliver images');
-        throw upstreamError('The generated images could not be retrieved from the provider.', { code: 'upstream_media_error', shouldRetry: false });
-      }
-
-      const nsfw = Array.isArray(output.has_nsfw_concepts) ? output.has_nsfw_concepts : [];
-      const body: ImagesResponseBody = {
-        created: Math.floor(now() / 1000),
-        data,
-        output_format: req.outputFormat,
-        size: `${req.size.width}x${req.size.height}`,
-        meta: {
-          usage: { credits_used: charge.credits, tokens_used: charge.credits, cost_usd: charge.usd },
-          seed: typeof output.seed === 'number' ? output.seed : null,
-          images: output.images.map((i, k) => ({
-            width: i.width,
-            height: i.height,
-            content_type: i.content_type,
-            has_nsfw_concept: nsfw[k] === true,
-          })),
-          fal_request_id: result.falRequestId,
-        },
-      };
-      return {
-        body,
-        falRequestId: result.falRequestId,
-        headers: { 'x-usage-cost-usd': charge.usd, 'x-usage-credits': String(charge.credits), 'x-fal-request-id': result.falRequestId },
-      };
     },
   };
+
+  async function generateOne(req: CanonicalRequest, ctx: GenerateContext): Promise<GenerateOutcome> {
+    const log = deps.logger.child({ request_id: ctx.requestId, model: req.model.id });
+    const reserve = maxCharge(req, deps.markup);
+    const pricing = { promptExpansion: req.promptExpansion, markup: deps.markup };
+    const reserved = await ledgerCall('reserve', () =>
+      deps.ledger.reserve({
+        requestId: ctx.requestId,
+        keyId: ctx.keyId,
+        model: req.model.id,
+        endpoint: req.model.endpoint,
+        user: req.user ?? null,
+        maxChargeMicros: reserve,
+        pricing: encodePricing(pricing),
+        idempotencyKey: ctx.idempotencyKey ?? null,
+      }),
+    );
+    if (!reserved.ok) {
+      deps.metrics?.refusals.inc({ reason: 'budget' });
+      throw insufficientQuota(
+        `This request may cost up to $${formatUsd(reserve)}, which would exceed the key's budget ($${formatUsd(reserved.budgetMicros ?? 0n)} total, $${formatUsd(reserved.spentMicros)} spent, $${formatUsd(reserved.reservedMicros)} reserved by requests in flight).`,
+      );
+    }
+
+    const deadline = AbortSignal.timeout(deps.requestTimeoutMs);
+    const signals = [ctx.callerSignal, deadline, ...(deps.shutdownSignal ? [deps.shutdownSignal] : [])];
+    const signal = AbortSignal.any(signals);
+    const abortReason = (): 'deadline' | 'client_gone' | 'shutdown' | undefined =>
+      ctx.callerSignal.aborted ? 'client_gone' : deadline.aborted ? 'deadline' : deps.shutdownSignal?.aborted ? 'shutdown' : undefined;
+    const fieldOrigins = Object.fromEntries(
+      Object.keys(req.falInput).map((f) => [f, OPENAI_ALIASES[f] && req.sentFields.has(OPENAI_ALIASES[f]!) ? OPENAI_ALIASES[f]! : f]),
+    );
+
+    const input = { ...req.falInput, sync_mode: req.responseFormat === 'b64_json' };
+    let falRequestId: string;
+    try {
+      ({ falRequestId } = await deps.fal.submit(req.model.endpoint, input, { signal }));
+      ctx.onSubmitted?.();
+    } catch (err) {
+      const fe = asFalError(err);
+      if (fe.ambiguous) {
+        ctx.onSubmitted?.();
+        // fal may have created a job we never learnt the id of: keep the
+        // reservation visible as an orphan instead of quietly releasing it.
+        await ledgerCall('orphan', () => deps.ledger.markOrphaned(ctx.requestId));
+        log.error({ err: fe.message, phase: fe.phase, status: fe.status }, 'submit outcome unknown; request marked orphaned');
+      } else {
+        await ledgerCall('release', () => deps.ledger.release({ requestId: ctx.requestId, status: 'failed', errorCode: `submit_${fe.status ?? fe.kind}` }));
+      }
+      throw mapFalError(fe, { submitted: false, fieldOrigins, abortReason: abortReason() });
+    }
+    await ledgerCall('submit', () => deps.ledger.recordSubmit({ requestId: ctx.requestId, falRequestId, endpoint: req.model.endpoint }));
+    log.debug({ fal_request_id: falRequestId }, 'fal job submitted');
+    const submittedAt = performance.now();
+
+    let result: FalResult;
+    try {
+      await deps.fal.waitForCompletion(req.model.endpoint, falRequestId, { signal });
+      result = await deps.fal.result(req.model.endpoint, falRequestId, { signal });
+    } catch (err) {
+      const fe = asFalError(err);
+      const after = fe.kind === 'aborted' ? await cancelOrCollect(req, falRequestId, log) : null;
+      if (after?.result) {
+        result = after.result;
+      } else {
+        if (jobFailed(fe)) {
+          // The job ran and failed on its input: fal bills nothing for it.
+          await ledgerCall('fail', () => deps.ledger.failJob({ falRequestId, status: 'failed' }));
+          await ledgerCall('release', () => deps.ledger.release({ requestId: ctx.requestId, status: 'failed', errorCode: `job_failed_${fe.status}` }));
+        } else if (after?.cancelled) {
+          await ledgerCall('cancel', () => deps.ledger.failJob({ falRequestId, status: 'cancelled' }));
+          await ledgerCall('release', () => deps.ledger.release({ requestId: ctx.requestId, status: 'released', errorCode: abortReason() ?? 'aborted' }));
+        }
+        // Anything else (cancel refused, fal unreachable) leaves the request
+        // open: reconciliation asks fal what became of the job and settles
+        // or releases it, so a job fal finishes anyway is still billed.
+        throw mapFalError(fe, { submitted: true, fieldOrigins, abortReason: abortReason() });
+      }
+    }
+
+    const output = result.output;
+    const images = output.images.map((i) => ({ width: i.width, height: i.height }));
+    const settled = await ledgerCall('settle', () =>
+      settleCompleted(deps.ledger, req.model, ctx.requestId, pricing, [{ falRequestId, images, billableUnits: result.billableUnits }], {
+        billingEvents: deps.billingEvents,
+      }),
+    );
+    for (const d of settled.disagreements) {
+      log.warn({ fal_request_id: d.falRequestId, units_estimate: d.unitsEstimate, units_fal: d.unitsFal }, 'fal billed a different quantity than our estimate');
+      deps.metrics?.unitsDisagreements.inc({ model: req.model.id });
+    }
+    const charge = settled.charge;
+    const m = deps.metrics;
+    if (m) {
+      m.falJobDuration.observe({ model: req.model.id, outcome: 'completed' }, (performance.now() - submittedAt) / 1000);
+      m.imagesDelivered.inc({ model: req.model.id }, images.length);
+      m.callerChargeUsd.inc({ model: req.model.id }, Number(charge.usd));
+      m.upstreamCostUsd.inc({ model: req.model.id }, Number(formatUsd(settled.upstreamCostMicros)));
+    }
+
+    let data: ImageItem[];
+    try {
+      data = req.responseFormat === 'b64_json'
+        ? await Promise.all(output.images.map(async (i) => ({ b64_json: await deps.media.toBase64(i.url) })))
+        : output.images.map((i) => ({ url: deps.media.toClientUrl(i.url, ctx.publicBaseUrl) }));
+    } catch (err) {
+      if (!(err instanceof MediaError)) throw err;
+      log.error({ err: err.message }, 'could not deliver images');
+      throw upstreamError('The generated images could not be retrieved from the provider.', { code: 'upstream_media_error', shouldRetry: false });
+    }
+
+    const nsfw = Array.isArray(output.has_nsfw_concepts) ? output.has_nsfw_concepts : [];
+    const body: ImagesResponseBody = {
+      created: Math.floor(now() / 1000),
+      data,
+      output_format: req.outputFormat,
+      size: `${req.size.width}x${req.size.height}`,
+      meta: {
+        usage: { credits_used: charge.credits, tokens_used: charge.credits, cost_usd: charge.usd },
+        seed: typeof output.seed === 'number' ? output.seed : null,
+        images: output.images.map((i, k) => ({
+          width: i.width,
+          height: i.height,
+          content_type: i.content_type,
+          has_nsfw_concept: nsfw[k] === true,
+        })),
+        fal_request_id: result.falRequestId,
+      },
+    };
+    return {
+      body,
+      falRequestId: result.falRequestId,
+      headers: { 'x-usage-cost-usd': charge.usd, 'x-usage-credits': String(charge.credits), 'x-fal-request-id': result.falRequestId },
+    };
+  }
 
   /**
    * Our wait was cut short. Cancel the job; if fal says it already completed,

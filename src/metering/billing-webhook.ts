@@ -163,8 +163,8 @@ export function createBillingWebhookWorker(options: BillingWebhookOptions): Bill
   let loopDone: Promise<void> | undefined;
   let kicked = false;
   let wake: (() => void) | undefined;
-  /** The earliest retry this process scheduled, so a short backoff is not stretched to the poll interval. */
-  let soonestRetry = Number.POSITIVE_INFINITY;
+  /** Retry times this process scheduled, so a short backoff is not stretched to the poll interval. */
+  let retryTimes: number[] = [];
   const inFlight = new Set<AbortController>();
 
   // Rounds run one at a time so that `flush` starts after the loop's round
@@ -224,7 +224,7 @@ export function createBillingWebhookWorker(options: BillingWebhookOptions): Bill
     const delay = outcome.retryAfterMs === undefined ? backoff : Math.max(backoff, Math.min(outcome.retryAfterMs, maxMs));
     const next = clock().getTime() + delay;
     await outbox.markFailed(event.seq, outcome.error, next);
-    soonestRetry = Math.min(soonestRetry, next);
+    retryTimes.push(next);
     log[event.attempts >= 10 ? 'error' : 'warn'](
       { event_id: event.eventId, key_id: event.keyId, attempts: event.attempts, error: outcome.error, retry_in_ms: delay, target },
       'billing event not delivered; will retry',
@@ -275,9 +275,11 @@ export function createBillingWebhookWorker(options: BillingWebhookOptions): Bill
       }
       if (!running) break;
       if (claimed > 0) continue;
+      // Times already past were claimed (or taken by another process) in
+      // the round that just found nothing; only future ones matter.
       const now = clock().getTime();
-      if (soonestRetry <= now) soonestRetry = Number.POSITIVE_INFINITY;
-      await sleep(Math.min(pollMs, soonestRetry - now));
+      retryTimes = retryTimes.filter((t) => t > now);
+      await sleep(Math.min(pollMs, ...retryTimes.map((t) => t - now)));
     }
   }
 

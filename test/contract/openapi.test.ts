@@ -48,7 +48,9 @@ interface Example {
 
 function collectExamples(): Example[] {
   const out: Example[] = [];
-  for (const [path, item] of Object.entries<any>(doc.paths)) {
+  // Webhooks are operations we send rather than serve; their examples are held to the same schemas.
+  const operations = [...Object.entries<any>(doc.paths), ...Object.entries<any>(doc.webhooks ?? {}).map(([name, item]) => [`webhook ${name}`, item] as const)];
+  for (const [path, item] of operations) {
     for (const [method, op] of Object.entries<any>(item)) {
       const contents: Array<[string, any]> = [];
       if (op.requestBody) contents.push([`${method} ${path} request`, op.requestBody.content]);
@@ -94,6 +96,14 @@ describe('openapi.yaml', () => {
     for (const f of readdirSync(join(root, 'schemas'))) {
       if (f.endsWith('.json')) assert.ok(text.includes(`./schemas/${f}`), `${f} is not referenced by openapi.yaml`);
     }
+  });
+
+  it('documents the billing webhook, and its example check can fail', () => {
+    const body = doc.webhooks?.['usage.settled']?.post?.requestBody?.content?.['application/json'];
+    assert.ok(body, 'webhooks.usage.settled is missing');
+    assert.ok(examples.some((e) => e.where.startsWith('post webhook usage.settled')), 'the webhook example is not collected');
+    const validate = compileSchema(body.schema);
+    assert.equal(validate({ ...body.example, data: { ...body.example.data, charge_usd: 0.005 } }), false);
   });
 
   it('documents every route the app serves', () => {

@@ -80,8 +80,11 @@ describe('billing log', () => {
   });
 
   test('failed and cancelled jobs bill nothing', async (t) => {
-    const emu = await emulator(t, { latencyMs: 300 });
-    emu.armFault({ kind: 'fail_after_start', prompt_contains: 'fail' });
+    const emu = await emulator(t);
+    emu.armFault([
+      { kind: 'fail_after_start', prompt_contains: 'fail' },
+      { kind: 'latency', latency_ms: 60000, prompt_contains: 'cancel' },
+    ]);
     const failed = await rawSubmit(emu, TURBO, { prompt: 'fail' });
     const cancelled = await rawSubmit(emu, TURBO, { prompt: 'cancel' });
     assert.equal((await raw(emu, 'PUT', `queue.fal.run/${appOf(TURBO)}/requests/${cancelled}/cancel`)).status, 202);

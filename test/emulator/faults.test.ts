@@ -97,7 +97,7 @@ describe('armed faults', () => {
     assert.equal((ok.data as any).images.length, 1);
   });
 
-  test('status-phase 500/502/503 answer raw; a status fault with times:1 is absorbed by the client retry', async (t) => {
+  test('status-phase 500, 502 and 503 (raw HTTP: the client retries all three on status)', async (t) => {
     const emu = await emulator(t);
     const id = await rawSubmit(emu, TURBO, { prompt: 'p' });
     emu.armFault([

@@ -100,7 +100,7 @@ describe('fal queue protocol with the real @fal-ai/client', () => {
   });
 
   test('queued status carries queue_position; result before completion is 400 "still in progress"', async (t) => {
-    const slow = await emulator(t, { latencyMs: 2000 });
+    const slow = await emulator(t, { latencyMs: 20000 });
     const a = await rawSubmit(slow, TURBO, { prompt: 'first' });
     const b = await rawSubmit(slow, TURBO, { prompt: 'second' });
     const s = await raw(slow, 'GET', `queue.fal.run/${appOf(TURBO)}/requests/${b}/status`);

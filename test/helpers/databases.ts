@@ -99,6 +99,22 @@ function trackOpened(dialect: DatabaseDialect, options: DatabaseOptions, remove:
   };
 }
 
+/**
+ * The environment for `startTestService` on `storage`. The service takes
+ * only DATABASE_URL, so a PostgreSQL schema travels in the URL as the
+ * connection's search_path (opened here first, which creates and migrates
+ * it); SQLite needs nothing, the service gets its own DATA_DIR.
+ */
+export async function serviceEnv(storage: TestStorage): Promise<Record<string, string>> {
+  if (storage.dialect === 'sqlite') return {};
+  const { databaseUrl, schema } = storage.options;
+  if (!databaseUrl || !schema) throw new Error('a PostgreSQL test storage has a URL and a schema');
+  await storage.open();
+  const url = new URL(databaseUrl);
+  url.searchParams.set('options', `-c search_path=${schema}`);
+  return { DATABASE_URL: url.toString() };
+}
+
 export function createStorage(dialect: DatabaseDialect): Promise<TestStorage> {
   return dialect === 'sqlite' ? createSqliteStorage() : createPostgresStorage();
 }

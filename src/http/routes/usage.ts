@@ -1,5 +1,6 @@
 import { Router, type Request, type Response } from 'express';
 import { forbidden, invalidRequest } from '../../errors.js';
+import { INSTANT_HINT, parseInstant } from '../../metering/instant.js';
 import type { Ledger, UsageFilter } from '../../metering/ledger.js';
 import { adminUsageReportView, chunked, exportLines, usageReportView, type ExportView } from '../../metering/views.js';
 import { usageQuerySchema, type UsageQuery } from '../../schemas/index.js';
@@ -12,48 +13,11 @@ export interface UsageRouteDeps {
 
 const validateQuery = queryValidator<UsageQuery>(usageQuerySchema);
 
-const ISO_8601 =
-  /^(\d{4})-(\d{2})-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?(Z|[+-]\d{2}:?\d{2})?)?$/i;
-
-/**
- * An ISO 8601 date or date-time as an exact instant. Written out rather than
- * left to `Date`, which rolls 2024-02-30 over into March and reads a
- * date-time without offset as local time; here a missing offset means UTC,
- * so the same query means the same period on every server.
- */
-export function parseInstant(text: string, param: string): Date {
-  const bad = () => invalidRequest(`${param} must be an ISO 8601 date or date-time, such as 2025-01-31 or 2025-01-31T12:00:00Z (got ${JSON.stringify(text.slice(0, 64))}).`, param);
-  const m = ISO_8601.exec(text);
-  if (!m) throw bad();
-  const [year, month, day, hour, minute, second] = [1, 2, 3, 4, 5, 6].map((i) => Number(m[i] ?? '0')) as [number, number, number, number, number, number];
-  if (month < 1 || month > 12) throw bad();
-  const lastDay = month === 2 ? (isLeap(year) ? 29 : 28) : [4, 6, 9, 11].includes(month) ? 30 : 31;
-  if (day < 1 || day > lastDay || hour > 23 || minute > 59 || second > 59) throw bad();
-  const fraction = m[7] ?? '';
-  const offset = (m[8] ?? 'Z').toUpperCase();
-  let offsetMinutes = 0;
-  if (offset !== 'Z') {
-    const digits = offset.slice(1).replace(':', '');
-    const oh = Number(digits.slice(0, 2));
-    const om = Number(digits.slice(2));
-    if (oh > 23 || om > 59) throw bad();
-    offsetMinutes = (offset.startsWith('-') ? -1 : 1) * (oh * 60 + om);
-  }
-  const base = `${m[1]}-${m[2]}-${m[3]}T${String(hour).padStart(2, '0')}:${String(minute).padStart(2, '0')}:${String(second).padStart(2, '0')}.000Z`;
-  // Settlement times are stored to the millisecond. Rounding a finer bound
-  // up keeps both comparisons exact: t >= from ⇔ t >= ceil(from) and
-  // t < to ⇔ t < ceil(to) for any millisecond t.
-  const ms = Number(fraction.padEnd(9, '0').slice(0, 3)) + (/[1-9]/.test(fraction.slice(3)) ? 1 : 0);
-  const at = Date.parse(base) + ms - offsetMinutes * 60_000;
-  const date = new Date(at);
-  const iso = date.toISOString();
-  // The ledger compares fixed-width strings; years outside 0000-9999 do not fit.
-  if (Number.isNaN(at) || iso.length !== 24) throw bad();
-  return date;
-}
-
-function isLeap(y: number): boolean {
-  return (y % 4 === 0 && y % 100 !== 0) || y % 400 === 0;
+function instantParam(text: string | undefined, param: string): Date | undefined {
+  if (text === undefined) return undefined;
+  const at = parseInstant(text);
+  if (!at) throw invalidRequest(`${param} must be ${INSTANT_HINT} (got ${JSON.stringify(text)}).`, param);
+  return at;
 }
 
 /**
@@ -105,8 +69,8 @@ export function usageRouter(deps: UsageRouteDeps): Router {
         if (keyId !== undefined && keyId !== principal.keyId) throw forbidden('key_id: a key can only see its own usage; use an admin key for other keys.');
         keyId = principal.keyId;
       }
-      const from = q.from === undefined ? undefined : parseInstant(q.from, 'from');
-      const to = q.to === undefined ? undefined : parseInstant(q.to, 'to');
+      const from = instantParam(q.from, 'from');
+      const to = instantParam(q.to, 'to');
       if (from && to && from.getTime() > to.getTime()) throw invalidRequest('from must not be later than to.', 'from');
       const format = q.format ?? 'json';
       if (format !== 'json' && q.group_by !== undefined) {

@@ -1,0 +1,96 @@
+import { performance } from 'node:perf_hooks';
+import type { FalGateway } from '../../src/fal/gateway.js';
+import type { Ledger } from '../../src/metering/ledger.js';
+
+/**
+ * Where the time between "fal finished the job" and "the client has the
+ * answer" goes. Wraps the gateway's and the ledger's methods on live objects
+ * (the service calls them through the same objects) to stamp each step, so
+ * nothing in src/ changes for a diagnosis. Used only in the diagnostic pass:
+ * the wrapping is cheap but it is not the code being measured.
+ */
+
+export interface JobMarks {
+  /** Date.now() when waitForCompletion resolved: the clock the upstream's completed_at uses. */
+  notifiedAtMs?: number;
+  notifiedHr?: number;
+  resultHr?: number;
+  /** completeJob + settle, the writes between the result and the response. */
+  settleStartHr?: number;
+  settleEndHr?: number;
+  clientHr?: number;
+}
+
+export type LedgerOp = 'reserve' | 'recordSubmit' | 'completeJob' | 'settle';
+
+export interface Timeline {
+  jobs: Map<string, JobMarks>;
+  /** Wall time of each ledger call (lock wait included), ms. */
+  ledger: Record<LedgerOp, number[]>;
+  /** Marks the moment the client holds the response for this fal job. */
+  clientDone(falRequestId: string): void;
+  restore(): void;
+}
+
+export function instrument(fal: FalGateway, ledger?: Ledger): Timeline {
+  const jobs = new Map<string, JobMarks>();
+  const byRequest = new Map<string, string>();
+  const ops: Record<LedgerOp, number[]> = { reserve: [], recordSubmit: [], completeJob: [], settle: [] };
+  const marks = (id: string) => {
+    let m = jobs.get(id);
+    if (!m) jobs.set(id, (m = {}));
+    return m;
+  };
+  const undo: Array<() => void> = [];
+  const wrap = <T extends object, K extends keyof T>(obj: T, key: K, make: (orig: T[K]) => T[K]) => {
+    const orig = obj[key];
+    obj[key] = make(orig);
+    undo.push(() => {
+      obj[key] = orig;
+    });
+  };
+
+  wrap(fal, 'waitForCompletion', (orig) => async (endpoint, id, o) => {
+    await orig.call(fal, endpoint, id, o);
+    const m = marks(id);
+    m.notifiedAtMs = Date.now();
+    m.notifiedHr = performance.now();
+  });
+  wrap(fal, 'result', (orig) => async (endpoint, id, o) => {
+    const r = await orig.call(fal, endpoint, id, o);
+    marks(id).resultHr = performance.now();
+    return r;
+  });
+
+  if (ledger) {
+    const timed = <K extends LedgerOp>(op: K, after?: (input: Parameters<Ledger[K]>[0], t0: number, t1: number) => void) =>
+      wrap(ledger, op, (orig) => (async (input: Parameters<Ledger[K]>[0]) => {
+        const t0 = performance.now();
+        const out = await (orig as (i: typeof input) => Promise<unknown>).call(ledger, input);
+        const t1 = performance.now();
+        ops[op].push(t1 - t0);
+        after?.(input, t0, t1);
+        return out;
+      }) as unknown as Ledger[K]);
+    timed('reserve');
+    timed('recordSubmit', (i) => byRequest.set(i.requestId, i.falRequestId));
+    timed('completeJob', (i, t0) => {
+      marks(i.falRequestId).settleStartHr = t0;
+    });
+    timed('settle', (i, _t0, t1) => {
+      const id = byRequest.get(i.requestId);
+      if (id) marks(id).settleEndHr = t1;
+    });
+  }
+
+  return {
+    jobs,
+    ledger: ops,
+    clientDone(id) {
+      marks(id).clientHr = performance.now();
+    },
+    restore() {
+      for (const u of undo.reverse()) u();
+    },
+  };
+}

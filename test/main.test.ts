@@ -1,0 +1,135 @@
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { startEmulator, type Emulator } from '../src/emulator/index.js';
+import { createDatabase } from '../src/db/index.js';
+import { TEST_KEY } from './helpers/service.js';
+
+/** The process as `npm start` runs it: banner, configuration errors, graceful SIGTERM. */
+
+const root = new URL('../', import.meta.url).pathname;
+
+function spawnMain(env: Record<string, string>): { child: ChildProcess; out: string[]; exit: Promise<number | null>; url: Promise<string> } {
+  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+    cwd: root,
+    env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', PORT: '0', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const out: string[] = [];
+  const exit = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+  const url = new Promise<string>((resolve, reject) => {
+    createInterface({ input: child.stdout! }).on('line', (line) => {
+      out.push(line);
+      const m = /listening on (http:\/\/\S+)/.exec(line);
+      if (m) resolve(m[1]!);
+    });
+    createInterface({ input: child.stderr! }).on('line', (line) => out.push(line));
+    void exit.then(() => reject(new Error(`exited before listening:\n${out.join('\n')}`)));
+  });
+  // Not every caller waits for the URL (a start that must fail); mark it handled.
+  url.catch(() => {});
+  return { child, out, exit, url };
+}
+
+describe('main', () => {
+  let dataDir: string;
+  before(async () => {
+    dataDir = await mkdtemp(join(tmpdir(), 'gw-main-'));
+  });
+  after(async () => {
+    await rm(dataDir, { recursive: true, force: true });
+  });
+
+  it('with no configuration: embedded emulator, loud banner, a generated key shown once and kept hashed', async () => {
+    const p = spawnMain({ DATA_DIR: join(dataDir, 'embedded') });
+    try {
+      const url = await p.url;
+      const text = p.out.join('\n');
+      assert.match(text, /EMULATED IMAGES/);
+      const key = /^\s+(sk-[A-Za-z0-9_-]{40,})\s*$/m.exec(text)?.[1];
+      assert.ok(key, 'the generated key is printed');
+      const res = await fetch(`${url}/v1/images/generations`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ model: 'alibaba/z-image-turbo', prompt: 'embedded', image_size: 'square' }),
+      });
+      assert.equal(res.status, 200);
+      const body = (await res.json()) as { data: Array<{ url: string }> };
+      assert.ok(body.data[0]!.url.startsWith(`${url}/v1/files/`));
+      const noKey = await fetch(`${url}/v1/images/generations`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' });
+      assert.equal(noKey.status, 401, 'no door is silently open');
+    } finally {
+      p.child.kill('SIGTERM');
+      assert.equal(await p.exit, 0);
+    }
+    // A second start keeps the same key and does not print it again.
+    const again = spawnMain({ DATA_DIR: join(dataDir, 'embedded') });
+    try {
+      await again.url;
+      assert.doesNotMatch(again.out.join('\n'), /^\s+sk-/m);
+      assert.match(again.out.join('\n'), /using the key generated on/);
+    } finally {
+      again.child.kill('SIGTERM');
+      assert.equal(await again.exit, 0);
+    }
+  });
+
+  it('refuses a bad configuration with every problem listed, exit 2', async () => {
+    const p = spawnMain({ PORT: 'eighty', PRICE_MARKUP: '-1', DATABASE_URL: 'mysql://x' });
+    assert.equal(await p.exit, 2);
+    const text = p.out.join('\n');
+    assert.match(text, /PORT must be an integer/);
+    assert.match(text, /PRICE_MARKUP must be a positive decimal/);
+    assert.match(text, /DATABASE_URL must be a postgres/);
+  });
+
+  describe('SIGTERM under load', () => {
+    let emulator: Emulator;
+    before(async () => {
+      emulator = await startEmulator({ port: 0, latencyMs: 1200 });
+    });
+    after(async () => {
+      await emulator.close();
+    });
+
+    it('stops taking requests, answers and bills every accepted one, exits 0', async () => {
+      const dir = join(dataDir, 'sigterm');
+      const p = spawnMain({ DATA_DIR: dir, FAL_BASE_URL: emulator.url, FAL_KEY: 'k', API_KEYS: TEST_KEY, SHUTDOWN_GRACE_MS: '10000', RECONCILE_INTERVAL_MS: '0' });
+      const url = await p.url;
+      const send = (i: number) =>
+        fetch(`${url}/v1/images/generations`, {
+          method: 'POST',
+          headers: { authorization: `Bearer ${TEST_KEY}`, 'content-type': 'application/json' },
+          body: JSON.stringify({ model: 'alibaba/z-image-turbo', prompt: `drain ${i}`, image_size: 'square' }),
+        }).then(
+          async (r) => ({ status: r.status, body: (await r.json()) as { meta?: { usage: { cost_usd: string } } }, id: r.headers.get('x-request-id') }),
+          () => ({ status: 0, body: {}, id: null }),
+        );
+      const accepted = Array.from({ length: 12 }, (_, i) => send(i));
+      // SIGTERM once every request is at fal.
+      for (let i = 0; i < 200 && emulator.jobs().length < 12; i++) await new Promise((r) => setTimeout(r, 25));
+      assert.equal(emulator.jobs().length, 12);
+      p.child.kill('SIGTERM');
+      await new Promise((r) => setTimeout(r, 100));
+      const late = await send(99);
+      assert.ok(late.status === 0 || late.status === 503, `a request after SIGTERM is refused (got ${late.status})`);
+      const results = await Promise.all(accepted);
+      assert.deepEqual(results.map((r) => r.status), Array(12).fill(200), 'every accepted request answered');
+      assert.equal(await p.exit, 0);
+
+      const database = await createDatabase({ dataDir: dir });
+      try {
+        const rows = await database.db.selectFrom('requests').selectAll().execute();
+        assert.equal(rows.length, 12, 'the refused request left no row');
+        for (const r of rows) assert.equal(r.status, 'settled');
+        assert.equal(emulator.billing().length, 12);
+      } finally {
+        await database.close();
+      }
+    });
+  });
+});
