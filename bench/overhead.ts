@@ -6,12 +6,15 @@
  * and repeats (b) with SQLite synchronous=NORMAL to price the fsyncs.
  *
  *   npx tsx bench/overhead.ts [--quick] [--concurrency=1,16,64] [--rounds=N]
- *       [--duration=S] [--latency=MS] [--no-diagnostics] [--no-write]
+ *       [--duration=S] [--latency=MS] [--paths=a,b] [--no-diagnostics] [--no-write]
+ *       [--sqlite-synchronous=normal]   what-if for (b): the fix suggested in README
+ *       [--profile=FILE.cpuprofile]     CPU profile of the measured rounds only
  *
  * Everything runs in this one process on 127.0.0.1, bounded in requests and
  * time; every server is closed at the end. Results go to bench/README.md
  * (between the generated-section markers) and bench/results/*.json.
  */
+import { Session } from 'node:inspector/promises';
 import { isDeepStrictEqual, parseArgs } from 'node:util';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
@@ -45,6 +48,9 @@ const { values: args } = parseArgs({
     rounds: { type: 'string' },
     duration: { type: 'string' },
     latency: { type: 'string', default: '20' },
+    paths: { type: 'string', default: 'a,b' },
+    'sqlite-synchronous': { type: 'string' },
+    profile: { type: 'string' },
     diagnostics: { type: 'boolean', default: true },
     'no-diagnostics': { type: 'boolean', default: false },
     write: { type: 'boolean', default: true },
@@ -55,7 +61,7 @@ const { values: args } = parseArgs({
 
 const quick = args.quick;
 const plan: RoundPlan = {
-  concurrencies: (args.concurrency ?? '1,16,64').split(',').map(positiveInt),
+  concurrencies: (args.concurrency ?? '1,16,64').split(',').map((c) => positiveInt(c)),
   rounds: positiveInt(args.rounds ?? (quick ? '2' : '5')),
   warmupMs: quick ? 250 : 500,
   durationMs: Number(args.duration ?? (quick ? '1' : '4')) * 1000,
@@ -65,6 +71,13 @@ const plan: RoundPlan = {
 const latencyMs = positiveInt(args.latency, true);
 const diagnostics = args.diagnostics && !args['no-diagnostics'];
 const write = args.write && !args['no-write'];
+const selected = new Set(args.paths.split(','));
+const bSynchronous = parseSynchronous(args['sqlite-synchronous']);
+
+function parseSynchronous(v: string | undefined): 'normal' | 'full' | undefined {
+  if (v === undefined || v === 'normal' || v === 'full') return v;
+  throw new Error('--sqlite-synchronous must be normal or full');
+}
 const diagConcurrencies = [1, 16];
 const diagDurationMs = quick ? 1500 : 4000;
 
@@ -122,29 +135,41 @@ async function main(): Promise<void> {
   try {
     const a = falDirectPath({ id: 'a', label: 'fal client → emulator', upstream, falBaseUrl: emu.url, body: BODY });
     closers.push(() => a.close());
-    const b = await servicePath({ id: 'b', label: 'client → service (SQLite ledger) → emulator', upstream, emulator: emu, body: BODY });
+    const b = await servicePath({
+      id: 'b',
+      label: 'client → service (SQLite ledger) → emulator',
+      upstream,
+      emulator: emu,
+      body: BODY,
+      ...(bSynchronous ? { sqliteSynchronous: bSynchronous } : {}),
+    });
     closers.push(() => b.close());
     await checkSameWork(emu, a, b);
 
     log(`machine: ${machine.nproc} × ${machine.cpuModel}, node ${machine.node}`);
     log(`plan: concurrency ${plan.concurrencies.join('/')}, ${plan.rounds} rounds × ${plan.durationMs / 1000} s per path, emulator ${latencyMs} ms cheap`);
-    const paths: BenchPath[] = [a, b];
+    const paths: BenchPath[] = [a, b].filter((p) => selected.has(p.id));
     for (const p of paths) await runPathRound(p, 16, -1, { ...plan, durationMs: quick ? 500 : 2000 });
 
+    const profiler = args.profile ? await startProfiler() : undefined;
     const results = await runRounds(paths, plan, (r) =>
       log(`c=${r.concurrency} round ${r.round + 1} ${r.path}: p50 ${ms(r.latency.p50)} p99 ${ms(r.latency.p99)} ms, ${rate(r.throughput)} req/s, c2r p50 ${ms(r.completionToResponse.p50)} ms${r.errors ? `, ${r.errors} errors (${r.firstError})` : ''}`),
     );
+    if (profiler && args.profile) {
+      await writeFile(args.profile, JSON.stringify(await profiler.stop()));
+      log(`wrote ${args.profile} (summarise with: npx tsx bench/profile-summary.ts ${args.profile})`);
+    }
 
     let breakdowns: Breakdown[] = [];
     if (diagnostics) {
       const bn = await servicePath({ id: 'b′', label: 'service, SQLite synchronous=NORMAL', upstream, emulator: emu, body: BODY, sqliteSynchronous: 'normal' });
       closers.push(() => bn.close());
       await runPathRound(bn, 16, -1, { ...plan, durationMs: quick ? 500 : 2000 });
-      const subjects: Array<[BenchPath, FalGateway, Ledger | undefined]> = [
+      const subjects = ([
         [a, a.fal, undefined],
         [b, b.service.fal, b.service.ledger],
         [bn, bn.service.fal, bn.service.ledger],
-      ];
+      ] as Array<[BenchPath, FalGateway, Ledger | undefined]>).filter(([p]) => selected.has(p.id === 'b′' ? 'b' : p.id));
       for (const c of diagConcurrencies) {
         for (const [p, fal, ledger] of subjects) {
           const d = await breakdown(p, fal, ledger, c);
@@ -154,7 +179,7 @@ async function main(): Promise<void> {
       }
     }
 
-    const report = render(machine, results, breakdowns, (Date.now() - started) / 1000);
+    const report = render(machine, results, breakdowns, (Date.now() - started) / 1000, describeMachine().loadAverage);
     console.log(`\n${report}`);
     if (write) {
       await writeReadmeSection(report);
@@ -236,12 +261,15 @@ async function breakdown(path: BenchPath, fal: FalGateway, ledger: Ledger | unde
   }
 }
 
-function render(machine: Machine, results: readonly RoundResult[], breakdowns: readonly Breakdown[], seconds: number): string {
+function render(machine: Machine, results: readonly RoundResult[], breakdowns: readonly Breakdown[], seconds: number, loadAtEnd: number): string {
   const pair: Pairing = { subject: 'b', baseline: 'a' };
   const out: string[] = [];
   out.push(`Run: \`npx tsx bench/overhead.ts${process.argv.slice(2).length ? ` ${process.argv.slice(2).join(' ')}` : ''}\` on ${machine.date.slice(0, 10)} (${Math.round(seconds)} s).`);
   out.push('');
-  out.push(`Machine: ${machine.nproc} vCPU (\`nproc\`), ${machine.cpuModel}, ${machine.memoryGiB} GiB, ${machine.kernel}, Node ${machine.node}.`);
+  out.push(
+    `Machine: ${machine.nproc} vCPU (\`nproc\`), ${machine.cpuModel}, ${machine.memoryGiB} GiB, ${machine.kernel}, Node ${machine.node}; ` +
+      `1-min load average ${machine.loadAverage} at start, ${loadAtEnd} at end (anything above ~1 is other work sharing the CPUs).`,
+  );
   out.push('');
   out.push(
     `Upstream: the bundled fal emulator in **cheap** image mode, **${latencyMs} ms** per job (a quarter queued), in the same process. ` +
@@ -272,7 +300,7 @@ function render(machine: Machine, results: readonly RoundResult[], breakdowns: r
     table(
       ['concurrency', 'path', 'c2r p50', 'c2r p99', 'c2r mean', 'status/job', 'stream/job', 'result/job', 'CPU ms/req', 'event loop busy'],
       plan.concurrencies.flatMap((c) =>
-        ['a', 'b'].map((p) => {
+        ['a', 'b'].filter((p) => selected.has(p)).map((p) => {
           const f = pathFigures(results, p, c);
           return [String(c), p, ms(f.c2rP50), ms(f.c2rP99), ms(f.c2rMean), fixed(f.callsPerJob.status ?? NaN), fixed(f.callsPerJob.stream ?? NaN), fixed(f.callsPerJob.result ?? NaN), fixed(f.cpuMsPerRequest), `${Math.round(f.eventLoopUtilization * 100)}%`];
         }),
@@ -325,6 +353,21 @@ function render(machine: Machine, results: readonly RoundResult[], breakdowns: r
     );
   }
   return out.join('\n');
+}
+
+/** In-process, so the profile covers the measured rounds and not start-up or module loading. */
+async function startProfiler(): Promise<{ stop(): Promise<object> }> {
+  const session = new Session();
+  session.connect();
+  await session.post('Profiler.enable');
+  await session.post('Profiler.start');
+  return {
+    async stop() {
+      const { profile } = await session.post('Profiler.stop');
+      session.disconnect();
+      return profile;
+    },
+  };
 }
 
 async function writeReadmeSection(section: string): Promise<void> {

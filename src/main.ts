@@ -1,11 +1,12 @@
+import { pathToFileURL } from 'node:url';
 import { loadConfig, ConfigError } from './config.js';
-import { startService } from './service.js';
+import { startService, type Service } from './service.js';
 
 /** Process concerns only: configuration, start, banner, signals. */
-async function main(): Promise<void> {
+export async function runServer(env: Record<string, string | undefined> = process.env): Promise<void> {
   let config;
   try {
-    config = loadConfig(process.env);
+    config = loadConfig(env);
   } catch (err) {
     if (err instanceof ConfigError) {
       process.stderr.write(`${err.message}\n`);
@@ -13,7 +14,35 @@ async function main(): Promise<void> {
     }
     throw err;
   }
-  const service = await startService(config);
+
+  // Signals are handled from the first moment: a SIGTERM that arrives while
+  // we start (or right after the banner) must still shut down cleanly.
+  let service: Service | undefined;
+  let stopRequested: string | undefined;
+  let stopping = false;
+  const stop = (signal: string) => {
+    stopRequested ??= signal;
+    if (!service || stopping) return;
+    stopping = true;
+    const s = service;
+    s.logger.info({ signal }, 'shutting down');
+    s.close().then(
+      () => process.exit(0),
+      (err) => {
+        s.logger.error({ err }, 'shutdown failed');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+
+  service = await startService(config);
+  process.stdout.write(banner(service));
+  if (stopRequested) stop(stopRequested);
+}
+
+function banner(service: Service): string {
   const lines = [`fal images gateway listening on ${service.url}`];
   if (service.emulator) {
     lines.push(
@@ -34,26 +63,12 @@ async function main(): Promise<void> {
   } else if (service.generatedKey) {
     lines.push('', `No API_KEYS configured: using the key generated on ${service.generatedKey.createdAt} (hash in ${service.generatedKey.file}; delete that file to make a new one).`);
   }
-  process.stdout.write(`\n${lines.join('\n')}\n\n`);
-
-  let stopping = false;
-  const stop = (signal: string) => {
-    if (stopping) return;
-    stopping = true;
-    service.logger.info({ signal }, 'shutting down');
-    service.close().then(
-      () => process.exit(0),
-      (err) => {
-        service.logger.error({ err }, 'shutdown failed');
-        process.exit(1);
-      },
-    );
-  };
-  process.on('SIGTERM', () => stop('SIGTERM'));
-  process.on('SIGINT', () => stop('SIGINT'));
+  return `\n${lines.join('\n')}\n\n`;
 }
 
-main().catch((err) => {
-  process.stderr.write(`fatal: ${(err as Error)?.stack ?? String(err)}\n`);
-  process.exit(1);
-});
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  runServer().catch((err) => {
+    process.stderr.write(`fatal: ${(err as Error)?.stack ?? String(err)}\n`);
+    process.exit(1);
+  });
+}

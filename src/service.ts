@@ -20,6 +20,7 @@ import { createReconciler, type Reconciler, type ReconcileReport } from './meter
 import { createOutboxStore } from './metering/outbox-store.js';
 import { createBillingWebhookWorker, type BillingWebhookWorker } from './metering/billing-webhook.js';
 import { createKeyRateLimiter, type KeyRateLimiter } from './http/rate-limit.js';
+import { answerProtocolErrors } from './http/protocol-errors.js';
 
 /**
  * The composition root: builds every part from the configuration and wires
@@ -165,6 +166,7 @@ export async function startService(config: Config, overrides: ServiceOverrides =
   });
 
   const server = createServer(app);
+  answerProtocolErrors(server, logger);
   // Image jobs take seconds to minutes: Node's default 5-minute request
   // timeout must not cut a job that our own deadline still allows.
   server.requestTimeout = config.requestTimeoutMs + 30_000;

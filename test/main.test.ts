@@ -13,14 +13,14 @@ import { TEST_KEY } from './helpers/service.js';
 
 const root = new URL('../', import.meta.url).pathname;
 
-function spawnMain(env: Record<string, string>): { child: ChildProcess; out: string[]; exit: Promise<number | null>; url: Promise<string> } {
+function spawnMain(env: Record<string, string>): { child: ChildProcess; out: string[]; exit: Promise<number | string | null>; url: Promise<string> } {
   const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
     cwd: root,
     env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', PORT: '0', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const out: string[] = [];
-  const exit = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+  const exit = new Promise<number | string | null>((r) => child.once('exit', (code, signal) => r(code ?? signal)));
   const url = new Promise<string>((resolve, reject) => {
     createInterface({ input: child.stdout! }).on('line', (line) => {
       out.push(line);

@@ -9,6 +9,8 @@ export interface Machine {
   node: string;
   memoryGiB: number;
   kernel: string;
+  /** 1-minute load average when described: other tenants of a shared machine show up here. */
+  loadAverage: number;
 }
 
 export function describeMachine(): Machine {
@@ -26,5 +28,6 @@ export function describeMachine(): Machine {
     node: process.version,
     memoryGiB: Math.round((os.totalmem() / 2 ** 30) * 10) / 10,
     kernel: `${os.type()} ${os.release()}`,
+    loadAverage: Math.round(os.loadavg()[0]! * 100) / 100,
   };
 }

@@ -25,7 +25,11 @@ interface ParserError {
   type?: string;
   status?: number;
   limit?: number;
+  code?: string;
 }
+
+/** zlib's codes: Z_DATA_ERROR, Z_BUF_ERROR... for gzip/deflate, ERR__ERROR_FORMAT_... for brotli. */
+const ZLIB_CODE = /^(?:Z_|ERR__ERROR_|ERR_BROTLI)/;
 
 /** Maps body-parser failures; anything else passes on. */
 export const bodyErrors: ErrorRequestHandler = (err: ParserError, _req, _res, next) => {
@@ -40,6 +44,12 @@ export const bodyErrors: ErrorRequestHandler = (err: ParserError, _req, _res, ne
     case 'request.aborted':
       return next(new ApiError(400, 'The request body was not fully received.', { type: 'invalid_request_error', code: 'request_aborted' }));
     default:
+      // A body that does not inflate per its Content-Encoding arrives as zlib's own error, with no body-parser type.
+      if (!(err instanceof ApiError) && typeof err?.code === 'string' && ZLIB_CODE.test(err.code)) {
+        return next(invalidRequest('The request body could not be decompressed as its Content-Encoding says.', null, 'invalid_body_encoding'));
+      }
+      // The router refuses a path parameter that is not valid percent-encoding (/v1/files/%ZZ) with a bare URIError.
+      if (err instanceof URIError) return next(invalidRequest('The URL path is not valid percent-encoding.', null, 'invalid_path'));
       return next(err);
   }
 };

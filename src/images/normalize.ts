@@ -42,16 +42,13 @@ export interface CanonicalRequest {
 /** Fields this layer consumes; everything else the schema allowed is a fal field and goes to fal as sent. */
 const CONSUMED_FIELDS: ReadonlySet<string> = new Set(['model', 'provider', ...Object.keys(openAiImageFields)]);
 
+/** Longest unknown field name echoed as the error's param; a longer one is not worth a client's memory. */
 const SHOWN_NAME_MAX = 100;
 /** A 1 MiB body can hold tens of thousands of keys; the error names enough of them to act on. */
 const MAX_NAMES_LISTED = 10;
 
 function fieldName(key: string): string {
   return /^[A-Za-z0-9_.-]{1,64}$/.test(key) ? key : showValue(key);
-}
-
-function paramName(key: string): string {
-  return key.length > SHOWN_NAME_MAX ? key.slice(0, SHOWN_NAME_MAX) : key;
 }
 
 function isPlainObject(v: unknown): v is Record<string, unknown> {
@@ -79,13 +76,14 @@ function rejectUnknownFields(registry: ModelRegistry, model: ModelEntry, body: R
       throw invalidRequest(`${key} is not supported by ${model.id}; it is accepted by ${elsewhere.join(', ')}`, key);
     }
   }
-  const first = unknown[0] ?? '';
+  // param must be a name the caller sent, verbatim: a cut-down name would name a field that does not exist.
+  const named = unknown.find((k) => k.length <= SHOWN_NAME_MAX) ?? null;
   const shown = unknown.slice(0, MAX_NAMES_LISTED).map(fieldName);
   if (unknown.length > MAX_NAMES_LISTED) shown.push(`and ${unknown.length - MAX_NAMES_LISTED} more`);
   const names = shown.join(', ');
   throw invalidRequest(
     unknown.length === 1 ? `Unrecognized request argument supplied: ${names}` : `Unrecognized request arguments supplied: ${names}`,
-    paramName(first),
+    named,
     'unknown_parameter',
   );
 }

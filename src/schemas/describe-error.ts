@@ -33,7 +33,8 @@ export function showValue(v: unknown): string {
   try {
     text = JSON.stringify(v) ?? String(v);
   } catch {
-    text = String(v);
+    // Nested deeper than the stack: String() of an array recurses just the same, so name the kind only.
+    text = Array.isArray(v) ? '[...]' : typeof v === 'object' && v !== null ? '{...}' : String(v);
   }
   return text.length > SHOW_MAX ? `${text.slice(0, SHOW_MAX - 3)}...` : text;
 }

@@ -38,6 +38,8 @@ describe('fal queue protocol with the real @fal-ai/client', () => {
 
   test('subscribe (streaming) follows the SSE status stream to COMPLETED', async () => {
     const fal = falClient(emu);
+    // Long enough that the stream is open before the job completes, even on a loaded machine.
+    emu.armFault({ kind: 'latency', latency_ms: 600, prompt_contains: 'a fox' });
     const updates: string[] = [];
     const result = await fal.subscribe(LORA, {
       input: { prompt: 'a fox', image_size: 'landscape_16_9', loras: [{ path: 'owner/repo', scale: 0.5 }] },
@@ -53,6 +55,7 @@ describe('fal queue protocol with the real @fal-ai/client', () => {
   });
 
   test('status stream is SSE framed and ends after COMPLETED', async () => {
+    emu.armFault({ kind: 'latency', latency_ms: 600, prompt_contains: 'stream me' });
     const id = await rawSubmit(emu, TURBO, { prompt: 'stream me' });
     const res = await fetch(`${emu.url}/queue.fal.run/${appOf(TURBO)}/requests/${id}/status/stream?logs=0`, {
       headers: { authorization: 'Key k', accept: 'text/event-stream' },

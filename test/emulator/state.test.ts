@@ -19,7 +19,7 @@ describe('state file', () => {
     });
     const done = await falClient(first).subscribe(TURBO, { input: { prompt: 'before restart' }, pollInterval: 20 });
     first.armFault([
-      { kind: 'latency', latency_ms: 1200, prompt_contains: 'in flight' },
+      { kind: 'latency', latency_ms: 3000, prompt_contains: 'in flight' },
       { kind: 'never_finish', prompt_contains: 'stuck' },
     ]);
     const inflight = await rawSubmit(first, TURBO, { prompt: 'in flight' });
@@ -44,7 +44,7 @@ describe('state file', () => {
       (done.data as any).images.map((i: any) => new URL(i.url).pathname),
     );
     assert.notEqual(second.job(inflight)!.status, 'COMPLETED');
-    await waitFor(() => (second.job(inflight)!.status === 'COMPLETED' ? true : undefined), 5000);
+    await waitFor(() => (second.job(inflight)!.status === 'COMPLETED' ? true : undefined), 10000);
     const result = await fal.queue.result(TURBO, { requestId: inflight });
     assert.equal((result.data as any).images.length, 1);
     assert.equal(second.billing().length, 2);

@@ -440,5 +440,49 @@ describeEachDialect('admin keys and usage over HTTP', (ctx) => {
       const header = await request(t.url).get('/v1/usage').query({ to: '2000-01-01', format: 'csv' }).set(bearer(TEST_KEY));
       assert.equal(header.text, `${CALLER_EXPORT_COLUMNS.join(',')}\r\n`);
     });
+
+    it('streams exports larger than one database batch and one write, in order, with no row lost or repeated', async () => {
+      // Settled rows written straight into the table: thousands of real
+      // generations would only slow the test down. Groups of rows share a
+      // settlement instant, so the export's keyset paging must break ties by id.
+      const { key, record } = await t.service.keys.create({ name: 'bulk' });
+      const n = 1500;
+      const quoted = 'user, "quoted"';
+      const base = Date.parse('2020-06-01T00:00:00.000Z');
+      const rows = Array.from({ length: n }, (_, i) => ({
+        id: `req_bulk_${String((i * 7919) % n).padStart(5, '0')}`,
+        key_id: record.id,
+        model: 'alibaba/z-image-turbo',
+        endpoint: 'fal-ai/z-image/turbo',
+        end_user: i % 3 === 0 ? quoted : null,
+        status: 'settled' as const,
+        reserved_micros: 10_000n,
+        charge_micros: BigInt(1000 + i),
+        credits: BigInt(2 * (1000 + i)),
+        upstream_cost_micros: 900n,
+        images: 1n,
+        created_at: new Date(base + Math.floor(i / 7) * 1000 - 500).toISOString(),
+        settled_at: new Date(base + Math.floor(i / 7) * 1000).toISOString(),
+      }));
+      for (let i = 0; i < n; i += 100) await t.service.database.db.insertInto('requests').values(rows.slice(i, i + 100)).execute();
+
+      const res = await request(t.url).get('/v1/usage').query({ format: 'csv' }).set(bearer(key));
+      assert.equal(res.status, 200);
+      assert.ok(res.text.length > 64 * 1024, 'more than one chunk');
+      const lines = res.text.trimEnd().split('\r\n').slice(1);
+      assert.equal(lines.length, n);
+      const quotedCell = `,"${quoted.replace(/"/g, '""')}",`;
+      assert.equal(lines.filter((l) => l.includes(quotedCell)).length, n / 3, 'RFC 4180 quoting');
+      // Without the quoted cell every comma separates cells.
+      const cells = lines.map((l) => l.replace(quotedCell, ',,').split(','));
+      const order = cells.map((c) => `${c[CALLER_EXPORT_COLUMNS.indexOf('settled_at')]} ${c[0]}`);
+      assert.equal(new Set(order).size, n, 'no row repeated');
+      assert.deepEqual(order, [...order].sort(), 'in (settled_at, request_id) order');
+      const col = CALLER_EXPORT_COLUMNS.indexOf('charge_micros');
+      const total = cells.reduce((s, c) => s + BigInt(c[col]!), 0n);
+      assert.equal(total, BigInt(n * 1000 + (n * (n - 1)) / 2));
+      const report = await request(t.url).get('/v1/usage').set(bearer(key));
+      assert.equal(report.body.totals.cost_usd, formatUsd(total));
+    });
   });
 });

@@ -1,0 +1,73 @@
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
+import type { Logger } from 'pino';
+import { ApiError, errorResponse } from '../errors.js';
+import { newRequestId } from './request-id.js';
+
+/**
+ * What Node's HTTP layer answers before Express sees a request, brought into
+ * line with every other answer of this service.
+ *
+ * - A request the parser refuses (an unknown method, control characters in a
+ *   header, conflicting lengths, a byte above 0x7f in the path...) gets
+ *   Node's bare "400 Bad Request" with no body and no x-request-id. Here it
+ *   gets the error JSON, with the same statuses Node would use.
+ * - `Expect` with anything but 100-continue gets Node's bodiless 417, and the
+ *   body the client sent anyway stays on the connection to be parsed as the
+ *   next request, which then fails and takes the connection down under the
+ *   client's following request. The expectation is ignored instead (RFC 9110
+ *   lets a server do so) and the request is served like any other.
+ */
+export function answerProtocolErrors(server: Server, logger?: Logger): void {
+  // Raw bytes of ours must never land inside a response that has started:
+  // like Node's own handler, answer only while no response on the connection
+  // has sent its headers (a request whose body fails to parse already has one in flight).
+  const responses = new WeakMap<Duplex, Set<ServerResponse>>();
+  server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+    const socket = req.socket;
+    const set = responses.get(socket) ?? new Set<ServerResponse>();
+    responses.set(socket, set);
+    set.add(res);
+    res.once('close', () => set.delete(res));
+  });
+
+  server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
+    server.emit('request', req, res);
+  });
+
+  server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
+    const started = [...(responses.get(socket) ?? [])].some((res) => res.headersSent);
+    if (err.code === 'ECONNRESET' || !socket.writable || started) {
+      socket.destroy();
+      return;
+    }
+    const [status, code, message] =
+      err.code === 'HPE_HEADER_OVERFLOW'
+        ? [431, 'headers_too_large', 'The request headers are too large.']
+        : err.code === 'HPE_CHUNK_EXTENSIONS_OVERFLOW'
+          ? [413, 'request_too_large', 'The chunk extensions of the request body are too large.']
+          : err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+            ? [408, 'request_timeout', 'The request was not received in time.']
+            : [400, 'invalid_http', 'The request is not valid HTTP/1.1.'];
+    const out = errorResponse(new ApiError(status, message, { type: 'invalid_request_error', code }));
+    const body = JSON.stringify(out.body);
+    const id = newRequestId();
+    logger?.info({ request_id: id, status, error_code: code, parser_error: err.code }, 'request refused by the HTTP parser');
+    // Written then destroyed, as Node does: the request may be half-read, so the connection cannot carry another.
+    socket.write(
+      `HTTP/1.1 ${status} ${httpReason(status)}\r\n` +
+        'content-type: application/json; charset=utf-8\r\n' +
+        `content-length: ${Buffer.byteLength(body)}\r\n` +
+        `x-request-id: ${id}\r\n` +
+        'x-content-type-options: nosniff\r\n' +
+        'cache-control: no-store\r\n' +
+        'connection: close\r\n\r\n' +
+        body,
+    );
+    socket.destroy();
+  });
+}
+
+function httpReason(status: number): string {
+  return { 400: 'Bad Request', 408: 'Request Timeout', 413: 'Payload Too Large', 431: 'Request Header Fields Too Large' }[status] ?? 'Error';
+}
