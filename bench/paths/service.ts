@@ -41,6 +41,8 @@ export async function servicePath(opts: {
     FAL_BASE_URL: opts.emulator.url,
     FAL_KEY: 'bench-fal-key',
     DATA_DIR: dataDir,
+    // One key makes every request: measure the limiter's cost, not its refusals.
+    DEFAULT_RPM_LIMIT: '1000000',
     ...opts.env,
   });
   const service = await startService(config, { logger, emulator: opts.emulator });

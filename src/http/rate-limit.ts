@@ -50,6 +50,8 @@ export interface KeyRateLimiterOptions {
   keyPrefix?: string | undefined;
   /** Called on every fail-open, for a metric. */
   onFailOpen?: ((err: Error) => void) | undefined;
+  /** Called on every refusal, for a metric. */
+  onRefused?: (() => void) | undefined;
   /** Shortest time between two warnings about the store being down; default 30 s. */
   warnIntervalMs?: number | undefined;
   /** Longest wait for one Redis command before failing open; default 500 ms. */
@@ -118,6 +120,7 @@ export function createKeyRateLimiter(opts: KeyRateLimiterOptions): KeyRateLimite
       } catch (err) {
         if (err instanceof RateLimiterRes) {
           stats.refused += 1;
+          opts.onRefused?.();
           return { kind: 'refused', limit, remaining: err.remainingPoints, resetMs: err.msBeforeNext };
         }
         const error = err instanceof Error ? err : new Error(String(err));

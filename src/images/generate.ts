@@ -10,6 +10,7 @@ import { encodePricing, settleCompleted, type BillingEvents } from '../metering/
 import { formatUsd, type Markup } from '../metering/money.js';
 import type { Ledger } from '../metering/ledger.js';
 import type { Metrics } from '../metrics.js';
+import type { ImagesResponse } from '../schemas/images-response.js';
 
 /**
  * The use case: one caller request → one fal job → one OpenAI-shaped
@@ -33,23 +34,8 @@ export interface GenerateContext {
   onSubmitted?: () => void;
 }
 
-export interface ImageItem {
-  url?: string;
-  b64_json?: string;
-}
-
-export interface ImagesResponseBody {
-  created: number;
-  data: ImageItem[];
-  output_format: string;
-  size: string;
-  meta: {
-    usage: { credits_used: number; tokens_used: number; cost_usd: string };
-    seed: number | null;
-    images: Array<{ width: number; height: number; content_type: string; has_nsfw_concept: boolean }>;
-    fal_request_id: string;
-  };
-}
+export type ImagesResponseBody = ImagesResponse;
+type ImageItem = ImagesResponse['data'][number];
 
 export interface GenerateOutcome {
   body: ImagesResponseBody;

@@ -55,7 +55,7 @@ export const imagesResponseSchema = {
           required: ['credits_used', 'tokens_used', 'cost_usd'],
           additionalProperties: false,
         },
-        seed: { type: 'integer', description: 'The seed fal used.' },
+        seed: { type: ['integer', 'null'], description: 'The seed fal used (null only if fal did not report one).' },
         images: {
           type: 'array',
           items: {

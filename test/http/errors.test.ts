@@ -2,6 +2,7 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import request from 'supertest';
 import { startTestService, TEST_KEY, type TestService } from '../helpers/service.js';
+import { assertMatchesSchema } from '../helpers/schemas.js';
 
 const auth = { Authorization: `Bearer ${TEST_KEY}` };
 
@@ -104,6 +105,7 @@ describe('errors: one shape on every failure', () => {
       assert.match(res.headers['content-type'] as string, /application\/json/);
       assert.match(res.headers['x-request-id'] as string, /^req_/);
       const e = assertErrorShape(res.body);
+      assertMatchesSchema('error', res.body);
       assert.equal(e.code, c.code);
       if (c.param !== undefined) assert.equal(e.param, c.param);
       if (c.type) assert.equal(e.type, c.type);

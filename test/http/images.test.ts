@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import request from 'supertest';
 import sharp from 'sharp';
 import { startTestService, TEST_KEY, type TestService } from '../helpers/service.js';
+import { assertMatchesSchema } from '../helpers/schemas.js';
 
 const auth = { Authorization: `Bearer ${TEST_KEY}` };
 
@@ -26,6 +27,7 @@ describe('POST /v1/images/generations through the emulator', () => {
   it('answers a minimal request with one URL image at fal defaults, billed per megapixel', async () => {
     const res = await request(t.url).post('/v1/images/generations').set(auth).send({ model: 'alibaba/z-image-turbo', prompt: 'a red fox' });
     assert.equal(res.status, 200, JSON.stringify(res.body));
+    assertMatchesSchema('images', res.body);
     assert.match(res.headers['x-request-id'] as string, /^req_[0-9a-f]{32}$/);
     assert.equal(typeof res.body.created, 'number');
     assert.equal(res.body.data.length, 1);
@@ -51,6 +53,7 @@ describe('POST /v1/images/generations through the emulator', () => {
       .set(auth)
       .send({ model: 'alibaba/z-image-turbo', prompt: 'a lighthouse', response_format: 'b64_json', output_format: 'jpeg', image_size: 'square_hd', seed: 7 });
     assert.equal(res.status, 200, JSON.stringify(res.body));
+    assertMatchesSchema('images', res.body);
     const b64 = res.body.data[0].b64_json as string;
     assert.doesNotMatch(b64, /^data:/);
     const meta = await sharp(Buffer.from(b64, 'base64')).metadata();
