@@ -21,6 +21,8 @@ import helmet from 'helmet';
 import cors from 'cors';
 import type { Metrics } from './metrics.js';
 import { inFlightLimit, refuseWhenShuttingDown } from './http/backpressure.js';
+import { modelsRouter } from './http/routes/models.js';
+import type { Markup } from './metering/money.js';
 
 export interface AppDeps {
   logger: Logger;
@@ -36,6 +38,8 @@ export interface AppDeps {
   idempotency: IdempotencyOptions;
   isShuttingDown?: () => boolean;
   metrics: Metrics;
+  /** PRICE_MARKUP, shown with each model's pricing. */
+  markup: Markup;
   maxInFlight: number;
   /** Origins allowed by CORS; empty = CORS off. */
   corsOrigins: string[];
@@ -77,6 +81,9 @@ export function createApp(deps: AppDeps): Express {
 
   // Every /v1/admin path, unknown ones included, answers 403 to a non-admin
   // before anything else, so the admin surface cannot be mapped without a key.
+  app.use('/v1/models', auth);
+  app.use(modelsRouter({ registry: deps.registry, markup: deps.markup }));
+
   app.use('/v1/admin', auth, requireAdmin());
   app.get('/v1/usage', auth);
   app.use(adminKeysRouter({ keys: deps.keys, maxBodyBytes: deps.maxBodyBytes }));

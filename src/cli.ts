@@ -9,9 +9,8 @@
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { loadConfig, ConfigError } from './config.js';
-import { createDatabase, type Database } from './db/index.js';
-import { createKeysStore, type KeyRecord } from './metering/keys-store.js';
-import { createLedger } from './metering/ledger.js';
+import type { Database } from './db/index.js';
+import type { KeyRecord } from './metering/keys-store.js';
 import { INSTANT_HINT, parseInstant } from './metering/instant.js';
 import { MoneyError, parseUsd } from './metering/money.js';
 import { chunked, exportLines, keyView } from './metering/views.js';
@@ -58,6 +57,9 @@ function parse<O extends Options>(args: string[], options: O, positionals: numbe
   return parsed;
 }
 
+const keysStore = async (database: Database) => (await import('./metering/keys-store.js')).createKeysStore(database);
+const ledger = async (database: Database) => (await import('./metering/ledger.js')).createLedger(database);
+
 async function withDatabase<T>(run: (database: Database) => Promise<T>): Promise<T> {
   let config;
   try {
@@ -66,6 +68,8 @@ async function withDatabase<T>(run: (database: Database) => Promise<T>): Promise
     if (err instanceof ConfigError) throw new UsageError(err.message);
     throw err;
   }
+  // Loaded here, not at the top: a mistyped command answers without loading the database drivers.
+  const { createDatabase } = await import('./db/index.js');
   const database = await createDatabase({ databaseUrl: config.databaseUrl, dataDir: config.dataDir });
   try {
     return await run(database);
@@ -109,7 +113,7 @@ async function keysCreate(args: string[]): Promise<void> {
     }
   }
   const rpmLimit = values['rpm-limit'] === undefined ? null : positiveInt(values['rpm-limit'], '--rpm-limit');
-  const created = await withDatabase((database) => createKeysStore(database).create({ name, role, budgetMicros, rpmLimit }));
+  const created = await withDatabase(async (database) => (await keysStore(database)).create({ name, role, budgetMicros, rpmLimit }));
   printJson({ ...keyView(created.record), key: created.key });
   process.stderr.write('Store the key now: it is shown only this once (only its hash is kept).\n');
 }
@@ -128,7 +132,7 @@ function keysTable(keys: KeyRecord[]): string {
 
 async function keysList(args: string[]): Promise<void> {
   const { values } = parse(args, { json: { type: 'boolean' } }, 0);
-  const keys = await withDatabase((database) => createKeysStore(database).list());
+  const keys = await withDatabase(async (database) => (await keysStore(database)).list());
   if (values.json) printJson({ object: 'list', data: keys.map(keyView) });
   else process.stdout.write(keys.length === 0 ? 'No keys.\n' : keysTable(keys));
 }
@@ -137,7 +141,7 @@ async function keysDisable(args: string[]): Promise<void> {
   const { positionals } = parse(args, {}, 1);
   const id = positionals[0]!;
   const disabled = await withDatabase(async (database) => {
-    const store = createKeysStore(database);
+    const store = await keysStore(database);
     const existing = await store.get(id);
     if (!existing) throw new CommandError(`no key with id ${JSON.stringify(id)} (keys list shows the ids)`);
     if (existing.kind === 'static') {
@@ -187,7 +191,7 @@ async function usageExport(args: string[]): Promise<void> {
   const format = values.format ?? 'csv';
   if (format !== 'csv' && format !== 'jsonl') throw new UsageError(`--format must be csv or jsonl (got ${JSON.stringify(format)})`);
   await withDatabase(async (database) => {
-    const rows = createLedger(database).exportRows({ from, to, model: values.model, keyId: values['key-id'] });
+    const rows = (await ledger(database)).exportRows({ from, to, model: values.model, keyId: values['key-id'] });
     for await (const chunk of chunked(exportLines(rows, 'admin', format))) {
       // A reader that went away (`| head`) ends the export; it is not an error.
       if (process.stdout.destroyed) return;

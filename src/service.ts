@@ -138,7 +138,13 @@ export async function startService(config: Config, overrides: ServiceOverrides =
     return reconciling;
   };
 
-  const rateLimiter = createKeyRateLimiter({ logger, redisUrl: config.redisUrl, keyPrefix: config.redisKeyPrefix });
+  const rateLimiter = createKeyRateLimiter({
+    logger,
+    redisUrl: config.redisUrl,
+    keyPrefix: config.redisKeyPrefix,
+    onFailOpen: () => metrics.rateLimitFailOpen.inc(),
+    onRefused: () => metrics.refusals.inc({ reason: 'rate_limit' }),
+  });
   // Bounded by the client's connect timeout; a Redis that is down leaves
   // limits failing open, it never stops the service from starting.
   await rateLimiter.ready();
@@ -154,6 +160,7 @@ export async function startService(config: Config, overrides: ServiceOverrides =
     maxBodyBytes: config.maxBodyBytes,
     publicBaseUrl: config.publicBaseUrl,
     metrics,
+    markup,
     maxInFlight: config.maxInFlight,
     corsOrigins: config.corsOrigins,
     idempotency: { store: createIdempotencyStore(database), ttlS: config.idempotencyTtlS, waitMs: config.requestTimeoutMs + 5_000 },

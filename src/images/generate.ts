@@ -105,6 +105,14 @@ export function createImageService(deps: ImageServiceDeps): ImageService {
         idempotencyKey: ctx.idempotencyKey ?? null,
       }),
     );
+    if (!reserved.ok && reserved.reason === 'request_id_taken') {
+      // The id keys the usage row and the billing event a receiver de-duplicates on: two requests can never share it.
+      throw new ApiError(409, `The x-request-id ${JSON.stringify(ctx.requestId)} was already used for another request; send a new one, or none.`, {
+        type: 'conflict_error',
+        code: 'request_id_reused',
+        param: 'x-request-id',
+      });
+    }
     if (!reserved.ok) {
       deps.metrics?.refusals.inc({ reason: 'budget' });
       throw insufficientQuota(

@@ -7,14 +7,20 @@
  * because OpenAI-compatible clients may refuse loopback/private URLs that do
  * not share the API's origin.
  */
+import { createImageHostPolicy, RefusedUrlError, type Resolve } from './outbound.js';
 
 export interface MediaOptions {
   /** The fal-protocol server whose media we proxy (FAL_BASE_URL / the emulator). */
   falBaseUrl: string | undefined;
   fetchImpl?: typeof fetch;
-  /** Largest image we will download to base64-encode it. */
+  /** Largest image we will download to base64-encode it (IMAGE_MAX_BYTES). */
   maxBytes?: number;
+  /** The whole download, DNS to last byte (IMAGE_FETCH_TIMEOUT_MS). */
   timeoutMs?: number;
+  /** IMAGE_HOSTS_ALLOWED, normalized; undefined = fal's media hosts and the fal base origin. */
+  allowedHosts?: readonly string[] | undefined;
+  /** Host resolution for the private-address check; tests inject one. */
+  resolve?: Resolve;
 }
 
 /** fal's media hosts, as the first path segment under the emulator's addressing. */
@@ -41,6 +47,7 @@ export function createMedia(opts: MediaOptions): Media {
   const fetchImpl = opts.fetchImpl ?? fetch;
   const maxBytes = opts.maxBytes ?? 64 * 1024 * 1024;
   const timeoutMs = opts.timeoutMs ?? 30_000;
+  const hosts = createImageHostPolicy({ allowed: opts.allowedHosts, falBaseUrl: base, resolve: opts.resolve });
 
   function proxyTarget(rest: string): string | null {
     if (!base) return null;
@@ -66,27 +73,40 @@ export function createMedia(opts: MediaOptions): Media {
         if (comma < 0 || !falUrl.slice(0, comma).endsWith(';base64')) throw new MediaError('fal returned a data URI that is not base64');
         return falUrl.slice(comma + 1);
       }
-      // fal ignored sync_mode and sent a URL: fetch it, but only from hosts
-      // that are fal's own (or the configured fal-protocol server).
-      const u = new URL(falUrl);
-      const ours = base !== undefined && falUrl.startsWith(`${base}/`);
-      if (!ours && !(u.protocol === 'https:' && MEDIA_HOST.test(u.hostname))) {
-        throw new MediaError(`refusing to fetch an image from ${u.hostname}`);
-      }
+      // fal ignored sync_mode and sent a URL. It is upstream data, so it is
+      // fetched only under the outbound policy (see outbound.ts).
       const timeout = AbortSignal.timeout(timeoutMs);
-      const res = await fetchImpl(falUrl, { redirect: 'error', signal: signal ? AbortSignal.any([signal, timeout]) : timeout });
-      if (!res.ok || !res.body) throw new MediaError(`image download failed with HTTP ${res.status}`);
-      const declared = Number(res.headers.get('content-length') ?? '0');
-      if (declared > maxBytes) {
-        await res.body.cancel();
-        throw new MediaError(`image larger than ${maxBytes} bytes`);
-      }
+      const abort = signal ? AbortSignal.any([signal, timeout]) : timeout;
       const chunks: Buffer[] = [];
       let size = 0;
-      for await (const chunk of res.body) {
-        size += chunk.byteLength;
-        if (size > maxBytes) throw new MediaError(`image larger than ${maxBytes} bytes`);
-        chunks.push(Buffer.from(chunk));
+      try {
+        await hosts.check(falUrl, abort);
+        // A redirect's target would escape the host check: none is followed.
+        const res = await fetchImpl(falUrl, { redirect: 'manual', signal: abort });
+        if (res.status >= 300 && res.status < 400) {
+          await res.body?.cancel().catch(() => {});
+          throw new MediaError(`image download answered a redirect (HTTP ${res.status}); redirects are not followed`);
+        }
+        if (!res.ok || !res.body) {
+          await res.body?.cancel().catch(() => {});
+          throw new MediaError(`image download failed with HTTP ${res.status}`);
+        }
+        const declared = Number(res.headers.get('content-length') ?? '0');
+        if (declared > maxBytes) {
+          await res.body.cancel().catch(() => {});
+          throw new MediaError(`image larger than ${maxBytes} bytes`);
+        }
+        for await (const chunk of res.body) {
+          size += chunk.byteLength;
+          // Leaving the loop cancels the stream, so the rest is never read.
+          if (size > maxBytes) throw new MediaError(`image larger than ${maxBytes} bytes`);
+          chunks.push(Buffer.from(chunk));
+        }
+      } catch (err) {
+        if (err instanceof MediaError) throw err;
+        if (err instanceof RefusedUrlError) throw new MediaError(`refusing to fetch an image: ${err.message}`);
+        if (timeout.aborted) throw new MediaError(`image download did not finish within ${timeoutMs} ms`);
+        throw new MediaError(`image download failed: ${(err as Error)?.message ?? String(err)}`);
       }
       return Buffer.concat(chunks, size).toString('base64');
     },

@@ -50,7 +50,9 @@ export type ReserveResult =
       budgetMicros: bigint;
       spentMicros: bigint;
       reservedMicros: bigint;
-    };
+    }
+  /** A caller-chosen request id (x-request-id) that already names a request; nothing was held. */
+  | { ok: false; reason: 'request_id_taken' };
 
 export interface RequestRecord {
   id: string;
@@ -338,6 +340,7 @@ export function createLedger(database: Database, options: LedgerOptions = {}): L
     async reserve(input) {
       const amount = input.maxChargeMicros;
       if (amount < 0n) throw new RangeError('maxChargeMicros must not be negative');
+      const taken = new Error('request id taken');
       return db.transaction().execute(async (trx): Promise<ReserveResult> => {
         // The budget check and the hold are one statement: under concurrency
         // PostgreSQL re-evaluates the WHERE against the row as committed by
@@ -370,7 +373,7 @@ export function createLedger(database: Database, options: LedgerOptions = {}): L
             reservedMicros: toBigInt(key.reserved_micros),
           };
         }
-        await trx
+        const inserted = await trx
           .insertInto('requests')
           .values({
             id: input.requestId,
@@ -384,8 +387,15 @@ export function createLedger(database: Database, options: LedgerOptions = {}): L
             idempotency_key: input.idempotencyKey ?? null,
             created_at: now(),
           })
-          .execute();
+          .onConflict((oc) => oc.column('id').doNothing())
+          .returning('id')
+          .executeTakeFirst();
+        // Thrown, not returned, so the hold taken above is rolled back with the transaction.
+        if (!inserted) throw taken;
         return { ok: true };
+      }).catch((err: unknown) => {
+        if (err === taken) return { ok: false, reason: 'request_id_taken' } as const;
+        throw err;
       });
     },
 

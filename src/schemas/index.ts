@@ -8,6 +8,7 @@ import { zImageTurboLoraRequestSchema, zImageTurboRequestSchema } from './image-
 import { usageSettledEventSchema } from './usage-settled-event.js';
 import { apiKeyListSchema, apiKeySchema, createdApiKeySchema, createKeyRequestSchema, updateKeyRequestSchema } from './admin-keys.js';
 import { adminUsageReportSchema, usageReportSchema } from './usage.js';
+import { modelListSchema, modelSchema } from './models.js';
 
 export interface EmittedSchema {
   /** File name under `schemas/`. */
@@ -28,6 +29,8 @@ export const EMITTED_SCHEMAS: readonly EmittedSchema[] = [
   { file: 'api-key-list.json', schema: apiKeyListSchema },
   { file: 'usage-report.json', schema: usageReportSchema },
   { file: 'admin-usage-report.json', schema: adminUsageReportSchema },
+  { file: 'model.json', schema: modelSchema },
+  { file: 'model-list.json', schema: modelListSchema },
 ];
 
 /** Exactly the bytes `scripts/emit-schemas.ts` writes for a schema. */

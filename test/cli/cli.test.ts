@@ -99,8 +99,9 @@ describe('CLI: keys and usage export', () => {
       [['usage', 'export', '--from', 'last tuesday'], /--from must be an ISO 8601/],
       [['usage', 'export', '--from', '2025-02-01', '--to', '2025-01-01'], /--from must not be later than --to/],
     ];
-    for (const [args, message] of cases) {
-      const run = await cli(args, dataDir);
+    const runs = await Promise.all(cases.map(([args]) => cli(args, dataDir)));
+    for (const [i, [args, message]] of cases.entries()) {
+      const run = runs[i]!;
       assert.equal(run.code, 2, `${args.join(' ')}: ${run.stderr}`);
       assert.match(run.stderr, message, args.join(' '));
       assert.equal(run.stdout, '', 'nothing on stdout');

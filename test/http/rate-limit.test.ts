@@ -84,6 +84,7 @@ describe('per-key rate limits, in process', () => {
     assert.equal(refused.headers['x-ratelimit-remaining-requests'], '0');
     assert.match(refused.headers['x-ratelimit-reset-requests'] ?? '', GO_DURATION);
     assert.equal(t.service.rateLimiter.stats.refused, refusedBefore + 1);
+    assert.match(await t.service.metrics.registry.metrics(), /gateway_refusals_total\{reason="rate_limit"\} 1\b/);
 
     // Another key (static, so the default limit) is counted on its own.
     const other = await generate(t.url, TEST_KEY, 'rl-three other key');
@@ -170,6 +171,7 @@ describe('per-key rate limits, Redis down', () => {
     }
     assert.equal(t.service.rateLimiter.stats.failOpen, before + 4);
     assert.equal(t.service.rateLimiter.stats.refused, 0);
+    assert.match(await t.service.metrics.registry.metrics(), /gateway_rate_limit_fail_open_total 4\b/);
     const failOpenWarnings = t.logs.filter((l) => l.level === 40 && String(l.msg).includes('failing open'));
     assert.equal(failOpenWarnings.length, 1, 'one warning per interval, not one per request');
     assert.ok(t.logs.some((l) => l.level === 40 && String(l.msg).includes('Redis unreachable')));
