@@ -15,6 +15,7 @@
  * (between the generated-section markers) and bench/results/*.json.
  */
 import { Session } from 'node:inspector/promises';
+import { performance } from 'node:perf_hooks';
 import { isDeepStrictEqual, parseArgs } from 'node:util';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
@@ -28,6 +29,7 @@ import { pairFigures, pathFigures, runPathRound, runRounds, type RoundPlan, type
 import { summarize, type Summary } from './lib/stats.js';
 import { falDirectPath } from './paths/fal-direct.js';
 import { servicePath } from './paths/service.js';
+import { measureLedger, type LedgerCost } from './probes/ledger-cost.js';
 import { instrument, type LedgerOp, type Timeline } from './probes/timeline.js';
 import { falEmulatorUpstream } from './upstreams/fal-emulator.js';
 import type { FalGateway } from '../src/fal/gateway.js';
@@ -100,6 +102,14 @@ interface Breakdown {
   concurrency: number;
   throughput: number;
   latency: Summary;
+  /** Client sent → service starts the reservation: HTTP, auth, JSON body, validation; service only. */
+  ingress: Summary | undefined;
+  reserve: Summary | undefined;
+  /** The fal submit call (for (a), from the client's start). */
+  submit: Summary;
+  recordSubmit: Summary | undefined;
+  /** What is left of the latency: the emulated job itself (latencyMs) plus opening the status stream. */
+  job: Summary;
   c2r: Summary;
   /** completed_at → our wait resolved (status stream delivery), ms clock. */
   notify: Summary;
@@ -160,7 +170,8 @@ async function main(): Promise<void> {
       log(`wrote ${args.profile} (summarise with: npx tsx bench/profile-summary.ts ${args.profile})`);
     }
 
-    let breakdowns: Breakdown[] = [];
+    const breakdowns: Breakdown[] = [];
+    const ledgerCosts: LedgerCost[] = [];
     if (diagnostics) {
       const bn = await servicePath({ id: 'b′', label: 'service, SQLite synchronous=NORMAL', upstream, emulator: emu, body: BODY, sqliteSynchronous: 'normal' });
       closers.push(() => bn.close());
@@ -177,16 +188,25 @@ async function main(): Promise<void> {
           log(`diag c=${c} ${p.id}: c2r p50 ${ms(d.c2r.p50)} = notify ${ms(d.notify.p50)} + result ${ms(d.result.p50)} + settle ${d.settle ? ms(d.settle.p50) : '–'} + respond ${ms(d.respond.p50)}; ${rate(d.throughput)} req/s`);
         }
       }
+      if (selected.has('b')) {
+        for (const synchronous of ['full', 'normal'] as const) {
+          for (const concurrency of diagConcurrencies) {
+            const lc = await measureLedger({ synchronous, concurrency, durationMs: quick ? 1000 : 3000, maxLifecycles: 20_000 });
+            ledgerCosts.push(lc);
+            log(`ledger alone ${synchronous} c=${concurrency}: ${ms(lc.lifecycleMs.p50)} ms per request's writes, ${fixed(lc.cpuMsPerLifecycle)} ms CPU, ${rate(lc.throughput)}/s`);
+          }
+        }
+      }
     }
 
-    const report = render(machine, results, breakdowns, (Date.now() - started) / 1000, describeMachine().loadAverage);
+    const report = render(machine, results, breakdowns, ledgerCosts, (Date.now() - started) / 1000, describeMachine().loadAverage);
     console.log(`\n${report}`);
     if (write) {
       await writeReadmeSection(report);
       const resultsDir = join(HERE, 'results');
       await mkdir(resultsDir, { recursive: true });
       const file = join(resultsDir, `overhead-${machine.date.replace(/[:.]/g, '-')}.json`);
-      await writeFile(file, JSON.stringify({ machine, plan, latencyMs, body: BODY, results, breakdowns }, null, 2));
+      await writeFile(file, JSON.stringify({ machine, plan, latencyMs, body: BODY, results, breakdowns, ledgerCosts }, (_k, v: unknown) => (typeof v === 'bigint' ? String(v) : v), 2));
       log(`wrote ${README} and ${file}`);
     }
   } finally {
@@ -217,12 +237,18 @@ async function breakdown(path: BenchPath, fal: FalGateway, ledger: Ledger | unde
   try {
     const load = await runLoad(
       async (signal) => {
+        const t0 = performance.now();
         const o = await path.call(signal);
-        if (o.upstreamId) tl.clientDone(o.upstreamId);
+        if (o.upstreamId) tl.clientDone(o.upstreamId, t0);
         return o;
       },
       { concurrency, warmupMs: plan.warmupMs, durationMs: diagDurationMs, maxRequests: plan.maxRequests, requestTimeoutMs: plan.requestTimeoutMs },
     );
+    const ingress: number[] = [];
+    const reserve: number[] = [];
+    const submit: number[] = [];
+    const recordSubmit: number[] = [];
+    const job: number[] = [];
     const c2r: number[] = [];
     const notify: number[] = [];
     const result: number[] = [];
@@ -232,7 +258,28 @@ async function breakdown(path: BenchPath, fal: FalGateway, ledger: Ledger | unde
       const id = o.upstreamId;
       const done = id ? path.upstream.completedAtMs(id) : undefined;
       const m = id ? tl.jobs.get(id) : undefined;
-      if (done === undefined || !m || m.notifiedAtMs === undefined || m.notifiedHr === undefined || m.resultHr === undefined || m.clientHr === undefined) continue;
+      if (
+        done === undefined ||
+        !m ||
+        m.clientStartHr === undefined ||
+        m.submitHr === undefined ||
+        m.notifiedAtMs === undefined ||
+        m.notifiedHr === undefined ||
+        m.resultHr === undefined ||
+        m.clientHr === undefined
+      ) {
+        continue;
+      }
+      if (m.reserveStartHr !== undefined && m.reserveEndHr !== undefined && m.recordedHr !== undefined) {
+        ingress.push(m.reserveStartHr - m.clientStartHr);
+        reserve.push(m.reserveEndHr - m.reserveStartHr);
+        submit.push(m.submitHr - m.reserveEndHr);
+        recordSubmit.push(m.recordedHr - m.submitHr);
+      } else {
+        submit.push(m.submitHr - m.clientStartHr);
+      }
+      const toCompletion = m.clientHr - m.clientStartHr - (o.doneAtMs - done);
+      job.push(toCompletion - ((m.recordedHr ?? m.submitHr) - m.clientStartHr));
       c2r.push(o.doneAtMs - done);
       notify.push(m.notifiedAtMs - done);
       result.push(m.resultHr - m.notifiedHr);
@@ -244,6 +291,11 @@ async function breakdown(path: BenchPath, fal: FalGateway, ledger: Ledger | unde
       concurrency,
       throughput: load.throughput,
       latency: summarize(load.latencyMs),
+      ingress: ledger ? summarize(ingress) : undefined,
+      reserve: ledger ? summarize(reserve) : undefined,
+      submit: summarize(submit),
+      recordSubmit: ledger ? summarize(recordSubmit) : undefined,
+      job: summarize(job),
       c2r: summarize(c2r),
       notify: summarize(notify),
       result: summarize(result),
@@ -261,7 +313,14 @@ async function breakdown(path: BenchPath, fal: FalGateway, ledger: Ledger | unde
   }
 }
 
-function render(machine: Machine, results: readonly RoundResult[], breakdowns: readonly Breakdown[], seconds: number, loadAtEnd: number): string {
+function render(
+  machine: Machine,
+  results: readonly RoundResult[],
+  breakdowns: readonly Breakdown[],
+  ledgerCosts: readonly LedgerCost[],
+  seconds: number,
+  loadAtEnd: number,
+): string {
   const pair: Pairing = { subject: 'b', baseline: 'a' };
   const out: string[] = [];
   out.push(`Run: \`npx tsx bench/overhead.ts${process.argv.slice(2).length ? ` ${process.argv.slice(2).join(' ')}` : ''}\` on ${machine.date.slice(0, 10)} (${Math.round(seconds)} s).`);
@@ -313,26 +372,41 @@ function render(machine: Machine, results: readonly RoundResult[], breakdowns: r
 
   if (breakdowns.length > 0) {
     out.push('');
-    out.push(`**Diagnostic pass: where completion-to-response goes** (p50 per step, ms; one ${diagDurationMs / 1000} s window per row, methods wrapped to stamp each step; b′ = b with the ledger connection switched to \`synchronous=NORMAL\`)`);
+    out.push(
+      `**Diagnostic pass: where the time goes** (p50 of each step, ms; one ${diagDurationMs / 1000} s window per row; the gateway's and ledger's methods are wrapped to stamp each step; ` +
+        'b′ = b with the ledger connection switched to `synchronous=NORMAL`)',
+    );
     out.push('');
+    const opt = (v: Summary | undefined) => (v ? ms(v.p50) : '–');
     out.push(
       table(
-        ['concurrency', 'path', 'req/s', 'latency p50', 'c2r p50', 'c2r p99', 'notify (SSE)', 'result GET', 'ledger settle', 'respond', 'CPU ms/req', 'event loop busy'],
+        ['c', 'path', 'req/s', 'latency', 'ingress', 'reserve', 'submit', 'recordSubmit', 'job', '**c2r**', 'c2r p99', 'notify (SSE)', 'result GET', 'settle', 'respond', 'CPU ms/req'],
         breakdowns.map((d) => [
           String(d.concurrency),
           d.path,
           rate(d.throughput),
           ms(d.latency.p50),
-          ms(d.c2r.p50),
+          opt(d.ingress),
+          opt(d.reserve),
+          ms(d.submit.p50),
+          opt(d.recordSubmit),
+          ms(d.job.p50),
+          `**${ms(d.c2r.p50)}**`,
           ms(d.c2r.p99),
           ms(d.notify.p50),
           ms(d.result.p50),
-          d.settle ? ms(d.settle.p50) : '–',
+          opt(d.settle),
           ms(d.respond.p50),
           fixed(d.cpuMsPerRequest),
-          `${Math.round(d.eventLoopUtilization * 100)}%`,
         ]),
       ),
+    );
+    out.push('');
+    out.push(
+      'Steps in order: *ingress* client sent → service begins the reservation (HTTP, auth, JSON body, validation); *reserve* ledger write; *submit* fal queue submit; ' +
+        `*recordSubmit* ledger write; *job* the emulated job (${latencyMs} ms) plus opening the status stream; then completion-to-response (*c2r*, ms clock) = ` +
+        '*notify* job COMPLETED → our SSE wait resolves (1 ms clock) + *result GET* + *settle* (ledger completeJob + settle) + *respond* (response built, encoded, sent, read by the client). ' +
+        'p50s of steps do not add up exactly to the p50 of the whole.',
     );
     out.push('');
     out.push('**Ledger calls inside the service** (wall time per call including the per-file write lock, ms, p50 / p99)');
@@ -349,6 +423,27 @@ function render(machine: Machine, results: readonly RoundResult[], breakdowns: r
             ...ops.map((op) => `${ms(d.ledger![op].p50)} / ${ms(d.ledger![op].p99)}`),
             ms(ops.reduce((s, op) => s + d.ledger![op].p50, 0)),
           ]),
+      ),
+    );
+  }
+  if (ledgerCosts.length > 0) {
+    out.push('');
+    out.push(
+      '**The ledger alone** (no HTTP, no fal: one request\'s four writes — reserve, recordSubmit, completeJob, settle — against a fresh SQLite file in os.tmpdir() on the same disk)',
+    );
+    out.push('');
+    out.push(
+      table(
+        ['synchronous', 'concurrency', 'ms per request p50', 'p99', 'CPU ms per request', 'requests/s', 'event loop busy'],
+        ledgerCosts.map((l) => [
+          l.synchronous.toUpperCase(),
+          String(l.concurrency),
+          ms(l.lifecycleMs.p50),
+          ms(l.lifecycleMs.p99),
+          fixed(l.cpuMsPerLifecycle),
+          rate(l.throughput),
+          `${Math.round(l.eventLoopUtilization * 100)}%`,
+        ]),
       ),
     );
   }

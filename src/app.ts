@@ -43,6 +43,8 @@ export interface AppDeps {
   maxInFlight: number;
   /** Origins allowed by CORS; empty = CORS off. */
   corsOrigins: string[];
+  /** LOG_PROMPTS: the access log line of an image request carries its prompt. */
+  logPrompts?: boolean;
   /** Per-key requests-per-minute limits on the image route. */
   rateLimit: RateLimitOptions;
 }
@@ -60,7 +62,7 @@ export function createApp(deps: AppDeps): Express {
 
   const isShuttingDown = deps.isShuttingDown ?? (() => false);
   app.use(requestId());
-  app.use(accessLog(deps.logger, deps.metrics));
+  app.use(accessLog(deps.logger, deps.metrics, { logPrompts: deps.logPrompts ?? false }));
   // An API serves no HTML of its own here, so the strict defaults cost nothing.
   app.use(helmet({ crossOriginResourcePolicy: { policy: 'cross-origin' } }));
   if (deps.corsOrigins.length > 0) {

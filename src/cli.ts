@@ -209,14 +209,15 @@ const COMMANDS = new Map<string, (args: string[]) => Promise<void>>([
     'serve',
     async (args) => {
       parse(args, {}, 0);
-      // main.ts is the process entry of `npm start`: importing it runs it.
-      await import('./main.js');
+      const { runServer } = await import('./main.js');
+      await runServer();
     },
   ],
   [
     'emulator',
     async (args) => {
       parse(args, {}, 0);
+      // The emulator's entry is a script: importing it runs it.
       await import('./emulator/main.js');
     },
   ],

@@ -3,6 +3,9 @@
  * together so an operator fixes a bad deployment in one pass, not one
  * restart per variable.
  */
+import { statSync } from 'node:fs';
+import { isAbsolute, resolve } from 'node:path';
+import { normalizeHostPattern } from './images/outbound.js';
 
 export interface Config {
   port: number;
@@ -46,6 +49,14 @@ export interface Config {
   /** Shared rate-limit counters; unset = counted in each process. */
   redisUrl: string | undefined;
   redisKeyPrefix: string;
+  /** Hosts image bytes may be downloaded from (normalized); undefined = fal's media hosts plus the fal base origin. */
+  imageHostsAllowed: string[] | undefined;
+  /** Largest image downloaded for b64_json. */
+  imageMaxBytes: number;
+  /** Longest one image download may take. */
+  imageFetchTimeoutMs: number;
+  /** Absolute directory local LoRA files may be read from; unset = local paths refused. */
+  loraDir: string | undefined;
 }
 
 export class ConfigError extends Error {
@@ -115,7 +126,8 @@ export function loadConfig(env: Env = process.env): Config {
 
   const falKey = str('FAL_KEY');
   const falBaseUrl = url('FAL_BASE_URL', ['http:', 'https:']);
-  const databaseUrl = url('DATABASE_URL', ['postgres:', 'postgresql:']);
+  // Its password must not reach stderr when the value is malformed.
+  const databaseUrl = secretUrl('DATABASE_URL', ['postgres:', 'postgresql:']);
   const logLevel = str('LOG_LEVEL') ?? 'info';
   if (!['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].includes(logLevel)) {
     problems.push(`LOG_LEVEL must be one of fatal, error, warn, info, debug, trace, silent (got ${JSON.stringify(logLevel)})`);
@@ -132,6 +144,29 @@ export function loadConfig(env: Env = process.env): Config {
   const imageMode = str('EMULATOR_IMAGE_MODE');
   if (imageMode !== undefined && imageMode !== 'entropy' && imageMode !== 'cheap') {
     problems.push(`EMULATOR_IMAGE_MODE must be entropy or cheap (got ${JSON.stringify(imageMode)})`);
+  }
+
+  let imageHostsAllowed: string[] | undefined;
+  const hostsRaw = str('IMAGE_HOSTS_ALLOWED');
+  if (hostsRaw !== undefined) {
+    imageHostsAllowed = [];
+    for (const entry of hostsRaw.split(',').map((h) => h.trim()).filter(Boolean)) {
+      const host = normalizeHostPattern(entry);
+      if (host === null) problems.push(`IMAGE_HOSTS_ALLOWED entries must be hostnames, *.suffix wildcards or IP addresses, without scheme or port (got ${JSON.stringify(entry)})`);
+      else imageHostsAllowed.push(host);
+    }
+  }
+
+  let loraDir = str('LORA_DIR');
+  if (loraDir !== undefined) {
+    loraDir = isAbsolute(loraDir) ? loraDir : resolve(loraDir);
+    let isDir = false;
+    try {
+      isDir = statSync(loraDir).isDirectory();
+    } catch {
+      // reported below
+    }
+    if (!isDir) problems.push(`LORA_DIR must be an existing directory (got ${JSON.stringify(loraDir)})`);
   }
 
   const config: Config = {
@@ -164,6 +199,10 @@ export function loadConfig(env: Env = process.env): Config {
     defaultRpmLimit: int('DEFAULT_RPM_LIMIT', 600, 0, 1_000_000),
     redisUrl: secretUrl('REDIS_URL', ['redis:', 'rediss:']),
     redisKeyPrefix: str('REDIS_KEY_PREFIX') ?? 'images-gw:rl',
+    imageHostsAllowed,
+    imageMaxBytes: int('IMAGE_MAX_BYTES', 64 * 1024 * 1024, 1024, 2 ** 31 - 1),
+    imageFetchTimeoutMs: int('IMAGE_FETCH_TIMEOUT_MS', 30_000, 100, 600_000),
+    loraDir,
   };
   // By default a request is only reconciled once no live process could still
   // be working on it: our own deadline plus a margin.

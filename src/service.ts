@@ -1,12 +1,14 @@
-import { createServer, type Server } from 'node:http';
+import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Express } from 'express';
-import pino, { type Logger } from 'pino';
+import type { DestinationStream, Logger } from 'pino';
+import { createLogger, urlPassword } from './logging.js';
 import type { Config } from './config.js';
 import { createApp } from './app.js';
 import { createFalGateway, type FalGateway } from './fal/gateway.js';
 import { createMedia } from './images/media.js';
 import { createImageService } from './images/generate.js';
+import { createLoraResolver } from './images/loras.js';
 import { createModelRegistry, defaultModels, type ModelRegistry } from './models/registry.js';
 import { parseMarkup } from './metering/money.js';
 import { createDatabase, type Database } from './db/index.js';
@@ -20,7 +22,7 @@ import { createReconciler, type Reconciler, type ReconcileReport } from './meter
 import { createOutboxStore } from './metering/outbox-store.js';
 import { createBillingWebhookWorker, type BillingWebhookWorker } from './metering/billing-webhook.js';
 import { createKeyRateLimiter, type KeyRateLimiter } from './http/rate-limit.js';
-import { answerProtocolErrors } from './http/protocol-errors.js';
+import { createHttpServer } from './http/http-server.js';
 
 /**
  * The composition root: builds every part from the configuration and wires
@@ -52,6 +54,8 @@ export interface Service {
 
 export interface ServiceOverrides {
   logger?: Logger;
+  /** Where the service's own logger writes (tests capture lines); ignored when `logger` is given. */
+  logDestination?: DestinationStream;
   /** Reuse an emulator the caller started (tests) instead of the embedded one. */
   emulator?: Emulator;
   registry?: ModelRegistry;
@@ -59,10 +63,13 @@ export interface ServiceOverrides {
 }
 
 export async function startService(config: Config, overrides: ServiceOverrides = {}): Promise<Service> {
-  const logger = overrides.logger ?? pino({
-    level: config.logLevel,
-    redact: { paths: ['req.headers.authorization', '*.authorization', '*.apiKey', '*.key', '*.falKey', '*.secret'], censor: '[redacted]' },
-  });
+  const logger =
+    overrides.logger ??
+    createLogger({
+      level: config.logLevel,
+      secrets: [config.falKey, ...config.apiKeys, config.adminApiKey, config.billingWebhookSecret, urlPassword(config.databaseUrl), urlPassword(config.redisUrl)],
+      destination: overrides.logDestination,
+    });
   const registry = overrides.registry ?? createModelRegistry(defaultModels);
   const markup = parseMarkup(config.priceMarkup);
 
@@ -104,7 +111,13 @@ export async function startService(config: Config, overrides: ServiceOverrides =
       if (phase === 'status' || phase === 'stream') metrics.upstreamStatusRequests.inc();
     },
   });
-  const media = createMedia({ falBaseUrl });
+  const media = createMedia({
+    falBaseUrl,
+    allowedHosts: config.imageHostsAllowed,
+    maxBytes: config.imageMaxBytes,
+    timeoutMs: config.imageFetchTimeoutMs,
+  });
+  const loras = createLoraResolver({ loraDir: config.loraDir, dataDir: config.dataDir, fal, target: falBaseUrl ?? 'fal', logger });
   const shutdown = new AbortController();
   let shuttingDown = false;
   const images = createImageService({
@@ -116,6 +129,7 @@ export async function startService(config: Config, overrides: ServiceOverrides =
     logger,
     shutdownSignal: shutdown.signal,
     billingEvents: billingWebhook,
+    loras,
   });
 
   const reconciler = createReconciler({ ledger, fal, registry, markup, logger, billingEvents: billingWebhook });
@@ -163,6 +177,7 @@ export async function startService(config: Config, overrides: ServiceOverrides =
     markup,
     maxInFlight: config.maxInFlight,
     corsOrigins: config.corsOrigins,
+    logPrompts: config.logPrompts,
     idempotency: { store: createIdempotencyStore(database), ttlS: config.idempotencyTtlS, waitMs: config.requestTimeoutMs + 5_000 },
     isShuttingDown: () => shuttingDown,
     rateLimit: { limiter: rateLimiter, defaultRpm: config.defaultRpmLimit },
@@ -172,8 +187,7 @@ export async function startService(config: Config, overrides: ServiceOverrides =
     ],
   });
 
-  const server = createServer(app);
-  answerProtocolErrors(server, logger);
+  const server = createHttpServer(app, logger);
   // Image jobs take seconds to minutes: Node's default 5-minute request
   // timeout must not cut a job that our own deadline still allows.
   server.requestTimeout = config.requestTimeoutMs + 30_000;

@@ -11,6 +11,14 @@ import type { Ledger } from '../../src/metering/ledger.js';
  */
 
 export interface JobMarks {
+  clientStartHr?: number;
+  /** Service only: the reservation, the first thing after HTTP, auth, body and validation. */
+  reserveStartHr?: number;
+  reserveEndHr?: number;
+  /** fal's submit answered. */
+  submitHr?: number;
+  /** Service only: the job id is committed to the ledger. */
+  recordedHr?: number;
   /** Date.now() when waitForCompletion resolved: the clock the upstream's completed_at uses. */
   notifiedAtMs?: number;
   notifiedHr?: number;
@@ -27,14 +35,14 @@ export interface Timeline {
   jobs: Map<string, JobMarks>;
   /** Wall time of each ledger call (lock wait included), ms. */
   ledger: Record<LedgerOp, number[]>;
-  /** Marks the moment the client holds the response for this fal job. */
-  clientDone(falRequestId: string): void;
+  /** Marks when the client sent the request and when it held the response. */
+  clientDone(falRequestId: string, startedHr: number): void;
   restore(): void;
 }
 
 export function instrument(fal: FalGateway, ledger?: Ledger): Timeline {
   const jobs = new Map<string, JobMarks>();
-  const byRequest = new Map<string, string>();
+  const reservations = new Map<string, { start: number; end: number }>();
   const ops: Record<LedgerOp, number[]> = { reserve: [], recordSubmit: [], completeJob: [], settle: [] };
   const marks = (id: string) => {
     let m = jobs.get(id);
@@ -50,6 +58,11 @@ export function instrument(fal: FalGateway, ledger?: Ledger): Timeline {
     });
   };
 
+  wrap(fal, 'submit', (orig) => async (endpoint, input, o) => {
+    const r = await orig.call(fal, endpoint, input, o);
+    marks(r.falRequestId).submitHr = performance.now();
+    return r;
+  });
   wrap(fal, 'waitForCompletion', (orig) => async (endpoint, id, o) => {
     await orig.call(fal, endpoint, id, o);
     const m = marks(id);
@@ -62,6 +75,7 @@ export function instrument(fal: FalGateway, ledger?: Ledger): Timeline {
     return r;
   });
 
+  const byRequest = new Map<string, string>();
   if (ledger) {
     const timed = <K extends LedgerOp>(op: K, after?: (input: Parameters<Ledger[K]>[0], t0: number, t1: number) => void) =>
       wrap(ledger, op, (orig) => (async (input: Parameters<Ledger[K]>[0]) => {
@@ -72,8 +86,18 @@ export function instrument(fal: FalGateway, ledger?: Ledger): Timeline {
         after?.(input, t0, t1);
         return out;
       }) as unknown as Ledger[K]);
-    timed('reserve');
-    timed('recordSubmit', (i) => byRequest.set(i.requestId, i.falRequestId));
+    timed('reserve', (i, t0, t1) => reservations.set(i.requestId, { start: t0, end: t1 }));
+    timed('recordSubmit', (i, _t0, t1) => {
+      byRequest.set(i.requestId, i.falRequestId);
+      const m = marks(i.falRequestId);
+      m.recordedHr = t1;
+      const r = reservations.get(i.requestId);
+      reservations.delete(i.requestId);
+      if (r) {
+        m.reserveStartHr = r.start;
+        m.reserveEndHr = r.end;
+      }
+    });
     timed('completeJob', (i, t0) => {
       marks(i.falRequestId).settleStartHr = t0;
     });
@@ -86,8 +110,10 @@ export function instrument(fal: FalGateway, ledger?: Ledger): Timeline {
   return {
     jobs,
     ledger: ops,
-    clientDone(id) {
-      marks(id).clientHr = performance.now();
+    clientDone(id, startedHr) {
+      const m = marks(id);
+      m.clientHr = performance.now();
+      m.clientStartHr = startedHr;
     },
     restore() {
       for (const u of undo.reverse()) u();

@@ -40,6 +40,8 @@ export interface JobRecord {
   completed_at?: number;
   never_finish?: boolean;
   nsfw_indexes?: number[];
+  /** Answer with image URLs even when `sync_mode` asked for data URIs. */
+  ignore_sync_mode?: boolean;
   fail?: { status: number; detail: unknown };
   error?: { status: number; body: unknown };
   images?: RenderSpec[];
@@ -67,6 +69,7 @@ export type JobEvent = 'queued' | 'started' | 'completed' | 'removed';
 export interface JobFaults {
   neverFinish?: boolean;
   nsfwIndexes?: number[];
+  ignoreSyncMode?: boolean;
   fail?: { status: number; detail: unknown };
   latency?: { totalMs: number; queueMs?: number };
 }
@@ -302,6 +305,7 @@ export function createEngine(opts: EngineOptions): Engine {
       };
       if (f.neverFinish) job.never_finish = true;
       if (f.nsfwIndexes) job.nsfw_indexes = f.nsfwIndexes;
+      if (f.ignoreSyncMode) job.ignore_sync_mode = true;
       if (f.fail) job.fail = f.fail;
       if (o.webhookUrl) job.webhook = { url: o.webhookUrl, state: 'pending', attempts: 0 };
       if (o.priority) job.priority = o.priority;

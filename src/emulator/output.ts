@@ -22,7 +22,7 @@ export function queueUrls(job: JobRecord): { response_url: string; status_url: s
 }
 
 export async function composeOutput(ctx: Ctx, job: JobRecord): Promise<Record<string, unknown>> {
-  const sync = job.resolved.sync_mode === true;
+  const sync = job.resolved.sync_mode === true && job.ignore_sync_mode !== true;
   const specs = job.images ?? [];
   const images = await Promise.all(
     specs.map(async (spec) => {

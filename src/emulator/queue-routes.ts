@@ -95,6 +95,7 @@ function takeJobFaults(ctx: Ctx, req: IncomingMessage, phase: FaultPhase, endpoi
   if (ctx.takeFault(req, phase, ['never_finish'], m)) out.neverFinish = true;
   const nsfw = ctx.takeFault(req, phase, ['nsfw'], m);
   if (nsfw) out.nsfwIndexes = nsfw.nsfw_indexes ?? [0];
+  if (ctx.takeFault(req, phase, ['ignore_sync_mode'], m)) out.ignoreSyncMode = true;
   const fail = ctx.takeFault(req, phase, ['fail_after_start'], m);
   if (fail) {
     const status = fail.status ?? 500;

@@ -83,6 +83,11 @@ export interface FalGateway {
   status(endpoint: string, falRequestId: string, opts?: CallOptions): Promise<FalJobStatus>;
   result(endpoint: string, falRequestId: string, opts?: CallOptions): Promise<FalResult>;
   cancel(endpoint: string, falRequestId: string, opts?: CallOptions): Promise<FalCancelOutcome>;
+  /**
+   * Stores a file in fal's storage (initiate, then a PUT to the pre-signed
+   * upload URL) and answers its public URL, which fal inputs can reference.
+   */
+  upload(data: Blob | Buffer, contentType: string, fileName: string, opts?: CallOptions): Promise<string>;
   /** Any HTTP answer from the queue host counts as reachable. */
   ping(opts?: CallOptions): Promise<boolean>;
   /** Counters for metrics and benchmarks. */
@@ -267,6 +272,14 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
         }
         return 'failed';
       }
+    },
+
+    async upload(data, contentType, fileName, o = {}) {
+      // The client names the stored file after a File's name, else after the clock.
+      const file = new File([data instanceof Blob ? data : new Uint8Array(data)], fileName, { type: contentType });
+      const { value, capture } = await call('storage', o.signal, () => client.storage.upload(file));
+      if (typeof value !== 'string' || !URL.canParse(value)) throw badResponse('storage', 'upload answered no file URL', capture);
+      return value;
     },
 
     async ping(o = {}) {

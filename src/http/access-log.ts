@@ -4,9 +4,11 @@ import type { Metrics } from '../metrics.js';
 
 /**
  * One line per request, written when the response ends (or the caller
- * leaves). Handlers add `falRequestId` and `model` to `res.locals`.
+ * leaves). Handlers add `falRequestId`, `model` and `prompt` to
+ * `res.locals`; the prompt is the caller's content, so it is written only
+ * when the operator turned `logPrompts` on.
  */
-export function accessLog(logger: Logger, metrics?: Metrics): RequestHandler {
+export function accessLog(logger: Logger, metrics?: Metrics, opts: { logPrompts?: boolean } = {}): RequestHandler {
   return (req, res, next) => {
     const started = process.hrtime.bigint();
     let logged = false;
@@ -15,7 +17,9 @@ export function accessLog(logger: Logger, metrics?: Metrics): RequestHandler {
       logged = true;
       const ms = Number(process.hrtime.bigint() - started) / 1e6;
       const principal = res.locals.principal as { keyId?: string } | undefined;
-      const route = (req.route?.path as string | undefined) ?? (res.statusCode === 404 ? 'unmatched' : req.path.slice(0, 100));
+      // Never the raw path of an unmatched request: it is whatever the caller
+      // typed (a key pasted into a URL, say) and an unbounded metric label.
+      const route = (req.route?.path as string | undefined) ?? (res.statusCode !== 404 && /^\/v1\/admin(?:\/|$)/.test(req.path) ? '/v1/admin/*' : 'unmatched');
       const status = res.headersSent ? res.statusCode : 499;
       metrics?.httpRequests.inc({ route, model: (res.locals.model as string | undefined) ?? '', status: String(status) });
       metrics?.httpDuration.observe({ route }, ms / 1000);
@@ -30,6 +34,7 @@ export function accessLog(logger: Logger, metrics?: Metrics): RequestHandler {
           status,
           duration_ms: Math.round(ms * 10) / 10,
           error_code: res.locals.errorCode,
+          ...(opts.logPrompts && typeof res.locals.prompt === 'string' ? { prompt: res.locals.prompt } : {}),
         },
         'request',
       );

@@ -1,8 +1,13 @@
 import { randomUUID } from 'node:crypto';
 import type { RequestHandler } from 'express';
 
-/** Incoming ids are echoed only when they are short and plain, so logs and headers stay clean. */
-const SANE_ID = /^[A-Za-z0-9._:-]{8,128}$/;
+/**
+ * Incoming ids are echoed only when they are short and plain, so logs and
+ * headers stay clean, and never when they look like one of our API keys
+ * (`sk-...`): a client that pastes its key into the wrong header must not
+ * see it logged on every line of the request.
+ */
+const SANE_ID = /^(?!sk-)[A-Za-z0-9._:-]{8,128}$/i;
 
 export function newRequestId(): string {
   return `req_${randomUUID().replace(/-/g, '')}`;

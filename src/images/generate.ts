@@ -3,9 +3,10 @@ import { ApiError, insufficientQuota, serviceUnavailable, upstreamError } from '
 import { FalCallError, jobFailed, type FalGateway, type FalResult } from '../fal/gateway.js';
 import type { CanonicalRequest } from './normalize.js';
 import type { Media } from './media.js';
+import type { LoraResolver } from './loras.js';
 import { MediaError } from './media.js';
 import { mapFalError } from './upstream-errors.js';
-import { maxCharge } from '../metering/pricing.js';
+import { maxCharge, splitIntoJobs } from '../metering/pricing.js';
 import { encodePricing, settleCompleted, type BillingEvents } from '../metering/settlement.js';
 import { formatUsd, type Markup } from '../metering/money.js';
 import type { Ledger } from '../metering/ledger.js';
@@ -56,6 +57,8 @@ export interface ImageServiceDeps {
   shutdownSignal?: AbortSignal;
   /** Set when the billing webhook is on: settlements then write an event for it. */
   billingEvents?: BillingEvents | undefined;
+  /** Turns local LoRA paths into fal storage URLs (uploading once); absent = inputs go to fal as they are. */
+  loras?: LoraResolver;
 }
 
 export interface ImageService {
@@ -91,6 +94,9 @@ export function createImageService(deps: ImageServiceDeps): ImageService {
 
   async function generateOne(req: CanonicalRequest, ctx: GenerateContext): Promise<GenerateOutcome> {
     const log = deps.logger.child({ request_id: ctx.requestId, model: req.model.id });
+    // Before anything is reserved or submitted: a refused LoRA path is the
+    // caller's 400, and an upload is not a billable job.
+    if (deps.loras) req = { ...req, falInput: await deps.loras.resolve(req.falInput, ctx.callerSignal) };
     const reserve = maxCharge(req, deps.markup);
     const pricing = { promptExpansion: req.promptExpansion, markup: deps.markup };
     const reserved = await ledgerCall('reserve', () =>
@@ -129,65 +135,94 @@ export function createImageService(deps: ImageServiceDeps): ImageService {
       Object.keys(req.falInput).map((f) => [f, OPENAI_ALIASES[f] && req.sentFields.has(OPENAI_ALIASES[f]!) ? OPENAI_ALIASES[f]! : f]),
     );
 
-    const input = { ...req.falInput, sync_mode: req.responseFormat === 'b64_json' };
-    let falRequestId: string;
-    try {
-      ({ falRequestId } = await deps.fal.submit(req.model.endpoint, input, { signal }));
-      ctx.onSubmitted?.();
-    } catch (err) {
-      const fe = asFalError(err);
-      if (fe.ambiguous) {
-        ctx.onSubmitted?.();
-        // fal may have created a job we never learnt the id of: keep the
-        // reservation visible as an orphan instead of quietly releasing it.
-        await ledgerCall('orphan', () => deps.ledger.markOrphaned(ctx.requestId));
-        log.error({ err: fe.message, phase: fe.phase, status: fe.status }, 'submit outcome unknown; request marked orphaned');
-      } else {
-        await ledgerCall('release', () => deps.ledger.release({ requestId: ctx.requestId, status: 'failed', errorCode: `submit_${fe.status ?? fe.kind}` }));
-      }
-      throw mapFalError(fe, { submitted: false, fieldOrigins, abortReason: abortReason() });
-    }
-    await ledgerCall('submit', () => deps.ledger.recordSubmit({ requestId: ctx.requestId, falRequestId, endpoint: req.model.endpoint }));
-    log.debug({ fal_request_id: falRequestId }, 'fal job submitted');
-    const submittedAt = performance.now();
+    const perJob = req.model.maxImagesPerJob;
+    const counts = splitIntoJobs(req.numImages, perJob);
+    const callerSeed = typeof req.falInput.seed === 'number' ? req.falInput.seed : undefined;
+    // Jobs of one request must not draw the same images: each gets its own
+    // seed, derived from the caller's (or, when none was given, a random one).
+    const baseSeed = callerSeed ?? (counts.length > 1 ? randomSeed() : undefined);
+    const inputs = counts.map((k, i) => ({
+      ...req.falInput,
+      num_images: k,
+      ...(baseSeed !== undefined ? { seed: jobSeed(baseSeed, i, perJob) } : {}),
+      sync_mode: req.responseFormat === 'b64_json',
+    }));
 
-    let result: FalResult;
-    try {
-      await deps.fal.waitForCompletion(req.model.endpoint, falRequestId, { signal });
-      result = await deps.fal.result(req.model.endpoint, falRequestId, { signal });
-    } catch (err) {
-      const fe = asFalError(err);
-      const after = fe.kind === 'aborted' ? await cancelOrCollect(req, falRequestId, log) : null;
-      if (after?.result) {
-        result = after.result;
-      } else {
+    // One failed job fails the request: the others are cancelled (and billed
+    // only if fal completed them anyway).
+    const siblings = new AbortController();
+    const jobSignal = AbortSignal.any([signal, siblings.signal]);
+    const submittedAt = performance.now();
+    const outcomes = await Promise.all(inputs.map((input) => runJob(input)));
+
+    async function runJob(input: Record<string, unknown>): Promise<JobOutcome> {
+      let falRequestId: string;
+      try {
+        ({ falRequestId } = await deps.fal.submit(req.model.endpoint, input, { signal: jobSignal }));
+        ctx.onSubmitted?.();
+      } catch (err) {
+        const fe = asFalError(err);
+        if (fe.ambiguous) ctx.onSubmitted?.();
+        siblings.abort();
+        return { error: fe, open: fe.ambiguous, noId: fe.ambiguous };
+      }
+      try {
+        await deps.ledger.recordSubmit({ requestId: ctx.requestId, falRequestId, endpoint: req.model.endpoint });
+      } catch (err) {
+        // The job exists but we could not write its id: reconciliation can
+        // only find it as an orphan. Stop the rest.
+        log.error({ err, fal_request_id: falRequestId }, 'ledger write failed after submit');
+        siblings.abort();
+        return { error: new FalCallError('ledger unavailable', { phase: 'submit', kind: 'aborted' }), open: true, noId: true, metering: true };
+      }
+      log.debug({ fal_request_id: falRequestId }, 'fal job submitted');
+      try {
+        await deps.fal.waitForCompletion(req.model.endpoint, falRequestId, { signal: jobSignal });
+        return { result: await deps.fal.result(req.model.endpoint, falRequestId, { signal: jobSignal }) };
+      } catch (err) {
+        const fe = asFalError(err);
+        if (fe.kind !== 'aborted') siblings.abort();
+        const after = fe.kind === 'aborted' ? await cancelOrCollect(req, falRequestId, log) : null;
+        if (after?.result) return { result: after.result };
         if (jobFailed(fe)) {
           // The job ran and failed on its input: fal bills nothing for it.
           await ledgerCall('fail', () => deps.ledger.failJob({ falRequestId, status: 'failed' }));
-          await ledgerCall('release', () => deps.ledger.release({ requestId: ctx.requestId, status: 'failed', errorCode: `job_failed_${fe.status}` }));
-        } else if (after?.cancelled) {
-          await ledgerCall('cancel', () => deps.ledger.failJob({ falRequestId, status: 'cancelled' }));
-          await ledgerCall('release', () => deps.ledger.release({ requestId: ctx.requestId, status: 'released', errorCode: abortReason() ?? 'aborted' }));
+          return { error: fe, open: false };
         }
-        // Anything else (cancel refused, fal unreachable) leaves the request
-        // open: reconciliation asks fal what became of the job and settles
-        // or releases it, so a job fal finishes anyway is still billed.
-        throw mapFalError(fe, { submitted: true, fieldOrigins, abortReason: abortReason() });
+        if (after?.cancelled) {
+          await ledgerCall('cancel', () => deps.ledger.failJob({ falRequestId, status: 'cancelled' }));
+          return { error: fe, open: false };
+        }
+        // Cancel refused, fal unreachable: left open for reconciliation, which
+        // asks fal what became of the job, so a job fal finishes anyway is billed.
+        return { error: fe, open: true };
       }
     }
 
-    const output = result.output;
-    const images = output.images.map((i) => ({ width: i.width, height: i.height }));
-    const settled = await ledgerCall('settle', () =>
-      settleCompleted(deps.ledger, req.model, ctx.requestId, pricing, [{ falRequestId, images, billableUnits: result.billableUnits }], {
-        billingEvents: deps.billingEvents,
-      }),
-    );
-    for (const d of settled.disagreements) {
-      log.warn({ fal_request_id: d.falRequestId, units_estimate: d.unitsEstimate, units_fal: d.unitsFal }, 'fal billed a different quantity than our estimate');
-      deps.metrics?.unitsDisagreements.inc({ model: req.model.id });
+    const results = outcomes.flatMap((o) => ('result' in o ? [o.result] : []));
+    const failures = outcomes.filter((o): o is JobFailure => 'error' in o);
+    if (failures.length > 0) {
+      const reason = abortReason();
+      if (failures.some((f) => f.metering)) throw serviceUnavailable('Usage metering is unavailable; the request was not completed.', 5, 'metering_unavailable');
+      if (failures.every((f) => !f.open)) {
+        // Every job is accounted for: bill what completed, release the rest.
+        if (results.length > 0) await settle(results);
+        else await ledgerCall('release', () => deps.ledger.release({ requestId: ctx.requestId, status: reason ? 'released' : 'failed', errorCode: failureCode(failures[0]!.error, reason) }));
+      } else if (outcomes.every((o) => 'error' in o && o.noId)) {
+        // fal may have created jobs we never learnt the ids of: keep the
+        // reservation visible as an orphan instead of quietly releasing it.
+        await ledgerCall('orphan', () => deps.ledger.markOrphaned(ctx.requestId));
+        log.error({ errors: failures.map((f) => f.error.message) }, 'submit outcome unknown; request marked orphaned');
+      }
+      // The root cause, not a sibling we aborted because of it.
+      const primary = failures.find((f) => f.error.kind !== 'aborted') ?? failures[0]!;
+      const submitted = outcomes.some((o) => 'result' in o || o.open || o.error.phase !== 'submit');
+      throw mapFalError(primary.error, { submitted, fieldOrigins, abortReason: reason });
     }
+
+    const settled = await settle(results);
     const charge = settled.charge;
+    const images = results.flatMap((r) => r.output.images);
     const m = deps.metrics;
     if (m) {
       m.falJobDuration.observe({ model: req.model.id, outcome: 'completed' }, (performance.now() - submittedAt) / 1000);
@@ -199,15 +234,17 @@ export function createImageService(deps: ImageServiceDeps): ImageService {
     let data: ImageItem[];
     try {
       data = req.responseFormat === 'b64_json'
-        ? await Promise.all(output.images.map(async (i) => ({ b64_json: await deps.media.toBase64(i.url) })))
-        : output.images.map((i) => ({ url: deps.media.toClientUrl(i.url, ctx.publicBaseUrl) }));
+        ? await Promise.all(images.map(async (i) => ({ b64_json: await deps.media.toBase64(i.url) })))
+        : images.map((i) => ({ url: deps.media.toClientUrl(i.url, ctx.publicBaseUrl) }));
     } catch (err) {
       if (!(err instanceof MediaError)) throw err;
       log.error({ err: err.message }, 'could not deliver images');
       throw upstreamError('The generated images could not be retrieved from the provider.', { code: 'upstream_media_error', shouldRetry: false });
     }
 
-    const nsfw = Array.isArray(output.has_nsfw_concepts) ? output.has_nsfw_concepts : [];
+    const nsfw = results.flatMap((r) => r.output.images.map((_, k) => r.output.has_nsfw_concepts?.[k] === true));
+    const falIds = results.map((r) => r.falRequestId);
+    const firstSeed = results[0]?.output.seed;
     const body: ImagesResponseBody = {
       created: Math.floor(now() / 1000),
       data,
@@ -215,21 +252,35 @@ export function createImageService(deps: ImageServiceDeps): ImageService {
       size: `${req.size.width}x${req.size.height}`,
       meta: {
         usage: { credits_used: charge.credits, tokens_used: charge.credits, cost_usd: charge.usd },
-        seed: typeof output.seed === 'number' ? output.seed : null,
-        images: output.images.map((i, k) => ({
-          width: i.width,
-          height: i.height,
-          content_type: i.content_type,
-          has_nsfw_concept: nsfw[k] === true,
-        })),
-        fal_request_id: result.falRequestId,
+        seed: baseSeed ?? (typeof firstSeed === 'number' ? firstSeed : null),
+        images: images.map((i, k) => ({ width: i.width, height: i.height, content_type: i.content_type, has_nsfw_concept: nsfw[k] === true })),
+        fal_request_id: falIds[0]!,
+        fal_request_ids: falIds,
       },
     };
     return {
       body,
-      falRequestId: result.falRequestId,
-      headers: { 'x-usage-cost-usd': charge.usd, 'x-usage-credits': String(charge.credits), 'x-fal-request-id': result.falRequestId },
+      falRequestId: falIds[0]!,
+      headers: { 'x-usage-cost-usd': charge.usd, 'x-usage-credits': String(charge.credits), 'x-fal-request-id': falIds.join(', ') },
     };
+
+    async function settle(done: FalResult[]) {
+      const out = await ledgerCall('settle', () =>
+        settleCompleted(
+          deps.ledger,
+          req.model,
+          ctx.requestId,
+          pricing,
+          done.map((r) => ({ falRequestId: r.falRequestId, images: r.output.images.map((i) => ({ width: i.width, height: i.height })), billableUnits: r.billableUnits })),
+          { billingEvents: deps.billingEvents },
+        ),
+      );
+      for (const d of out.disagreements) {
+        log.warn({ fal_request_id: d.falRequestId, units_estimate: d.unitsEstimate, units_fal: d.unitsFal }, 'fal billed a different quantity than our estimate');
+        deps.metrics?.unitsDisagreements.inc({ model: req.model.id });
+      }
+      return out;
+    }
   }
 
   /**
@@ -261,6 +312,30 @@ export function createImageService(deps: ImageServiceDeps): ImageService {
 
 /** How long we wait for fal to confirm a cancel before leaving it to reconciliation. */
 const CANCEL_CONFIRM_MS = 2_000;
+
+type JobFailure = { error: FalCallError; open: boolean; noId?: boolean; metering?: boolean };
+type JobOutcome = { result: FalResult } | JobFailure;
+
+function failureCode(err: FalCallError, reason: string | undefined): string {
+  if (reason) return reason;
+  return err.phase === 'submit' ? `submit_${err.status ?? err.kind}` : `job_failed_${err.status ?? err.kind}`;
+}
+
+/** fal seeds are positive integers; keep derived ones in range by wrapping. */
+const SEED_SPACE = 2 ** 31 - 1;
+
+function randomSeed(): number {
+  return 1 + Math.floor(Math.random() * (SEED_SPACE - 1));
+}
+
+/**
+ * Job i of a fanned-out request starts `i × perJob` seeds after the base, so
+ * that if fal seeds image k of a job with seed + k, no two images share a seed.
+ */
+export function jobSeed(base: number, i: number, perJob: number): number {
+  if (i === 0) return base;
+  return ((base - 1 + i * perJob) % SEED_SPACE) + 1;
+}
 
 function asFalError(err: unknown): FalCallError {
   if (err instanceof FalCallError) return err;

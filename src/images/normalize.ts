@@ -130,8 +130,9 @@ export function normalizeRequest(registry: ModelRegistry, body: unknown): Canoni
   if (!validate(body)) {
     const f = describeValidationErrors(validate.errors, { modelId: model.id });
     let message = f.message;
-    if (f.keyword === 'maximum' && (f.param === 'n' || f.param === 'num_images')) {
-      message += `; ${model.id} makes at most ${model.maxImagesPerJob} images per request`;
+    if (f.keyword === 'maximum' && f.param === 'n') message += `; ${model.id} makes at most ${model.maxImagesPerRequest} images per request`;
+    if (f.keyword === 'maximum' && f.param === 'num_images') {
+      message += `; ${model.id} makes at most ${model.maxImagesPerJob} images per job (OpenAI's n may ask for up to ${model.maxImagesPerRequest})`;
     }
     throw invalidRequest(message, f.param);
   }

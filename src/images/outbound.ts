@@ -34,11 +34,13 @@ const HOSTNAME = /^(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0
  */
 export function normalizeHostPattern(entry: string): string | null {
   const e = entry.trim().toLowerCase().replace(/\.$/, '');
-  if (e.startsWith('*.')) return HOSTNAME.test(e.slice(2)) && isIP(e.slice(2)) === 0 ? e : null;
+  // A numeric last label is how URLs spell IPv4 (1.2.3 is 1.2.0.3): never a DNS name.
+  const dnsName = (h: string) => HOSTNAME.test(h) && !/(?:^|\.)\d+$/.test(h);
+  if (e.startsWith('*.')) return dnsName(e.slice(2)) ? e : null;
   const bare = e.startsWith('[') && e.endsWith(']') ? e.slice(1, -1) : e;
   if (isIP(bare) === 4) return bare;
   if (isIP(bare) === 6) return canonicalHost(`[${bare}]`);
-  return HOSTNAME.test(e) ? e : null;
+  return dnsName(e) ? e : null;
 }
 
 /** The hostname as `URL` writes it, without IPv6 brackets or a trailing dot. */

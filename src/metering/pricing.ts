@@ -168,11 +168,31 @@ export function chargeFromMicros(micros: bigint): Charge {
  * price, and never more than one micro-dollar above it).
  */
 export function callerCharge(model: PricedModel, images: readonly ImageDims[], promptExpansion: boolean, markup: Markup): Charge {
-  return chargeFromMicros(ceilToMicros(mulRatio(deliveredUsd(model.pricing, images, promptExpansion), markup)));
+  return callerChargeForJobs(model, [images], promptExpansion, markup);
+}
+
+/**
+ * The same for a request that fanned out into several fal jobs: each job that
+ * returned images is priced like one job (fal runs, and bills, the prompt
+ * expansion once per job), summed exactly, × `markup`, rounded up once.
+ */
+export function callerChargeForJobs(model: PricedModel, jobs: ReadonlyArray<readonly ImageDims[]>, promptExpansion: boolean, markup: Markup): Charge {
+  const usd = jobs.reduce((sum, images) => addRatio(sum, deliveredUsd(model.pricing, images, promptExpansion)), ratio(0n));
+  return chargeFromMicros(ceilToMicros(mulRatio(usd, markup)));
+}
+
+/** How many images each fal job makes when a request for `numImages` is split into jobs of at most `perJob`. */
+export function splitIntoJobs(numImages: number, perJob: number): number[] {
+  if (!Number.isSafeInteger(numImages) || numImages < 1) throw new RangeError(`numImages must be a positive integer (got ${numImages})`);
+  if (!Number.isSafeInteger(perJob) || perJob < 1) throw new RangeError(`perJob must be a positive integer (got ${perJob})`);
+  const jobs: number[] = [];
+  for (let left = numImages; left > 0; left -= perJob) jobs.push(Math.min(perJob, left));
+  return jobs;
 }
 
 export interface ChargeableRequest {
-  readonly model: PricedModel;
+  /** `maxImagesPerJob` decides how many jobs (each with its own expansion fee) the request becomes. */
+  readonly model: PricedModel & { readonly maxImagesPerJob?: number };
   readonly numImages: number;
   readonly size: ImageDims;
   readonly promptExpansion: boolean;
@@ -181,8 +201,8 @@ export interface ChargeableRequest {
 /** Micro-dollars of the caller charge if every requested image comes back: what to reserve against the budget. */
 export function maxCharge(request: ChargeableRequest, markup: Markup): bigint {
   if (!Number.isSafeInteger(request.numImages) || request.numImages < 1) throw new RangeError(`numImages must be a positive integer (got ${request.numImages})`);
-  const images = Array.from({ length: request.numImages }, () => request.size);
-  return callerCharge(request.model, images, request.promptExpansion, markup).micros;
+  const jobs = splitIntoJobs(request.numImages, request.model.maxImagesPerJob ?? request.numImages).map((k) => Array.from({ length: k }, () => request.size));
+  return callerChargeForJobs(request.model, jobs, request.promptExpansion, markup).micros;
 }
 
 /**

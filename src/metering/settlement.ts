@@ -1,5 +1,5 @@
 import type { Ledger, RequestRecord } from './ledger.js';
-import { callerCharge, upstreamCost, type Charge, type PricedModel } from './pricing.js';
+import { callerChargeForJobs, upstreamCost, type Charge, type PricedModel } from './pricing.js';
 import { formatDecimal, formatUsd, parseMarkup, type Markup } from './money.js';
 import type { UsageSettledData } from '../schemas/usage-settled-event.js';
 
@@ -84,8 +84,8 @@ export function usageSettledData(request: RequestRecord, falRequestIds: readonly
 
 /**
  * Records every completed job and settles the request on the images they
- * returned. The prompt-expansion fee is per request, so it is charged once
- * even when a request fans out into several jobs.
+ * returned. A request that fanned out into several jobs pays the
+ * prompt-expansion fee once per job, as fal bills it.
  */
 export async function settleCompleted(
   ledger: Ledger,
@@ -98,9 +98,8 @@ export async function settleCompleted(
   let upstreamMicros = 0n;
   const disagreements: SettlementOutcome['disagreements'] = [];
   const allImages: Array<{ width: number; height: number }> = [];
-  for (const [i, job] of jobs.entries()) {
-    const expansionHere = pricing.promptExpansion && i === 0;
-    const cost = upstreamCost(model, job.images, expansionHere, job.billableUnits);
+  for (const job of jobs) {
+    const cost = upstreamCost(model, job.images, pricing.promptExpansion, job.billableUnits);
     upstreamMicros += cost.micros;
     allImages.push(...job.images);
     const done = await ledger.completeJob({
@@ -113,7 +112,7 @@ export async function settleCompleted(
     });
     if (done.unitsMismatch) disagreements.push({ falRequestId: job.falRequestId, unitsEstimate: cost.unitsEstimate, unitsFal: job.billableUnits });
   }
-  const charge = callerCharge(model, allImages, pricing.promptExpansion, pricing.markup);
+  const charge = callerChargeForJobs(model, jobs.map((j) => j.images), pricing.promptExpansion, pricing.markup);
   const events = options.billingEvents;
   const falRequestIds = jobs.map((j) => j.falRequestId);
   const result = await ledger.settle({

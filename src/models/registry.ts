@@ -48,6 +48,11 @@ export interface ModelEntry {
   readonly requestSchema: RequestSchema;
   /** The most images one fal job makes (fal's `num_images` maximum). */
   readonly maxImagesPerJob: number;
+  /**
+   * The most images one request may ask for (OpenAI's `n`). Above
+   * `maxImagesPerJob` the request is split into several fal jobs.
+   */
+  readonly maxImagesPerRequest: number;
   readonly defaults: ModelDefaults;
   readonly pricing: ModelPricing;
 }
@@ -108,6 +113,9 @@ function checkEntryShape(e: ModelEntry, where: string): void {
   if (!isPositiveInt(e.created)) fail(where, `created must be unix seconds (got ${JSON.stringify(e.created)})`);
   if (typeof e.description !== 'string' || e.description === '') fail(where, 'description is missing');
   if (!isPositiveInt(e.maxImagesPerJob)) fail(where, `maxImagesPerJob must be a positive integer (got ${JSON.stringify(e.maxImagesPerJob)})`);
+  if (!isPositiveInt(e.maxImagesPerRequest) || e.maxImagesPerRequest < e.maxImagesPerJob) {
+    fail(where, `maxImagesPerRequest must be an integer ≥ maxImagesPerJob (got ${JSON.stringify(e.maxImagesPerRequest)})`);
+  }
 }
 
 function checkSchema(e: ModelEntry, where: string): void {
@@ -137,9 +145,10 @@ function checkSchema(e: ModelEntry, where: string): void {
       if (!Object.hasOwn(IMAGE_SIZE_PRESET_PIXELS, String(preset))) fail(where, `image_size preset ${JSON.stringify(preset)} has no pixel size in IMAGE_SIZE_PRESET_PIXELS`);
     }
   }
-  for (const f of ['num_images', 'n']) {
+  // aimlapi's num_images is one job's worth; OpenAI's n may fan out.
+  for (const [f, limit, name] of [['num_images', e.maxImagesPerJob, 'maxImagesPerJob'], ['n', e.maxImagesPerRequest, 'maxImagesPerRequest']] as const) {
     const max = has(f) ? (props as Record<string, { maximum?: unknown }>)[f]?.maximum : undefined;
-    if (has(f) && max !== e.maxImagesPerJob) fail(where, `requestSchema "${f}" maximum (${String(max)}) must equal maxImagesPerJob (${e.maxImagesPerJob})`);
+    if (has(f) && max !== limit) fail(where, `requestSchema "${f}" maximum (${String(max)}) must equal ${name} (${limit})`);
   }
 }
 

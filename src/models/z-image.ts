@@ -37,6 +37,7 @@ export const zImageTurbo: ModelEntry = {
   description: 'Z-Image Turbo (Tongyi-MAI, 6B parameters): fast photorealistic text-to-image with bilingual text rendering, 1 to 8 steps.',
   requestSchema: zImageTurboRequestSchema,
   maxImagesPerJob: 4,
+  maxImagesPerRequest: 10,
   defaults: zImageDefaults,
   pricing: {
     unit: 'megapixel',
@@ -56,6 +57,7 @@ export const zImageTurboLora: ModelEntry = {
   description: 'Z-Image Turbo with up to 3 LoRA weights (https URLs or Hugging Face repos) applied on top.',
   requestSchema: zImageTurboLoraRequestSchema,
   maxImagesPerJob: 4,
+  maxImagesPerRequest: 10,
   defaults: zImageDefaults,
   pricing: {
     unit: 'megapixel',

@@ -36,7 +36,7 @@ const rpmField = {
   type: ['integer', 'null'],
   minimum: 1,
   maximum: 1_000_000,
-  description: 'Requests per minute this key may make; null means no per-key limit.',
+  description: 'Image requests per minute this key may make; null means the service default (DEFAULT_RPM_LIMIT).',
 } as const;
 
 export const createKeyRequestSchema = {

@@ -40,14 +40,18 @@ export const PROMPT_PATTERN = '\\S';
 export const SIZE_PATTERN = '^(?:auto|[1-9][0-9]{0,4}x[1-9][0-9]{0,4})$';
 export const PROVIDER_PATTERN = '^(?:[aA][lL][iI][bB][aA][bB][aA]|[fF][aA][lL]|[aA][uU][tT][oO])$';
 /**
- * An https URL (no credentials, since the host part allows no "@") or a
+ * An https URL (no credentials, since the host part allows no "@"), a
  * Hugging Face repo id `owner/repo`, optionally with a path to a
- * `.safetensors` file inside it. `..` is refused anywhere so no path can
- * climb out of a repo; segments may not start with "." or "/".
+ * `.safetensors` file inside it, or a file on this server: `/absolute` or
+ * `./relative` (to LORA_DIR). `..` is refused anywhere so no path can climb
+ * out of a repo or directory; whether a local file is really inside LORA_DIR
+ * (symlinks included) is decided later, on the filesystem (images/loras.ts).
+ * A local path needs its `/` or `./` so it can never be mistaken for a repo id.
  */
 export const LORA_PATH_PATTERN =
   '^(?!.*\\.\\.)(?:https://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:[/?#][^\\s\\\\]*)?' +
-  '|[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*(?:(?:/[A-Za-z0-9][A-Za-z0-9._-]*)*/[A-Za-z0-9][A-Za-z0-9._-]*\\.safetensors)?)$';
+  '|[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*(?:(?:/[A-Za-z0-9][A-Za-z0-9._-]*)*/[A-Za-z0-9][A-Za-z0-9._-]*\\.safetensors)?' +
+  '|\\.?/(?!/)[^\\s\\\\\\x00-\\x1f]+)$';
 
 /**
  * What a failed `pattern` means, in words, keyed by the pattern itself so the
@@ -58,8 +62,8 @@ export const PATTERN_HINTS: Readonly<Record<string, string>> = {
   [SIZE_PATTERN]: 'must be "auto" or "WIDTHxHEIGHT" (for example "1024x768")',
   [PROVIDER_PATTERN]: 'must be one of "alibaba", "fal", "auto" (case-insensitive)',
   [LORA_PATH_PATTERN]:
-    'must be an https:// URL or a Hugging Face repo id "owner/repo" (optionally "owner/repo/file.safetensors"); ' +
-    'http:, file:, absolute paths and ".." are not accepted',
+    'must be an https:// URL, a Hugging Face repo id "owner/repo" (optionally "owner/repo/file.safetensors"), ' +
+    'or a file under this server\'s LORA_DIR ("/absolute/path" or "./relative/to/LORA_DIR"); http:, file: and ".." are not accepted',
 };
 
 const imageSide = { type: 'integer', minimum: 512, maximum: 2048, multipleOf: 32 } as const;
@@ -125,7 +129,10 @@ export const lorasField = {
         type: 'string',
         maxLength: 2048,
         pattern: LORA_PATH_PATTERN,
-        description: 'An https:// URL of the weights, or a Hugging Face repo id owner/repo[/file.safetensors].',
+        description:
+          'An https:// URL of the weights, a Hugging Face repo id owner/repo[/file.safetensors], or a file on this server under its LORA_DIR: ' +
+          '"/absolute/path" or "./path/relative/to/LORA_DIR" (uploaded to fal storage once, then referenced by its fal URL). ' +
+          'http:, file: and ".." are refused, as are local paths outside LORA_DIR or when LORA_DIR is not set.',
       },
       scale: { type: 'number', minimum: 0, maximum: 4, description: 'LoRA strength, 0 to 4. Default 1.' },
     },
@@ -141,7 +148,12 @@ export const lorasField = {
  * working while a request that asks for something we cannot do is refused.
  */
 export const openAiImageFields = {
-  n: { type: ['integer', 'null'], minimum: 1, maximum: 4, description: 'OpenAI name for num_images.' },
+  n: {
+    type: ['integer', 'null'],
+    minimum: 1,
+    maximum: 10,
+    description: "OpenAI name for num_images, up to OpenAI's limit of 10: beyond the model's per-job maximum the request is split into parallel fal jobs.",
+  },
   size: {
     type: ['string', 'null'],
     pattern: SIZE_PATTERN,

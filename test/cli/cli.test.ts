@@ -170,3 +170,47 @@ describe('CLI against a running service', () => {
     assert.equal(status, 401);
   });
 });
+
+describe('CLI: serve and emulator', () => {
+  /** Starts a long-running command, waits for the URL it prints, and stops it with SIGTERM. */
+  async function runUntilListening(args: string[], env: Record<string, string>, pattern: RegExp, probe: string): Promise<void> {
+    const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli.ts', ...args], {
+      cwd: root,
+      env: { ...process.env, DATABASE_URL: '', ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    let err = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    try {
+      const deadline = Date.now() + 30_000;
+      let url: string | undefined;
+      while (!url && Date.now() < deadline && child.exitCode === null) {
+        url = pattern.exec(out)?.[1];
+        if (!url) await new Promise((r) => setTimeout(r, 50));
+      }
+      assert.ok(url, `no URL printed: ${out}${err}`);
+      const res = await fetch(`${url}${probe}`);
+      assert.equal(res.status, 200);
+      child.kill('SIGTERM');
+      assert.equal(await exited, 0, err);
+    } finally {
+      if (child.exitCode === null) child.kill('SIGKILL');
+    }
+  }
+
+  it('serve starts the gateway as npm start does and stops on SIGTERM', async () => {
+    const dataDir = await mkdtemp(join(tmpdir(), 'gw-cli-serve-'));
+    try {
+      await runUntilListening(['serve'], { PORT: '0', DATA_DIR: dataDir, API_KEYS: TEST_KEY, LOG_LEVEL: 'silent' }, /gateway listening on (http:\/\/\S+)/, '/healthz');
+    } finally {
+      await rm(dataDir, { recursive: true, force: true });
+    }
+  });
+
+  it('emulator starts the bundled fal emulator and stops on SIGTERM', async () => {
+    await runUntilListening(['emulator'], { PORT: '0' }, /fal emulator listening on (http:\/\/\S+)/, '/_emulator/health');
+  });
+});

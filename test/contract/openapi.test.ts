@@ -108,6 +108,7 @@ describe('openapi.yaml', () => {
 
   it('documents every route the app serves', () => {
     const documented = new Set(Object.keys(doc.paths));
-    for (const p of ['/v1/images/generations', '/v1/files/{path}', '/healthz', '/readyz']) assert.ok(documented.has(p), p);
+    const served = ['/v1/images/generations', '/v1/files/{path}', '/healthz', '/readyz', '/v1/admin/keys', '/v1/admin/keys/{id}', '/v1/usage', '/v1/admin/usage'];
+    for (const p of served) assert.ok(documented.has(p), p);
   });
 });

@@ -8,8 +8,10 @@
  * names something the caller actually sent (a top-level body field, a query
  * parameter or a header), or is null, or is `model`/`prompt` when missing.
  */
+import { spawn } from 'node:child_process';
 import http from 'node:http';
 import net from 'node:net';
+import { fileURLToPath } from 'node:url';
 import { brotliDecompressSync, gunzipSync, inflateSync } from 'node:zlib';
 import { generateCase, shrinkCandidates, POLLUTION_MARK, type FuzzCase, type GeneratorOptions } from './generator.js';
 
@@ -447,4 +449,103 @@ export function summarizeFailures(failures: Failure[]): string {
     groups.set(k, list);
   }
   return [...groups].map(([k, ids]) => `  ${ids.length}× ${k} (cases ${ids.slice(0, 5).join(', ')}${ids.length > 5 ? ', …' : ''})`).join('\n');
+}
+
+// ---------------------------------------------------------------- the service process
+
+export interface MemorySample {
+  /** Milliseconds since the service started. */
+  t: number;
+  rss: number;
+  heapUsed: number;
+  heapTotal: number;
+  external: number;
+}
+
+export interface TargetCheck {
+  pollution: string[];
+  errorLines: number;
+  firstError?: string;
+}
+
+export interface FuzzTarget {
+  url: string;
+  gen: GeneratorOptions;
+  memory: MemorySample[];
+  /** Set once the process has exited; a fuzz run that sees it set has crashed the service. */
+  exit: { code: number | null; signal: NodeJS.Signals | null } | undefined;
+  check(): Promise<TargetCheck>;
+  /**
+   * Between batches only (nothing in flight): clears the emulator's job and
+   * billing records, runs a full GC (with --expose-gc) and samples memory.
+   */
+  collect(): Promise<MemorySample | undefined>;
+  stop(): Promise<void>;
+}
+
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+
+/** Starts test/fuzz/target.ts (a real service and emulator) in a child process. */
+export async function startFuzzTarget(opts: { maxBodyBytes?: number; exposeGc?: boolean } = {}): Promise<FuzzTarget> {
+  const args = ['--import', 'tsx', ...(opts.exposeGc ? ['--expose-gc'] : []), fileURLToPath(new URL('./target.ts', import.meta.url))];
+  const child = spawn(process.execPath, args, {
+    cwd: ROOT,
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+    env: { ...process.env, FUZZ_MAX_BODY_BYTES: String(opts.maxBodyBytes ?? 1024 * 1024) },
+  });
+  const memory: MemorySample[] = [];
+  const waiters = new Map<string, Array<(msg: Record<string, unknown>) => void>>();
+  const target: Partial<FuzzTarget> & { memory: MemorySample[]; exit: FuzzTarget['exit'] } = { memory, exit: undefined };
+  const exited = new Promise<void>((resolve) => {
+    child.on('exit', (code, signal) => {
+      target.exit = { code, signal };
+      for (const list of waiters.values()) for (const w of list) w({ type: 'exit' });
+      waiters.clear();
+      resolve();
+    });
+  });
+  const next = (type: string) =>
+    new Promise<Record<string, unknown>>((resolve) => {
+      if (target.exit) return resolve({ type: 'exit' });
+      const list = waiters.get(type) ?? [];
+      list.push(resolve);
+      waiters.set(type, list);
+    });
+  child.on('message', (msg: Record<string, unknown>) => {
+    if (msg['type'] === 'memory') memory.push(msg as unknown as MemorySample);
+    const list = waiters.get(String(msg['type']));
+    if (list) {
+      waiters.delete(String(msg['type']));
+      for (const w of list) w(msg);
+    }
+  });
+  const ready = await next('ready');
+  if (ready['type'] !== 'ready') throw new Error(`the fuzz target exited before it was ready (${JSON.stringify(target.exit)})`);
+  target.url = String(ready['url']);
+  target.gen = {
+    userKey: String(ready['userKey']),
+    adminKey: String(ready['adminKey']),
+    otherKey: String(ready['otherKey']),
+    maxBodyBytes: Number(ready['maxBodyBytes']),
+  };
+  target.check = async () => {
+    const answer = next('checked');
+    child.send({ type: 'check' });
+    const msg = await answer;
+    if (msg['type'] === 'exit') return { pollution: [], errorLines: 0, firstError: `the service exited (${JSON.stringify(target.exit)})` };
+    return msg as unknown as TargetCheck;
+  };
+  target.collect = async () => {
+    const answer = next('gc_done');
+    child.send({ type: 'gc' });
+    await answer;
+    return memory[memory.length - 1];
+  };
+  target.stop = async () => {
+    if (!target.exit) child.send({ type: 'stop' });
+    const killer = setTimeout(() => child.kill('SIGKILL'), 15_000);
+    await exited;
+    clearTimeout(killer);
+  };
+  return target as FuzzTarget;
 }

@@ -1,7 +1,6 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import pino from 'pino';
 import { loadConfig } from '../../src/config.js';
 import { startService, type Service } from '../../src/service.js';
 import { startEmulator, type Emulator, type EmulatorOptions } from '../../src/emulator/index.js';
@@ -29,10 +28,8 @@ export async function startTestService(env: Record<string, string> = {}, emulato
   const emulator = await startEmulator({ port: 0, latencyMs: 20, ...emulatorOptions });
   const dataDir = await mkdtemp(join(tmpdir(), 'gw-test-'));
   const logs: Array<Record<string, unknown>> = [];
-  const logger = pino(
-    { level: env.LOG_LEVEL ?? 'info' },
-    { write: (line: string) => void logs.push(JSON.parse(line) as Record<string, unknown>) },
-  );
+  // The service builds its own logger (redaction included) and writes here.
+  const logDestination = { write: (line: string) => void logs.push(JSON.parse(line) as Record<string, unknown>) };
   const config = loadConfig({
     PORT: '0',
     API_KEYS: `${TEST_KEY},${OTHER_KEY}`,
@@ -42,7 +39,7 @@ export async function startTestService(env: Record<string, string> = {}, emulato
     DATA_DIR: dataDir,
     ...env,
   });
-  const service = await startService(config, { logger, emulator });
+  const service = await startService(config, { logDestination, emulator });
   return {
     service,
     emulator,

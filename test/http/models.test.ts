@@ -26,8 +26,9 @@ describe('GET /v1/models', () => {
     for await (const m of client.models.list()) ids.push(m.id);
     assert.deepEqual(ids.sort(), t.service.registry.list().map((m) => m.id).sort());
     const res = await request(t.url).get('/v1/models').set('Authorization', `Bearer ${TEST_KEY}`);
-    assert.ok(listSchema(res.body), JSON.stringify(listSchema.errors));
-    const turbo = res.body.data.find((m: { id: string }) => m.id === 'alibaba/z-image-turbo');
+    const body = res.body as { data: Array<Record<string, any>> };
+    assert.ok(listSchema(body), JSON.stringify(listSchema.errors));
+    const turbo = body.data.find((m) => m.id === 'alibaba/z-image-turbo')!;
     assert.equal(turbo.object, 'model');
     assert.equal(turbo.type, 'openai/image-generations');
     assert.equal(turbo.endpoint, 'fal-ai/z-image/turbo');
@@ -35,7 +36,7 @@ describe('GET /v1/models', () => {
     assert.equal(turbo.limits.prompt_max_length, 4000);
     assert.equal(turbo.limits.max_loras, 0);
     assert.equal(turbo.limits.side_multiple_of, 32);
-    const lora = res.body.data.find((m: { id: string }) => m.id === 'alibaba/z-image-turbo-lora');
+    const lora = body.data.find((m) => m.id === 'alibaba/z-image-turbo-lora')!;
     assert.equal(lora.limits.max_loras, 3);
   });
 

@@ -292,8 +292,8 @@ describe('rejections name the param and say why', () => {
     ['size conflicting with custom image_size', turbo({ size: '1024x1024', image_size: { width: 1024, height: 1056 } }), 'size', /and image_size \{width: 1024, height: 1056\} disagree/],
     ['size conflicting with the orientation', turbo({ size: '768x1024', image_size: 'landscape_4_3' }), 'size', /disagree/],
     // counts
-    ['n = 5', turbo({ n: 5 }), 'n', /^n must be at most 4 \(got 5\); alibaba\/z-image-turbo makes at most 4 images per request$/],
-    ['n = 10 (OpenAI maximum)', turbo({ n: 10 }), 'n', /n must be at most 4 \(got 10\)/],
+    ['n = 11 (past OpenAI maximum)', turbo({ n: 11 }), 'n', /^n must be at most 10 \(got 11\); alibaba\/z-image-turbo makes at most 10 images per request$/],
+    ['num_images = 5 (one job at most)', turbo({ num_images: 5 }), 'num_images', /num_images must be at most 4 \(got 5\).*per job/],
     ['n = 0', turbo({ n: 0 }), 'n', /^n must be at least 1 \(got 0\)$/],
     ['n fractional', turbo({ n: 1.5 }), 'n', /^n must be an integer or null \(got 1\.5\)$/],
     ['n a string', turbo({ n: '2' }), 'n', /n must be an integer or null \(got "2"\)/],

@@ -118,6 +118,7 @@ async function generate(url: string, key: string, requestId?: string): Promise<{
     method: 'POST',
     headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json', ...(requestId ? { 'x-request-id': requestId } : {}) },
     body: JSON.stringify({ model: 'alibaba/z-image-turbo', prompt: 'an invoice, watercolour', image_size: 'square' }),
+    signal: AbortSignal.timeout(30_000),
   });
   const text = await res.text();
   assert.equal(res.status, 200, text);
@@ -125,7 +126,8 @@ async function generate(url: string, key: string, requestId?: string): Promise<{
 }
 
 describeEachDialect('billing webhook through the service', ({ dialect, fresh }) => {
-  it('delivers every settled request through a receiver outage: once per id, signed, in order per key, none lost', async () => {
+  // Bounded, so that a hang anywhere fails here with a name instead of stalling the run.
+  it('delivers every settled request through a receiver outage: once per id, signed, in order per key, none lost', { timeout: 120_000 }, async () => {
     const env: Record<string, string> = {
       BILLING_WEBHOOK_SECRET: SECRET,
       BILLING_WEBHOOK_MAX_BACKOFF_MS: '150',
@@ -143,7 +145,7 @@ describeEachDialect('billing webhook through the service', ({ dialect, fresh }) 
     try {
       // Both keys at once, each key's requests one after another: the order
       // in which one key's requests settle is the order they were sent.
-      const perKey = { [TEST_KEY]: [] as Awaited<ReturnType<typeof generate>>[], [OTHER_KEY]: [] as Awaited<ReturnType<typeof generate>>[] };
+      const perKey: Record<string, Array<Awaited<ReturnType<typeof generate>>>> = { [TEST_KEY]: [], [OTHER_KEY]: [] };
       await Promise.all(
         [TEST_KEY, OTHER_KEY].map(async (key) => {
           for (let i = 0; i < 4; i++) {

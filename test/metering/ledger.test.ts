@@ -134,13 +134,13 @@ describeEachDialect('ledger', (ctx: DialectContext) => {
       await assert.rejects(ledger.reserve(reserveInput('no-such-key', 1n)), UnknownKeyError);
     });
 
-    it('rolls the hold back when the request row cannot be written', async () => {
+    it('refuses a request id that is taken (a reused x-request-id) and rolls its hold back', async () => {
       const database = await open();
       const ledger = createLedger(database);
       const keyId = await keyWithBudget(database, 1000n);
       const requestId = uid('req');
       await ledger.reserve(reserveInput(keyId, 100n, requestId));
-      await assert.rejects(ledger.reserve(reserveInput(keyId, 100n, requestId)));
+      assert.deepEqual(await ledger.reserve(reserveInput(keyId, 100n, requestId)), { ok: false, reason: 'request_id_taken' });
       assert.deepEqual(await keyState(database, keyId), { spent: 0n, reserved: 100n });
     });
 

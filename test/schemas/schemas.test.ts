@@ -79,6 +79,7 @@ describe('images-response.json', () => {
       seed: 42,
       images: [{ width: 1024, height: 768, content_type: 'image/png', has_nsfw_concept: false }],
       fal_request_id: 'req-1',
+      fal_request_ids: ['req-1'],
     },
   };
   it('accepts a full response', () => assert.ok(validate(ok), JSON.stringify(validate.errors)));

@@ -33,6 +33,7 @@ export function imagesRouter(deps: ImagesRouteDeps): Router {
     // Validation comes first: a request that fails it is never stored under its key.
     const canonical = normalizeRequest(deps.registry, req.body);
     res.locals.model = canonical.model.id;
+    res.locals.prompt = canonical.falInput['prompt'];
     const principal = res.locals.principal as Principal;
     const requestId = res.locals.requestId as string;
     const generate = async (run: { submitted: boolean }): Promise<Reply> => {

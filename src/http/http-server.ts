@@ -1,24 +1,38 @@
-import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import { createServer, type IncomingMessage, type RequestListener, type Server, type ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { ApiError, errorResponse } from '../errors.js';
 import { newRequestId } from './request-id.js';
 
 /**
- * What Node's HTTP layer answers before Express sees a request, brought into
- * line with every other answer of this service.
+ * The HTTP server, with what Node's HTTP layer answers before Express sees a
+ * request brought into line with every other answer of this service.
  *
  * - A request the parser refuses (an unknown method, control characters in a
  *   header, conflicting lengths, a byte above 0x7f in the path...) gets
  *   Node's bare "400 Bad Request" with no body and no x-request-id. Here it
  *   gets the error JSON, with the same statuses Node would use.
+ * - An HTTP/1.1 request without Host gets the same bare 400 from Node; here
+ *   the 400 (which RFC 9112 requires) is ours.
  * - `Expect` with anything but 100-continue gets Node's bodiless 417, and the
  *   body the client sent anyway stays on the connection to be parsed as the
  *   next request, which then fails and takes the connection down under the
  *   client's following request. The expectation is ignored instead (RFC 9110
  *   lets a server do so) and the request is served like any other.
  */
-export function answerProtocolErrors(server: Server, logger?: Logger): void {
+export function createHttpServer(app: RequestListener, logger?: Logger): Server {
+  const server = createServer({ requireHostHeader: false }, (req, res) => {
+    if (req.httpVersion === '1.1' && req.headers.host === undefined) {
+      const id = newRequestId();
+      logger?.info({ request_id: id, status: 400, error_code: 'missing_host' }, 'request without Host refused');
+      const body = JSON.stringify(errorResponse(new ApiError(400, 'An HTTP/1.1 request must carry a Host header.', { type: 'invalid_request_error', code: 'missing_host' })).body);
+      res.writeHead(400, { ...RAW_HEADERS, 'content-length': Buffer.byteLength(body), 'x-request-id': id, connection: 'close' });
+      res.end(body);
+      return;
+    }
+    app(req, res);
+  });
+
   // Raw bytes of ours must never land inside a response that has started:
   // like Node's own handler, answer only while no response on the connection
   // has sent its headers (a request whose body fails to parse already has one in flight).
@@ -54,19 +68,19 @@ export function answerProtocolErrors(server: Server, logger?: Logger): void {
     const id = newRequestId();
     logger?.info({ request_id: id, status, error_code: code, parser_error: err.code }, 'request refused by the HTTP parser');
     // Written then destroyed, as Node does: the request may be half-read, so the connection cannot carry another.
-    socket.write(
-      `HTTP/1.1 ${status} ${httpReason(status)}\r\n` +
-        'content-type: application/json; charset=utf-8\r\n' +
-        `content-length: ${Buffer.byteLength(body)}\r\n` +
-        `x-request-id: ${id}\r\n` +
-        'x-content-type-options: nosniff\r\n' +
-        'cache-control: no-store\r\n' +
-        'connection: close\r\n\r\n' +
-        body,
-    );
+    const headers = { ...RAW_HEADERS, 'content-length': Buffer.byteLength(body), 'x-request-id': id, connection: 'close' };
+    socket.write(`HTTP/1.1 ${status} ${httpReason(status)}\r\n${Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join('')}\r\n${body}`);
     socket.destroy();
   });
+  return server;
 }
+
+/** These answers never pass through Express, so they carry the essentials of its headers themselves. */
+const RAW_HEADERS = {
+  'content-type': 'application/json; charset=utf-8',
+  'x-content-type-options': 'nosniff',
+  'cache-control': 'no-store',
+} as const;
 
 function httpReason(status: number): string {
   return { 400: 'Bad Request', 408: 'Request Timeout', 413: 'Payload Too Large', 431: 'Request Header Fields Too Large' }[status] ?? 'Error';

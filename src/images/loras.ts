@@ -1,0 +1,241 @@
+/**
+ * LoRA weights that live on this server. A LoRA `path` of the form
+ * `/absolute/path` or `./relative/path` (relative to LORA_DIR) names a file
+ * under LORA_DIR; fal cannot read our disk, so the file is uploaded to fal
+ * storage and its fal URL is what fal receives. Uploads are keyed by the
+ * content's SHA-256, kept in memory and in DATA_DIR, so the same weights are
+ * uploaded once per fal target, across requests and restarts.
+ *
+ * Containment is decided on the real path (`realpath`), so neither `..` (the
+ * schema already refuses it) nor a symlink inside LORA_DIR can reach a file
+ * outside it. A path that is lexically outside LORA_DIR is refused before the
+ * filesystem is touched, so callers cannot probe which files exist elsewhere.
+ *
+ * https URLs and Hugging Face repo ids pass through untouched.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdir, readFile, realpath, rename, stat, writeFile } from 'node:fs/promises';
+import { basename, isAbsolute, join, relative, resolve, sep } from 'node:path';
+import type { Logger } from 'pino';
+import { ApiError, invalidRequest, rateLimited, upstreamError, upstreamTimeout } from '../errors.js';
+import { FalCallError, type FalGateway } from '../fal/gateway.js';
+
+export interface LoraResolverOptions {
+  /** LORA_DIR (absolute); undefined refuses every local path. */
+  loraDir: string | undefined;
+  /** Where the upload cache is persisted (DATA_DIR). */
+  dataDir: string;
+  fal: Pick<FalGateway, 'upload'>;
+  /**
+   * Which fal the URLs belong to (FAL_BASE_URL, or "fal" for real fal): a
+   * URL stored by one upstream is never handed to another.
+   */
+  target: string;
+  logger: Logger;
+  /** Longest one upload may take. */
+  uploadTimeoutMs?: number;
+}
+
+export interface LoraResolver {
+  /**
+   * `falInput` with each local LoRA path replaced by its fal storage URL (a
+   * new object; the input is not changed). Refused paths are a 400 naming
+   * `loras`; a failed upload is a 5xx (no fal job exists yet).
+   */
+  resolve(falInput: Record<string, unknown>, signal?: AbortSignal): Promise<Record<string, unknown>>;
+  /** Uploads made and uploads avoided, for tests and operators. */
+  readonly stats: { uploads: number; cacheHits: number };
+}
+
+interface CacheEntry {
+  target: string;
+  sha256: string;
+  url: string;
+  bytes: number;
+  uploaded_at: string;
+}
+
+const CACHE_FILE = 'lora-uploads.json';
+
+/** A local path: the only forms the schema lets through that start with "/" or "./". */
+export function isLocalLoraPath(path: string): boolean {
+  return path.startsWith('/') || path.startsWith('./');
+}
+
+function inside(root: string, candidate: string): boolean {
+  const rel = relative(root, candidate);
+  return rel !== '' && rel !== '..' && !rel.startsWith(`..${sep}`) && !isAbsolute(rel);
+}
+
+export function createLoraResolver(opts: LoraResolverOptions): LoraResolver {
+  const cacheFile = join(opts.dataDir, CACHE_FILE);
+  const uploadTimeoutMs = opts.uploadTimeoutMs ?? 300_000;
+  const stats = { uploads: 0, cacheHits: 0 };
+  /** sha256 → fal URL for this target. */
+  const urls = new Map<string, string>();
+  /** Every entry on disk, other targets' included, so a rewrite keeps them. */
+  let entries: CacheEntry[] = [];
+  let loaded: Promise<void> | undefined;
+  const uploading = new Map<string, Promise<string>>();
+  /** Real path + inode + size + mtime → sha256, so an unchanged file is not re-read per request. */
+  const hashes = new Map<string, string>();
+  let rootReal: Promise<string> | undefined;
+  let writing: Promise<void> = Promise.resolve();
+
+  function load(): Promise<void> {
+    loaded ??= (async () => {
+      let text: string;
+      try {
+        text = await readFile(cacheFile, 'utf8');
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') opts.logger.warn({ err: { message: (err as Error).message } }, 'LoRA upload cache unreadable; files will be uploaded again');
+        return;
+      }
+      try {
+        const parsed = JSON.parse(text) as { entries?: unknown };
+        entries = (Array.isArray(parsed.entries) ? parsed.entries : []).filter(
+          (e): e is CacheEntry => typeof e?.target === 'string' && typeof e?.sha256 === 'string' && typeof e?.url === 'string',
+        );
+      } catch {
+        opts.logger.warn('LoRA upload cache is not valid JSON; files will be uploaded again');
+        entries = [];
+      }
+      for (const e of entries) if (e.target === opts.target) urls.set(e.sha256, e.url);
+    })();
+    return loaded;
+  }
+
+  function persist(entry: CacheEntry): Promise<void> {
+    entries = [...entries.filter((e) => !(e.target === entry.target && e.sha256 === entry.sha256)), entry];
+    // One writer at a time; each write is a temp file renamed over the old
+    // one, so a crash mid-write leaves the previous cache, never half of one.
+    writing = writing.then(async () => {
+      try {
+        await mkdir(opts.dataDir, { recursive: true });
+        const tmp = `${cacheFile}.${randomBytes(6).toString('hex')}.tmp`;
+        await writeFile(tmp, `${JSON.stringify({ entries }, null, 2)}\n`, { mode: 0o600 });
+        await rename(tmp, cacheFile);
+      } catch (err) {
+        // The upload succeeded; only the restart saving is lost.
+        opts.logger.warn({ err: { message: (err as Error).message } }, 'LoRA upload cache could not be saved');
+      }
+    });
+    return writing;
+  }
+
+  const refuse = (i: number, why: string): ApiError => invalidRequest(`loras[${i}].path: ${why}`, 'loras');
+
+  /** The real path of a local LoRA file, or a 400 saying why not. */
+  async function locate(path: string, i: number): Promise<string> {
+    if (!opts.loraDir) {
+      throw refuse(i, 'local files are not enabled on this server (LORA_DIR is not set); send an https:// URL or a Hugging Face repo id');
+    }
+    const root = opts.loraDir;
+    rootReal ??= realpath(root);
+    let realRoot: string;
+    try {
+      realRoot = await rootReal;
+    } catch (err) {
+      rootReal = undefined;
+      throw new Error(`LORA_DIR cannot be resolved: ${(err as Error).message}`);
+    }
+    const candidate = path.startsWith('./') ? resolve(realRoot, path) : resolve(path);
+    if (!inside(root, candidate) && !inside(realRoot, candidate)) {
+      throw refuse(i, 'local files must be under this server\'s LORA_DIR (give "/" + a path under it, or "./" + a path relative to it)');
+    }
+    let real: string;
+    try {
+      real = await realpath(candidate);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      throw refuse(i, code === 'ENOENT' || code === 'ENOTDIR' ? 'no such file under LORA_DIR' : 'the file cannot be read');
+    }
+    if (!inside(realRoot, real)) throw refuse(i, 'the file resolves (through a symbolic link) to a place outside LORA_DIR');
+    return real;
+  }
+
+  async function urlFor(real: string, i: number, signal: AbortSignal | undefined): Promise<string> {
+    let info;
+    try {
+      info = await stat(real);
+    } catch {
+      throw refuse(i, 'the file cannot be read');
+    }
+    if (!info.isFile()) throw refuse(i, 'not a regular file');
+    const statKey = `${real}\0${info.dev}:${info.ino}:${info.size}:${info.mtimeMs}`;
+    let sha = hashes.get(statKey);
+    let data: Buffer | undefined;
+    if (sha === undefined) {
+      try {
+        data = await readFile(real);
+      } catch {
+        throw refuse(i, 'the file cannot be read');
+      }
+      sha = createHash('sha256').update(data).digest('hex');
+      hashes.set(statKey, sha);
+    }
+    await load();
+    const known = urls.get(sha);
+    if (known !== undefined) {
+      stats.cacheHits++;
+      return known;
+    }
+    const pending = uploading.get(sha);
+    if (pending) {
+      stats.cacheHits++;
+      return pending;
+    }
+    const hash = sha;
+    const bytes = data ?? (await readFile(real));
+    const upload = (async () => {
+      const timeout = AbortSignal.timeout(uploadTimeoutMs);
+      const url = await opts.fal.upload(bytes, 'application/octet-stream', basename(real), {
+        signal: signal ? AbortSignal.any([signal, timeout]) : timeout,
+      });
+      stats.uploads++;
+      urls.set(hash, url);
+      // The URL is a capability to the weights: it is not logged.
+      opts.logger.info({ sha256: hash, bytes: bytes.length, file: basename(real) }, 'LoRA file uploaded to fal storage');
+      await persist({ target: opts.target, sha256: hash, url, bytes: bytes.length, uploaded_at: new Date().toISOString() });
+      return url;
+    })()
+      .catch((err: unknown) => {
+        throw uploadFailed(err);
+      })
+      .finally(() => uploading.delete(hash));
+    // Concurrent requests for the same weights wait for this one upload.
+    uploading.set(hash, upload);
+    return upload;
+  }
+
+  return {
+    stats,
+    async resolve(falInput, signal) {
+      const loras = falInput['loras'];
+      if (!Array.isArray(loras) || !loras.some((l) => isLocalLoraPath(String((l as { path?: unknown })?.path ?? '')))) return falInput;
+      const items = loras as Array<Record<string, unknown> & { path: string }>;
+      // Every path is checked before anything is uploaded, so a request with
+      // one bad path costs no upload at all; in order, so the error names the first.
+      const located: Array<string | undefined> = [];
+      for (const [i, l] of items.entries()) located.push(isLocalLoraPath(l.path) ? await locate(l.path, i) : undefined);
+      const resolved = await Promise.all(
+        items.map(async (l, i) => {
+          const real = located[i];
+          return real === undefined ? l : { ...l, path: await urlFor(real, i, signal) };
+        }),
+      );
+      return { ...falInput, loras: resolved };
+    },
+  };
+}
+
+function uploadFailed(err: unknown): ApiError {
+  if (err instanceof ApiError) return err;
+  if (err instanceof FalCallError) {
+    if (err.kind === 'aborted') return upstreamTimeout('Uploading the LoRA file to the image provider did not finish in time.');
+    if (err.kind === 'http' && err.status === 429) {
+      return rateLimited('The image provider is rate limiting uploads. Retry after the indicated delay.', err.retryAfterS ?? 1, 'upstream_rate_limited');
+    }
+  }
+  return upstreamError('The LoRA file could not be uploaded to the image provider.', { code: 'upstream_upload_failed', cause: err });
+}
