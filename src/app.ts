@@ -17,11 +17,14 @@ import type { ImageService } from './images/generate.js';
 import type { Media } from './images/media.js';
 import type { IdempotencyOptions } from './http/idempotency.js';
 import { rateLimit, type RateLimitOptions } from './http/rate-limit.js';
-import helmet from 'helmet';
+import { securityHeaders } from './http/security-headers.js';
 import cors from 'cors';
 import type { Metrics } from './metrics.js';
 import { inFlightLimit, refuseWhenShuttingDown } from './http/backpressure.js';
 import { modelsRouter } from './http/routes/models.js';
+import { falWebhookRouter } from './http/routes/fal-webhook.js';
+import type { CompletionHub, WebhookVerifier } from './fal/webhooks.js';
+import { webRouter } from './http/routes/web.js';
 import type { Markup } from './metering/money.js';
 
 export interface AppDeps {
@@ -38,6 +41,8 @@ export interface AppDeps {
   idempotency: IdempotencyOptions;
   isShuttingDown?: () => boolean;
   metrics: Metrics;
+  /** fal job callbacks, when FAL_WEBHOOKS is on. */
+  falWebhooks?: { verifier: WebhookVerifier; hub: CompletionHub };
   /** PRICE_MARKUP, shown with each model's pricing. */
   markup: Markup;
   maxInFlight: number;
@@ -47,6 +52,8 @@ export interface AppDeps {
   logPrompts?: boolean;
   /** Per-key requests-per-minute limits on the image route. */
   rateLimit: RateLimitOptions;
+  /** STREAM_KEEPALIVE_MS: keep-alive comments on streamed image answers; default 15 s. */
+  streamKeepAliveMs?: number;
 }
 
 /**
@@ -63,8 +70,8 @@ export function createApp(deps: AppDeps): Express {
   const isShuttingDown = deps.isShuttingDown ?? (() => false);
   app.use(requestId());
   app.use(accessLog(deps.logger, deps.metrics, { logPrompts: deps.logPrompts ?? false }));
-  // An API serves no HTML of its own here, so the strict defaults cost nothing.
-  app.use(helmet({ crossOriginResourcePolicy: { policy: 'cross-origin' } }));
+  // Strict defaults everywhere; the HTML pages relax two directives for themselves (routes/web.ts).
+  app.use(securityHeaders);
   if (deps.corsOrigins.length > 0) {
     app.use(cors({ origin: deps.corsOrigins, allowedHeaders: ['authorization', 'content-type', 'idempotency-key', 'x-request-id'], exposedHeaders: ['x-request-id', 'x-usage-cost-usd', 'x-usage-credits', 'retry-after'] }));
   }
@@ -73,13 +80,16 @@ export function createApp(deps: AppDeps): Express {
     res.setHeader('content-type', deps.metrics.registry.contentType);
     res.send(await deps.metrics.registry.metrics());
   });
+  // Before the shutdown refusal: requests still draining need their callbacks.
+  if (deps.falWebhooks) app.use(falWebhookRouter({ ...deps.falWebhooks, logger: deps.logger, maxBytes: 128 * 1024 * 1024 }));
   app.use(refuseWhenShuttingDown(isShuttingDown));
   app.use(filesRouter(deps.media));
+  app.use(webRouter());
 
   const auth = requireKey(deps.authenticate);
   // Limited before the body is read: a caller over its limit costs us no parsing.
   app.post('/v1/images/generations', auth, rateLimit(deps.rateLimit), inFlightLimit(deps.maxInFlight, deps.metrics), ...jsonBody(deps.maxBodyBytes));
-  app.use(imagesRouter({ registry: deps.registry, images: deps.images, publicBaseUrl: deps.publicBaseUrl, idempotency: deps.idempotency }));
+  app.use(imagesRouter({ registry: deps.registry, images: deps.images, publicBaseUrl: deps.publicBaseUrl, idempotency: deps.idempotency, streamKeepAliveMs: deps.streamKeepAliveMs ?? 15_000, logger: deps.logger }));
 
   // Every /v1/admin path, unknown ones included, answers 403 to a non-admin
   // before anything else, so the admin surface cannot be mapped without a key.

@@ -6,6 +6,7 @@
 import { statSync } from 'node:fs';
 import { isAbsolute, resolve } from 'node:path';
 import { normalizeHostPattern } from './images/outbound.js';
+import type { ModelPriceOverride, ModelPrices } from './models/prices.js';
 
 export interface Config {
   port: number;
@@ -20,6 +21,8 @@ export interface Config {
   embeddedEmulator: boolean;
   publicBaseUrl: string | undefined;
   requestTimeoutMs: number;
+  /** Interval of keep-alive comments on streamed (`stream: true`) answers. */
+  streamKeepAliveMs: number;
   maxBodyBytes: number;
   /** Exact decimal string, e.g. "1.05". */
   priceMarkup: string;
@@ -42,6 +45,17 @@ export interface Config {
   shutdownGraceMs: number;
   /** Origins allowed by CORS; empty = CORS off. */
   corsOrigins: string[];
+  /** Submit jobs with fal's webhook (needs PUBLIC_BASE_URL reachable by fal). */
+  falWebhooks: boolean;
+  falJwksUrl: string;
+  /** How late a callback may be before the job is polled instead. */
+  falWebhookGraceMs: number;
+  /** Status streams open at once (each holds a connection); beyond, jobs poll. */
+  statusStreamsMax: number;
+  /** Status polls per second across all jobs; 0 = no cap. */
+  statusPollRps: number;
+  /** Connections to fal for short calls (submit, status, result, cancel). */
+  falMaxConnections: number;
   emulatorLatencyMs: number | undefined;
   emulatorImageMode: 'entropy' | 'cheap' | undefined;
   /** Requests per minute for keys without their own `rpm_limit`; 0 = unlimited. */
@@ -57,6 +71,8 @@ export interface Config {
   imageFetchTimeoutMs: number;
   /** Absolute directory local LoRA files may be read from; unset = local paths refused. */
   loraDir: string | undefined;
+  /** `MODEL_PRICES`: prices by model id or alias, for models without a confirmed one or to replace a published one. */
+  modelPrices: ModelPrices;
 }
 
 export class ConfigError extends Error {
@@ -67,6 +83,56 @@ export class ConfigError extends Error {
 }
 
 type Env = Record<string, string | undefined>;
+
+const PRICE_UNITS: readonly string[] = ['megapixel', 'image', 'request'];
+const PRICE_ROUNDINGS: readonly string[] = ['ceil_per_image', 'exact'];
+const DECIMAL = /^\d+(\.\d+)?$/;
+const MODEL_PRICES_SHAPE =
+  'MODEL_PRICES must be a JSON object {"<model id>": "<USD per unit>"} or {"<model id>": {"rateUsd", "unit", "megapixelPixels", "rounding", "promptExpansionUsd"}}';
+
+/**
+ * The shape and the decimals of `MODEL_PRICES`; whether each name is a model
+ * and each price rule complete is decided where the catalog is known
+ * (src/models/prices.ts), still before the service listens.
+ */
+function parseModelPrices(raw: string | undefined, problems: string[]): ModelPrices {
+  if (raw === undefined) return {};
+  let json: unknown;
+  try {
+    json = JSON.parse(raw);
+  } catch {
+    problems.push(`${MODEL_PRICES_SHAPE} (it is not valid JSON)`);
+    return {};
+  }
+  if (typeof json !== 'object' || json === null || Array.isArray(json)) {
+    problems.push(MODEL_PRICES_SHAPE);
+    return {};
+  }
+  const entries: Array<[string, ModelPriceOverride]> = [];
+  for (const [model, value] of Object.entries(json as Record<string, unknown>)) {
+    const where = `MODEL_PRICES[${JSON.stringify(model)}]`;
+    if (typeof value !== 'string' && (typeof value !== 'object' || value === null || Array.isArray(value))) {
+      problems.push(`${where} must be a decimal string such as "0.01" or an object`);
+      continue;
+    }
+    const rule: Record<string, unknown> = typeof value === 'string' ? { rateUsd: value } : (value as Record<string, unknown>);
+    const unknown = Object.keys(rule).filter((k) => !['rateUsd', 'unit', 'megapixelPixels', 'rounding', 'promptExpansionUsd'].includes(k));
+    if (unknown.length > 0) problems.push(`${where} has unknown fields: ${unknown.join(', ')}`);
+    for (const k of ['rateUsd', 'promptExpansionUsd']) {
+      // Decimal strings, never JSON numbers: 0.1 + 0.2 must not reach a bill.
+      if (rule[k] !== undefined && (typeof rule[k] !== 'string' || !DECIMAL.test(rule[k] as string))) {
+        problems.push(`${where}.${k} must be a decimal string such as "0.01" (got ${JSON.stringify(rule[k])})`);
+      }
+    }
+    if (rule['unit'] !== undefined && !PRICE_UNITS.includes(rule['unit'] as string)) problems.push(`${where}.unit must be one of ${PRICE_UNITS.join(', ')}`);
+    if (rule['rounding'] !== undefined && !PRICE_ROUNDINGS.includes(rule['rounding'] as string)) problems.push(`${where}.rounding must be one of ${PRICE_ROUNDINGS.join(', ')}`);
+    const px = rule['megapixelPixels'];
+    if (px !== undefined && !(typeof px === 'number' && Number.isSafeInteger(px) && px > 0)) problems.push(`${where}.megapixelPixels must be a positive integer`);
+    entries.push([model, Object.freeze({ ...rule }) as ModelPriceOverride]);
+  }
+  // fromEntries defines own properties, so a "__proto__" key stays a (refused, unknown) model name rather than a prototype.
+  return Object.freeze(Object.fromEntries(entries));
+}
 
 export function loadConfig(env: Env = process.env): Config {
   const problems: string[] = [];
@@ -179,6 +245,7 @@ export function loadConfig(env: Env = process.env): Config {
     embeddedEmulator: falKey === undefined && falBaseUrl === undefined,
     publicBaseUrl: url('PUBLIC_BASE_URL', ['http:', 'https:']),
     requestTimeoutMs: int('REQUEST_TIMEOUT_MS', 300_000, 1_000, 3_600_000),
+    streamKeepAliveMs: int('STREAM_KEEPALIVE_MS', 15_000, 10, 60_000),
     maxBodyBytes: int('MAX_BODY_BYTES', 1_048_576, 1_024, 104_857_600),
     priceMarkup: markup,
     logLevel,
@@ -190,6 +257,12 @@ export function loadConfig(env: Env = process.env): Config {
     billingWebhookSecret,
     billingWebhookMaxBackoffMs: int('BILLING_WEBHOOK_MAX_BACKOFF_MS', 3_600_000, 10, 7 * 86_400_000),
     reconcileAfterMs: 0,
+    falWebhooks: bool('FAL_WEBHOOKS', false),
+    falJwksUrl: url('FAL_JWKS_URL', ['http:', 'https:']) ?? 'https://rest.alpha.fal.ai/.well-known/jwks.json',
+    falWebhookGraceMs: int('FAL_WEBHOOK_GRACE_MS', 30_000, 0, 3_600_000),
+    statusStreamsMax: int('STATUS_STREAMS_MAX', 256, 0, 100_000),
+    statusPollRps: int('STATUS_POLL_RPS', 200, 0, 1_000_000),
+    falMaxConnections: int('FAL_MAX_CONNECTIONS', 128, 1, 10_000),
     maxInFlight: int('MAX_IN_FLIGHT', 2_000, 1, 1_000_000),
     shutdownGraceMs: int('SHUTDOWN_GRACE_MS', 30_000, 0, 3_600_000),
     corsOrigins: (str('CORS_ORIGINS') ?? '').split(',').map((o) => o.trim()).filter(Boolean),
@@ -203,10 +276,12 @@ export function loadConfig(env: Env = process.env): Config {
     imageMaxBytes: int('IMAGE_MAX_BYTES', 64 * 1024 * 1024, 1024, 2 ** 31 - 1),
     imageFetchTimeoutMs: int('IMAGE_FETCH_TIMEOUT_MS', 30_000, 100, 600_000),
     loraDir,
+    modelPrices: parseModelPrices(str('MODEL_PRICES'), problems),
   };
   // By default a request is only reconciled once no live process could still
   // be working on it: our own deadline plus a margin.
   config.reconcileAfterMs = int('RECONCILE_AFTER_MS', config.requestTimeoutMs + 60_000, 0, 7 * 86_400_000);
+  if (config.falWebhooks && !config.publicBaseUrl) problems.push('FAL_WEBHOOKS needs PUBLIC_BASE_URL: the address fal posts job callbacks to');
   if (problems.length > 0) throw new ConfigError(problems);
   return config;
 }

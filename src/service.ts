@@ -9,7 +9,8 @@ import { createFalGateway, type FalGateway } from './fal/gateway.js';
 import { createMedia } from './images/media.js';
 import { createImageService } from './images/generate.js';
 import { createLoraResolver } from './images/loras.js';
-import { createModelRegistry, defaultModels, type ModelRegistry } from './models/registry.js';
+import { modelCatalog, type ModelRegistry } from './models/registry.js';
+import { createServedModelRegistry } from './models/prices.js';
 import { parseMarkup } from './metering/money.js';
 import { createDatabase, type Database } from './db/index.js';
 import { createLedger, type Ledger } from './metering/ledger.js';
@@ -18,6 +19,10 @@ import { createIdempotencyStore } from './metering/idempotency-store.js';
 import { createAuthenticator, loadOrCreateGeneratedKey, type GeneratedKey } from './metering/auth.js';
 import { startEmulator, type Emulator } from './emulator/index.js';
 import { createMetrics, type Metrics } from './metrics.js';
+import { Agent, fetch as undiciFetch } from 'undici';
+import { createRedirectFetch, type FetchLike } from './fal/redirect-fetch.js';
+import { createCompletionHub, createWebhookVerifier, type WebhookVerifier } from './fal/webhooks.js';
+import { FAL_WEBHOOK_PATH } from './http/routes/fal-webhook.js';
 import { createReconciler, type Reconciler, type ReconcileReport } from './metering/reconcile.js';
 import { createOutboxStore } from './metering/outbox-store.js';
 import { createBillingWebhookWorker, type BillingWebhookWorker } from './metering/billing-webhook.js';
@@ -70,7 +75,7 @@ export async function startService(config: Config, overrides: ServiceOverrides =
       secrets: [config.falKey, ...config.apiKeys, config.adminApiKey, config.billingWebhookSecret, urlPassword(config.databaseUrl), urlPassword(config.redisUrl)],
       destination: overrides.logDestination,
     });
-  const registry = overrides.registry ?? createModelRegistry(defaultModels);
+  const registry = overrides.registry ?? createServedModelRegistry({ catalog: modelCatalog, prices: config.modelPrices, log: logger });
   const markup = parseMarkup(config.priceMarkup);
 
   let emulator = overrides.emulator;
@@ -103,14 +108,29 @@ export async function startService(config: Config, overrides: ServiceOverrides =
   });
 
   const metrics = overrides.metrics ?? createMetrics();
+  // Separate pools: status streams hold a connection each for a whole job;
+  // everything else shares a bounded keep-alive pool, so thousands of
+  // waiting jobs never mean thousands of sockets to fal.
+  const shortPool = new Agent({ connections: config.falMaxConnections, keepAliveTimeout: 30_000 });
+  const streamPool = new Agent({ connections: config.statusStreamsMax || 1, keepAliveTimeout: 30_000, bodyTimeout: 0 });
+  const viaPool = (pool: Agent): FetchLike => (input, init) => undiciFetch(input as string, { ...(init as object), dispatcher: pool }) as unknown as Promise<Response>;
+  const falWebhooks = config.falWebhooks ? { hub: createCompletionHub(), verifier: undefined as unknown as WebhookVerifier } : undefined;
   const fal = createFalGateway({
     credentials: falKey,
     baseUrl: falBaseUrl,
+    fetchFor: (phase) => viaPool(phase === 'stream' ? streamPool : shortPool),
+    maxStatusStreams: config.statusStreamsMax,
+    pollRps: config.statusPollRps,
+    ...(falWebhooks ? { webhook: { url: `${config.publicBaseUrl}${FAL_WEBHOOK_PATH}`, hub: falWebhooks.hub, graceMs: config.falWebhookGraceMs } } : {}),
     observe: (phase, seconds) => {
       metrics.falCallDuration.observe({ phase }, seconds);
       if (phase === 'status' || phase === 'stream') metrics.upstreamStatusRequests.inc();
     },
   });
+  if (falWebhooks) {
+    // fal's JWKS is fetched like any fal traffic, so FAL_BASE_URL redirects it too (the emulator serves one).
+    falWebhooks.verifier = createWebhookVerifier({ jwksUrl: config.falJwksUrl, fetchImpl: createRedirectFetch({ baseUrl: falBaseUrl, fetchImpl: viaPool(shortPool) }) });
+  }
   const media = createMedia({
     falBaseUrl,
     allowedHosts: config.imageHostsAllowed,
@@ -175,12 +195,14 @@ export async function startService(config: Config, overrides: ServiceOverrides =
     publicBaseUrl: config.publicBaseUrl,
     metrics,
     markup,
+    falWebhooks,
     maxInFlight: config.maxInFlight,
     corsOrigins: config.corsOrigins,
     logPrompts: config.logPrompts,
     idempotency: { store: createIdempotencyStore(database), ttlS: config.idempotencyTtlS, waitMs: config.requestTimeoutMs + 5_000 },
     isShuttingDown: () => shuttingDown,
     rateLimit: { limiter: rateLimiter, defaultRpm: config.defaultRpmLimit },
+    streamKeepAliveMs: config.streamKeepAliveMs,
     readiness: [
       { name: 'upstream', check: () => fal.ping({ signal: AbortSignal.timeout(2000) }) },
       { name: 'storage', check: () => database.ping().then(() => true) },
@@ -249,6 +271,7 @@ export async function startService(config: Config, overrides: ServiceOverrides =
         }
         await rateLimiter.close();
         await database.close();
+        await Promise.all([shortPool.close(), streamPool.close()]).catch(() => {});
         if (ownEmulator) await emulator!.close();
       })();
       return closing;

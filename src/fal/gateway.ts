@@ -1,6 +1,8 @@
 import { createFalClient, ApiError as FalApiError, type QueueStatus } from '@fal-ai/client';
 import { createFalTransport, HIDDEN_RETRYABLE_STATUS, FalTransportError, sleep, type CallCapture, type FalPhase, type TransportOptions } from './transport.js';
 import type { FetchLike } from './redirect-fetch.js';
+import { createPacer } from './pacer.js';
+import type { CompletionHub } from './webhooks.js';
 
 /**
  * The only module that talks to fal. Everything above it sees plain data and
@@ -91,7 +93,7 @@ export interface FalGateway {
   /** Any HTTP answer from the queue host counts as reachable. */
   ping(opts?: CallOptions): Promise<boolean>;
   /** Counters for metrics and benchmarks. */
-  readonly stats: { statusCalls: number; streamCalls: number };
+  readonly stats: { statusCalls: number; streamCalls: number; streamsOpen: number; webhookWakeups: number };
 }
 
 export interface FalGatewayOptions {
@@ -104,6 +106,21 @@ export interface FalGatewayOptions {
   /** Poll delays used when the status stream is unavailable. */
   pollMinMs?: number;
   pollMaxMs?: number;
+  /** A fetch per phase (separate connection pools for status streams). */
+  fetchFor?: (phase: FalPhase) => FetchLike | undefined;
+  /**
+   * Status streams open at once. Each holds a connection for the whole job,
+   * so past this many jobs wait by polling instead (default 256).
+   */
+  maxStatusStreams?: number;
+  /** Status polls per second across all jobs (default 200; 0 = no cap). */
+  pollRps?: number;
+  /**
+   * fal webhooks: jobs are submitted with `url` as `fal_webhook` and wait for
+   * the callback, with no status traffic; polling starts only if it is later
+   * than `graceMs`.
+   */
+  webhook?: { url: string; hub: CompletionHub; graceMs: number };
   /** Told about every gateway call: phase, seconds (including our retries), and whether it failed. */
   observe?: (phase: FalPhase, seconds: number, failed: boolean) => void;
 }
@@ -111,7 +128,7 @@ export interface FalGatewayOptions {
 const STATUSES = new Set(['IN_QUEUE', 'IN_PROGRESS', 'COMPLETED']);
 
 export function createFalGateway(opts: FalGatewayOptions): FalGateway {
-  const transport = createFalTransport({ baseUrl: opts.baseUrl, fetchImpl: opts.fetchImpl, retry: opts.retry, maxRetryAfterMs: opts.maxRetryAfterMs });
+  const transport = createFalTransport({ baseUrl: opts.baseUrl, fetchImpl: opts.fetchImpl, fetchFor: opts.fetchFor, retry: opts.retry, maxRetryAfterMs: opts.maxRetryAfterMs });
   const client = createFalClient({
     credentials: opts.credentials,
     fetch: transport.fetch as typeof fetch,
@@ -121,7 +138,24 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
   });
   const pollMinMs = opts.pollMinMs ?? 100;
   const pollMaxMs = opts.pollMaxMs ?? 1000;
-  const stats = { statusCalls: 0, streamCalls: 0 };
+  const stats = { statusCalls: 0, streamCalls: 0, streamsOpen: 0, webhookWakeups: 0 };
+  const maxStreams = opts.maxStatusStreams ?? 256;
+  const pacer = createPacer(opts.pollRps ?? 200);
+
+  /** Polls until COMPLETED, backing off per job and sharing the global poll budget. */
+  async function poll(endpoint: string, falRequestId: string, signal: AbortSignal | undefined, onStatus: ((s: FalJobStatus) => void) | undefined, firstDelayMs: number): Promise<void> {
+    let delay = firstDelayMs;
+    for (;;) {
+      if (signal?.aborted) throw abortedError('status', signal);
+      await pacer.take(signal);
+      if (signal?.aborted) throw abortedError('status', signal);
+      const st = await gateway.status(endpoint, falRequestId, { signal });
+      onStatus?.(st);
+      if (st.status === 'COMPLETED') return;
+      await sleep(delay, signal);
+      delay = Math.min(pollMaxMs, Math.round(delay * 1.5));
+    }
+  }
 
   function translate(err: unknown, capture: CallCapture): FalCallError {
     if (err instanceof FalCallError) return err;
@@ -181,9 +215,8 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
     stats,
 
     async submit(endpoint, input, o = {}) {
-      const { value, capture } = await call('submit', o.signal, () =>
-        client.queue.submit(endpoint, { input, webhookUrl: o.webhookUrl, abortSignal: o.signal }),
-      );
+      const webhookUrl = o.webhookUrl ?? opts.webhook?.url;
+      const { value, capture } = await call('submit', o.signal, () => client.queue.submit(endpoint, { input, webhookUrl, abortSignal: o.signal }));
       const id = (value as { request_id?: unknown })?.request_id;
       if (typeof id !== 'string' || id.length === 0) {
         throw new FalCallError('fal submit: no request_id in the answer', { phase: 'submit', kind: 'bad_response', status: capture.status, ambiguous: true });
@@ -201,8 +234,28 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
 
     async waitForCompletion(endpoint, falRequestId, o = {}) {
       const signal = o.signal;
+      if (opts.webhook) {
+        const { hub, graceMs } = opts.webhook;
+        // Whichever comes first: fal's callback, or (if it is late) polling.
+        const lost = new AbortController();
+        const both = signal ? AbortSignal.any([signal, lost.signal]) : lost.signal;
+        const viaCallback = hub.wait(falRequestId, both).then(() => {
+          if (!both.aborted) stats.webhookWakeups++;
+        });
+        const viaPolling = sleep(graceMs, both).then(() => (both.aborted ? undefined : poll(endpoint, falRequestId, both, o.onStatus, pollMaxMs)));
+        try {
+          await Promise.race([viaCallback, viaPolling]);
+        } finally {
+          lost.abort();
+          await Promise.allSettled([viaCallback, viaPolling]);
+        }
+        if (signal?.aborted) throw abortedError('status', signal);
+        return;
+      }
+      if (stats.streamsOpen >= maxStreams) return poll(endpoint, falRequestId, signal, o.onStatus, pollMinMs);
       // The SSE status stream tells us the moment a job completes, with no
       // poll delay in between. If it is unavailable or ends early we poll.
+      stats.streamsOpen++;
       try {
         stats.streamCalls++;
         const done = await call('stream', signal, async (capture) => {
@@ -228,16 +281,10 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
         if (signal?.aborted) throw abortedError('stream', signal);
         // A 404 means fal does not know the job: polling would not help.
         if (err instanceof FalCallError && err.kind === 'http' && err.status === 404) throw err;
+      } finally {
+        stats.streamsOpen--;
       }
-      let delay = pollMinMs;
-      for (;;) {
-        if (signal?.aborted) throw abortedError('status', signal);
-        const st = await gateway.status(endpoint, falRequestId, { signal });
-        o.onStatus?.(st);
-        if (st.status === 'COMPLETED') return;
-        await sleep(delay, signal);
-        delay = Math.min(pollMaxMs, Math.round(delay * 1.5));
-      }
+      return poll(endpoint, falRequestId, signal, o.onStatus, pollMinMs);
     },
 
     async result(endpoint, falRequestId, o = {}) {

@@ -58,6 +58,11 @@ export interface RetryPolicy {
 export interface TransportOptions {
   baseUrl?: string;
   fetchImpl?: FetchLike;
+  /**
+   * A fetch per phase, so long-lived status streams and short calls can use
+   * separate connection pools (a stream holds its connection for minutes).
+   */
+  fetchFor?: (phase: FalPhase) => FetchLike | undefined;
   retry?: Partial<Record<FalPhase, RetryPolicy>>;
   /** Longest `retry-after` we are willing to wait inside one request. */
   maxRetryAfterMs?: number;
@@ -122,6 +127,17 @@ export interface FalTransport {
 export function createFalTransport(opts: TransportOptions = {}): FalTransport {
   const store = new AsyncLocalStorage<CallCapture>();
   const inner = createRedirectFetch({ baseUrl: opts.baseUrl, fetchImpl: opts.fetchImpl });
+  const perPhase = new Map<FalPhase, FetchLike>();
+  const innerFor = (phase: FalPhase): FetchLike => {
+    if (!opts.fetchFor) return inner;
+    let f = perPhase.get(phase);
+    if (!f) {
+      const impl = opts.fetchFor(phase);
+      f = impl ? createRedirectFetch({ baseUrl: opts.baseUrl, fetchImpl: impl }) : inner;
+      perPhase.set(phase, f);
+    }
+    return f;
+  };
   const policies = { ...DEFAULT_RETRY, ...(opts.retry ?? {}) };
   const maxRetryAfterMs = opts.maxRetryAfterMs ?? 5000;
   const pause = opts.sleep ?? sleep;
@@ -137,7 +153,7 @@ export function createFalTransport(opts: TransportOptions = {}): FalTransport {
       capture.attempts++;
       let res: Response;
       try {
-        res = await inner(input, { ...init, signal });
+        res = await innerFor(capture.phase)(input, { ...init, signal });
       } catch (err) {
         capture.networkError = err as Error;
         capture.status = undefined;
