@@ -150,6 +150,7 @@ export async function startService(config: Config, overrides: ServiceOverrides =
     shutdownSignal: shutdown.signal,
     billingEvents: billingWebhook,
     loras,
+    metrics,
   });
 
   const reconciler = createReconciler({ ledger, fal, registry, markup, logger, billingEvents: billingWebhook });
