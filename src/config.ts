@@ -56,6 +56,8 @@ export interface Config {
   statusPollRps: number;
   /** Connections to fal for short calls (submit, status, result, cancel). */
   falMaxConnections: number;
+  /** SQLite commit durability: `normal` (WAL; survives a process crash) or `full` (also power loss, an fsync per commit). */
+  sqliteSynchronous: 'normal' | 'full';
   emulatorLatencyMs: number | undefined;
   emulatorImageMode: 'entropy' | 'cheap' | undefined;
   /** Requests per minute for keys without their own `rpm_limit`; 0 = unlimited. */
@@ -207,6 +209,8 @@ export function loadConfig(env: Env = process.env): Config {
     problems.push('BILLING_WEBHOOK_SECRET starts with whsec_ but what follows is not standard base64');
   }
 
+  const sqliteSync = (str('SQLITE_SYNCHRONOUS') ?? 'normal').toLowerCase();
+  if (sqliteSync !== 'normal' && sqliteSync !== 'full') problems.push(`SQLITE_SYNCHRONOUS must be normal or full (got ${JSON.stringify(sqliteSync)})`);
   const imageMode = str('EMULATOR_IMAGE_MODE');
   if (imageMode !== undefined && imageMode !== 'entropy' && imageMode !== 'cheap') {
     problems.push(`EMULATOR_IMAGE_MODE must be entropy or cheap (got ${JSON.stringify(imageMode)})`);
@@ -257,6 +261,7 @@ export function loadConfig(env: Env = process.env): Config {
     billingWebhookSecret,
     billingWebhookMaxBackoffMs: int('BILLING_WEBHOOK_MAX_BACKOFF_MS', 3_600_000, 10, 7 * 86_400_000),
     reconcileAfterMs: 0,
+    sqliteSynchronous: sqliteSync === 'full' ? 'full' : 'normal',
     falWebhooks: bool('FAL_WEBHOOKS', false),
     falJwksUrl: url('FAL_JWKS_URL', ['http:', 'https:']) ?? 'https://rest.alpha.fal.ai/.well-known/jwks.json',
     falWebhookGraceMs: int('FAL_WEBHOOK_GRACE_MS', 30_000, 0, 3_600_000),

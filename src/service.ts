@@ -87,7 +87,7 @@ export async function startService(config: Config, overrides: ServiceOverrides =
   const falBaseUrl = emulator ? emulator.url : config.falBaseUrl;
   const falKey = config.falKey ?? (emulator ? 'emulator' : undefined);
 
-  const database = await createDatabase({ databaseUrl: config.databaseUrl, dataDir: config.dataDir, logger });
+  const database = await createDatabase({ databaseUrl: config.databaseUrl, dataDir: config.dataDir, logger, sqliteSynchronous: config.sqliteSynchronous });
   const ledger = createLedger(database);
   const keys = createKeysStore(database);
   const billingWebhook: BillingWebhookWorker | undefined = config.billingWebhookUrl

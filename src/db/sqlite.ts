@@ -169,6 +169,24 @@ class GatewaySqliteDialect extends SqliteDialect {
   }
 }
 
+/**
+ * Kysely's SQLite driver prepares every query afresh; for the handful of
+ * statements the ledger runs per request that was a fifth of its CPU time.
+ * Statements are reusable in better-sqlite3, so keep them by SQL text (a busy
+ * one, still being iterated, is never shared).
+ */
+function cacheStatements(db: BetterSqlite3.Database, max = 512): void {
+  const cache = new Map<string, BetterSqlite3.Statement>();
+  const prepare = db.prepare.bind(db);
+  db.prepare = ((sql: string) => {
+    const hit = cache.get(sql);
+    if (hit && !hit.busy) return hit;
+    const stmt = prepare(sql);
+    if (!hit && cache.size < max) cache.set(sql, stmt);
+    return stmt;
+  }) as typeof db.prepare;
+}
+
 export function createSqliteDialect(options: SqliteOptions): Dialect {
   const file = resolve(options.file);
   return new GatewaySqliteDialect(
@@ -181,6 +199,7 @@ export function createSqliteDialect(options: SqliteOptions): Dialect {
         db.pragma('journal_mode = WAL');
         db.pragma(`synchronous = ${options.synchronous === 'normal' ? 'NORMAL' : 'FULL'}`);
         db.pragma('foreign_keys = ON');
+        cacheStatements(db);
         return db;
       },
     },
