@@ -1,20 +1,22 @@
-import { createFalGateway, type FalGateway } from '../../src/fal/gateway.js';
+import type { FalGateway } from '../../src/fal/gateway.js';
 import { normalizeRequest } from '../../src/images/normalize.js';
 import { createModelRegistry, defaultModels } from '../../src/models/registry.js';
 import type { BenchPath, BenchUpstream } from '../lib/paths.js';
 
 /**
  * Path (a): the fal job our service would run for `body`, run straight
- * against the upstream through the service's own fal gateway (the real
- * `@fal-ai/client` behind our transport), with the same submit → wait for
- * completion → result sequence. What is left between (a) and (b) is then
- * exactly our HTTP layer, validation, metering and response building.
+ * against the upstream through a fal gateway (the real `@fal-ai/client`
+ * behind our transport), with the same submit → wait for completion → result
+ * sequence the service uses. Given the service's own gateway instance (same
+ * connection pools, stream limits and retry rules), what is left between (a)
+ * and (b) is exactly our HTTP layer, validation, metering and response
+ * building.
  */
 export function falDirectPath(opts: {
   id: string;
   label: string;
   upstream: BenchUpstream;
-  falBaseUrl: string;
+  fal: FalGateway;
   /** An OpenAI-images request body, turned into fal input the way the service does. */
   body: Record<string, unknown>;
 }): BenchPath & { input: Record<string, unknown>; endpoint: string; fal: FalGateway } {
@@ -23,7 +25,7 @@ export function falDirectPath(opts: {
   // The service adds sync_mode itself (true only for b64_json); the
   // benchmark checks at start-up that both paths send identical input.
   const input = { ...canonical.falInput, sync_mode: canonical.responseFormat === 'b64_json' };
-  const fal = createFalGateway({ credentials: 'bench-fal-key', baseUrl: opts.falBaseUrl });
+  const fal = opts.fal;
   return {
     id: opts.id,
     label: opts.label,

@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { sql } from 'kysely';
 import pino from 'pino';
+import { Agent, fetch } from 'undici';
 import { loadConfig } from '../../src/config.js';
 import type { Emulator } from '../../src/emulator/index.js';
 import { startService, type Service } from '../../src/service.js';
@@ -50,6 +51,9 @@ export async function servicePath(opts: {
   const url = `${service.url}/v1/images/generations`;
   const payload = JSON.stringify(opts.body);
   const headers = { authorization: `Bearer ${BENCH_API_KEY}`, 'content-type': 'application/json' };
+  // Keep-alive like an SDK client in production, and long enough to survive
+  // the other paths' rounds, so a round never starts by reconnecting.
+  const client = new Agent({ keepAliveTimeout: 60_000, keepAliveMaxTimeout: 60_000 });
   return {
     id: opts.id,
     label: opts.label,
@@ -57,14 +61,13 @@ export async function servicePath(opts: {
     service,
     dataDir,
     async call(signal) {
-      // Node's global fetch keeps connections alive by default (undici's
-      // global Agent), which is what an SDK client in production does.
-      const res = await fetch(url, { method: 'POST', headers, body: payload, signal });
+      const res = await fetch(url, { method: 'POST', headers, body: payload, signal, dispatcher: client });
       const json = (await res.json()) as { meta?: { fal_request_id?: string }; error?: { message?: string } };
       if (res.status !== 200) throw new Error(`HTTP ${res.status}: ${json.error?.message ?? 'no error message'}`);
       return { upstreamId: json.meta?.fal_request_id, doneAtMs: Date.now() };
     },
     async close() {
+      await client.close();
       await service.close();
       await rm(dataDir, { recursive: true, force: true });
     },

@@ -13,62 +13,78 @@ import { summarize, type Summary } from '../lib/stats.js';
  * request makes (reserve, recordSubmit, completeJob, settle), in the order
  * the service makes them, against a fresh SQLite file on the same disk the
  * service would use. Separates what metering costs from everything else.
+ *
+ * The job's own duration is kept as a pause between recordSubmit and
+ * completeJob: on a shared disk an fsync costs more when other writers had
+ * time to dirty the journal in between, so back-to-back writes would flatter
+ * synchronous=FULL.
  */
 
 export interface LedgerCost {
   synchronous: 'full' | 'normal';
   concurrency: number;
+  gapMs: number;
   lifecycles: number;
-  /** Wall time of one request's four writes, ms. */
-  lifecycleMs: Summary;
+  /** Wall time of one request's four writes (pause excluded, lock waits included), ms. */
+  writesMs: Summary;
+  /** Wall time of one write, ms. */
+  perWriteMs: Summary;
   /** Process CPU per request's four writes, ms. */
   cpuMsPerLifecycle: number;
-  /** Requests' worth of writes per second. */
-  throughput: number;
-  /** Event-loop share spent inside the writes (1 = nothing else could run). */
-  eventLoopUtilization: number;
 }
 
-export async function measureLedger(opts: { synchronous: 'full' | 'normal'; concurrency: number; durationMs: number; maxLifecycles: number }): Promise<LedgerCost> {
+export async function measureLedger(opts: {
+  synchronous: 'full' | 'normal';
+  concurrency: number;
+  gapMs: number;
+  durationMs: number;
+  maxLifecycles: number;
+}): Promise<LedgerCost> {
   const dataDir = await mkdtemp(join(tmpdir(), 'gw-bench-ledger-'));
   const database = await createDatabase({ dataDir, sqliteSynchronous: opts.synchronous });
   try {
     const keyId = 'static-bench000';
     await createKeysStore(database).ensureStatic({ id: keyId, keyHash: 'b'.repeat(64), role: 'user' });
     const ledger = createLedger(database);
-    const one = async () => {
+    const perWrite: number[] = [];
+    const timed = async (write: () => Promise<unknown>): Promise<number> => {
+      const t = performance.now();
+      await write();
+      const d = performance.now() - t;
+      perWrite.push(d);
+      return d;
+    };
+    const one = async (): Promise<number> => {
       const requestId = `req_${randomUUID().replace(/-/g, '')}`;
       const falRequestId = randomUUID();
       const endpoint = 'fal-ai/z-image/turbo';
-      await ledger.reserve({ requestId, keyId, model: 'alibaba/z-image-turbo', endpoint, maxChargeMicros: 5000n, pricing: '{"promptExpansion":false,"markup":"1.0"}' });
-      await ledger.recordSubmit({ requestId, falRequestId, endpoint });
-      await ledger.completeJob({ falRequestId, images: 1, pixels: 1024 * 1024, unitsEstimate: '1', unitsFal: '1', upstreamCostMicros: 5000n });
-      await ledger.settle({ requestId, chargeMicros: 5000n, credits: 10_000n, upstreamCostMicros: 5000n, images: 1 });
+      let ms = 0;
+      ms += await timed(() => ledger.reserve({ requestId, keyId, model: 'alibaba/z-image-turbo', endpoint, maxChargeMicros: 5000n, pricing: '{"promptExpansion":false,"markup":"1.0"}' }));
+      ms += await timed(() => ledger.recordSubmit({ requestId, falRequestId, endpoint }));
+      await new Promise((r) => setTimeout(r, opts.gapMs));
+      ms += await timed(() => ledger.completeJob({ falRequestId, images: 1, pixels: 1024 * 1024, unitsEstimate: '1', unitsFal: '1', upstreamCostMicros: 5000n }));
+      ms += await timed(() => ledger.settle({ requestId, chargeMicros: 5000n, credits: 10_000n, upstreamCostMicros: 5000n, images: 1 }));
+      return ms;
     };
     await one();
+    perWrite.length = 0;
     const samples: number[] = [];
     const stopAt = performance.now() + opts.durationMs;
+    // CPU spent while pausing is near zero, so process CPU over the run is the writes' CPU.
     const cpu0 = process.cpuUsage();
-    const elu0 = performance.eventLoopUtilization();
-    const t0 = performance.now();
     const worker = async () => {
-      while (performance.now() < stopAt && samples.length < opts.maxLifecycles) {
-        const s = performance.now();
-        await one();
-        samples.push(performance.now() - s);
-      }
+      while (performance.now() < stopAt && samples.length < opts.maxLifecycles) samples.push(await one());
     };
     await Promise.all(Array.from({ length: opts.concurrency }, worker));
-    const wallMs = performance.now() - t0;
     const cpu = process.cpuUsage(cpu0);
     return {
       synchronous: opts.synchronous,
       concurrency: opts.concurrency,
+      gapMs: opts.gapMs,
       lifecycles: samples.length,
-      lifecycleMs: summarize(samples),
+      writesMs: summarize(samples),
+      perWriteMs: summarize(perWrite),
       cpuMsPerLifecycle: (cpu.user + cpu.system) / 1000 / samples.length,
-      throughput: samples.length / (wallMs / 1000),
-      eventLoopUtilization: performance.eventLoopUtilization(elu0).utilization,
     };
   } finally {
     await database.close();

@@ -80,6 +80,8 @@ const fluxDev: Record<string, Rule> = {
 
 const fluxSchnell: Record<string, Rule> = {
   ...common({ steps: { minimum: 1, maximum: 12, default: 4 }, formats: ['jpeg', 'png'], defaultFormat: 'jpeg', acceleration: 'none' }),
+  // fal's API reference for fal-ai/flux/schnell lists guidance_scale too (1-20, default 3.5).
+  guidance_scale: { type: 'number', minimum: 1, maximum: 20, default: 3.5 },
 };
 
 const flux2Lora: Record<string, Rule> = {

@@ -3,6 +3,7 @@ import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { ApiError, errorResponse } from '../errors.js';
 import { newRequestId } from './request-id.js';
+import { securityHeaderValues } from './security-headers.js';
 
 /**
  * The HTTP server, with what Node's HTTP layer answers before Express sees a
@@ -69,18 +70,22 @@ export function createHttpServer(app: RequestListener, logger?: Logger): Server 
     logger?.info({ request_id: id, status, error_code: code, parser_error: err.code }, 'request refused by the HTTP parser');
     // Written then destroyed, as Node does: the request may be half-read, so the connection cannot carry another.
     const headers = { ...RAW_HEADERS, 'content-length': Buffer.byteLength(body), 'x-request-id': id, connection: 'close' };
-    socket.write(`HTTP/1.1 ${status} ${httpReason(status)}\r\n${Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join('')}\r\n${body}`);
+    // An answer to HEAD has no body: a client would read ours as garbage after the response. The
+    // method is only known when the packet the parser choked on starts the request, which for
+    // anything short of a header overflow spanning reads it does.
+    const head = (err as { rawPacket?: Buffer }).rawPacket?.subarray(0, 5).toString('latin1') === 'HEAD ';
+    socket.write(`HTTP/1.1 ${status} ${httpReason(status)}\r\n${Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join('')}\r\n${head ? '' : body}`);
     socket.destroy();
   });
   return server;
 }
 
-/** These answers never pass through Express, so they carry the essentials of its headers themselves. */
-const RAW_HEADERS = {
+/** These answers never pass through Express, so they carry its security headers themselves. */
+const RAW_HEADERS: Readonly<Record<string, string>> = {
+  ...securityHeaderValues(),
   'content-type': 'application/json; charset=utf-8',
-  'x-content-type-options': 'nosniff',
   'cache-control': 'no-store',
-} as const;
+};
 
 function httpReason(status: number): string {
   return { 400: 'Bad Request', 408: 'Request Timeout', 413: 'Payload Too Large', 431: 'Request Header Fields Too Large' }[status] ?? 'Error';

@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import { ApiError, insufficientQuota, serviceUnavailable, upstreamError } from '../errors.js';
-import { FalCallError, jobFailed, type FalGateway, type FalResult } from '../fal/gateway.js';
+import { FalCallError, jobFailed, type FalGateway, type FalJobStatus, type FalResult } from '../fal/gateway.js';
 import type { CanonicalRequest } from './normalize.js';
 import type { Media } from './media.js';
 import type { LoraResolver } from './loras.js';
@@ -33,6 +33,17 @@ export interface GenerateContext {
   idempotencyKey?: string;
   /** Called once a fal job exists or may exist (submit answered, or its outcome is unknown). */
   onSubmitted?: () => void;
+  /** Told each change of a fal job's state, for callers who follow along (streaming). */
+  onProgress?: (progress: GenerateProgress) => void;
+}
+
+export interface GenerateProgress {
+  /** Which of the request's fal jobs, from 0 (n above the per-job maximum runs several). */
+  jobIndex: number;
+  jobCount: number;
+  status: 'queued' | 'in_progress' | 'completed';
+  /** Jobs ahead of this one, when fal said. */
+  queuePosition: number | null;
 }
 
 export type ImagesResponseBody = ImagesResponse;
@@ -153,13 +164,15 @@ export function createImageService(deps: ImageServiceDeps): ImageService {
     const siblings = new AbortController();
     const jobSignal = AbortSignal.any([signal, siblings.signal]);
     const submittedAt = performance.now();
-    const outcomes = await Promise.all(inputs.map((input) => runJob(input)));
+    const progress = progressReporter(counts.length, ctx.onProgress, log);
+    const outcomes = await Promise.all(inputs.map((input, i) => runJob(input, i)));
 
-    async function runJob(input: Record<string, unknown>): Promise<JobOutcome> {
+    async function runJob(input: Record<string, unknown>, jobIndex: number): Promise<JobOutcome> {
       let falRequestId: string;
       try {
         ({ falRequestId } = await deps.fal.submit(req.model.endpoint, input, { signal: jobSignal }));
         ctx.onSubmitted?.();
+        progress(jobIndex, { status: 'IN_QUEUE' });
       } catch (err) {
         const fe = asFalError(err);
         if (fe.ambiguous) ctx.onSubmitted?.();
@@ -177,7 +190,7 @@ export function createImageService(deps: ImageServiceDeps): ImageService {
       }
       log.debug({ fal_request_id: falRequestId }, 'fal job submitted');
       try {
-        await deps.fal.waitForCompletion(req.model.endpoint, falRequestId, { signal: jobSignal });
+        await deps.fal.waitForCompletion(req.model.endpoint, falRequestId, { signal: jobSignal, onStatus: (st) => progress(jobIndex, st) });
         return { result: await deps.fal.result(req.model.endpoint, falRequestId, { signal: jobSignal }) };
       } catch (err) {
         const fe = asFalError(err);
@@ -308,6 +321,31 @@ export function createImageService(deps: ImageServiceDeps): ImageService {
       return { cancelled: false };
     }
   }
+}
+
+const PROGRESS_STATUS = { IN_QUEUE: 'queued', IN_PROGRESS: 'in_progress', COMPLETED: 'completed' } as const;
+const PROGRESS_RANK = { queued: 0, in_progress: 1, completed: 2 } as const;
+
+/**
+ * fal repeats a job's state on every poll and stream tick; a listener hears
+ * only changes, and never a step back (a late poll answering IN_QUEUE after
+ * the stream said IN_PROGRESS). A listener that throws must not fail a job
+ * that is being billed.
+ */
+function progressReporter(jobCount: number, listener: ((p: GenerateProgress) => void) | undefined, log: Logger) {
+  const last: Array<GenerateProgress | undefined> = [];
+  return (jobIndex: number, st: FalJobStatus): void => {
+    if (!listener) return;
+    const p: GenerateProgress = { jobIndex, jobCount, status: PROGRESS_STATUS[st.status], queuePosition: st.queuePosition ?? null };
+    const prev = last[jobIndex];
+    if (prev && (PROGRESS_RANK[p.status] < PROGRESS_RANK[prev.status] || (prev.status === p.status && (p.queuePosition === null || p.queuePosition === prev.queuePosition)))) return;
+    last[jobIndex] = p;
+    try {
+      listener(p);
+    } catch (err) {
+      log.warn({ err }, 'progress listener failed');
+    }
+  };
 }
 
 /** How long we wait for fal to confirm a cancel before leaving it to reconciliation. */

@@ -82,35 +82,41 @@ export function createLoraResolver(opts: LoraResolverOptions): LoraResolver {
   let rootReal: Promise<string> | undefined;
   let writing: Promise<void> = Promise.resolve();
 
+  async function readCache(): Promise<CacheEntry[]> {
+    let text: string;
+    try {
+      text = await readFile(cacheFile, 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') opts.logger.warn({ err: { message: (err as Error).message } }, 'LoRA upload cache unreadable; files will be uploaded again');
+      return [];
+    }
+    try {
+      const parsed = JSON.parse(text) as { entries?: unknown };
+      return (Array.isArray(parsed.entries) ? parsed.entries : []).filter(
+        (e): e is CacheEntry => typeof e?.target === 'string' && typeof e?.sha256 === 'string' && typeof e?.url === 'string',
+      );
+    } catch {
+      opts.logger.warn('LoRA upload cache is not valid JSON; files will be uploaded again');
+      return [];
+    }
+  }
+
   function load(): Promise<void> {
     loaded ??= (async () => {
-      let text: string;
-      try {
-        text = await readFile(cacheFile, 'utf8');
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') opts.logger.warn({ err: { message: (err as Error).message } }, 'LoRA upload cache unreadable; files will be uploaded again');
-        return;
-      }
-      try {
-        const parsed = JSON.parse(text) as { entries?: unknown };
-        entries = (Array.isArray(parsed.entries) ? parsed.entries : []).filter(
-          (e): e is CacheEntry => typeof e?.target === 'string' && typeof e?.sha256 === 'string' && typeof e?.url === 'string',
-        );
-      } catch {
-        opts.logger.warn('LoRA upload cache is not valid JSON; files will be uploaded again');
-        entries = [];
-      }
+      entries = await readCache();
       for (const e of entries) if (e.target === opts.target) urls.set(e.sha256, e.url);
     })();
     return loaded;
   }
 
   function persist(entry: CacheEntry): Promise<void> {
-    entries = [...entries.filter((e) => !(e.target === entry.target && e.sha256 === entry.sha256)), entry];
     // One writer at a time; each write is a temp file renamed over the old
     // one, so a crash mid-write leaves the previous cache, never half of one.
     writing = writing.then(async () => {
       try {
+        // Re-read first: another process sharing DATA_DIR may have added entries.
+        const merged = new Map([...(await readCache()), ...entries, entry].map((e) => [`${e.target}\0${e.sha256}`, e]));
+        entries = [...merged.values()];
         await mkdir(opts.dataDir, { recursive: true });
         const tmp = `${cacheFile}.${randomBytes(6).toString('hex')}.tmp`;
         await writeFile(tmp, `${JSON.stringify({ entries }, null, 2)}\n`, { mode: 0o600 });

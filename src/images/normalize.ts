@@ -27,6 +27,8 @@ export interface CanonicalRequest {
   /** Pixels of each requested image. */
   size: { width: number; height: number };
   responseFormat: ResponseFormat;
+  /** Answer with Server-Sent Events; implies b64_json. */
+  stream: boolean;
   outputFormat: OutputFormat;
   promptExpansion: boolean;
   /** The caller's end-user id, for usage attribution only. */
@@ -167,6 +169,13 @@ export function normalizeRequest(registry: ModelRegistry, body: unknown): Canoni
     }
   }
 
+  const stream = req.stream === true;
+  // OpenAI's stream events carry only base64; quietly answering a "url" caller
+  // with base64 would hand it a field it does not read.
+  if (stream && req.response_format === 'url') {
+    throw invalidRequest('response_format "url" cannot be streamed: stream events carry the image as b64_json. Leave response_format out (or send "b64_json"), or send stream false.', 'response_format');
+  }
+
   const outputFormat = req.output_format ?? model.defaults.output_format;
   const pinned: Record<string, unknown> = {
     image_size: imageSize,
@@ -191,7 +200,8 @@ export function normalizeRequest(registry: ModelRegistry, body: unknown): Canoni
     falInput,
     numImages,
     size: pixelsOf(imageSize),
-    responseFormat: req.response_format ?? 'url',
+    responseFormat: stream ? 'b64_json' : (req.response_format ?? 'url'),
+    stream,
     outputFormat,
     promptExpansion: falInput['enable_prompt_expansion'] === true,
     user: req.user,

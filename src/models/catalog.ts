@@ -1,9 +1,27 @@
-import type { ModelEntry } from './registry.js';
-import { zImageTurbo, zImageTurboLora } from './z-image.js';
+import type { ModelDefinition, ModelEntry, UnconfirmedPricing } from './registry.js';
+import { flux2Lora, fluxDev, fluxSchnell } from './flux.js';
+import { zImageBase, zImageBaseLora, zImageTurbo, zImageTurboLora } from './z-image.js';
 
 /**
- * The models this service serves out of the box. Adding a model is one entry
- * here (declared next to its family, like ./z-image.ts) plus, when it takes
- * fields no schema has yet, one schema in src/schemas/.
+ * Every model this service knows. Adding a model is one entry here (declared
+ * next to its family, like ./z-image.ts or ./flux.ts) plus, when it takes
+ * fields no schema has yet, one schema in src/schemas/image-request.ts.
+ * An entry whose price is not confirmed is served only once MODEL_PRICES
+ * gives it one (./prices.ts).
  */
-export const defaultModels: readonly ModelEntry[] = [zImageTurbo, zImageTurboLora];
+export const modelCatalog: readonly ModelDefinition[] = [
+  zImageTurbo,
+  zImageTurboLora,
+  zImageBase,
+  zImageBaseLora,
+  fluxSchnell,
+  fluxDev,
+  flux2Lora,
+];
+
+function hasConfirmedPrice(d: ModelDefinition): d is ModelEntry {
+  return (d.pricing as Partial<UnconfirmedPricing>).unconfirmed === undefined;
+}
+
+/** The models served with no price configuration at all: the catalog's entries with confirmed prices. */
+export const defaultModels: readonly ModelEntry[] = modelCatalog.filter(hasConfirmedPrice);

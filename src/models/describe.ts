@@ -23,6 +23,7 @@ export function describeModel(entry: ModelEntry, markup: Markup): ModelObject {
   const schema = entry.requestSchema as unknown as SchemaNode;
   const width = prop(customSize(prop(schema, 'image_size')), 'width');
   const n = prop(schema, 'n');
+  const steps = prop(schema, 'num_inference_steps');
   const presets = Object.fromEntries(Object.entries(IMAGE_SIZE_PRESET_PIXELS).map(([k, v]) => [k, `${v.width}x${v.height}`]));
   const p = entry.pricing;
   return {
@@ -43,6 +44,8 @@ export function describeModel(entry: ModelEntry, markup: Markup): ModelObject {
       ...(typeof width?.maximum === 'number' ? { max_side: width.maximum } : {}),
       ...(typeof width?.multipleOf === 'number' ? { side_multiple_of: width.multipleOf } : {}),
       max_loras: (prop(schema, 'loras')?.maxItems as number | undefined) ?? 0,
+      ...(typeof steps?.minimum === 'number' ? { min_inference_steps: steps.minimum } : {}),
+      ...(typeof steps?.maximum === 'number' ? { max_inference_steps: steps.maximum } : {}),
     },
     pricing: {
       unit: p.unit,

@@ -10,7 +10,7 @@ import { validatePricing, type ModelPricing } from '../metering/pricing.js';
 import { IMAGE_SIZE_PRESET_PIXELS } from '../schemas/fields.js';
 import type { ImageSizeValue, OutputFormat } from '../schemas/image-request.js';
 
-export { defaultModels } from './catalog.js';
+export { defaultModels, modelCatalog } from './catalog.js';
 
 /** A request body schema as the registry needs it: a closed object with `model` and `prompt`. */
 export interface RequestSchema {
@@ -55,6 +55,27 @@ export interface ModelEntry {
   readonly maxImagesPerRequest: number;
   readonly defaults: ModelDefaults;
   readonly pricing: ModelPricing;
+}
+
+/**
+ * A price rule whose unit and rounding are known but whose rate no public
+ * source confirms. A model declared with one is served only once
+ * configuration (`MODEL_PRICES`) supplies the rate; until then it is left out
+ * of the registry, never billed at $0.
+ */
+export interface UnconfirmedPricing {
+  readonly unit: ModelPricing['unit'];
+  readonly rateUsd: null;
+  readonly megapixelPixels?: number;
+  readonly rounding?: 'ceil_per_image' | 'exact';
+  readonly promptExpansionUsd?: string;
+  /** Why the rate is unconfirmed; logged when the model is left out. */
+  readonly unconfirmed: string;
+}
+
+/** A catalog entry: a `ModelEntry` whose price may still await configuration. */
+export interface ModelDefinition extends Omit<ModelEntry, 'pricing'> {
+  readonly pricing: ModelPricing | UnconfirmedPricing;
 }
 
 /** Request fields sent to fal on every request (from `defaults` when the caller omits them) because the price depends on them. */
@@ -165,6 +186,8 @@ function checkDefaults(e: ModelEntry, where: string, body: ValidateFunction): vo
 }
 
 function checkPricing(e: ModelEntry, where: string): void {
+  const unconfirmed = (e.pricing as unknown as Partial<UnconfirmedPricing> | undefined)?.unconfirmed;
+  if (unconfirmed !== undefined) fail(where, `has no confirmed price (${unconfirmed}); configure one in MODEL_PRICES or leave the model out`);
   try {
     validatePricing(e.pricing);
   } catch (err) {

@@ -76,7 +76,11 @@ export const customImageSizeField = {
   additionalProperties: false,
 } as const;
 
-/** The aimlapi / fal fields every Z-Image-family endpoint takes. */
+/**
+ * The aimlapi / fal fields of the Z-Image Turbo endpoints. Models whose fal
+ * limits differ compose theirs with ./request-builder.ts, sharing the
+ * definitions here that mean the same on every model (seed, prompt…).
+ */
 export const falImageFields = {
   model: {
     type: 'string',
@@ -157,7 +161,7 @@ export const openAiImageFields = {
   size: {
     type: ['string', 'null'],
     pattern: SIZE_PATTERN,
-    description: 'OpenAI name for image_size: "auto" or "WIDTHxHEIGHT", each side 512 to 2048 and a multiple of 32.',
+    description: 'OpenAI name for image_size: "auto" (the default size) or "WIDTHxHEIGHT", held to the same side limits as image_size\'s {width, height}.',
   },
   response_format: { enum: ['url', 'b64_json', null], description: 'url (default) or b64_json (bare base64).' },
   user: { type: 'string', maxLength: 256, description: 'Your end-user id; kept with the usage record, never sent to fal.' },
@@ -167,7 +171,12 @@ export const openAiImageFields = {
   moderation: { enum: ['auto', null], description: 'Accepted for compatibility: only auto.' },
   output_compression: { enum: [100, null], description: 'Accepted for compatibility: only 100.' },
   partial_images: { enum: [0, null], description: 'Accepted for compatibility: only 0.' },
-  stream: { enum: [false, null], description: 'Accepted for compatibility: only false.' },
+  stream: {
+    type: ['boolean', 'null'],
+    description:
+      'true: answer with Server-Sent Events (progress while fal works, then one image_generation.completed event per image, ' +
+      'always base64; response_format "url" is refused). Not combinable with Idempotency-Key.',
+  },
 } as const;
 
 /**
@@ -181,5 +190,4 @@ export const UNSUPPORTED_VALUE_REASONS: Readonly<Record<string, string>> = {
   moderation: 'moderation cannot be relaxed; use enable_safety_checker to control NSFW flagging',
   output_compression: 'the compression level cannot be chosen for this model',
   partial_images: 'partial images are not produced by this model',
-  stream: 'streaming responses are not available on this service yet',
 };

@@ -4,11 +4,20 @@
  */
 import { errorResponseSchema } from './error-response.js';
 import { imagesResponseSchema } from './images-response.js';
-import { zImageTurboLoraRequestSchema, zImageTurboRequestSchema } from './image-request.js';
+import {
+  flux2LoraRequestSchema,
+  fluxDevRequestSchema,
+  fluxSchnellRequestSchema,
+  zImageBaseLoraRequestSchema,
+  zImageBaseRequestSchema,
+  zImageTurboLoraRequestSchema,
+  zImageTurboRequestSchema,
+} from './image-request.js';
 import { usageSettledEventSchema } from './usage-settled-event.js';
 import { apiKeyListSchema, apiKeySchema, createdApiKeySchema, createKeyRequestSchema, updateKeyRequestSchema } from './admin-keys.js';
 import { adminUsageReportSchema, usageReportSchema } from './usage.js';
 import { modelListSchema, modelSchema } from './models.js';
+import { imageGenerationCompletedEventSchema, imageGenerationProgressEventSchema } from './image-stream-events.js';
 
 export interface EmittedSchema {
   /** File name under `schemas/`. */
@@ -19,6 +28,11 @@ export interface EmittedSchema {
 export const EMITTED_SCHEMAS: readonly EmittedSchema[] = [
   { file: 'z-image-turbo.request.json', schema: zImageTurboRequestSchema },
   { file: 'z-image-turbo-lora.request.json', schema: zImageTurboLoraRequestSchema },
+  { file: 'z-image-base.request.json', schema: zImageBaseRequestSchema },
+  { file: 'z-image-base-lora.request.json', schema: zImageBaseLoraRequestSchema },
+  { file: 'flux-schnell.request.json', schema: fluxSchnellRequestSchema },
+  { file: 'flux-dev.request.json', schema: fluxDevRequestSchema },
+  { file: 'flux-2-lora.request.json', schema: flux2LoraRequestSchema },
   { file: 'images-response.json', schema: imagesResponseSchema },
   { file: 'error-response.json', schema: errorResponseSchema },
   { file: 'usage-settled.event.json', schema: usageSettledEventSchema },
@@ -31,6 +45,8 @@ export const EMITTED_SCHEMAS: readonly EmittedSchema[] = [
   { file: 'admin-usage-report.json', schema: adminUsageReportSchema },
   { file: 'model.json', schema: modelSchema },
   { file: 'model-list.json', schema: modelListSchema },
+  { file: 'image-generation-progress.event.json', schema: imageGenerationProgressEventSchema },
+  { file: 'image-generation-completed.event.json', schema: imageGenerationCompletedEventSchema },
 ];
 
 /** Exactly the bytes `scripts/emit-schemas.ts` writes for a schema. */
@@ -42,7 +58,9 @@ export * from './describe-error.js';
 export * from './error-response.js';
 export * from './fields.js';
 export * from './image-request.js';
+export * from './request-builder.js';
 export * from './images-response.js';
 export * from './usage-settled-event.js';
 export * from './admin-keys.js';
 export * from './usage.js';
+export * from './image-stream-events.js';

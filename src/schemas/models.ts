@@ -28,6 +28,8 @@ const modelObject = {
         max_side: { type: 'integer' },
         side_multiple_of: { type: 'integer' },
         max_loras: { type: 'integer', minimum: 0 },
+        min_inference_steps: { type: 'integer', minimum: 1, description: 'The smallest num_inference_steps; absent when the model takes no steps.' },
+        max_inference_steps: { type: 'integer', minimum: 1, description: 'The largest num_inference_steps; absent when the model takes no steps.' },
       },
       required: ['max_images_per_request', 'max_images_per_job', 'prompt_max_length', 'image_size_presets', 'max_loras'],
       additionalProperties: false,

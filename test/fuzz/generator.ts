@@ -697,7 +697,8 @@ function rawRequest(r: Rng, opts: GeneratorOptions): { label: string; raw: Buffe
     case 'garbage': {
       const bytes = Buffer.alloc(r.int(1, 300));
       for (let i = 0; i < bytes.length; i++) bytes[i] = r.int(0, 255);
-      return { label: kind, method: '?', path: '?', raw: bytes };
+      // Random bytes can be the start of a valid request that never ends: half-closing makes the server decide, and it may just hang up.
+      return { label: kind, method: '?', path: '?', raw: bytes, mayHangUp: true };
     }
     case 'short_body':
       // Declares more than it sends and half-closes: an aborted upload.

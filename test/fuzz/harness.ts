@@ -256,9 +256,37 @@ export function judge(c: FuzzCase, o: Outcome): string[] {
     else v.push(...imagesProblems(o, c.images ?? 1));
   } else if (o.status === 200 && c.method === 'POST' && !c.raw && /^\/v1\/images\/generations\/?$/i.test(c.path)) {
     // A mutation that happened to stay valid must still be a real answer.
-    v.push(...imagesProblems(o, undefined));
+    v.push(...(/^text\/event-stream\b/.test(header(o.headers, 'content-type') ?? '') ? streamProblems(o) : imagesProblems(o, undefined)));
   }
   return v;
+}
+
+/**
+ * A 200 that streams (`stream: true`) has sent its status before the work
+ * ends, so a failure arrives as an event: it must still be the error
+ * object, and never our own crash (server_error).
+ */
+function streamProblems(o: Outcome): string[] {
+  const events: unknown[] = [];
+  for (const line of o.body.toString('utf8').split(/\r?\n/)) {
+    if (!line.startsWith('data:')) continue;
+    const data = line.slice(5).trim();
+    if (data === '[DONE]') continue;
+    try {
+      events.push(JSON.parse(data));
+    } catch {
+      return [`stream event is not JSON: ${JSON.stringify(data.slice(0, 120))}`];
+    }
+  }
+  if (events.length === 0) return ['200 stream without events'];
+  for (const e of events) {
+    const err = (e as { error?: unknown }).error;
+    if (err === undefined) continue;
+    const keys = err && typeof err === 'object' ? Object.keys(err).sort().join() : '';
+    if (keys !== ERROR_KEYS.join()) return [`stream error event is not the error object: ${JSON.stringify(e).slice(0, 200)}`];
+    if ((err as { type?: unknown }).type === 'server_error') return [`stream ended in a server error: ${JSON.stringify(e).slice(0, 200)}`];
+  }
+  return [];
 }
 
 function imagesProblems(o: Outcome, expected: number | undefined): string[] {

@@ -84,9 +84,19 @@ describe('fuzz regressions', () => {
       const o = await raw(bytes);
       assert.equal(o.status, 400);
       assert.equal(errorOf(o).code, 'invalid_http');
+      // Written before Express, yet with the same security headers as every other answer.
+      assert.equal(o.headers['x-frame-options'], 'SAMEORIGIN');
+      assert.match(String(o.headers['content-security-policy']), /default-src 'self'/);
     }
     const big = await raw(`GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`);
     assert.equal(big.status, 431);
+  });
+
+  it('a HEAD request the parser refuses is answered without a body', async () => {
+    // node:http's client reads any body after a HEAD answer as a broken response.
+    const o = await run({ method: 'HEAD', path: '/\u00e9', headers: { authorization: JSON_HEADERS.authorization }, body: undefined });
+    assert.equal(o.status, 400);
+    assert.equal(o.body.length, 0);
   });
 
   it('a body whose chunked framing breaks after the headers were read is still answered', async () => {
@@ -98,6 +108,7 @@ describe('fuzz regressions', () => {
     const o = await raw(`GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n`);
     assert.equal(o.status, 400);
     assert.equal(errorOf(o).code, 'missing_host');
+    assert.equal(o.headers['x-content-type-options'], 'nosniff');
   });
 
   it('an unknown Expect does not leave its body on the connection for the next request', async () => {

@@ -14,6 +14,8 @@ function load(name: string) {
 const validators = {
   images: load('images-response.json'),
   error: load('error-response.json'),
+  progressEvent: load('image-generation-progress.event.json'),
+  completedEvent: load('image-generation-completed.event.json'),
 };
 
 export function assertMatchesSchema(which: keyof typeof validators, body: unknown): void {

@@ -36,6 +36,8 @@ describe('GET /v1/models', () => {
     assert.equal(turbo.limits.prompt_max_length, 4000);
     assert.equal(turbo.limits.max_loras, 0);
     assert.equal(turbo.limits.side_multiple_of, 32);
+    assert.equal(turbo.limits.min_inference_steps, 1);
+    assert.equal(turbo.limits.max_inference_steps, 8);
     const lora = body.data.find((m) => m.id === 'alibaba/z-image-turbo-lora')!;
     assert.equal(lora.limits.max_loras, 3);
   });

@@ -1,5 +1,6 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { connect } from 'node:net';
 import request from 'supertest';
 import { startTestService, TEST_KEY, type TestService } from '../helpers/service.js';
 
@@ -66,6 +67,23 @@ describe('security headers and CORS', () => {
     assertSecurityHeaders(missing, '404');
 
     assertSecurityHeaders(await request(t.url).get('/healthz'), 'healthz');
+  });
+
+  it("are on the answers Node's HTTP parser refuses before Express runs", async () => {
+    const { port } = new URL(t.url);
+    const raw = await new Promise<string>((resolve, reject) => {
+      const socket = connect(Number(port), '127.0.0.1', () => socket.write('GET /bad\u0001path HTTP/1.1\r\nHost: x\r\n\r\n'));
+      let data = '';
+      socket.on('data', (d) => (data += d.toString('latin1')));
+      socket.on('end', () => resolve(data));
+      socket.on('error', reject);
+    });
+    const [head] = raw.split('\r\n\r\n');
+    const headers = Object.fromEntries(
+      head!.split('\r\n').slice(1).map((l) => [l.slice(0, l.indexOf(':')).toLowerCase(), l.slice(l.indexOf(':') + 1).trim()]),
+    );
+    assert.match(head!, /^HTTP\/1\.1 400 /);
+    assertSecurityHeaders({ headers } as unknown as request.Response, 'parser refusal');
   });
 
   it('CORS is off by default: no allow-origin, even for a preflight', async () => {

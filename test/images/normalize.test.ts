@@ -2,10 +2,11 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { ApiError } from '../../src/errors.js';
 import { normalizeRequest, type CanonicalRequest } from '../../src/images/normalize.js';
-import { createModelRegistry, defaultModels } from '../../src/models/index.js';
+import { createModelRegistry, zImageTurbo, zImageTurboLora } from '../../src/models/index.js';
 import { IMAGE_SIZE_PRESET_PIXELS, IMAGE_SIZE_PRESETS } from '../../src/schemas/fields.js';
 
-const registry = createModelRegistry(defaultModels);
+// The Z-Image Turbo pair alone, so messages naming "the other models" stay about this family; the whole catalog is test/models/catalog.test.ts.
+const registry = createModelRegistry([zImageTurbo, zImageTurboLora]);
 const TURBO = 'alibaba/z-image-turbo';
 const LORA = 'alibaba/z-image-turbo-lora';
 
@@ -227,6 +228,23 @@ describe('values that change nothing are accepted and not sent', () => {
   }
 });
 
+describe('stream', () => {
+  it('true streams base64 and stays out of the fal input', () => {
+    for (const responseFormat of [undefined, null, 'b64_json']) {
+      const c = normalize(turbo({ stream: true, ...(responseFormat !== undefined ? { response_format: responseFormat } : {}) }));
+      assert.equal(c.stream, true);
+      assert.equal(c.responseFormat, 'b64_json');
+      assert.deepEqual(c.falInput, normalize(turbo()).falInput);
+    }
+  });
+
+  it('false or null do not stream', () => {
+    assert.equal(normalize(turbo({ stream: false })).stream, false);
+    assert.equal(normalize(turbo({ stream: null })).stream, false);
+    assert.equal(normalize(turbo()).responseFormat, 'url');
+  });
+});
+
 describe('accepted LoRA paths', () => {
   const paths = [
     'https://huggingface.co/owner/repo/resolve/main/lora.safetensors',
@@ -330,7 +348,8 @@ describe('rejections name the param and say why', () => {
     ['moderation low', turbo({ moderation: 'low' }), 'moderation', /moderation "low" is not supported.*enable_safety_checker/],
     ['output_compression 80', turbo({ output_compression: 80 }), 'output_compression', /output_compression 80 is not supported/],
     ['partial_images 2', turbo({ partial_images: 2 }), 'partial_images', /partial_images 2 is not supported/],
-    ['stream true', turbo({ stream: true }), 'stream', /stream true is not supported.*streaming/],
+    ['stream a string', turbo({ stream: 'yes' }), 'stream', /stream must be/],
+    ['stream with response_format url', turbo({ stream: true, response_format: 'url' }), 'response_format', /response_format "url" cannot be streamed.*b64_json/],
     // provider
     ['provider alibaba', turbo({ provider: 'alibaba' }), 'provider', /provider "alibaba" is not available: this service generates every image with fal/],
     ['provider Alibaba', turbo({ provider: 'ALIBABA' }), 'provider', /provider "ALIBABA" is not available/],

@@ -5,12 +5,15 @@ import { createModelRegistry, defaultModels, zImageTurbo, zImageTurboLora, type 
 describe('default registry', () => {
   const registry = createModelRegistry(defaultModels);
 
-  it('lists both models in declaration order', () => {
+  it('lists the models with confirmed prices in declaration order', () => {
     assert.deepEqual(
       registry.list().map((m) => [m.id, m.endpoint]),
       [
         ['alibaba/z-image-turbo', 'fal-ai/z-image/turbo'],
         ['alibaba/z-image-turbo-lora', 'fal-ai/z-image/turbo/lora'],
+        ['flux/schnell', 'fal-ai/flux/schnell'],
+        ['flux/dev', 'fal-ai/flux/dev'],
+        ['blackforestlabs/flux-2-lora', 'fal-ai/flux-2/lora'],
       ],
     );
   });

@@ -1,15 +1,23 @@
 import { Router, type Request, type Response } from 'express';
+import type { Logger } from 'pino';
 import type { ModelRegistry } from '../../models/registry.js';
-import { normalizeRequest } from '../../images/normalize.js';
-import type { ImageService } from '../../images/generate.js';
+import { normalizeRequest, type CanonicalRequest } from '../../images/normalize.js';
+import type { GenerateContext, ImageService } from '../../images/generate.js';
+import { completedEvents, progressEvent } from '../../images/stream-events.js';
+import { ApiError, errorResponse, invalidRequest } from '../../errors.js';
 import type { Principal } from '../auth.js';
 import { parseIdempotencyKey, withIdempotency, type IdempotencyOptions, type Reply } from '../idempotency.js';
+import { sseStream } from '../sse.js';
 
 export interface ImagesRouteDeps {
   registry: ModelRegistry;
   images: ImageService;
   publicBaseUrl: string | undefined;
   idempotency: IdempotencyOptions;
+  /** Interval of keep-alive comments on a streamed answer. */
+  streamKeepAliveMs: number;
+  /** For failures that happen after a stream started, which the error handler never sees. */
+  logger?: Logger;
 }
 
 /** The origin the caller reached us on, unless PUBLIC_BASE_URL says otherwise. */
@@ -36,12 +44,24 @@ export function imagesRouter(deps: ImagesRouteDeps): Router {
     res.locals.prompt = canonical.falInput['prompt'];
     const principal = res.locals.principal as Principal;
     const requestId = res.locals.requestId as string;
+    const context = (): GenerateContext => ({
+      requestId,
+      keyId: principal.keyId,
+      callerSignal: callerGoneSignal(res),
+      publicBaseUrl: publicBase(req, deps.publicBaseUrl),
+    });
+    if (canonical.stream) {
+      if (idemKey !== undefined) {
+        // A replay would have to re-send a stream whose progress is gone; a
+        // caller who needs idempotency gets it without streaming.
+        throw invalidRequest('Idempotency-Key cannot be combined with stream: true (a stream cannot be replayed); send one or the other.', 'Idempotency-Key', 'idempotency_not_streamable');
+      }
+      await streamImages(canonical, context(), res, deps);
+      return;
+    }
     const generate = async (run: { submitted: boolean }): Promise<Reply> => {
       const outcome = await deps.images.generate(canonical, {
-        requestId,
-        keyId: principal.keyId,
-        callerSignal: callerGoneSignal(res),
-        publicBaseUrl: publicBase(req, deps.publicBaseUrl),
+        ...context(),
         idempotencyKey: idemKey,
         onSubmitted: () => {
           run.submitted = true;
@@ -56,4 +76,31 @@ export function imagesRouter(deps: ImagesRouteDeps): Router {
     res.status(reply.status).set(reply.headers).json(reply.body);
   });
   return router;
+}
+
+/**
+ * `stream: true`: progress while fal works, then one completed event per
+ * image. The images and their charge come from the same settled outcome as
+ * a JSON answer, so a streamed request is billed exactly like one; the
+ * usage headers cannot follow a started body, so usage rides in the events.
+ */
+async function streamImages(canonical: CanonicalRequest, ctx: GenerateContext, res: Response, deps: ImagesRouteDeps): Promise<void> {
+  const sse = sseStream(res, { keepAliveMs: deps.streamKeepAliveMs });
+  try {
+    const outcome = await deps.images.generate(canonical, {
+      ...ctx,
+      onProgress: (p) => sse.send('image_generation.progress', progressEvent(p, Date.now())),
+    });
+    res.locals.falRequestId = outcome.falRequestId;
+    for (const event of completedEvents(canonical, outcome.body)) sse.send('image_generation.completed', event);
+  } catch (err) {
+    if (!sse.started) throw err;
+    const out = errorResponse(err);
+    res.locals.errorCode = out.body.error.code;
+    if (!(err instanceof ApiError) || out.status >= 500) deps.logger?.error({ err, request_id: ctx.requestId }, 'streamed request failed');
+    // The openai SDK throws on any event whose data has an `error` key, with its message.
+    sse.send('error', out.body);
+  } finally {
+    sse.end();
+  }
 }

@@ -1,0 +1,89 @@
+import { Agent, request } from 'node:http';
+import { performance } from 'node:perf_hooks';
+
+/**
+ * A keep-alive HTTP/1.1 client on node:http, for thousands of concurrent
+ * requests from one process: one socket per request in flight (as SDK
+ * clients do), no pool cap, and no dependency the service itself uses, so
+ * the client cannot share a bug or a tuning with what it measures.
+ */
+
+export function keepAliveAgent(): Agent {
+  return new Agent({ keepAlive: true, maxSockets: Infinity, maxFreeSockets: 20_000, keepAliveMsecs: 30_000 });
+}
+
+export interface Reply {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  body: Buffer;
+  /** performance.now() when the request was sent and when its last byte arrived. */
+  startedAt: number;
+  endedAt: number;
+  /** Date.now() at the last byte, to join with another process's wall-clock timestamps. */
+  doneAtWallMs: number;
+}
+
+export function post(url: string, payload: string | Buffer, opts: { agent: Agent; headers?: Record<string, string>; timeoutMs: number; discardBody?: boolean }): Promise<Reply> {
+  const u = new URL(url);
+  const body = typeof payload === 'string' ? Buffer.from(payload) : payload;
+  return new Promise((resolve, reject) => {
+    const startedAt = performance.now();
+    const req = request(
+      {
+        host: u.hostname,
+        port: u.port,
+        path: u.pathname + u.search,
+        method: 'POST',
+        agent: opts.agent,
+        headers: { 'content-type': 'application/json', 'content-length': String(body.length), ...opts.headers },
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        let size = 0;
+        res.on('data', (c: Buffer) => {
+          size += c.length;
+          if (!opts.discardBody) chunks.push(c);
+        });
+        res.on('end', () => {
+          clearTimeout(timer);
+          resolve({
+            status: res.statusCode ?? 0,
+            headers: res.headers,
+            body: opts.discardBody ? Buffer.alloc(0) : Buffer.concat(chunks, size),
+            startedAt,
+            endedAt: performance.now(),
+            doneAtWallMs: Date.now(),
+          });
+        });
+        res.on('error', reject);
+      },
+    );
+    const timer = setTimeout(() => req.destroy(new Error(`no full answer within ${opts.timeoutMs} ms`)), opts.timeoutMs);
+    req.on('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+    req.end(body);
+  });
+}
+
+export async function getJson<T>(url: string, timeoutMs = 30_000): Promise<T> {
+  const res = await fetch(url, { signal: AbortSignal.timeout(timeoutMs) });
+  if (!res.ok) throw new Error(`GET ${url}: HTTP ${res.status}`);
+  return (await res.json()) as T;
+}
+
+/** One gauge or counter of a Prometheus text exposition (the sum over its label sets). */
+export function promValue(text: string, name: string): number {
+  let sum = 0;
+  let seen = false;
+  for (const line of text.split('\n')) {
+    if (line.startsWith('#')) continue;
+    const m = /^([a-zA-Z_:][\w:]*)(\{[^}]*\})?\s+(\S+)/.exec(line);
+    if (m && m[1] === name) {
+      sum += Number(m[3]);
+      seen = true;
+    }
+  }
+  return seen ? sum : Number.NaN;
+}

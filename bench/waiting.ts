@@ -1,0 +1,339 @@
+/**
+ * Issue 6, "Many waiting jobs": 10,000 jobs in flight at once on one service
+ * process. Memory per waiting job, upstream status traffic per job-second,
+ * the sockets the process holds, and how long a finished job takes to reach
+ * its caller — with status polling (the default) and with fal webhooks.
+ *
+ *   npx tsx bench/waiting.ts [--quick] [--jobs=10000] [--modes=polling,webhook]
+ *       [--plateau=30] [--ledger=tmpfs|disk] [--no-write]
+ *
+ * Why jobs are held rather than given a fixed latency: on this machine the
+ * service takes minutes (not the 20–30 s of a realistic job) to accept
+ * 10,000 requests, so with a fixed latency the first jobs would finish
+ * before the last were submitted and 10,000 would never be waiting at once.
+ * The emulator's `never_finish` fault holds every job until all are in
+ * flight and the plateau is measured; then each job is released at its
+ * submit time + L, with L = (ramp + plateau): exactly a fixed emulator
+ * latency of L, chosen once the ramp's length is known.
+ */
+import { parseArgs } from 'node:util';
+import os from 'node:os';
+import { getJson, keepAliveAgent, post, promValue, type Reply } from './lib/http-client.js';
+import { describeMachine } from './lib/machine.js';
+import { fixed, ms, table } from './lib/markdown.js';
+import { MemSampler, portOf, readCpuMs, readMem, readSockets, type Sockets } from './lib/procfs.js';
+import { freePort, startEmulatorProcess, startServiceProcess, type NodeChild } from './lib/procs.js';
+import { kib, machineLine, mib, writeSection } from './lib/readme-section.js';
+import { AUTH, emulatorAdmin, imageBody, log, serviceEnv, sleep, tempDir, timeBudget } from './lib/scale.js';
+import { summarize, type Summary } from './lib/stats.js';
+
+const { values: args } = parseArgs({
+  options: {
+    quick: { type: 'boolean', default: false },
+    jobs: { type: 'string' },
+    modes: { type: 'string', default: 'polling,webhook' },
+    plateau: { type: 'string' },
+    ledger: { type: 'string', default: 'tmpfs' },
+    'no-write': { type: 'boolean', default: false },
+  },
+  strict: true,
+});
+
+const JOBS = Number(args.jobs ?? (args.quick ? 2000 : 10_000));
+const PLATEAU_S = Number(args.plateau ?? (args.quick ? 15 : 30));
+type Mode = 'polling' | 'webhook';
+const modes = args.modes.split(',') as Mode[];
+for (const m of modes) if (m !== 'polling' && m !== 'webhook') throw new Error(`unknown mode ${m}`);
+if (args.ledger !== 'tmpfs' && args.ledger !== 'disk') throw new Error('--ledger must be tmpfs or disk');
+/** Requests sent but not yet submitted to the emulator: enough to keep the service busy, few enough not to overflow its accept queue. */
+const INGRESS_WINDOW = 64;
+const REQUEST_TIMEOUT_MS = 1_800_000;
+timeBudget(modes.length * 45 * 60_000, 'bench/waiting.ts');
+
+interface ModeFigures {
+  mode: Mode;
+  jobs: number;
+  ok: number;
+  errors: Map<string, number>;
+  rampS: number;
+  idleRss: number;
+  plateauRss: number;
+  peakRss: number;
+  idleHeap: number;
+  plateauHeap: number;
+  inFlightAtPlateau: number;
+  plateauS: number;
+  /** Emulator calls during the plateau. */
+  plateauStatus: number;
+  plateauStreams: number;
+  /** Whole run, from the first submit to the last answer. */
+  totalStatus: number;
+  totalStreams: number;
+  jobSeconds: number;
+  sockets: Sockets;
+  upstreamPort: number;
+  latencyS: number;
+  c2r: Summary;
+  c2rUnder100: number;
+  cpuPlateauUtil: number;
+  emulatorRss: number;
+}
+
+async function runMode(mode: Mode, emu: NodeChild, dir: string): Promise<ModeFigures> {
+  const admin = emulatorAdmin(emu.url);
+  await admin.reset();
+  const data = await tempDir(`gw-wait-${mode}-`, args.ledger === 'tmpfs' ? '/dev/shm' : os.tmpdir());
+  const extra: Record<string, string> = {
+    MAX_IN_FLIGHT: String(JOBS + 1000),
+    REQUEST_TIMEOUT_MS: String(REQUEST_TIMEOUT_MS),
+  };
+  if (mode === 'webhook') {
+    // The service must know its own address before it starts: it is in every submit's fal_webhook.
+    const port = await freePort();
+    Object.assign(extra, {
+      PORT: String(port),
+      PUBLIC_BASE_URL: `http://127.0.0.1:${port}`,
+      FAL_WEBHOOKS: 'true',
+      // The default (30 s) starts polling any job still waiting 30 s after its submit;
+      // held jobs here wait minutes, and a callback is on time whenever it comes.
+      FAL_WEBHOOK_GRACE_MS: String(REQUEST_TIMEOUT_MS),
+    });
+  }
+  const svc = await startServiceProcess(dir, serviceEnv(emu.url, data.path, extra), `service-${mode}`);
+  const agent = keepAliveAgent();
+  const url = `${svc.url}/v1/images/generations`;
+  const body = imageBody();
+  const metrics = async () => (await fetch(`${svc.url}/metrics`, { signal: AbortSignal.timeout(60_000) })).text();
+  try {
+    log(`${mode}: service pid ${svc.pid} at ${svc.url}; warming up`);
+    for (let i = 0; i < 5; i++) await Promise.all(Array.from({ length: 20 }, () => post(url, body, { agent, headers: AUTH, timeoutMs: 60_000 })));
+    await admin.reset();
+    await admin.armFaults([{ kind: 'never_finish', times: JOBS }]);
+    await sleep(2000);
+    const idleSampler = new MemSampler(svc.pid, 200).start();
+    await sleep(3000);
+    idleSampler.stop();
+    const idleRss = idleSampler.medianBetween(0, Date.now());
+    const idleHeap = promValue(await metrics(), 'nodejs_heap_size_used_bytes');
+
+    // Ramp: keep at most INGRESS_WINDOW requests between "sent" and "submitted to fal".
+    log(`${mode}: ramping to ${JOBS} jobs (idle RSS ${mib(idleRss)})`);
+    const replies: Array<Promise<{ reply?: Reply; error?: string }>> = [];
+    const rampStart = performance.now();
+    let submitted = 0;
+    let lastReport = 0;
+    while (replies.length < JOBS) {
+      submitted = (await admin.health()).jobs;
+      const room = Math.min(JOBS - replies.length, submitted + INGRESS_WINDOW - replies.length);
+      for (let i = 0; i < room; i++) {
+        replies.push(post(url, body, { agent, headers: AUTH, timeoutMs: REQUEST_TIMEOUT_MS }).then((reply) => ({ reply }), (err: Error) => ({ error: err.message })));
+      }
+      if (performance.now() - lastReport > 15_000) {
+        lastReport = performance.now();
+        log(`${mode}: ${replies.length} sent, ${submitted} submitted, RSS ${mib(readMem(svc.pid).rss)}`);
+      }
+      await sleep(room > 0 ? 100 : 200);
+    }
+    let inFlight = 0;
+    for (;;) {
+      submitted = (await admin.health()).jobs;
+      inFlight = promValue(await metrics(), 'gateway_jobs_in_flight');
+      if (submitted >= JOBS && inFlight >= JOBS) break;
+      await sleep(1000);
+    }
+    const rampS = (performance.now() - rampStart) / 1000;
+    log(`${mode}: ${inFlight} jobs in flight after ${rampS.toFixed(0)} s; plateau of ${PLATEAU_S} s`);
+
+    // Plateau: everything waits; nothing else happens.
+    await sleep(3000);
+    const s0 = await admin.stats();
+    const cpu0 = readCpuMs(svc.pid);
+    const t0 = Date.now();
+    const sampler = new MemSampler(svc.pid, 250).start();
+    await sleep((PLATEAU_S * 1000) / 2);
+    const sockets = readSockets(svc.pid, portOf(svc.url), [portOf(emu.url)]);
+    await sleep((PLATEAU_S * 1000) / 2);
+    sampler.stop();
+    const t1 = Date.now();
+    const cpuPlateauUtil = (readCpuMs(svc.pid) - cpu0) / (t1 - t0);
+    const s1 = await admin.stats();
+    const plateauRss = sampler.medianBetween(t0, t1);
+    const plateauHeap = promValue(await metrics(), 'nodejs_heap_size_used_bytes');
+    const emulatorRss = readMem(emu.pid).rss;
+    log(`${mode}: plateau RSS ${mib(plateauRss)} (idle ${mib(idleRss)}): ${kib((plateauRss - idleRss) / JOBS)} per job; sockets ${JSON.stringify(sockets)}`);
+
+    // Release: job i completes at its submit time + L, L = ramp + plateau so far.
+    const jobs = (await admin.jobs()).sort((a, b) => a.submitted_at - b.submitted_at);
+    const first = jobs[0]!.submitted_at;
+    const latencyMs = Date.now() - first + 1000;
+    log(`${mode}: releasing ${jobs.length} jobs as if each took ${(latencyMs / 1000).toFixed(0)} s`);
+    const releaseAgent = keepAliveAgent();
+    let next = 0;
+    const releaser = async () => {
+      while (next < jobs.length) {
+        const j = jobs[next++]!;
+        const due = j.submitted_at + latencyMs - Date.now();
+        if (due > 0) await sleep(due);
+        const r = await post(`${emu.url}/_emulator/jobs/${j.request_id}/finish`, '', { agent: releaseAgent, timeoutMs: 60_000, discardBody: true });
+        if (r.status !== 200) throw new Error(`finishing ${j.request_id}: HTTP ${r.status}`);
+      }
+    };
+    await Promise.all(Array.from({ length: 8 }, releaser));
+    releaseAgent.destroy();
+    const settled = await Promise.all(replies);
+    const peakRss = readMem(svc.pid).hwm;
+    const s2 = await admin.stats();
+    const done = new Map((await admin.jobs()).map((j) => [j.request_id, j]));
+
+    const errors = new Map<string, number>();
+    const c2r: number[] = [];
+    let jobSeconds = 0;
+    for (const r of settled) {
+      if (r.reply?.status !== 200) {
+        const k = r.error ? `client: ${r.error}` : `HTTP ${r.reply!.status} ${r.reply!.body.toString().slice(0, 160)}`;
+        errors.set(k, (errors.get(k) ?? 0) + 1);
+        continue;
+      }
+      const id = (JSON.parse(r.reply.body.toString()) as { meta: { fal_request_id: string } }).meta.fal_request_id;
+      const j = done.get(id);
+      if (j?.completed_at === undefined) continue;
+      c2r.push(r.reply.doneAtWallMs - j.completed_at);
+      jobSeconds += (r.reply.doneAtWallMs - j.submitted_at) / 1000;
+    }
+    const c2rSummary = summarize(c2r);
+    const f: ModeFigures = {
+      mode,
+      jobs: JOBS,
+      ok: c2r.length,
+      errors,
+      rampS,
+      idleRss,
+      plateauRss,
+      peakRss,
+      idleHeap,
+      plateauHeap,
+      inFlightAtPlateau: inFlight,
+      plateauS: (t1 - t0) / 1000,
+      plateauStatus: (s1.status ?? 0) - (s0.status ?? 0),
+      plateauStreams: (s1.stream ?? 0) - (s0.stream ?? 0),
+      totalStatus: s2.status ?? 0,
+      totalStreams: s2.stream ?? 0,
+      jobSeconds,
+      sockets,
+      upstreamPort: portOf(emu.url),
+      latencyS: latencyMs / 1000,
+      c2r: c2rSummary,
+      c2rUnder100: c2r.filter((v) => v < 100).length,
+      cpuPlateauUtil,
+      emulatorRss,
+    };
+    log(`${mode}: ${f.ok}/${JOBS} ok; c2r p50 ${ms(c2rSummary.p50)} p99 ${ms(c2rSummary.p99)} ms; status calls ${f.totalStatus}, streams ${f.totalStreams}`);
+    return f;
+  } finally {
+    agent.destroy();
+    await svc.stop(30_000);
+    await data.remove();
+  }
+}
+
+function render(all: ModeFigures[], startedAt: Date, machine: ReturnType<typeof describeMachine>, seconds: number): string {
+  const perJob = (f: ModeFigures) => (f.plateauRss - f.idleRss) / f.jobs;
+  const memRows = all.map((f) => [
+    f.mode,
+    String(f.inFlightAtPlateau),
+    mib(f.idleRss),
+    mib(f.plateauRss),
+    `**${kib(perJob(f))}**`,
+    perJob(f) < 20 * 1024 ? 'met' : `**missed** (${(perJob(f) / (20 * 1024)).toFixed(2)}×)`,
+    kib((f.plateauHeap - f.idleHeap) / f.jobs),
+    mib(f.peakRss),
+    `${Math.round(f.cpuPlateauUtil * 100)}%`,
+  ]);
+  const trafficRows = all.map((f) => [
+    f.mode,
+    `${f.plateauStatus} / ${f.plateauStreams}`,
+    `**${fixed((f.plateauStatus + f.plateauStreams) / (f.jobs * f.plateauS), 4)}**`,
+    fixed(f.plateauStatus / f.plateauS, 0),
+    `${f.totalStatus} / ${f.totalStreams}`,
+    `**${fixed((f.totalStatus + f.totalStreams) / f.jobSeconds, 4)}**`,
+  ]);
+  const sockRows = all.map((f) => [f.mode, String(f.sockets.fds), String(f.sockets.inbound - 1), `**${f.sockets.upstream[f.upstreamPort]}**`, String(f.sockets.other)]);
+  const c2rRows = all.map((f) => [
+    f.mode,
+    `${f.ok}/${f.jobs}`,
+    f.errors.size ? `**${[...f.errors.values()].reduce((a, b) => a + b, 0)}**` : '0',
+    ms(f.c2r.p50),
+    ms(f.c2r.p90),
+    ms(f.c2r.p99),
+    ms(f.c2r.max),
+    `${((f.c2rUnder100 / Math.max(1, f.ok)) * 100).toFixed(1)}%`,
+    f.rampS.toFixed(0),
+    f.latencyS.toFixed(0),
+  ]);
+  const errorLines = all.flatMap((f) => [...f.errors].map(([k, n]) => `- ${f.mode}: ${n} × ${k}`));
+  return [
+    `Run: \`npx tsx bench/waiting.ts${args.quick ? ' --quick' : ''}\` on ${startedAt.toISOString().slice(0, 10)} (${Math.round(seconds)} s).`,
+    '',
+    machineLine(machine, Math.round(os.loadavg()[0]! * 100) / 100),
+    '',
+    `Setup: emulator and service as separate processes on 127.0.0.1, emulator in **cheap** image mode; **${JOBS.toLocaleString('en')} jobs** in flight at once on one service process ` +
+      `(\`MAX_IN_FLIGHT=${JOBS + 1000}\`, \`REQUEST_TIMEOUT_MS=${REQUEST_TIMEOUT_MS}\`, \`DEFAULT_RPM_LIMIT=0\`, otherwise defaults: 256 status streams, 200 polls/s, 128 short connections to fal, info access logs). ` +
+      `SQLite ledger on ${args.ledger === 'tmpfs' ? '/dev/shm (fsync is free there: the ramp is then bounded by CPU, not by the disk; the ledger holds nothing in the process per waiting job either way)' : 'os.tmpdir()'}. ` +
+      `Each request is its own keep-alive connection from this process (node:http). Jobs are held by the emulator's \`never_finish\` fault until the plateau has been measured (${PLATEAU_S} s), ` +
+      `then released each at its submit time + L, i.e. a fixed job latency of L (column *L*). Webhook mode: \`FAL_WEBHOOKS=true\`, \`PUBLIC_BASE_URL\` = the service's own loopback URL, ` +
+      `callbacks signed by the emulator and verified against its JWKS, \`FAL_WEBHOOK_GRACE_MS\` raised to the request deadline (see below).`,
+    '',
+    '**Memory per waiting job** (VmRSS of the service process; idle = after warm-up, plateau = median over the plateau; target < 20 KB)',
+    '',
+    table(['mode', 'jobs in flight', 'idle RSS', 'plateau RSS', 'per job', 'target', 'V8 heap used per job', 'peak RSS (VmHWM)', 'service CPU at plateau'], memRows),
+    '',
+    '**Upstream status traffic** (emulator\'s own call counts; status = polls, streams = SSE status streams opened)',
+    '',
+    table(['mode', 'plateau status / streams', 'plateau req per job-second', 'polls per second at plateau', 'whole run status / streams', 'whole run req per job-second'], trafficRows),
+    '',
+    'Job-seconds of the whole run = Σ over jobs of (submit → answer). A status stream is one request held open for the job\'s life (a keep-alive event every 10 s), counted once.',
+    '',
+    `**Sockets of the service process at plateau** (from /proc/<pid>/fd joined with /proc/net/tcp)`,
+    '',
+    table(['mode', 'open fds', 'inbound (callers)', 'to fal (emulator)', 'other'], sockRows),
+    '',
+    '**Completion-to-response** (emulator marks the job COMPLETED → the client holds the full answer; ms)',
+    '',
+    table(['mode', 'ok', 'errors', 'c2r p50', 'p90', 'p99', 'max', 'under 100 ms', 'ramp s', 'L s'], c2rRows),
+    ...(errorLines.length ? ['', '**Errors**', '', ...errorLines] : ['', 'Errors: none.']),
+  ].join('\n');
+}
+
+const INTRO = `\`\`\`sh
+npx tsx bench/waiting.ts            # 10,000 jobs, polling then webhook mode; 20–40 minutes on a busy 2-vCPU machine
+npx tsx bench/waiting.ts --quick    # 2,000 jobs
+\`\`\`
+
+Issue 6: 10,000 jobs waiting at once on one process. Reported: memory per waiting job (RSS at plateau
+− RSS idle, ÷ jobs), upstream status traffic in requests per job-second, the sockets the process holds
+(callers vs. fal), and completion-to-response, where jobs beyond the 256 status streams wait for a paced
+poll.`;
+
+async function main(): Promise<void> {
+  const machine = describeMachine();
+  const startedAt = new Date();
+  const dir = await tempDir('gw-wait-');
+  // Short jobs for the warm-up; the measured jobs are held by a fault instead.
+  const emu = await startEmulatorProcess(dir.path, { EMULATOR_LATENCY_MS: '200', EMULATOR_IMAGE_MODE: 'cheap' });
+  const all: ModeFigures[] = [];
+  try {
+    for (const m of modes) all.push(await runMode(m, emu, dir.path));
+  } finally {
+    await emu.stop();
+    if (process.env.BENCH_KEEP) log(`logs kept in ${dir.path}`);
+    else await dir.remove();
+  }
+  const text = render(all, startedAt, machine, (Date.now() - startedAt.getTime()) / 1000);
+  process.stdout.write(`\n${text}\n`);
+  if (!args['no-write']) {
+    await writeSection('waiting', 'Many waiting jobs (issue 6)', INTRO, text);
+    log('wrote bench/README.md');
+  }
+}
+
+await main();
