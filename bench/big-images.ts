@@ -75,8 +75,9 @@ async function runK(k: number, emu: NodeChild, dir: string): Promise<KFigures> {
     const sampler = new MemSampler(svc.pid, 50).start();
     const t0 = performance.now();
     const body = imageBody({ size: SIZE, response_format: 'b64_json' });
+    type Outcome = { error: string } | { b64Bytes: number; responseBytes: number; falId: string; doneAt: number; ms: number };
     const results = await Promise.all(
-      Array.from({ length: k }, async () => {
+      Array.from({ length: k }, async (): Promise<Outcome> => {
         try {
           const r = await post(url, body, { agent, headers: AUTH, timeoutMs: 600_000 });
           if (r.status !== 200) return { error: `HTTP ${r.status} ${r.body.toString().slice(0, 200)}` };
@@ -167,8 +168,8 @@ function render(all: KFigures[], copies: CopyReport | undefined, startedAt: Date
         copies.steps.map((s) => [s.step, mib(s.bytes), fixed(s.bytes / copies.b64Bytes), s.liveUntil]),
       ),
       '',
-      `Sum of the copies: ${fixed(copies.steps.reduce((a, s) => a + s.bytes, 0) / copies.b64Bytes)}× the base64 size; ` +
-        `measured heap + external growth of this process across the steps, before any collection: ${fixed(copies.measuredGrowth / copies.b64Bytes)}×.`,
+      `Every answer allocates ${fixed(copies.steps.reduce((a, s) => a + s.bytes, 0) / copies.b64Bytes)}× its base64 size in these copies; ` +
+        `two of them (fal's parsed output and the encoded answer) stay live until the client has read the answer, the rest is garbage that only a collection returns.`,
     );
   }
   out.push(...(errorLines.length ? ['', '**Errors**', '', ...errorLines] : ['', 'Errors: none.']));

@@ -51,8 +51,10 @@ export class FalCallError extends Error {
   readonly retryAfterS: number | undefined;
   /** A submit that may have created a job we never heard about. */
   readonly ambiguous: boolean;
+  /** Jobs fal reported on failed submit attempts: they exist and may bill. */
+  readonly strayIds: string[];
 
-  constructor(message: string, init: { phase: FalPhase; kind: FalErrorKind; status?: number; body?: unknown; falRequestId?: string; retryAfterS?: number; ambiguous?: boolean; cause?: unknown }) {
+  constructor(message: string, init: { phase: FalPhase; kind: FalErrorKind; status?: number; body?: unknown; falRequestId?: string; retryAfterS?: number; ambiguous?: boolean; strayIds?: string[]; cause?: unknown }) {
     super(message, { cause: init.cause });
     this.name = 'FalCallError';
     this.phase = init.phase;
@@ -62,6 +64,7 @@ export class FalCallError extends Error {
     this.falRequestId = init.falRequestId;
     this.retryAfterS = init.retryAfterS;
     this.ambiguous = init.ambiguous ?? false;
+    this.strayIds = init.strayIds ?? [];
   }
 }
 
@@ -79,7 +82,11 @@ export interface CallOptions {
 }
 
 export interface FalGateway {
-  submit(endpoint: string, input: Record<string, unknown>, opts?: CallOptions & { webhookUrl?: string }): Promise<{ falRequestId: string }>;
+  /**
+   * `strayIds`: jobs fal reported on earlier, refused attempts of this submit
+   * (a 503 can still have created one): they may bill and must be recorded.
+   */
+  submit(endpoint: string, input: Record<string, unknown>, opts?: CallOptions & { webhookUrl?: string }): Promise<{ falRequestId: string; strayIds: string[] }>;
   /** Resolves once the job reports COMPLETED (which failed jobs also do). */
   waitForCompletion(endpoint: string, falRequestId: string, opts?: CallOptions & { onStatus?: (s: FalJobStatus) => void }): Promise<void>;
   status(endpoint: string, falRequestId: string, opts?: CallOptions): Promise<FalJobStatus>;
@@ -159,7 +166,7 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
 
   function translate(err: unknown, capture: CallCapture): FalCallError {
     if (err instanceof FalCallError) return err;
-    const base = { phase: capture.phase, falRequestId: capture.falRequestId, retryAfterS: capture.retryAfterS, cause: err };
+    const base = { phase: capture.phase, falRequestId: capture.falRequestId, retryAfterS: capture.retryAfterS, strayIds: capture.phase === 'submit' ? [...capture.seenIds] : [], cause: err };
     if (capture.signal?.aborted || (err as Error)?.name === 'AbortError') {
       return new FalCallError(`fal ${capture.phase} aborted`, { ...base, kind: 'aborted', ambiguous: capture.phase === 'submit' });
     }
@@ -221,7 +228,7 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
       if (typeof id !== 'string' || id.length === 0) {
         throw new FalCallError('fal submit: no request_id in the answer', { phase: 'submit', kind: 'bad_response', status: capture.status, ambiguous: true });
       }
-      return { falRequestId: id };
+      return { falRequestId: id, strayIds: capture.seenIds.filter((s) => s !== id) };
     },
 
     async status(endpoint, falRequestId, o = {}) {

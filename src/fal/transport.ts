@@ -29,6 +29,8 @@ export interface CallCapture {
   status?: number;
   headers?: Headers;
   falRequestId?: string;
+  /** Every fal request id seen on any attempt (a refused submit may still have made a job). */
+  seenIds: string[];
   billableUnits?: string;
   retryAfterS?: number;
   attempts: number;
@@ -175,7 +177,10 @@ export function createFalTransport(opts: TransportOptions = {}): FalTransport {
       capture.networkError = undefined;
       capture.ambiguous = false;
       const fid = res.headers.get('x-fal-request-id');
-      if (fid) capture.falRequestId = fid;
+      if (fid) {
+        capture.falRequestId = fid;
+        if (!capture.seenIds.includes(fid)) capture.seenIds.push(fid);
+      }
       const units = res.headers.get('x-fal-billable-units');
       if (units !== null) capture.billableUnits = units;
       capture.retryAfterS = parseRetryAfter(res.headers);
@@ -204,7 +209,7 @@ export function createFalTransport(opts: TransportOptions = {}): FalTransport {
   return {
     fetch: wrapped,
     run(phase, signal, fn) {
-      const capture: CallCapture = { phase, signal, attempts: 0 };
+      const capture: CallCapture = { phase, signal, attempts: 0, seenIds: [] };
       return store.run(capture, () => fn(capture));
     },
   };

@@ -95,15 +95,17 @@ export function createImageService(deps: ImageServiceDeps): ImageService {
   return {
     async generate(req, ctx) {
       deps.metrics?.jobsInFlight.inc();
+      const shutdown = requestScoped(deps.shutdownSignal);
       try {
-        return await generateOne(req, ctx);
+        return await generateOne(req, ctx, shutdown.signal);
       } finally {
+        shutdown.detach();
         deps.metrics?.jobsInFlight.dec();
       }
     },
   };
 
-  async function generateOne(req: CanonicalRequest, ctx: GenerateContext): Promise<GenerateOutcome> {
+  async function generateOne(req: CanonicalRequest, ctx: GenerateContext, shutdownSignal: AbortSignal | undefined): Promise<GenerateOutcome> {
     const log = deps.logger.child({ request_id: ctx.requestId, model: req.model.id });
     // Before anything is reserved or submitted: a refused LoRA path is the
     // caller's 400, and an upload is not a billable job.
@@ -138,10 +140,10 @@ export function createImageService(deps: ImageServiceDeps): ImageService {
     }
 
     const deadline = AbortSignal.timeout(deps.requestTimeoutMs);
-    const signals = [ctx.callerSignal, deadline, ...(deps.shutdownSignal ? [deps.shutdownSignal] : [])];
+    const signals = [ctx.callerSignal, deadline, ...(shutdownSignal ? [shutdownSignal] : [])];
     const signal = AbortSignal.any(signals);
     const abortReason = (): 'deadline' | 'client_gone' | 'shutdown' | undefined =>
-      ctx.callerSignal.aborted ? 'client_gone' : deadline.aborted ? 'deadline' : deps.shutdownSignal?.aborted ? 'shutdown' : undefined;
+      ctx.callerSignal.aborted ? 'client_gone' : deadline.aborted ? 'deadline' : shutdownSignal?.aborted ? 'shutdown' : undefined;
     const fieldOrigins = Object.fromEntries(
       Object.keys(req.falInput).map((f) => [f, OPENAI_ALIASES[f] && req.sentFields.has(OPENAI_ALIASES[f]!) ? OPENAI_ALIASES[f]! : f]),
     );
@@ -167,14 +169,29 @@ export function createImageService(deps: ImageServiceDeps): ImageService {
     const progress = progressReporter(counts.length, ctx.onProgress, log);
     const outcomes = await Promise.all(inputs.map((input, i) => runJob(input, i)));
 
+    /**
+     * A refused submit attempt that fal nonetheless turned into a job: kept in
+     * the ledger as a `duplicate` job so the upstream cost it may incur is
+     * visible, never billed to the caller.
+     */
+    async function recordStrays(ids: string[]): Promise<void> {
+      for (const id of ids) {
+        log.warn({ fal_request_id: id }, 'fal made a job on a refused submit attempt; recorded as duplicate');
+        deps.metrics?.refusals.inc({ reason: 'duplicate_fal_job' });
+        await ledgerCall('duplicate', () => deps.ledger.markDuplicate({ requestId: ctx.requestId, falRequestId: id, endpoint: req.model.endpoint }));
+      }
+    }
+
     async function runJob(input: Record<string, unknown>, jobIndex: number): Promise<JobOutcome> {
       let falRequestId: string;
+      let strayIds: string[];
       try {
-        ({ falRequestId } = await deps.fal.submit(req.model.endpoint, input, { signal: jobSignal }));
+        ({ falRequestId, strayIds } = await deps.fal.submit(req.model.endpoint, input, { signal: jobSignal }));
         ctx.onSubmitted?.();
         progress(jobIndex, { status: 'IN_QUEUE' });
       } catch (err) {
         const fe = asFalError(err);
+        await recordStrays(fe.strayIds);
         if (fe.ambiguous) ctx.onSubmitted?.();
         siblings.abort();
         return { error: fe, open: fe.ambiguous, noId: fe.ambiguous };
@@ -189,6 +206,7 @@ export function createImageService(deps: ImageServiceDeps): ImageService {
         return { error: new FalCallError('ledger unavailable', { phase: 'submit', kind: 'aborted' }), open: true, noId: true, metering: true };
       }
       log.debug({ fal_request_id: falRequestId }, 'fal job submitted');
+      await recordStrays(strayIds);
       try {
         await deps.fal.waitForCompletion(req.model.endpoint, falRequestId, { signal: jobSignal, onStatus: (st) => progress(jobIndex, st) });
         return { result: await deps.fal.result(req.model.endpoint, falRequestId, { signal: jobSignal }) };
@@ -379,4 +397,21 @@ function asFalError(err: unknown): FalCallError {
   if (err instanceof FalCallError) return err;
   if (err instanceof ApiError) throw err;
   return new FalCallError(`unexpected: ${(err as Error)?.message}`, { phase: 'other', kind: 'bad_response', cause: err });
+}
+
+/**
+ * A stand-in for a process-long signal, for one request. Node 20 keeps, on a
+ * signal, a reference to every AbortSignal.any() composite ever built on it
+ * (directly or through another composite) for as long as the signal lives:
+ * the service's shutdown signal, composed per request, per job and per fal
+ * call, would gain one entry per call, forever (the fuzz bench saw the heap
+ * creep by ~50 bytes a request). The stand-in is dropped with the request.
+ */
+function requestScoped(longLived: AbortSignal | undefined): { signal: AbortSignal | undefined; detach(): void } {
+  if (!longLived) return { signal: undefined, detach: () => {} };
+  const ac = new AbortController();
+  const relay = () => ac.abort(longLived.reason);
+  if (longLived.aborted) relay();
+  else longLived.addEventListener('abort', relay, { once: true });
+  return { signal: ac.signal, detach: () => longLived.removeEventListener('abort', relay) };
 }

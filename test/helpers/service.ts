@@ -24,8 +24,13 @@ export interface TestService {
  * real emulator, with its own SQLite file (or PostgreSQL when `env` sets
  * DATABASE_URL). Log lines are captured for assertions.
  */
-export async function startTestService(env: Record<string, string> = {}, emulatorOptions: EmulatorOptions = {}): Promise<TestService> {
-  const emulator = await startEmulator({ port: 0, latencyMs: 20, ...emulatorOptions });
+/**
+ * `emulatorOptions` configures the emulator the helper starts; pass
+ * `{ use: emulator }` instead to wire an emulator the test owns (and closes).
+ */
+export async function startTestService(env: Record<string, string> = {}, emulatorOptions: EmulatorOptions | { use: Emulator } = {}): Promise<TestService> {
+  const owned = !('use' in emulatorOptions);
+  const emulator = 'use' in emulatorOptions ? emulatorOptions.use : await startEmulator({ port: 0, latencyMs: 20, ...emulatorOptions });
   const dataDir = await mkdtemp(join(tmpdir(), 'gw-test-'));
   const logs: Array<Record<string, unknown>> = [];
   // The service builds its own logger (redaction included) and writes here.
@@ -49,7 +54,7 @@ export async function startTestService(env: Record<string, string> = {}, emulato
     logs,
     async close() {
       await service.close();
-      await emulator.close();
+      if (owned) await emulator.close();
       await rm(dataDir, { recursive: true, force: true });
     },
   };
