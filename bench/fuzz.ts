@@ -120,13 +120,14 @@ async function main(): Promise<number> {
     const peakHeap = Math.max(...during.map((m) => m.heapUsed));
     const start = checkpoints[0]?.sample;
     const end = checkpoints[checkpoints.length - 1]?.sample;
+    const warm = checkpoints[1]?.sample;
     const perSecond = sent / (elapsedMs / 1000);
     const loadAfter = Math.round(os.loadavg()[0]! * 100) / 100;
 
     console.log(`\n${sent} cases in ${(elapsedMs / 1000).toFixed(0)} s: ${perSecond.toFixed(0)} cases/s; slowest answer ${maxMs.toFixed(0)} ms`);
     console.log(`statuses: ${[...statuses].sort().map(([s, n]) => `${s}:${n}`).join(' ')}`);
     console.log(`heap after GC per checkpoint: ${checkpoints.map((c) => `${c.cases}:${mib(c.sample.heapUsed)}`).join(' ')}`);
-    console.log(`memory: peak rss ${mib(peakRss)}, peak heap ${mib(peakHeap)}; after GC heap ${start ? mib(start.heapUsed) : '?'} → ${end ? mib(end.heapUsed) : '?'}, rss ${start ? mib(start.rss) : '?'} → ${end ? mib(end.rss) : '?'}`);
+    console.log(`memory: peak rss ${mib(peakRss)}, peak heap ${mib(peakHeap)}; after GC heap ${start ? mib(start.heapUsed) : '?'} → ${warm ? mib(warm.heapUsed) : '?'} (first batch) → ${end ? mib(end.heapUsed) : '?'}, rss ${start ? mib(start.rss) : '?'} → ${end ? mib(end.rss) : '?'}`);
     if (smallest) console.log(`\nsmallest failing case:\n${describeFailure(SEED, smallest)}`);
     const result = problems.length === 0 ? 'PASS' : 'FAIL';
     console.log(`\nresult: ${result}${problems.length ? `\n${problems.join('\n')}` : ''}`);
@@ -146,7 +147,7 @@ async function main(): Promise<number> {
           [[String(sent), `${(elapsedMs / 1000).toFixed(0)} s`, perSecond.toFixed(0), `${maxMs.toFixed(0)} ms`, `**${result}**${failureCount ? ` (${failureCount} failing cases)` : ''}`]],
         ),
         '',
-        'Statuses answered (`no answer` would be a hang-up; every case that may not be answered is a deliberately incomplete raw request):',
+        'Statuses answered (`no answer` is a failure; `closed (allowed)` counts deliberately incomplete raw requests, such as an upload cut short, that the server may close without an answer):',
         '',
         table(['status', ...[...statuses.keys()].sort()], [['cases', ...[...statuses.keys()].sort().map((k) => String(statuses.get(k)))]]),
         '',
@@ -155,16 +156,18 @@ async function main(): Promise<number> {
           '(kept by design) are cleared and a full GC:',
         '',
         table(
-          ['', 'RSS', 'heap used'],
+          ['', 'RSS', 'heap used', 'heap total', 'external (Buffers)'],
           [
-            ['peak during the run', mib(peakRss), mib(peakHeap)],
-            ['start (after GC)', start ? mib(start.rss) : '–', start ? mib(start.heapUsed) : '–'],
-            ['end (after GC)', end ? mib(end.rss) : '–', end ? mib(end.heapUsed) : '–'],
-            ['end − start', start && end ? signedMib(end.rss - start.rss) : '–', start && end ? signedMib(end.heapUsed - start.heapUsed) : '–'],
+            ['peak during the run', mib(peakRss), mib(peakHeap), mib(Math.max(...during.map((m) => m.heapTotal))), mib(Math.max(...during.map((m) => m.external)))],
+            ...([['start (after GC)', start], ['after the first batch (after GC)', warm], ['end (after GC)', end]] as const).map(([label, m]) =>
+              m ? [label, mib(m.rss), mib(m.heapUsed), mib(m.heapTotal), mib(m.external)] : [label, '–', '–', '–', '–'],
+            ),
+            ['end − first batch', ...(warm && end ? [signedMib(end.rss - warm.rss), signedMib(end.heapUsed - warm.heapUsed), signedMib(end.heapTotal - warm.heapTotal), signedMib(end.external - warm.external)] : ['–', '–', '–', '–'])],
           ],
         ),
         '',
-        `Heap used after GC at each checkpoint (cases sent → heap): ${checkpoints.map((c) => `${c.cases} → ${mib(c.sample.heapUsed)}`).join(', ')}.`,
+        `Heap used after GC at each checkpoint (cases sent → heap): ${checkpoints.map((c) => `${c.cases} → ${mib(c.sample.heapUsed)}`).join(', ')}. ` +
+          'The first batch warms up (compiled code, caches, connection pools); a leak shows as growth from there on.',
         '',
         ...(problems.length > 0 ? ['Problems:', '', '```', ...problems, ...(smallest ? ['', describeFailure(SEED, smallest)] : []), '```', ''] : []),
         END,

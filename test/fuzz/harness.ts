@@ -363,8 +363,10 @@ export interface RunReport {
   maxMs: number;
 }
 
-export function statusKey(o: Outcome): string {
-  return o.status === null ? 'no answer' : String(o.status);
+/** A deliberately incomplete request the server closed without answering is counted apart from a failure to answer. */
+export function statusKey(c: FuzzCase, o: Outcome): string {
+  if (o.status !== null) return String(o.status);
+  return c.mayHangUp ? 'closed (allowed)' : 'no answer';
 }
 
 export async function runFuzz(opts: RunOptions): Promise<RunReport> {
@@ -384,7 +386,7 @@ export async function runFuzz(opts: RunOptions): Promise<RunReport> {
       const c = generateCase(opts.seed, next++, opts.gen);
       const o = await send(t, agent, c, opts.timeoutMs);
       const violations = judge(c, o);
-      const key = statusKey(o);
+      const key = statusKey(c, o);
       statuses.set(key, (statuses.get(key) ?? 0) + 1);
       maxMs = Math.max(maxMs, o.ms);
       if (violations.length > 0) {
