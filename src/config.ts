@@ -58,6 +58,10 @@ export interface Config {
   falMaxConnections: number;
   /** SQLite commit durability: `normal` (WAL; survives a process crash) or `full` (also power loss, an fsync per commit). */
   sqliteSynchronous: 'normal' | 'full';
+  /** PostgreSQL connections per process. */
+  databasePoolSize: number;
+  /** How long a query may wait for a free connection before metering counts as unavailable (503). */
+  databaseAcquireTimeoutMs: number;
   emulatorLatencyMs: number | undefined;
   emulatorImageMode: 'entropy' | 'cheap' | undefined;
   /** Requests per minute for keys without their own `rpm_limit`; 0 = unlimited. */
@@ -261,6 +265,8 @@ export function loadConfig(env: Env = process.env): Config {
     billingWebhookSecret,
     billingWebhookMaxBackoffMs: int('BILLING_WEBHOOK_MAX_BACKOFF_MS', 3_600_000, 10, 7 * 86_400_000),
     reconcileAfterMs: 0,
+    databasePoolSize: int('DATABASE_POOL_SIZE', 20, 1, 1000),
+    databaseAcquireTimeoutMs: int('DATABASE_ACQUIRE_TIMEOUT_MS', 30_000, 100, 600_000),
     sqliteSynchronous: sqliteSync === 'full' ? 'full' : 'normal',
     falWebhooks: bool('FAL_WEBHOOKS', false),
     falJwksUrl: url('FAL_JWKS_URL', ['http:', 'https:']) ?? 'https://rest.alpha.fal.ai/.well-known/jwks.json',
