@@ -93,7 +93,7 @@ async function runLedger(ledger: Ledger, emu: NodeChild, dir: string): Promise<L
   const shm = ledger === 'sqlite-tmpfs' ? await tempDir('gw-load-', '/dev/shm') : undefined;
   const dataDir = shm?.path ?? join(dir, `data-${ledger}`);
   const svc = await startServiceProcess(dir, serviceEnv(emu.url, dataDir, schema ? { DATABASE_URL: schema.url } : {}), `service-${ledger}`);
-  const agent = keepAliveAgent();
+  let agent = keepAliveAgent();
   const url = `${svc.url}/v1/images/generations`;
   const body = imageBody();
   try {
@@ -118,6 +118,11 @@ async function runLedger(ledger: Ledger, emu: NodeChild, dir: string): Promise<L
           // the process is gone; the wave's errors will say so
         }
       }, 500);
+      // Fresh connections for every wave: node:http's agent would reuse sockets the service
+      // is closing at its 5 s keep-alive timeout (it ignores the Keep-Alive: timeout hint),
+      // and those races would be counted as the service's errors.
+      agent.destroy();
+      agent = keepAliveAgent();
       const cpu0 = readCpuMs(svc.pid);
       const overflows0 = listenOverflows();
       const t0 = performance.now();
@@ -248,7 +253,7 @@ function render(all: LedgerFigures[], startedAt: Date, loadAtStart: ReturnType<t
     `Setup: emulator and service as separate processes on 127.0.0.1; emulator in **cheap** image mode, **${latencyMs} ms** per job; ` +
       `service defaults (info access logs to a file, \`MAX_IN_FLIGHT\` 2000, 256 status streams, 200 polls/s) except \`DEFAULT_RPM_LIMIT=0\`. ` +
       `Ledger: *sqlite* = the default SQLite file (synchronous=FULL) under os.tmpdir(), ${fsType}; *sqlite-tmpfs* = the same on /dev/shm, where fsync costs nothing (not a deployment: it separates the cost of durable commits); *postgres* = PostgreSQL on 127.0.0.1 in a throwaway schema (pool of 10, the service's default). ` +
-      `Each wave: ${concurrency} requests (url output) sent at the same instant over keep-alive node:http connections, one per request.`,
+      `Each wave: ${concurrency} requests (url output) sent at the same instant, each on a new node:http connection (no reuse between waves).`,
     '',
     table(
       ['ledger', 'wave', 'ok', 'errors', 'p50', 'p99', 'max', 'ingress p50 / p99', 'job p50', 'c2r p50 / p99', 'wave s', 'inbound sockets', 'upstream sockets', 'listen overflows', 'CPU ms/req', 'CPU', 'streams / polls per job'],

@@ -26,6 +26,8 @@ import { freePort, startEmulatorProcess, startServiceProcess, type NodeChild } f
 import { kib, machineLine, mib, writeSection } from './lib/readme-section.js';
 import { AUTH, emulatorAdmin, imageBody, log, serviceEnv, sleep, tempDir, timeBudget } from './lib/scale.js';
 import { summarize, type Summary } from './lib/stats.js';
+import { perJobGrowth, summarizeSnapshot, takeSnapshot } from './probes/heap-snapshot.js';
+import { rm } from 'node:fs/promises';
 
 const { values: args } = parseArgs({
   options: {
@@ -34,6 +36,7 @@ const { values: args } = parseArgs({
     modes: { type: 'string', default: 'polling,webhook' },
     plateau: { type: 'string' },
     ledger: { type: 'string', default: 'tmpfs' },
+    'no-diagnostics': { type: 'boolean', default: false },
     'no-write': { type: 'boolean', default: false },
   },
   strict: true,
@@ -45,12 +48,15 @@ type Mode = 'polling' | 'webhook';
 const modes = args.modes.split(',') as Mode[];
 for (const m of modes) if (m !== 'polling' && m !== 'webhook') throw new Error(`unknown mode ${m}`);
 if (args.ledger !== 'tmpfs' && args.ledger !== 'disk') throw new Error('--ledger must be tmpfs or disk');
+/** The heap-snapshot pass: fewer jobs, as a snapshot of the full run's heap would take minutes and gigabytes to write and read. */
+const DIAG_JOBS = args.quick ? 500 : 1000;
+const diagnostics = !args['no-diagnostics'];
 /** Requests sent but not yet submitted to the emulator: enough to keep the service busy, few enough not to overflow its accept queue. */
 const INGRESS_WINDOW = 64;
 /** The service's default STATUS_STREAMS_MAX. */
 const STREAMS = 256;
 const REQUEST_TIMEOUT_MS = 1_800_000;
-timeBudget(modes.length * 45 * 60_000, 'bench/waiting.ts');
+timeBudget(modes.length * (45 + (diagnostics ? 10 : 0)) * 60_000, 'bench/waiting.ts');
 
 interface ModeFigures {
   mode: Mode;
@@ -81,9 +87,20 @@ interface ModeFigures {
   c2rOverflow: Summary;
   cpuPlateauUtil: number;
   emulatorRss: number;
+  /** Diagnostic pass only: heap snapshots (after a full collection) idle and at plateau. */
+  heap?: { idle: Awaited<ReturnType<typeof summarizeSnapshot>>; plateau: Awaited<ReturnType<typeof summarizeSnapshot>> };
 }
 
-async function runMode(mode: Mode, emu: NodeChild, dir: string): Promise<ModeFigures> {
+async function snapshotSummary(pid: number, dir: string, alive: () => Promise<unknown>) {
+  const file = await takeSnapshot(pid, dir, alive);
+  try {
+    return await summarizeSnapshot(file);
+  } finally {
+    await rm(file, { force: true });
+  }
+}
+
+async function runMode(mode: Mode, emu: NodeChild, dir: string, JOBS: number, PLATEAU_S: number, snapshotDir?: string): Promise<ModeFigures> {
   const admin = emulatorAdmin(emu.url);
   await admin.reset();
   const data = await tempDir(`gw-wait-${mode}-`, args.ledger === 'tmpfs' ? '/dev/shm' : os.tmpdir());
@@ -103,7 +120,12 @@ async function runMode(mode: Mode, emu: NodeChild, dir: string): Promise<ModeFig
       FAL_WEBHOOK_GRACE_MS: String(REQUEST_TIMEOUT_MS),
     });
   }
-  const svc = await startServiceProcess(dir, serviceEnv(emu.url, data.path, extra), `service-${mode}`);
+  const svc = await startServiceProcess(
+    dir,
+    serviceEnv(emu.url, data.path, extra),
+    `service-${mode}${snapshotDir ? '-heap' : ''}`,
+    snapshotDir ? ['--heapsnapshot-signal=SIGUSR2', `--diagnostic-dir=${snapshotDir}`] : [],
+  );
   const agent = keepAliveAgent();
   const url = `${svc.url}/v1/images/generations`;
   const body = imageBody();
@@ -119,6 +141,7 @@ async function runMode(mode: Mode, emu: NodeChild, dir: string): Promise<ModeFig
     idleSampler.stop();
     const idleRss = idleSampler.medianBetween(0, Date.now());
     const idleHeap = promValue(await metrics(), 'nodejs_heap_size_used_bytes');
+    const idleSnapshot = snapshotDir ? await snapshotSummary(svc.pid, snapshotDir, metrics) : undefined;
 
     // Ramp: keep at most INGRESS_WINDOW requests between "sent" and "submitted to fal".
     log(`${mode}: ramping to ${JOBS} jobs (idle RSS ${mib(idleRss)})`);
@@ -164,6 +187,7 @@ async function runMode(mode: Mode, emu: NodeChild, dir: string): Promise<ModeFig
     const plateauRss = sampler.medianBetween(t0, t1);
     const plateauHeap = promValue(await metrics(), 'nodejs_heap_size_used_bytes');
     const emulatorRss = readMem(emu.pid).rss;
+    const heap = idleSnapshot ? { idle: idleSnapshot, plateau: await snapshotSummary(svc.pid, snapshotDir!, metrics) } : undefined;
     log(`${mode}: plateau RSS ${mib(plateauRss)} (idle ${mib(idleRss)}): ${kib((plateauRss - idleRss) / JOBS)} per job; sockets ${JSON.stringify(sockets)}`);
 
     // Release: job i completes at its submit time + L, L = ramp + plateau so far.
@@ -237,6 +261,7 @@ async function runMode(mode: Mode, emu: NodeChild, dir: string): Promise<ModeFig
       c2rOverflow: summarize(c2rOverflow),
       cpuPlateauUtil,
       emulatorRss,
+      heap,
     };
     log(`${mode}: ${f.ok}/${JOBS} ok; c2r p50 ${ms(c2rSummary.p50)} p99 ${ms(c2rSummary.p99)} ms; status calls ${f.totalStatus}, streams ${f.totalStreams}`);
     return f;
@@ -247,7 +272,7 @@ async function runMode(mode: Mode, emu: NodeChild, dir: string): Promise<ModeFig
   }
 }
 
-function render(all: ModeFigures[], startedAt: Date, machine: ReturnType<typeof describeMachine>, seconds: number): string {
+function render(all: ModeFigures[], diag: ModeFigures[], startedAt: Date, machine: ReturnType<typeof describeMachine>, seconds: number): string {
   const perJob = (f: ModeFigures) => (f.plateauRss - f.idleRss) / f.jobs;
   const memRows = all.map((f) => [
     f.mode,
@@ -325,7 +350,23 @@ function render(all: ModeFigures[], startedAt: Date, machine: ReturnType<typeof 
     '',
     table(['mode', 'answered 200', 'errors', 'ramp s (all jobs submitted)', 'L s (job latency as released)', 'emulator RSS at plateau'], runRows),
     ...(errorLines.length ? ['', '**Errors**', '', ...errorLines] : ['', 'Errors: none.']),
+    ...diag.flatMap((f) => {
+      if (!f.heap) return [];
+      const { idle, plateau } = f.heap;
+      const rows = perJobGrowth(idle.summary, plateau.summary, f.jobs).map((r) => [r.key.replace(/\|/g, '\\|'), fixed(r.countPerJob, 1), fmtBytes(r.bytesPerJob)]);
+      return [
+        '',
+        `**Where a waiting job's memory goes, ${f.mode} mode** (diagnostic pass: ${f.jobs} jobs; V8 heap snapshots of the service, each after a full collection, idle and at plateau; ` +
+          `live heap ${mib(idle.totalSize)} → ${mib(plateau.totalSize)}, **${kib((plateau.totalSize - idle.totalSize) / f.jobs)} per job**; RSS in this pass ${mib(f.idleRss)} → ${mib(f.plateauRss)}, ${kib((f.plateauRss - f.idleRss) / f.jobs)} per job)`,
+        '',
+        table(['object (constructor, or kind)', 'count per job', 'bytes per job'], rows),
+      ];
+    }),
   ].join('\n');
+}
+
+function fmtBytes(b: number): string {
+  return Math.abs(b) >= 1024 ? kib(b) : `${b.toFixed(0)} B`;
 }
 
 const INTRO = `\`\`\`sh
@@ -345,14 +386,23 @@ async function main(): Promise<void> {
   // Short jobs for the warm-up; the measured jobs are held by a fault instead.
   const emu = await startEmulatorProcess(dir.path, { EMULATOR_LATENCY_MS: '200', EMULATOR_IMAGE_MODE: 'cheap' });
   const all: ModeFigures[] = [];
+  const diag: ModeFigures[] = [];
   try {
-    for (const m of modes) all.push(await runMode(m, emu, dir.path));
+    for (const m of modes) all.push(await runMode(m, emu, dir.path, JOBS, PLATEAU_S));
+    if (diagnostics) {
+      const snaps = await tempDir('gw-wait-heap-');
+      try {
+        for (const m of modes) diag.push(await runMode(m, emu, dir.path, DIAG_JOBS, 5, snaps.path));
+      } finally {
+        await snaps.remove();
+      }
+    }
   } finally {
     await emu.stop();
     if (process.env.BENCH_KEEP) log(`logs kept in ${dir.path}`);
     else await dir.remove();
   }
-  const text = render(all, startedAt, machine, (Date.now() - startedAt.getTime()) / 1000);
+  const text = render(all, diag, startedAt, machine, (Date.now() - startedAt.getTime()) / 1000);
   process.stdout.write(`\n${text}\n`);
   if (!args['no-write']) {
     await writeSection('waiting', 'Many waiting jobs (issue 6)', INTRO, text);

@@ -149,6 +149,8 @@ export async function startService(config: Config, overrides: ServiceOverrides =
   });
   const loras = createLoraResolver({ loraDir: config.loraDir, dataDir: config.dataDir, fal, target: falBaseUrl ?? 'fal', logger });
   const shutdown = new AbortController();
+  // Every request in flight listens to this one signal; thousands is expected, not a leak.
+  setMaxListeners(0, shutdown.signal);
   let shuttingDown = false;
   const images = createImageService({
     fal,

@@ -124,8 +124,8 @@ export function startEmulatorProcess(logDir: string, env: Record<string, string>
   return spawnNode({ name, script: 'src/emulator/main.ts', env: { PORT: '0', HOST: '127.0.0.1', ...env }, logDir, urlPattern: EMULATOR_URL });
 }
 
-export function startServiceProcess(logDir: string, env: Record<string, string>, name = 'service'): Promise<NodeChild> {
-  return spawnNode({ name, script: 'src/main.ts', env: { PORT: '0', HOST: '127.0.0.1', ...env }, logDir, urlPattern: SERVICE_URL });
+export function startServiceProcess(logDir: string, env: Record<string, string>, name = 'service', nodeArgs: string[] = []): Promise<NodeChild> {
+  return spawnNode({ name, script: 'src/main.ts', env: { PORT: '0', HOST: '127.0.0.1', ...env }, logDir, urlPattern: SERVICE_URL, nodeArgs });
 }
 
 /**
