@@ -206,6 +206,12 @@ plus about 5% valid requests. The invariant: never a 5xx, a hang-up or a crash; 
 npx tsx bench/fuzz.ts                     # 100,000 cases, a new seed; rewrites the generated section below
 npx tsx bench/fuzz.ts --cases 2000 --no-write --seed 42
 \`\`\`
+
+Reading the memory figures: heap used after a full GC, checkpoint to checkpoint from the end of the first batch,
+is the leak signal (the first batch warms up compiled code, caches and pools). RSS is not: it includes V8's committed
+heap (heap total) and native memory freed after 10 MB bodies and compression bombs, which the allocator keeps for
+reuse, so it stays near its peak. External memory includes the emulator's image cache (one image per size and
+format drawn so far, capped at 256 MiB), which grows as new sizes come up.
 `;
 
 process.exitCode = await main();

@@ -44,7 +44,8 @@ const { values: args } = parseArgs({
 
 const JOBS = Number(args.jobs ?? (args.quick ? 2000 : 10_000));
 const PLATEAU_S = Number(args.plateau ?? (args.quick ? 15 : 30));
-type Mode = 'polling' | 'webhook';
+/** `webhook-default-grace`: webhook mode with FAL_WEBHOOK_GRACE_MS left at its default; diagnostic pass only. */
+type Mode = 'polling' | 'webhook' | 'webhook-default-grace';
 const modes = args.modes.split(',') as Mode[];
 for (const m of modes) if (m !== 'polling' && m !== 'webhook') throw new Error(`unknown mode ${m}`);
 if (args.ledger !== 'tmpfs' && args.ledger !== 'disk') throw new Error('--ledger must be tmpfs or disk');
@@ -82,6 +83,15 @@ interface ModeFigures {
   upstreamPort: number;
   latencyS: number;
   c2r: Summary;
+  /** p50 of c2r for each tenth of the jobs, in order of completion. */
+  c2rTenths: number[];
+  rampCpuMsPerJob: number;
+  releaseCpuMsPerJob: number;
+  rampUtil: number;
+  releaseUtil: number;
+  releaseS: number;
+  /** Webhook mode: the emulator's delivery log. */
+  webhooks?: { attempts: number; failed: number; retried: number; firstFailure: string | undefined; completionToFirstAttempt: Summary };
   /** The first STREAMS jobs submitted (status streams) and the rest (polling); meaningful in polling mode. */
   c2rStreamed: Summary;
   c2rOverflow: Summary;
@@ -108,17 +118,17 @@ async function runMode(mode: Mode, emu: NodeChild, dir: string, JOBS: number, PL
     MAX_IN_FLIGHT: String(JOBS + 1000),
     REQUEST_TIMEOUT_MS: String(REQUEST_TIMEOUT_MS),
   };
-  if (mode === 'webhook') {
+  if (mode !== 'polling') {
     // The service must know its own address before it starts: it is in every submit's fal_webhook.
     const port = await freePort();
     Object.assign(extra, {
       PORT: String(port),
       PUBLIC_BASE_URL: `http://127.0.0.1:${port}`,
       FAL_WEBHOOKS: 'true',
-      // The default (30 s) starts polling any job still waiting 30 s after its submit;
-      // held jobs here wait minutes, and a callback is on time whenever it comes.
-      FAL_WEBHOOK_GRACE_MS: String(REQUEST_TIMEOUT_MS),
     });
+    // The default (30 s) starts polling any job still waiting 30 s after its submit;
+    // held jobs here wait minutes, and a callback is on time whenever it comes.
+    if (mode === 'webhook') extra.FAL_WEBHOOK_GRACE_MS = String(REQUEST_TIMEOUT_MS);
   }
   const svc = await startServiceProcess(
     dir,
@@ -147,6 +157,7 @@ async function runMode(mode: Mode, emu: NodeChild, dir: string, JOBS: number, PL
     log(`${mode}: ramping to ${JOBS} jobs (idle RSS ${mib(idleRss)})`);
     const replies: Array<Promise<{ reply?: Reply; error?: string }>> = [];
     const rampStart = performance.now();
+    const rampCpu0 = readCpuMs(svc.pid);
     let submitted = 0;
     let lastReport = 0;
     while (replies.length < JOBS) {
@@ -169,6 +180,7 @@ async function runMode(mode: Mode, emu: NodeChild, dir: string, JOBS: number, PL
       await sleep(1000);
     }
     const rampS = (performance.now() - rampStart) / 1000;
+    const rampCpuMs = readCpuMs(svc.pid) - rampCpu0;
     log(`${mode}: ${inFlight} jobs in flight after ${rampS.toFixed(0)} s; plateau of ${PLATEAU_S} s`);
 
     // Plateau: everything waits; nothing else happens.
@@ -196,6 +208,8 @@ async function runMode(mode: Mode, emu: NodeChild, dir: string, JOBS: number, PL
     const latencyMs = Date.now() - first + 1000;
     log(`${mode}: releasing ${jobs.length} jobs as if each took ${(latencyMs / 1000).toFixed(0)} s`);
     const releaseAgent = keepAliveAgent();
+    const releaseCpu0 = readCpuMs(svc.pid);
+    const releaseStart = performance.now();
     let next = 0;
     const releaser = async () => {
       while (next < jobs.length) {
@@ -209,6 +223,8 @@ async function runMode(mode: Mode, emu: NodeChild, dir: string, JOBS: number, PL
     await Promise.all(Array.from({ length: 8 }, releaser));
     releaseAgent.destroy();
     const settled = await Promise.all(replies);
+    const releaseS = (performance.now() - releaseStart) / 1000;
+    const releaseCpuMs = readCpuMs(svc.pid) - releaseCpu0;
     const peakRss = readMem(svc.pid).hwm;
     const s2 = await admin.stats();
     const done = new Map((await admin.jobs()).map((j) => [j.request_id, j]));
@@ -235,6 +251,33 @@ async function runMode(mode: Mode, emu: NodeChild, dir: string, JOBS: number, PL
       jobSeconds += (r.reply.doneAtWallMs - j.submitted_at) / 1000;
     }
     const c2rSummary = summarize(c2r);
+    // c2r in order of completion, by tenths: a backlog that builds up during the release shows as a rising p50.
+    const byCompletion = settled
+      .flatMap((r) => {
+        if (r.reply?.status !== 200) return [];
+        const j = done.get((JSON.parse(r.reply.body.toString()) as { meta: { fal_request_id: string } }).meta.fal_request_id);
+        return j?.completed_at === undefined ? [] : [[j.completed_at, r.reply.doneAtWallMs - j.completed_at] as const];
+      })
+      .sort((a, b) => a[0] - b[0])
+      .map(([, v]) => v);
+    const tenths = Array.from({ length: 10 }, (_, d) => summarize(byCompletion.slice(Math.floor((d * byCompletion.length) / 10), Math.floor(((d + 1) * byCompletion.length) / 10))).p50);
+    let webhooks: ModeFigures['webhooks'];
+    if (mode !== 'polling') {
+      const deliveries = await admin.webhooks();
+      const firstAt = new Map<string, number>();
+      for (const d of deliveries) if (d.attempt === 1) firstAt.set(d.request_id, Date.parse(d.at));
+      const lag = [...firstAt].flatMap(([id, at]) => {
+        const c = done.get(id)?.completed_at;
+        return c === undefined ? [] : [at - c];
+      });
+      webhooks = {
+        attempts: deliveries.length,
+        failed: deliveries.filter((d) => !d.ok).length,
+        retried: new Set(deliveries.filter((d) => d.attempt > 1).map((d) => d.request_id)).size,
+        firstFailure: deliveries.find((d) => !d.ok)?.error ?? deliveries.find((d) => !d.ok)?.status?.toString(),
+        completionToFirstAttempt: summarize(lag),
+      };
+    }
     const f: ModeFigures = {
       mode,
       jobs: JOBS,
@@ -257,6 +300,13 @@ async function runMode(mode: Mode, emu: NodeChild, dir: string, JOBS: number, PL
       upstreamPort: portOf(emu.url),
       latencyS: latencyMs / 1000,
       c2r: c2rSummary,
+      c2rTenths: tenths,
+      rampCpuMsPerJob: rampCpuMs / JOBS,
+      releaseCpuMsPerJob: releaseCpuMs / JOBS,
+      releaseUtil: releaseCpuMs / 1000 / releaseS,
+      rampUtil: rampCpuMs / 1000 / rampS,
+      releaseS,
+      webhooks,
       c2rStreamed: summarize(c2rStreamed),
       c2rOverflow: summarize(c2rOverflow),
       cpuPlateauUtil,
@@ -313,10 +363,20 @@ function render(all: ModeFigures[], diag: ModeFigures[], startedAt: Date, machin
     f.mode,
     `${f.ok}/${f.jobs}`,
     f.errors.size ? `**${[...f.errors.values()].reduce((a, b) => a + b, 0)}**` : '0',
-    f.rampS.toFixed(0),
+    `${f.rampS.toFixed(0)} s: ${fixed(f.rampCpuMsPerJob, 1)} ms/job, ${Math.round(f.rampUtil * 100)}%`,
     f.latencyS.toFixed(0),
-    mib(f.emulatorRss),
+    `${f.releaseS.toFixed(0)} s: ${fixed(f.releaseCpuMsPerJob, 1)} ms/job, ${Math.round(f.releaseUtil * 100)}%`,
+    f.c2rTenths.map((v) => (v >= 1000 ? `${(v / 1000).toFixed(1)}s` : `${v.toFixed(0)}ms`)).join(' '),
   ]);
+  const hookLines = all.flatMap((f) =>
+    f.webhooks
+      ? [
+          `Webhook deliveries (the emulator's log): ${f.webhooks.attempts} attempts for ${f.jobs} jobs, ${f.webhooks.failed} failed` +
+            `${f.webhooks.firstFailure ? ` (first: ${f.webhooks.firstFailure})` : ''}, ${f.webhooks.retried} jobs needed more than one; ` +
+            `job COMPLETED → first delivery attempt p50 ${ms(f.webhooks.completionToFirstAttempt.p50)} ms, p99 ${ms(f.webhooks.completionToFirstAttempt.p99)} ms.`,
+        ]
+      : [],
+  );
   const errorLines = all.flatMap((f) => [...f.errors].map(([k, n]) => `- ${f.mode}: ${n} × ${k}`));
   return [
     `Run: \`npx tsx bench/waiting.ts${args.quick ? ' --quick' : ''}\` on ${startedAt.toISOString().slice(0, 10)} (${Math.round(seconds)} s).`,
@@ -348,9 +408,22 @@ function render(all: ModeFigures[], diag: ModeFigures[], startedAt: Date, machin
     '',
     table(['mode', 'jobs', 'n', 'p50', 'p90', 'p99', 'max', 'mean'], c2rRows),
     '',
-    table(['mode', 'answered 200', 'errors', 'ramp s (all jobs submitted)', 'L s (job latency as released)', 'emulator RSS at plateau'], runRows),
+    table(['mode', 'answered 200', 'errors', 'ramp: s, service CPU per job, CPU', 'L s (job latency as released)', 'release → last answer: s, CPU per job, CPU', 'c2r p50 by tenth of jobs, in order of completion'], runRows),
+    '',
+    'CPU: the service process, per job and as a share of one core. The ramp is paced by the service (at most 64 requests between sent and submitted), ' +
+      'and jobs are released with the same spacing, so completions arrive as fast as the service accepted the submits.',
+    ...(hookLines.length ? ['', ...hookLines] : []),
     ...(errorLines.length ? ['', '**Errors**', '', ...errorLines] : ['', 'Errors: none.']),
     ...diag.flatMap((f) => {
+      if (f.mode === 'webhook-default-grace') {
+        return [
+          '',
+          `**Webhook mode with the default \`FAL_WEBHOOK_GRACE_MS\` (30 s)** (diagnostic pass: ${f.jobs} jobs, each answered ${f.latencyS.toFixed(0)} s after its submit): ` +
+            `${f.totalStatus} status polls, **${fixed((f.totalStatus + f.totalStreams) / f.jobSeconds, 4)} requests per job-second** (0 with the grace raised, above), ` +
+            `although ${f.webhooks?.attempts ?? 0} callbacks were delivered (${f.webhooks?.failed ?? 0} failed). The grace is counted from the submit (src/fal/gateway.ts, \`waitForCompletion\`), ` +
+            'not from when the job could be expected to finish, so every job that takes longer than 30 s, queue included, is polled although its callback is on its way.',
+        ];
+      }
       if (!f.heap) return [];
       const { idle, plateau } = f.heap;
       const rows = perJobGrowth(idle.summary, plateau.summary, f.jobs).map((r) => [r.key.replace(/\|/g, '\\|'), fixed(r.countPerJob, 1), fmtBytes(r.bytesPerJob)]);
@@ -377,7 +450,9 @@ npx tsx bench/waiting.ts --quick    # 2,000 jobs
 Issue 6: 10,000 jobs waiting at once on one process. Reported: memory per waiting job (RSS at plateau
 − RSS idle, ÷ jobs), upstream status traffic in requests per job-second, the sockets the process holds
 (callers vs. fal), and completion-to-response, where jobs beyond the 256 status streams wait for a paced
-poll.`;
+poll. A diagnostic pass then repeats each mode with 1,000 jobs and V8 heap snapshots of the service (idle and at
+plateau) to show what a waiting job keeps alive, and runs webhook mode once with the default
+\`FAL_WEBHOOK_GRACE_MS\`; \`--no-diagnostics\` skips it.`;
 
 async function main(): Promise<void> {
   const machine = describeMachine();
@@ -393,6 +468,7 @@ async function main(): Promise<void> {
       const snaps = await tempDir('gw-wait-heap-');
       try {
         for (const m of modes) diag.push(await runMode(m, emu, dir.path, DIAG_JOBS, 5, snaps.path));
+        if (modes.includes('webhook')) diag.push(await runMode('webhook-default-grace', emu, dir.path, DIAG_JOBS, 5));
       } finally {
         await snaps.remove();
       }

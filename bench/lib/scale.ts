@@ -50,6 +50,8 @@ export const emulatorAdmin = (url: string) => ({
   stats: async () => (await getJson<{ calls: Record<string, number> }>(`${url}/_emulator/stats`)).calls,
   jobs: async () => (await getJson<{ jobs: EmulatorJob[] }>(`${url}/_emulator/jobs`, 120_000)).jobs,
   health: () => getJson<{ jobs: number }>(`${url}/_emulator/health`),
+  webhooks: async () =>
+    (await getJson<{ deliveries: Array<{ request_id: string; attempt: number; at: string; status?: number; error?: string; ok: boolean }> }>(`${url}/_emulator/webhooks`, 120_000)).deliveries,
   async reset() {
     const res = await fetch(`${url}/_emulator/reset`, { method: 'POST' });
     if (!res.ok) throw new Error(`emulator reset: HTTP ${res.status}`);
@@ -106,13 +108,4 @@ export function log(msg: string): void {
 
 export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
-}
-
-/** Upper bound of requests that were inside the service at once, from [start, end] intervals. */
-export function maxOverlap(intervals: ReadonlyArray<readonly [number, number]>): number {
-  const ev = intervals.flatMap(([a, b]) => [[a, 1] as const, [b, -1] as const]).sort((x, y) => x[0] - y[0] || x[1] - y[1]);
-  let cur = 0;
-  let max = 0;
-  for (const [, d] of ev) max = Math.max(max, (cur += d));
-  return max;
 }
