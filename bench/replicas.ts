@@ -23,7 +23,7 @@ import type { Call } from './lib/load.js';
 import { describeMachine } from './lib/machine.js';
 import { fixed, ms, rate, table } from './lib/markdown.js';
 import type { BenchPath, BenchUpstream } from './lib/paths.js';
-import { readCpuMs } from './lib/procfs.js';
+import { pidsByComm, readCpuMs, readCpuMsOf, readMachineCpu } from './lib/procfs.js';
 import { startEmulatorProcess, startServiceProcess, type NodeChild } from './lib/procs.js';
 import { machineLine, writeSection } from './lib/readme-section.js';
 import { median } from './lib/stats.js';
@@ -89,6 +89,8 @@ function roundRobin(id: string, targets: NodeChild[], tally: Tally): BenchPath {
 interface RoundCpu {
   path: string;
   concurrency: number;
+  /** Where the machine's CPU went during the round, in cores (CPU ms per wall ms). */
+  cores: Record<'service a' | 'service b' | 'emulator' | 'PostgreSQL' | 'Redis' | 'bench client' | 'everything else' | 'idle', number>;
   /** CPU of each service process over the round, as a share of one core. */
   util: number[];
   cpuMsPerRequest: number;
@@ -126,14 +128,37 @@ async function main(): Promise<void> {
       for (let r = 0; r < rounds; r++) {
         for (const p of paths) {
           const c0 = [readCpuMs(a.pid), readCpuMs(b.pid)];
+          const pgPids = pidsByComm('postgres');
+          const redisPids = pidsByComm('redis-server');
+          const other0 = { emu: readCpuMs(emu.pid), pg: readCpuMsOf(pgPids), redis: readCpuMsOf(redisPids), self: process.cpuUsage(), machine: readMachineCpu() };
           const t0 = performance.now();
           const res = await runPathRound(p, c, r, { warmupMs, durationMs, maxRequests: 200_000, requestTimeoutMs: 60_000 });
           const wall = performance.now() - t0;
           const used = [readCpuMs(a.pid) - c0[0]!, readCpuMs(b.pid) - c0[1]!];
+          const self = process.cpuUsage(other0.self);
+          const machineNow = readMachineCpu();
+          const spent = {
+            emu: readCpuMs(emu.pid) - other0.emu,
+            pg: readCpuMsOf(pgPids) - other0.pg,
+            redis: readCpuMsOf(redisPids) - other0.redis,
+            self: (self.user + self.system) / 1000,
+            busy: machineNow.busyMs - other0.machine.busyMs,
+            total: machineNow.totalMs - other0.machine.totalMs,
+          };
+          const cores = {
+            'service a': used[0]! / wall,
+            'service b': used[1]! / wall,
+            emulator: spent.emu / wall,
+            PostgreSQL: spent.pg / wall,
+            Redis: spent.redis / wall,
+            'bench client': spent.self / wall,
+            'everything else': (spent.busy - used[0]! - used[1]! - spent.emu - spent.pg - spent.redis - spent.self) / wall,
+            idle: (spent.total - spent.busy) / wall,
+          };
           results.push(res);
           // Whole round (warm-up included) against requests of the whole round: both sides cover the same span.
           const n = res.throughput * (durationMs / 1000);
-          cpu.push({ path: p.id, concurrency: c, util: used.map((u) => u / wall), cpuMsPerRequest: (used[0]! + used[1]!) / (wall / durationMs) / Math.max(1, n) });
+          cpu.push({ path: p.id, concurrency: c, cores, util: used.map((u) => u / wall), cpuMsPerRequest: (used[0]! + used[1]!) / (wall / durationMs) / Math.max(1, n) });
           log(`c=${c} round ${r + 1} ${p.label}: ${rate(res.throughput)} req/s, p50 ${ms(res.latency.p50)} ms, p99 ${ms(res.latency.p99)} ms, errors ${res.errors}, CPU ${used.map((u) => `${Math.round((u / wall) * 100)}%`).join(' + ')}`);
         }
       }
@@ -185,6 +210,13 @@ async function main(): Promise<void> {
       [String(c), '2', rate(two.throughput), ms(two.p50), ms(two.p99), String(two.errors), util('2'), cpuPer('2'), `**${fixed(gain)}×**`],
     ];
   });
+  const budgetKeys = ['service a', 'service b', 'emulator', 'PostgreSQL', 'Redis', 'bench client', 'everything else', 'idle'] as const;
+  const budgetRows = concurrencies.flatMap((c) =>
+    ['1', '2'].map((path) => {
+      const rs = cpu.filter((q) => q.path === path && q.concurrency === c);
+      return [String(c), path, ...budgetKeys.map((k) => fixed(median(rs.map((q) => q.cores[k])), 2))];
+    }),
+  );
   const seconds = (Date.now() - startedAt.getTime()) / 1000;
   const text = [
     `Run: \`npx tsx bench/replicas.ts${args.quick ? ' --quick' : ''}\` on ${startedAt.toISOString().slice(0, 10)} (${Math.round(seconds)} s).`,
@@ -201,6 +233,11 @@ async function main(): Promise<void> {
     '*CPU of process a + b*: each service process\'s CPU over the round as a share of one core (/proc/<pid>/stat). *service CPU ms/req*: both processes together per completed request. ' +
       `The machine has ${machine.nproc} vCPUs, shared here with the emulator, PostgreSQL, Redis and this client (and, on a busy host, other work: see the load average), ` +
       'so a second process can only add what CPU is left.',
+    '',
+    `**Where the machine's CPU went** (cores, median over rounds; ${machine.nproc} in all; from /proc/<pid>/stat and /proc/stat. *PostgreSQL* and *Redis* are every postgres and redis-server process, ` +
+      '*everything else* is the machine\'s busy time minus all of the above: other tenants of a shared host, the kernel\'s own work)',
+    '',
+    table(['concurrency', 'processes', ...budgetKeys], budgetRows),
     '',
     check
       ? `Consistency across processes: ${tally.ok} answers 200 (${tally.failed} failed), ${check.ledgerRows} ledger rows in PostgreSQL, ${check.emulatorJobs} jobs seen by the emulator` +

@@ -18,7 +18,7 @@
  */
 import { parseArgs } from 'node:util';
 import os from 'node:os';
-import { getJson, keepAliveAgent, post, promValue, type Reply } from './lib/http-client.js';
+import { getText, keepAliveAgent, post, promValue, type Reply } from './lib/http-client.js';
 import { describeMachine } from './lib/machine.js';
 import { fixed, ms, table } from './lib/markdown.js';
 import { MemSampler, portOf, readCpuMs, readMem, readSockets, type Sockets } from './lib/procfs.js';
@@ -139,7 +139,7 @@ async function runMode(mode: Mode, emu: NodeChild, dir: string, JOBS: number, PL
   const agent = keepAliveAgent();
   const url = `${svc.url}/v1/images/generations`;
   const body = imageBody();
-  const metrics = async () => (await fetch(`${svc.url}/metrics`, { signal: AbortSignal.timeout(60_000) })).text();
+  const metrics = () => getText(`${svc.url}/metrics`, 120_000);
   try {
     log(`${mode}: service pid ${svc.pid} at ${svc.url}; warming up`);
     for (let i = 0; i < 5; i++) await Promise.all(Array.from({ length: 20 }, () => post(url, body, { agent, headers: AUTH, timeoutMs: 60_000 })));
@@ -420,19 +420,34 @@ function render(all: ModeFigures[], diag: ModeFigures[], startedAt: Date, machin
           '',
           `**Webhook mode with the default \`FAL_WEBHOOK_GRACE_MS\` (30 s)** (diagnostic pass: ${f.jobs} jobs, each answered ${f.latencyS.toFixed(0)} s after its submit): ` +
             `${f.totalStatus} status polls, **${fixed((f.totalStatus + f.totalStreams) / f.jobSeconds, 4)} requests per job-second** (0 with the grace raised, above), ` +
-            `although ${f.webhooks?.attempts ?? 0} callbacks were delivered (${f.webhooks?.failed ?? 0} failed). The grace is counted from the submit (src/fal/gateway.ts, \`waitForCompletion\`), ` +
+            `with every callback still delivered (${f.webhooks?.failed ?? 0} failed deliveries). The grace is counted from the submit (src/fal/gateway.ts, \`waitForCompletion\`), ` +
             'not from when the job could be expected to finish, so every job that takes longer than 30 s, queue included, is polled although its callback is on its way.',
         ];
       }
       if (!f.heap) return [];
       const { idle, plateau } = f.heap;
-      const rows = perJobGrowth(idle.summary, plateau.summary, f.jobs).map((r) => [r.key.replace(/\|/g, '\\|'), fixed(r.countPerJob, 1), fmtBytes(r.bytesPerJob)]);
+      const growth = perJobGrowth(idle.summary, plateau.summary, f.jobs, Number.MAX_SAFE_INTEGER);
+      const row = (r: (typeof growth)[number]) => [r.key.replace(/\|/g, '\\|'), fixed(r.countPerJob, 1), fmtBytes(r.bytesPerJob)];
+      const kinds = growth.slice(0, 10).map(row);
+      // Objects with a constructor name say which code keeps them; V8's own kinds ("(array)", "(closure)") do not.
+      const named = growth
+        .filter((r) => !r.key.startsWith('(') && !r.key.startsWith('system /') && !['Object', 'Array'].includes(r.key) && r.countPerJob >= 0.9)
+        .sort((x, y) => y.bytesPerJob - x.bytesPerJob)
+        .slice(0, 25)
+        .map(row);
       return [
         '',
-        `**Where a waiting job's memory goes, ${f.mode} mode** (diagnostic pass: ${f.jobs} jobs; V8 heap snapshots of the service, each after a full collection, idle and at plateau; ` +
-          `live heap ${mib(idle.totalSize)} → ${mib(plateau.totalSize)}, **${kib((plateau.totalSize - idle.totalSize) / f.jobs)} per job**; RSS in this pass ${mib(f.idleRss)} → ${mib(f.plateauRss)}, ${kib((f.plateauRss - f.idleRss) / f.jobs)} per job)`,
+        `**Where a waiting job's memory goes, ${f.mode} mode** (diagnostic pass: ${f.jobs} jobs; V8 heap snapshots of the service, each taken after a full collection, idle and at plateau: ` +
+          `live heap ${mib(idle.totalSize)} → ${mib(plateau.totalSize)}, **${kib((plateau.totalSize - idle.totalSize) / f.jobs)} of live V8 heap per waiting job**. ` +
+          'What RSS adds beyond that is garbage not yet collected and memory outside the V8 heap (sockets, HTTP parsers, buffers).)',
         '',
-        table(['object (constructor, or kind)', 'count per job', 'bytes per job'], rows),
+        'By kind (top 10):',
+        '',
+        table(['kind (V8)', 'count per job', 'bytes per job'], kinds),
+        '',
+        'Objects with a constructor name, at least ~1 per job (top 25 by bytes):',
+        '',
+        table(['constructor', 'count per job', 'bytes per job'], named),
       ];
     }),
   ].join('\n');
@@ -468,7 +483,8 @@ async function main(): Promise<void> {
       const snaps = await tempDir('gw-wait-heap-');
       try {
         for (const m of modes) diag.push(await runMode(m, emu, dir.path, DIAG_JOBS, 5, snaps.path));
-        if (modes.includes('webhook')) diag.push(await runMode('webhook-default-grace', emu, dir.path, DIAG_JOBS, 5));
+        if (modes.includes('webhook')) // Held past the 30 s grace: the plateau alone outlasts it.
+        diag.push(await runMode('webhook-default-grace', emu, dir.path, DIAG_JOBS, 40));
       } finally {
         await snaps.remove();
       }

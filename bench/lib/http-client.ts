@@ -1,4 +1,4 @@
-import { Agent, request } from 'node:http';
+import { Agent, get, request } from 'node:http';
 import { performance } from 'node:perf_hooks';
 
 /**
@@ -67,10 +67,34 @@ export function post(url: string, payload: string | Buffer, opts: { agent: Agent
   });
 }
 
+/**
+ * A GET on a connection of its own: a pooled connection left idle while the
+ * other side is blocked (a heap snapshot, a long GC) can be closed by its
+ * keep-alive timer just as it is reused, and the bench would fail on that race.
+ */
+export function getText(url: string, timeoutMs = 30_000): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const req = get(url, { agent: false }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => {
+        clearTimeout(timer);
+        const text = Buffer.concat(chunks).toString('utf8');
+        if ((res.statusCode ?? 0) >= 400) reject(new Error(`GET ${url}: HTTP ${res.statusCode}`));
+        else resolve(text);
+      });
+      res.on('error', reject);
+    });
+    const timer = setTimeout(() => req.destroy(new Error(`GET ${url}: no answer within ${timeoutMs} ms`)), timeoutMs);
+    req.on('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+  });
+}
+
 export async function getJson<T>(url: string, timeoutMs = 30_000): Promise<T> {
-  const res = await fetch(url, { signal: AbortSignal.timeout(timeoutMs) });
-  if (!res.ok) throw new Error(`GET ${url}: HTTP ${res.status}`);
-  return (await res.json()) as T;
+  return JSON.parse(await getText(url, timeoutMs)) as T;
 }
 
 /** One gauge or counter of a Prometheus text exposition (the sum over its label sets). */

@@ -152,3 +152,39 @@ export function listenOverflows(): number {
   }
   return Number.NaN;
 }
+
+/** CPU time of the whole machine so far, ms summed over CPUs: busy (all but idle and iowait) and total. */
+export function readMachineCpu(): { busyMs: number; totalMs: number } {
+  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
+  // user nice system idle iowait irq softirq steal (guest time is already inside user)
+  const total = f.slice(0, 8).reduce((a, b) => a + b, 0);
+  const idle = f[3]! + f[4]!;
+  return { busyMs: ((total - idle) / 100) * 1000, totalMs: (total / 100) * 1000 };
+}
+
+/** Processes whose command name (/proc/<pid>/comm) is `comm`, e.g. "postgres", "redis-server". */
+export function pidsByComm(comm: string): number[] {
+  const out: number[] = [];
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      if (readFileSync(`/proc/${d}/comm`, 'utf8').trim() === comm) out.push(Number(d));
+    } catch {
+      // gone
+    }
+  }
+  return out;
+}
+
+/** CPU ms used so far by a set of processes; ones that exit in between are simply not counted. */
+export function readCpuMsOf(pids: readonly number[]): number {
+  let sum = 0;
+  for (const p of pids) {
+    try {
+      sum += readCpuMs(p);
+    } catch {
+      // exited
+    }
+  }
+  return sum;
+}

@@ -84,7 +84,7 @@ describe('crash recovery', () => {
     procs.push(first);
     // One submit is held by the emulator so that the kill lands between
     // sending it and learning its fal id: that request must become an orphan.
-    emulator.armFault({ phase: 'submit', kind: 'delay', delay_ms: 800, prompt_contains: 'held' });
+    emulator.armFault({ phase: 'submit', kind: 'delay', delay_ms: 5000, prompt_contains: 'held' });
     const prompts = ['crash a', 'crash b', 'crash c', 'crash d', 'held submit'];
     const inflight = prompts.map((prompt, i) =>
       fetch(`${first.url}/v1/images/generations`, {
@@ -97,7 +97,7 @@ describe('crash recovery', () => {
     // held submit is still unanswered.
     database = await createDatabase({ dataDir });
     const db = database.db;
-    await until(async () => (await db.selectFrom('upstream_jobs').select('fal_request_id').execute()).length === 4, 10_000, 'four fal ids saved');
+    await until(async () => (await db.selectFrom('upstream_jobs').select('fal_request_id').execute()).length === 4, 30_000, 'four fal ids saved');
     assert.equal(emulator.jobs().filter((j) => String(j.input.prompt).startsWith('held')).length, 0, 'the held submit is unanswered');
     first.child.kill('SIGKILL');
     await first.exited;
@@ -105,12 +105,12 @@ describe('crash recovery', () => {
     assert.ok(answers.every((a) => a === 'connection lost'), 'no request was answered before the kill');
 
     // Let every job finish at fal (and be billed there) while we are down.
-    await until(() => emulator.jobs().length === 5 && emulator.jobs().every((j) => j.status === 'COMPLETED'), 10_000, 'jobs to finish at fal');
+    await until(() => emulator.jobs().length === 5 && emulator.jobs().every((j) => j.status === 'COMPLETED'), 30_000, 'jobs to finish at fal');
     assert.equal(emulator.billing().length, 5);
 
     const second = await startServiceProcess(env);
     procs.push(second);
-    const line = await until(() => second.lines.find((l) => l.msg === 'reconciled open requests'), 20_000, 'start-up reconciliation');
+    const line = await until(() => second.lines.find((l) => l.msg === 'reconciled open requests'), 60_000, 'start-up reconciliation');
     const report = line.reconcile as { settled: string[]; orphaned: string[] };
     assert.equal(report.settled.length, 4);
     assert.equal(report.orphaned.length, 1);
