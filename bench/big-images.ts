@@ -62,11 +62,11 @@ function pngSize(b64: string): [number, number] | undefined {
   return [head.readUInt32BE(16), head.readUInt32BE(20)];
 }
 
-async function runK(k: number, emu: NodeChild, dir: string): Promise<KFigures> {
+async function runK(k: number, run: number, emu: NodeChild, dir: string): Promise<KFigures> {
   const admin = emulatorAdmin(emu.url);
   await admin.reset();
   const data = await tempDir('gw-big-data-');
-  const svc = await startServiceProcess(dir, serviceEnv(emu.url, data.path), `service-k${k}`);
+  const svc = await startServiceProcess(dir, serviceEnv(emu.url, data.path), `service-${run}-k${k}`);
   const agent = keepAliveAgent();
   const url = `${svc.url}/v1/images/generations`;
   try {
@@ -196,7 +196,7 @@ async function main(): Promise<void> {
   const all: KFigures[] = [];
   let copies: CopyReport | undefined;
   try {
-    for (const k of KS) all.push(await runK(k, emu, dir.path));
+    for (const [i, k] of KS.entries()) all.push(await runK(k, i + 1, emu, dir.path));
     copies = await measureCopies(emu.url, SIZE);
   } finally {
     await emu.stop();

@@ -63,7 +63,8 @@ export async function spawnNode(opts: {
   const logFile = join(opts.logDir, `${opts.name}.log`);
   // A file, not a pipe: an info-level access log per request would otherwise
   // cost this process CPU to drain, or block the child when nobody drains it.
-  const fd = openSync(logFile, 'a');
+  // Truncated: a name reused in one run must not find the previous process's URL in its log.
+  const fd = openSync(logFile, 'w');
   const child = spawn(process.execPath, [...(opts.nodeArgs ?? []), '--import', 'tsx', opts.script], {
     cwd: REPO,
     env: { ...baseEnv(), ...opts.env },
