@@ -281,7 +281,7 @@ npx tsx bench/load.ts --quick    # 1 wave per ledger
 Issue 5: hold 1,000 concurrent slow requests without errors. The service and the emulator run as
 separate processes (\`node --import tsx src/main.ts\`, \`src/emulator/main.ts\`); the bench process only sends
 requests and reads the service's /proc entries. Needs PostgreSQL on 127.0.0.1:5432 for the *postgres* rows
-(a schema is created and dropped); \`--ledgers=sqlite\` skips it.`;
+(a schema is created and dropped); \`--ledgers=sqlite,sqlite-tmpfs\` skips it.`;
 
 async function main(): Promise<void> {
   const machine = describeMachine();

@@ -4,8 +4,13 @@
  * front of one standalone emulator, with this process round-robining
  * requests between them.
  *
- *   npx tsx bench/replicas.ts [--quick] [--concurrency=16,64] [--rounds=N] [--duration=S]
+ *   npx tsx bench/replicas.ts [--quick] [--plan=16x1,64x1,64x16] [--rounds=N] [--duration=S]
  *       [--pg=postgres://postgres@127.0.0.1:5432/test] [--redis=redis://127.0.0.1:6379] [--no-write]
+ *
+ * A plan cell is concurrency × API keys: the client rotates through that
+ * many keys, because every reservation and settlement updates its key's row
+ * (budget) in PostgreSQL, and with a single key those updates queue on one
+ * row lock whatever the number of processes.
  *
  * Both processes run for the whole bench; in "1" rounds only the first gets
  * requests. Rounds alternate 1, 2, 1, 2, … so the drift of a shared machine
@@ -23,17 +28,17 @@ import type { Call } from './lib/load.js';
 import { describeMachine } from './lib/machine.js';
 import { fixed, ms, rate, table } from './lib/markdown.js';
 import type { BenchPath, BenchUpstream } from './lib/paths.js';
-import { pidsByComm, readCpuMs, readCpuMsOf, readMachineCpu } from './lib/procfs.js';
+import { cpuDeltas, readAllCpu, readCpuMs, readMachineCpu } from './lib/procfs.js';
 import { startEmulatorProcess, startServiceProcess, type NodeChild } from './lib/procs.js';
 import { machineLine, writeSection } from './lib/readme-section.js';
 import { median } from './lib/stats.js';
 import { pathFigures, runPathRound, type RoundResult } from './lib/rounds.js';
-import { AUTH, emulatorAdmin, imageBody, log, pgSchema, serviceEnv, tempDir, timeBudget } from './lib/scale.js';
+import { BENCH_KEY, emulatorAdmin, imageBody, log, pgSchema, serviceEnv, tempDir, timeBudget } from './lib/scale.js';
 
 const { values: args } = parseArgs({
   options: {
     quick: { type: 'boolean', default: false },
-    concurrency: { type: 'string', default: '16,64' },
+    plan: { type: 'string', default: '16x1,64x1,64x16' },
     rounds: { type: 'string' },
     duration: { type: 'string' },
     latency: { type: 'string', default: '20' },
@@ -44,12 +49,17 @@ const { values: args } = parseArgs({
   strict: true,
 });
 
-const concurrencies = args.concurrency.split(',').map(Number);
+const plan = args.plan.split(',').map((cell) => {
+  const [c, k] = cell.split('x').map(Number);
+  if (!Number.isInteger(c) || !Number.isInteger(k) || c! < 1 || k! < 1) throw new Error(`--plan cells are <concurrency>x<keys>, got ${cell}`);
+  return { c: c!, keys: k! };
+});
 const rounds = Number(args.rounds ?? (args.quick ? 2 : 5));
 const durationMs = Number(args.duration ?? (args.quick ? 5 : 15)) * 1000;
 const warmupMs = 1500;
 const latencyMs = Number(args.latency);
-timeBudget(concurrencies.length * rounds * 2 * (durationMs + warmupMs + 30_000) + 5 * 60_000, 'bench/replicas.ts');
+const KEYS = Array.from({ length: Math.max(...plan.map((p) => p.keys)) }, (_, i) => (i === 0 ? BENCH_KEY : `${BENCH_KEY}-${i}`));
+timeBudget(plan.length * rounds * 2 * (durationMs + warmupMs + 30_000) + 5 * 60_000, 'bench/replicas.ts');
 
 /** The emulator's counters are not needed per round: completion timestamps are issue 3's subject (bench/overhead.ts). */
 const noUpstream: BenchUpstream = { label: 'emulator (standalone)', reset() {}, completedAtMs: () => undefined, counters: () => ({ jobs: 0, calls: {} }) };
@@ -59,14 +69,15 @@ interface Tally {
   failed: number;
 }
 
-function roundRobin(id: string, targets: NodeChild[], tally: Tally): BenchPath {
-  const agent = keepAliveAgent();
+function roundRobin(id: string, targets: NodeChild[], keys: number, tally: Tally): BenchPath {
+  let agent = keepAliveAgent();
   const urls = targets.map((t) => `${t.url}/v1/images/generations`);
   const body = imageBody();
   let next = 0;
+  let key = 0;
   const call: Call = async (signal) => {
     const url = urls[next++ % urls.length]!;
-    const r = await post(url, body, { agent, headers: AUTH, timeoutMs: 60_000 });
+    const r = await post(url, body, { agent, headers: { authorization: `Bearer ${KEYS[key++ % keys]}` }, timeoutMs: 60_000 });
     if (signal.aborted) throw new Error('timed out');
     if (r.status !== 200) {
       tally.failed++;
@@ -78,7 +89,16 @@ function roundRobin(id: string, targets: NodeChild[], tally: Tally): BenchPath {
   return {
     id,
     label: `${targets.length} process${targets.length > 1 ? 'es' : ''}`,
-    upstream: noUpstream,
+    // Called before and after each round: fresh connections per round, because
+    // node:http's agent would reuse sockets the other process closed while it
+    // sat out the previous round (5 s keep-alive timeout), and count the race as errors.
+    upstream: {
+      ...noUpstream,
+      reset() {
+        agent.destroy();
+        agent = keepAliveAgent();
+      },
+    },
     call,
     async close() {
       agent.destroy();
@@ -90,7 +110,7 @@ interface RoundCpu {
   path: string;
   concurrency: number;
   /** Where the machine's CPU went during the round, in cores (CPU ms per wall ms). */
-  cores: Record<'service a' | 'service b' | 'emulator' | 'PostgreSQL' | 'Redis' | 'bench client' | 'everything else' | 'idle', number>;
+  cores: Record<'service a' | 'service b' | 'emulator' | 'PostgreSQL' | 'Redis' | 'bench client' | 'other processes' | 'not attributed' | 'idle', number>;
   /** CPU of each service process over the round, as a share of one core. */
   util: number[];
   cpuMsPerRequest: number;
@@ -106,12 +126,16 @@ async function main(): Promise<void> {
   const tally: Tally = { ok: 0, failed: 0 };
   const results: RoundResult[] = [];
   const cpu: RoundCpu[] = [];
+  const roundErrors: string[] = [];
+  /** CPU ms of processes that are not part of the bench, by command name, over all rounds. */
+  const otherComms = new Map<string, number>();
   let check: { ledgerRows: number; emulatorJobs: number } | undefined;
   try {
     const emu = await startEmulatorProcess(dir.path, { EMULATOR_LATENCY_MS: String(latencyMs), EMULATOR_IMAGE_MODE: 'cheap' });
     children.push(emu);
     const env = serviceEnv(emu.url, `${dir.path}/unused-data`, {
       DATABASE_URL: schema.url,
+      API_KEYS: KEYS.join(','),
       REDIS_URL: args.redis,
       REDIS_KEY_PREFIX: prefix,
       // A limit that is never reached: every request still takes its token from Redis.
@@ -123,47 +147,51 @@ async function main(): Promise<void> {
     const b = await startServiceProcess(dir.path, env, 'service-b');
     children.push(b);
     log(`emulator ${emu.url}; services ${a.url} (pid ${a.pid}), ${b.url} (pid ${b.pid}); schema ${schema.schema}; redis prefix ${prefix}`);
-    const paths = [roundRobin('1', [a], tally), roundRobin('2', [a, b], tally)];
-    for (const c of concurrencies) {
+    const allPaths: BenchPath[] = [];
+    for (const { c, keys } of plan) {
+      const paths = [roundRobin(`1/${keys}`, [a], keys, tally), roundRobin(`2/${keys}`, [a, b], keys, tally)];
+      allPaths.push(...paths);
       for (let r = 0; r < rounds; r++) {
         for (const p of paths) {
           const c0 = [readCpuMs(a.pid), readCpuMs(b.pid)];
-          const pgPids = pidsByComm('postgres');
-          const redisPids = pidsByComm('redis-server');
-          const other0 = { emu: readCpuMs(emu.pid), pg: readCpuMsOf(pgPids), redis: readCpuMsOf(redisPids), self: process.cpuUsage(), machine: readMachineCpu() };
+          const procs0 = readAllCpu();
+          const other0 = { self: process.cpuUsage(), machine: readMachineCpu() };
           const t0 = performance.now();
           const res = await runPathRound(p, c, r, { warmupMs, durationMs, maxRequests: 200_000, requestTimeoutMs: 60_000 });
           const wall = performance.now() - t0;
           const used = [readCpuMs(a.pid) - c0[0]!, readCpuMs(b.pid) - c0[1]!];
           const self = process.cpuUsage(other0.self);
           const machineNow = readMachineCpu();
-          const spent = {
-            emu: readCpuMs(emu.pid) - other0.emu,
-            pg: readCpuMsOf(pgPids) - other0.pg,
-            redis: readCpuMsOf(redisPids) - other0.redis,
-            self: (self.user + self.system) / 1000,
-            busy: machineNow.busyMs - other0.machine.busyMs,
-            total: machineNow.totalMs - other0.machine.totalMs,
-          };
+          const deltas = cpuDeltas(procs0, readAllCpu());
+          const ours = new Set([a.pid, b.pid, emu.pid, process.pid]);
+          const byComm = (comm: string) => deltas.filter((d) => d.comm === comm && !ours.has(d.pid)).reduce((x, d) => x + d.ms, 0);
+          const others = deltas.filter((d) => !ours.has(d.pid) && d.comm !== 'postgres' && d.comm !== 'redis-server');
+          const busy = machineNow.busyMs - other0.machine.busyMs;
+          const allProcs = deltas.reduce((x, d) => x + d.ms, 0);
           const cores = {
             'service a': used[0]! / wall,
             'service b': used[1]! / wall,
-            emulator: spent.emu / wall,
-            PostgreSQL: spent.pg / wall,
-            Redis: spent.redis / wall,
-            'bench client': spent.self / wall,
-            'everything else': (spent.busy - used[0]! - used[1]! - spent.emu - spent.pg - spent.redis - spent.self) / wall,
-            idle: (spent.total - spent.busy) / wall,
+            emulator: (deltas.find((d) => d.pid === emu.pid)?.ms ?? 0) / wall,
+            PostgreSQL: byComm('postgres') / wall,
+            Redis: byComm('redis-server') / wall,
+            'bench client': (self.user + self.system) / 1000 / wall,
+            'other processes': others.reduce((x, d) => x + d.ms, 0) / wall,
+            'not attributed': Math.max(0, busy - allProcs) / wall,
+            idle: (machineNow.totalMs - other0.machine.totalMs - busy) / wall,
           };
+          const top = new Map<string, number>();
+          for (const d of others) top.set(d.comm, (top.get(d.comm) ?? 0) + d.ms);
+          for (const [comm, v] of top) otherComms.set(comm, (otherComms.get(comm) ?? 0) + v);
           results.push(res);
+          if (res.firstError) roundErrors.push(`c=${c}, ${keys} key(s), ${p.label}, round ${r + 1}: ${res.errors} × first: ${res.firstError}`);
           // Whole round (warm-up included) against requests of the whole round: both sides cover the same span.
           const n = res.throughput * (durationMs / 1000);
           cpu.push({ path: p.id, concurrency: c, cores, util: used.map((u) => u / wall), cpuMsPerRequest: (used[0]! + used[1]!) / (wall / durationMs) / Math.max(1, n) });
-          log(`c=${c} round ${r + 1} ${p.label}: ${rate(res.throughput)} req/s, p50 ${ms(res.latency.p50)} ms, p99 ${ms(res.latency.p99)} ms, errors ${res.errors}, CPU ${used.map((u) => `${Math.round((u / wall) * 100)}%`).join(' + ')}`);
+          log(`c=${c} keys=${keys} round ${r + 1} ${p.label}: ${rate(res.throughput)} req/s, p50 ${ms(res.latency.p50)} ms, p99 ${ms(res.latency.p99)} ms, errors ${res.errors}, CPU ${used.map((u) => `${Math.round((u / wall) * 100)}%`).join(' + ')}`);
         }
       }
     }
-    for (const p of paths) await p.close();
+    for (const p of allPaths) await p.close();
 
     const db = new pg.Client({ connectionString: schema.url });
     await db.connect();
@@ -190,13 +218,14 @@ async function main(): Promise<void> {
     else await dir.remove();
   }
 
-  const rows = concurrencies.flatMap((c) => {
-    const one = pathFigures(results, '1', c);
-    const two = pathFigures(results, '2', c);
+  const rows = plan.flatMap(({ c, keys }) => {
+    const [p1, p2] = [`1/${keys}`, `2/${keys}`];
+    const one = pathFigures(results, p1, c);
+    const two = pathFigures(results, p2, c);
     const gain = median(
       Array.from({ length: rounds }, (_, r) => {
-        const x = results.find((q) => q.path === '1' && q.concurrency === c && q.round === r);
-        const y = results.find((q) => q.path === '2' && q.concurrency === c && q.round === r);
+        const x = results.find((q) => q.path === p1 && q.concurrency === c && q.round === r);
+        const y = results.find((q) => q.path === p2 && q.concurrency === c && q.round === r);
         return x && y ? y.throughput / x.throughput : Number.NaN;
       }),
     );
@@ -206,15 +235,21 @@ async function main(): Promise<void> {
     };
     const cpuPer = (path: string) => fixed(median(cpu.filter((q) => q.path === path && q.concurrency === c).map((q) => q.cpuMsPerRequest)), 1);
     return [
-      [String(c), '1', rate(one.throughput), ms(one.p50), ms(one.p99), String(one.errors), util('1'), cpuPer('1'), ''],
-      [String(c), '2', rate(two.throughput), ms(two.p50), ms(two.p99), String(two.errors), util('2'), cpuPer('2'), `**${fixed(gain)}×**`],
+      [String(c), String(keys), '1', rate(one.throughput), ms(one.p50), ms(one.p99), String(one.errors), util(p1), cpuPer(p1), ''],
+      [String(c), String(keys), '2', rate(two.throughput), ms(two.p50), ms(two.p99), String(two.errors), util(p2), cpuPer(p2), `**${fixed(gain)}×**`],
     ];
   });
-  const budgetKeys = ['service a', 'service b', 'emulator', 'PostgreSQL', 'Redis', 'bench client', 'everything else', 'idle'] as const;
-  const budgetRows = concurrencies.flatMap((c) =>
-    ['1', '2'].map((path) => {
-      const rs = cpu.filter((q) => q.path === path && q.concurrency === c);
-      return [String(c), path, ...budgetKeys.map((k) => fixed(median(rs.map((q) => q.cores[k])), 2))];
+  const budgetKeys = ['service a', 'service b', 'emulator', 'PostgreSQL', 'Redis', 'bench client', 'other processes', 'not attributed', 'idle'] as const;
+  const otherTotal = [...otherComms.values()].reduce((x, v) => x + v, 0);
+  const topOthers = [...otherComms]
+    .sort((x, y) => y[1] - x[1])
+    .slice(0, 5)
+    .map(([comm, v]) => `${comm} ${Math.round((v / Math.max(1, otherTotal)) * 100)}%`)
+    .join(', ');
+  const budgetRows = plan.flatMap(({ c, keys }) =>
+    ['1', '2'].map((n) => {
+      const rs = cpu.filter((q) => q.path === `${n}/${keys}` && q.concurrency === c);
+      return [String(c), String(keys), n, ...budgetKeys.map((k) => fixed(median(rs.map((q) => q.cores[k])), 2))];
     }),
   );
   const seconds = (Date.now() - startedAt.getTime()) / 1000;
@@ -226,19 +261,20 @@ async function main(): Promise<void> {
     `Setup: one standalone emulator (**cheap** images, **${latencyMs} ms** per job) and two service processes (\`node --import tsx src/main.ts\`), all on 127.0.0.1, ` +
       `sharing PostgreSQL 127.0.0.1:5432 (a throwaway schema through \`search_path\` in \`DATABASE_URL\`) and Redis 127.0.0.1:6379 (\`REDIS_URL\`, a unique \`REDIS_KEY_PREFIX\`); ` +
       `\`DEFAULT_RPM_LIMIT=1000000\` so every request takes a rate-limit token from Redis without ever being refused; info access logs to a file. ` +
-      `The client (node:http keep-alive, closed loop) round-robins between the processes of the row. ${rounds} alternating rounds (1, 2, 1, 2, …) of ${durationMs / 1000} s after ${warmupMs / 1000} s of warm-up; medians over rounds.`,
+      `The client (node:http keep-alive, closed loop) round-robins between the processes of the row, and between its *API keys* (static keys, no budget). ${rounds} alternating rounds (1, 2, 1, 2, …) of ${durationMs / 1000} s after ${warmupMs / 1000} s of warm-up; medians over rounds.`,
     '',
-    table(['concurrency', 'processes', 'req/s', 'p50 ms', 'p99 ms', 'errors', 'CPU of process a + b', 'service CPU ms/req', '2 ÷ 1 req/s'], rows),
+    table(['concurrency', 'API keys', 'processes', 'req/s', 'p50 ms', 'p99 ms', 'errors', 'CPU of process a + b', 'service CPU ms/req', '2 ÷ 1 req/s'], rows),
     '',
     '*CPU of process a + b*: each service process\'s CPU over the round as a share of one core (/proc/<pid>/stat). *service CPU ms/req*: both processes together per completed request. ' +
       `The machine has ${machine.nproc} vCPUs, shared here with the emulator, PostgreSQL, Redis and this client (and, on a busy host, other work: see the load average), ` +
       'so a second process can only add what CPU is left.',
     '',
     `**Where the machine's CPU went** (cores, median over rounds; ${machine.nproc} in all; from /proc/<pid>/stat and /proc/stat. *PostgreSQL* and *Redis* are every postgres and redis-server process, ` +
-      '*everything else* is the machine\'s busy time minus all of the above: other tenants of a shared host, the kernel\'s own work)',
+      '*other processes*: everything else running on the host (here mostly: ' + (topOthers || 'none') + '); *not attributed*: busy time no process was charged with (interrupts, the loopback network\'s softirq work, processes that exited mid-round))',
     '',
-    table(['concurrency', 'processes', ...budgetKeys], budgetRows),
+    table(['concurrency', 'API keys', 'processes', ...budgetKeys], budgetRows),
     '',
+    ...(roundErrors.length ? ['**Errors**', '', ...roundErrors.map((e) => `- ${e}`), ''] : []),
     check
       ? `Consistency across processes: ${tally.ok} answers 200 (${tally.failed} failed), ${check.ledgerRows} ledger rows in PostgreSQL, ${check.emulatorJobs} jobs seen by the emulator` +
         `${check.ledgerRows === tally.ok + tally.failed && check.emulatorJobs === tally.ok ? ': every request metered once, none lost.' : ' — **they differ** (see the logs).'}`
@@ -250,7 +286,7 @@ async function main(): Promise<void> {
       'replicas',
       'More than one process: 1 vs 2 replicas on PostgreSQL + Redis (issue 6)',
       `\`\`\`sh
-npx tsx bench/replicas.ts            # concurrency 16 and 64, 5 rounds of 15 s each; about 6 minutes
+npx tsx bench/replicas.ts            # concurrency 16 and 64 with one API key, 64 with 16 keys; 5 rounds of 15 s; about 9 minutes
 npx tsx bench/replicas.ts --quick    # 2 rounds of 5 s
 \`\`\`
 

@@ -91,7 +91,7 @@ interface ModeFigures {
   releaseUtil: number;
   releaseS: number;
   /** Webhook mode: the emulator's delivery log. */
-  webhooks?: { attempts: number; failed: number; retried: number; firstFailure: string | undefined; completionToFirstAttempt: Summary };
+  webhooks?: { received: number; answeredOk: number; callerGone: number; logCapped: boolean; attempts: number; failed: number; retried: number; firstFailure: string | undefined; completionToFirstAttempt: Summary };
   /** The first STREAMS jobs submitted (status streams) and the rest (polling); meaningful in polling mode. */
   c2rStreamed: Summary;
   c2rOverflow: Summary;
@@ -263,6 +263,8 @@ async function runMode(mode: Mode, emu: NodeChild, dir: string, JOBS: number, PL
     const tenths = Array.from({ length: 10 }, (_, d) => summarize(byCompletion.slice(Math.floor((d * byCompletion.length) / 10), Math.floor(((d + 1) * byCompletion.length) / 10))).p50);
     let webhooks: ModeFigures['webhooks'];
     if (mode !== 'polling') {
+      const m = await metrics();
+      const route = { route: '/v1/fal/webhook' };
       const deliveries = await admin.webhooks();
       const firstAt = new Map<string, number>();
       for (const d of deliveries) if (d.attempt === 1) firstAt.set(d.request_id, Date.parse(d.at));
@@ -271,6 +273,10 @@ async function runMode(mode: Mode, emu: NodeChild, dir: string, JOBS: number, PL
         return c === undefined ? [] : [at - c];
       });
       webhooks = {
+        received: promValue(m, 'gateway_http_requests_total', route),
+        answeredOk: promValue(m, 'gateway_http_requests_total', { ...route, status: '200' }),
+        callerGone: promValue(m, 'gateway_http_requests_total', { ...route, status: '499' }),
+        logCapped: deliveries.length >= 10_000,
         attempts: deliveries.length,
         failed: deliveries.filter((d) => !d.ok).length,
         retried: new Set(deliveries.filter((d) => d.attempt > 1).map((d) => d.request_id)).size,
@@ -371,8 +377,9 @@ function render(all: ModeFigures[], diag: ModeFigures[], startedAt: Date, machin
   const hookLines = all.flatMap((f) =>
     f.webhooks
       ? [
-          `Webhook deliveries (the emulator's log): ${f.webhooks.attempts} attempts for ${f.jobs} jobs, ${f.webhooks.failed} failed` +
-            `${f.webhooks.firstFailure ? ` (first: ${f.webhooks.firstFailure})` : ''}, ${f.webhooks.retried} jobs needed more than one; ` +
+          `Webhook callbacks: the service received ${f.webhooks.received} for ${f.jobs} jobs (${f.webhooks.answeredOk} answered 200, ${f.webhooks.callerGone} after the emulator had given up on them: 499). ` +
+            `The emulator's delivery log${f.webhooks.logCapped ? ' (its last 10,000 attempts only)' : ''}: ${f.webhooks.attempts} attempts, ${f.webhooks.failed} failed` +
+            `${f.webhooks.firstFailure ? ` (first: ${f.webhooks.firstFailure}; an attempt times out after 15 s, as fal's do)` : ''}, ${f.webhooks.retried} jobs retried; ` +
             `job COMPLETED → first delivery attempt p50 ${ms(f.webhooks.completionToFirstAttempt.p50)} ms, p99 ${ms(f.webhooks.completionToFirstAttempt.p99)} ms.`,
         ]
       : [],
@@ -458,7 +465,7 @@ function fmtBytes(b: number): string {
 }
 
 const INTRO = `\`\`\`sh
-npx tsx bench/waiting.ts            # 10,000 jobs, polling then webhook mode; 20–40 minutes on a busy 2-vCPU machine
+npx tsx bench/waiting.ts            # 10,000 jobs, polling then webhook mode, then the diagnostic pass; 15–40 minutes on 2 vCPUs
 npx tsx bench/waiting.ts --quick    # 2,000 jobs
 \`\`\`
 

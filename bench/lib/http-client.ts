@@ -97,14 +97,16 @@ export async function getJson<T>(url: string, timeoutMs = 30_000): Promise<T> {
   return JSON.parse(await getText(url, timeoutMs)) as T;
 }
 
-/** One gauge or counter of a Prometheus text exposition (the sum over its label sets). */
-export function promValue(text: string, name: string): number {
+/** One gauge or counter of a Prometheus text exposition: the sum over its label sets, or over those matching `labels`. */
+export function promValue(text: string, name: string, labels: Record<string, string> = {}): number {
   let sum = 0;
   let seen = false;
   for (const line of text.split('\n')) {
     if (line.startsWith('#')) continue;
-    const m = /^([a-zA-Z_:][\w:]*)(\{[^}]*\})?\s+(\S+)/.exec(line);
-    if (m && m[1] === name) {
+    const m = /^([a-zA-Z_:][\w:]*)(?:\{([^}]*)\})?\s+(\S+)/.exec(line);
+    if (!m || m[1] !== name) continue;
+    const have = new Map([...(m[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((x) => [x[1]!, x[2]!]));
+    if (Object.entries(labels).every(([k, v]) => have.get(k) === v)) {
       sum += Number(m[3]);
       seen = true;
     }

@@ -162,29 +162,34 @@ export function readMachineCpu(): { busyMs: number; totalMs: number } {
   return { busyMs: ((total - idle) / 100) * 1000, totalMs: (total / 100) * 1000 };
 }
 
-/** Processes whose command name (/proc/<pid>/comm) is `comm`, e.g. "postgres", "redis-server". */
-export function pidsByComm(comm: string): number[] {
-  const out: number[] = [];
+/** CPU ms used so far by every process on the machine, with its command name. */
+export function readAllCpu(): Map<number, { comm: string; ms: number }> {
+  const out = new Map<number, { comm: string; ms: number }>();
   for (const d of readdirSync('/proc')) {
     if (!/^\d+$/.test(d)) continue;
     try {
-      if (readFileSync(`/proc/${d}/comm`, 'utf8').trim() === comm) out.push(Number(d));
+      const stat = readFileSync(`/proc/${d}/stat`, 'utf8');
+      const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+      const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      out.set(Number(d), { comm, ms: ((Number(rest[11]) + Number(rest[12])) / 100) * 1000 });
     } catch {
-      // gone
+      // exited while we looked
     }
   }
   return out;
 }
 
-/** CPU ms used so far by a set of processes; ones that exit in between are simply not counted. */
-export function readCpuMsOf(pids: readonly number[]): number {
-  let sum = 0;
-  for (const p of pids) {
-    try {
-      sum += readCpuMs(p);
-    } catch {
-      // exited
-    }
+/**
+ * CPU each process used between two readAllCpu() snapshots. A process born in
+ * between counts from zero; one that exited in between is missing (its last
+ * slice of CPU then shows as the machine's unattributed time).
+ */
+export function cpuDeltas(before: Map<number, { comm: string; ms: number }>, after: Map<number, { comm: string; ms: number }>): Array<{ pid: number; comm: string; ms: number }> {
+  const out: Array<{ pid: number; comm: string; ms: number }> = [];
+  for (const [pid, a] of after) {
+    const b = before.get(pid);
+    const ms = b && b.comm === a.comm ? a.ms - b.ms : a.ms;
+    if (ms > 0) out.push({ pid, comm: a.comm, ms });
   }
-  return sum;
+  return out;
 }
