@@ -129,7 +129,7 @@ interface Breakdown {
   notify: Summary;
   /** wait resolved → result fetched. */
   result: Summary;
-  /** result fetched → ledger settled (completeJob + settle, lock waits included); service only. */
+  /** result fetched → ledger settled (settleJobs: the jobs' rows and the charge in one transaction, lock waits included); service only. */
   settle: Summary | undefined;
   /** last step above → client holds the parsed response (encode, write, client read). */
   respond: Summary;
@@ -352,7 +352,7 @@ async function breakdown(path: BenchPath, fal: FalGateway, ledger: Ledger | unde
       settle: ledger ? summarize(settle) : undefined,
       respond: summarize(respond),
       ledger: ledger
-        ? { reserve: summarize(tl.ledger.reserve), recordSubmit: summarize(tl.ledger.recordSubmit), completeJob: summarize(tl.ledger.completeJob), settle: summarize(tl.ledger.settle) }
+        ? { reserve: summarize(tl.ledger.reserve), recordSubmit: summarize(tl.ledger.recordSubmit), settleJobs: summarize(tl.ledger.settleJobs) }
         : undefined,
       cpuMsPerRequest: load.cpuMsPerRequest,
       eventLoopUtilization: load.eventLoopUtilization,
@@ -484,13 +484,13 @@ function render(
     out.push(
       'Steps in order: *ingress* client sent → service begins the reservation (HTTP, auth, JSON body, validation); *reserve* ledger write; *submit* fal queue submit; ' +
         `*recordSubmit* ledger write; *job* the emulated job (${latencyMs} ms) plus opening the status stream; then completion-to-response (*c2r*, ms clock) = ` +
-        '*notify* job COMPLETED → our SSE wait resolves (1 ms clock) + *result GET* + *settle* (ledger completeJob + settle) + *respond* (response built, encoded, sent, read by the client). ' +
+        '*notify* job COMPLETED → our SSE wait resolves (1 ms clock) + *result GET* + *settle* (ledger settleJobs: the jobs\' rows and the charge, one transaction) + *respond* (response built, encoded, sent, read by the client). ' +
         'p50s of steps do not add up exactly to the p50 of the whole.',
     );
     out.push('');
     out.push('**Ledger calls inside the service** (wall time per call including the per-file write lock, ms, p50 / p99)');
     out.push('');
-    const ops: LedgerOp[] = ['reserve', 'recordSubmit', 'completeJob', 'settle'];
+    const ops: LedgerOp[] = ['reserve', 'recordSubmit', 'settleJobs'];
     out.push(
       table(
         ['concurrency', 'path', ...ops, 'sum of p50s'],
@@ -508,12 +508,12 @@ function render(
   if (ledgerCosts.length > 0) {
     out.push('');
     out.push(
-      `**The ledger alone** (no HTTP, no fal: one request's four writes — reserve, recordSubmit, a ${latencyMs} ms pause for the job, completeJob, settle — against a fresh SQLite file in os.tmpdir() on the same disk; ms)`,
+      `**The ledger alone** (no HTTP, no fal: one request's three writes — reserve, recordSubmit, a ${latencyMs} ms pause for the job, settleJobs — against a fresh SQLite file in os.tmpdir() on the same disk; ms)`,
     );
     out.push('');
     out.push(
       table(
-        ['synchronous', 'concurrency', 'requests', 'four writes p50', 'p99', 'one write p50', 'p99', 'CPU per request'],
+        ['synchronous', 'concurrency', 'requests', 'three writes p50', 'p99', 'one write p50', 'p99', 'CPU per request'],
         ledgerCosts.map((l) => [
           l.synchronous.toUpperCase(),
           String(l.concurrency),

@@ -9,13 +9,13 @@ import { createLedger } from '../../src/metering/ledger.js';
 import { summarize, type Summary } from '../lib/stats.js';
 
 /**
- * The ledger on its own, without HTTP or fal: the four writes one image
- * request makes (reserve, recordSubmit, completeJob, settle), in the order
+ * The ledger on its own, without HTTP or fal: the three writes one image
+ * request makes (reserve, recordSubmit, settleJobs), in the order
  * the service makes them, against a fresh SQLite file on the same disk the
  * service would use. Separates what metering costs from everything else.
  *
  * The job's own duration is kept as a pause between recordSubmit and
- * completeJob: on a shared disk an fsync costs more when other writers had
+ * settleJobs: on a shared disk an fsync costs more when other writers had
  * time to dirty the journal in between, so back-to-back writes would flatter
  * synchronous=FULL.
  */
@@ -25,11 +25,11 @@ export interface LedgerCost {
   concurrency: number;
   gapMs: number;
   lifecycles: number;
-  /** Wall time of one request's four writes (pause excluded, lock waits included), ms. */
+  /** Wall time of one request's three writes (pause excluded, lock waits included), ms. */
   writesMs: Summary;
   /** Wall time of one write, ms. */
   perWriteMs: Summary;
-  /** Process CPU per request's four writes, ms. */
+  /** Process CPU per request's three writes, ms. */
   cpuMsPerLifecycle: number;
 }
 
@@ -62,8 +62,12 @@ export async function measureLedger(opts: {
       ms += await timed(() => ledger.reserve({ requestId, keyId, model: 'alibaba/z-image-turbo', endpoint, maxChargeMicros: 5000n, pricing: '{"promptExpansion":false,"markup":"1.0"}' }));
       ms += await timed(() => ledger.recordSubmit({ requestId, falRequestId, endpoint }));
       await new Promise((r) => setTimeout(r, opts.gapMs));
-      ms += await timed(() => ledger.completeJob({ falRequestId, images: 1, pixels: 1024 * 1024, unitsEstimate: '1', unitsFal: '1', upstreamCostMicros: 5000n }));
-      ms += await timed(() => ledger.settle({ requestId, chargeMicros: 5000n, credits: 10_000n, upstreamCostMicros: 5000n, images: 1 }));
+      ms += await timed(() =>
+        ledger.settleJobs({
+          jobs: [{ falRequestId, images: 1, pixels: 1024 * 1024, unitsEstimate: '1', unitsFal: '1', upstreamCostMicros: 5000n }],
+          settle: { requestId, chargeMicros: 5000n, credits: 10_000n, upstreamCostMicros: 5000n, images: 1 },
+        }),
+      );
       return ms;
     };
     await one();

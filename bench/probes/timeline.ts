@@ -23,13 +23,13 @@ export interface JobMarks {
   notifiedAtMs?: number;
   notifiedHr?: number;
   resultHr?: number;
-  /** completeJob + settle, the writes between the result and the response. */
+  /** settleJobs (the jobs' rows and the charge, one transaction): the write between the result and the response. */
   settleStartHr?: number;
   settleEndHr?: number;
   clientHr?: number;
 }
 
-export type LedgerOp = 'reserve' | 'recordSubmit' | 'completeJob' | 'settle';
+export type LedgerOp = 'reserve' | 'recordSubmit' | 'settleJobs';
 
 export interface Timeline {
   jobs: Map<string, JobMarks>;
@@ -43,7 +43,7 @@ export interface Timeline {
 export function instrument(fal: FalGateway, ledger?: Ledger): Timeline {
   const jobs = new Map<string, JobMarks>();
   const reservations = new Map<string, { start: number; end: number }>();
-  const ops: Record<LedgerOp, number[]> = { reserve: [], recordSubmit: [], completeJob: [], settle: [] };
+  const ops: Record<LedgerOp, number[]> = { reserve: [], recordSubmit: [], settleJobs: [] };
   const marks = (id: string) => {
     let m = jobs.get(id);
     if (!m) jobs.set(id, (m = {}));
@@ -98,12 +98,11 @@ export function instrument(fal: FalGateway, ledger?: Ledger): Timeline {
         m.reserveEndHr = r.end;
       }
     });
-    timed('completeJob', (i, t0) => {
-      marks(i.falRequestId).settleStartHr = t0;
-    });
-    timed('settle', (i, _t0, t1) => {
-      const id = byRequest.get(i.requestId);
-      if (id) marks(id).settleEndHr = t1;
+    timed('settleJobs', (i, t0, t1) => {
+      const id = byRequest.get(i.settle.requestId);
+      if (!id) return;
+      marks(id).settleStartHr = t0;
+      marks(id).settleEndHr = t1;
     });
   }
 

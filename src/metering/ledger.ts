@@ -20,12 +20,14 @@ import {
   sql,
   type Expression,
   type ExpressionBuilder,
+  type Insertable,
   type Kysely,
   type Selectable,
   type SqlBool,
   type Transaction,
 } from 'kysely';
 import type { Database } from '../db/database.js';
+import { prepared } from '../db/prepared.js';
 import type { DB, JobStatus, RequestStatus, RequestsTable, UpstreamJobsTable } from '../db/schema.js';
 import { systemClock, toBigInt, toIsoTimestamp, toNumber, type Clock, type TimeInput } from '../db/values.js';
 import { enqueueOutboxEvent, type OutboxEventInput } from './outbox-store.js';
@@ -245,6 +247,8 @@ export interface Ledger {
   /** A second fal job created for the same work (a retried submit); recorded, never charged to the caller. */
   markDuplicate(input: { requestId: string; falRequestId: string; endpoint: string }): Promise<JobRecord>;
   settle(input: SettleInput): Promise<SettleResult>;
+  /** completeJob for each job, then settle, in one transaction. */
+  settleJobs(input: { jobs: readonly CompleteJobInput[]; settle: SettleInput }): Promise<{ jobs: CompleteJobResult[]; settlement: SettleResult }>;
   release(input: ReleaseInput): Promise<ReleaseResult>;
   /** Submit outcome unknown: the hold is returned, the row kept and reported. Returns false if the request was not open. */
   markOrphaned(requestId: string): Promise<boolean>;
@@ -336,28 +340,157 @@ export function createLedger(database: Database, options: LedgerOptions = {}): L
     return eb.and(conditions);
   }
 
+  // The statements every image request runs, compiled once (src/db/prepared.ts).
+  const holdQ = prepared((q: Kysely<DB>, p: { amount: bigint; keyId: string }) =>
+    // The budget check and the hold are one statement: under concurrency
+    // PostgreSQL re-evaluates the WHERE against the row as committed by
+    // whoever held its lock, and SQLite writers are serialised, so no two
+    // reservations can both see the same headroom.
+    q
+      .updateTable('api_keys')
+      .set({ reserved_micros: sql<bigint>`reserved_micros + ${p.amount}` })
+      .where('id', '=', p.keyId)
+      .where((eb) => eb.or([eb('budget_micros', 'is', null), eb(sql<bigint>`spent_micros + reserved_micros + ${p.amount}`, '<=', eb.ref('budget_micros'))]))
+      .returning('id'),
+  );
+  const insertRequestQ = prepared((q: Kysely<DB>, p: Insertable<RequestsTable>) =>
+    q
+      .insertInto('requests')
+      .values({
+        id: p.id,
+        key_id: p.key_id,
+        model: p.model,
+        endpoint: p.endpoint,
+        end_user: p.end_user,
+        pricing_json: p.pricing_json,
+        status: 'reserved',
+        reserved_micros: p.reserved_micros,
+        idempotency_key: p.idempotency_key,
+        created_at: p.created_at,
+      })
+      .onConflict((oc) => oc.column('id').doNothing())
+      .returning('id'),
+  );
+  const insertJobQ = prepared((q: Kysely<DB>, p: { falRequestId: string; requestId: string; endpoint: string; at: string }) =>
+    q
+      .insertInto('upstream_jobs')
+      .values({ fal_request_id: p.falRequestId, request_id: p.requestId, endpoint: p.endpoint, status: 'submitted', created_at: p.at })
+      .onConflict((oc) => oc.column('fal_request_id').doNothing())
+      .returningAll(),
+  );
+  const markSubmittedQ = prepared((q: Kysely<DB>, p: { requestId: string }) =>
+    // Only a request still holding its reservation moves on; a late record
+    // for a closed or orphaned request keeps the job visible without reopening it.
+    q.updateTable('requests').set({ status: 'submitted' }).where('id', '=', p.requestId).where('status', '=', 'reserved'),
+  );
+  type JobValues = { images: number; pixels: number; unitsEstimate: string; unitsFal: string | null; cost: bigint; at: string; falRequestId: string };
+  const completeJobQ = prepared((q: Kysely<DB>, p: JobValues) =>
+    // A result from fal is a fact and overrides an earlier failed or
+    // cancelled guess (a cancel can lose the race with completion).
+    q
+      .updateTable('upstream_jobs')
+      .set({ images: p.images, pixels: p.pixels, units_estimate: p.unitsEstimate, units_fal: p.unitsFal, upstream_cost_micros: p.cost, completed_at: p.at, status: 'completed' })
+      .where('fal_request_id', '=', p.falRequestId)
+      .where('status', 'in', ['submitted', 'failed', 'cancelled'])
+      .returningAll(),
+  );
+  const completeDuplicateQ = prepared((q: Kysely<DB>, p: JobValues) =>
+    // A duplicate that ran still cost us: record it, keep it marked.
+    q
+      .updateTable('upstream_jobs')
+      .set({ images: p.images, pixels: p.pixels, units_estimate: p.unitsEstimate, units_fal: p.unitsFal, upstream_cost_micros: p.cost, completed_at: p.at })
+      .where('fal_request_id', '=', p.falRequestId)
+      .where('status', '=', 'duplicate')
+      .where('completed_at', 'is', null)
+      .returningAll(),
+  );
+  type SettleValues = { requestId: string; charge: bigint; credits: bigint; cost: bigint; images: number; at: string };
+  const settleHoldingQ = prepared((q: Kysely<DB>, p: SettleValues) =>
+    q
+      .updateTable('requests')
+      .set({ status: 'settled', charge_micros: p.charge, credits: p.credits, upstream_cost_micros: p.cost, images: p.images, error_code: null, settled_at: p.at })
+      .where('id', '=', p.requestId)
+      .where('status', 'in', HOLDING)
+      .returningAll(),
+  );
+  const settleOrphanQ = prepared((q: Kysely<DB>, p: SettleValues) =>
+    q
+      .updateTable('requests')
+      .set({ status: 'settled', charge_micros: p.charge, credits: p.credits, upstream_cost_micros: p.cost, images: p.images, error_code: null, settled_at: p.at })
+      .where('id', '=', p.requestId)
+      .where('status', '=', 'orphaned')
+      .returningAll(),
+  );
+  const chargeKeyQ = prepared((q: Kysely<DB>, p: { keyId: string; hold: bigint; charge: bigint }) =>
+    q
+      .updateTable('api_keys')
+      .set({ reserved_micros: sql<bigint>`reserved_micros - ${p.hold}`, spent_micros: sql<bigint>`spent_micros + ${p.charge}` })
+      .where('id', '=', p.keyId),
+  );
+
+  async function completeJobIn(trx: Kysely<DB>, input: CompleteJobInput): Promise<CompleteJobResult> {
+    const values: JobValues = {
+      falRequestId: input.falRequestId,
+      images: toNumber(input.images),
+      pixels: toNumber(input.pixels),
+      unitsEstimate: canonicalDecimal(input.unitsEstimate),
+      unitsFal: input.unitsFal === null || input.unitsFal === undefined ? null : canonicalDecimal(input.unitsFal),
+      cost: toBigInt(input.upstreamCostMicros),
+      at: now(),
+    };
+    const row = (await completeJobQ.run(trx, values)).rows[0] ?? (await completeDuplicateQ.run(trx, values)).rows[0];
+    // Unchanged (a repeat): report the row as it stands.
+    const job = row ? toJob(row) : await jobOrThrow(trx, input.falRequestId);
+    return {
+      job,
+      changed: row !== undefined,
+      unitsMismatch: job.unitsFal !== null && job.unitsEstimate !== null && job.unitsFal !== job.unitsEstimate,
+    };
+  }
+
+  async function settleIn(trx: Kysely<DB>, input: SettleInput): Promise<SettleResult> {
+    const charge = toBigInt(input.chargeMicros);
+    if (charge < 0n) throw new RangeError('chargeMicros must not be negative');
+    const values: SettleValues = {
+      requestId: input.requestId,
+      charge,
+      credits: toBigInt(input.credits),
+      cost: toBigInt(input.upstreamCostMicros),
+      images: toNumber(input.images),
+      at: now(),
+    };
+    let hold: bigint;
+    let row = (await settleHoldingQ.run(trx, values)).rows[0];
+    if (row) {
+      hold = toBigInt(row.reserved_micros);
+    } else {
+      row = (await settleOrphanQ.run(trx, values)).rows[0];
+      if (!row) return { settled: false, request: await requestOrThrow(trx, input.requestId) };
+      // An orphan gave its hold back when it was orphaned.
+      hold = 0n;
+    }
+    // The row as settled: the key update below does not touch it.
+    const request = toRequest(row);
+    // The key row is updated before the outbox insert on purpose: its row
+    // lock orders concurrent settles of one key, so outbox sequence
+    // numbers of a key are assigned in commit order and per-key delivery
+    // order cannot be overtaken by a transaction that committed later.
+    await chargeKeyQ.run(trx, { keyId: request.keyId, hold, charge });
+    if (input.outboxEvent) {
+      const { eventId, type, payload } = input.outboxEvent;
+      const body: unknown = typeof payload === 'function' ? (payload as (r: RequestRecord) => unknown)(request) : payload;
+      await enqueueOutboxEvent(trx as Transaction<DB>, { eventId, type, payload: body, keyId: request.keyId }, clock);
+    }
+    return { settled: true, request };
+  }
+
   return {
     async reserve(input) {
       const amount = input.maxChargeMicros;
       if (amount < 0n) throw new RangeError('maxChargeMicros must not be negative');
       const taken = new Error('request id taken');
       return db.transaction().execute(async (trx): Promise<ReserveResult> => {
-        // The budget check and the hold are one statement: under concurrency
-        // PostgreSQL re-evaluates the WHERE against the row as committed by
-        // whoever held its lock, and SQLite writers are serialised, so no two
-        // reservations can both see the same headroom.
-        const held = await trx
-          .updateTable('api_keys')
-          .set({ reserved_micros: sql<bigint>`reserved_micros + ${amount}` })
-          .where('id', '=', input.keyId)
-          .where((eb) =>
-            eb.or([
-              eb('budget_micros', 'is', null),
-              eb(sql<bigint>`spent_micros + reserved_micros + ${amount}`, '<=', eb.ref('budget_micros')),
-            ]),
-          )
-          .returning('id')
-          .executeTakeFirst();
+        const held = (await holdQ.run(trx, { amount, keyId: input.keyId })).rows[0];
         if (!held) {
           const key = await trx
             .selectFrom('api_keys')
@@ -373,9 +506,8 @@ export function createLedger(database: Database, options: LedgerOptions = {}): L
             reservedMicros: toBigInt(key.reserved_micros),
           };
         }
-        const inserted = await trx
-          .insertInto('requests')
-          .values({
+        const inserted = (
+          await insertRequestQ.run(trx, {
             id: input.requestId,
             key_id: input.keyId,
             model: input.model,
@@ -387,9 +519,7 @@ export function createLedger(database: Database, options: LedgerOptions = {}): L
             idempotency_key: input.idempotencyKey ?? null,
             created_at: now(),
           })
-          .onConflict((oc) => oc.column('id').doNothing())
-          .returning('id')
-          .executeTakeFirst();
+        ).rows[0];
         // Thrown, not returned, so the hold taken above is rolled back with the transaction.
         if (!inserted) throw taken;
         return { ok: true };
@@ -401,12 +531,7 @@ export function createLedger(database: Database, options: LedgerOptions = {}): L
 
     async recordSubmit({ requestId, falRequestId, endpoint }) {
       return db.transaction().execute(async (trx) => {
-        const inserted = await trx
-          .insertInto('upstream_jobs')
-          .values({ fal_request_id: falRequestId, request_id: requestId, endpoint, status: 'submitted', created_at: now() })
-          .onConflict((oc) => oc.column('fal_request_id').doNothing())
-          .returning('fal_request_id')
-          .executeTakeFirst();
+        const inserted = (await insertJobQ.run(trx, { falRequestId, requestId, endpoint, at: now() })).rows[0];
         if (!inserted) {
           const existing = await jobOrThrow(trx, falRequestId);
           if (existing.requestId !== requestId) {
@@ -414,59 +539,13 @@ export function createLedger(database: Database, options: LedgerOptions = {}): L
           }
           return existing;
         }
-        // Only a request still holding its reservation moves on; a late
-        // record for a closed or orphaned request keeps the job visible
-        // without reopening the request.
-        await trx
-          .updateTable('requests')
-          .set({ status: 'submitted' })
-          .where('id', '=', requestId)
-          .where('status', '=', 'reserved')
-          .execute();
-        return jobOrThrow(trx, falRequestId);
+        await markSubmittedQ.run(trx, { requestId });
+        return toJob(inserted);
       });
     },
 
     async completeJob(input) {
-      const unitsEstimate = canonicalDecimal(input.unitsEstimate);
-      const unitsFal = input.unitsFal === null || input.unitsFal === undefined ? null : canonicalDecimal(input.unitsFal);
-      const images = toNumber(input.images);
-      const pixels = toNumber(input.pixels);
-      const cost = toBigInt(input.upstreamCostMicros);
-      return db.transaction().execute(async (trx) => {
-        const values = {
-          images,
-          pixels,
-          units_estimate: unitsEstimate,
-          units_fal: unitsFal,
-          upstream_cost_micros: cost,
-          completed_at: now(),
-        };
-        // A result from fal is a fact and overrides an earlier failed or
-        // cancelled guess (a cancel can lose the race with completion).
-        let changed = await trx
-          .updateTable('upstream_jobs')
-          .set({ ...values, status: 'completed' })
-          .where('fal_request_id', '=', input.falRequestId)
-          .where('status', 'in', ['submitted', 'failed', 'cancelled'])
-          .returning('fal_request_id')
-          .executeTakeFirst();
-        // A duplicate that ran still cost us: record it, keep it marked.
-        changed ??= await trx
-          .updateTable('upstream_jobs')
-          .set(values)
-          .where('fal_request_id', '=', input.falRequestId)
-          .where('status', '=', 'duplicate')
-          .where('completed_at', 'is', null)
-          .returning('fal_request_id')
-          .executeTakeFirst();
-        const job = await jobOrThrow(trx, input.falRequestId);
-        return {
-          job,
-          changed: changed !== undefined,
-          unitsMismatch: job.unitsFal !== null && job.unitsEstimate !== null && job.unitsFal !== job.unitsEstimate,
-        };
-      });
+      return db.transaction().execute((trx) => completeJobIn(trx, input));
     },
 
     async failJob({ falRequestId, status }) {
@@ -496,61 +575,16 @@ export function createLedger(database: Database, options: LedgerOptions = {}): L
     },
 
     async settle(input) {
-      const charge = toBigInt(input.chargeMicros);
-      if (charge < 0n) throw new RangeError('chargeMicros must not be negative');
-      const settledValues = {
-        status: 'settled' as const,
-        charge_micros: charge,
-        credits: toBigInt(input.credits),
-        upstream_cost_micros: toBigInt(input.upstreamCostMicros),
-        images: toNumber(input.images),
-        error_code: null,
-        settled_at: now(),
-      };
-      return db.transaction().execute(async (trx): Promise<SettleResult> => {
-        let hold: bigint;
-        let keyId: string;
-        const fromHolding = await trx
-          .updateTable('requests')
-          .set(settledValues)
-          .where('id', '=', input.requestId)
-          .where('status', 'in', HOLDING)
-          .returning(['key_id', 'reserved_micros'])
-          .executeTakeFirst();
-        if (fromHolding) {
-          hold = toBigInt(fromHolding.reserved_micros);
-          keyId = fromHolding.key_id;
-        } else {
-          const fromOrphan = await trx
-            .updateTable('requests')
-            .set(settledValues)
-            .where('id', '=', input.requestId)
-            .where('status', '=', 'orphaned')
-            .returning('key_id')
-            .executeTakeFirst();
-          if (!fromOrphan) return { settled: false, request: await requestOrThrow(trx, input.requestId) };
-          hold = 0n;
-          keyId = fromOrphan.key_id;
-        }
-        // The key row is updated before the outbox insert on purpose: its row
-        // lock orders concurrent settles of one key, so outbox sequence
-        // numbers of a key are assigned in commit order and per-key delivery
-        // order cannot be overtaken by a transaction that committed later.
-        await trx
-          .updateTable('api_keys')
-          .set({
-            reserved_micros: sql<bigint>`reserved_micros - ${hold}`,
-            spent_micros: sql<bigint>`spent_micros + ${charge}`,
-          })
-          .where('id', '=', keyId)
-          .execute();
-        const request = await requestOrThrow(trx, input.requestId);
-        if (input.outboxEvent) {
-          const { eventId, type, payload } = input.outboxEvent;
-          const body: unknown = typeof payload === 'function' ? (payload as (r: RequestRecord) => unknown)(request) : payload;
-          await enqueueOutboxEvent(trx, { eventId, type, payload: body, keyId }, clock);
-        }
-        return { settled: true, request };
+      return db.transaction().execute((trx) => settleIn(trx, input));
+    },
+
+    async settleJobs({ jobs, settle }) {
+      // One transaction for the whole close of a request: the jobs' rows and
+      // the charge commit together, and the request pays for one commit, not one per job plus one.
+      return db.transaction().execute(async (trx) => {
+        const completed: CompleteJobResult[] = [];
+        for (const job of jobs) completed.push(await completeJobIn(trx, job));
+        return { jobs: completed, settlement: await settleIn(trx, settle) };
       });
     },
 

@@ -96,37 +96,43 @@ export async function settleCompleted(
   options: SettleOptions = {},
 ): Promise<SettlementOutcome> {
   let upstreamMicros = 0n;
-  const disagreements: SettlementOutcome['disagreements'] = [];
   const allImages: Array<{ width: number; height: number }> = [];
-  for (const job of jobs) {
+  const completions = jobs.map((job) => {
     const cost = upstreamCost(model, job.images, pricing.promptExpansion, job.billableUnits);
     upstreamMicros += cost.micros;
     allImages.push(...job.images);
-    const done = await ledger.completeJob({
+    return {
       falRequestId: job.falRequestId,
       images: job.images.length,
       pixels: job.images.reduce((s, im) => s + im.width * im.height, 0),
       unitsEstimate: cost.unitsEstimate,
       unitsFal: job.billableUnits,
       upstreamCostMicros: cost.micros,
-    });
-    if (done.unitsMismatch) disagreements.push({ falRequestId: job.falRequestId, unitsEstimate: cost.unitsEstimate, unitsFal: job.billableUnits });
-  }
+    };
+  });
   const charge = callerChargeForJobs(model, jobs.map((j) => j.images), pricing.promptExpansion, pricing.markup);
   const events = options.billingEvents;
   const falRequestIds = jobs.map((j) => j.falRequestId);
-  const result = await ledger.settle({
-    requestId,
-    chargeMicros: charge.micros,
-    credits: charge.credits,
-    upstreamCostMicros: upstreamMicros,
-    images: allImages.length,
-    outboxEvent: events && {
-      eventId: billingEventId(requestId),
-      type: USAGE_SETTLED,
-      payload: (request: RequestRecord) => usageSettledData(request, falRequestIds),
+  // The jobs' rows and the charge in one transaction: a crash leaves either
+  // all of it or none (reconciliation then redoes it from fal's answers).
+  const result = await ledger.settleJobs({
+    jobs: completions,
+    settle: {
+      requestId,
+      chargeMicros: charge.micros,
+      credits: charge.credits,
+      upstreamCostMicros: upstreamMicros,
+      images: allImages.length,
+      outboxEvent: events && {
+        eventId: billingEventId(requestId),
+        type: USAGE_SETTLED,
+        payload: (request: RequestRecord) => usageSettledData(request, falRequestIds),
+      },
     },
   });
-  if (result.settled) events?.kick();
+  const disagreements = result.jobs.flatMap((done, i) =>
+    done.unitsMismatch ? [{ falRequestId: completions[i]!.falRequestId, unitsEstimate: completions[i]!.unitsEstimate, unitsFal: completions[i]!.unitsFal }] : [],
+  );
+  if (result.settlement.settled) events?.kick();
   return { charge, upstreamCostMicros: upstreamMicros, disagreements };
 }

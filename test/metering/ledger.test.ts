@@ -339,6 +339,53 @@ describeEachDialect('ledger', (ctx: DialectContext) => {
     });
   });
 
+  describe('settleJobs', () => {
+    it('completes every job and settles the request in one transaction, and a repeat changes nothing', async () => {
+      const database = await open();
+      const ledger = createLedger(database);
+      const keyId = await keyWithBudget(database, 1000n);
+      const requestId = uid('req');
+      await ledger.reserve(reserveInput(keyId, 100n, requestId));
+      const [one, two] = [uid('fal'), uid('fal')];
+      for (const fal of [one, two]) await ledger.recordSubmit({ requestId, falRequestId: fal, endpoint: 'e' });
+      const jobs = [
+        { falRequestId: one, images: 4, pixels: 4 * 1024 * 1024, unitsEstimate: '4.194304', unitsFal: '4.194304', upstreamCostMicros: 21_000n },
+        { falRequestId: two, images: 1, pixels: 1024 * 1024, unitsEstimate: '1.048576', unitsFal: '2', upstreamCostMicros: 5_000n },
+      ];
+      const settle = { requestId, chargeMicros: 30n, credits: 60, upstreamCostMicros: 26_000n, images: 5 };
+      const out = await ledger.settleJobs({ jobs, settle });
+      assert.deepEqual(out.jobs.map((j) => [j.job.falRequestId, j.job.status, j.changed, j.unitsMismatch, j.job.images]), [
+        [one, 'completed', true, false, 4],
+        [two, 'completed', true, true, 1],
+      ]);
+      assert.deepEqual([out.settlement.settled, out.settlement.request.status, out.settlement.request.chargeMicros, out.settlement.request.images], [true, 'settled', 30n, 5]);
+      assert.deepEqual(await keyState(database, keyId), { spent: 30n, reserved: 0n });
+
+      const again = await ledger.settleJobs({ jobs, settle: { ...settle, chargeMicros: 99n } });
+      assert.deepEqual([again.jobs.every((j) => !j.changed), again.settlement.settled, again.settlement.request.chargeMicros], [true, false, 30n]);
+      assert.deepEqual(await keyState(database, keyId), { spent: 30n, reserved: 0n });
+    });
+
+    it('rolls the jobs back when the settlement cannot be written', async () => {
+      const database = await open();
+      const ledger = createLedger(database);
+      const keyId = await keyWithBudget(database, null);
+      const requestId = uid('req');
+      await ledger.reserve(reserveInput(keyId, 100n, requestId));
+      const fal = uid('fal');
+      await ledger.recordSubmit({ requestId, falRequestId: fal, endpoint: 'e' });
+      await assert.rejects(
+        ledger.settleJobs({
+          jobs: [{ falRequestId: fal, images: 1, pixels: 1, unitsEstimate: '1', upstreamCostMicros: 1n }],
+          settle: { requestId, chargeMicros: -1n, credits: 0, upstreamCostMicros: 1n, images: 1 },
+        }),
+        RangeError,
+      );
+      const row = await ledger.getRequest(requestId);
+      assert.deepEqual([row?.status, row?.jobs.map((j) => [j.status, j.completedAt])], ['submitted', [['submitted', null]]]);
+    });
+  });
+
   describe('open and orphaned requests', () => {
     it('lists open requests with their jobs, and orphans separately with their hold returned', async () => {
       const storage = await fresh();

@@ -1,0 +1,55 @@
+/**
+ * Queries built with Kysely once and then run many times with new values.
+ *
+ * Kysely rebuilds and recompiles a query on every call: an operation tree,
+ * then a visitor pass to SQL. For the few statements every image request runs
+ * (reserve, record the job, settle) that was as much CPU as SQLite's own
+ * execution. The query is still written with Kysely's builder, so it stays one
+ * definition for both dialects; only the compile step is done once per
+ * dialect, on first use, with named stand-ins where the values go. Each run
+ * then swaps the real values into the compiled parameter list.
+ *
+ * Values that are the same on every run (a status list, a literal) may be
+ * written inline: they are compiled into the parameter list and kept as they are.
+ */
+import type { CompiledQuery, Compilable, Kysely, QueryResult } from 'kysely';
+
+/** Marks where a named value goes. An object, so it can never equal a real value. */
+class Slot {
+  constructor(readonly name: string) {}
+}
+
+export interface Prepared<D, P, R> {
+  /** Runs on `executor`: the database itself or a transaction of it (same dialect as the first run). */
+  run(executor: Kysely<D>, params: P): Promise<QueryResult<R>>;
+}
+
+/**
+ * `build` receives stand-ins for the values in `P` (use them exactly where a
+ * value would go; do not compute with them) and returns the query.
+ */
+export function prepared<D, P extends Record<string, unknown>, R>(build: (db: Kysely<D>, p: P) => Compilable<R>): Prepared<D, P, R> {
+  let compiled: CompiledQuery<R> | undefined;
+  /** For each compiled parameter: the name of the value it takes, or undefined for a constant. */
+  let names: Array<string | undefined> = [];
+  let constants: unknown[] = [];
+  return {
+    async run(executor, params) {
+      if (compiled === undefined) {
+        const stand = new Proxy({} as P, { get: (_t, key) => new Slot(String(key)) });
+        compiled = build(executor, stand).compile();
+        names = compiled.parameters.map((v) => (v instanceof Slot ? v.name : undefined));
+        constants = compiled.parameters.map((v) => (v instanceof Slot ? undefined : v));
+      }
+      const parameters = new Array<unknown>(names.length);
+      for (let i = 0; i < names.length; i++) {
+        const name = names[i];
+        if (name === undefined) parameters[i] = constants[i];
+        // A missing value would otherwise go to the database as NULL.
+        else if (name in params) parameters[i] = params[name];
+        else throw new Error(`prepared query uses a value it was not given: ${name}`);
+      }
+      return executor.executeQuery<R>({ ...compiled, parameters });
+    },
+  };
+}
