@@ -102,6 +102,20 @@ export function serviceUnavailable(message: string, retryAfterS?: number, code =
   return new ApiError(503, message, { type: 'service_unavailable', code, retryAfterS });
 }
 
+/**
+ * The usage or key store failed under a route that only reads or manages
+ * them: the caller can retry, so it is a 503 with a retry hint rather than
+ * the generic 500. The cause is kept for the log, never sent.
+ */
+export function storageUnavailable(cause: unknown): ApiError {
+  return new ApiError(503, 'Usage and key data are unavailable right now; try again shortly.', {
+    type: 'service_unavailable',
+    code: 'storage_unavailable',
+    retryAfterS: 5,
+    cause,
+  });
+}
+
 export interface ErrorResponse {
   status: number;
   headers: Record<string, string>;

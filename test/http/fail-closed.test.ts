@@ -1,7 +1,7 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import request from 'supertest';
-import { startTestService, TEST_KEY, type TestService } from '../helpers/service.js';
+import { ADMIN_KEY, startTestService, TEST_KEY, type TestService } from '../helpers/service.js';
 
 describe('metering unavailable', () => {
   let t: TestService;
@@ -33,3 +33,37 @@ describe('metering unavailable', () => {
     assert.equal(ready.body.checks.storage, false);
   });
 });
+
+describe('usage and key routes with the store down', () => {
+  let t: TestService;
+  before(async () => {
+    t = await startTestService();
+  });
+  after(async () => {
+    await t.close();
+  });
+
+  it('answer a retryable 503 storage_unavailable, not a 500', async () => {
+    // Known keys first, so authentication is answered from its cache and the failure below is the route's.
+    assert.equal((await request(t.url).get('/v1/usage').set('Authorization', `Bearer ${TEST_KEY}`)).status, 200);
+    assert.equal((await request(t.url).get('/v1/admin/keys').set('Authorization', `Bearer ${ADMIN_KEY}`)).status, 200);
+    await t.service.database.close();
+    const calls = [
+      request(t.url).get('/v1/usage').set('Authorization', `Bearer ${TEST_KEY}`),
+      request(t.url).get('/v1/usage?format=csv').set('Authorization', `Bearer ${TEST_KEY}`),
+      request(t.url).get('/v1/admin/usage?format=jsonl').set('Authorization', `Bearer ${ADMIN_KEY}`),
+      request(t.url).get('/v1/admin/keys').set('Authorization', `Bearer ${ADMIN_KEY}`),
+      request(t.url).post('/v1/admin/keys').set('Authorization', `Bearer ${ADMIN_KEY}`).send({ name: 'new' }),
+    ];
+    for (const res of await Promise.all(calls)) {
+      assert.equal(res.status, 503, `${res.req.method} ${res.req.path}: ${res.text}`);
+      assert.equal(res.body.error.code, 'storage_unavailable');
+      assert.equal(res.headers['retry-after'], '5');
+    }
+    // Bad input is still the caller's 400, named, whatever the store's state.
+    const bad = await request(t.url).get('/v1/usage?from=yesterday').set('Authorization', `Bearer ${TEST_KEY}`);
+    assert.equal(bad.status, 400);
+    assert.equal(bad.body.error.param, 'from');
+  });
+});
+

@@ -9,6 +9,7 @@ import {
   type CreateKeyRequest,
   type UpdateKeyRequest,
 } from '../../schemas/index.js';
+import { storageBacked } from '../storage-errors.js';
 import { jsonBody } from '../body.js';
 import { bodyValidator } from '../validate.js';
 
@@ -64,7 +65,7 @@ export function adminKeysRouter(deps: AdminKeysRouteDeps): Router {
   const router = Router();
   const body = jsonBody(deps.maxBodyBytes);
 
-  router.post('/v1/admin/keys', ...body, async (req, res) => {
+  router.post('/v1/admin/keys', ...body, storageBacked(async (req, res) => {
     const input = validateCreate(req.body);
     const { record, key } = await deps.keys.create({
       name: input.name,
@@ -73,21 +74,21 @@ export function adminKeysRouter(deps: AdminKeysRouteDeps): Router {
       rpmLimit: input.rpm_limit ?? null,
     });
     noStore(res).status(201).json({ ...keyView(record), key });
-  });
+  }));
 
-  router.get('/v1/admin/keys', async (_req, res) => {
+  router.get('/v1/admin/keys', storageBacked(async (_req, res) => {
     const all = await deps.keys.list();
     noStore(res).json({ object: 'list', data: all.map(keyView) });
-  });
+  }));
 
-  router.get('/v1/admin/keys/:id', async (req, res) => {
+  router.get('/v1/admin/keys/:id', storageBacked(async (req, res) => {
     const id = idOf(req);
     const k = await deps.keys.get(id);
     if (!k) throw keyNotFound(id);
     noStore(res).json(keyView(k));
-  });
+  }));
 
-  router.patch('/v1/admin/keys/:id', ...body, async (req, res) => {
+  router.patch('/v1/admin/keys/:id', ...body, storageBacked(async (req, res) => {
     const id = idOf(req);
     const input = validateUpdate(req.body);
     const patch: KeyPatch = {
@@ -103,9 +104,9 @@ export function adminKeysRouter(deps: AdminKeysRouteDeps): Router {
     const updated = await deps.keys.update(existing.id, patch);
     if (!updated) throw keyNotFound(id);
     noStore(res).json(keyView(updated));
-  });
+  }));
 
-  router.delete('/v1/admin/keys/:id', async (req, res) => {
+  router.delete('/v1/admin/keys/:id', storageBacked(async (req, res) => {
     const id = idOf(req);
     const existing = await deps.keys.get(id);
     if (!existing) throw keyNotFound(id);
@@ -113,7 +114,7 @@ export function adminKeysRouter(deps: AdminKeysRouteDeps): Router {
     const disabled = await deps.keys.disable(existing.id);
     if (!disabled) throw keyNotFound(id);
     noStore(res).json(keyView(disabled));
-  });
+  }));
 
   return router;
 }

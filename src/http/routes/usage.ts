@@ -5,6 +5,7 @@ import type { Ledger, UsageFilter } from '../../metering/ledger.js';
 import { adminUsageReportView, chunked, exportLines, usageReportView, type ExportView } from '../../metering/views.js';
 import { usageQuerySchema, type UsageQuery } from '../../schemas/index.js';
 import type { Principal } from '../auth.js';
+import { storageBacked } from '../storage-errors.js';
 import { queryValidator } from '../validate.js';
 
 export interface UsageRouteDeps {
@@ -58,7 +59,7 @@ export function usageRouter(deps: UsageRouteDeps): Router {
   const router = Router();
 
   const handle = (view: ExportView) =>
-    async (req: Request, res: Response): Promise<void> => {
+    storageBacked(async (req: Request, res: Response): Promise<void> => {
       const q = validateQuery(req.query);
       const principal = res.locals.principal as Principal;
       let keyId = q.key_id;
@@ -96,7 +97,7 @@ export function usageRouter(deps: UsageRouteDeps): Router {
         { 'content-type': CONTENT_TYPES[format], 'content-disposition': `attachment; filename="usage.${format}"` },
         chunked(exportLines(deps.ledger.exportRows(filter), view, format)),
       );
-    };
+    });
 
   router.get('/v1/usage', handle('caller'));
   router.get('/v1/admin/usage', handle('admin'));
