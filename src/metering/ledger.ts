@@ -488,24 +488,15 @@ export function createLedger(database: Database, options: LedgerOptions = {}): L
     async reserve(input) {
       const amount = input.maxChargeMicros;
       if (amount < 0n) throw new RangeError('maxChargeMicros must not be negative');
-      const taken = new Error('request id taken');
+      /** Thrown, not returned, so the request row inserted first is rolled back with the transaction. */
+      class Refused {
+        constructor(readonly result: ReserveResult) {}
+      }
       return db.transaction().execute(async (trx): Promise<ReserveResult> => {
-        const held = (await holdQ.run(trx, { amount, keyId: input.keyId })).rows[0];
-        if (!held) {
-          const key = await trx
-            .selectFrom('api_keys')
-            .select(['budget_micros', 'spent_micros', 'reserved_micros'])
-            .where('id', '=', input.keyId)
-            .executeTakeFirst();
-          if (!key) throw new UnknownKeyError(input.keyId);
-          return {
-            ok: false,
-            reason: 'insufficient_quota',
-            budgetMicros: toBigInt(key.budget_micros ?? 0n),
-            spentMicros: toBigInt(key.spent_micros),
-            reservedMicros: toBigInt(key.reserved_micros),
-          };
-        }
+        // The request row first, the key row last: on PostgreSQL the key's
+        // row lock is then held only from the hold to the commit, and every
+        // request of one key queues on that lock, so its length bounds a
+        // key's throughput.
         const inserted = (
           await insertRequestQ.run(trx, {
             id: input.requestId,
@@ -520,11 +511,30 @@ export function createLedger(database: Database, options: LedgerOptions = {}): L
             created_at: now(),
           })
         ).rows[0];
-        // Thrown, not returned, so the hold taken above is rolled back with the transaction.
-        if (!inserted) throw taken;
-        return { ok: true };
-      }).catch((err: unknown) => {
-        if (err === taken) return { ok: false, reason: 'request_id_taken' } as const;
+        if (!inserted) return { ok: false, reason: 'request_id_taken' };
+        const held = (await holdQ.run(trx, { amount, keyId: input.keyId })).rows[0];
+        if (held) return { ok: true };
+        const key = await trx
+          .selectFrom('api_keys')
+          .select(['budget_micros', 'spent_micros', 'reserved_micros'])
+          .where('id', '=', input.keyId)
+          .executeTakeFirst();
+        if (!key) throw new UnknownKeyError(input.keyId);
+        throw new Refused({
+          ok: false,
+          reason: 'insufficient_quota',
+          budgetMicros: toBigInt(key.budget_micros ?? 0n),
+          spentMicros: toBigInt(key.spent_micros),
+          reservedMicros: toBigInt(key.reserved_micros),
+        });
+      }).catch(async (err: unknown) => {
+        if (err instanceof Refused) return err.result;
+        // A key with no row fails the insert above on its foreign key, in
+        // each dialect's own words; say what it means.
+        if (!(err instanceof UnknownKeyError)) {
+          const key = await db.selectFrom('api_keys').select('id').where('id', '=', input.keyId).executeTakeFirst().catch(() => null);
+          if (key === undefined) throw new UnknownKeyError(input.keyId);
+        }
         throw err;
       });
     },
