@@ -77,6 +77,8 @@ export interface Config {
   imageFetchTimeoutMs: number;
   /** Absolute directory local LoRA files may be read from; unset = local paths refused. */
   loraDir: string | undefined;
+  /** Largest local LoRA file we will upload to fal (LORA_MAX_BYTES). */
+  loraMaxBytes: number;
   /** `MODEL_PRICES`: prices by model id or alias, for models without a confirmed one or to replace a published one. */
   modelPrices: ModelPrices;
 }
@@ -287,6 +289,7 @@ export function loadConfig(env: Env = process.env): Config {
     imageMaxBytes: int('IMAGE_MAX_BYTES', 64 * 1024 * 1024, 1024, 2 ** 31 - 1),
     imageFetchTimeoutMs: int('IMAGE_FETCH_TIMEOUT_MS', 30_000, 100, 600_000),
     loraDir,
+    loraMaxBytes: int('LORA_MAX_BYTES', 2 * 1024 ** 3, 1, Number.MAX_SAFE_INTEGER),
     modelPrices: parseModelPrices(str('MODEL_PRICES'), problems),
   };
   // By default a request is only reconciled once no live process could still

@@ -148,7 +148,7 @@ export async function startService(config: Config, overrides: ServiceOverrides =
     maxBytes: config.imageMaxBytes,
     timeoutMs: config.imageFetchTimeoutMs,
   });
-  const loras = createLoraResolver({ loraDir: config.loraDir, dataDir: config.dataDir, fal, target: falBaseUrl ?? 'fal', logger });
+  const loras = createLoraResolver({ loraDir: config.loraDir, maxBytes: config.loraMaxBytes, dataDir: config.dataDir, fal, target: falBaseUrl ?? 'fal', logger });
   const shutdown = new AbortController();
   // Every request in flight listens to this one signal; thousands is expected, not a leak.
   setMaxListeners(0, shutdown.signal);

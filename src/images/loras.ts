@@ -14,7 +14,9 @@
  * https URLs and Hugging Face repo ids pass through untouched.
  */
 import { createHash, randomBytes } from 'node:crypto';
+import { createReadStream, openAsBlob } from 'node:fs';
 import { mkdir, readFile, realpath, rename, stat, writeFile } from 'node:fs/promises';
+import { pipeline } from 'node:stream/promises';
 import { basename, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import type { Logger } from 'pino';
 import { ApiError, invalidRequest, rateLimited, upstreamError, upstreamTimeout } from '../errors.js';
@@ -23,6 +25,8 @@ import { FalCallError, type FalGateway } from '../fal/gateway.js';
 export interface LoraResolverOptions {
   /** LORA_DIR (absolute); undefined refuses every local path. */
   loraDir: string | undefined;
+  /** LORA_MAX_BYTES: larger files are refused (400) before anything is read. */
+  maxBytes?: number | undefined;
   /** Where the upload cache is persisted (DATA_DIR). */
   dataDir: string;
   fal: Pick<FalGateway, 'upload'>;
@@ -70,6 +74,7 @@ function inside(root: string, candidate: string): boolean {
 export function createLoraResolver(opts: LoraResolverOptions): LoraResolver {
   const cacheFile = join(opts.dataDir, CACHE_FILE);
   const uploadTimeoutMs = opts.uploadTimeoutMs ?? 300_000;
+  const maxBytes = opts.maxBytes ?? 2 * 1024 ** 3;
   const stats = { uploads: 0, cacheHits: 0 };
   /** sha256 → fal URL for this target. */
   const urls = new Map<string, string>();
@@ -168,16 +173,19 @@ export function createLoraResolver(opts: LoraResolverOptions): LoraResolver {
       throw refuse(i, 'the file cannot be read');
     }
     if (!info.isFile()) throw refuse(i, 'not a regular file');
+    if (info.size > maxBytes) throw refuse(i, `the file is ${info.size} bytes; this server uploads LoRA files of at most ${maxBytes} bytes (LORA_MAX_BYTES)`);
     const statKey = `${real}\0${info.dev}:${info.ino}:${info.size}:${info.mtimeMs}`;
     let sha = hashes.get(statKey);
-    let data: Buffer | undefined;
     if (sha === undefined) {
+      // Streamed: weights run to gigabytes, and after a restart each file is
+      // hashed once just to find its cached URL.
+      const hash = createHash('sha256');
       try {
-        data = await readFile(real);
+        await pipeline(createReadStream(real), hash);
       } catch {
         throw refuse(i, 'the file cannot be read');
       }
-      sha = createHash('sha256').update(data).digest('hex');
+      sha = hash.digest('hex');
       hashes.set(statKey, sha);
     }
     await load();
@@ -192,17 +200,18 @@ export function createLoraResolver(opts: LoraResolverOptions): LoraResolver {
       return pending;
     }
     const hash = sha;
-    const bytes = data ?? (await readFile(real));
+    const bytes = info.size;
     const upload = (async () => {
       const timeout = AbortSignal.timeout(uploadTimeoutMs);
-      const url = await opts.fal.upload(bytes, 'application/octet-stream', basename(real), {
+      // A Blob backed by the file: the upload streams it from disk, never holding it whole.
+      const url = await opts.fal.upload(await openAsBlob(real), 'application/octet-stream', basename(real), {
         signal: signal ? AbortSignal.any([signal, timeout]) : timeout,
       });
       stats.uploads++;
       urls.set(hash, url);
       // The URL is a capability to the weights: it is not logged.
-      opts.logger.info({ sha256: hash, bytes: bytes.length, file: basename(real) }, 'LoRA file uploaded to fal storage');
-      await persist({ target: opts.target, sha256: hash, url, bytes: bytes.length, uploaded_at: new Date().toISOString() });
+      opts.logger.info({ sha256: hash, bytes, file: basename(real) }, 'LoRA file uploaded to fal storage');
+      await persist({ target: opts.target, sha256: hash, url, bytes, uploaded_at: new Date().toISOString() });
       return url;
     })()
       .catch((err: unknown) => {

@@ -156,6 +156,26 @@ describe('local LoRA files', () => {
     });
   }
 
+  it('refuses a file over LORA_MAX_BYTES with a 400 naming loras, before anything is read or reserved; one under it is uploaded', async () => {
+    const s = await start({ LORA_MAX_BYTES: '3000', DATA_DIR: join(root, 'data-max') });
+    try {
+      const [rows, jobs, ups] = [await requestRows(s), emu.jobs().length, uploads()];
+      const big = await generate(s, [{ path: './style.safetensors' }]);
+      assert.equal(big.status, 400);
+      assert.equal(big.body.error.param, 'loras');
+      assert.match(big.body.error.message, /loras\[0\]\.path: the file is 4096 bytes; this server uploads LoRA files of at most 3000 bytes \(LORA_MAX_BYTES\)/);
+      assert.deepEqual([await requestRows(s), emu.jobs().length, uploads()], [rows, jobs, ups], 'nothing reserved, submitted or uploaded');
+      const small = await generate(s, [{ path: './sub/other.safetensors' }]);
+      assert.equal(small.status, 200, JSON.stringify(small.body));
+      assert.ok(uploads() > ups, 'uploaded');
+      const sent = (emu.job(small.body.meta.fal_request_id)?.input['loras'] as Array<{ path: string }>)[0]!.path;
+      const stored = Buffer.from(await (await fetch(sent)).arrayBuffer());
+      assert.ok(stored.equals(await readFile(join(loraDir, 'sub', 'other.safetensors'))), 'fal storage holds the file, streamed from disk');
+    } finally {
+      await s.close();
+    }
+  });
+
   it('refuses every local path when LORA_DIR is not set', async () => {
     const s = await startService(
       loadConfig({ PORT: '0', API_KEYS: TEST_KEY, FAL_BASE_URL: emu.url, FAL_KEY: 'k', DATA_DIR: join(root, 'data2'), LOG_LEVEL: 'silent' }),
