@@ -1,5 +1,6 @@
 import express, { type ErrorRequestHandler, type Express } from 'express';
 import type { Logger } from 'pino';
+import { fixedFieldsLogger } from './logging.js';
 import { errorResponse, notFound, ApiError } from './errors.js';
 import { requestId } from './http/request-id.js';
 import { accessLog } from './http/access-log.js';
@@ -69,7 +70,7 @@ export function createApp(deps: AppDeps): Express {
 
   const isShuttingDown = deps.isShuttingDown ?? (() => false);
   app.use(requestId());
-  app.use(accessLog(deps.logger, deps.metrics, { logPrompts: deps.logPrompts ?? false }));
+  app.use(accessLog(fixedFieldsLogger(deps.logger), deps.metrics, { logPrompts: deps.logPrompts ?? false }));
   // Strict defaults everywhere; the HTML pages relax two directives for themselves (routes/web.ts).
   app.use(securityHeaders);
   if (deps.corsOrigins.length > 0) {

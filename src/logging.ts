@@ -103,3 +103,16 @@ export function createLogger(opts: LoggerOptions): Logger {
   }
   return opts.destination ? pino(options, opts.destination) : pino(options);
 }
+
+/**
+ * A logger for one kind of line whose fields are all fixed, flat and named by
+ * us (the access log: ids, route, status, duration, and the prompt when
+ * LOG_PROMPTS is on): none of them is, or contains, a field `redact` would
+ * censor, so the path redaction is skipped for it. It cost ~12 µs a line
+ * (measured with 200,000 access-log-shaped lines; ~1 µs without), once per
+ * request. The secrets this process knows are still scrubbed from the final
+ * line (layer 3, the stream hook, is inherited), as are the serializers.
+ */
+export function fixedFieldsLogger(logger: Logger): Logger {
+  return logger.child({}, { redact: { paths: [], censor: REDACTED } });
+}

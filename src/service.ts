@@ -22,6 +22,9 @@ import { startEmulator, type Emulator } from './emulator/index.js';
 import { createMetrics, type Metrics } from './metrics.js';
 import { Agent, fetch as undiciFetch } from 'undici';
 import { createRedirectFetch, type FetchLike } from './fal/redirect-fetch.js';
+import { createBufferedFetch } from './fal/buffered-fetch.js';
+import type { FalPhase } from './fal/transport.js';
+import { createCompletionRelay } from './fal/completion-relay.js';
 import { createCompletionHub, createWebhookVerifier, type WebhookVerifier } from './fal/webhooks.js';
 import { FAL_WEBHOOK_PATH } from './http/routes/fal-webhook.js';
 import { createReconciler, type Reconciler, type ReconcileReport } from './metering/reconcile.js';
@@ -125,11 +128,19 @@ export async function startService(config: Config, overrides: ServiceOverrides =
   const shortPool = new Agent({ connections: config.falMaxConnections, keepAliveTimeout: 30_000 });
   const streamPool = new Agent({ connections: config.statusStreamsMax || 1, keepAliveTimeout: 30_000, bodyTimeout: 0 });
   const viaPool = (pool: Agent): FetchLike => (input, init) => undiciFetch(input as string, { ...(init as object), dispatcher: pool }) as unknown as Promise<Response>;
-  const falWebhooks = config.falWebhooks ? { hub: createCompletionHub(), verifier: undefined as unknown as WebhookVerifier } : undefined;
+  // With Redis, replicas pass on callbacks that reached the wrong one (src/fal/completion-relay.ts).
+  const relay =
+    config.falWebhooks && config.redisUrl
+      ? createCompletionRelay({ hub: createCompletionHub(), redisUrl: config.redisUrl, channel: `${config.redisKeyPrefix}:fal-completions`, logger })
+      : undefined;
+  const falWebhooks = config.falWebhooks ? { hub: relay ?? createCompletionHub(), verifier: undefined as unknown as WebhookVerifier } : undefined;
   const fal = createFalGateway({
     credentials: falKey,
     baseUrl: falBaseUrl,
-    fetchFor: (phase) => viaPool(phase === 'stream' ? streamPool : shortPool),
+    // Calls with small answers skip fetch's per-request garbage, which outlives
+    // young collections (src/fal/buffered-fetch.ts): status polls repeat for as
+    // long as a job waits, and every job submits once (and may cancel).
+    fetchFor: (phase) => (BUFFERED_PHASES.has(phase) ? createBufferedFetch(shortPool) : viaPool(phase === 'stream' ? streamPool : shortPool)),
     maxStatusStreams: config.statusStreamsMax,
     pollRps: config.statusPollRps,
     ...(falWebhooks ? { webhook: { url: `${config.publicBaseUrl}${FAL_WEBHOOK_PATH}`, hub: falWebhooks.hub, graceMs: config.falWebhookGraceMs } } : {}),
@@ -150,7 +161,8 @@ export async function startService(config: Config, overrides: ServiceOverrides =
   });
   const loras = createLoraResolver({ loraDir: config.loraDir, maxBytes: config.loraMaxBytes, dataDir: config.dataDir, fal, target: falBaseUrl ?? 'fal', logger });
   const shutdown = new AbortController();
-  // Every request in flight listens to this one signal; thousands is expected, not a leak.
+  // The image service listens once and aborts its live requests itself; other
+  // users (readiness checks, tests) may add listeners of their own: no warning cap.
   setMaxListeners(0, shutdown.signal);
   let shuttingDown = false;
   const images = createImageService({
@@ -196,6 +208,7 @@ export async function startService(config: Config, overrides: ServiceOverrides =
   // Bounded by the client's connect timeout; a Redis that is down leaves
   // limits failing open, it never stops the service from starting.
   await rateLimiter.ready();
+  await relay?.ready();
 
   const app = createApp({
     logger,
@@ -286,6 +299,7 @@ export async function startService(config: Config, overrides: ServiceOverrides =
           await billingWebhook.stop();
         }
         await rateLimiter.close();
+        await relay?.close();
         await database.close();
         await Promise.all([shortPool.close(), streamPool.close()]).catch(() => {});
         if (ownEmulator) await emulator!.close();
@@ -294,6 +308,9 @@ export async function startService(config: Config, overrides: ServiceOverrides =
     },
   };
 }
+
+/** fal calls answered with a small JSON body that is read whole (results and status streams are read as they arrive). */
+const BUFFERED_PHASES: ReadonlySet<FalPhase> = new Set<FalPhase>(['submit', 'status', 'cancel']);
 
 /** After the grace period: how long aborted requests get to send their error before sockets are cut. */
 const ABORT_DRAIN_MS = 15_000;

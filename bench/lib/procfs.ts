@@ -1,4 +1,4 @@
-import { readFileSync, readdirSync, readlinkSync } from 'node:fs';
+import { readFileSync, readdirSync, readlinkSync, writeFileSync } from 'node:fs';
 
 /**
  * Another process's memory and sockets, read from /proc (Linux only). The
@@ -21,6 +21,16 @@ export function readMem(pid: number): Mem {
     return Number(m[1]) * 1024;
   };
   return { rss: kib('VmRSS'), hwm: kib('VmHWM') };
+}
+
+/**
+ * Sets the process's VmHWM back to its current RSS (Linux ≥ 4.0, writing "5"
+ * to clear_refs; allowed for our own children). Without it VmHWM is the peak
+ * since the process started, and a Node service's start (module loading,
+ * compiling, migrations) can peak tens of MiB above its later idle RSS.
+ */
+export function resetPeak(pid: number): void {
+  writeFileSync(`/proc/${pid}/clear_refs`, '5');
 }
 
 /** CPU time the process has used so far (user + system), ms. */

@@ -10,7 +10,7 @@ export const PHASES = ['submit', 'status', 'stream', 'result', 'cancel', 'run', 
 export type FaultPhase = (typeof PHASES)[number];
 
 export const CALL_KINDS = ['http_error', 'delay', 'reset', 'non_json', 'cancel_refused'] as const;
-export const JOB_KINDS = ['never_finish', 'nsfw', 'fail_after_start', 'latency', 'ignore_sync_mode'] as const;
+export const JOB_KINDS = ['never_finish', 'nsfw', 'fail_after_start', 'latency', 'ignore_sync_mode', 'escape_slashes'] as const;
 export type CallKind = (typeof CALL_KINDS)[number];
 export type JobKind = (typeof JOB_KINDS)[number];
 export type FaultKind = CallKind | JobKind;

@@ -42,6 +42,8 @@ export interface JobRecord {
   nsfw_indexes?: number[];
   /** Answer with image URLs even when `sync_mode` asked for data URIs. */
   ignore_sync_mode?: boolean;
+  /** Write the result JSON with every `/` escaped as `\/` (same values, other bytes). */
+  escape_slashes?: boolean;
   fail?: { status: number; detail: unknown };
   error?: { status: number; body: unknown };
   images?: RenderSpec[];
@@ -70,6 +72,7 @@ export interface JobFaults {
   neverFinish?: boolean;
   nsfwIndexes?: number[];
   ignoreSyncMode?: boolean;
+  escapeSlashes?: boolean;
   fail?: { status: number; detail: unknown };
   latency?: { totalMs: number; queueMs?: number };
 }
@@ -306,6 +309,7 @@ export function createEngine(opts: EngineOptions): Engine {
       if (f.neverFinish) job.never_finish = true;
       if (f.nsfwIndexes) job.nsfw_indexes = f.nsfwIndexes;
       if (f.ignoreSyncMode) job.ignore_sync_mode = true;
+      if (f.escapeSlashes) job.escape_slashes = true;
       if (f.fail) job.fail = f.fail;
       if (o.webhookUrl) job.webhook = { url: o.webhookUrl, state: 'pending', attempts: 0 };
       if (o.priority) job.priority = o.priority;

@@ -96,6 +96,7 @@ function takeJobFaults(ctx: Ctx, req: IncomingMessage, phase: FaultPhase, endpoi
   const nsfw = ctx.takeFault(req, phase, ['nsfw'], m);
   if (nsfw) out.nsfwIndexes = nsfw.nsfw_indexes ?? [0];
   if (ctx.takeFault(req, phase, ['ignore_sync_mode'], m)) out.ignoreSyncMode = true;
+  if (ctx.takeFault(req, phase, ['escape_slashes'], m)) out.escapeSlashes = true;
   const fail = ctx.takeFault(req, phase, ['fail_after_start'], m);
   if (fail) {
     const status = fail.status ?? 500;
@@ -207,7 +208,13 @@ export async function submit(ctx: Ctx, req: IncomingMessage, res: ServerResponse
 async function sendResult(ctx: Ctx, res: ServerResponse, job: JobRecord): Promise<void> {
   if (job.outcome === 'ok') {
     const output = await composeOutput(ctx, job);
-    sendJson(res, 200, output, { 'x-fal-request-id': job.request_id, 'x-fal-billable-units': job.charge?.units ?? '0' });
+    const headers = { 'x-fal-request-id': job.request_id, 'x-fal-billable-units': job.charge?.units ?? '0' };
+    if (job.escape_slashes) {
+      // Outside strings JSON has no `/`, so escaping every one keeps the values and changes only the bytes.
+      sendBytes(res, 200, JSON.stringify(output).replaceAll('/', '\\/'), 'application/json', headers);
+      return;
+    }
+    sendJson(res, 200, output, headers);
     return;
   }
   sendJson(res, job.error?.status ?? 500, job.error?.body ?? { detail: 'Request failed' }, {

@@ -3,6 +3,7 @@ import { createFalTransport, HIDDEN_RETRYABLE_STATUS, FalTransportError, sleep, 
 import type { FetchLike } from './redirect-fetch.js';
 import { createPacer } from './pacer.js';
 import type { CompletionHub } from './webhooks.js';
+import type { InlineExtraction, InlineImage } from './inline-images.js';
 
 /**
  * The only module that talks to fal. Everything above it sees plain data and
@@ -33,6 +34,12 @@ export interface FalResult {
   output: FalImageOutput;
   /** fal's `x-fal-billable-units`, verbatim (a decimal string), when sent. */
   billableUnits: string | null;
+  /**
+   * Images fal sent inline (sync_mode data URIs), keyed by the placeholder
+   * that stands in `output.images[].url`: their base64 as views of the
+   * response body, never made into a string (see inline-images.ts).
+   */
+  inlineImages?: ReadonlyMap<string, InlineImage>;
 }
 
 export type FalJobStatus = { status: 'IN_QUEUE' | 'IN_PROGRESS' | 'COMPLETED'; queuePosition?: number };
@@ -156,11 +163,30 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
       if (signal?.aborted) throw abortedError('status', signal);
       await pacer.take(signal);
       if (signal?.aborted) throw abortedError('status', signal);
-      const st = await gateway.status(endpoint, falRequestId, { signal });
+      const st = await statusOnce(endpoint, falRequestId, signal);
       onStatus?.(st);
       if (st.status === 'COMPLETED') return;
       await sleep(delay, signal);
       delay = Math.min(pollMaxMs, Math.round(delay * 1.5));
+    }
+  }
+
+  /**
+   * One poll, under a signal of its own that follows the job's. undici's
+   * fetch hangs an abort listener and a finalization-registry entry on the
+   * signal of every request and lets go of them only once that request is
+   * collected: on the job's signal they piled up poll after poll for as long
+   * as the job waited. Whatever fetch the transport was given (the service's
+   * own avoids fetch for polls, see buffered-fetch.ts), a signal that ends
+   * with the poll takes its leftovers with it.
+   */
+  async function statusOnce(endpoint: string, falRequestId: string, signal: AbortSignal | undefined): Promise<FalJobStatus> {
+    if (!signal) return gateway.status(endpoint, falRequestId);
+    const own = new FollowingSignal(signal);
+    try {
+      return await gateway.status(endpoint, falRequestId, { signal: own.signal });
+    } finally {
+      own.detach();
     }
   }
 
@@ -243,18 +269,32 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
       const signal = o.signal;
       if (opts.webhook) {
         const { hub, graceMs } = opts.webhook;
-        // Whichever comes first: fal's callback, or (if it is late) polling.
-        const lost = new AbortController();
-        const both = signal ? AbortSignal.any([signal, lost.signal]) : lost.signal;
-        const viaCallback = hub.wait(falRequestId, both).then(() => {
-          if (!both.aborted) stats.webhookWakeups++;
+        // The grace period is the hub's own timer on the same wait record: a
+        // waiting job holds one record, one promise and one timer, no signals.
+        const first = await hub.wait(falRequestId, signal, graceMs);
+        if (signal?.aborted) throw abortedError('status', signal);
+        if (first === 'notified') {
+          stats.webhookWakeups++;
+          return;
+        }
+        // The callback is late: whichever comes first, fal's callback or polling.
+        const late = new AbortController();
+        const relay = () => late.abort(signal!.reason);
+        signal?.addEventListener('abort', relay, { once: true });
+        const viaCallback = hub.wait(falRequestId, late.signal).then((outcome) => {
+          if (outcome !== 'notified') return;
+          stats.webhookWakeups++;
+          late.abort();
         });
-        const viaPolling = sleep(graceMs, both).then(() => (both.aborted ? undefined : poll(endpoint, falRequestId, both, o.onStatus, pollMaxMs)));
         try {
-          await Promise.race([viaCallback, viaPolling]);
+          await poll(endpoint, falRequestId, late.signal, o.onStatus, pollMaxMs);
+        } catch (err) {
+          // Polling was stopped because the callback came: that is the answer.
+          if (!late.signal.aborted || signal?.aborted) throw err;
         } finally {
-          lost.abort();
-          await Promise.allSettled([viaCallback, viaPolling]);
+          late.abort();
+          signal?.removeEventListener('abort', relay);
+          await viaCallback;
         }
         if (signal?.aborted) throw abortedError('status', signal);
         return;
@@ -295,10 +335,29 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
     },
 
     async result(endpoint, falRequestId, o = {}) {
-      const { value, capture } = await call('result', o.signal, () =>
-        client.queue.result(endpoint, { requestId: falRequestId, abortSignal: o.signal }),
-      );
-      const output = (value as { data?: unknown }).data as FalImageOutput | undefined;
+      const { value, capture } = await call('result', o.signal, async (c) => {
+        try {
+          return await client.queue.result(endpoint, { requestId: falRequestId, abortSignal: o.signal });
+        } catch (err) {
+          c.inline = undefined; // see below: the capture may outlive the call
+          throw err;
+        }
+      });
+      let output = (value as { data?: unknown }).data as FalImageOutput | undefined;
+      // Taken off the capture at once: async resources made during the call
+      // (a pooled socket, a timer) keep its AsyncLocalStorage store, and with
+      // it the whole body, alive for as long as they live.
+      const cut = capture.inline;
+      capture.inline = undefined;
+      const inlineImages = cut ? placedInline(output, cut) : undefined;
+      if (cut && !inlineImages) {
+        // A data URI somewhere else than an image's url: parse the body whole, as the client would have.
+        try {
+          output = JSON.parse(Buffer.concat(cut.original).toString('utf8')) as FalImageOutput;
+        } catch {
+          throw badResponse('result', 'result is not JSON', capture);
+        }
+      }
       if (!output || typeof output !== 'object' || !Array.isArray(output.images)) {
         throw badResponse('result', 'result has no images array', capture);
       }
@@ -311,6 +370,7 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
         falRequestId: capture.falRequestId ?? falRequestId,
         output,
         billableUnits: capture.billableUnits ?? null,
+        ...(inlineImages ? { inlineImages } : {}),
       };
     },
 
@@ -347,6 +407,45 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
     },
   };
   return gateway;
+}
+
+/**
+ * The cut-out images, if their placeholders are exactly the images' urls,
+ * each used once. A placeholder anywhere else (a data URI in an echoed
+ * input, say) stands where fal's own text should be, so then none is used.
+ */
+function placedInline(output: FalImageOutput | undefined, cut: InlineExtraction): ReadonlyMap<string, InlineImage> | undefined {
+  const images: unknown = output?.images;
+  if (!Array.isArray(images)) return undefined;
+  const placed = new Set<string>();
+  for (const img of images as Array<{ url?: unknown } | null>) {
+    const url = img?.url;
+    if (typeof url !== 'string' || !cut.images.has(url)) continue;
+    if (placed.has(url)) return undefined;
+    placed.add(url);
+  }
+  return placed.size === cut.images.size ? cut.images : undefined;
+}
+
+/** A signal that aborts with `parent` until detached; it is its own listener (handleEvent), no closure. */
+class FollowingSignal {
+  private readonly controller = new AbortController();
+  constructor(private readonly parent: AbortSignal) {
+    if (parent.aborted) this.controller.abort(parent.reason);
+    else parent.addEventListener('abort', this, { once: true });
+  }
+
+  get signal(): AbortSignal {
+    return this.controller.signal;
+  }
+
+  handleEvent(): void {
+    this.controller.abort(this.parent.reason);
+  }
+
+  detach(): void {
+    this.parent.removeEventListener('abort', this);
+  }
 }
 
 function abortedError(phase: FalPhase, signal: AbortSignal): FalCallError {

@@ -1,5 +1,6 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { createRedirectFetch, type FetchLike } from './redirect-fetch.js';
+import { extractInlineImages, type InlineExtraction } from './inline-images.js';
 
 /**
  * The `fetch` we hand to `@fal-ai/client`. It owns three things the client
@@ -17,6 +18,9 @@ import { createRedirectFetch, type FetchLike } from './redirect-fetch.js';
  *    retryable status reaches it as 599 (in no retry list) and a network error
  *    as a plain Error (no retryable shape). The gateway reads the real status
  *    from the capture.
+ * 4. Result bodies: read here as the chunks they arrive in, with sync_mode
+ *    images cut out as Buffers into the capture before the client parses the
+ *    rest (inline-images.ts), so a 10 MB data URI never becomes a string.
  */
 
 export type FalPhase = 'submit' | 'status' | 'stream' | 'result' | 'cancel' | 'run' | 'storage' | 'other';
@@ -38,6 +42,8 @@ export interface CallCapture {
   networkError?: Error;
   /** True when the last submit attempt may have reached fal without an answer. */
   ambiguous?: boolean;
+  /** A result's data URI payloads, cut out of the body before the client parsed it (see inline-images.ts). */
+  inline?: InlineExtraction;
 }
 
 /** Status we give the client for an outcome we already retried. */
@@ -148,8 +154,12 @@ export function createFalTransport(opts: TransportOptions = {}): FalTransport {
     const capture = store.getStore();
     if (!capture) return inner(input, init);
     const policy = policies[capture.phase];
-    const signals = [init?.signal, capture.signal].filter((s): s is AbortSignal => !!s);
-    const signal = signals.length > 1 ? AbortSignal.any(signals) : signals[0];
+    // The client passes on the very signal the gateway gave it, so the two are
+    // usually one: composing a signal with itself would only add, per attempt,
+    // a composite that Node 20 keeps referenced from the job's signal until
+    // the job ends.
+    const outer = init?.signal ?? undefined;
+    const signal = outer && capture.signal && outer !== capture.signal ? AbortSignal.any([outer, capture.signal]) : (outer ?? capture.signal);
 
     for (let attempt = 1; ; attempt++) {
       capture.attempts++;
@@ -191,6 +201,23 @@ export function createFalTransport(opts: TransportOptions = {}): FalTransport {
         await res.body?.cancel().catch(() => {});
         return new Response(null, { status: HIDDEN_RETRYABLE_STATUS, statusText: 'status stream is not text/event-stream', headers: res.headers });
       }
+      if (capture.phase === 'result' && res.ok && res.body && (res.headers.get('content-type') ?? '').includes('application/json')) {
+        let chunks: Buffer[];
+        try {
+          chunks = await readChunks(res.body);
+        } catch (err) {
+          // The body broke off. Reading a result changes nothing at fal, so it is asked again.
+          capture.networkError = err as Error;
+          capture.status = undefined;
+          if (!signal?.aborted && attempt < policy.attempts) {
+            await pause(backoff(policy, attempt), signal);
+            if (!signal?.aborted) continue;
+          }
+          if (signal?.aborted) throw err;
+          throw new FalTransportError(`fal result body failed: ${(err as Error).message}`, err);
+        }
+        return withInlineImagesCut(res, chunks, capture);
+      }
       if (!RETRYABLE_STATUS.has(res.status)) return res;
 
       // 429 and 503 are refusals: the job was not created, so even a submit
@@ -213,6 +240,29 @@ export function createFalTransport(opts: TransportOptions = {}): FalTransport {
       return store.run(capture, () => fn(capture));
     },
   };
+}
+
+/** The body as the chunks it arrived in: they are kept, never joined (the images are views of them). */
+async function readChunks(body: ReadableStream<Uint8Array>): Promise<Buffer[]> {
+  const chunks: Buffer[] = [];
+  for await (const c of body) chunks.push(Buffer.from(c.buffer, c.byteOffset, c.byteLength));
+  return chunks;
+}
+
+/**
+ * The response the client parses: the result body with each data URI payload
+ * replaced by a placeholder (the payloads go to the capture), or the body as
+ * it was when there is none.
+ */
+function withInlineImagesCut(res: Response, chunks: Buffer[], capture: CallCapture): Response {
+  const found = extractInlineImages(chunks);
+  if (found) capture.inline = found;
+  const headers = new Headers(res.headers);
+  // The new body is neither the length fal sent nor compressed.
+  headers.delete('content-length');
+  headers.delete('content-encoding');
+  const body = found ? found.json : chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
+  return new Response(body, { status: res.status, statusText: res.statusText, headers });
 }
 
 function backoff(p: RetryPolicy, attempt: number): number {

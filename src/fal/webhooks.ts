@@ -105,19 +105,66 @@ export function createWebhookVerifier(opts: WebhookVerifierOptions): WebhookVeri
 }
 
 /**
- * Where a waiting job learns that its callback arrived. In-process only: with
- * several replicas a callback may reach another one, and the waiter then
- * falls back to polling after its grace period.
+ * Where a waiting job learns that its callback arrived, in this process.
+ * Across replicas, src/fal/completion-relay.ts wraps it and passes callbacks
+ * on over Redis; without Redis, a callback that reached another replica
+ * leaves the waiter to poll after its grace period.
  */
 export interface CompletionHub {
-  wait(falRequestId: string, signal?: AbortSignal): Promise<void>;
+  /**
+   * Settles when the callback for `falRequestId` arrives (`notified`), when
+   * `signal` aborts (`aborted`) or after `timeoutMs` (`timeout`); never rejects.
+   */
+  wait(falRequestId: string, signal?: AbortSignal, timeoutMs?: number): Promise<WaitOutcome>;
   /** True when a waiter in this process was woken. */
   notify(falRequestId: string): boolean;
   readonly waiting: number;
 }
 
+export type WaitOutcome = 'notified' | 'aborted' | 'timeout';
+
+/**
+ * One waiting job: this record, its promise and (with a timeout) one timer.
+ * It is its own abort listener (handleEvent), so a wait costs no closures
+ * beyond the promise's resolver; thousands of jobs wait here at once.
+ */
+class Waiter {
+  timer: NodeJS.Timeout | undefined;
+  constructor(
+    readonly id: string,
+    readonly hub: Map<string, Waiter | Waiter[]>,
+    readonly signal: AbortSignal | undefined,
+    private resolve: ((outcome: WaitOutcome) => void) | undefined,
+  ) {}
+
+  settle(outcome: WaitOutcome): void {
+    const resolve = this.resolve;
+    if (!resolve) return;
+    this.resolve = undefined;
+    clearTimeout(this.timer);
+    this.signal?.removeEventListener('abort', this);
+    if (outcome !== 'notified') this.unlist();
+    resolve(outcome);
+  }
+
+  handleEvent(): void {
+    this.settle('aborted');
+  }
+
+  private unlist(): void {
+    const entry = this.hub.get(this.id);
+    if (entry === this) this.hub.delete(this.id);
+    else if (Array.isArray(entry)) {
+      const i = entry.indexOf(this);
+      if (i >= 0) entry.splice(i, 1);
+      if (entry.length === 1) this.hub.set(this.id, entry[0]!);
+    }
+  }
+}
+
 export function createCompletionHub(): CompletionHub {
-  const waiters = new Map<string, Array<() => void>>();
+  // Nearly always one waiter per job: stored bare, an array only for a second.
+  const waiters = new Map<string, Waiter | Waiter[]>();
   // Callbacks that beat the waiter (fal can finish before submit's answer is
   // processed): remembered briefly so the wait that follows returns at once.
   const early = new Map<string, number>();
@@ -126,41 +173,33 @@ export function createCompletionHub(): CompletionHub {
     get waiting() {
       return waiters.size;
     },
-    wait(id, signal) {
+    wait(id, signal, timeoutMs) {
       const at = early.get(id);
       if (at !== undefined) {
         early.delete(id);
-        if (Date.now() - at < EARLY_TTL_MS) return Promise.resolve();
+        if (Date.now() - at < EARLY_TTL_MS) return Promise.resolve('notified');
       }
-      return new Promise<void>((resolve) => {
-        const list = waiters.get(id) ?? [];
-        const wake = () => {
-          signal?.removeEventListener('abort', onAbort);
-          resolve();
-        };
-        const onAbort = () => {
-          const l = waiters.get(id);
-          if (l) {
-            const i = l.indexOf(wake);
-            if (i >= 0) l.splice(i, 1);
-            if (l.length === 0) waiters.delete(id);
-          }
-          resolve();
-        };
-        list.push(wake);
-        waiters.set(id, list);
-        signal?.addEventListener('abort', onAbort, { once: true });
+      if (signal?.aborted) return Promise.resolve('aborted');
+      return new Promise<WaitOutcome>((resolve) => {
+        const w = new Waiter(id, waiters, signal, resolve);
+        const entry = waiters.get(id);
+        if (entry === undefined) waiters.set(id, w);
+        else if (Array.isArray(entry)) entry.push(w);
+        else waiters.set(id, [entry, w]);
+        signal?.addEventListener('abort', w, { once: true });
+        if (timeoutMs !== undefined && Number.isFinite(timeoutMs)) w.timer = setTimeout(() => w.settle('timeout'), timeoutMs);
       });
     },
     notify(id) {
-      const list = waiters.get(id);
-      if (!list) {
+      const entry = waiters.get(id);
+      if (!entry) {
         if (early.size > 10_000) early.clear();
         early.set(id, Date.now());
         return false;
       }
       waiters.delete(id);
-      for (const wake of list) wake();
+      if (Array.isArray(entry)) for (const w of entry) w.settle('notified');
+      else entry.settle('notified');
       return true;
     },
   };

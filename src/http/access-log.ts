@@ -1,4 +1,4 @@
-import type { RequestHandler } from 'express';
+import type { RequestHandler, Response } from 'express';
 import type { Logger } from 'pino';
 import type { Metrics } from '../metrics.js';
 
@@ -9,38 +9,44 @@ import type { Metrics } from '../metrics.js';
  * when the operator turned `logPrompts` on.
  */
 export function accessLog(logger: Logger, metrics?: Metrics, opts: { logPrompts?: boolean } = {}): RequestHandler {
-  return (req, res, next) => {
-    const started = process.hrtime.bigint();
-    let logged = false;
-    const done = () => {
-      if (logged) return;
-      logged = true;
-      const ms = Number(process.hrtime.bigint() - started) / 1e6;
-      const principal = res.locals.principal as { keyId?: string } | undefined;
-      // Never the raw path of an unmatched request: it is whatever the caller
-      // typed (a key pasted into a URL, say) and an unbounded metric label.
-      const route = (req.route?.path as string | undefined) ?? (res.statusCode !== 404 && /^\/v1\/admin(?:\/|$)/.test(req.path) ? '/v1/admin/*' : 'unmatched');
-      const status = res.headersSent ? res.statusCode : 499;
-      metrics?.httpRequests.inc({ route, model: (res.locals.model as string | undefined) ?? '', status: String(status) });
-      metrics?.httpDuration.observe({ route }, ms / 1000);
-      logger.info(
-        {
-          request_id: res.locals.requestId,
-          fal_request_id: res.locals.falRequestId,
-          key_id: principal?.keyId,
-          model: res.locals.model,
-          method: req.method,
-          route,
-          status,
-          duration_ms: Math.round(ms * 10) / 10,
-          error_code: res.locals.errorCode,
-          ...(opts.logPrompts && typeof res.locals.prompt === 'string' ? { prompt: res.locals.prompt } : {}),
-        },
-        'request',
-      );
-    };
-    res.on('finish', done);
+  // One listener function for every request, called with the response as
+  // `this`: a closure per request lived as long as the request (minutes for a
+  // waiting image job). 'close' alone suffices: Node emits it once per
+  // response, after 'finish' when it was sent, or when the caller left.
+  function done(this: Response): void {
+    const res = this;
+    const req = res.req;
+    const ms = performance.now() - (res.locals as Record<symbol, number>)[STARTED]!;
+    const principal = res.locals.principal as { keyId?: string } | undefined;
+    // Never the raw path of an unmatched request: it is whatever the caller
+    // typed (a key pasted into a URL, say) and an unbounded metric label.
+    const route = (req.route?.path as string | undefined) ?? (res.statusCode !== 404 && ADMIN_PATH.test(req.path) ? '/v1/admin/*' : 'unmatched');
+    const status = res.headersSent ? res.statusCode : 499;
+    metrics?.httpRequests.inc({ route, model: (res.locals.model as string | undefined) ?? '', status: String(status) });
+    metrics?.httpDuration.observe({ route }, ms / 1000);
+    logger.info(
+      {
+        request_id: res.locals.requestId,
+        fal_request_id: res.locals.falRequestId,
+        key_id: principal?.keyId,
+        model: res.locals.model,
+        method: req.method,
+        route,
+        status,
+        duration_ms: Math.round(ms * 10) / 10,
+        error_code: res.locals.errorCode,
+        ...(opts.logPrompts && typeof res.locals.prompt === 'string' ? { prompt: res.locals.prompt } : {}),
+      },
+      'request',
+    );
+  }
+  return (_req, res, next) => {
+    (res.locals as Record<symbol, number>)[STARTED] = performance.now();
     res.on('close', done);
     next();
   };
 }
+
+/** Where a request's start time waits for its log line (res.locals is per request already). */
+const STARTED = Symbol('accessLogStarted');
+const ADMIN_PATH = /^\/v1\/admin(?:\/|$)/;

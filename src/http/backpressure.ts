@@ -9,20 +9,17 @@ import type { Metrics } from '../metrics.js';
  */
 export function inFlightLimit(max: number, metrics?: Metrics): RequestHandler {
   let current = 0;
+  // Shared by every request (no closure per request): Node emits 'close' once
+  // per response, whether it was sent or the caller left.
+  const release = () => {
+    current--;
+  };
   return (_req, res, next) => {
     if (current >= max) {
       metrics?.refusals.inc({ reason: 'in_flight' });
       throw rateLimited(`This server is at its limit of ${max} requests in flight. Retry shortly.`, 1, 'rate_limit_exceeded');
     }
     current++;
-    let released = false;
-    const release = () => {
-      if (!released) {
-        released = true;
-        current--;
-      }
-    };
-    res.on('finish', release);
     res.on('close', release);
     next();
   };

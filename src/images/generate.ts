@@ -5,6 +5,8 @@ import type { CanonicalRequest } from './normalize.js';
 import type { Media } from './media.js';
 import type { LoraResolver } from './loras.js';
 import { MediaError } from './media.js';
+import { b64Item } from './b64-item.js';
+import { inlineDataUri } from '../fal/inline-images.js';
 import { mapFalError } from './upstream-errors.js';
 import { maxCharge, splitIntoJobs } from '../metering/pricing.js';
 import { encodePricing, settleCompleted, type BillingEvents } from '../metering/settlement.js';
@@ -92,24 +94,38 @@ export function createImageService(deps: ImageServiceDeps): ImageService {
     }
   }
 
+  // Requests whose fal work is under way, for shutdown to abort: one Set
+  // entry each, instead of a listener (or a composite signal) per request on
+  // the process-long shutdown signal.
+  const live = new Set<RequestAbort>();
+  deps.shutdownSignal?.addEventListener('abort', () => {
+    for (const r of live) r.abort('shutdown', deps.shutdownSignal!.reason);
+  }, { once: true });
+
   return {
     async generate(req, ctx) {
       deps.metrics?.jobsInFlight.inc();
-      const shutdown = requestScoped(deps.shutdownSignal);
+      // One controller for the request's fal work: the caller leaving, the
+      // deadline, shutdown and a failed sibling job each abort it (see RequestAbort).
+      const cut = new RequestAbort(ctx.callerSignal, live, deps.shutdownSignal);
       try {
-        return await generateOne(req, ctx, shutdown.signal);
+        return await generateOne(req, ctx, cut);
       } finally {
-        shutdown.detach();
+        cut.dispose();
         deps.metrics?.jobsInFlight.dec();
       }
     },
   };
 
-  async function generateOne(req: CanonicalRequest, ctx: GenerateContext, shutdownSignal: AbortSignal | undefined): Promise<GenerateOutcome> {
-    const log = deps.logger.child({ request_id: ctx.requestId, model: req.model.id });
+  async function generateOne(req: CanonicalRequest, ctx: GenerateContext, cut: RequestAbort): Promise<GenerateOutcome> {
+    const log = new RequestLog(deps.logger, ctx.requestId, req.model.id);
     // Before anything is reserved or submitted: a refused LoRA path is the
     // caller's 400, and an upload is not a billable job.
-    if (deps.loras) req = { ...req, falInput: await deps.loras.resolve(req.falInput, ctx.callerSignal) };
+    if (deps.loras) {
+      // The same input back means no local LoRA: no copy of the request to keep for the job's whole wait.
+      const falInput = await deps.loras.resolve(req.falInput, ctx.callerSignal);
+      if (falInput !== req.falInput) req = { ...req, falInput };
+    }
     const reserve = maxCharge(req, deps.markup);
     const pricing = { promptExpansion: req.promptExpansion, markup: deps.markup };
     const reserved = await ledgerCall('reserve', () =>
@@ -139,14 +155,9 @@ export function createImageService(deps: ImageServiceDeps): ImageService {
       );
     }
 
-    const deadline = AbortSignal.timeout(deps.requestTimeoutMs);
-    const signals = [ctx.callerSignal, deadline, ...(shutdownSignal ? [shutdownSignal] : [])];
-    const signal = AbortSignal.any(signals);
-    const abortReason = (): 'deadline' | 'client_gone' | 'shutdown' | undefined =>
-      ctx.callerSignal.aborted ? 'client_gone' : deadline.aborted ? 'deadline' : shutdownSignal?.aborted ? 'shutdown' : undefined;
-    const fieldOrigins = Object.fromEntries(
-      Object.keys(req.falInput).map((f) => [f, OPENAI_ALIASES[f] && req.sentFields.has(OPENAI_ALIASES[f]!) ? OPENAI_ALIASES[f]! : f]),
-    );
+    // The deadline counts from here, as it always has: a LoRA upload and the
+    // reservation before it are not the fal work it bounds.
+    cut.startDeadline(deps.requestTimeoutMs);
 
     const perJob = req.model.maxImagesPerJob;
     const counts = splitIntoJobs(req.numImages, perJob);
@@ -163,11 +174,13 @@ export function createImageService(deps: ImageServiceDeps): ImageService {
 
     // One failed job fails the request: the others are cancelled (and billed
     // only if fal completed them anyway).
-    const siblings = new AbortController();
-    const jobSignal = AbortSignal.any([signal, siblings.signal]);
+    const jobSignal = cut.signal;
     const submittedAt = performance.now();
     const progress = progressReporter(counts.length, ctx.onProgress, log);
-    const outcomes = await Promise.all(inputs.map((input, i) => runJob(input, i)));
+    const running = inputs.map((input, i) => runJob(input, i));
+    // Each job's input is sent by now or held by its own submit: the waiting frame keeps no copies of it.
+    inputs.length = 0;
+    const outcomes = await Promise.all(running);
 
     /**
      * A refused submit attempt that fal nonetheless turned into a job: kept in
@@ -187,13 +200,15 @@ export function createImageService(deps: ImageServiceDeps): ImageService {
       let strayIds: string[];
       try {
         ({ falRequestId, strayIds } = await deps.fal.submit(req.model.endpoint, input, { signal: jobSignal }));
+        // Sent: a job may wait for minutes, and nothing after the submit reads its input.
+        input = SENT;
         ctx.onSubmitted?.();
         progress(jobIndex, { status: 'IN_QUEUE' });
       } catch (err) {
         const fe = asFalError(err);
         await recordStrays(fe.strayIds);
         if (fe.ambiguous) ctx.onSubmitted?.();
-        siblings.abort();
+        cut.abort('sibling');
         return { error: fe, open: fe.ambiguous, noId: fe.ambiguous };
       }
       try {
@@ -202,7 +217,7 @@ export function createImageService(deps: ImageServiceDeps): ImageService {
         // The job exists but we could not write its id: reconciliation can
         // only find it as an orphan. Stop the rest.
         log.error({ err, fal_request_id: falRequestId }, 'ledger write failed after submit');
-        siblings.abort();
+        cut.abort('sibling');
         return { error: new FalCallError('ledger unavailable', { phase: 'submit', kind: 'aborted' }), open: true, noId: true, metering: true };
       }
       log.debug({ fal_request_id: falRequestId }, 'fal job submitted');
@@ -212,7 +227,7 @@ export function createImageService(deps: ImageServiceDeps): ImageService {
         return { result: await deps.fal.result(req.model.endpoint, falRequestId, { signal: jobSignal }) };
       } catch (err) {
         const fe = asFalError(err);
-        if (fe.kind !== 'aborted') siblings.abort();
+        if (fe.kind !== 'aborted') cut.abort('sibling');
         const after = fe.kind === 'aborted' ? await cancelOrCollect(req, falRequestId, log) : null;
         if (after?.result) return { result: after.result };
         if (jobFailed(fe)) {
@@ -233,7 +248,7 @@ export function createImageService(deps: ImageServiceDeps): ImageService {
     const results = outcomes.flatMap((o) => ('result' in o ? [o.result] : []));
     const failures = outcomes.filter((o): o is JobFailure => 'error' in o);
     if (failures.length > 0) {
-      const reason = abortReason();
+      const reason = cut.reason();
       if (failures.some((f) => f.metering)) throw serviceUnavailable('Usage metering is unavailable; the request was not completed.', 5, 'metering_unavailable');
       if (failures.every((f) => !f.open)) {
         // Every job is accounted for: bill what completed, release the rest.
@@ -248,6 +263,10 @@ export function createImageService(deps: ImageServiceDeps): ImageService {
       // The root cause, not a sibling we aborted because of it.
       const primary = failures.find((f) => f.error.kind !== 'aborted') ?? failures[0]!;
       const submitted = outcomes.some((o) => 'result' in o || o.open || o.error.phase !== 'submit');
+      // Only a failure needs to know which name the caller gave each field.
+      const fieldOrigins = Object.fromEntries(
+        Object.keys(req.falInput).map((f) => [f, OPENAI_ALIASES[f] && req.sentFields.has(OPENAI_ALIASES[f]!) ? OPENAI_ALIASES[f]! : f]),
+      );
       throw mapFalError(primary.error, { submitted, fieldOrigins, abortReason: reason });
     }
 
@@ -264,9 +283,11 @@ export function createImageService(deps: ImageServiceDeps): ImageService {
 
     let data: ImageItem[];
     try {
+      // Base64 stays as the Buffers it came in (fal's result body, or our
+      // download of it) until the route writes them: see b64-item.ts.
       data = req.responseFormat === 'b64_json'
-        ? await Promise.all(images.map(async (i) => ({ b64_json: await deps.media.toBase64(i.url) })))
-        : images.map((i) => ({ url: deps.media.toClientUrl(i.url, ctx.publicBaseUrl) }));
+        ? await Promise.all(results.flatMap((r) => r.output.images.map(async (i) => b64Item(r.inlineImages?.get(i.url) ?? (await deps.media.base64(i.url))))))
+        : results.flatMap((r) => r.output.images.map((i) => ({ url: deps.media.toClientUrl(inlineAsUrl(r, i.url), ctx.publicBaseUrl) })));
     } catch (err) {
       if (!(err instanceof MediaError)) throw err;
       log.error({ err: err.message }, 'could not deliver images');
@@ -319,7 +340,7 @@ export function createImageService(deps: ImageServiceDeps): ImageService {
    * it will bill us, so fetch the result and bill (and, if the caller is still
    * there, deliver) it rather than lose it.
    */
-  async function cancelOrCollect(req: CanonicalRequest, falRequestId: string, log: Logger): Promise<{ result?: FalResult; cancelled: boolean }> {
+  async function cancelOrCollect(req: CanonicalRequest, falRequestId: string, log: RequestLog): Promise<{ result?: FalResult; cancelled: boolean }> {
     const endpoint = req.model.endpoint;
     const outcome = await deps.fal.cancel(endpoint, falRequestId, { signal: AbortSignal.timeout(10_000) });
     log.info({ fal_request_id: falRequestId, outcome }, 'fal job cancel');
@@ -350,7 +371,7 @@ const PROGRESS_RANK = { queued: 0, in_progress: 1, completed: 2 } as const;
  * the stream said IN_PROGRESS). A listener that throws must not fail a job
  * that is being billed.
  */
-function progressReporter(jobCount: number, listener: ((p: GenerateProgress) => void) | undefined, log: Logger) {
+function progressReporter(jobCount: number, listener: ((p: GenerateProgress) => void) | undefined, log: RequestLog) {
   const last: Array<GenerateProgress | undefined> = [];
   return (jobIndex: number, st: FalJobStatus): void => {
     if (!listener) return;
@@ -365,6 +386,18 @@ function progressReporter(jobCount: number, listener: ((p: GenerateProgress) => 
     }
   };
 }
+
+/**
+ * fal sent an image inline although we asked for a URL (no sync_mode): the
+ * caller gets the data URI fal sent, as before images were cut out of results.
+ */
+function inlineAsUrl(r: FalResult, url: string): string {
+  const inline = r.inlineImages?.get(url);
+  return inline ? inlineDataUri(inline) : url;
+}
+
+/** What a job's input becomes once it is submitted (see runJob). */
+const SENT: Record<string, unknown> = Object.freeze({});
 
 /** How long we wait for fal to confirm a cancel before leaving it to reconciliation. */
 const CANCEL_CONFIRM_MS = 2_000;
@@ -400,18 +433,105 @@ function asFalError(err: unknown): FalCallError {
 }
 
 /**
- * A stand-in for a process-long signal, for one request. Node 20 keeps, on a
- * signal, a reference to every AbortSignal.any() composite ever built on it
- * (directly or through another composite) for as long as the signal lives:
- * the service's shutdown signal, composed per request, per job and per fal
- * call, would gain one entry per call, forever (the fuzz bench saw the heap
- * creep by ~50 bytes a request). The stand-in is dropped with the request.
+ * Why a request's fal work was cut short, and the one signal that tells its
+ * fal calls so. One AbortController per request, aborted by whichever comes
+ * first of: the caller leaving (one listener on its signal), the deadline (one
+ * timer), shutdown (an entry in the service's set of live requests) and a
+ * sibling job failing. Composing those with AbortSignal.any cost a waiting job
+ * several signals, each with its listener maps, WeakRefs and registry cells,
+ * and in Node 20 every composite stays referenced from its sources for as long
+ * as they live.
+ *
+ * Every cause is remembered, not just the first: a caller who leaves after a
+ * sibling failed is still reported as gone, as before.
  */
-function requestScoped(longLived: AbortSignal | undefined): { signal: AbortSignal | undefined; detach(): void } {
-  if (!longLived) return { signal: undefined, detach: () => {} };
-  const ac = new AbortController();
-  const relay = () => ac.abort(longLived.reason);
-  if (longLived.aborted) relay();
-  else longLived.addEventListener('abort', relay, { once: true });
-  return { signal: ac.signal, detach: () => longLived.removeEventListener('abort', relay) };
+export class RequestAbort {
+  private readonly controller = new AbortController();
+  private callerGone = false;
+  private deadlineHit = false;
+  private shuttingDown = false;
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly callerSignal: AbortSignal,
+    private readonly live: Set<RequestAbort>,
+    shutdownSignal: AbortSignal | undefined,
+  ) {
+    if (callerSignal.aborted) this.abort('client_gone', callerSignal.reason);
+    // An object listener (handleEvent) rather than a closure: nothing per request but the entry.
+    else callerSignal.addEventListener('abort', this, { once: true });
+    if (shutdownSignal?.aborted) this.abort('shutdown', shutdownSignal.reason);
+    else live.add(this);
+  }
+
+  get signal(): AbortSignal {
+    return this.controller.signal;
+  }
+
+  /** The caller's signal fired. */
+  handleEvent(): void {
+    this.abort('client_gone', this.callerSignal.reason);
+  }
+
+  startDeadline(ms: number): void {
+    if (this.timer || this.controller.signal.aborted) return;
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      // The same reason AbortSignal.timeout gives.
+      this.abort('deadline', new DOMException('The operation was aborted due to timeout', 'TimeoutError'));
+    }, ms);
+  }
+
+  abort(cause: 'client_gone' | 'deadline' | 'shutdown' | 'sibling', reason?: unknown): void {
+    if (cause === 'client_gone') this.callerGone = true;
+    else if (cause === 'deadline') this.deadlineHit = true;
+    else if (cause === 'shutdown') this.shuttingDown = true;
+    if (!this.controller.signal.aborted) this.controller.abort(reason);
+  }
+
+  /** Why the wait was cut, in the order of precedence the error mapping has always used; a sibling's failure is no reason. */
+  reason(): 'deadline' | 'client_gone' | 'shutdown' | undefined {
+    return this.callerGone || this.callerSignal.aborted ? 'client_gone' : this.deadlineHit ? 'deadline' : this.shuttingDown ? 'shutdown' : undefined;
+  }
+
+  /** The request is over: nothing may hold it any more. */
+  dispose(): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    this.callerSignal.removeEventListener('abort', this);
+    this.live.delete(this);
+  }
+}
+
+/**
+ * The request's log lines carry its id and model. A pino child per request
+ * (its bindings, its own level methods) was kept alive by every waiting job;
+ * this is three fields, and the line written is the same.
+ */
+export class RequestLog {
+  constructor(
+    private readonly root: Logger,
+    private readonly requestId: string,
+    private readonly model: string,
+  ) {}
+
+  private fields(obj: object): object {
+    return { request_id: this.requestId, model: this.model, ...obj };
+  }
+
+  debug(obj: object, msg: string): void {
+    if (this.root.isLevelEnabled('debug')) this.root.debug(this.fields(obj), msg);
+  }
+
+  info(obj: object, msg: string): void {
+    if (this.root.isLevelEnabled('info')) this.root.info(this.fields(obj), msg);
+  }
+
+  warn(obj: object, msg: string): void {
+    if (this.root.isLevelEnabled('warn')) this.root.warn(this.fields(obj), msg);
+  }
+
+  error(obj: object, msg: string): void {
+    if (this.root.isLevelEnabled('error')) this.root.error(this.fields(obj), msg);
+  }
 }

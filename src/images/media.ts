@@ -8,6 +8,7 @@
  * not share the API's origin.
  */
 import { createImageHostPolicy, RefusedUrlError, type Resolve } from './outbound.js';
+import type { Base64Parts } from './b64-item.js';
 
 export interface MediaOptions {
   /** The fal-protocol server whose media we proxy (FAL_BASE_URL / the emulator). */
@@ -38,6 +39,12 @@ export interface Media {
   toClientUrl(falUrl: string, publicBaseUrl: string): string;
   /** Bare base64 (no `data:` prefix) for an image fal returned. */
   toBase64(falUrl: string, signal?: AbortSignal): Promise<string>;
+  /**
+   * The same base64, as a string when fal sent a data URI (a slice of it, no
+   * copy) and as Buffers when it had to be downloaded, so a 10 MB image is
+   * never also a 10 MB string.
+   */
+  base64(falUrl: string, signal?: AbortSignal): Promise<string | Base64Parts>;
   /** For GET /v1/files/<rest>: the upstream URL to proxy, or null if not ours to serve. */
   proxyTarget(rest: string): string | null;
 }
@@ -68,47 +75,81 @@ export function createMedia(opts: MediaOptions): Media {
     },
 
     async toBase64(falUrl, signal) {
-      if (falUrl.startsWith('data:')) {
-        const comma = falUrl.indexOf(',');
-        if (comma < 0 || !falUrl.slice(0, comma).endsWith(';base64')) throw new MediaError('fal returned a data URI that is not base64');
-        return falUrl.slice(comma + 1);
+      const b64 = await base64(falUrl, signal);
+      return typeof b64 === 'string' ? b64 : Buffer.concat(b64.parts as Buffer[], b64.length).toString('latin1');
+    },
+
+    base64,
+  };
+
+  async function base64(falUrl: string, signal?: AbortSignal): Promise<string | Base64Parts> {
+    if (falUrl.startsWith('data:')) {
+      const comma = falUrl.indexOf(',');
+      if (comma < 0 || !falUrl.slice(0, comma).endsWith(';base64')) throw new MediaError('fal returned a data URI that is not base64');
+      return falUrl.slice(comma + 1);
+    }
+    // fal ignored sync_mode and sent a URL. It is upstream data, so it is
+    // fetched only under the outbound policy (see outbound.ts).
+    const timeout = AbortSignal.timeout(timeoutMs);
+    const abort = signal ? AbortSignal.any([signal, timeout]) : timeout;
+    const encoder = base64Encoder();
+    let size = 0;
+    try {
+      await hosts.check(falUrl, abort);
+      // A redirect's target would escape the host check: none is followed.
+      const res = await fetchImpl(falUrl, { redirect: 'manual', signal: abort });
+      if (res.status >= 300 && res.status < 400) {
+        await res.body?.cancel().catch(() => {});
+        throw new MediaError(`image download answered a redirect (HTTP ${res.status}); redirects are not followed`);
       }
-      // fal ignored sync_mode and sent a URL. It is upstream data, so it is
-      // fetched only under the outbound policy (see outbound.ts).
-      const timeout = AbortSignal.timeout(timeoutMs);
-      const abort = signal ? AbortSignal.any([signal, timeout]) : timeout;
-      const chunks: Buffer[] = [];
-      let size = 0;
-      try {
-        await hosts.check(falUrl, abort);
-        // A redirect's target would escape the host check: none is followed.
-        const res = await fetchImpl(falUrl, { redirect: 'manual', signal: abort });
-        if (res.status >= 300 && res.status < 400) {
-          await res.body?.cancel().catch(() => {});
-          throw new MediaError(`image download answered a redirect (HTTP ${res.status}); redirects are not followed`);
-        }
-        if (!res.ok || !res.body) {
-          await res.body?.cancel().catch(() => {});
-          throw new MediaError(`image download failed with HTTP ${res.status}`);
-        }
-        const declared = Number(res.headers.get('content-length') ?? '0');
-        if (declared > maxBytes) {
-          await res.body.cancel().catch(() => {});
-          throw new MediaError(`image larger than ${maxBytes} bytes`);
-        }
-        for await (const chunk of res.body) {
-          size += chunk.byteLength;
-          // Leaving the loop cancels the stream, so the rest is never read.
-          if (size > maxBytes) throw new MediaError(`image larger than ${maxBytes} bytes`);
-          chunks.push(Buffer.from(chunk));
-        }
-      } catch (err) {
-        if (err instanceof MediaError) throw err;
-        if (err instanceof RefusedUrlError) throw new MediaError(`refusing to fetch an image: ${err.message}`);
-        if (timeout.aborted) throw new MediaError(`image download did not finish within ${timeoutMs} ms`);
-        throw new MediaError(`image download failed: ${(err as Error)?.message ?? String(err)}`);
+      if (!res.ok || !res.body) {
+        await res.body?.cancel().catch(() => {});
+        throw new MediaError(`image download failed with HTTP ${res.status}`);
       }
-      return Buffer.concat(chunks, size).toString('base64');
+      const declared = Number(res.headers.get('content-length') ?? '0');
+      if (declared > maxBytes) {
+        await res.body.cancel().catch(() => {});
+        throw new MediaError(`image larger than ${maxBytes} bytes`);
+      }
+      for await (const chunk of res.body) {
+        size += chunk.byteLength;
+        // Leaving the loop cancels the stream, so the rest is never read.
+        if (size > maxBytes) throw new MediaError(`image larger than ${maxBytes} bytes`);
+        encoder.push(chunk);
+      }
+    } catch (err) {
+      if (err instanceof MediaError) throw err;
+      if (err instanceof RefusedUrlError) throw new MediaError(`refusing to fetch an image: ${err.message}`);
+      if (timeout.aborted) throw new MediaError(`image download did not finish within ${timeoutMs} ms`);
+      throw new MediaError(`image download failed: ${(err as Error)?.message ?? String(err)}`);
+    }
+    return encoder.end();
+  }
+}
+
+/** Bytes in, base64 out as Buffers: 3 bytes make 4 characters, so whole triples are encoded as they come. */
+function base64Encoder(): { push(chunk: Uint8Array): void; end(): Base64Parts } {
+  const parts: Buffer[] = [];
+  let length = 0;
+  let carry = Buffer.alloc(0);
+  const emit = (bytes: Buffer) => {
+    if (bytes.length === 0) return;
+    // Each string is one chunk's worth (garbage at once); only the Buffers stay.
+    const part = Buffer.from(bytes.toString('base64'), 'latin1');
+    parts.push(part);
+    length += part.length;
+  };
+  return {
+    push(chunk) {
+      const bytes = carry.length ? Buffer.concat([carry, chunk]) : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+      const whole = bytes.length - (bytes.length % 3);
+      emit(bytes.subarray(0, whole));
+      // Copied so the rest of the chunk is not kept alive by two bytes.
+      carry = Buffer.from(bytes.subarray(whole));
+    },
+    end() {
+      emit(carry);
+      return { parts, length };
     },
   };
 }

@@ -8,6 +8,7 @@ import { ApiError, errorResponse, invalidRequest } from '../../errors.js';
 import type { Principal } from '../auth.js';
 import { parseIdempotencyKey, withIdempotency, type IdempotencyOptions, type Reply } from '../idempotency.js';
 import { sseStream } from '../sse.js';
+import { sendImagesJson } from '../images-json.js';
 
 export interface ImagesRouteDeps {
   registry: ModelRegistry;
@@ -28,10 +29,16 @@ export function publicBase(req: Request, configured: string | undefined): string
 /** Aborts when the caller disconnects before we answered. */
 export function callerGoneSignal(res: Response): AbortSignal {
   const ac = new AbortController();
-  res.on('close', () => {
-    if (!res.writableFinished) ac.abort(new Error('caller went away'));
-  });
+  (res.locals as Record<symbol, AbortController>)[CALLER_GONE] = ac;
+  // One listener function for all requests (a closure each lived as long as the job).
+  res.on('close', onResponseClose);
   return ac.signal;
+}
+
+const CALLER_GONE = Symbol('callerGone');
+
+function onResponseClose(this: Response): void {
+  if (!this.writableFinished) (this.locals as Record<symbol, AbortController>)[CALLER_GONE]?.abort(new Error('caller went away'));
 }
 
 export function imagesRouter(deps: ImagesRouteDeps): Router {
@@ -44,11 +51,21 @@ export function imagesRouter(deps: ImagesRouteDeps): Router {
     res.locals.prompt = canonical.falInput['prompt'];
     const principal = res.locals.principal as Principal;
     const requestId = res.locals.requestId as string;
-    const context = (): GenerateContext => ({
+    // Every field in one literal, in one order: spreading a context into a
+    // new object with more keys gave each request's context a hidden class of
+    // its own, kept for as long as the job waited.
+    const context = (run?: { submitted: boolean }): GenerateContext => ({
       requestId,
       keyId: principal.keyId,
       callerSignal: callerGoneSignal(res),
       publicBaseUrl: publicBase(req, deps.publicBaseUrl),
+      idempotencyKey: idemKey,
+      onSubmitted: run
+        ? () => {
+            run.submitted = true;
+          }
+        : undefined,
+      onProgress: undefined,
     });
     if (canonical.stream) {
       if (idemKey !== undefined) {
@@ -60,20 +77,15 @@ export function imagesRouter(deps: ImagesRouteDeps): Router {
       return;
     }
     const generate = async (run: { submitted: boolean }): Promise<Reply> => {
-      const outcome = await deps.images.generate(canonical, {
-        ...context(),
-        idempotencyKey: idemKey,
-        onSubmitted: () => {
-          run.submitted = true;
-        },
-      });
+      const outcome = await deps.images.generate(canonical, context(run));
       res.locals.falRequestId = outcome.falRequestId;
       return { status: 200, headers: outcome.headers, body: outcome.body };
     };
     const reply = idemKey
       ? await withIdempotency(deps.idempotency, { keyId: principal.keyId, idemKey, requestId, body: req.body }, generate)
       : await generate({ submitted: false });
-    res.status(reply.status).set(reply.headers).json(reply.body);
+    // b64_json images go to the socket as the Buffers fal sent them in (images-json.ts).
+    await sendImagesJson(req, res, reply.status, reply.headers, reply.body);
   });
   return router;
 }
@@ -87,10 +99,8 @@ export function imagesRouter(deps: ImagesRouteDeps): Router {
 async function streamImages(canonical: CanonicalRequest, ctx: GenerateContext, res: Response, deps: ImagesRouteDeps): Promise<void> {
   const sse = sseStream(res, { keepAliveMs: deps.streamKeepAliveMs });
   try {
-    const outcome = await deps.images.generate(canonical, {
-      ...ctx,
-      onProgress: (p) => sse.send('image_generation.progress', progressEvent(p, Date.now())),
-    });
+    ctx.onProgress = (p) => sse.send('image_generation.progress', progressEvent(p, Date.now()));
+    const outcome = await deps.images.generate(canonical, ctx);
     res.locals.falRequestId = outcome.falRequestId;
     for (const event of completedEvents(canonical, outcome.body)) sse.send('image_generation.completed', event);
   } catch (err) {

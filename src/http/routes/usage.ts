@@ -5,6 +5,7 @@ import type { Ledger, UsageFilter } from '../../metering/ledger.js';
 import { adminUsageReportView, chunked, exportLines, usageReportView, type ExportView } from '../../metering/views.js';
 import { usageQuerySchema, type UsageQuery } from '../../schemas/index.js';
 import type { Principal } from '../auth.js';
+import { drainedOrClosed } from '../drain.js';
 import { storageBacked } from '../storage-errors.js';
 import { queryValidator } from '../validate.js';
 
@@ -31,17 +32,7 @@ async function writeAll(res: Response, headers: Record<string, string>, chunks: 
   for await (const chunk of chunks) {
     if (res.destroyed) return;
     if (!res.headersSent) res.status(200).set(headers);
-    if (!res.write(chunk)) {
-      await new Promise<void>((resolve) => {
-        const done = () => {
-          res.off('drain', done);
-          res.off('close', done);
-          resolve();
-        };
-        res.on('drain', done);
-        res.on('close', done);
-      });
-    }
+    if (!res.write(chunk)) await drainedOrClosed(res);
   }
   if (res.destroyed) return;
   if (!res.headersSent) res.status(200).set(headers);

@@ -1,0 +1,85 @@
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { Agent } from 'undici';
+import { createBufferedFetch } from '../../src/fal/buffered-fetch.js';
+
+/** The fetch the service uses for fal calls with small answers: what the fal client reads off a Response must be what fetch gave. */
+describe('buffered fetch', () => {
+  let server: Server;
+  let base: string;
+  const agent = new Agent({ connections: 4 });
+  const f = createBufferedFetch(agent);
+  const received: Array<{ method?: string; url?: string; headers: Record<string, unknown>; body: string }> = [];
+
+  before(async () => {
+    server = createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        received.push({ method: req.method, url: req.url, headers: req.headers, body: Buffer.concat(chunks).toString() });
+        if (req.url === '/empty') {
+          res.writeHead(204).end();
+          return;
+        }
+        if (req.url === '/hang') return;
+        res.setHeader('set-cookie', ['a=1', 'b=2']);
+        res.writeHead(req.url === '/missing' ? 404 : 200, { 'content-type': 'application/json', 'x-fal-request-id': 'job-1' });
+        res.end(JSON.stringify({ status: 'IN_QUEUE', queue_position: 3 }));
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  });
+  after(async () => {
+    server.closeAllConnections();
+    await new Promise<void>((r) => server.close(() => r()));
+    await agent.close();
+  });
+
+  it('sends method, path with query, headers and body; answers status, headers and JSON', async () => {
+    const res = await f(`${base}/queue/status?logs=0`, { method: 'post', headers: { authorization: 'Key k', 'content-type': 'application/json' }, body: '{"x":1}' });
+    const sent = received.at(-1)!;
+    assert.equal(sent.method, 'POST');
+    assert.equal(sent.url, '/queue/status?logs=0');
+    assert.equal(sent.headers.authorization, 'Key k');
+    assert.equal(sent.body, '{"x":1}');
+    assert.equal(res.status, 200);
+    assert.equal(res.ok, true);
+    assert.equal(res.headers.get('x-fal-request-id'), 'job-1');
+    assert.equal(res.headers.get('set-cookie'), 'a=1, b=2');
+    assert.deepEqual(await res.json(), { status: 'IN_QUEUE', queue_position: 3 });
+  });
+
+  it('an error status is an answer, not a rejection; a 204 has no body', async () => {
+    const missing = await f(`${base}/missing`);
+    assert.equal(missing.status, 404);
+    assert.equal(missing.ok, false);
+    const empty = await f(`${base}/empty`);
+    assert.equal(empty.status, 204);
+    assert.equal(empty.body, null);
+  });
+
+  it('rejects when its signal aborts, with the signal aborted', async () => {
+    const ac = new AbortController();
+    const pending = f(`${base}/hang`, { signal: ac.signal });
+    while (!received.some((r) => r.url === '/hang')) await new Promise((r) => setTimeout(r, 5));
+    ac.abort();
+    await assert.rejects(pending);
+    assert.equal(ac.signal.aborted, true);
+  });
+
+  it('a refused connection rejects with ECONNREFUSED where the transport looks for it (never sent, safe to resend)', async () => {
+    const closed = createServer();
+    await new Promise<void>((r) => closed.listen(0, '127.0.0.1', () => r()));
+    const port = (closed.address() as AddressInfo).port;
+    await new Promise<void>((r) => closed.close(() => r()));
+    const err = await f(`http://127.0.0.1:${port}/`).then(
+      () => undefined,
+      (e: unknown) => e as { code?: string; cause?: { code?: string } },
+    );
+    assert.ok(err);
+    assert.equal(err.code ?? err.cause?.code, 'ECONNREFUSED');
+  });
+});

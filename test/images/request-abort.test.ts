@@ -1,0 +1,126 @@
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import request from 'supertest';
+import { RequestAbort } from '../../src/images/generate.js';
+import { startTestService, TEST_KEY } from '../helpers/service.js';
+
+/**
+ * The one controller a request's fal work runs under: which cause aborted it,
+ * what reason its signal carries, and that nothing holds it once disposed.
+ */
+describe('RequestAbort', () => {
+  it('the caller leaving aborts with the caller’s reason and is reported as client_gone', () => {
+    const caller = new AbortController();
+    const live = new Set<RequestAbort>();
+    const cut = new RequestAbort(caller.signal, live, undefined);
+    assert.equal(live.size, 1);
+    assert.equal(cut.reason(), undefined);
+    const why = new Error('caller went away');
+    caller.abort(why);
+    assert.equal(cut.signal.aborted, true);
+    assert.equal(cut.signal.reason, why);
+    assert.equal(cut.reason(), 'client_gone');
+    cut.dispose();
+    assert.equal(live.size, 0);
+  });
+
+  it('the deadline aborts with a TimeoutError, as AbortSignal.timeout did', async () => {
+    const cut = new RequestAbort(new AbortController().signal, new Set(), undefined);
+    cut.startDeadline(1);
+    await once(cut.signal, 'abort');
+    assert.equal((cut.signal.reason as DOMException).name, 'TimeoutError');
+    assert.equal(cut.reason(), 'deadline');
+    cut.dispose();
+  });
+
+  it('shutdown reaches every live request through the set, and a request that started after it is aborted at once', () => {
+    const shutdown = new AbortController();
+    const live = new Set<RequestAbort>();
+    const a = new RequestAbort(new AbortController().signal, live, shutdown.signal);
+    const b = new RequestAbort(new AbortController().signal, live, shutdown.signal);
+    for (const r of live) r.abort('shutdown', shutdown.signal.reason);
+    shutdown.abort();
+    assert.deepEqual([a.reason(), b.reason()], ['shutdown', 'shutdown']);
+    const late = new RequestAbort(new AbortController().signal, live, shutdown.signal);
+    assert.equal(late.signal.aborted, true);
+    assert.equal(late.reason(), 'shutdown');
+    for (const r of [a, b, late]) r.dispose();
+    assert.equal(live.size, 0);
+  });
+
+  it('a failed sibling aborts the work but is no reason; a caller who leaves afterwards still is', () => {
+    const caller = new AbortController();
+    const cut = new RequestAbort(caller.signal, new Set(), undefined);
+    cut.abort('sibling');
+    assert.equal(cut.signal.aborted, true);
+    assert.equal(cut.reason(), undefined);
+    caller.abort(new Error('gone'));
+    assert.equal(cut.reason(), 'client_gone');
+    cut.dispose();
+  });
+
+  it('the caller outranks the deadline, and the deadline outranks shutdown, whichever came first', () => {
+    const caller = new AbortController();
+    const cut = new RequestAbort(caller.signal, new Set(), undefined);
+    cut.abort('shutdown');
+    assert.equal(cut.reason(), 'shutdown');
+    cut.abort('deadline');
+    assert.equal(cut.reason(), 'deadline');
+    caller.abort();
+    assert.equal(cut.reason(), 'client_gone');
+    cut.dispose();
+  });
+
+  it('once disposed, the caller’s signal no longer reaches it and its deadline never fires', async () => {
+    const caller = new AbortController();
+    const cut = new RequestAbort(caller.signal, new Set(), undefined);
+    cut.startDeadline(1);
+    cut.dispose();
+    caller.abort();
+    // The timer was cleared: past its due time the signal is still untouched.
+    await new Promise((r) => setTimeout(r, 20));
+    assert.equal(cut.signal.aborted, false);
+  });
+});
+
+/**
+ * Shutdown past its grace period, through the real service: a request whose
+ * fal job is still waiting is answered 503 and its job cancelled, whether it
+ * waits on a status stream or on a webhook. The request's log lines keep its
+ * id and model.
+ */
+describe('shutdown aborts waiting jobs', () => {
+  for (const mode of ['stream', 'webhook'] as const) {
+    it(`${mode}: answered 503 shutting_down, fal job cancelled, not billed`, async () => {
+      const env: Record<string, string> = { SHUTDOWN_GRACE_MS: '100' };
+      if (mode === 'webhook') Object.assign(env, { FAL_WEBHOOKS: 'true', PUBLIC_BASE_URL: 'http://127.0.0.1:9', FAL_WEBHOOK_GRACE_MS: '600000' });
+      const d = await startTestService(env);
+      let closed = false;
+      try {
+        d.emulator.armFault({ kind: 'never_finish', prompt_contains: 'until shutdown' });
+        const pending = request(d.url)
+          .post('/v1/images/generations')
+          .set('Authorization', `Bearer ${TEST_KEY}`)
+          .set('x-request-id', `req_shutdown_${mode}_0001`)
+          .send({ model: 'alibaba/z-image-turbo', prompt: 'until shutdown' })
+          .then((r) => r);
+        while (d.emulator.jobs().length === 0) await new Promise((r) => setTimeout(r, 10));
+        const closing = d.service.close();
+        const res = await pending;
+        assert.equal(res.status, 503);
+        assert.equal(res.body.error.code, 'shutting_down');
+        await closing;
+        closed = true;
+        assert.equal(d.emulator.jobs()[0]?.outcome, 'cancelled');
+        assert.equal(d.emulator.billing().length, 0);
+        const cancelLine = d.logs.find((l) => l.msg === 'fal job cancel');
+        assert.equal(cancelLine?.request_id, `req_shutdown_${mode}_0001`);
+        assert.equal(cancelLine?.model, 'alibaba/z-image-turbo');
+      } finally {
+        if (!closed) await d.close();
+        else await d.emulator.close();
+      }
+    });
+  }
+});
