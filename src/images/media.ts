@@ -37,12 +37,11 @@ export class MediaError extends Error {
 export interface Media {
   /** The URL we hand the caller for an image fal returned. */
   toClientUrl(falUrl: string, publicBaseUrl: string): string;
-  /** Bare base64 (no `data:` prefix) for an image fal returned. */
-  toBase64(falUrl: string, signal?: AbortSignal): Promise<string>;
   /**
-   * The same base64, as a string when fal sent a data URI (a slice of it, no
-   * copy) and as Buffers when it had to be downloaded, so a 10 MB image is
-   * never also a 10 MB string.
+   * Bare base64 (no `data:` prefix) for an image fal returned: a string when
+   * fal sent a data URI (a slice of it, no copy) and Buffers when it had to be
+   * downloaded, so a 10 MB image is never also a 10 MB string. b64Item()
+   * reads either as text.
    */
   base64(falUrl: string, signal?: AbortSignal): Promise<string | Base64Parts>;
   /** For GET /v1/files/<rest>: the upstream URL to proxy, or null if not ours to serve. */
@@ -72,11 +71,6 @@ export function createMedia(opts: MediaOptions): Media {
         if (proxyTarget(rest)) return `${publicBaseUrl.replace(/\/+$/, '')}/v1/files/${rest}`;
       }
       return falUrl;
-    },
-
-    async toBase64(falUrl, signal) {
-      const b64 = await base64(falUrl, signal);
-      return typeof b64 === 'string' ? b64 : Buffer.concat(b64.parts as Buffer[], b64.length).toString('latin1');
     },
 
     base64,

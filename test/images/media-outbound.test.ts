@@ -2,6 +2,7 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { b64Item } from '../../src/images/b64-item.js';
 import { createMedia, MediaError, type Media } from '../../src/images/media.js';
 import { isPrivateAddress, normalizeHostPattern } from '../../src/images/outbound.js';
 import { loadConfig, ConfigError } from '../../src/config.js';
@@ -99,7 +100,7 @@ after(async () => {
 });
 
 async function refused(media: Media, url: string, pattern: RegExp): Promise<void> {
-  await assert.rejects(media.toBase64(url), (err: unknown) => {
+  await assert.rejects(media.base64(url), (err: unknown) => {
     assert.ok(err instanceof MediaError, `${url}: expected a MediaError, got ${String(err)}`);
     assert.match(err.message, pattern, url);
     return true;
@@ -149,14 +150,14 @@ describe('outbound image fetches: default allow list (fal media hosts + the FAL_
   it('fetches a public fal media host over https', async () => {
     const stub = stubFetch();
     const media = createMedia({ falBaseUrl: base, fetchImpl: stub.fetchImpl, resolve });
-    assert.equal(await media.toBase64('https://v3.fal.media/files/x.png'), PNG.toString('base64'));
-    assert.equal(await media.toBase64('https://fal.media/files/y.png'), PNG.toString('base64'));
+    assert.equal(b64Item(await media.base64('https://v3.fal.media/files/x.png')).b64_json, PNG.toString('base64'));
+    assert.equal(b64Item(await media.base64('https://fal.media/files/y.png')).b64_json, PNG.toString('base64'));
     assert.deepEqual(stub.urls, ['https://v3.fal.media/files/x.png', 'https://fal.media/files/y.png']);
   });
 
   it('fetches from the fal base origin over http, though it is loopback', async () => {
     const media = createMedia({ falBaseUrl: base, resolve });
-    assert.equal(await media.toBase64(`${base}/ok.png`), PNG.toString('base64'));
+    assert.equal(b64Item(await media.base64(`${base}/ok.png`)).b64_json, PNG.toString('base64'));
   });
 
   it('refuses a data URI that is not base64', async () => {
@@ -175,8 +176,8 @@ describe('outbound image fetches: an explicit IMAGE_HOSTS_ALLOWED', () => {
   it('allows a listed public IP literal, and a listed name', async () => {
     const stub = stubFetch();
     const media = createMedia({ falBaseUrl: base, allowedHosts: allowed, fetchImpl: stub.fetchImpl, resolve: async () => ['93.184.216.40'] });
-    await media.toBase64('https://93.184.216.34/x.png');
-    await media.toBase64('https://cdn.example.com/x.png');
+    b64Item(await media.base64('https://93.184.216.34/x.png')).b64_json;
+    b64Item(await media.base64('https://cdn.example.com/x.png')).b64_json;
     assert.equal(stub.urls.length, 2);
   });
 
@@ -191,7 +192,7 @@ describe('outbound image fetches: an explicit IMAGE_HOSTS_ALLOWED', () => {
 
   it('keeps the fal base exemption when its host is listed', async () => {
     const media = createMedia({ falBaseUrl: base, allowedHosts: ['127.0.0.1'], resolve });
-    assert.equal(await media.toBase64(`${base}/ok.png`), PNG.toString('base64'));
+    assert.equal(b64Item(await media.base64(`${base}/ok.png`)).b64_json, PNG.toString('base64'));
     // The same literal on another origin is not the fal base: https and the private check apply.
     await refused(media, 'https://127.0.0.1/x.png', /private/);
   });
@@ -224,7 +225,7 @@ describe('outbound image fetches: redirects, size and time', () => {
     await refused(media, `${base}/big-declared`, /larger than 1024 bytes/);
     await refused(media, `${base}/big-chunked`, /larger than 1024 bytes/);
     // Under the cap is fine.
-    assert.equal(await media.toBase64(`${base}/ok.png`), PNG.toString('base64'));
+    assert.equal(b64Item(await media.base64(`${base}/ok.png`)).b64_json, PNG.toString('base64'));
   });
 
   it('gives up on a body (or headers) slower than the time cap', async () => {
