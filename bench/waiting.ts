@@ -27,7 +27,8 @@ import { kib, machineLine, mib, writeSection } from './lib/readme-section.js';
 import { AUTH, emulatorAdmin, imageBody, log, serviceEnv, sleep, tempDir, timeBudget } from './lib/scale.js';
 import { summarize, type Summary } from './lib/stats.js';
 import { perJobGrowth, summarizeSnapshot, takeSnapshot } from './probes/heap-snapshot.js';
-import { rm } from 'node:fs/promises';
+import { copyFile, rm } from 'node:fs/promises';
+import { basename, join } from 'node:path';
 
 const { values: args } = parseArgs({
   options: {
@@ -38,6 +39,10 @@ const { values: args } = parseArgs({
     ledger: { type: 'string', default: 'tmpfs' },
     'no-diagnostics': { type: 'boolean', default: false },
     'no-write': { type: 'boolean', default: false },
+    /** Skip the measured runs: only the heap-snapshot pass (with --keep-snapshots, to read them yourself). */
+    'diagnostics-only': { type: 'boolean', default: false },
+    /** Copy the diagnostic pass's snapshots here instead of deleting them (see bench/probes/heap-diff.ts). */
+    'keep-snapshots': { type: 'string' },
   },
   strict: true,
 });
@@ -106,6 +111,7 @@ async function snapshotSummary(pid: number, dir: string, alive: () => Promise<un
   try {
     return await summarizeSnapshot(file);
   } finally {
+    if (args['keep-snapshots']) await copyFile(file, join(args['keep-snapshots'], basename(file)));
     await rm(file, { force: true });
   }
 }
@@ -485,12 +491,12 @@ async function main(): Promise<void> {
   const all: ModeFigures[] = [];
   const diag: ModeFigures[] = [];
   try {
-    for (const m of modes) all.push(await runMode(m, emu, dir.path, JOBS, PLATEAU_S));
+    if (!args['diagnostics-only']) for (const m of modes) all.push(await runMode(m, emu, dir.path, JOBS, PLATEAU_S));
     if (diagnostics) {
       const snaps = await tempDir('gw-wait-heap-');
       try {
         for (const m of modes) diag.push(await runMode(m, emu, dir.path, DIAG_JOBS, 5, snaps.path));
-        if (modes.includes('webhook')) // Held past the 30 s grace: the plateau alone outlasts it.
+        if (modes.includes('webhook') && !args['diagnostics-only']) // Held past the 30 s grace: the plateau alone outlasts it.
         diag.push(await runMode('webhook-default-grace', emu, dir.path, DIAG_JOBS, 40));
       } finally {
         await snaps.remove();

@@ -90,7 +90,17 @@ export function createApp(deps: AppDeps): Express {
   const auth = requireKey(deps.authenticate);
   // Limited before the body is read: a caller over its limit costs us no parsing.
   app.post('/v1/images/generations', auth, rateLimit(deps.rateLimit), inFlightLimit(deps.maxInFlight, deps.metrics), ...jsonBody(deps.maxBodyBytes));
-  app.use(imagesRouter({ registry: deps.registry, images: deps.images, publicBaseUrl: deps.publicBaseUrl, idempotency: deps.idempotency, streamKeepAliveMs: deps.streamKeepAliveMs ?? 15_000, logger: deps.logger }));
+  app.use(
+    imagesRouter({
+      registry: deps.registry,
+      images: deps.images,
+      publicBaseUrl: deps.publicBaseUrl,
+      idempotency: deps.idempotency,
+      streamKeepAliveMs: deps.streamKeepAliveMs ?? 15_000,
+      logger: deps.logger,
+      onError: (err, req, res) => onError(err, req, res, noNext),
+    }),
+  );
 
   // Every /v1/admin path, unknown ones included, answers 403 to a non-admin
   // before anything else, so the admin surface cannot be mapped without a key.
@@ -120,4 +130,8 @@ export function createApp(deps: AppDeps): Express {
   };
   app.use(onError);
   return app;
+}
+
+/** onError never calls on: it answers. */
+function noNext(): void {
 }

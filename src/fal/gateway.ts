@@ -212,17 +212,18 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
     return new FalCallError(`fal ${capture.phase}: ${(err as Error)?.message ?? 'unknown error'}`, { ...base, kind: 'bad_response' });
   }
 
-  async function call<T>(phase: FalPhase, signal: AbortSignal | undefined, fn: (c: CallCapture) => Promise<T>): Promise<{ value: T; capture: CallCapture }> {
+  /** `fn` must hand its fal call the signal it is given: that is how the transport knows the call (see transport.ts). */
+  async function call<T>(phase: FalPhase, signal: AbortSignal | undefined, fn: (c: CallCapture, signal: AbortSignal) => Promise<T>, streamOf?: string): Promise<{ value: T; capture: CallCapture }> {
     const started = performance.now();
     let failed = false;
     try {
-      return await transport.run(phase, signal, async (capture) => {
+      return await transport.run(phase, signal, async (capture, own) => {
         try {
-          return { value: await fn(capture), capture };
+          return { value: await fn(capture, own), capture };
         } catch (err) {
           throw translate(err, capture);
         }
-      });
+      }, streamOf);
     } catch (err) {
       failed = true;
       throw err;
@@ -249,7 +250,7 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
 
     async submit(endpoint, input, o = {}) {
       const webhookUrl = o.webhookUrl ?? opts.webhook?.url;
-      const { value, capture } = await call('submit', o.signal, () => client.queue.submit(endpoint, { input, webhookUrl, abortSignal: o.signal }));
+      const { value, capture } = await call('submit', o.signal, (_c, signal) => client.queue.submit(endpoint, { input, webhookUrl, abortSignal: signal }));
       const id = (value as { request_id?: unknown })?.request_id;
       if (typeof id !== 'string' || id.length === 0) {
         throw new FalCallError('fal submit: no request_id in the answer', { phase: 'submit', kind: 'bad_response', status: capture.status, ambiguous: true });
@@ -259,8 +260,8 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
 
     async status(endpoint, falRequestId, o = {}) {
       stats.statusCalls++;
-      const { value, capture } = await call('status', o.signal, () =>
-        client.queue.status(endpoint, { requestId: falRequestId, logs: false, abortSignal: o.signal }),
+      const { value, capture } = await call('status', o.signal, (_c, signal) =>
+        client.queue.status(endpoint, { requestId: falRequestId, logs: false, abortSignal: signal }),
       );
       return parseStatus(value, capture);
     },
@@ -321,7 +322,7 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
           } finally {
             signal?.removeEventListener('abort', onAbort);
           }
-        });
+        }, falRequestId);
         if (signal?.aborted) throw abortedError('stream', signal);
         if ((done.value as { status?: unknown } | undefined)?.status === 'COMPLETED') return;
       } catch (err) {
@@ -335,18 +336,16 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
     },
 
     async result(endpoint, falRequestId, o = {}) {
-      const { value, capture } = await call('result', o.signal, async (c) => {
+      const { value, capture } = await call('result', o.signal, async (c, signal) => {
         try {
-          return await client.queue.result(endpoint, { requestId: falRequestId, abortSignal: o.signal });
+          return await client.queue.result(endpoint, { requestId: falRequestId, abortSignal: signal });
         } catch (err) {
           c.inline = undefined; // see below: the capture may outlive the call
           throw err;
         }
       });
       let output = (value as { data?: unknown }).data as FalImageOutput | undefined;
-      // Taken off the capture at once: async resources made during the call
-      // (a pooled socket, a timer) keep its AsyncLocalStorage store, and with
-      // it the whole body, alive for as long as they live.
+      // Taken off the capture at once: the payloads belong to the result from here on.
       const cut = capture.inline;
       capture.inline = undefined;
       const inlineImages = cut ? placedInline(output, cut) : undefined;
@@ -376,7 +375,7 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
 
     async cancel(endpoint, falRequestId, o = {}) {
       try {
-        await call('cancel', o.signal, () => client.queue.cancel(endpoint, { requestId: falRequestId, abortSignal: o.signal }));
+        await call('cancel', o.signal, (_c, signal) => client.queue.cancel(endpoint, { requestId: falRequestId, abortSignal: signal }));
         return 'cancellation_requested';
       } catch (err) {
         if (err instanceof FalCallError && err.kind === 'http') {
@@ -398,7 +397,7 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
 
     async ping(o = {}) {
       try {
-        const res = await transport.run('other', o.signal, () => transport.fetch('https://queue.fal.run/', { method: 'GET', signal: o.signal }));
+        const res = await transport.run('other', o.signal, (_c, signal) => transport.fetch('https://queue.fal.run/', { method: 'GET', signal }));
         await res.body?.cancel().catch(() => {});
         return true;
       } catch {

@@ -1,4 +1,3 @@
-import { AsyncLocalStorage } from 'node:async_hooks';
 import { createRedirectFetch, type FetchLike } from './redirect-fetch.js';
 import { extractInlineImages, type InlineExtraction } from './inline-images.js';
 
@@ -8,9 +7,14 @@ import { extractInlineImages, type InlineExtraction } from './inline-images.js';
  *
  * 1. Redirection to a fal-protocol server (`FAL_BASE_URL`), see redirect-fetch.
  * 2. Capturing response headers (`x-fal-request-id`, `x-fal-billable-units`,
- *    `retry-after`) for the call in progress. Calls are told apart with
- *    AsyncLocalStorage: the client awaits our fetch inside the async context of
- *    the gateway method that started it, so no header ever lands on the wrong job.
+ *    `retry-after`) for the call in progress. Calls are told apart by the
+ *    abort signal the client passes on to fetch: each call gets a signal of
+ *    its own (see `run`), so no header ever lands on the wrong job. A status
+ *    stream's fetch carries the client's internal signal instead, so it is
+ *    known by its job's id in the URL; a storage upload carries none, so
+ *    uploads take turns. (AsyncLocalStorage did this before, but once used it
+ *    makes Node tag every promise in the process with async ids: memory for
+ *    each of the thousands a waiting job holds, and CPU on every request.)
  * 3. Retries, in exactly one layer. The client retries submit/result 3× and
  *    status 5× with second-scale backoff that ignores `retry-after`, and a
  *    retried submit can create a second billable job. So we retry here, with
@@ -128,12 +132,60 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
 
 export interface FalTransport {
   fetch: FetchLike;
-  /** Runs `fn` with a fresh capture for the fal call(s) it makes. */
-  run<T>(phase: FalPhase, signal: AbortSignal | undefined, fn: (capture: CallCapture) => Promise<T>): Promise<T>;
+  /**
+   * Runs `fn` with a fresh capture for the fal call(s) it makes. Every fetch
+   * of the call must carry `signal` (the one given to `fn`: it follows the
+   * caller's), except a status stream's, named by `streamOf` (the job's id),
+   * and a storage upload's.
+   */
+  run<T>(phase: FalPhase, signal: AbortSignal | undefined, fn: (capture: CallCapture, signal: AbortSignal) => Promise<T>, streamOf?: string): Promise<T>;
+}
+
+/** The job id in a status stream's URL (`…/requests/{id}/status/stream`). */
+const STREAM_URL = /\/requests\/([^/?#]+)\/status\/stream(?:[?#]|$)/;
+
+function urlOf(input: Parameters<FetchLike>[0]): string {
+  return typeof input === 'string' ? input : input instanceof URL ? input.href : (input as Request).url;
+}
+
+/**
+ * A signal of the call's own that aborts with the caller's until detached. It
+ * is its own listener (handleEvent): no closure.
+ */
+class CallSignal {
+  readonly controller = new AbortController();
+  constructor(private readonly parent: AbortSignal | undefined) {
+    if (parent?.aborted) this.controller.abort(parent.reason);
+    else parent?.addEventListener('abort', this, { once: true });
+  }
+
+  handleEvent(): void {
+    this.controller.abort(this.parent!.reason);
+  }
+
+  detach(): void {
+    this.parent?.removeEventListener('abort', this);
+  }
 }
 
 export function createFalTransport(opts: TransportOptions = {}): FalTransport {
-  const store = new AsyncLocalStorage<CallCapture>();
+  // The calls in progress, by the signal their fetches carry, and status streams by job id.
+  const bySignal = new WeakMap<AbortSignal, CallCapture>();
+  const streams = new Map<string, CallCapture>();
+  // Storage uploads take turns: their fetches carry no signal of ours.
+  let storageCall: CallCapture | undefined;
+  let storageTurn: Promise<unknown> = Promise.resolve();
+  const captureOf = (input: Parameters<FetchLike>[0], init: Parameters<FetchLike>[1]): CallCapture | undefined => {
+    const s = init?.signal;
+    const bySig = s ? bySignal.get(s) : undefined;
+    if (bySig) return bySig;
+    if (streams.size > 0) {
+      const id = STREAM_URL.exec(urlOf(input))?.[1];
+      const c = id === undefined ? undefined : streams.get(decodeURIComponent(id));
+      if (c) return c;
+    }
+    return storageCall;
+  };
   const inner = createRedirectFetch({ baseUrl: opts.baseUrl, fetchImpl: opts.fetchImpl });
   const perPhase = new Map<FalPhase, FetchLike>();
   const innerFor = (phase: FalPhase): FetchLike => {
@@ -151,7 +203,7 @@ export function createFalTransport(opts: TransportOptions = {}): FalTransport {
   const pause = opts.sleep ?? sleep;
 
   const wrapped: FetchLike = async (input, init) => {
-    const capture = store.getStore();
+    const capture = captureOf(input, init);
     if (!capture) return inner(input, init);
     const policy = policies[capture.phase];
     // The client passes on the very signal the gateway gave it, so the two are
@@ -235,9 +287,29 @@ export function createFalTransport(opts: TransportOptions = {}): FalTransport {
 
   return {
     fetch: wrapped,
-    run(phase, signal, fn) {
-      const capture: CallCapture = { phase, signal, attempts: 0, seenIds: [] };
-      return store.run(capture, () => fn(capture));
+    async run(phase, signal, fn, streamOf) {
+      const own = new CallSignal(signal);
+      const capture: CallCapture = { phase, signal: own.controller.signal, attempts: 0, seenIds: [] };
+      bySignal.set(own.controller.signal, capture);
+      if (streamOf !== undefined) streams.set(streamOf, capture);
+      let turn: (() => void) | undefined;
+      try {
+        if (phase === 'storage') {
+          const previous = storageTurn;
+          storageTurn = new Promise<void>((r) => (turn = r));
+          await previous;
+          storageCall = capture;
+        }
+        return await fn(capture, own.controller.signal);
+      } finally {
+        own.detach();
+        bySignal.delete(own.controller.signal);
+        if (streamOf !== undefined && streams.get(streamOf) === capture) streams.delete(streamOf);
+        if (turn) {
+          storageCall = undefined;
+          turn();
+        }
+      }
     },
   };
 }

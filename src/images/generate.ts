@@ -14,6 +14,7 @@ import { formatUsd, type Markup } from '../metering/money.js';
 import type { Ledger } from '../metering/ledger.js';
 import type { Metrics } from '../metrics.js';
 import type { ImagesResponse } from '../schemas/images-response.js';
+import { DeadlineQueue, type Expiring } from '../deadline-queue.js';
 
 /**
  * The use case: one caller request → one fal job → one OpenAI-shaped
@@ -28,8 +29,11 @@ import type { ImagesResponse } from '../schemas/images-response.js';
 export interface GenerateContext {
   requestId: string;
   keyId: string;
-  /** Fires when the caller disconnects. */
-  callerSignal: AbortSignal;
+  /**
+   * Tells when the caller disconnects: a signal, or (cheaper, for the HTTP
+   * route, where thousands of callers wait at once) a `CallerLink`.
+   */
+  callerSignal: AbortSignal | CallerLink;
   /** Origin the caller used, for URLs of images we proxy. */
   publicBaseUrl: string;
   idempotencyKey?: string;
@@ -37,6 +41,22 @@ export interface GenerateContext {
   onSubmitted?: () => void;
   /** Told each change of a fal job's state, for callers who follow along (streaming). */
   onProgress?: (progress: GenerateProgress) => void;
+}
+
+/**
+ * The caller's end of a request, as the HTTP layer sees it: an AbortSignal
+ * with its listener maps for every waiting request was most of what a
+ * caller cost us. The link calls its one watcher when the caller goes.
+ */
+export interface CallerLink {
+  /** The reason, once the caller has gone; undefined while it is there. */
+  readonly goneReason: unknown;
+  /** `watcher.callerGone(reason)` is called once if the caller goes (never if already gone: check `goneReason`). */
+  watch(watcher: CallerWatcher | undefined): void;
+}
+
+export interface CallerWatcher {
+  callerGone(reason: unknown): void;
 }
 
 export interface GenerateProgress {
@@ -83,6 +103,7 @@ const OPENAI_ALIASES: Record<string, string> = { num_images: 'n', image_size: 's
 
 export function createImageService(deps: ImageServiceDeps): ImageService {
   const now = deps.now ?? Date.now;
+  const deadlines = DeadlineQueue.forLength(deps.requestTimeoutMs);
 
   async function ledgerCall<T>(what: string, fn: () => Promise<T>): Promise<T> {
     try {
@@ -102,117 +123,122 @@ export function createImageService(deps: ImageServiceDeps): ImageService {
     for (const r of live) r.abort('shutdown', deps.shutdownSignal!.reason);
   }, { once: true });
 
-  return {
-    async generate(req, ctx) {
-      deps.metrics?.jobsInFlight.inc();
-      // One controller for the request's fal work: the caller leaving, the
-      // deadline, shutdown and a failed sibling job each abort it (see RequestAbort).
-      const cut = new RequestAbort(ctx.callerSignal, live, deps.shutdownSignal);
-      try {
-        return await generateOne(req, ctx, cut);
-      } finally {
-        cut.dispose();
-        deps.metrics?.jobsInFlight.dec();
+  /**
+   * One request's fal work, as a record rather than closures: while its jobs
+   * wait (seconds to minutes, thousands at once) a request holds this object,
+   * the `generate` frame and one `runJob` frame per job, and nothing else of
+   * ours. Its methods are shared by every request.
+   */
+  class RequestRun {
+    readonly log: RequestLog;
+    readonly pricing: { promptExpansion: boolean; markup: Markup };
+    readonly progress: ((jobIndex: number, st: FalJobStatus, jobCount: number) => void) | undefined;
+    baseSeed: number | undefined;
+    submittedAt = 0;
+
+    constructor(
+      public req: CanonicalRequest,
+      readonly ctx: GenerateContext,
+      readonly cut: RequestAbort,
+    ) {
+      this.log = new RequestLog(deps.logger, ctx.requestId, req.model.id);
+      this.pricing = { promptExpansion: req.promptExpansion, markup: deps.markup };
+      this.progress = ctx.onProgress ? progressReporter(ctx.onProgress, this.log) : undefined;
+    }
+
+    /** LoRA uploads and the reservation; the fal inputs of the request's jobs. */
+    async prepare(): Promise<Array<Record<string, unknown>>> {
+      const { ctx, cut } = this;
+      let req = this.req;
+      // Before anything is reserved or submitted: a refused LoRA path is the
+      // caller's 400, and an upload is not a billable job.
+      if (deps.loras) {
+        // The same input back means no local LoRA: no copy of the request to keep for the job's whole wait.
+        const falInput = await deps.loras.resolve(req.falInput, cut.signal);
+        if (falInput !== req.falInput) this.req = req = { ...req, falInput };
       }
-    },
-  };
-
-  async function generateOne(req: CanonicalRequest, ctx: GenerateContext, cut: RequestAbort): Promise<GenerateOutcome> {
-    const log = new RequestLog(deps.logger, ctx.requestId, req.model.id);
-    // Before anything is reserved or submitted: a refused LoRA path is the
-    // caller's 400, and an upload is not a billable job.
-    if (deps.loras) {
-      // The same input back means no local LoRA: no copy of the request to keep for the job's whole wait.
-      const falInput = await deps.loras.resolve(req.falInput, ctx.callerSignal);
-      if (falInput !== req.falInput) req = { ...req, falInput };
-    }
-    const reserve = maxCharge(req, deps.markup);
-    const pricing = { promptExpansion: req.promptExpansion, markup: deps.markup };
-    const reserved = await ledgerCall('reserve', () =>
-      deps.ledger.reserve({
-        requestId: ctx.requestId,
-        keyId: ctx.keyId,
-        model: req.model.id,
-        endpoint: req.model.endpoint,
-        user: req.user ?? null,
-        maxChargeMicros: reserve,
-        pricing: encodePricing(pricing),
-        idempotencyKey: ctx.idempotencyKey ?? null,
-      }),
-    );
-    if (!reserved.ok && reserved.reason === 'request_id_taken') {
-      // The id keys the usage row and the billing event a receiver de-duplicates on: two requests can never share it.
-      throw new ApiError(409, `The x-request-id ${JSON.stringify(ctx.requestId)} was already used for another request; send a new one, or none.`, {
-        type: 'conflict_error',
-        code: 'request_id_reused',
-        param: 'x-request-id',
-      });
-    }
-    if (!reserved.ok) {
-      deps.metrics?.refusals.inc({ reason: 'budget' });
-      throw insufficientQuota(
-        `This request may cost up to $${formatUsd(reserve)}, which would exceed the key's budget ($${formatUsd(reserved.budgetMicros ?? 0n)} total, $${formatUsd(reserved.spentMicros)} spent, $${formatUsd(reserved.reservedMicros)} reserved by requests in flight).`,
+      const reserve = maxCharge(req, deps.markup);
+      const reserved = await ledgerCall('reserve', () =>
+        deps.ledger.reserve({
+          requestId: ctx.requestId,
+          keyId: ctx.keyId,
+          model: req.model.id,
+          endpoint: req.model.endpoint,
+          user: req.user ?? null,
+          maxChargeMicros: reserve,
+          pricing: encodePricing(this.pricing),
+          idempotencyKey: ctx.idempotencyKey ?? null,
+        }),
       );
+      if (!reserved.ok && reserved.reason === 'request_id_taken') {
+        // The id keys the usage row and the billing event a receiver de-duplicates on: two requests can never share it.
+        throw new ApiError(409, `The x-request-id ${JSON.stringify(ctx.requestId)} was already used for another request; send a new one, or none.`, {
+          type: 'conflict_error',
+          code: 'request_id_reused',
+          param: 'x-request-id',
+        });
+      }
+      if (!reserved.ok) {
+        deps.metrics?.refusals.inc({ reason: 'budget' });
+        throw insufficientQuota(
+          `This request may cost up to $${formatUsd(reserve)}, which would exceed the key's budget ($${formatUsd(reserved.budgetMicros ?? 0n)} total, $${formatUsd(reserved.spentMicros)} spent, $${formatUsd(reserved.reservedMicros)} reserved by requests in flight).`,
+        );
+      }
+
+      // The deadline counts from here, as it always has: a LoRA upload and the
+      // reservation before it are not the fal work it bounds.
+      cut.startDeadline(deadlines);
+
+      const perJob = req.model.maxImagesPerJob;
+      const counts = splitIntoJobs(req.numImages, perJob);
+      const callerSeed = typeof req.falInput.seed === 'number' ? req.falInput.seed : undefined;
+      // Jobs of one request must not draw the same images: each gets its own
+      // seed, derived from the caller's (or, when none was given, a random one).
+      const baseSeed = (this.baseSeed = callerSeed ?? (counts.length > 1 ? randomSeed() : undefined));
+      this.submittedAt = performance.now();
+      return counts.map((k, i) => ({
+        ...req.falInput,
+        num_images: k,
+        ...(baseSeed !== undefined ? { seed: jobSeed(baseSeed, i, perJob) } : {}),
+        sync_mode: req.responseFormat === 'b64_json',
+      }));
     }
-
-    // The deadline counts from here, as it always has: a LoRA upload and the
-    // reservation before it are not the fal work it bounds.
-    cut.startDeadline(deps.requestTimeoutMs);
-
-    const perJob = req.model.maxImagesPerJob;
-    const counts = splitIntoJobs(req.numImages, perJob);
-    const callerSeed = typeof req.falInput.seed === 'number' ? req.falInput.seed : undefined;
-    // Jobs of one request must not draw the same images: each gets its own
-    // seed, derived from the caller's (or, when none was given, a random one).
-    const baseSeed = callerSeed ?? (counts.length > 1 ? randomSeed() : undefined);
-    const inputs = counts.map((k, i) => ({
-      ...req.falInput,
-      num_images: k,
-      ...(baseSeed !== undefined ? { seed: jobSeed(baseSeed, i, perJob) } : {}),
-      sync_mode: req.responseFormat === 'b64_json',
-    }));
-
-    // One failed job fails the request: the others are cancelled (and billed
-    // only if fal completed them anyway).
-    const jobSignal = cut.signal;
-    const submittedAt = performance.now();
-    const progress = progressReporter(counts.length, ctx.onProgress, log);
-    const running = inputs.map((input, i) => runJob(input, i));
-    // Each job's input is sent by now or held by its own submit: the waiting frame keeps no copies of it.
-    inputs.length = 0;
-    const outcomes = await Promise.all(running);
 
     /**
      * A refused submit attempt that fal nonetheless turned into a job: kept in
      * the ledger as a `duplicate` job so the upstream cost it may incur is
      * visible, never billed to the caller.
      */
-    async function recordStrays(ids: string[]): Promise<void> {
+    async recordStrays(ids: string[]): Promise<void> {
       for (const id of ids) {
-        log.warn({ fal_request_id: id }, 'fal made a job on a refused submit attempt; recorded as duplicate');
+        this.log.warn({ fal_request_id: id }, 'fal made a job on a refused submit attempt; recorded as duplicate');
         deps.metrics?.refusals.inc({ reason: 'duplicate_fal_job' });
-        await ledgerCall('duplicate', () => deps.ledger.markDuplicate({ requestId: ctx.requestId, falRequestId: id, endpoint: req.model.endpoint }));
+        await ledgerCall('duplicate', () => deps.ledger.markDuplicate({ requestId: this.ctx.requestId, falRequestId: id, endpoint: this.req.model.endpoint }));
       }
     }
 
-    async function runJob(input: Record<string, unknown>, jobIndex: number): Promise<JobOutcome> {
+    /** One failed job fails the request: the others are cancelled (and billed only if fal completed them anyway). */
+    async runJob(input: Record<string, unknown>, jobIndex: number, jobCount: number): Promise<JobOutcome> {
+      const { ctx, cut, log } = this;
+      const endpoint = this.req.model.endpoint;
+      const jobSignal = cut.signal;
       let falRequestId: string;
       let strayIds: string[];
       try {
-        ({ falRequestId, strayIds } = await deps.fal.submit(req.model.endpoint, input, { signal: jobSignal }));
+        ({ falRequestId, strayIds } = await deps.fal.submit(endpoint, input, { signal: jobSignal }));
         // Sent: a job may wait for minutes, and nothing after the submit reads its input.
         input = SENT;
         ctx.onSubmitted?.();
-        progress(jobIndex, { status: 'IN_QUEUE' });
+        this.progress?.(jobIndex, { status: 'IN_QUEUE' }, jobCount);
       } catch (err) {
         const fe = asFalError(err);
-        await recordStrays(fe.strayIds);
+        await this.recordStrays(fe.strayIds);
         if (fe.ambiguous) ctx.onSubmitted?.();
         cut.abort('sibling');
         return { error: fe, open: fe.ambiguous, noId: fe.ambiguous };
       }
       try {
-        await deps.ledger.recordSubmit({ requestId: ctx.requestId, falRequestId, endpoint: req.model.endpoint });
+        await deps.ledger.recordSubmit({ requestId: ctx.requestId, falRequestId, endpoint });
       } catch (err) {
         // The job exists but we could not write its id: reconciliation can
         // only find it as an orphan. Stop the rest.
@@ -221,14 +247,16 @@ export function createImageService(deps: ImageServiceDeps): ImageService {
         return { error: new FalCallError('ledger unavailable', { phase: 'submit', kind: 'aborted' }), open: true, noId: true, metering: true };
       }
       log.debug({ fal_request_id: falRequestId }, 'fal job submitted');
-      await recordStrays(strayIds);
+      await this.recordStrays(strayIds);
       try {
-        await deps.fal.waitForCompletion(req.model.endpoint, falRequestId, { signal: jobSignal, onStatus: (st) => progress(jobIndex, st) });
-        return { result: await deps.fal.result(req.model.endpoint, falRequestId, { signal: jobSignal }) };
+        // A closure for progress only when someone follows it (streaming): a waiting job keeps what it passes here.
+        const progress = this.progress;
+        await deps.fal.waitForCompletion(endpoint, falRequestId, { signal: jobSignal, onStatus: progress && ((st) => progress(jobIndex, st, jobCount)) });
+        return { result: await deps.fal.result(endpoint, falRequestId, { signal: jobSignal }) };
       } catch (err) {
         const fe = asFalError(err);
         if (fe.kind !== 'aborted') cut.abort('sibling');
-        const after = fe.kind === 'aborted' ? await cancelOrCollect(req, falRequestId, log) : null;
+        const after = fe.kind === 'aborted' ? await cancelOrCollect(this.req, falRequestId, log) : null;
         if (after?.result) return { result: after.result };
         if (jobFailed(fe)) {
           // The job ran and failed on its input: fal bills nothing for it.
@@ -245,84 +273,89 @@ export function createImageService(deps: ImageServiceDeps): ImageService {
       }
     }
 
-    const results = outcomes.flatMap((o) => ('result' in o ? [o.result] : []));
-    const failures = outcomes.filter((o): o is JobFailure => 'error' in o);
-    if (failures.length > 0) {
-      const reason = cut.reason();
-      if (failures.some((f) => f.metering)) throw serviceUnavailable('Usage metering is unavailable; the request was not completed.', 5, 'metering_unavailable');
-      if (failures.every((f) => !f.open)) {
-        // Every job is accounted for: bill what completed, release the rest.
-        if (results.length > 0) await settle(results);
-        else await ledgerCall('release', () => deps.ledger.release({ requestId: ctx.requestId, status: reason ? 'released' : 'failed', errorCode: failureCode(failures[0]!.error, reason) }));
-      } else if (outcomes.every((o) => 'error' in o && o.noId)) {
-        // fal may have created jobs we never learnt the ids of: keep the
-        // reservation visible as an orphan instead of quietly releasing it.
-        await ledgerCall('orphan', () => deps.ledger.markOrphaned(ctx.requestId));
-        log.error({ errors: failures.map((f) => f.error.message) }, 'submit outcome unknown; request marked orphaned');
+    /** Every job has an outcome: bill, release or leave open, then answer or throw. */
+    async finish(outcomes: JobOutcome[]): Promise<GenerateOutcome> {
+      const { req, ctx, cut, log } = this;
+      const results = outcomes.flatMap((o) => ('result' in o ? [o.result] : []));
+      const failures = outcomes.filter((o): o is JobFailure => 'error' in o);
+      if (failures.length > 0) {
+        const reason = cut.reason();
+        if (failures.some((f) => f.metering)) throw serviceUnavailable('Usage metering is unavailable; the request was not completed.', 5, 'metering_unavailable');
+        if (failures.every((f) => !f.open)) {
+          // Every job is accounted for: bill what completed, release the rest.
+          if (results.length > 0) await this.settle(results);
+          else await ledgerCall('release', () => deps.ledger.release({ requestId: ctx.requestId, status: reason ? 'released' : 'failed', errorCode: failureCode(failures[0]!.error, reason) }));
+        } else if (outcomes.every((o) => 'error' in o && o.noId)) {
+          // fal may have created jobs we never learnt the ids of: keep the
+          // reservation visible as an orphan instead of quietly releasing it.
+          await ledgerCall('orphan', () => deps.ledger.markOrphaned(ctx.requestId));
+          log.error({ errors: failures.map((f) => f.error.message) }, 'submit outcome unknown; request marked orphaned');
+        }
+        // The root cause, not a sibling we aborted because of it.
+        const primary = failures.find((f) => f.error.kind !== 'aborted') ?? failures[0]!;
+        const submitted = outcomes.some((o) => 'result' in o || o.open || o.error.phase !== 'submit');
+        // Only a failure needs to know which name the caller gave each field.
+        const fieldOrigins = Object.fromEntries(
+          Object.keys(req.falInput).map((f) => [f, OPENAI_ALIASES[f] && req.sentFields.has(OPENAI_ALIASES[f]!) ? OPENAI_ALIASES[f]! : f]),
+        );
+        throw mapFalError(primary.error, { submitted, fieldOrigins, abortReason: reason });
       }
-      // The root cause, not a sibling we aborted because of it.
-      const primary = failures.find((f) => f.error.kind !== 'aborted') ?? failures[0]!;
-      const submitted = outcomes.some((o) => 'result' in o || o.open || o.error.phase !== 'submit');
-      // Only a failure needs to know which name the caller gave each field.
-      const fieldOrigins = Object.fromEntries(
-        Object.keys(req.falInput).map((f) => [f, OPENAI_ALIASES[f] && req.sentFields.has(OPENAI_ALIASES[f]!) ? OPENAI_ALIASES[f]! : f]),
-      );
-      throw mapFalError(primary.error, { submitted, fieldOrigins, abortReason: reason });
+
+      const settled = await this.settle(results);
+      const charge = settled.charge;
+      const images = results.flatMap((r) => r.output.images);
+      const m = deps.metrics;
+      if (m) {
+        m.falJobDuration.observe({ model: req.model.id, outcome: 'completed' }, (performance.now() - this.submittedAt) / 1000);
+        m.imagesDelivered.inc({ model: req.model.id }, images.length);
+        m.callerChargeUsd.inc({ model: req.model.id }, Number(charge.usd));
+        m.upstreamCostUsd.inc({ model: req.model.id }, Number(formatUsd(settled.upstreamCostMicros)));
+      }
+
+      let data: ImageItem[];
+      try {
+        // Base64 stays as the Buffers it came in (fal's result body, or our
+        // download of it) until the route writes them: see b64-item.ts.
+        data = req.responseFormat === 'b64_json'
+          ? await Promise.all(results.flatMap((r) => r.output.images.map(async (i) => b64Item(r.inlineImages?.get(i.url) ?? (await deps.media.base64(i.url))))))
+          : results.flatMap((r) => r.output.images.map((i) => ({ url: deps.media.toClientUrl(inlineAsUrl(r, i.url), ctx.publicBaseUrl) })));
+      } catch (err) {
+        if (!(err instanceof MediaError)) throw err;
+        log.error({ err: err.message }, 'could not deliver images');
+        throw upstreamError('The generated images could not be retrieved from the provider.', { code: 'upstream_media_error', shouldRetry: false });
+      }
+
+      const nsfw = results.flatMap((r) => r.output.images.map((_, k) => r.output.has_nsfw_concepts?.[k] === true));
+      const falIds = results.map((r) => r.falRequestId);
+      const firstSeed = results[0]?.output.seed;
+      const body: ImagesResponseBody = {
+        created: Math.floor(now() / 1000),
+        data,
+        output_format: req.outputFormat,
+        size: `${req.size.width}x${req.size.height}`,
+        meta: {
+          usage: { credits_used: charge.credits, tokens_used: charge.credits, cost_usd: charge.usd },
+          seed: this.baseSeed ?? (typeof firstSeed === 'number' ? firstSeed : null),
+          images: images.map((i, k) => ({ width: i.width, height: i.height, content_type: i.content_type, has_nsfw_concept: nsfw[k] === true })),
+          fal_request_id: falIds[0]!,
+          fal_request_ids: falIds,
+        },
+      };
+      return {
+        body,
+        falRequestId: falIds[0]!,
+        headers: { 'x-usage-cost-usd': charge.usd, 'x-usage-credits': String(charge.credits), 'x-fal-request-id': falIds.join(', ') },
+      };
     }
 
-    const settled = await settle(results);
-    const charge = settled.charge;
-    const images = results.flatMap((r) => r.output.images);
-    const m = deps.metrics;
-    if (m) {
-      m.falJobDuration.observe({ model: req.model.id, outcome: 'completed' }, (performance.now() - submittedAt) / 1000);
-      m.imagesDelivered.inc({ model: req.model.id }, images.length);
-      m.callerChargeUsd.inc({ model: req.model.id }, Number(charge.usd));
-      m.upstreamCostUsd.inc({ model: req.model.id }, Number(formatUsd(settled.upstreamCostMicros)));
-    }
-
-    let data: ImageItem[];
-    try {
-      // Base64 stays as the Buffers it came in (fal's result body, or our
-      // download of it) until the route writes them: see b64-item.ts.
-      data = req.responseFormat === 'b64_json'
-        ? await Promise.all(results.flatMap((r) => r.output.images.map(async (i) => b64Item(r.inlineImages?.get(i.url) ?? (await deps.media.base64(i.url))))))
-        : results.flatMap((r) => r.output.images.map((i) => ({ url: deps.media.toClientUrl(inlineAsUrl(r, i.url), ctx.publicBaseUrl) })));
-    } catch (err) {
-      if (!(err instanceof MediaError)) throw err;
-      log.error({ err: err.message }, 'could not deliver images');
-      throw upstreamError('The generated images could not be retrieved from the provider.', { code: 'upstream_media_error', shouldRetry: false });
-    }
-
-    const nsfw = results.flatMap((r) => r.output.images.map((_, k) => r.output.has_nsfw_concepts?.[k] === true));
-    const falIds = results.map((r) => r.falRequestId);
-    const firstSeed = results[0]?.output.seed;
-    const body: ImagesResponseBody = {
-      created: Math.floor(now() / 1000),
-      data,
-      output_format: req.outputFormat,
-      size: `${req.size.width}x${req.size.height}`,
-      meta: {
-        usage: { credits_used: charge.credits, tokens_used: charge.credits, cost_usd: charge.usd },
-        seed: baseSeed ?? (typeof firstSeed === 'number' ? firstSeed : null),
-        images: images.map((i, k) => ({ width: i.width, height: i.height, content_type: i.content_type, has_nsfw_concept: nsfw[k] === true })),
-        fal_request_id: falIds[0]!,
-        fal_request_ids: falIds,
-      },
-    };
-    return {
-      body,
-      falRequestId: falIds[0]!,
-      headers: { 'x-usage-cost-usd': charge.usd, 'x-usage-credits': String(charge.credits), 'x-fal-request-id': falIds.join(', ') },
-    };
-
-    async function settle(done: FalResult[]) {
+    async settle(done: FalResult[]) {
+      const { req, log } = this;
       const out = await ledgerCall('settle', () =>
         settleCompleted(
           deps.ledger,
           req.model,
-          ctx.requestId,
-          pricing,
+          this.ctx.requestId,
+          this.pricing,
           done.map((r) => ({ falRequestId: r.falRequestId, images: r.output.images.map((i) => ({ width: i.width, height: i.height })), billableUnits: r.billableUnits })),
           { billingEvents: deps.billingEvents },
         ),
@@ -334,6 +367,28 @@ export function createImageService(deps: ImageServiceDeps): ImageService {
       return out;
     }
   }
+
+  return {
+    async generate(req, ctx) {
+      deps.metrics?.jobsInFlight.inc();
+      // One controller for the request's fal work: the caller leaving, the
+      // deadline, shutdown and a failed sibling job each abort it (see RequestAbort).
+      const cut = new RequestAbort(ctx.callerSignal, live, deps.shutdownSignal);
+      try {
+        const run = new RequestRun(req, ctx, cut);
+        const inputs = await run.prepare();
+        const n = inputs.length;
+        // The usual single job is awaited as it is: Promise.all would add its own promise and closures to every wait.
+        const outcomes = n === 1
+          ? [await run.runJob(inputs.pop()!, 0, 1)]
+          : await Promise.all(inputs.splice(0, n).map((input, i) => run.runJob(input, i, n)));
+        return await run.finish(outcomes);
+      } finally {
+        cut.dispose();
+        deps.metrics?.jobsInFlight.dec();
+      }
+    },
+  };
 
   /**
    * Our wait was cut short. Cancel the job; if fal says it already completed,
@@ -371,10 +426,9 @@ const PROGRESS_RANK = { queued: 0, in_progress: 1, completed: 2 } as const;
  * the stream said IN_PROGRESS). A listener that throws must not fail a job
  * that is being billed.
  */
-function progressReporter(jobCount: number, listener: ((p: GenerateProgress) => void) | undefined, log: RequestLog) {
+function progressReporter(listener: (p: GenerateProgress) => void, log: RequestLog) {
   const last: Array<GenerateProgress | undefined> = [];
-  return (jobIndex: number, st: FalJobStatus): void => {
-    if (!listener) return;
+  return (jobIndex: number, st: FalJobStatus, jobCount: number): void => {
     const p: GenerateProgress = { jobIndex, jobCount, status: PROGRESS_STATUS[st.status], queuePosition: st.queuePosition ?? null };
     const prev = last[jobIndex];
     if (prev && (PROGRESS_RANK[p.status] < PROGRESS_RANK[prev.status] || (prev.status === p.status && (p.queuePosition === null || p.queuePosition === prev.queuePosition)))) return;
@@ -435,31 +489,36 @@ function asFalError(err: unknown): FalCallError {
 /**
  * Why a request's fal work was cut short, and the one signal that tells its
  * fal calls so. One AbortController per request, aborted by whichever comes
- * first of: the caller leaving (one listener on its signal), the deadline (one
- * timer), shutdown (an entry in the service's set of live requests) and a
- * sibling job failing. Composing those with AbortSignal.any cost a waiting job
- * several signals, each with its listener maps, WeakRefs and registry cells,
- * and in Node 20 every composite stays referenced from its sources for as long
- * as they live.
+ * first of: the caller leaving (a watcher on its link, or one listener on its
+ * signal), the deadline (an entry in a shared DeadlineQueue, not a timer of
+ * its own), shutdown (an entry in the service's set of live requests) and a
+ * sibling job failing. Composing those with AbortSignal.any cost a waiting
+ * job several signals, each with its listener maps, WeakRefs and registry
+ * cells, and in Node 20 every composite stays referenced from its sources for
+ * as long as they live.
  *
  * Every cause is remembered, not just the first: a caller who leaves after a
  * sibling failed is still reported as gone, as before.
  */
-export class RequestAbort {
+export class RequestAbort implements CallerWatcher, Expiring {
   private readonly controller = new AbortController();
-  private callerGone = false;
+  private callerGoneFlag = false;
   private deadlineHit = false;
   private shuttingDown = false;
-  private timer: NodeJS.Timeout | undefined;
+  private deadlines: DeadlineQueue | undefined;
+  expiresAt = 0;
 
   constructor(
-    private readonly callerSignal: AbortSignal,
+    private readonly caller: AbortSignal | CallerLink,
     private readonly live: Set<RequestAbort>,
     shutdownSignal: AbortSignal | undefined,
   ) {
-    if (callerSignal.aborted) this.abort('client_gone', callerSignal.reason);
-    // An object listener (handleEvent) rather than a closure: nothing per request but the entry.
-    else callerSignal.addEventListener('abort', this, { once: true });
+    if (caller instanceof AbortSignal) {
+      if (caller.aborted) this.abort('client_gone', caller.reason);
+      // An object listener (handleEvent) rather than a closure: nothing per request but the entry.
+      else caller.addEventListener('abort', this, { once: true });
+    } else if (caller.goneReason !== undefined) this.abort('client_gone', caller.goneReason);
+    else caller.watch(this);
     if (shutdownSignal?.aborted) this.abort('shutdown', shutdownSignal.reason);
     else live.add(this);
   }
@@ -470,35 +529,48 @@ export class RequestAbort {
 
   /** The caller's signal fired. */
   handleEvent(): void {
-    this.abort('client_gone', this.callerSignal.reason);
+    this.abort('client_gone', (this.caller as AbortSignal).reason);
   }
 
-  startDeadline(ms: number): void {
-    if (this.timer || this.controller.signal.aborted) return;
-    this.timer = setTimeout(() => {
-      this.timer = undefined;
-      // The same reason AbortSignal.timeout gives.
-      this.abort('deadline', new DOMException('The operation was aborted due to timeout', 'TimeoutError'));
-    }, ms);
+  /** The caller's link says it went away. */
+  callerGone(reason: unknown): void {
+    this.abort('client_gone', reason);
+  }
+
+  /** From now, the request has `deadlines.ms` (the request timeout) to finish its fal work. */
+  startDeadline(deadlines: DeadlineQueue): void {
+    if (this.deadlines || this.controller.signal.aborted) return;
+    this.deadlines = deadlines;
+    deadlines.add(this);
+  }
+
+  /** The deadline passed (DeadlineQueue). */
+  expire(): void {
+    // The same reason AbortSignal.timeout gives.
+    this.abort('deadline', new DOMException('The operation was aborted due to timeout', 'TimeoutError'));
   }
 
   abort(cause: 'client_gone' | 'deadline' | 'shutdown' | 'sibling', reason?: unknown): void {
-    if (cause === 'client_gone') this.callerGone = true;
+    if (cause === 'client_gone') this.callerGoneFlag = true;
     else if (cause === 'deadline') this.deadlineHit = true;
     else if (cause === 'shutdown') this.shuttingDown = true;
     if (!this.controller.signal.aborted) this.controller.abort(reason);
   }
 
+  private callerHasGone(): boolean {
+    return this.callerGoneFlag || (this.caller instanceof AbortSignal ? this.caller.aborted : this.caller.goneReason !== undefined);
+  }
+
   /** Why the wait was cut, in the order of precedence the error mapping has always used; a sibling's failure is no reason. */
   reason(): 'deadline' | 'client_gone' | 'shutdown' | undefined {
-    return this.callerGone || this.callerSignal.aborted ? 'client_gone' : this.deadlineHit ? 'deadline' : this.shuttingDown ? 'shutdown' : undefined;
+    return this.callerHasGone() ? 'client_gone' : this.deadlineHit ? 'deadline' : this.shuttingDown ? 'shutdown' : undefined;
   }
 
   /** The request is over: nothing may hold it any more. */
   dispose(): void {
-    clearTimeout(this.timer);
-    this.timer = undefined;
-    this.callerSignal.removeEventListener('abort', this);
+    this.deadlines?.delete(this);
+    if (this.caller instanceof AbortSignal) this.caller.removeEventListener('abort', this);
+    else this.caller.watch(undefined);
     this.live.delete(this);
   }
 }

@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import request from 'supertest';
 import { RequestAbort } from '../../src/images/generate.js';
+import { DeadlineQueue } from '../../src/deadline-queue.js';
 import { startTestService, TEST_KEY } from '../helpers/service.js';
 
 /**
@@ -27,7 +28,7 @@ describe('RequestAbort', () => {
 
   it('the deadline aborts with a TimeoutError, as AbortSignal.timeout did', async () => {
     const cut = new RequestAbort(new AbortController().signal, new Set(), undefined);
-    cut.startDeadline(1);
+    cut.startDeadline(DeadlineQueue.forLength(1));
     await once(cut.signal, 'abort');
     assert.equal((cut.signal.reason as DOMException).name, 'TimeoutError');
     assert.equal(cut.reason(), 'deadline');
@@ -75,7 +76,7 @@ describe('RequestAbort', () => {
   it('once disposed, the caller’s signal no longer reaches it and its deadline never fires', async () => {
     const caller = new AbortController();
     const cut = new RequestAbort(caller.signal, new Set(), undefined);
-    cut.startDeadline(1);
+    cut.startDeadline(DeadlineQueue.forLength(1));
     cut.dispose();
     caller.abort();
     // The timer was cleared: past its due time the signal is still untouched.

@@ -2,7 +2,7 @@ import { Router, type Request, type Response } from 'express';
 import type { Logger } from 'pino';
 import type { ModelRegistry } from '../../models/registry.js';
 import { normalizeRequest, type CanonicalRequest } from '../../images/normalize.js';
-import type { GenerateContext, ImageService } from '../../images/generate.js';
+import type { CallerLink, CallerWatcher, GenerateContext, ImageService } from '../../images/generate.js';
 import { completedEvents, progressEvent } from '../../images/stream-events.js';
 import { ApiError, errorResponse, invalidRequest } from '../../errors.js';
 import type { Principal } from '../auth.js';
@@ -19,6 +19,8 @@ export interface ImagesRouteDeps {
   streamKeepAliveMs: number;
   /** For failures that happen after a stream started, which the error handler never sees. */
   logger?: Logger;
+  /** The app's error handler (one error shape), for answers sent after the route handler returned. */
+  onError: (err: unknown, req: Request, res: Response) => void;
 }
 
 /** The origin the caller reached us on, unless PUBLIC_BASE_URL says otherwise. */
@@ -26,24 +28,46 @@ export function publicBase(req: Request, configured: string | undefined): string
   return configured ?? `${req.protocol}://${req.get('host') ?? 'localhost'}`;
 }
 
-/** Aborts when the caller disconnects before we answered. */
-export function callerGoneSignal(res: Response): AbortSignal {
-  const ac = new AbortController();
-  (res.locals as Record<symbol, AbortController>)[CALLER_GONE] = ac;
-  // One listener function for all requests (a closure each lived as long as the job).
+/**
+ * The caller's end of a request: gone when the response closes before it
+ * finished. One small record per request, told by one listener function
+ * shared by all requests (an AbortController with its signal's listener maps
+ * was most of what a waiting caller cost).
+ */
+class ResponseCaller implements CallerLink {
+  goneReason: unknown = undefined;
+  private watcher: CallerWatcher | undefined;
+
+  watch(watcher: CallerWatcher | undefined): void {
+    this.watcher = watcher;
+  }
+
+  gone(reason: unknown): void {
+    if (this.goneReason !== undefined) return;
+    this.goneReason = reason;
+    const w = this.watcher;
+    this.watcher = undefined;
+    w?.callerGone(reason);
+  }
+}
+
+/** Goes when the caller disconnects before we answered. */
+export function callerLink(res: Response): CallerLink {
+  const link = new ResponseCaller();
+  (res.locals as Record<symbol, ResponseCaller>)[CALLER_GONE] = link;
   res.on('close', onResponseClose);
-  return ac.signal;
+  return link;
 }
 
 const CALLER_GONE = Symbol('callerGone');
 
 function onResponseClose(this: Response): void {
-  if (!this.writableFinished) (this.locals as Record<symbol, AbortController>)[CALLER_GONE]?.abort(new Error('caller went away'));
+  if (!this.writableFinished) (this.locals as Record<symbol, ResponseCaller>)[CALLER_GONE]?.gone(new Error('caller went away'));
 }
 
 export function imagesRouter(deps: ImagesRouteDeps): Router {
   const router = Router();
-  router.post('/v1/images/generations', async (req, res) => {
+  router.post('/v1/images/generations', (req, res) => {
     const idemKey = parseIdempotencyKey(req.get('idempotency-key'));
     // Validation comes first: a request that fails it is never stored under its key.
     const canonical = normalizeRequest(deps.registry, req.body);
@@ -57,7 +81,7 @@ export function imagesRouter(deps: ImagesRouteDeps): Router {
     const context = (run?: { submitted: boolean }): GenerateContext => ({
       requestId,
       keyId: principal.keyId,
-      callerSignal: callerGoneSignal(res),
+      callerSignal: callerLink(res),
       publicBaseUrl: publicBase(req, deps.publicBaseUrl),
       idempotencyKey: idemKey,
       onSubmitted: run
@@ -67,27 +91,53 @@ export function imagesRouter(deps: ImagesRouteDeps): Router {
         : undefined,
       onProgress: undefined,
     });
-    if (canonical.stream) {
-      if (idemKey !== undefined) {
-        // A replay would have to re-send a stream whose progress is gone; a
-        // caller who needs idempotency gets it without streaming.
-        throw invalidRequest('Idempotency-Key cannot be combined with stream: true (a stream cannot be replayed); send one or the other.', 'Idempotency-Key', 'idempotency_not_streamable');
-      }
-      await streamImages(canonical, context(), res, deps);
-      return;
+    if (!canonical.stream && idemKey === undefined) {
+      // The common request, which may wait minutes for fal, thousands at
+      // once: the handler returns at once and the answer (or error) is sent
+      // from the job's own promise. Returning no promise lets Express drop
+      // its dispatch state for the request (its `next` chain, which it keeps
+      // for as long as a returned promise is pending), so the error goes to
+      // the app's error handler directly rather than through `next`.
+      deps.images.generate(canonical, context()).then(
+        (outcome) => {
+          res.locals.falRequestId = outcome.falRequestId;
+          // b64_json images go to the socket as the Buffers fal sent them in (images-json.ts).
+          return sendImagesJson(req, res, 200, outcome.headers, outcome.body);
+        },
+      ).catch((err: unknown) => deps.onError(err, req, res));
+      return undefined;
     }
-    const generate = async (run: { submitted: boolean }): Promise<Reply> => {
-      const outcome = await deps.images.generate(canonical, context(run));
-      res.locals.falRequestId = outcome.falRequestId;
-      return { status: 200, headers: outcome.headers, body: outcome.body };
-    };
-    const reply = idemKey
-      ? await withIdempotency(deps.idempotency, { keyId: principal.keyId, idemKey, requestId, body: req.body }, generate)
-      : await generate({ submitted: false });
-    // b64_json images go to the socket as the Buffers fal sent them in (images-json.ts).
-    await sendImagesJson(req, res, reply.status, reply.headers, reply.body);
+    return handleRest(canonical, idemKey, context, req, res, deps);
   });
   return router;
+}
+
+/** Streaming and idempotent requests: fewer, and each with more to keep, so they stay one async function. */
+async function handleRest(
+  canonical: CanonicalRequest,
+  idemKey: string | undefined,
+  context: (run?: { submitted: boolean }) => GenerateContext,
+  req: Request,
+  res: Response,
+  deps: ImagesRouteDeps,
+): Promise<void> {
+  if (canonical.stream) {
+    if (idemKey !== undefined) {
+      // A replay would have to re-send a stream whose progress is gone; a
+      // caller who needs idempotency gets it without streaming.
+      throw invalidRequest('Idempotency-Key cannot be combined with stream: true (a stream cannot be replayed); send one or the other.', 'Idempotency-Key', 'idempotency_not_streamable');
+    }
+    await streamImages(canonical, context(), res, deps);
+    return;
+  }
+  const principal = res.locals.principal as Principal;
+  const generate = async (run: { submitted: boolean }): Promise<Reply> => {
+    const outcome = await deps.images.generate(canonical, context(run));
+    res.locals.falRequestId = outcome.falRequestId;
+    return { status: 200, headers: outcome.headers, body: outcome.body };
+  };
+  const reply = await withIdempotency(deps.idempotency, { keyId: principal.keyId, idemKey: idemKey!, requestId: res.locals.requestId as string, body: req.body }, generate);
+  await sendImagesJson(req, res, reply.status, reply.headers, reply.body);
 }
 
 /**
