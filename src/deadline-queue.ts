@@ -66,7 +66,8 @@ export class DeadlineQueue {
         return;
       }
       this.items.delete(item);
-      // One item failing must not strand the rest of the queue.
+      // One item failing must not strand the rest of the queue: its error is
+      // thrown again on its own, as a timer callback's would be.
       try {
         item.expire();
       } catch (err) {

@@ -101,16 +101,16 @@ function label(n: number): string {
 }
 
 /** An anonymous node is described by who holds it (up to two steps up). */
-function owner(n: number): string {
+function owner(n: number, steps = 3): string {
   const parts: string[] = [];
   let cur = n;
-  for (let step = 0; step < 3; step++) {
+  for (let step = 0; step < steps; step++) {
     const r = retainer[cur]!;
     if (r < 0) break;
     parts.push(`${label(r)}.${retEdge[cur]}`);
     const rt = type(r);
     const rn = name(r);
-    if (rt === 'closure' || (rt === 'object' && rn !== 'Object' && rn !== 'Array' && rn !== 'system / Context')) break;
+    if (steps <= 3 && (rt === 'closure' || (rt === 'object' && rn !== 'Object' && rn !== 'Array' && rn !== 'system / Context'))) break;
     cur = r;
   }
   return parts.join(' < ');
@@ -160,7 +160,7 @@ if (show) {
       const nm = et === 'element' || et === 'hidden' ? `[${s.edges[e + 1]}]` : s.strings[s.edges[e + 1]!];
       out.push(`  ${et} ${nm} → ${label(to)}${type(to) === 'string' ? ` "${name(to).slice(0, 80)}"` : ''}`);
     }
-    console.log(`\n${label(n)} (id ${id(n)}), held by: ${owner(n)}\n${out.slice(0, 40).join('\n')}`);
+    console.log(`\n${label(n)} (id ${id(n)}), held by: ${owner(n, 12)}\n${out.slice(0, 40).join('\n')}`);
     break;
   }
 }

@@ -1,7 +1,7 @@
 import { createFalClient, ApiError as FalApiError, type QueueStatus } from '@fal-ai/client';
-import { createFalTransport, HIDDEN_RETRYABLE_STATUS, FalTransportError, sleep, type CallCapture, type FalPhase, type TransportOptions } from './transport.js';
+import { createFalTransport, HIDDEN_RETRYABLE_STATUS, FalTransportError, type CallCapture, type FalPhase, type TransportOptions } from './transport.js';
 import type { FetchLike } from './redirect-fetch.js';
-import { createPacer } from './pacer.js';
+import { createPollScheduler } from './poll-scheduler.js';
 import type { CompletionHub } from './webhooks.js';
 import type { InlineExtraction, InlineImage } from './inline-images.js';
 
@@ -154,41 +154,17 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
   const pollMaxMs = opts.pollMaxMs ?? 1000;
   const stats = { statusCalls: 0, streamCalls: 0, streamsOpen: 0, webhookWakeups: 0 };
   const maxStreams = opts.maxStatusStreams ?? 256;
-  const pacer = createPacer(opts.pollRps ?? 200);
 
-  /** Polls until COMPLETED, backing off per job and sharing the global poll budget. */
-  async function poll(endpoint: string, falRequestId: string, signal: AbortSignal | undefined, onStatus: ((s: FalJobStatus) => void) | undefined, firstDelayMs: number): Promise<void> {
-    let delay = firstDelayMs;
-    for (;;) {
-      if (signal?.aborted) throw abortedError('status', signal);
-      await pacer.take(signal);
-      if (signal?.aborted) throw abortedError('status', signal);
-      const st = await statusOnce(endpoint, falRequestId, signal);
-      onStatus?.(st);
-      if (st.status === 'COMPLETED') return;
-      await sleep(delay, signal);
-      delay = Math.min(pollMaxMs, Math.round(delay * 1.5));
-    }
-  }
-
-  /**
-   * One poll, under a signal of its own that follows the job's. undici's
-   * fetch hangs an abort listener and a finalization-registry entry on the
-   * signal of every request and lets go of them only once that request is
-   * collected: on the job's signal they piled up poll after poll for as long
-   * as the job waited. Whatever fetch the transport was given (the service's
-   * own avoids fetch for polls, see buffered-fetch.ts), a signal that ends
-   * with the poll takes its leftovers with it.
-   */
-  async function statusOnce(endpoint: string, falRequestId: string, signal: AbortSignal | undefined): Promise<FalJobStatus> {
-    if (!signal) return gateway.status(endpoint, falRequestId);
-    const own = new FollowingSignal(signal);
-    try {
-      return await gateway.status(endpoint, falRequestId, { signal: own.signal });
-    } finally {
-      own.detach();
-    }
-  }
+  // Jobs without a status stream or a webhook wait here, each a record in one schedule (see poll-scheduler.ts).
+  const polls = createPollScheduler({
+    // Each poll runs under a signal of its own that follows the job's (the transport's per-call signal), so what fetch hangs on it goes with the poll.
+    poll: (endpoint, falRequestId, signal) => gateway.status(endpoint, falRequestId, { signal }),
+    aborted: (signal) => abortedError('status', signal),
+    ratePerSecond: opts.pollRps ?? 200,
+    maxDelayMs: pollMaxMs,
+  });
+  const poll = (endpoint: string, falRequestId: string, signal: AbortSignal | undefined, onStatus: ((s: FalJobStatus) => void) | undefined, firstDelayMs: number): Promise<void> =>
+    polls.wait({ endpoint, falRequestId }, signal, onStatus, firstDelayMs);
 
   function translate(err: unknown, capture: CallCapture): FalCallError {
     if (err instanceof FalCallError) return err;
@@ -245,6 +221,68 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
     return { status: s.status, ...(typeof qp === 'number' ? { queuePosition: qp } : {}) };
   }
 
+  /** The callback is later than the grace period: whichever comes first, fal's callback or polling. */
+  async function lateCallback(endpoint: string, falRequestId: string, signal: AbortSignal | undefined, onStatus: ((s: FalJobStatus) => void) | undefined): Promise<void> {
+    const hub = opts.webhook!.hub;
+    const late = new AbortController();
+    const relay = () => late.abort(signal!.reason);
+    signal?.addEventListener('abort', relay, { once: true });
+    const viaCallback = hub.wait(falRequestId, late.signal).then((outcome) => {
+      if (outcome !== 'notified') return;
+      stats.webhookWakeups++;
+      late.abort();
+    });
+    try {
+      await poll(endpoint, falRequestId, late.signal, onStatus, pollMaxMs);
+    } catch (err) {
+      // Polling was stopped because the callback came: that is the answer.
+      if (!late.signal.aborted || signal?.aborted) throw err;
+    } finally {
+      late.abort();
+      signal?.removeEventListener('abort', relay);
+      await viaCallback;
+    }
+    if (signal?.aborted) throw abortedError('status', signal);
+  }
+
+  /**
+   * The SSE status stream tells us the moment a job completes, with no poll
+   * delay in between. If it is unavailable or ends early we poll. At most
+   * `maxStatusStreams` at once: each holds a connection for the job's life.
+   */
+  async function viaStream(endpoint: string, falRequestId: string, signal: AbortSignal | undefined, onStatus: ((s: FalJobStatus) => void) | undefined): Promise<void> {
+    stats.streamsOpen++;
+    try {
+      stats.streamCalls++;
+      const done = await call('stream', signal, async (capture) => {
+        const stream = await client.queue.streamStatus(endpoint, { requestId: falRequestId, logs: false });
+        const onAbort = () => stream.abort();
+        signal?.addEventListener('abort', onAbort, { once: true });
+        stream.on('data', (d: unknown) => {
+          try {
+            onStatus?.(parseStatus(d, capture));
+          } catch {
+            // malformed events are judged by the final status below
+          }
+        });
+        try {
+          return (await stream.done()) as unknown;
+        } finally {
+          signal?.removeEventListener('abort', onAbort);
+        }
+      }, falRequestId);
+      if (signal?.aborted) throw abortedError('stream', signal);
+      if ((done.value as { status?: unknown } | undefined)?.status === 'COMPLETED') return;
+    } catch (err) {
+      if (signal?.aborted) throw abortedError('stream', signal);
+      // A 404 means fal does not know the job: polling would not help.
+      if (err instanceof FalCallError && err.kind === 'http' && err.status === 404) throw err;
+    } finally {
+      stats.streamsOpen--;
+    }
+    return poll(endpoint, falRequestId, signal, onStatus, pollMinMs);
+  }
+
   const gateway: FalGateway = {
     stats,
 
@@ -266,73 +304,24 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
       return parseStatus(value, capture);
     },
 
-    async waitForCompletion(endpoint, falRequestId, o = {}) {
+    // Not async itself: a waiting job should hold the one promise of the
+    // hub or the poll schedule it waits in, not a frame of ours around it.
+    waitForCompletion(endpoint, falRequestId, o = {}) {
       const signal = o.signal;
       if (opts.webhook) {
-        const { hub, graceMs } = opts.webhook;
-        // The grace period is the hub's own timer on the same wait record: a
-        // waiting job holds one record, one promise and one timer, no signals.
-        const first = await hub.wait(falRequestId, signal, graceMs);
-        if (signal?.aborted) throw abortedError('status', signal);
-        if (first === 'notified') {
-          stats.webhookWakeups++;
-          return;
-        }
-        // The callback is late: whichever comes first, fal's callback or polling.
-        const late = new AbortController();
-        const relay = () => late.abort(signal!.reason);
-        signal?.addEventListener('abort', relay, { once: true });
-        const viaCallback = hub.wait(falRequestId, late.signal).then((outcome) => {
-          if (outcome !== 'notified') return;
-          stats.webhookWakeups++;
-          late.abort();
+        // The grace period is a place in the hub's deadline queue on the same
+        // wait record: a waiting job holds one record, one promise, no signals.
+        return opts.webhook.hub.wait(falRequestId, signal, opts.webhook.graceMs).then((first) => {
+          if (signal?.aborted) throw abortedError('status', signal);
+          if (first === 'notified') {
+            stats.webhookWakeups++;
+            return;
+          }
+          return lateCallback(endpoint, falRequestId, signal, o.onStatus);
         });
-        try {
-          await poll(endpoint, falRequestId, late.signal, o.onStatus, pollMaxMs);
-        } catch (err) {
-          // Polling was stopped because the callback came: that is the answer.
-          if (!late.signal.aborted || signal?.aborted) throw err;
-        } finally {
-          late.abort();
-          signal?.removeEventListener('abort', relay);
-          await viaCallback;
-        }
-        if (signal?.aborted) throw abortedError('status', signal);
-        return;
       }
       if (stats.streamsOpen >= maxStreams) return poll(endpoint, falRequestId, signal, o.onStatus, pollMinMs);
-      // The SSE status stream tells us the moment a job completes, with no
-      // poll delay in between. If it is unavailable or ends early we poll.
-      stats.streamsOpen++;
-      try {
-        stats.streamCalls++;
-        const done = await call('stream', signal, async (capture) => {
-          const stream = await client.queue.streamStatus(endpoint, { requestId: falRequestId, logs: false });
-          const onAbort = () => stream.abort();
-          signal?.addEventListener('abort', onAbort, { once: true });
-          stream.on('data', (d: unknown) => {
-            try {
-              o.onStatus?.(parseStatus(d, capture));
-            } catch {
-              // malformed events are judged by the final status below
-            }
-          });
-          try {
-            return (await stream.done()) as unknown;
-          } finally {
-            signal?.removeEventListener('abort', onAbort);
-          }
-        }, falRequestId);
-        if (signal?.aborted) throw abortedError('stream', signal);
-        if ((done.value as { status?: unknown } | undefined)?.status === 'COMPLETED') return;
-      } catch (err) {
-        if (signal?.aborted) throw abortedError('stream', signal);
-        // A 404 means fal does not know the job: polling would not help.
-        if (err instanceof FalCallError && err.kind === 'http' && err.status === 404) throw err;
-      } finally {
-        stats.streamsOpen--;
-      }
-      return poll(endpoint, falRequestId, signal, o.onStatus, pollMinMs);
+      return viaStream(endpoint, falRequestId, signal, o.onStatus);
     },
 
     async result(endpoint, falRequestId, o = {}) {
@@ -424,27 +413,6 @@ function placedInline(output: FalImageOutput | undefined, cut: InlineExtraction)
     placed.add(url);
   }
   return placed.size === cut.images.size ? cut.images : undefined;
-}
-
-/** A signal that aborts with `parent` until detached; it is its own listener (handleEvent), no closure. */
-class FollowingSignal {
-  private readonly controller = new AbortController();
-  constructor(private readonly parent: AbortSignal) {
-    if (parent.aborted) this.controller.abort(parent.reason);
-    else parent.addEventListener('abort', this, { once: true });
-  }
-
-  get signal(): AbortSignal {
-    return this.controller.signal;
-  }
-
-  handleEvent(): void {
-    this.controller.abort(this.parent.reason);
-  }
-
-  detach(): void {
-    this.parent.removeEventListener('abort', this);
-  }
 }
 
 function abortedError(phase: FalPhase, signal: AbortSignal): FalCallError {

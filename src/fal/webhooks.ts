@@ -1,5 +1,6 @@
 import { createHash, createPublicKey, verify as verifySignature, type KeyObject } from 'node:crypto';
 import type { FetchLike } from './redirect-fetch.js';
+import { DeadlineQueue, type Expiring } from '../deadline-queue.js';
 
 /**
  * fal's completion callbacks. With them, a waiting job costs no status
@@ -124,12 +125,14 @@ export interface CompletionHub {
 export type WaitOutcome = 'notified' | 'aborted' | 'timeout';
 
 /**
- * One waiting job: this record, its promise and (with a timeout) one timer.
+ * One waiting job: this record and its promise; with a timeout, a place in
+ * the shared deadline queue for that length rather than a timer of its own.
  * It is its own abort listener (handleEvent), so a wait costs no closures
  * beyond the promise's resolver; thousands of jobs wait here at once.
  */
-class Waiter {
-  timer: NodeJS.Timeout | undefined;
+class Waiter implements Expiring {
+  deadlines: DeadlineQueue | undefined;
+  expiresAt = 0;
   constructor(
     readonly id: string,
     readonly hub: Map<string, Waiter | Waiter[]>,
@@ -141,7 +144,7 @@ class Waiter {
     const resolve = this.resolve;
     if (!resolve) return;
     this.resolve = undefined;
-    clearTimeout(this.timer);
+    this.deadlines?.delete(this);
     this.signal?.removeEventListener('abort', this);
     if (outcome !== 'notified') this.unlist();
     resolve(outcome);
@@ -149,6 +152,10 @@ class Waiter {
 
   handleEvent(): void {
     this.settle('aborted');
+  }
+
+  expire(): void {
+    this.settle('timeout');
   }
 
   private unlist(): void {
@@ -187,7 +194,10 @@ export function createCompletionHub(): CompletionHub {
         else if (Array.isArray(entry)) entry.push(w);
         else waiters.set(id, [entry, w]);
         signal?.addEventListener('abort', w, { once: true });
-        if (timeoutMs !== undefined && Number.isFinite(timeoutMs)) w.timer = setTimeout(() => w.settle('timeout'), timeoutMs);
+        if (timeoutMs !== undefined && Number.isFinite(timeoutMs)) {
+          w.deadlines = DeadlineQueue.forLength(Math.max(0, timeoutMs));
+          w.deadlines.add(w);
+        }
       });
     },
     notify(id) {

@@ -105,6 +105,9 @@ export function imagesRouter(deps: ImagesRouteDeps): Router {
           return sendImagesJson(req, res, 200, outcome.headers, outcome.body);
         },
       ).catch((err: unknown) => deps.onError(err, req, res));
+      // Express leaves its dispatch chain on the request as req.next; nothing
+      // calls it from here on, and the request lives as long as the job.
+      req.next = undefined;
       return undefined;
     }
     return handleRest(canonical, idemKey, context, req, res, deps);
