@@ -82,4 +82,29 @@ describe('buffered fetch', () => {
     assert.ok(err);
     assert.equal(err.code ?? err.cause?.code, 'ECONNREFUSED');
   });
+
+  it('headers given as Headers, pairs or a plain object reach the server alike, names case-folded', async () => {
+    for (const headers of [new Headers({ 'X-Probe': 'a' }), [['X-Probe', 'a']] as [string, string][], { 'X-Probe': 'a' }]) {
+      await f(`${base}/queue/status`, { headers });
+      assert.equal(received.at(-1)!.headers['x-probe'], 'a');
+    }
+  });
+
+  it('the answer reads like a fetch Response: the body once, as JSON, text, bytes or a stream; its headers iterate', async () => {
+    const a = await f(`${base}/queue/status`);
+    assert.equal(await a.text(), '{"status":"IN_QUEUE","queue_position":3}');
+    assert.equal(a.bodyUsed, true);
+    await assert.rejects(a.json(), TypeError, 'a second read is refused, as fetch does');
+
+    const b = await f(`${base}/queue/status`);
+    assert.deepEqual(JSON.parse(Buffer.from(await b.arrayBuffer()).toString()), { status: 'IN_QUEUE', queue_position: 3 });
+
+    // The transport hides a retried answer behind a new Response made of this one's body and headers.
+    const c = await f(`${base}/missing`);
+    const rewrapped = new Response(c.body, { status: 599, headers: c.headers });
+    assert.equal(rewrapped.headers.get('x-fal-request-id'), 'job-1');
+    assert.equal(rewrapped.headers.get('content-type'), 'application/json');
+    assert.deepEqual(await rewrapped.json(), { status: 'IN_QUEUE', queue_position: 3 });
+    assert.ok([...c.headers].some(([k]) => k === 'set-cookie'));
+  });
 });
