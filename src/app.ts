@@ -18,7 +18,7 @@ import type { ImageService } from './images/generate.js';
 import type { Media } from './images/media.js';
 import type { IdempotencyOptions } from './http/idempotency.js';
 import { rateLimit, type RateLimitOptions } from './http/rate-limit.js';
-import { securityHeaders } from './http/security-headers.js';
+import { addSecurityHeadersOnWrite } from './http/security-headers.js';
 import cors from 'cors';
 import type { Metrics } from './metrics.js';
 import { inFlightLimit, refuseWhenShuttingDown } from './http/backpressure.js';
@@ -71,8 +71,9 @@ export function createApp(deps: AppDeps): Express {
   const isShuttingDown = deps.isShuttingDown ?? (() => false);
   app.use(requestId());
   app.use(accessLog(fixedFieldsLogger(deps.logger), deps.metrics, { logPrompts: deps.logPrompts ?? false }));
-  // Strict defaults everywhere; the HTML pages relax two directives for themselves (routes/web.ts).
-  app.use(securityHeaders);
+  // Strict defaults everywhere, on every answer of the app as it is written; the HTML pages
+  // relax two directives for themselves (routes/web.ts).
+  addSecurityHeadersOnWrite(app.response);
   if (deps.corsOrigins.length > 0) {
     app.use(cors({ origin: deps.corsOrigins, allowedHeaders: ['authorization', 'content-type', 'idempotency-key', 'x-request-id'], exposedHeaders: ['x-request-id', 'x-usage-cost-usd', 'x-usage-credits', 'retry-after'] }));
   }

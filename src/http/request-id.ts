@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { RequestHandler } from 'express';
+import { RequestLocals } from './locals.js';
 
 /**
  * Incoming ids are echoed only when they are short and plain, so logs and
@@ -17,7 +18,8 @@ export function requestId(): RequestHandler {
   return (req, res, next) => {
     const incoming = req.get('x-request-id');
     const id = incoming && SANE_ID.test(incoming) ? incoming : newRequestId();
-    res.locals.requestId = id;
+    // Replaces Express's dictionary-mode locals (nothing is on it yet): see locals.ts.
+    res.locals = new RequestLocals(id) as unknown as typeof res.locals;
     res.setHeader('x-request-id', id);
     next();
   };

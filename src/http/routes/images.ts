@@ -54,15 +54,13 @@ class ResponseCaller implements CallerLink {
 /** Goes when the caller disconnects before we answered. */
 export function callerLink(res: Response): CallerLink {
   const link = new ResponseCaller();
-  (res.locals as Record<symbol, ResponseCaller>)[CALLER_GONE] = link;
+  (res.locals as { caller?: unknown }).caller = link;
   res.on('close', onResponseClose);
   return link;
 }
 
-const CALLER_GONE = Symbol('callerGone');
-
 function onResponseClose(this: Response): void {
-  if (!this.writableFinished) (this.locals as Record<symbol, ResponseCaller>)[CALLER_GONE]?.gone(new Error('caller went away'));
+  if (!this.writableFinished) ((this.locals as { caller?: unknown }).caller as ResponseCaller | undefined)?.gone(new Error('caller went away'));
 }
 
 export function imagesRouter(deps: ImagesRouteDeps): Router {
