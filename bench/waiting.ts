@@ -62,6 +62,8 @@ const INGRESS_WINDOW = 64;
 /** The service's default STATUS_STREAMS_MAX. */
 const STREAMS = 256;
 const REQUEST_TIMEOUT_MS = 1_800_000;
+/** Issue 6: under 20 KB per waiting job, with KB read as 1,000 bytes (the stricter reading). */
+const TARGET_BYTES = 20_000;
 timeBudget(modes.length * (45 + (diagnostics ? 10 : 0)) * 60_000, 'bench/waiting.ts');
 
 interface ModeFigures {
@@ -342,7 +344,7 @@ function render(all: ModeFigures[], diag: ModeFigures[], startedAt: Date, machin
     mib(f.idleRss),
     mib(f.plateauRss),
     `**${kib(perJob(f))}**`,
-    perJob(f) < 20 * 1024 ? 'met' : `**missed** (${(perJob(f) / (20 * 1024)).toFixed(2)}×)`,
+    perJob(f) < TARGET_BYTES ? 'met' : `**missed** (${(perJob(f) / TARGET_BYTES).toFixed(2)}×)`,
     kib((f.plateauHeap - f.idleHeap) / f.jobs),
     mib(f.peakRss),
     `${Math.round(f.cpuPlateauUtil * 100)}%`,
@@ -403,7 +405,7 @@ function render(all: ModeFigures[], diag: ModeFigures[], startedAt: Date, machin
       `then released each at its submit time + L, i.e. a fixed job latency of L (column *L*). Webhook mode: \`FAL_WEBHOOKS=true\`, \`PUBLIC_BASE_URL\` = the service's own loopback URL, ` +
       `callbacks signed by the emulator and verified against its JWKS, \`FAL_WEBHOOK_GRACE_MS\` raised to the request deadline (see below).`,
     '',
-    '**Memory per waiting job** (VmRSS of the service process; idle = after warm-up, plateau = median over the plateau; target < 20 KB)',
+    '**Memory per waiting job** (VmRSS of the service process; idle = after warm-up, plateau = median over the plateau; target < 20 KB, read strictly as 20,000 bytes = 19.5 KiB)',
     '',
     table(['mode', 'jobs in flight', 'idle RSS', 'plateau RSS', 'per job', 'target', 'V8 heap used per job', 'peak RSS (VmHWM)', 'service CPU at plateau'], memRows),
     '',

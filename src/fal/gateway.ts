@@ -4,6 +4,7 @@ import { dirname, join } from 'node:path';
 import { createFalClient, ApiError as FalApiError, type QueueStatus } from '@fal-ai/client';
 import { createFalTransport, HIDDEN_RETRYABLE_STATUS, FalTransportError, type CallCapture, type FalPhase, type TransportOptions } from './transport.js';
 import type { FetchLike } from './redirect-fetch.js';
+import type { AbortLike } from '../abort-like.js';
 import { createPollScheduler } from './poll-scheduler.js';
 import type { CompletionHub } from './webhooks.js';
 import type { InlineExtraction, InlineImage } from './inline-images.js';
@@ -88,7 +89,7 @@ export function jobFailed(err: FalCallError): boolean {
 }
 
 export interface CallOptions {
-  signal?: AbortSignal;
+  signal?: AbortLike;
 }
 
 export interface FalGateway {
@@ -166,7 +167,7 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
     ratePerSecond: opts.pollRps ?? 200,
     maxDelayMs: pollMaxMs,
   });
-  const poll = (endpoint: string, falRequestId: string, signal: AbortSignal | undefined, onStatus: ((s: FalJobStatus) => void) | undefined, firstDelayMs: number): Promise<void> =>
+  const poll = (endpoint: string, falRequestId: string, signal: AbortLike | undefined, onStatus: ((s: FalJobStatus) => void) | undefined, firstDelayMs: number): Promise<void> =>
     polls.wait({ endpoint, falRequestId }, signal, onStatus, firstDelayMs);
 
   function translate(err: unknown, capture: CallCapture): FalCallError {
@@ -192,7 +193,7 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
   }
 
   /** `fn` must hand its fal call the signal it is given: that is how the transport knows the call (see transport.ts). */
-  async function call<T>(phase: FalPhase, signal: AbortSignal | undefined, fn: (c: CallCapture, signal: AbortSignal) => Promise<T>, streamOf?: string): Promise<{ value: T; capture: CallCapture }> {
+  async function call<T>(phase: FalPhase, signal: AbortLike | undefined, fn: (c: CallCapture, signal: AbortSignal) => Promise<T>, streamOf?: string): Promise<{ value: T; capture: CallCapture }> {
     const started = performance.now();
     let failed = false;
     try {
@@ -225,7 +226,7 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
   }
 
   /** The callback is later than the grace period: whichever comes first, fal's callback or polling. */
-  async function lateCallback(endpoint: string, falRequestId: string, signal: AbortSignal | undefined, onStatus: ((s: FalJobStatus) => void) | undefined): Promise<void> {
+  async function lateCallback(endpoint: string, falRequestId: string, signal: AbortLike | undefined, onStatus: ((s: FalJobStatus) => void) | undefined): Promise<void> {
     const hub = opts.webhook!.hub;
     const late = new AbortController();
     const relay = () => late.abort(signal!.reason);
@@ -253,7 +254,7 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
    * delay in between. If it is unavailable or ends early we poll. At most
    * `maxStatusStreams` at once: each holds a connection for the job's life.
    */
-  async function viaStream(endpoint: string, falRequestId: string, signal: AbortSignal | undefined, onStatus: ((s: FalJobStatus) => void) | undefined): Promise<void> {
+  async function viaStream(endpoint: string, falRequestId: string, signal: AbortLike | undefined, onStatus: ((s: FalJobStatus) => void) | undefined): Promise<void> {
     stats.streamsOpen++;
     try {
       stats.streamCalls++;
@@ -459,6 +460,6 @@ async function readAnswer(res: Response): Promise<unknown> {
   return res.text();
 }
 
-function abortedError(phase: FalPhase, signal: AbortSignal): FalCallError {
+function abortedError(phase: FalPhase, signal: AbortLike): FalCallError {
   return new FalCallError(`fal ${phase} aborted`, { phase, kind: 'aborted', cause: signal.reason });
 }

@@ -1,4 +1,5 @@
 import { createRedirectFetch, type FetchLike } from './redirect-fetch.js';
+import { FollowingSignal, type AbortLike } from '../abort-like.js';
 import { extractInlineImages, type InlineExtraction } from './inline-images.js';
 
 /**
@@ -138,7 +139,7 @@ export interface FalTransport {
    * caller's), except a status stream's, named by `streamOf` (the job's id),
    * and a storage upload's.
    */
-  run<T>(phase: FalPhase, signal: AbortSignal | undefined, fn: (capture: CallCapture, signal: AbortSignal) => Promise<T>, streamOf?: string): Promise<T>;
+  run<T>(phase: FalPhase, signal: AbortLike | undefined, fn: (capture: CallCapture, signal: AbortSignal) => Promise<T>, streamOf?: string): Promise<T>;
 }
 
 /** The job id in a status stream's URL (`…/requests/{id}/status/stream`). */
@@ -148,25 +149,6 @@ function urlOf(input: Parameters<FetchLike>[0]): string {
   return typeof input === 'string' ? input : input instanceof URL ? input.href : (input as Request).url;
 }
 
-/**
- * A signal of the call's own that aborts with the caller's until detached. It
- * is its own listener (handleEvent): no closure.
- */
-class CallSignal {
-  readonly controller = new AbortController();
-  constructor(private readonly parent: AbortSignal | undefined) {
-    if (parent?.aborted) this.controller.abort(parent.reason);
-    else parent?.addEventListener('abort', this, { once: true });
-  }
-
-  handleEvent(): void {
-    this.controller.abort(this.parent!.reason);
-  }
-
-  detach(): void {
-    this.parent?.removeEventListener('abort', this);
-  }
-}
 
 export function createFalTransport(opts: TransportOptions = {}): FalTransport {
   // The calls in progress, by the signal their fetches carry, and status streams by job id.
@@ -288,7 +270,7 @@ export function createFalTransport(opts: TransportOptions = {}): FalTransport {
   return {
     fetch: wrapped,
     async run(phase, signal, fn, streamOf) {
-      const own = new CallSignal(signal);
+      const own = new FollowingSignal(signal);
       const capture: CallCapture = { phase, signal: own.controller.signal, attempts: 0, seenIds: [] };
       bySignal.set(own.controller.signal, capture);
       if (streamOf !== undefined) streams.set(streamOf, capture);

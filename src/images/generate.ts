@@ -15,6 +15,7 @@ import type { Ledger } from '../metering/ledger.js';
 import type { Metrics } from '../metrics.js';
 import type { ImagesResponse } from '../schemas/images-response.js';
 import { DeadlineQueue, type Expiring } from '../deadline-queue.js';
+import type { AbortLike, AbortListener } from '../abort-like.js';
 
 /**
  * The use case: one caller request → one fal job → one OpenAI-shaped
@@ -154,7 +155,7 @@ export function createImageService(deps: ImageServiceDeps): ImageService {
       // caller's 400, and an upload is not a billable job.
       if (deps.loras) {
         // The same input back means no local LoRA: no copy of the request to keep for the job's whole wait.
-        const falInput = await deps.loras.resolve(req.falInput, cut.signal);
+        const falInput = await deps.loras.resolve(req.falInput, cut);
         if (falInput !== req.falInput) this.req = req = { ...req, falInput };
       }
       const reserve = maxCharge(req, deps.markup);
@@ -221,7 +222,8 @@ export function createImageService(deps: ImageServiceDeps): ImageService {
     async runJob(input: Record<string, unknown>, jobIndex: number, jobCount: number): Promise<JobOutcome> {
       const { ctx, cut, log } = this;
       const endpoint = this.req.model.endpoint;
-      const jobSignal = cut.signal;
+      // The request's own abort, not a real signal: see RequestAbort.
+      const jobSignal = cut;
       let falRequestId: string;
       let strayIds: string[];
       try {
@@ -279,7 +281,7 @@ export function createImageService(deps: ImageServiceDeps): ImageService {
       const results = outcomes.flatMap((o) => ('result' in o ? [o.result] : []));
       const failures = outcomes.filter((o): o is JobFailure => 'error' in o);
       if (failures.length > 0) {
-        const reason = cut.reason();
+        const reason = cut.cause();
         if (failures.some((f) => f.metering)) throw serviceUnavailable('Usage metering is unavailable; the request was not completed.', 5, 'metering_unavailable');
         if (failures.every((f) => !f.open)) {
           // Every job is accounted for: bill what completed, release the rest.
@@ -487,21 +489,28 @@ function asFalError(err: unknown): FalCallError {
 }
 
 /**
- * Why a request's fal work was cut short, and the one signal that tells its
- * fal calls so. One AbortController per request, aborted by whichever comes
- * first of: the caller leaving (a watcher on its link, or one listener on its
- * signal), the deadline (an entry in a shared DeadlineQueue, not a timer of
- * its own), shutdown (an entry in the service's set of live requests) and a
- * sibling job failing. Composing those with AbortSignal.any cost a waiting
- * job several signals, each with its listener maps, WeakRefs and registry
- * cells, and in Node 20 every composite stays referenced from its sources for
- * as long as they live.
+ * Why a request's fal work was cut short, and what tells its fal calls so.
+ * It aborts on whichever comes first of: the caller leaving (a watcher on its
+ * link, or one listener on its signal), the deadline (an entry in a shared
+ * DeadlineQueue, not a timer of its own), shutdown (an entry in the service's
+ * set of live requests) and a sibling job failing.
+ *
+ * It is itself the abort signal of the request's fal calls (an AbortLike:
+ * aborted, reason, listeners), not an AbortController: thousands of requests
+ * wait at once, and a controller's signal with its listener maps and hidden
+ * class cost each ~0.8 KB. Each fal call gets a real signal of its own from
+ * the transport while it runs; `signal` makes one for callers that need a real
+ * AbortSignal (LoRA uploads).
  *
  * Every cause is remembered, not just the first: a caller who leaves after a
  * sibling failed is still reported as gone, as before.
  */
-export class RequestAbort implements CallerWatcher, Expiring {
-  private readonly controller = new AbortController();
+export class RequestAbort implements CallerWatcher, Expiring, AbortLike {
+  private isAborted = false;
+  private abortReason: unknown = undefined;
+  /** Nearly always one (the job's wait); an array only when several jobs or calls listen at once. */
+  private listeners: AbortListener | AbortListener[] | undefined;
+  private controller: AbortController | undefined;
   private callerGoneFlag = false;
   private deadlineHit = false;
   private shuttingDown = false;
@@ -523,8 +532,40 @@ export class RequestAbort implements CallerWatcher, Expiring {
     else live.add(this);
   }
 
+  get aborted(): boolean {
+    return this.isAborted;
+  }
+
+  get reason(): unknown {
+    return this.abortReason;
+  }
+
+  /** A real AbortSignal that follows this one, made on first use. */
   get signal(): AbortSignal {
+    if (!this.controller) {
+      this.controller = new AbortController();
+      if (this.isAborted) this.controller.abort(this.abortReason);
+    }
     return this.controller.signal;
+  }
+
+  addEventListener(_type: 'abort', listener: AbortListener): void {
+    // As with an AbortSignal, a listener added after the abort is never called.
+    if (this.isAborted) return;
+    const l = this.listeners;
+    if (l === undefined) this.listeners = listener;
+    else if (Array.isArray(l)) l.push(listener);
+    else this.listeners = [l, listener];
+  }
+
+  removeEventListener(_type: 'abort', listener: AbortListener): void {
+    const l = this.listeners;
+    if (l === listener) this.listeners = undefined;
+    else if (Array.isArray(l)) {
+      const i = l.indexOf(listener);
+      if (i >= 0) l.splice(i, 1);
+      if (l.length === 1) this.listeners = l[0];
+    }
   }
 
   /** The caller's signal fired. */
@@ -539,7 +580,7 @@ export class RequestAbort implements CallerWatcher, Expiring {
 
   /** From now, the request has `deadlines.ms` (the request timeout) to finish its fal work. */
   startDeadline(deadlines: DeadlineQueue): void {
-    if (this.deadlines || this.controller.signal.aborted) return;
+    if (this.deadlines || this.isAborted) return;
     this.deadlines = deadlines;
     deadlines.add(this);
   }
@@ -554,7 +595,26 @@ export class RequestAbort implements CallerWatcher, Expiring {
     if (cause === 'client_gone') this.callerGoneFlag = true;
     else if (cause === 'deadline') this.deadlineHit = true;
     else if (cause === 'shutdown') this.shuttingDown = true;
-    if (!this.controller.signal.aborted) this.controller.abort(reason);
+    if (this.isAborted) return;
+    this.isAborted = true;
+    // As AbortController.abort() gives when no reason is passed.
+    this.abortReason = reason ?? new DOMException('This operation was aborted', 'AbortError');
+    this.controller?.abort(this.abortReason);
+    const l = this.listeners;
+    this.listeners = undefined;
+    if (l === undefined) return;
+    const event = new Event('abort');
+    for (const one of Array.isArray(l) ? l : [l]) {
+      // One listener failing must not keep the others from hearing of it (as with EventTarget, the error is reported, not thrown here).
+      try {
+        if (typeof one === 'function') one.call(this, event);
+        else one.handleEvent(event);
+      } catch (err) {
+        queueMicrotask(() => {
+          throw err;
+        });
+      }
+    }
   }
 
   private callerHasGone(): boolean {
@@ -562,7 +622,7 @@ export class RequestAbort implements CallerWatcher, Expiring {
   }
 
   /** Why the wait was cut, in the order of precedence the error mapping has always used; a sibling's failure is no reason. */
-  reason(): 'deadline' | 'client_gone' | 'shutdown' | undefined {
+  cause(): 'deadline' | 'client_gone' | 'shutdown' | undefined {
     return this.callerHasGone() ? 'client_gone' : this.deadlineHit ? 'deadline' : this.shuttingDown ? 'shutdown' : undefined;
   }
 
@@ -572,6 +632,7 @@ export class RequestAbort implements CallerWatcher, Expiring {
     if (this.caller instanceof AbortSignal) this.caller.removeEventListener('abort', this);
     else this.caller.watch(undefined);
     this.live.delete(this);
+    this.listeners = undefined;
   }
 }
 

@@ -16,14 +16,52 @@ describe('RequestAbort', () => {
     const live = new Set<RequestAbort>();
     const cut = new RequestAbort(caller.signal, live, undefined);
     assert.equal(live.size, 1);
-    assert.equal(cut.reason(), undefined);
+    assert.equal(cut.cause(), undefined);
     const why = new Error('caller went away');
     caller.abort(why);
     assert.equal(cut.signal.aborted, true);
     assert.equal(cut.signal.reason, why);
-    assert.equal(cut.reason(), 'client_gone');
+    assert.equal(cut.cause(), 'client_gone');
     cut.dispose();
     assert.equal(live.size, 0);
+  });
+
+  it('is an abort signal for fal calls without being an AbortController: listeners hear it once, in order, then never again', () => {
+    const caller = { goneReason: undefined as unknown, watcher: undefined as { callerGone(r: unknown): void } | undefined, watch(w: { callerGone(r: unknown): void } | undefined) { this.watcher = w; } };
+    const cut = new RequestAbort(caller, new Set(), undefined);
+    const heard: string[] = [];
+    const fn = () => heard.push('function');
+    const obj = { handleEvent: (e: Event) => heard.push(`object:${e.type}`) };
+    const removed = () => heard.push('removed');
+    cut.addEventListener('abort', fn);
+    cut.addEventListener('abort', obj);
+    cut.addEventListener('abort', removed);
+    cut.removeEventListener('abort', removed);
+    assert.equal(cut.aborted, false);
+    const why = new Error('caller went away');
+    caller.watcher!.callerGone(why);
+    assert.deepEqual(heard, ['function', 'object:abort']);
+    assert.equal(cut.aborted, true);
+    assert.equal(cut.reason, why);
+    assert.equal(cut.cause(), 'client_gone');
+    cut.abort('sibling');
+    cut.addEventListener('abort', fn);
+    assert.deepEqual(heard, ['function', 'object:abort'], 'once only, and a late listener is never called');
+    assert.equal(cut.signal.aborted, true, 'a real signal made after the abort starts aborted');
+    assert.equal(cut.signal.reason, why);
+    cut.dispose();
+  });
+
+  it('a real signal made before the abort follows it; with no reason given, the reason is an AbortError', () => {
+    const cut = new RequestAbort(new AbortController().signal, new Set(), undefined);
+    const real = cut.signal;
+    assert.equal(real.aborted, false);
+    cut.abort('sibling');
+    assert.equal(real.aborted, true);
+    assert.equal((cut.reason as DOMException).name, 'AbortError');
+    assert.equal(real.reason, cut.reason);
+    assert.equal(cut.cause(), undefined, 'a sibling failing is no cause');
+    cut.dispose();
   });
 
   it('the deadline aborts with a TimeoutError, as AbortSignal.timeout did', async () => {
@@ -31,7 +69,7 @@ describe('RequestAbort', () => {
     cut.startDeadline(DeadlineQueue.forLength(1));
     await once(cut.signal, 'abort');
     assert.equal((cut.signal.reason as DOMException).name, 'TimeoutError');
-    assert.equal(cut.reason(), 'deadline');
+    assert.equal(cut.cause(), 'deadline');
     cut.dispose();
   });
 
@@ -42,10 +80,10 @@ describe('RequestAbort', () => {
     const b = new RequestAbort(new AbortController().signal, live, shutdown.signal);
     for (const r of live) r.abort('shutdown', shutdown.signal.reason);
     shutdown.abort();
-    assert.deepEqual([a.reason(), b.reason()], ['shutdown', 'shutdown']);
+    assert.deepEqual([a.cause(), b.cause()], ['shutdown', 'shutdown']);
     const late = new RequestAbort(new AbortController().signal, live, shutdown.signal);
     assert.equal(late.signal.aborted, true);
-    assert.equal(late.reason(), 'shutdown');
+    assert.equal(late.cause(), 'shutdown');
     for (const r of [a, b, late]) r.dispose();
     assert.equal(live.size, 0);
   });
@@ -55,9 +93,9 @@ describe('RequestAbort', () => {
     const cut = new RequestAbort(caller.signal, new Set(), undefined);
     cut.abort('sibling');
     assert.equal(cut.signal.aborted, true);
-    assert.equal(cut.reason(), undefined);
+    assert.equal(cut.cause(), undefined);
     caller.abort(new Error('gone'));
-    assert.equal(cut.reason(), 'client_gone');
+    assert.equal(cut.cause(), 'client_gone');
     cut.dispose();
   });
 
@@ -65,11 +103,11 @@ describe('RequestAbort', () => {
     const caller = new AbortController();
     const cut = new RequestAbort(caller.signal, new Set(), undefined);
     cut.abort('shutdown');
-    assert.equal(cut.reason(), 'shutdown');
+    assert.equal(cut.cause(), 'shutdown');
     cut.abort('deadline');
-    assert.equal(cut.reason(), 'deadline');
+    assert.equal(cut.cause(), 'deadline');
     caller.abort();
-    assert.equal(cut.reason(), 'client_gone');
+    assert.equal(cut.cause(), 'client_gone');
     cut.dispose();
   });
 
