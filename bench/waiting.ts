@@ -77,6 +77,9 @@ interface ModeFigures {
   peakRss: number;
   idleHeap: number;
   plateauHeap: number;
+  /** V8 heap committed (nodejs_heap_size_total_bytes): what the heap holds of RSS, used or not. */
+  idleHeapTotal: number;
+  plateauHeapTotal: number;
   inFlightAtPlateau: number;
   plateauS: number;
   /** Emulator calls during the plateau. */
@@ -158,7 +161,9 @@ async function runMode(mode: Mode, emu: NodeChild, dir: string, JOBS: number, PL
     await sleep(3000);
     idleSampler.stop();
     const idleRss = idleSampler.medianBetween(0, Date.now());
-    const idleHeap = promValue(await metrics(), 'nodejs_heap_size_used_bytes');
+    const idleText = await metrics();
+    const idleHeap = promValue(idleText, 'nodejs_heap_size_used_bytes');
+    const idleHeapTotal = promValue(idleText, 'nodejs_heap_size_total_bytes');
     const idleSnapshot = snapshotDir ? await snapshotSummary(svc.pid, snapshotDir, metrics) : undefined;
 
     // Ramp: keep at most INGRESS_WINDOW requests between "sent" and "submitted to fal".
@@ -205,7 +210,10 @@ async function runMode(mode: Mode, emu: NodeChild, dir: string, JOBS: number, PL
     const cpuPlateauUtil = (readCpuMs(svc.pid) - cpu0) / (t1 - t0);
     const s1 = await admin.stats();
     const plateauRss = sampler.medianBetween(t0, t1);
-    const plateauHeap = promValue(await metrics(), 'nodejs_heap_size_used_bytes');
+    const plateauText = await metrics();
+    const plateauHeap = promValue(plateauText, 'nodejs_heap_size_used_bytes');
+    const plateauHeapTotal = promValue(plateauText, 'nodejs_heap_size_total_bytes');
+    log(`${mode}: V8 heap at plateau: used ${mib(plateauHeap)}, committed ${mib(plateauHeapTotal)} (idle ${mib(idleHeapTotal)}); spaces committed: ${plateauText.split('\n').filter((l) => l.startsWith('nodejs_heap_space_size_total_bytes')).map((l) => l.replace(/.*space="(\w+)".* (\d+)$/, (_m, sp: string, v: string) => `${sp} ${mib(Number(v))}`)).join(', ')}`);
     const emulatorRss = readMem(emu.pid).rss;
     const heap = idleSnapshot ? { idle: idleSnapshot, plateau: await snapshotSummary(svc.pid, snapshotDir!, metrics) } : undefined;
     log(`${mode}: plateau RSS ${mib(plateauRss)} (idle ${mib(idleRss)}): ${kib((plateauRss - idleRss) / JOBS)} per job; sockets ${JSON.stringify(sockets)}`);
@@ -303,6 +311,8 @@ async function runMode(mode: Mode, emu: NodeChild, dir: string, JOBS: number, PL
       peakRss,
       idleHeap,
       plateauHeap,
+      idleHeapTotal,
+      plateauHeapTotal,
       inFlightAtPlateau: inFlight,
       plateauS: (t1 - t0) / 1000,
       plateauStatus: (s1.status ?? 0) - (s0.status ?? 0),
@@ -346,6 +356,7 @@ function render(all: ModeFigures[], diag: ModeFigures[], startedAt: Date, machin
     `**${kib(perJob(f))}**`,
     perJob(f) < TARGET_BYTES ? 'met' : `**missed** (${(perJob(f) / TARGET_BYTES).toFixed(2)}×)`,
     kib((f.plateauHeap - f.idleHeap) / f.jobs),
+    kib((f.plateauHeapTotal - f.idleHeapTotal) / f.jobs),
     mib(f.peakRss),
     `${Math.round(f.cpuPlateauUtil * 100)}%`,
   ]);
@@ -407,7 +418,7 @@ function render(all: ModeFigures[], diag: ModeFigures[], startedAt: Date, machin
     '',
     '**Memory per waiting job** (VmRSS of the service process; idle = after warm-up, plateau = median over the plateau; target < 20 KB, read strictly as 20,000 bytes = 19.5 KiB)',
     '',
-    table(['mode', 'jobs in flight', 'idle RSS', 'plateau RSS', 'per job', 'target', 'V8 heap used per job', 'peak RSS (VmHWM)', 'service CPU at plateau'], memRows),
+    table(['mode', 'jobs in flight', 'idle RSS', 'plateau RSS', 'per job', 'target', 'V8 heap used per job', 'V8 heap committed per job', 'peak RSS (VmHWM)', 'service CPU at plateau'], memRows),
     '',
     '**Upstream status traffic** (emulator\'s own call counts; status = polls, streams = SSE status streams opened)',
     '',

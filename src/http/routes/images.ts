@@ -102,7 +102,15 @@ export function imagesRouter(deps: ImagesRouteDeps): Router {
           // b64_json images go to the socket as the Buffers fal sent them in (images-json.ts).
           return sendImagesJson(req, res, 200, outcome.headers, outcome.body);
         },
-      ).catch((err: unknown) => deps.onError(err, req, res));
+      ).catch((err: unknown) => {
+        try {
+          deps.onError(err, req, res);
+        } catch (failed) {
+          // Nothing may escape as an unhandled rejection (it would end the process): the answer is lost, the socket goes.
+          deps.logger?.error({ err: failed, request_id: requestId }, 'could not send the error answer');
+          res.destroy();
+        }
+      });
       // Express leaves its dispatch chain on the request as req.next; nothing
       // calls it from here on, and the request lives as long as the job.
       req.next = undefined;
