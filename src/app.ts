@@ -77,21 +77,20 @@ export function createApp(deps: AppDeps): Express {
   if (deps.corsOrigins.length > 0) {
     app.use(cors({ origin: deps.corsOrigins, allowedHeaders: ['authorization', 'content-type', 'idempotency-key', 'x-request-id'], exposedHeaders: ['x-request-id', 'x-usage-cost-usd', 'x-usage-credits', 'retry-after'] }));
   }
-  app.use(healthRouter(deps.readiness, isShuttingDown));
-  app.get('/metrics', async (_req, res) => {
-    res.setHeader('content-type', deps.metrics.registry.contentType);
-    res.send(await deps.metrics.registry.metrics());
-  });
-  // Before the shutdown refusal: requests still draining need their callbacks.
-  if (deps.falWebhooks) app.use(falWebhookRouter({ ...deps.falWebhooks, logger: deps.logger, maxBytes: 128 * 1024 * 1024 }));
-  app.use(refuseWhenShuttingDown(isShuttingDown));
-  app.use(filesRouter(deps.media));
-  app.use(webRouter());
-
   const auth = requireKey(deps.authenticate);
+  const refuseWhenStopping = refuseWhenShuttingDown(isShuttingDown);
+  // The image route is the one callers wait on, so it comes first: none of the
+  // routers below (health, metrics, fal callbacks, files, pages) can match a
+  // POST to it, and walking past them cost every image request. Its chain is
+  // what it met before: the shutdown refusal, then auth, limits, body.
   // Limited before the body is read: a caller over its limit costs us no parsing.
-  app.post('/v1/images/generations', auth, rateLimit(deps.rateLimit), inFlightLimit(deps.maxInFlight, deps.metrics), ...jsonBody(deps.maxBodyBytes));
-  app.use(
+  app.post(
+    '/v1/images/generations',
+    refuseWhenStopping,
+    auth,
+    rateLimit(deps.rateLimit),
+    inFlightLimit(deps.maxInFlight, deps.metrics),
+    ...jsonBody(deps.maxBodyBytes),
     imagesRouter({
       registry: deps.registry,
       images: deps.images,
@@ -102,6 +101,16 @@ export function createApp(deps: AppDeps): Express {
       onError: (err, req, res) => onError(err, req, res, noNext),
     }),
   );
+  app.use(healthRouter(deps.readiness, isShuttingDown));
+  app.get('/metrics', async (_req, res) => {
+    res.setHeader('content-type', deps.metrics.registry.contentType);
+    res.send(await deps.metrics.registry.metrics());
+  });
+  // Before the shutdown refusal: requests still draining need their callbacks.
+  if (deps.falWebhooks) app.use(falWebhookRouter({ ...deps.falWebhooks, logger: deps.logger, maxBytes: 128 * 1024 * 1024 }));
+  app.use(refuseWhenStopping);
+  app.use(filesRouter(deps.media));
+  app.use(webRouter());
 
   // Every /v1/admin path, unknown ones included, answers 403 to a non-admin
   // before anything else, so the admin surface cannot be mapped without a key.

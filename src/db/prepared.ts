@@ -22,6 +22,8 @@ class Slot {
 export interface Prepared<D, P, R> {
   /** Runs on `executor`: the database itself or a transaction of it (same dialect as the first run). */
   run(executor: Kysely<D>, params: P): Promise<QueryResult<R>>;
+  /** The compiled query with these values, to execute elsewhere (a unit of work, src/db/unit.ts); `executor` compiles it on first use. */
+  bind(executor: Kysely<D>, params: P): CompiledQuery<R>;
 }
 
 /**
@@ -33,23 +35,27 @@ export function prepared<D, P extends Record<string, unknown>, R>(build: (db: Ky
   /** For each compiled parameter: the name of the value it takes, or undefined for a constant. */
   let names: Array<string | undefined> = [];
   let constants: unknown[] = [];
+  const bind = (executor: Kysely<D>, params: P): CompiledQuery<R> => {
+    if (compiled === undefined) {
+      const stand = new Proxy({} as P, { get: (_t, key) => new Slot(String(key)) });
+      compiled = build(executor, stand).compile();
+      names = compiled.parameters.map((v) => (v instanceof Slot ? v.name : undefined));
+      constants = compiled.parameters.map((v) => (v instanceof Slot ? undefined : v));
+    }
+    const parameters = new Array<unknown>(names.length);
+    for (let i = 0; i < names.length; i++) {
+      const name = names[i];
+      if (name === undefined) parameters[i] = constants[i];
+      // A missing value would otherwise go to the database as NULL.
+      else if (name in params) parameters[i] = params[name];
+      else throw new Error(`prepared query uses a value it was not given: ${name}`);
+    }
+    return { ...compiled, parameters };
+  };
   return {
+    bind,
     async run(executor, params) {
-      if (compiled === undefined) {
-        const stand = new Proxy({} as P, { get: (_t, key) => new Slot(String(key)) });
-        compiled = build(executor, stand).compile();
-        names = compiled.parameters.map((v) => (v instanceof Slot ? v.name : undefined));
-        constants = compiled.parameters.map((v) => (v instanceof Slot ? undefined : v));
-      }
-      const parameters = new Array<unknown>(names.length);
-      for (let i = 0; i < names.length; i++) {
-        const name = names[i];
-        if (name === undefined) parameters[i] = constants[i];
-        // A missing value would otherwise go to the database as NULL.
-        else if (name in params) parameters[i] = params[name];
-        else throw new Error(`prepared query uses a value it was not given: ${name}`);
-      }
-      return executor.executeQuery<R>({ ...compiled, parameters });
+      return executor.executeQuery<R>(bind(executor, params));
     },
   };
 }

@@ -28,9 +28,10 @@ import {
 } from 'kysely';
 import type { Database } from '../db/database.js';
 import { prepared } from '../db/prepared.js';
+import { runUnit, type Unit } from '../db/unit.js';
 import type { DB, JobStatus, RequestStatus, RequestsTable, UpstreamJobsTable } from '../db/schema.js';
 import { systemClock, toBigInt, toIsoTimestamp, toNumber, type Clock, type TimeInput } from '../db/values.js';
-import { enqueueOutboxEvent, type OutboxEventInput } from './outbox-store.js';
+import { enqueueOutboxEventUnit, type OutboxEventInput } from './outbox-store.js';
 
 export interface ReserveInput {
   requestId: string;
@@ -305,6 +306,20 @@ export function createLedger(database: Database, options: LedgerOptions = {}): L
     return toRequest(row);
   }
 
+  function* requestOrThrowU(requestId: string): Unit<RequestRecord> {
+    const row = (yield db.selectFrom('requests').selectAll().where('id', '=', requestId).compile()).rows[0] as Selectable<RequestsTable> | undefined;
+    if (!row) throw new UnknownRequestError(requestId);
+    return toRequest(row);
+  }
+
+  function* jobOrThrowU(falRequestId: string): Unit<JobRecord> {
+    const row = (yield db.selectFrom('upstream_jobs').selectAll().where('fal_request_id', '=', falRequestId).compile()).rows[0] as
+      | Selectable<UpstreamJobsTable>
+      | undefined;
+    if (!row) throw new UnknownJobError(falRequestId);
+    return toJob(row);
+  }
+
   async function jobOrThrow(q: Kysely<DB>, falRequestId: string): Promise<JobRecord> {
     const row = await q.selectFrom('upstream_jobs').selectAll().where('fal_request_id', '=', falRequestId).executeTakeFirst();
     if (!row) throw new UnknownJobError(falRequestId);
@@ -428,7 +443,7 @@ export function createLedger(database: Database, options: LedgerOptions = {}): L
       .where('id', '=', p.keyId),
   );
 
-  async function completeJobIn(trx: Kysely<DB>, input: CompleteJobInput): Promise<CompleteJobResult> {
+  function* completeJobIn(input: CompleteJobInput): Unit<CompleteJobResult> {
     const values: JobValues = {
       falRequestId: input.falRequestId,
       images: toNumber(input.images),
@@ -438,9 +453,9 @@ export function createLedger(database: Database, options: LedgerOptions = {}): L
       cost: toBigInt(input.upstreamCostMicros),
       at: now(),
     };
-    const row = (await completeJobQ.run(trx, values)).rows[0] ?? (await completeDuplicateQ.run(trx, values)).rows[0];
+    const row = ((yield completeJobQ.bind(db, values)).rows[0] ?? (yield completeDuplicateQ.bind(db, values)).rows[0]) as Selectable<UpstreamJobsTable> | undefined;
     // Unchanged (a repeat): report the row as it stands.
-    const job = row ? toJob(row) : await jobOrThrow(trx, input.falRequestId);
+    const job = row ? toJob(row) : yield* jobOrThrowU(input.falRequestId);
     return {
       job,
       changed: row !== undefined,
@@ -448,7 +463,7 @@ export function createLedger(database: Database, options: LedgerOptions = {}): L
     };
   }
 
-  async function settleIn(trx: Kysely<DB>, input: SettleInput): Promise<SettleResult> {
+  function* settleIn(input: SettleInput): Unit<SettleResult> {
     const charge = toBigInt(input.chargeMicros);
     if (charge < 0n) throw new RangeError('chargeMicros must not be negative');
     const values: SettleValues = {
@@ -460,12 +475,12 @@ export function createLedger(database: Database, options: LedgerOptions = {}): L
       at: now(),
     };
     let hold: bigint;
-    let row = (await settleHoldingQ.run(trx, values)).rows[0];
+    let row = (yield settleHoldingQ.bind(db, values)).rows[0] as Selectable<RequestsTable> | undefined;
     if (row) {
       hold = toBigInt(row.reserved_micros);
     } else {
-      row = (await settleOrphanQ.run(trx, values)).rows[0];
-      if (!row) return { settled: false, request: await requestOrThrow(trx, input.requestId) };
+      row = (yield settleOrphanQ.bind(db, values)).rows[0] as Selectable<RequestsTable> | undefined;
+      if (!row) return { settled: false, request: yield* requestOrThrowU(input.requestId) };
       // An orphan gave its hold back when it was orphaned.
       hold = 0n;
     }
@@ -475,11 +490,11 @@ export function createLedger(database: Database, options: LedgerOptions = {}): L
     // lock orders concurrent settles of one key, so outbox sequence
     // numbers of a key are assigned in commit order and per-key delivery
     // order cannot be overtaken by a transaction that committed later.
-    await chargeKeyQ.run(trx, { keyId: request.keyId, hold, charge });
+    yield chargeKeyQ.bind(db, { keyId: request.keyId, hold, charge });
     if (input.outboxEvent) {
       const { eventId, type, payload } = input.outboxEvent;
       const body: unknown = typeof payload === 'function' ? (payload as (r: RequestRecord) => unknown)(request) : payload;
-      await enqueueOutboxEvent(trx as Transaction<DB>, { eventId, type, payload: body, keyId: request.keyId }, clock);
+      yield* enqueueOutboxEventUnit(db, { eventId, type, payload: body, keyId: request.keyId }, clock);
     }
     return { settled: true, request };
   }
@@ -492,13 +507,13 @@ export function createLedger(database: Database, options: LedgerOptions = {}): L
       class Refused {
         constructor(readonly result: ReserveResult) {}
       }
-      return db.transaction().execute(async (trx): Promise<ReserveResult> => {
+      return runUnit(database, function* (): Unit<ReserveResult> {
         // The request row first, the key row last: on PostgreSQL the key's
         // row lock is then held only from the hold to the commit, and every
         // request of one key queues on that lock, so its length bounds a
         // key's throughput.
         const inserted = (
-          await insertRequestQ.run(trx, {
+          yield insertRequestQ.bind(db, {
             id: input.requestId,
             key_id: input.keyId,
             model: input.model,
@@ -512,13 +527,11 @@ export function createLedger(database: Database, options: LedgerOptions = {}): L
           })
         ).rows[0];
         if (!inserted) return { ok: false, reason: 'request_id_taken' };
-        const held = (await holdQ.run(trx, { amount, keyId: input.keyId })).rows[0];
+        const held = (yield holdQ.bind(db, { amount, keyId: input.keyId })).rows[0];
         if (held) return { ok: true };
-        const key = await trx
-          .selectFrom('api_keys')
-          .select(['budget_micros', 'spent_micros', 'reserved_micros'])
-          .where('id', '=', input.keyId)
-          .executeTakeFirst();
+        const key = (yield db.selectFrom('api_keys').select(['budget_micros', 'spent_micros', 'reserved_micros']).where('id', '=', input.keyId).compile()).rows[0] as
+          | { budget_micros: bigint | null; spent_micros: bigint; reserved_micros: bigint }
+          | undefined;
         if (!key) throw new UnknownKeyError(input.keyId);
         throw new Refused({
           ok: false,
@@ -540,22 +553,22 @@ export function createLedger(database: Database, options: LedgerOptions = {}): L
     },
 
     async recordSubmit({ requestId, falRequestId, endpoint }) {
-      return db.transaction().execute(async (trx) => {
-        const inserted = (await insertJobQ.run(trx, { falRequestId, requestId, endpoint, at: now() })).rows[0];
+      return runUnit(database, function* (): Unit<JobRecord> {
+        const inserted = (yield insertJobQ.bind(db, { falRequestId, requestId, endpoint, at: now() })).rows[0] as Selectable<UpstreamJobsTable> | undefined;
         if (!inserted) {
-          const existing = await jobOrThrow(trx, falRequestId);
+          const existing = yield* jobOrThrowU(falRequestId);
           if (existing.requestId !== requestId) {
             throw new Error(`fal request ${falRequestId} is already recorded for request ${existing.requestId}, not ${requestId}`);
           }
           return existing;
         }
-        await markSubmittedQ.run(trx, { requestId });
+        yield markSubmittedQ.bind(db, { requestId });
         return toJob(inserted);
       });
     },
 
     async completeJob(input) {
-      return db.transaction().execute((trx) => completeJobIn(trx, input));
+      return runUnit(database, () => completeJobIn(input));
     },
 
     async failJob({ falRequestId, status }) {
@@ -585,16 +598,16 @@ export function createLedger(database: Database, options: LedgerOptions = {}): L
     },
 
     async settle(input) {
-      return db.transaction().execute((trx) => settleIn(trx, input));
+      return runUnit(database, () => settleIn(input));
     },
 
     async settleJobs({ jobs, settle }) {
       // One transaction for the whole close of a request: the jobs' rows and
       // the charge commit together, and the request pays for one commit, not one per job plus one.
-      return db.transaction().execute(async (trx) => {
+      return runUnit(database, function* () {
         const completed: CompleteJobResult[] = [];
-        for (const job of jobs) completed.push(await completeJobIn(trx, job));
-        return { jobs: completed, settlement: await settleIn(trx, settle) };
+        for (const job of jobs) completed.push(yield* completeJobIn(job));
+        return { jobs: completed, settlement: yield* settleIn(settle) };
       });
     },
 

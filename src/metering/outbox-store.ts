@@ -6,6 +6,7 @@
  */
 import { sql, type Kysely, type Selectable } from 'kysely';
 import type { Database } from '../db/database.js';
+import type { Unit } from '../db/unit.js';
 import type { DB, OutboxTable } from '../db/schema.js';
 import { systemClock, toBigInt, toIsoTimestamp, toNumber, type Clock, type TimeInput } from '../db/values.js';
 
@@ -58,8 +59,19 @@ export interface OutboxStoreOptions {
 const MAX_ERROR_LENGTH = 2000;
 
 export async function enqueueOutboxEvent(trx: Kysely<DB>, event: OutboxEventInput, clock: Clock = systemClock): Promise<boolean> {
+  const inserted = await insertOutboxEvent(trx, event, clock).executeTakeFirst();
+  return inserted !== undefined;
+}
+
+/** enqueueOutboxEvent as a step of a unit of work (src/db/unit.ts); `db` only compiles the query. */
+export function* enqueueOutboxEventUnit(db: Kysely<DB>, event: OutboxEventInput, clock: Clock = systemClock): Unit<boolean> {
+  const inserted = yield insertOutboxEvent(db, event, clock).compile();
+  return inserted.rows.length > 0;
+}
+
+function insertOutboxEvent(q: Kysely<DB>, event: OutboxEventInput, clock: Clock) {
   const at = toIsoTimestamp(clock());
-  const inserted = await trx
+  return q
     .insertInto('outbox')
     .values({
       event_id: event.eventId,
@@ -70,9 +82,7 @@ export async function enqueueOutboxEvent(trx: Kysely<DB>, event: OutboxEventInpu
       next_attempt_at: at,
     })
     .onConflict((oc) => oc.column('event_id').doNothing())
-    .returning('seq')
-    .executeTakeFirst();
-  return inserted !== undefined;
+    .returning('seq');
 }
 
 export function createOutboxStore(database: Database, options: OutboxStoreOptions = {}): OutboxStore {

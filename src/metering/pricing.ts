@@ -98,8 +98,26 @@ function decimalField(p: Record<string, unknown>, key: string): Ratio | undefine
   }
 }
 
+/**
+ * Rates are a handful of fixed decimal strings, read for every request
+ * (maximum charge, settlement): each is parsed once. Ratios are immutable, so
+ * one parsed value serves every caller; a text that fails to parse is not
+ * kept and fails again the next time.
+ */
+const parsedRates = new Map<string, Ratio>();
+const MAX_PARSED_RATES = 1024;
+
+function parsedRate(text: string, what: string): Ratio {
+  let rate = parsedRates.get(text);
+  if (rate === undefined) {
+    rate = parseDecimal(text, RATE_DECIMALS, what);
+    if (parsedRates.size < MAX_PARSED_RATES) parsedRates.set(text, rate);
+  }
+  return rate;
+}
+
 function rateOf(pricing: ModelPricing): Ratio {
-  return parseDecimal(pricing.rateUsd, RATE_DECIMALS, 'pricing.rateUsd');
+  return parsedRate(pricing.rateUsd, 'pricing.rateUsd');
 }
 
 function expansionFee(pricing: ModelPricing): Ratio {
@@ -107,7 +125,7 @@ function expansionFee(pricing: ModelPricing): Ratio {
     // The registry refuses such a model when its schema offers expansion; reaching this is a bug, never a free pass.
     throw new Error('prompt expansion was on but the model has no promptExpansionUsd price');
   }
-  return parseDecimal(pricing.promptExpansionUsd, RATE_DECIMALS, 'pricing.promptExpansionUsd');
+  return parsedRate(pricing.promptExpansionUsd, 'pricing.promptExpansionUsd');
 }
 
 function checkDims(size: ImageDims): void {

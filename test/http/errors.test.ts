@@ -69,6 +69,13 @@ describe('errors: one shape on every failure', () => {
       code: 'unknown_route',
     },
     {
+      // The image route is mounted for POST only; anything else on its path falls through to the 404.
+      name: 'GET on the image route',
+      send: () => request(t.url).get('/v1/images/generations').set(auth),
+      status: 404,
+      code: 'unknown_route',
+    },
+    {
       name: 'loras on the non-LoRA model',
       send: () => request(t.url).post('/v1/images/generations').set(auth).send({ model: 'alibaba/z-image-turbo', prompt: 'x', loras: [{ path: 'a/b' }] }),
       status: 400,
