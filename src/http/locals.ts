@@ -14,6 +14,8 @@ export class RequestLocals {
   prompt: unknown = undefined;
   falRequestId: string | undefined = undefined;
   errorCode: string | undefined = undefined;
+  /** performance.now() when the request arrived, for the access log's duration. */
+  startedAt = 0;
   /** The images route's link to the caller (routes/images.ts). */
   caller: unknown = undefined;
   constructor(readonly requestId: string) {}

@@ -298,7 +298,7 @@ export function createImageService(deps: ImageServiceDeps): ImageService {
         const submitted = outcomes.some((o) => 'result' in o || o.open || o.error.phase !== 'submit');
         // Only a failure needs to know which name the caller gave each field.
         const fieldOrigins = Object.fromEntries(
-          Object.keys(req.falInput).map((f) => [f, OPENAI_ALIASES[f] && req.sentFields.has(OPENAI_ALIASES[f]!) ? OPENAI_ALIASES[f]! : f]),
+          Object.keys(req.falInput).map((f) => [f, OPENAI_ALIASES[f] && req.sentFields.includes(OPENAI_ALIASES[f]!) ? OPENAI_ALIASES[f]! : f]),
         );
         throw mapFalError(primary.error, { submitted, fieldOrigins, abortReason: reason });
       }

@@ -38,7 +38,7 @@ export interface CanonicalRequest {
    * fal field (`image_size`) can be reported under the name the caller used
    * (`size`).
    */
-  sentFields: ReadonlySet<string>;
+  sentFields: readonly string[];
 }
 
 /** Fields this layer consumes; everything else the schema allowed is a fal field and goes to fal as sent. */
@@ -205,6 +205,7 @@ export function normalizeRequest(registry: ModelRegistry, body: unknown): Canoni
     outputFormat,
     promptExpansion: falInput['enable_prompt_expansion'] === true,
     user: req.user,
-    sentFields: new Set(Object.keys(body)),
+    // An array, not a Set: the request keeps it for as long as its job waits, and it is read once, on an error.
+    sentFields: Object.keys(body),
   };
 }

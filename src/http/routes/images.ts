@@ -63,6 +63,9 @@ function onResponseClose(this: Response): void {
   if (!this.writableFinished) ((this.locals as { caller?: unknown }).caller as ResponseCaller | undefined)?.gone(new Error('caller went away'));
 }
 
+/** The image route has no path parameters. */
+const NO_PARAMS: Record<string, string> = Object.freeze({}) as Record<string, string>;
+
 export function imagesRouter(deps: ImagesRouteDeps): Router {
   const router = Router();
   router.post('/v1/images/generations', (req, res) => {
@@ -96,13 +99,7 @@ export function imagesRouter(deps: ImagesRouteDeps): Router {
       // its dispatch state for the request (its `next` chain, which it keeps
       // for as long as a returned promise is pending), so the error goes to
       // the app's error handler directly rather than through `next`.
-      deps.images.generate(canonical, context()).then(
-        (outcome) => {
-          res.locals.falRequestId = outcome.falRequestId;
-          // b64_json images go to the socket as the Buffers fal sent them in (images-json.ts).
-          return sendImagesJson(req, res, 200, outcome.headers, outcome.body);
-        },
-      ).catch((err: unknown) => {
+      const fail = (err: unknown): void => {
         try {
           deps.onError(err, req, res);
         } catch (failed) {
@@ -110,10 +107,20 @@ export function imagesRouter(deps: ImagesRouteDeps): Router {
           deps.logger?.error({ err: failed, request_id: requestId }, 'could not send the error answer');
           res.destroy();
         }
-      });
-      // Express leaves its dispatch chain on the request as req.next; nothing
-      // calls it from here on, and the request lives as long as the job.
+      };
+      // One reaction while the job waits; the send's own failure is caught once it starts.
+      deps.images.generate(canonical, context()).then((outcome) => {
+        res.locals.falRequestId = outcome.falRequestId;
+        // b64_json images go to the socket as the Buffers fal sent them in (images-json.ts).
+        sendImagesJson(req, res, 200, outcome.headers, outcome.body).catch(fail);
+      }, fail);
+      // What Express leaves on the request that nothing reads from here on,
+      // while the request lives as long as its job: its dispatch chain
+      // (req.next), the route's params and the parsed URL it caches (which
+      // req.path parses again if anyone asks).
       req.next = undefined;
+      req.params = NO_PARAMS;
+      (req as { _parsedUrl?: unknown })._parsedUrl = undefined;
       return undefined;
     }
     return handleRest(canonical, idemKey, context, req, res, deps);
