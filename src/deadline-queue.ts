@@ -8,6 +8,9 @@
  *
  * Like Node's own timer lists, queues are shared per length (`forLength`).
  */
+/** The longest delay setTimeout takes as it is. */
+const MAX_TIMER_MS = 2_147_483_647;
+
 export interface Expiring {
   /** When it expires, on `performance.now()`'s clock; set by the queue. */
   expiresAt: number;
@@ -54,7 +57,8 @@ export class DeadlineQueue {
   }
 
   private arm(at: number): void {
-    this.timer = setTimeout(this.fire, Math.max(1, Math.ceil(at - performance.now())));
+    // Node's timers overflow past 2^31 - 1 ms (and then fire at once): a longer wait is armed in steps.
+    this.timer = setTimeout(this.fire, Math.min(MAX_TIMER_MS, Math.max(1, Math.ceil(at - performance.now()))));
   }
 
   private readonly fire = (): void => {
