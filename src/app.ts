@@ -1,4 +1,4 @@
-import express, { type ErrorRequestHandler, type Express } from 'express';
+import express, { type ErrorRequestHandler, type Express, type Response } from 'express';
 import type { Logger } from 'pino';
 import { fixedFieldsLogger } from './logging.js';
 import { errorResponse, notFound, ApiError } from './errors.js';
@@ -98,7 +98,7 @@ export function createApp(deps: AppDeps): Express {
       idempotency: deps.idempotency,
       streamKeepAliveMs: deps.streamKeepAliveMs ?? 15_000,
       logger: deps.logger,
-      onError: (err, req, res) => onError(err, req, res, noNext),
+      onError: (err, _req, res) => answerError(err, res),
     }),
   );
   app.use(healthRouter(deps.readiness, isShuttingDown));
@@ -126,7 +126,9 @@ export function createApp(deps: AppDeps): Express {
     throw notFound(`Unknown route: ${req.method} ${req.path.slice(0, 200)}`, 'unknown_route');
   });
   app.use(bodyErrors);
-  const onError: ErrorRequestHandler = (err, _req, res, _next) => {
+  // The one place an error becomes an answer: Express's error handler, and the
+  // image route for answers it sends after its handler returned.
+  function answerError(err: unknown, res: Response): void {
     const out = errorResponse(err);
     res.locals.errorCode = out.body.error.code;
     if (!(err instanceof ApiError) || out.status >= 500) {
@@ -137,11 +139,8 @@ export function createApp(deps: AppDeps): Express {
       return;
     }
     res.status(out.status).set(out.headers).json(out.body);
-  };
+  }
+  const onError: ErrorRequestHandler = (err, _req, res, _next) => answerError(err, res);
   app.use(onError);
   return app;
-}
-
-/** onError never calls on: it answers. */
-function noNext(): void {
 }

@@ -14,7 +14,7 @@
  * transaction, one await per query. Either way a throw from the body (or from
  * a query) rolls the whole transaction back and rejects.
  */
-import type { CompiledQuery, QueryResult } from 'kysely';
+import type { CompiledQuery, Kysely, QueryResult } from 'kysely';
 import type { Database } from './database.js';
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
@@ -30,10 +30,16 @@ export function runUnit<T>(database: Database, unit: () => Unit<T>): Promise<T> 
       return step.value;
     });
   }
-  return database.db.transaction().execute(async (trx) => {
-    const steps = unit();
-    let step = steps.next();
-    while (!step.done) step = steps.next(await trx.executeQuery(step.value));
-    return step.value;
-  });
+  return database.db.transaction().execute((trx) => runSteps(trx, unit()));
+}
+
+/**
+ * The steps of a unit on `executor` as it is (the database, or a transaction
+ * already open on it), one await per query: for the few places that read a
+ * unit's step outside a unit of their own.
+ */
+export async function runSteps<T>(executor: Pick<Kysely<unknown>, 'executeQuery'>, steps: Unit<T>): Promise<T> {
+  let step = steps.next();
+  while (!step.done) step = steps.next(await executor.executeQuery(step.value));
+  return step.value;
 }

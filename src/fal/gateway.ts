@@ -4,7 +4,7 @@ import { dirname, join } from 'node:path';
 import { createFalClient, ApiError as FalApiError, type QueueStatus } from '@fal-ai/client';
 import { createFalTransport, HIDDEN_RETRYABLE_STATUS, FalTransportError, type CallCapture, type FalPhase, type TransportOptions } from './transport.js';
 import type { FetchLike } from './redirect-fetch.js';
-import type { AbortLike } from '../abort-like.js';
+import { FollowingSignal, type AbortLike } from '../abort-like.js';
 import { createPollScheduler } from './poll-scheduler.js';
 import type { CompletionHub } from './webhooks.js';
 import type { InlineExtraction, InlineImage } from './inline-images.js';
@@ -228,13 +228,12 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
   /** The callback is later than the grace period: whichever comes first, fal's callback or polling. */
   async function lateCallback(endpoint: string, falRequestId: string, signal: AbortLike | undefined, onStatus: ((s: FalJobStatus) => void) | undefined): Promise<void> {
     const hub = opts.webhook!.hub;
-    const late = new AbortController();
-    const relay = () => late.abort(signal!.reason);
-    signal?.addEventListener('abort', relay, { once: true });
+    // Ends both waits: the job's abort, or whichever of them finishes first.
+    const late = new FollowingSignal(signal);
     const viaCallback = hub.wait(falRequestId, late.signal).then((outcome) => {
       if (outcome !== 'notified') return;
       stats.webhookWakeups++;
-      late.abort();
+      late.controller.abort();
     });
     try {
       await poll(endpoint, falRequestId, late.signal, onStatus, pollMaxMs);
@@ -242,8 +241,8 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
       // Polling was stopped because the callback came: that is the answer.
       if (!late.signal.aborted || signal?.aborted) throw err;
     } finally {
-      late.abort();
-      signal?.removeEventListener('abort', relay);
+      late.controller.abort();
+      late.detach();
       await viaCallback;
     }
     if (signal?.aborted) throw abortedError('status', signal);
@@ -463,14 +462,14 @@ export function submitUrl(endpoint: string, webhookUrl: string | undefined): str
 /** The client's default handling of an answer: JSON (or text) on success, its ApiError otherwise. */
 async function readAnswer(res: Response): Promise<unknown> {
   const type = res.headers.get('content-type') ?? '';
-  const requestId = res.headers.get('x-fal-request-id') ?? undefined;
+  const requestId = res.headers.get('x-fal-request-id') ?? '';
   if (!res.ok) {
     if (type.includes('application/json')) {
       const body = (await res.json()) as { message?: unknown };
-      throw new FalApiError({ message: typeof body?.message === 'string' ? body.message : res.statusText, status: res.status, body, requestId: requestId ?? '' });
+      throw new FalApiError({ message: typeof body?.message === 'string' ? body.message : res.statusText, status: res.status, body, requestId });
     }
     await res.body?.cancel().catch(() => {});
-    throw new FalApiError({ message: `HTTP ${res.status}: ${res.statusText}`, status: res.status, body: undefined, requestId: requestId ?? '' });
+    throw new FalApiError({ message: `HTTP ${res.status}: ${res.statusText}`, status: res.status, body: undefined, requestId });
   }
   if (type.includes('application/json')) return res.json();
   return res.text();

@@ -3,8 +3,9 @@ import { FollowingSignal, type AbortLike } from '../abort-like.js';
 import { extractInlineImages, type InlineExtraction } from './inline-images.js';
 
 /**
- * The `fetch` we hand to `@fal-ai/client`. It owns three things the client
- * cannot do for us:
+ * The `fetch` every fal call goes through: the one we hand to
+ * `@fal-ai/client`, and the one the gateway sends its own submits and status
+ * polls with. It owns four things the client cannot do for us:
  *
  * 1. Redirection to a fal-protocol server (`FAL_BASE_URL`), see redirect-fetch.
  * 2. Capturing response headers (`x-fal-request-id`, `x-fal-billable-units`,
@@ -148,7 +149,6 @@ const STREAM_URL = /\/requests\/([^/?#]+)\/status\/stream(?:[?#]|$)/;
 function urlOf(input: Parameters<FetchLike>[0]): string {
   return typeof input === 'string' ? input : input instanceof URL ? input.href : (input as Request).url;
 }
-
 
 export function createFalTransport(opts: TransportOptions = {}): FalTransport {
   // The calls in progress, by the signal their fetches carry, and status streams by job id.

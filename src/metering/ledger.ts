@@ -28,7 +28,7 @@ import {
 } from 'kysely';
 import type { Database } from '../db/database.js';
 import { prepared } from '../db/prepared.js';
-import { runUnit, type Unit } from '../db/unit.js';
+import { runSteps, runUnit, type Unit } from '../db/unit.js';
 import type { DB, JobStatus, RequestStatus, RequestsTable, UpstreamJobsTable } from '../db/schema.js';
 import { systemClock, toBigInt, toIsoTimestamp, toNumber, type Clock, type TimeInput } from '../db/values.js';
 import { enqueueOutboxEventUnit, type OutboxEventInput } from './outbox-store.js';
@@ -300,12 +300,6 @@ export function createLedger(database: Database, options: LedgerOptions = {}): L
   const now = (): string => toIsoTimestamp(clock());
   const defaultBatch = options.exportBatchSize ?? 1000;
 
-  async function requestOrThrow(q: Kysely<DB>, requestId: string): Promise<RequestRecord> {
-    const row = await q.selectFrom('requests').selectAll().where('id', '=', requestId).executeTakeFirst();
-    if (!row) throw new UnknownRequestError(requestId);
-    return toRequest(row);
-  }
-
   function* requestOrThrowU(requestId: string): Unit<RequestRecord> {
     const row = (yield db.selectFrom('requests').selectAll().where('id', '=', requestId).compile()).rows[0] as Selectable<RequestsTable> | undefined;
     if (!row) throw new UnknownRequestError(requestId);
@@ -320,11 +314,9 @@ export function createLedger(database: Database, options: LedgerOptions = {}): L
     return toJob(row);
   }
 
-  async function jobOrThrow(q: Kysely<DB>, falRequestId: string): Promise<JobRecord> {
-    const row = await q.selectFrom('upstream_jobs').selectAll().where('fal_request_id', '=', falRequestId).executeTakeFirst();
-    if (!row) throw new UnknownJobError(falRequestId);
-    return toJob(row);
-  }
+  /** The same reads, awaited on `q` (the database or an open transaction) outside a unit. */
+  const requestOrThrow = (q: Kysely<DB>, requestId: string): Promise<RequestRecord> => runSteps(q, requestOrThrowU(requestId));
+  const jobOrThrow = (q: Kysely<DB>, falRequestId: string): Promise<JobRecord> => runSteps(q, jobOrThrowU(falRequestId));
 
   async function withJobs(rows: Selectable<RequestsTable>[]): Promise<RequestWithJobs[]> {
     const byRequest = new Map<string, JobRecord[]>();
