@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { sql } from 'kysely';
 import pino from 'pino';
 import { Agent, fetch } from 'undici';
-import { loadConfig } from '../../src/config.js';
+import { loadConfig, type Config } from '../../src/config.js';
 import type { Emulator } from '../../src/emulator/index.js';
 import { startService, type Service } from '../../src/service.js';
 import type { BenchPath, BenchUpstream } from '../lib/paths.js';
@@ -30,7 +30,7 @@ export async function servicePath(opts: {
    * to measure what the default FULL costs.
    */
   sqliteSynchronous?: 'normal' | 'full';
-}): Promise<BenchPath & { service: Service; dataDir: string }> {
+}): Promise<BenchPath & { service: Service; config: Config; dataDir: string }> {
   const dataDir = await mkdtemp(join(tmpdir(), 'gw-bench-'));
   // One log line per request is part of the cost; /dev/null keeps the
   // write(2) and the JSON encoding without filling the terminal.
@@ -59,6 +59,7 @@ export async function servicePath(opts: {
     label: opts.label,
     upstream: opts.upstream,
     service,
+    config,
     dataDir,
     async call(signal) {
       const res = await fetch(url, { method: 'POST', headers, body: payload, signal, dispatcher: client });
