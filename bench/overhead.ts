@@ -10,11 +10,12 @@
  *   (l) (h) plus the service's three ledger writes on (b)'s ledger: the floor
  *   under any gateway that meters as ours must.
  * Then a diagnostic pass that splits completion-to-response into its steps
- * and repeats (b) with SQLite synchronous=NORMAL to price the fsyncs.
+ * and repeats (b) with SQLite synchronous=FULL (the default is NORMAL) to price
+ * an fsync per commit.
  *
  *   npx tsx bench/overhead.ts [--quick] [--concurrency=1,16,64] [--rounds=N]
  *       [--duration=S] [--latency=MS] [--paths=a,b,h,l,c,d] [--no-diagnostics] [--no-write]
- *       [--sqlite-synchronous=normal]   what-if for (b): the fix suggested in README
+ *       [--sqlite-synchronous=full]     what-if for (b): the other SQLITE_SYNCHRONOUS
  *       [--profile=FILE.cpuprofile]     CPU profile of the measured rounds only
  *
  * Everything runs in this one process on 127.0.0.1, bounded in requests and
@@ -240,7 +241,8 @@ async function main(): Promise<void> {
     const breakdowns: Breakdown[] = [];
     const ledgerCosts: LedgerCost[] = [];
     if (diagnostics) {
-      const bn = await servicePath({ id: 'b′', label: 'service, SQLite synchronous=NORMAL', upstream, emulator: emu, body: BODY, sqliteSynchronous: 'normal' });
+      // (b) runs the service's default, SQLITE_SYNCHRONOUS=normal; b′ the other setting.
+      const bn = await servicePath({ id: 'b′', label: 'service, SQLite synchronous=FULL', upstream, emulator: emu, body: BODY, sqliteSynchronous: 'full' });
       closers.push(() => bn.close());
       await runPathRound(bn, 16, -1, { ...plan, durationMs: quick ? 500 : 2000 });
       const subjects = ([
@@ -510,7 +512,7 @@ function render(
     out.push('');
     out.push(
       `**Diagnostic pass: where the time goes** (p50 of each step, ms; one ${diagDurationMs / 1000} s window per row; the gateway's and ledger's methods are wrapped to stamp each step; ` +
-        'b′ = b with the ledger connection switched to `synchronous=NORMAL`)',
+        'b = the service\'s default `SQLITE_SYNCHRONOUS=normal`; b′ = b with the ledger connection switched to `synchronous=FULL`, an fsync per commit)',
     );
     out.push('');
     const opt = (v: Summary | undefined) => (v ? ms(v.p50) : '–');
