@@ -25,9 +25,9 @@ export async function servicePath(opts: {
   body: Record<string, unknown>;
   env?: Record<string, string>;
   /**
-   * Diagnostic only: switch the ledger's SQLite connection to this
-   * `synchronous` level after start-up (the service has no setting for it),
-   * to measure what the default FULL costs.
+   * Diagnostic only: the service's `SQLITE_SYNCHRONOUS` setting (default
+   * normal), checked on the ledger's connection after start-up, to measure
+   * what the other level costs.
    */
   sqliteSynchronous?: 'normal' | 'full';
 }): Promise<BenchPath & { service: Service; config: Config; dataDir: string }> {
@@ -44,10 +44,11 @@ export async function servicePath(opts: {
     DATA_DIR: dataDir,
     // One key makes every request: measure the limiter's cost, not its refusals.
     DEFAULT_RPM_LIMIT: '1000000',
+    ...(opts.sqliteSynchronous ? { SQLITE_SYNCHRONOUS: opts.sqliteSynchronous } : {}),
     ...opts.env,
   });
   const service = await startService(config, { logger, emulator: opts.emulator });
-  if (opts.sqliteSynchronous) await setSynchronous(service, opts.sqliteSynchronous);
+  if (opts.sqliteSynchronous) await checkSynchronous(service, opts.sqliteSynchronous);
   const url = `${service.url}/v1/images/generations`;
   const payload = JSON.stringify(opts.body);
   const headers = { authorization: `Bearer ${BENCH_API_KEY}`, 'content-type': 'application/json' };
@@ -75,15 +76,10 @@ export async function servicePath(opts: {
   };
 }
 
-/**
- * PRAGMA synchronous is per connection; the SQLite dialect keeps one
- * connection, so this reaches every later ledger write. Read back to be sure.
- */
-async function setSynchronous(service: Service, level: 'normal' | 'full'): Promise<void> {
+/** The level the ledger's one SQLite connection runs at, read back from SQLite itself. */
+async function checkSynchronous(service: Service, level: 'normal' | 'full'): Promise<void> {
   if (service.database.dialect !== 'sqlite') throw new Error('sqliteSynchronous needs the SQLite ledger');
-  const db = service.database.db;
-  await sql.raw(`pragma synchronous = ${level === 'normal' ? 'NORMAL' : 'FULL'}`).execute(db);
-  const { rows } = await sql<{ synchronous: number | bigint }>`pragma synchronous`.execute(db);
+  const { rows } = await sql<{ synchronous: number | bigint }>`pragma synchronous`.execute(service.database.db);
   const got = Number(rows[0]?.synchronous);
   const want = level === 'normal' ? 1 : 2;
   if (got !== want) throw new Error(`pragma synchronous is ${got}, wanted ${want}`);
