@@ -40,7 +40,15 @@ export interface Ctx {
     readonly streamHeartbeatMs: number;
     readonly jsonBodyLimit: number;
     readonly uploadLimit: number;
+    /** Queue input is validated by the runner, after queueing (fal's way); false: a 422 on submit. */
+    readonly lateValidation: boolean;
+    /** Seconds output media is served; null = forever. */
+    readonly mediaTtlS: number | null;
+    readonly concurrency: number;
+    readonly kinder: ReadonlySet<string>;
   };
+  /** True when `url` names a file on this emulator's CDN that is not (or no longer) there. */
+  mediaMissing(url: string): boolean;
   /** Base for URLs the emulator hands out (images, uploads). */
   publicUrl(): string;
   prices(): PriceTable;

@@ -9,6 +9,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { admin, jobView } from './admin-routes.js';
+import { parseKinder, type Kinder } from './behaviours.js';
 import type { Ctx, EmulatorLogger, JobListener, Route } from './context.js';
 import { endpointTable, ENDPOINTS, type EndpointSpec } from './endpoints.js';
 import {
@@ -20,7 +21,7 @@ import {
   type FaultSpec,
 } from './faults.js';
 import { headerValue, sendJson } from './http.js';
-import { createImageCache, type ImageMode } from './images.js';
+import { createImageCache, parseImageToken, type ImageMode } from './images.js';
 import { createEngine, type BillingEntry, type JobRecord } from './jobs.js';
 import { media, rest } from './media-routes.js';
 import { webhookBody } from './output.js';
@@ -82,6 +83,12 @@ export interface EmulatorOptions {
   maxRenderPixels?: number;
   /** Interval of status-stream updates while a job waits; default 10 s. */
   streamHeartbeatMs?: number;
+  /** Jobs running at once (fal's per-account concurrency limit); the rest wait IN_QUEUE. Default 10. */
+  concurrency?: number;
+  /** Seconds output media stays downloadable; default 3600. `null` (or kinder `media_never_expires`): forever. */
+  mediaTtlS?: number | null;
+  /** Real-fal behaviours to turn off, by name (see behaviours.ts); a test that needs one says so. */
+  kinder?: readonly Kinder[];
 }
 
 export interface Emulator {
@@ -128,6 +135,10 @@ function zeroCalls(): Ctx['calls'] {
 
 export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulator> {
   const logger = opts.logger ?? SILENT;
+  const kinder = parseKinder(opts.kinder);
+  const concurrency = kinder.has('unlimited_concurrency') ? Infinity : (opts.concurrency ?? 10);
+  if (!(concurrency >= 1)) throw new RangeError('concurrency must be at least 1');
+  const mediaTtlS = kinder.has('media_never_expires') ? null : opts.mediaTtlS === undefined ? 3600 : opts.mediaTtlS;
   const endpointList = opts.endpoints ?? ENDPOINTS;
   const endpoints = endpointTable(endpointList);
   const priceKeys = [...new Set(endpointList.map((e) => e.priceKey))];
@@ -177,6 +188,9 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
     prices: () => prices,
     endpoints,
     maxJobs: opts.maxJobs ?? 100000,
+    concurrency,
+    billFailures: !kinder.has('unbilled_failures'),
+    cancelStopsRunning: kinder.has('cancel_stops_running'),
     onEvent(job, event) {
       const set = listeners.get(job.request_id);
       if (set) for (const fn of [...set]) fn(job, event);
@@ -209,10 +223,25 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
       emulatorKey: opts.emulatorKey,
       maxRenderPixels: opts.maxRenderPixels ?? 4096 * 4096,
       streamHeartbeatMs: opts.streamHeartbeatMs ?? 10000,
+      lateValidation: !kinder.has('submit_validation'),
+      mediaTtlS,
+      concurrency,
+      kinder,
       jsonBodyLimit: 50 * 1024 * 1024,
       uploadLimit: 100 * 1024 * 1024,
     },
     publicUrl: () => publicUrl,
+    mediaMissing(url) {
+      const segs = mediaSegments(url);
+      if (!segs) return false;
+      const [files, first, second] = segs;
+      if (files !== 'files' || first === undefined || second === undefined) return true;
+      if (first === 'emulated') {
+        const spec = parseImageToken(second);
+        return !spec || (spec.expiresAt !== undefined && spec.expiresAt * 1000 <= Date.now());
+      }
+      return ctx.files.get(first, second) === undefined;
+    },
     prices: () => structuredClone(prices),
     setPrices(table, merge) {
       const next: PriceTable = merge
@@ -294,6 +323,21 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
   const host = opts.host ?? '127.0.0.1';
   let selfHosts = new Set<string>();
   let prefix: string[] = [];
+  /** The path under a CDN host, for a URL that names this emulator's CDN; undefined for any other URL. */
+  function mediaSegments(url: string): string[] | undefined {
+    let u: URL;
+    try {
+      u = new URL(url);
+    } catch {
+      return undefined;
+    }
+    let segs = u.pathname.split('/').filter((s) => s !== '');
+    if (MEDIA_HOSTS.has(u.host.toLowerCase())) return segs;
+    if (!selfHosts.has(u.host.toLowerCase())) return undefined;
+    if (prefix.length > 0 && prefix.every((p, k) => segs[k] === p)) segs = segs.slice(prefix.length);
+    const first = segs.shift()?.toLowerCase();
+    return first !== undefined && MEDIA_HOSTS.has(first) ? segs : undefined;
+  }
 
   const dispatch = async (req: IncomingMessage, res: ServerResponse) => {
     let hostName: string;

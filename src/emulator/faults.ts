@@ -10,7 +10,20 @@ export const PHASES = ['submit', 'status', 'stream', 'result', 'cancel', 'run', 
 export type FaultPhase = (typeof PHASES)[number];
 
 export const CALL_KINDS = ['http_error', 'delay', 'reset', 'non_json', 'cancel_refused'] as const;
-export const JOB_KINDS = ['never_finish', 'nsfw', 'fail_after_start', 'latency', 'ignore_sync_mode', 'escape_slashes'] as const;
+export const JOB_KINDS = [
+  'never_finish',
+  'nsfw',
+  'fail_after_start',
+  'latency',
+  'ignore_sync_mode',
+  'escape_slashes',
+  'runner_retry',
+  'omit_dimensions',
+  'content_policy',
+  'lora_download_failed',
+  'webhook_payload_error',
+  'submit_validation',
+] as const;
 export type CallKind = (typeof CALL_KINDS)[number];
 export type JobKind = (typeof JOB_KINDS)[number];
 export type FaultKind = CallKind | JobKind;
@@ -48,6 +61,18 @@ export interface FaultSpec {
   mode?: 'rejected' | 'ignored';
   /** submit/run call faults: create the job (it runs and bills) before failing the call. */
   commit?: boolean;
+  /**
+   * fail_after_start, content_policy, lora_download_failed: the units the
+   * failed job bills (decimal string). Default: the price row's `error_units`
+   * for 4xx app errors, "0" for fal's own 5xx.
+   */
+  billable_units?: string;
+  /** http_error, fail_after_start: the `error_type` / `X-Fal-Error-Type` (default from the status, fal's table). */
+  error_type?: string;
+  /** http_error, fail_after_start: the `X-Fal-Retryable` value (default from the status). */
+  retryable?: boolean;
+  /** content_policy: the flagged categories (default ["sexual"]). */
+  categories?: string[];
 }
 
 export interface ArmedFault extends FaultSpec {
@@ -114,6 +139,14 @@ export function normalizeFault(raw: unknown, fallbackPhase?: FaultPhase): Omit<A
   }
   if (spec.nsfw_indexes !== undefined && (!Array.isArray(spec.nsfw_indexes) || !spec.nsfw_indexes.every(nonNegInt))) {
     throw new FaultSpecError('nsfw_indexes must be an array of non-negative integers');
+  }
+  if (spec.billable_units !== undefined && (typeof spec.billable_units !== 'string' || !/^\d+(\.\d+)?$/.test(spec.billable_units))) {
+    throw new FaultSpecError('billable_units must be a decimal string such as "1" or "0.5"');
+  }
+  if (spec.error_type !== undefined && (typeof spec.error_type !== 'string' || spec.error_type === '')) throw new FaultSpecError('error_type must be a string');
+  if (spec.retryable !== undefined && typeof spec.retryable !== 'boolean') throw new FaultSpecError('retryable must be a boolean');
+  if (spec.categories !== undefined && (!Array.isArray(spec.categories) || !spec.categories.every((c) => typeof c === 'string'))) {
+    throw new FaultSpecError('categories must be an array of strings');
   }
   if (spec.mode !== undefined && spec.mode !== 'rejected' && spec.mode !== 'ignored') throw new FaultSpecError('mode must be "rejected" or "ignored"');
   if (spec.endpoint !== undefined && typeof spec.endpoint !== 'string') throw new FaultSpecError('endpoint must be a string');

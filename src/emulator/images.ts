@@ -46,20 +46,23 @@ export interface RenderSpec {
   index?: number;
   /** First 16 hex chars of sha256(prompt): keeps URLs short for long prompts. */
   promptHash?: string;
+  /** Unix seconds after which the URL is no longer served (media expiry); absent = never. */
+  expiresAt?: number;
 }
 
 export function promptHash(prompt: string): string {
   return createHash('sha256').update(prompt).digest('hex').slice(0, 16);
 }
 
-/** URL path (without leading slash, without host) for a render spec. */
-export function imagePath(spec: RenderSpec): string {
+/** URL path (without leading slash, without host) for a render spec, served until `expiresAt` (unix seconds). */
+export function imagePath(spec: RenderSpec, expiresAt?: number): string {
   const compact: Record<string, unknown> = { v: 1, k: spec.kind, w: spec.width, h: spec.height, f: spec.format };
   if (spec.kind === 'e') {
     compact.s = spec.seed;
     compact.i = spec.index;
     compact.p = spec.promptHash;
   }
+  if (expiresAt !== undefined) compact.x = expiresAt;
   const token = Buffer.from(JSON.stringify(compact)).toString('base64url');
   return `v3.fal.media/files/emulated/${token}.${EXTENSIONS[spec.format]}`;
 }
@@ -98,6 +101,10 @@ export function parseImageToken(tail: string): RenderSpec | null {
     spec.seed = o.s;
     spec.index = o.i;
     spec.promptHash = o.p;
+  }
+  if (o.x !== undefined) {
+    if (typeof o.x !== 'number' || !Number.isInteger(o.x)) return null;
+    spec.expiresAt = o.x;
   }
   return spec;
 }

@@ -6,6 +6,7 @@
  */
 export { startEmulator, type Emulator, type EmulatorOptions } from './emulator.js';
 export type { EmulatorLogger } from './context.js';
+export { KINDER, type Kinder } from './behaviours.js';
 export { ENDPOINTS, type EndpointSpec } from './endpoints.js';
 export type { ArmedFault, FaultKind, FaultPhase, FaultSpec } from './faults.js';
 export type { ImageFormat, ImageMode } from './images.js';

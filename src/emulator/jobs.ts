@@ -1,13 +1,26 @@
 /**
- * The job engine: queue → in progress → completed, one timer per job at a
- * time (no polling loops, so 10,000 waiting jobs cost 10,000 timers and
- * nothing else), fal's billing rule (completed and successful only), and the
+ * The job engine: the life of a fal job, as real fal lives it, and the
  * billing log. HTTP lives elsewhere; this file knows no sockets.
+ *
+ * - A job waits in the queue for at least its queued time, then for one of
+ *   the account's `concurrency` runner slots (fal limits concurrent requests
+ *   per account; the excess waits IN_QUEUE with a real queue_position).
+ * - A start deadline (`X-Fal-Request-Timeout`) expires a job that has not
+ *   started by then: 504 request_timeout, never billed, because it never ran.
+ * - A failed job still reports COMPLETED; its error is answered on the result.
+ *   fal's own 5xx never bill; app errors (4xx: validation after queueing,
+ *   content policy, a LoRA that cannot be downloaded) bill the endpoint's
+ *   `error_units` unless the fault says otherwise.
+ * - Cancel removes a queued job; a running one is only signalled and runs on,
+ *   completes and bills.
+ * One timer per job at a time (plus one for a start deadline), no polling
+ * loops, so 10,000 waiting jobs cost 10,000 timers and nothing else.
  */
 import { randomInt, randomUUID } from 'node:crypto';
 import type { EndpointSpec } from './endpoints.js';
+import type { ErrorHints } from './errors.js';
 import { IMAGE_SIZE_PRESETS, promptHash, type ImageFormat, type ImageMode, type RenderSpec } from './images.js';
-import { priceJob, type Charge, type PriceTable } from './pricing.js';
+import { priceFailure, priceJob, type Charge, type PriceTable } from './pricing.js';
 
 export type JobStatus = 'IN_QUEUE' | 'IN_PROGRESS' | 'COMPLETED';
 export type JobOutcome = 'pending' | 'ok' | 'error' | 'cancelled';
@@ -18,6 +31,17 @@ export interface JobWebhook {
   attempts: number;
 }
 
+/** How a job will fail, decided when it is created. */
+export interface JobFailure {
+  status: number;
+  body: unknown;
+  /** `start`: the runner fails at once (validation, LoRA download); `end`: after the inference time. */
+  at: 'start' | 'end';
+  /** Units billed for the failure; default by status (see the file comment). */
+  billable_units?: string;
+  hints?: ErrorHints;
+}
+
 /** Everything about a job; plain data so it can be persisted as JSON. */
 export interface JobRecord {
   request_id: string;
@@ -26,36 +50,58 @@ export interface JobRecord {
   via: 'queue' | 'run';
   /** The body as received. */
   input: Record<string, unknown>;
-  /** The validated input with fal's defaults applied. */
+  /** The validated input with fal's defaults applied (the body as received when validation failed). */
   resolved: Record<string, unknown>;
   status: JobStatus;
   outcome: JobOutcome;
   seed: number;
   image_mode: ImageMode;
   submitted_at: number;
-  /** Planned times (ms since epoch); `done_at` is meaningless when never_finish. */
+  /** Earliest start (end of the queued time), ms since epoch. */
   start_at: number;
+  /** Inference time once started. */
+  run_ms: number;
+  /** Planned completion; set when the job starts, meaningless when never_finish. */
   done_at: number;
   started_at?: number;
   completed_at?: number;
+  /** `X-Fal-Request-Timeout`: the job expires unless started by then. */
+  start_deadline?: number;
+  /** Seconds its media lives (`X-Fal-Object-Lifecycle-Preference`); null = never expires; unset = the emulator's default. */
+  media_ttl_s?: number | null;
+  cancel_requested_at?: number;
   never_finish?: boolean;
   nsfw_indexes?: number[];
   /** Answer with image URLs even when `sync_mode` asked for data URIs. */
   ignore_sync_mode?: boolean;
   /** Write the result JSON with every `/` escaped as `\/` (same values, other bytes). */
   escape_slashes?: boolean;
-  fail?: { status: number; detail: unknown };
-  error?: { status: number; body: unknown };
+  /** fal retried the runner: the result's `x-fal-request-id` and the webhook's gateway_request_id are this. */
+  runner_retry?: boolean;
+  gateway_request_id?: string;
+  /** Output images without width/height (optional in fal's own types). */
+  omit_dimensions?: boolean;
+  /** The webhook carries `payload: null` and `payload_error`. */
+  webhook_payload_error?: boolean;
+  fail?: JobFailure;
+  error?: { status: number; body: unknown; hints?: ErrorHints };
   images?: RenderSpec[];
   has_nsfw_concepts?: boolean[];
+  /** What the job billed, success or failure; absent when it billed nothing. */
   charge?: Charge;
   webhook?: JobWebhook;
   priority?: string;
 }
 
 export interface BillingEntry {
+  /** The id submit answered: the key a gateway's ledger holds. */
   request_id: string;
+  /** Differs from request_id after fal's own runner retry. */
+  gateway_request_id: string;
   endpoint: string;
+  outcome: 'ok' | 'error';
+  /** 200, or the failed job's status. */
+  status: number;
   /** Billable quantity in `unit`, decimal string. */
   units: string;
   /** USD charged, decimal string (includes prompt_expansion_usd). */
@@ -73,7 +119,10 @@ export interface JobFaults {
   nsfwIndexes?: number[];
   ignoreSyncMode?: boolean;
   escapeSlashes?: boolean;
-  fail?: { status: number; detail: unknown };
+  runnerRetry?: boolean;
+  omitDimensions?: boolean;
+  webhookPayloadError?: boolean;
+  fail?: JobFailure;
   latency?: { totalMs: number; queueMs?: number };
 }
 
@@ -81,6 +130,9 @@ export interface CreateJobOptions {
   via: 'queue' | 'run';
   webhookUrl?: string | undefined;
   priority?: string | undefined;
+  /** `X-Fal-Request-Timeout`, seconds. */
+  timeoutS?: number | undefined;
+  mediaTtlS?: number | null | undefined;
   faults?: JobFaults;
 }
 
@@ -89,6 +141,12 @@ export interface EngineOptions {
   imageMode: ImageMode;
   prices: () => PriceTable;
   endpoints: ReadonlyMap<string, EndpointSpec>;
+  /** Runner slots of the account; Infinity for none. */
+  concurrency: number;
+  /** App errors (4xx) bill the endpoint's error units. */
+  billFailures: boolean;
+  /** Cancel stops a running job too (kinder than fal). */
+  cancelStopsRunning: boolean;
   /** Called after every state change (persistence, webhooks, stream updates). */
   onEvent: (job: JobRecord, event: JobEvent) => void;
   onError: (err: unknown, job: JobRecord) => void;
@@ -145,12 +203,15 @@ export interface Engine {
   get(id: string): JobRecord | undefined;
   list(): JobRecord[];
   queuePosition(job: JobRecord): number;
-  cancel(id: string): 'cancelled' | 'already_completed' | 'not_found';
+  /** `requested`: the job was running; it was signalled and runs on. */
+  cancel(id: string): 'cancelled' | 'requested' | 'already_completed' | 'not_found';
   /** Completes a job now (releases a never_finish job). */
   finishNow(id: string): boolean;
   billing(): BillingEntry[];
   restore(jobs: JobRecord[], billing: BillingEntry[], seq: number): void;
   readonly seq: number;
+  /** Jobs holding a runner slot. */
+  readonly running: number;
   clear(): void;
   close(): void;
 }
@@ -158,24 +219,29 @@ export interface Engine {
 export function createEngine(opts: EngineOptions): Engine {
   const jobs = new Map<string, JobRecord>();
   const timers = new Map<string, NodeJS.Timeout>();
+  const deadlines = new Map<string, NodeJS.Timeout>();
   const queued = new Fenwick();
+  // Jobs past their queued time, waiting for a slot, in the order they became ready.
+  let ready: JobRecord[] = [];
+  let readyHead = 0;
+  let running = 0;
   let billing: BillingEntry[] = [];
   let seq = 0;
 
-  const setTimer = (job: JobRecord, at: number, fn: () => void) => {
-    clearTimer(job.request_id);
+  const arm = (map: Map<string, NodeJS.Timeout>, job: JobRecord, at: number, fn: () => void) => {
+    disarm(map, job.request_id);
     const t = setTimeout(() => {
-      timers.delete(job.request_id);
+      map.delete(job.request_id);
       fn();
     }, Math.max(0, at - Date.now()));
     t.unref();
-    timers.set(job.request_id, t);
+    map.set(job.request_id, t);
   };
-  const clearTimer = (id: string) => {
-    const t = timers.get(id);
+  const disarm = (map: Map<string, NodeJS.Timeout>, id: string) => {
+    const t = map.get(id);
     if (t) {
       clearTimeout(t);
-      timers.delete(id);
+      map.delete(id);
     }
   };
 
@@ -187,21 +253,80 @@ export function createEngine(opts: EngineOptions): Engine {
     }
   };
 
-  const start = (job: JobRecord) => {
-    queued.add(job.seq, -1);
-    job.status = 'IN_PROGRESS';
-    job.started_at = Date.now();
-    emit(job, 'started');
-    if (!job.never_finish) setTimer(job, job.done_at, () => finish(job));
+  const pump = () => {
+    while (running < opts.concurrency && readyHead < ready.length) {
+      const job = ready[readyHead++]!;
+      if (job.status === 'IN_QUEUE' && jobs.get(job.request_id) === job) start(job);
+    }
+    if (readyHead > 1024 && readyHead * 2 > ready.length) {
+      ready = ready.slice(readyHead);
+      readyHead = 0;
+    }
   };
 
-  const finish = (job: JobRecord) => {
-    if (job.status === 'COMPLETED') return;
-    clearTimer(job.request_id);
+  const onReady = (job: JobRecord) => {
+    if (job.status !== 'IN_QUEUE') return;
+    ready.push(job);
+    pump();
+  };
+
+  const start = (job: JobRecord) => {
+    queued.add(job.seq, -1);
+    disarm(deadlines, job.request_id);
+    running += 1;
+    job.status = 'IN_PROGRESS';
+    job.started_at = Date.now();
+    job.done_at = job.started_at + job.run_ms;
+    if (job.runner_retry) job.gateway_request_id = randomUUID();
+    emit(job, 'started');
+    if (job.fail?.at === 'start') arm(timers, job, Date.now(), () => finish(job));
+    else if (!job.never_finish) arm(timers, job, job.done_at, () => finish(job));
+  };
+
+  /** Leaves the queue or gives back the slot; true if the job held one. */
+  const release = (job: JobRecord): void => {
+    disarm(timers, job.request_id);
+    disarm(deadlines, job.request_id);
     if (job.status === 'IN_QUEUE') queued.add(job.seq, -1);
-    if (!job.started_at) job.started_at = Date.now();
-    job.status = 'COMPLETED';
-    job.completed_at = Date.now();
+    else if (job.status === 'IN_PROGRESS') running -= 1;
+  };
+
+  const record = (job: JobRecord, charge: Charge, outcome: 'ok' | 'error', status: number, numImages: number) => {
+    job.charge = charge;
+    billing.push({
+      request_id: job.request_id,
+      gateway_request_id: job.gateway_request_id ?? job.request_id,
+      endpoint: job.endpoint,
+      outcome,
+      status,
+      units: charge.units,
+      usd: charge.usd,
+      unit: charge.unit,
+      num_images: numImages,
+      prompt_expansion_usd: charge.prompt_expansion_usd,
+      completed_at: new Date(job.completed_at ?? Date.now()).toISOString(),
+    });
+  };
+
+  const priceKey = (job: JobRecord) => {
+    const spec = opts.endpoints.get(job.endpoint);
+    if (!spec) throw new Error(`endpoint ${job.endpoint} is no longer served`);
+    return spec.priceKey;
+  };
+
+  const fail = (job: JobRecord, f: JobFailure) => {
+    job.outcome = 'error';
+    job.error = { status: f.status, body: f.body, ...(f.hints ? { hints: f.hints } : {}) };
+    const units = f.billable_units ?? (f.status < 500 && opts.billFailures ? undefined : '0');
+    if (units === '0') return;
+    try {
+      record(job, priceFailure(opts.prices(), priceKey(job), units), 'error', f.status, 0);
+    } catch (err) {
+      opts.onError(err, job);
+    }
+  };
+
+  const succeed = (job: JobRecord) => {
     const r = job.resolved;
     const { width, height } = imageDims(r);
     const format = (r.output_format as ImageFormat | undefined) ?? 'png';
@@ -218,57 +343,57 @@ export function createEngine(opts: EngineOptions): Engine {
       else if (job.image_mode === 'cheap') job.images.push({ kind: 'c', width, height, format });
       else job.images.push({ kind: 'e', width, height, format, seed: job.seed, index: i, promptHash: hash });
     }
-    if (job.fail) {
+    try {
+      const charge = priceJob(opts.prices(), priceKey(job), { images: job.images, promptExpansion: r.enable_prompt_expansion === true });
+      job.outcome = 'ok';
+      record(job, charge, 'ok', 200, n);
+    } catch (err) {
+      // A job the emulator cannot price must not look billed-at-zero.
+      opts.onError(err, job);
       job.outcome = 'error';
-      job.error = { status: job.fail.status, body: { detail: job.fail.detail } };
-    } else {
-      const spec = opts.endpoints.get(job.endpoint);
-      try {
-        if (!spec) throw new Error(`endpoint ${job.endpoint} is no longer served`);
-        const charge = priceJob(opts.prices(), spec.priceKey, {
-          images: job.images,
-          promptExpansion: r.enable_prompt_expansion === true,
-        });
-        job.charge = charge;
-        job.outcome = 'ok';
-        billing.push({
-          request_id: job.request_id,
-          endpoint: job.endpoint,
-          units: charge.units,
-          usd: charge.usd,
-          unit: charge.unit,
-          num_images: n,
-          prompt_expansion_usd: charge.prompt_expansion_usd,
-          completed_at: new Date(job.completed_at).toISOString(),
-        });
-      } catch (err) {
-        // A job the emulator cannot price must not look billed-at-zero.
-        opts.onError(err, job);
-        job.outcome = 'error';
-        job.error = { status: 500, body: { detail: `Emulator cannot price this job: ${(err as Error).message}` } };
-      }
+      job.error = { status: 500, body: { detail: `Emulator cannot price this job: ${(err as Error).message}` } };
     }
-    emit(job, 'completed');
   };
 
-  const schedule = (job: JobRecord) => {
-    const now = Date.now();
+  const finish = (job: JobRecord) => {
     if (job.status === 'COMPLETED') return;
-    if (now < job.start_at) {
-      job.status = 'IN_QUEUE';
-      queued.add(job.seq, 1);
-      setTimer(job, job.start_at, () => start(job));
-    } else if (job.never_finish || now < job.done_at) {
-      job.status = 'IN_PROGRESS';
-      job.started_at ??= job.start_at;
-      if (!job.never_finish) setTimer(job, job.done_at, () => finish(job));
-    } else {
-      job.status = 'IN_PROGRESS';
-      job.started_at ??= job.start_at;
-      // Already due (e.g. restored after a restart): complete on the next tick
-      // so callers see the job first.
-      setTimer(job, now, () => finish(job));
+    release(job);
+    job.started_at ??= Date.now();
+    job.status = 'COMPLETED';
+    job.completed_at = Date.now();
+    if (job.fail) fail(job, job.fail);
+    else succeed(job);
+    emit(job, 'completed');
+    pump();
+  };
+
+  const end = (job: JobRecord, outcome: 'cancelled' | 'error', error: NonNullable<JobRecord['error']>) => {
+    release(job);
+    job.status = 'COMPLETED';
+    job.outcome = outcome;
+    job.completed_at = Date.now();
+    job.error = error;
+    emit(job, 'completed');
+    pump();
+  };
+
+  const expire = (job: JobRecord) => {
+    if (job.status !== 'IN_QUEUE') return;
+    end(job, 'error', { status: 504, body: { detail: 'Request timed out', error_type: 'request_timeout' }, hints: { timeoutType: 'user' } });
+  };
+
+  /** Arms the timers of a job that is not completed, from its saved state. */
+  const schedule = (job: JobRecord) => {
+    if (job.status === 'COMPLETED') return;
+    if (job.status === 'IN_PROGRESS') {
+      running += 1;
+      if (job.fail?.at === 'start') arm(timers, job, Date.now(), () => finish(job));
+      else if (!job.never_finish) arm(timers, job, job.done_at, () => finish(job));
+      return;
     }
+    queued.add(job.seq, 1);
+    arm(timers, job, job.start_at, () => onReady(job));
+    if (job.start_deadline !== undefined) arm(deadlines, job, job.start_deadline, () => expire(job));
   };
 
   const evict = () => {
@@ -284,6 +409,9 @@ export function createEngine(opts: EngineOptions): Engine {
   return {
     get seq() {
       return seq;
+    },
+    get running() {
+      return running;
     },
     create(endpoint, input, resolved, o) {
       const now = Date.now();
@@ -304,18 +432,24 @@ export function createEngine(opts: EngineOptions): Engine {
         image_mode: opts.imageMode,
         submitted_at: now,
         start_at: now + queueMs,
+        run_ms: total - queueMs,
         done_at: now + total,
       };
+      if (o.timeoutS !== undefined) job.start_deadline = now + Math.round(o.timeoutS * 1000);
+      if (o.mediaTtlS !== undefined) job.media_ttl_s = o.mediaTtlS;
       if (f.neverFinish) job.never_finish = true;
       if (f.nsfwIndexes) job.nsfw_indexes = f.nsfwIndexes;
       if (f.ignoreSyncMode) job.ignore_sync_mode = true;
       if (f.escapeSlashes) job.escape_slashes = true;
+      if (f.runnerRetry) job.runner_retry = true;
+      if (f.omitDimensions) job.omit_dimensions = true;
+      if (f.webhookPayloadError) job.webhook_payload_error = true;
       if (f.fail) job.fail = f.fail;
       if (o.webhookUrl) job.webhook = { url: o.webhookUrl, state: 'pending', attempts: 0 };
       if (o.priority) job.priority = o.priority;
       jobs.set(job.request_id, job);
       schedule(job);
-      emit(job, job.status === 'IN_QUEUE' ? 'queued' : 'started');
+      emit(job, 'queued');
       evict();
       return job;
     },
@@ -326,13 +460,11 @@ export function createEngine(opts: EngineOptions): Engine {
       const job = jobs.get(id);
       if (!job) return 'not_found';
       if (job.status === 'COMPLETED') return 'already_completed';
-      clearTimer(id);
-      if (job.status === 'IN_QUEUE') queued.add(job.seq, -1);
-      job.status = 'COMPLETED';
-      job.outcome = 'cancelled';
-      job.completed_at = Date.now();
-      job.error = { status: 400, body: { detail: 'Request was cancelled' } };
-      emit(job, 'completed');
+      if (job.status === 'IN_PROGRESS' && !opts.cancelStopsRunning) {
+        job.cancel_requested_at ??= Date.now();
+        return 'requested';
+      }
+      end(job, 'cancelled', { status: 400, body: { detail: 'Request was cancelled' } });
       return 'cancelled';
     },
     finishNow(id) {
@@ -346,6 +478,8 @@ export function createEngine(opts: EngineOptions): Engine {
       billing = bill.slice();
       seq = Math.max(seq, lastSeq);
       for (const job of list) {
+        // Records saved before run_ms existed planned their whole life up front.
+        job.run_ms ??= Math.max(0, job.done_at - job.start_at);
         jobs.set(job.request_id, job);
         seq = Math.max(seq, job.seq);
         schedule(job);
@@ -353,8 +487,13 @@ export function createEngine(opts: EngineOptions): Engine {
     },
     clear() {
       for (const t of timers.values()) clearTimeout(t);
+      for (const t of deadlines.values()) clearTimeout(t);
       timers.clear();
+      deadlines.clear();
       queued.clear();
+      ready = [];
+      readyHead = 0;
+      running = 0;
       const old = [...jobs.values()];
       jobs.clear();
       billing = [];
@@ -362,7 +501,9 @@ export function createEngine(opts: EngineOptions): Engine {
     },
     close() {
       for (const t of timers.values()) clearTimeout(t);
+      for (const t of deadlines.values()) clearTimeout(t);
       timers.clear();
+      deadlines.clear();
     },
   };
 }

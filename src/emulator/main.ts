@@ -2,6 +2,7 @@
  * Standalone fal emulator (`npm run emulator`). Process concerns only: read
  * the environment, start, print the URL, shut down cleanly on SIGTERM/SIGINT.
  */
+import { parseKinder } from './behaviours.js';
 import { startEmulator, type EmulatorOptions } from './index.js';
 
 function fail(message: string): never {
@@ -29,6 +30,26 @@ function options(): EmulatorOptions {
   if (mode) {
     if (mode !== 'entropy' && mode !== 'cheap') fail('EMULATOR_IMAGE_MODE must be "entropy" or "cheap"');
     o.imageMode = mode;
+  }
+  const concurrency = intEnv('EMULATOR_CONCURRENCY');
+  if (concurrency !== undefined) {
+    if (concurrency < 1) fail('EMULATOR_CONCURRENCY must be at least 1');
+    o.concurrency = concurrency;
+  }
+  if (env.EMULATOR_MEDIA_TTL_S === 'never') o.mediaTtlS = null;
+  else {
+    const ttl = intEnv('EMULATOR_MEDIA_TTL_S');
+    if (ttl !== undefined) {
+      if (ttl < 1) fail('EMULATOR_MEDIA_TTL_S must be a positive number of seconds, or "never"');
+      o.mediaTtlS = ttl;
+    }
+  }
+  if (env.EMULATOR_KINDER) {
+    try {
+      o.kinder = [...parseKinder(env.EMULATOR_KINDER)];
+    } catch (err) {
+      fail(`EMULATOR_KINDER: ${(err as Error).message}`);
+    }
   }
   if (env.EMULATOR_PRICES_FILE) o.pricesFile = env.EMULATOR_PRICES_FILE;
   if (env.EMULATOR_STATE_FILE) o.stateFile = env.EMULATOR_STATE_FILE;

@@ -31,7 +31,8 @@ export async function media(ctx: Ctx, req: IncomingMessage, res: ServerResponse,
   const head = req.method === 'HEAD';
   if (first === 'emulated') {
     const spec = parseImageToken(second);
-    if (!spec || spec.width * spec.height > ctx.options.maxRenderPixels) {
+    const expired = spec?.expiresAt !== undefined && spec.expiresAt * 1000 <= Date.now();
+    if (!spec || expired || spec.width * spec.height > ctx.options.maxRenderPixels) {
       sendJson(res, 404, { detail: 'File not found' });
       return;
     }

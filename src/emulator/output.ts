@@ -6,6 +6,7 @@
  * stored at all.
  */
 import type { Ctx } from './context.js';
+import { errorTypeOf } from './errors.js';
 import { CONTENT_TYPES, fileName, imagePath } from './images.js';
 import type { JobRecord } from './jobs.js';
 
@@ -24,22 +25,20 @@ export function queueUrls(job: JobRecord): { response_url: string; status_url: s
 export async function composeOutput(ctx: Ctx, job: JobRecord): Promise<Record<string, unknown>> {
   const sync = job.resolved.sync_mode === true && job.ignore_sync_mode !== true;
   const specs = job.images ?? [];
+  const expiresAt = mediaExpiry(ctx, job);
   const images = await Promise.all(
     specs.map(async (spec) => {
       const contentType = CONTENT_TYPES[spec.format];
-      const image: Record<string, unknown> = {
-        url: '',
-        width: spec.width,
-        height: spec.height,
-        content_type: contentType,
-        file_name: fileName(spec),
-      };
+      // width/height are optional in fal's own output types; the omit_dimensions fault leaves them out.
+      const image: Record<string, unknown> = job.omit_dimensions
+        ? { url: '', content_type: contentType, file_name: fileName(spec) }
+        : { url: '', width: spec.width, height: spec.height, content_type: contentType, file_name: fileName(spec) };
       if (sync) {
         const bytes = await ctx.images.get(spec);
         image.url = `data:${contentType};base64,${bytes.toString('base64')}`;
         image.file_size = bytes.length;
       } else {
-        image.url = `${ctx.publicUrl()}/${imagePath(spec)}`;
+        image.url = `${ctx.publicUrl()}/${imagePath(spec, expiresAt)}`;
       }
       return image;
     }),
@@ -52,6 +51,13 @@ export async function composeOutput(ctx: Ctx, job: JobRecord): Promise<Record<st
     has_nsfw_concepts: job.has_nsfw_concepts ?? [],
     prompt: job.resolved.prompt,
   };
+}
+
+/** When a job's output media stops being served (unix seconds); undefined = never. */
+export function mediaExpiry(ctx: Ctx, job: JobRecord): number | undefined {
+  const ttl = job.media_ttl_s === undefined ? ctx.options.mediaTtlS : job.media_ttl_s;
+  if (ttl === null) return undefined;
+  return Math.floor((job.completed_at ?? Date.now()) / 1000) + ttl;
 }
 
 /** A short message for an error body (`detail` string, or the first entry's msg). */
@@ -71,8 +77,10 @@ function logLines(job: JobRecord): Array<Record<string, unknown>> {
     lines.push({ message, level, source: 'user', timestamp: new Date(at).toISOString() });
   if (job.started_at) {
     const n = job.resolved.num_images ?? 1;
+    if (job.runner_retry) line(job.started_at, `[emulated] runner failed; fal retried the request as ${job.gateway_request_id ?? '?'}`, 'WARNING');
     line(job.started_at, `[emulated] ${job.endpoint}: generating ${String(n)} image(s)`);
   }
+  if (job.cancel_requested_at) line(job.cancel_requested_at, '[emulated] cancellation requested; the running request continues', 'WARNING');
   if (job.status === 'COMPLETED' && job.completed_at) {
     if (job.outcome === 'ok') line(job.completed_at, '[emulated] inference finished');
     else if (job.outcome === 'cancelled') line(job.completed_at, '[emulated] request cancelled', 'WARNING');
@@ -91,23 +99,20 @@ export function statusBody(ctx: Ctx, job: JobRecord, withLogs: boolean): Record<
       : {};
   if (job.status === 'COMPLETED' && job.outcome !== 'ok') {
     body.error = errorMessage(job.error?.body);
-    body.error_type = job.outcome === 'cancelled' ? 'request_cancelled' : 'runner_error';
+    body.error_type = job.outcome === 'cancelled' ? 'client_cancelled' : errorTypeOf(job.error?.status ?? 500, job.error?.body);
   }
   return body;
 }
 
 export async function webhookBody(ctx: Ctx, job: JobRecord): Promise<string> {
-  if (job.outcome === 'ok') {
-    return JSON.stringify({
-      request_id: job.request_id,
-      gateway_request_id: job.request_id,
-      status: 'OK',
-      payload: await composeOutput(ctx, job),
-    });
+  const ids = { request_id: job.request_id, gateway_request_id: job.gateway_request_id ?? job.request_id };
+  if (job.outcome === 'ok' && job.webhook_payload_error) {
+    // fal sends this when the output could not be serialised for the webhook; the result route still has it.
+    return JSON.stringify({ ...ids, status: 'OK', payload: null, payload_error: 'Response payload could not be serialized as JSON' });
   }
+  if (job.outcome === 'ok') return JSON.stringify({ ...ids, status: 'OK', payload: await composeOutput(ctx, job) });
   return JSON.stringify({
-    request_id: job.request_id,
-    gateway_request_id: job.request_id,
+    ...ids,
     status: 'ERROR',
     error: `Invalid status code: ${job.error?.status ?? 500}`,
     payload: job.error?.body ?? null,

@@ -21,6 +21,11 @@ export interface PriceEntry {
   rounding?: PriceRounding;
   /** Overrides the table-wide prompt expansion surcharge for this endpoint. */
   prompt_expansion_usd?: string;
+  /**
+   * Units an app error (4xx after the job reached a runner) bills when the
+   * app set none: fal falls back to the endpoint's default units. Default "1".
+   */
+  error_units?: string;
 }
 
 export interface PriceTable {
@@ -78,6 +83,10 @@ function parseEntry(id: string, raw: unknown): PriceEntry {
   if (e.prompt_expansion_usd !== undefined) {
     if (!isDecimalString(e.prompt_expansion_usd)) throw new PriceTableError(`${where}.prompt_expansion_usd must be a decimal string`);
     entry.prompt_expansion_usd = e.prompt_expansion_usd;
+  }
+  if (e.error_units !== undefined) {
+    if (!isDecimalString(e.error_units)) throw new PriceTableError(`${where}.error_units must be a decimal string`);
+    entry.error_units = e.error_units;
   }
   return entry;
 }
@@ -145,6 +154,14 @@ export function priceJob(table: PriceTable, priceKey: string, job: ChargeInput):
     : decInt(0);
   const usd = add(mul(units, dec(entry.usd_per_unit)), expansion);
   return { unit: entry.unit, units: decToString(units), usd: decToString(usd), prompt_expansion_usd: decToString(expansion) };
+}
+
+/** What a failed job bills: `units` (default the row's error_units, else 1) at the row's rate, no surcharge. */
+export function priceFailure(table: PriceTable, priceKey: string, units?: string): Charge {
+  const entry = table.endpoints[priceKey];
+  if (!entry) throw new PriceTableError(`no price for ${priceKey}`);
+  const u = dec(units ?? entry.error_units ?? '1');
+  return { unit: entry.unit, units: decToString(u), usd: decToString(mul(u, dec(entry.usd_per_unit))), prompt_expansion_usd: '0' };
 }
 
 /** Sum of canonical decimal strings, as a canonical decimal string. */

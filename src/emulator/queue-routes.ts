@@ -10,8 +10,9 @@ import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Ctx, Route } from './context.js';
 import type { ArmedFault, FaultPhase } from './faults.js';
+import { withErrorHints } from './errors.js';
 import { BodyTooLargeError, headerValue, parseJsonBody, readBody, sendBytes, sendJson } from './http.js';
-import { imageDims, type JobFaults, type JobRecord } from './jobs.js';
+import { imageDims, type JobFailure, type JobFaults, type JobRecord } from './jobs.js';
 import { appPath, composeOutput, queueUrls, statusBody } from './output.js';
 import { validateInput } from './validate.js';
 
@@ -60,7 +61,13 @@ export async function answerFault(ctx: Ctx, req: IncomingMessage, res: ServerRes
       const status = fault.status ?? 500;
       if (fault.retry_after !== undefined) headers['retry-after'] = String(fault.retry_after);
       else if (status === 429) headers['retry-after'] = '1';
-      sendJson(res, status, { detail: fault.detail ?? defaultDetail(status) }, headers);
+      const body: unknown = { detail: fault.detail ?? defaultDetail(status) };
+      if (status < 500 && fault.error_type === undefined && fault.retryable === undefined) {
+        sendJson(res, status, body, headers);
+        return true;
+      }
+      const hinted = withErrorHints(status, body, { errorType: fault.error_type, retryable: fault.retryable });
+      sendJson(res, status, hinted.body, { ...hinted.headers, ...headers });
       return true;
     }
   }
@@ -91,23 +98,92 @@ const isPlainObject = (v: unknown): v is Record<string, unknown> => typeof v ===
 
 function takeJobFaults(ctx: Ctx, req: IncomingMessage, phase: FaultPhase, endpoint: string, prompt: string): JobFaults {
   const m = { endpoint, prompt };
+  const take = (kind: Parameters<Ctx['takeFault']>[2][number]) => ctx.takeFault(req, phase, [kind], m);
   const out: JobFaults = {};
-  if (ctx.takeFault(req, phase, ['never_finish'], m)) out.neverFinish = true;
-  const nsfw = ctx.takeFault(req, phase, ['nsfw'], m);
+  if (take('never_finish')) out.neverFinish = true;
+  const nsfw = take('nsfw');
   if (nsfw) out.nsfwIndexes = nsfw.nsfw_indexes ?? [0];
-  if (ctx.takeFault(req, phase, ['ignore_sync_mode'], m)) out.ignoreSyncMode = true;
-  if (ctx.takeFault(req, phase, ['escape_slashes'], m)) out.escapeSlashes = true;
-  const fail = ctx.takeFault(req, phase, ['fail_after_start'], m);
+  if (take('ignore_sync_mode')) out.ignoreSyncMode = true;
+  if (take('escape_slashes')) out.escapeSlashes = true;
+  if (take('runner_retry')) out.runnerRetry = true;
+  if (take('omit_dimensions')) out.omitDimensions = true;
+  if (take('webhook_payload_error')) out.webhookPayloadError = true;
+  const failure = (f: ArmedFault, base: Omit<JobFailure, 'billable_units' | 'hints'>): JobFailure => {
+    const out: JobFailure = { ...base };
+    if (f.billable_units !== undefined) out.billable_units = f.billable_units;
+    if (f.error_type !== undefined || f.retryable !== undefined) out.hints = { errorType: f.error_type, retryable: f.retryable };
+    return out;
+  };
+  const fail = take('fail_after_start');
   if (fail) {
     const status = fail.status ?? 500;
-    out.fail = { status, detail: fail.detail ?? defaultDetail(status) };
+    out.fail = failure(fail, { status, body: { detail: fail.detail ?? defaultDetail(status) }, at: 'end' });
   }
-  const latency = ctx.takeFault(req, phase, ['latency'], m);
+  const policy = take('content_policy');
+  if (policy && !out.fail) out.fail = failure(policy, { status: 422, body: { detail: [contentPolicyError(prompt, policy.categories)] }, at: 'end' });
+  const lora = take('lora_download_failed');
+  if (lora && !out.fail) out.fail = failure(lora, { status: 422, body: { detail: [loraDownloadError(0, 'the LoRA weights')] }, at: 'start' });
+  const latency = take('latency');
   if (latency && latency.latency_ms !== undefined) {
     out.latency = { totalMs: latency.latency_ms };
     if (latency.queue_ms !== undefined) out.latency.queueMs = latency.queue_ms;
   }
   return out;
+}
+
+/** fal's content checker refusal (https://fal.ai/docs/documentation/model-apis/errors#content_policy_violation). */
+function contentPolicyError(prompt: string, categories: string[] | undefined): Record<string, unknown> {
+  return {
+    loc: ['body', 'prompt'],
+    msg: 'The content was flagged by a content checker.',
+    type: 'content_policy_violation',
+    url: 'https://docs.fal.ai/errors#content_policy_violation',
+    input: prompt,
+    categories: categories ?? ['sexual'],
+  };
+}
+
+function loraDownloadError(index: number, url: string): Record<string, unknown> {
+  return {
+    loc: ['body', 'loras', index, 'path'],
+    msg: `Failed to download ${url}: the file does not exist or has expired`,
+    type: 'file_download_error',
+    url: 'https://docs.fal.ai/errors#file_download_error',
+    input: url,
+  };
+}
+
+/** The first LoRA whose weights live on this emulator's CDN and are gone (never uploaded, or expired). */
+function missingLora(ctx: Ctx, resolved: Record<string, unknown>): Record<string, unknown> | undefined {
+  const loras = resolved.loras;
+  if (!Array.isArray(loras)) return undefined;
+  for (const [i, l] of loras.entries()) {
+    const path = (l as { path?: unknown } | undefined)?.path;
+    if (typeof path === 'string' && ctx.mediaMissing(path)) return loraDownloadError(i, path);
+  }
+  return undefined;
+}
+
+/** `X-Fal-Request-Timeout`: seconds, more than 0.1 (https://fal.ai/docs/documentation/model-apis/common-parameters). */
+function requestTimeout(req: IncomingMessage): { ok: true; value: number | undefined } | { ok: false } {
+  const raw = headerValue(req, 'x-fal-request-timeout');
+  if (raw === undefined) return { ok: true, value: undefined };
+  const n = Number(raw);
+  return Number.isFinite(n) && n > 0.1 ? { ok: true, value: n } : { ok: false };
+}
+
+/** `X-Fal-Object-Lifecycle-Preference: {"expiration_duration_seconds": N | null}`; undefined when absent or unreadable. */
+function mediaLifetime(req: IncomingMessage): number | null | undefined {
+  const raw = headerValue(req, 'x-fal-object-lifecycle-preference');
+  if (!raw) return undefined;
+  try {
+    const v = (JSON.parse(raw) as { expiration_duration_seconds?: unknown }).expiration_duration_seconds;
+    if (v === null) return null;
+    if (typeof v === 'number' && Number.isInteger(v) && v > 0) return v;
+  } catch {
+    // fal ignores a preference it cannot read; so does the emulator.
+  }
+  return undefined;
 }
 
 /**
@@ -138,18 +214,29 @@ async function admit(ctx: Ctx, req: IncomingMessage, res: ServerResponse, route:
   const fault = ctx.takeFault(req, phase, CALL_FAULTS, { endpoint: endpointId, prompt });
   if (fault && !fault.commit && (await answerFault(ctx, req, res, fault, errorId))) return undefined;
   if (fault?.commit && fault.delay_ms) await ctx.sleep(fault.delay_ms);
-  const failWith = async (status: number, payload: unknown) => {
+  const failWith = async (status: number, payload: unknown, headers: Record<string, string> = {}) => {
     if (fault && fault.kind !== 'delay' && (await answerFault(ctx, req, res, { ...fault, delay_ms: 0 }, errorId))) return undefined;
-    sendJson(res, status, payload, idHeader);
+    sendJson(res, status, payload, { ...headers, ...idHeader });
     return undefined;
   };
 
   if (!parsed.ok) {
     return failWith(422, { detail: [{ loc: ['body'], msg: `Invalid JSON body: ${parsed.message}`, type: 'value_error.jsondecode' }] });
   }
+  const timeout = requestTimeout(req);
+  if (!timeout.ok) {
+    const hinted = withErrorHints(400, { detail: 'Invalid X-Fal-Request-Timeout: give seconds, more than 0.1' });
+    return failWith(400, hinted.body, hinted.headers);
+  }
   const checked = validateInput(endpoint.input, parsed.value);
-  if (!checked.ok) return failWith(422, { detail: checked.errors });
-  const { width, height } = imageDims(checked.value);
+  // On the queue, fal accepts the request and its runner's validation fails
+  // the job later ("Invalid status code: 422" on the webhook); fal.run answers at once.
+  const refuseNow =
+    !checked.ok &&
+    (phase === 'run' || !ctx.options.lateValidation || ctx.takeFault(req, phase, ['submit_validation'], { endpoint: endpointId, prompt }) !== undefined);
+  if (!checked.ok && refuseNow) return failWith(422, { detail: checked.errors });
+  const resolved = checked.ok ? checked.value : { ...(body ?? {}) };
+  const { width, height } = checked.ok ? imageDims(resolved) : { width: 0, height: 0 };
   if (width * height > ctx.options.maxRenderPixels) {
     return failWith(422, {
       detail: [
@@ -176,11 +263,20 @@ async function admit(ctx: Ctx, req: IncomingMessage, res: ServerResponse, route:
       webhookUrl = hook;
     }
   }
-  const job = ctx.engine.create(endpoint, body ?? {}, checked.value, {
+  const faults = takeJobFaults(ctx, req, phase, endpointId, prompt);
+  if (!checked.ok) {
+    faults.fail = { status: 422, body: { detail: checked.errors }, at: 'start' };
+  } else if (!faults.fail) {
+    const lora = missingLora(ctx, resolved);
+    if (lora) faults.fail = { status: 422, body: { detail: [lora] }, at: 'start' };
+  }
+  const job = ctx.engine.create(endpoint, body ?? {}, resolved, {
     via: phase === 'submit' ? 'queue' : 'run',
     webhookUrl,
     priority: headerValue(req, 'x-fal-queue-priority'),
-    faults: takeJobFaults(ctx, req, phase, endpointId, prompt),
+    timeoutS: timeout.value,
+    mediaTtlS: mediaLifetime(req),
+    faults,
   });
   // A committed fault: the job exists (and will bill) but this call fails,
   // the case where a client retry submits the same work twice.
@@ -206,9 +302,12 @@ export async function submit(ctx: Ctx, req: IncomingMessage, res: ServerResponse
 }
 
 async function sendResult(ctx: Ctx, res: ServerResponse, job: JobRecord): Promise<void> {
+  // After fal's own runner retry the result names the attempt that produced it.
+  const id = job.gateway_request_id ?? job.request_id;
+  const units = job.charge?.units ?? '0';
   if (job.outcome === 'ok') {
     const output = await composeOutput(ctx, job);
-    const headers = { 'x-fal-request-id': job.request_id, 'x-fal-billable-units': job.charge?.units ?? '0' };
+    const headers = { 'x-fal-request-id': id, 'x-fal-billable-units': units };
     if (job.escape_slashes) {
       // Outside strings JSON has no `/`, so escaping every one keeps the values and changes only the bytes.
       sendBytes(res, 200, JSON.stringify(output).replaceAll('/', '\\/'), 'application/json', headers);
@@ -217,10 +316,9 @@ async function sendResult(ctx: Ctx, res: ServerResponse, job: JobRecord): Promis
     sendJson(res, 200, output, headers);
     return;
   }
-  sendJson(res, job.error?.status ?? 500, job.error?.body ?? { detail: 'Request failed' }, {
-    'x-fal-request-id': job.request_id,
-    'x-fal-billable-units': '0',
-  });
+  const status = job.error?.status ?? 500;
+  const hinted = withErrorHints(status, job.error?.body ?? { detail: 'Request failed' }, job.error?.hints);
+  sendJson(res, status, hinted.body, { ...hinted.headers, 'x-fal-request-id': id, 'x-fal-billable-units': units });
 }
 
 export async function run(ctx: Ctx, req: IncomingMessage, res: ServerResponse, route: Route): Promise<void> {
@@ -313,7 +411,7 @@ export async function requestRoute(ctx: Ctx, req: IncomingMessage, res: ServerRe
       return;
     case 'cancel': {
       const outcome = ctx.engine.cancel(job.request_id);
-      if (outcome === 'cancelled') sendJson(res, 202, { status: 'CANCELLATION_REQUESTED' }, { 'x-fal-request-id': job.request_id });
+      if (outcome === 'cancelled' || outcome === 'requested') sendJson(res, 202, { status: 'CANCELLATION_REQUESTED' }, { 'x-fal-request-id': job.request_id });
       else sendJson(res, 400, { status: 'ALREADY_COMPLETED' }, { 'x-fal-request-id': job.request_id });
       return;
     }

@@ -164,7 +164,9 @@ describe('armed faults', () => {
     await falClient(emu).subscribe(TURBO, { input: { prompt: 'slow job' }, pollInterval: 25 });
     assert.ok(Date.now() - started >= 400);
     const job = emu.jobs()[0]!;
-    assert.equal(job.done_at - job.submitted_at, 400);
+    assert.equal(job.start_at - job.submitted_at, 100);
+    assert.equal(job.run_ms, 300);
+    assert.ok(job.completed_at! - job.started_at! >= 300);
   });
 
   test('never_finish keeps the job IN_PROGRESS until released', async (t) => {
@@ -230,7 +232,7 @@ describe('armed faults', () => {
     assert.equal(emu.job(b)!.outcome, 'ok');
   });
 
-  test('fail_after_start: status says COMPLETED, the result is the error, nothing is billed', async (t) => {
+  test('fail_after_start: status says COMPLETED, the result is the error; fal\'s 5xx bills nothing, an app 422 bills', async (t) => {
     const emu = await emulator(t);
     emu.armFault([
       { kind: 'fail_after_start', prompt_contains: 'crash', detail: 'CUDA out of memory' },
@@ -240,7 +242,7 @@ describe('armed faults', () => {
     await assert.rejects(fal.subscribe(TURBO, { input: { prompt: 'crash' }, pollInterval: 20 }), (e: unknown) => {
       assert.ok(e instanceof ApiError);
       assert.equal(e.status, 500);
-      assert.deepEqual(e.body, { detail: 'CUDA out of memory' });
+      assert.deepEqual(e.body, { detail: 'CUDA out of memory', error_type: 'runner_server_error' });
       return true;
     });
     const failed = emu.jobs().find((j) => j.input.prompt === 'crash')!;
@@ -248,8 +250,16 @@ describe('armed faults', () => {
     assert.equal(s.json.status, 'COMPLETED');
     const r = await raw(emu, 'GET', resultPath(failed.request_id));
     assert.equal(r.headers.get('x-fal-billable-units'), '0');
-    await assert.rejects(fal.subscribe(TURBO, { input: { prompt: 'invalid' }, pollInterval: 20 }), (e: unknown) => e instanceof ValidationError);
+    assert.equal(r.headers.get('x-fal-error-type'), 'runner_server_error');
+    assert.equal(r.headers.get('x-fal-retryable'), 'false');
     assert.deepEqual(emu.billing(), []);
+    await assert.rejects(fal.subscribe(TURBO, { input: { prompt: 'invalid' }, pollInterval: 20 }), (e: unknown) => e instanceof ValidationError);
+    const billed = emu.billing();
+    assert.equal(billed.length, 1);
+    assert.deepEqual(
+      { outcome: billed[0]!.outcome, status: billed[0]!.status, units: billed[0]!.units, usd: billed[0]!.usd },
+      { outcome: 'error', status: 422, units: '1', usd: '0.005' },
+    );
   });
 
   test('stream-phase fault: the streaming subscription fails', async (t) => {

@@ -158,8 +158,8 @@ describe('fal queue protocol with the real @fal-ai/client', () => {
     assert.ok(r.headers.get('x-fal-request-id'));
   });
 
-  test('422 with pydantic-shaped detail becomes a ValidationError', async () => {
-    const fal = falClient(emu);
+  test('422 with pydantic-shaped detail becomes a ValidationError (kinder: submit_validation)', async (t) => {
+    const fal = falClient(await emulator(t, { kinder: ['submit_validation'] }));
     await assert.rejects(
       fal.queue.submit(TURBO, { input: { num_images: 5, image_size: 'huge', seed: 'x' } as any }),
       (err: unknown) => {
@@ -181,7 +181,7 @@ describe('fal queue protocol with the real @fal-ai/client', () => {
       body: { prompt: 'x'.repeat(10000), image_size: { width: 100, height: 37 } },
     });
     assert.equal(r.status, 200);
-    const bad = await raw(emu, 'POST', `queue.fal.run/${LORA}`, {
+    const bad = await raw(emu, 'POST', `fal.run/${LORA}`, {
       body: { prompt: 'p', loras: [{ scale: 5 }, { path: 'a' }, { path: 'b' }, { path: 'c' }] },
     });
     assert.equal(bad.status, 422);
