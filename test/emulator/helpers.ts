@@ -1,4 +1,6 @@
 /** Shared setup for the emulator tests: a real @fal-ai/client pointed at an emulator. */
+import { createServer, type IncomingHttpHeaders } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { createFalClient } from '@fal-ai/client';
 import { createRedirectFetch } from '../../src/fal/redirect-fetch.js';
 import { startEmulator, type Emulator, type EmulatorOptions } from '../../src/emulator/index.js';
@@ -74,3 +76,37 @@ export async function waitFor<T>(fn: () => T | undefined | Promise<T | undefined
 export function appOf(endpoint: string): string {
   return endpoint.split('/').slice(0, 2).join('/');
 }
+
+export interface Delivery {
+  headers: IncomingHttpHeaders;
+  body: Buffer;
+}
+
+/** A webhook receiver that fails its first `failFirst` deliveries with 500. */
+export async function receiver(t: { after(fn: () => Promise<void>): void }, failFirst = 0) {
+  const deliveries: Delivery[] = [];
+  let seen = 0;
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      seen += 1;
+      if (seen <= failFirst) {
+        res.writeHead(500).end('nope');
+        return;
+      }
+      deliveries.push({ headers: req.headers, body: Buffer.concat(chunks) });
+      res.writeHead(200).end('ok');
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  t.after(
+    () =>
+      new Promise<void>((r) => {
+        server.closeAllConnections();
+        server.close(() => r());
+      }),
+  );
+  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook`, deliveries, attempts: () => seen };
+}
+

@@ -1,42 +1,7 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, createPublicKey, verify } from 'node:crypto';
-import { createServer, type IncomingHttpHeaders } from 'node:http';
-import type { AddressInfo } from 'node:net';
-import { emulator, falClient, raw, TURBO, waitFor } from './helpers.js';
-
-interface Delivery {
-  headers: IncomingHttpHeaders;
-  body: Buffer;
-}
-
-/** A webhook receiver that fails its first `failFirst` deliveries with 500. */
-async function receiver(t: { after(fn: () => Promise<void>): void }, failFirst = 0) {
-  const deliveries: Delivery[] = [];
-  let seen = 0;
-  const server = createServer((req, res) => {
-    const chunks: Buffer[] = [];
-    req.on('data', (c: Buffer) => chunks.push(c));
-    req.on('end', () => {
-      seen += 1;
-      if (seen <= failFirst) {
-        res.writeHead(500).end('nope');
-        return;
-      }
-      deliveries.push({ headers: req.headers, body: Buffer.concat(chunks) });
-      res.writeHead(200).end('ok');
-    });
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  t.after(
-    () =>
-      new Promise<void>((r) => {
-        server.closeAllConnections();
-        server.close(() => r());
-      }),
-  );
-  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook`, deliveries, attempts: () => seen };
-}
+import { emulator, falClient, raw, receiver, TURBO, waitFor, type Delivery } from './helpers.js';
 
 /** fal's documented verification: ED25519 over id \n user \n timestamp \n sha256hex(body), any JWKS key. */
 function verifyDelivery(jwks: { keys: Array<{ x: string }> }, d: Delivery, body: Buffer = d.body): boolean {
