@@ -193,7 +193,9 @@ const LORA_PATHS: readonly string[] = [
   'owner/repo/sub/dir/weights.safetensors',
   'https://huggingface.co/owner/repo/resolve/main/weights.safetensors',
   'https://example.com:8443/w?x=1#frag',
-  'https://v3.fal.media/files/lora/abc.safetensors',
+  // Not a fal CDN URL: like real fal, the emulator fails a job whose LoRA is a
+  // CDN file that does not exist, so no made-up fal.media URL is valid input.
+  'https://cdn.example.org/files/lora/abc.safetensors',
 ];
 
 const CASE_VARIANTS = (s: string): string[] => [s.toUpperCase(), s[0]!.toUpperCase() + s.slice(1), ` ${s}`, `${s} `, `${s}\u0000`];
