@@ -55,7 +55,7 @@ export interface Ctx {
   setPrices(table: PriceTable, merge: boolean): void;
   resetPrices(): void;
   /** HTTP calls seen per phase. */
-  readonly calls: Record<FaultPhase | 'files' | 'admin', number>;
+  readonly calls: Record<FaultPhase | 'files' | 'platform' | 'admin', number>;
   listen(jobId: string, fn: JobListener): () => void;
   /** Takes a call fault for this phase: from the `x-emulator-fault` header first, then the armed book. */
   takeFault(req: IncomingMessage, phase: FaultPhase, kinds: readonly FaultKind[], ctx: MatchContext): ArmedFault | undefined;

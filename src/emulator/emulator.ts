@@ -33,6 +33,7 @@ import {
   sumUsd,
   type PriceTable,
 } from './pricing.js';
+import { platform } from './platform-routes.js';
 import { parseRequestRoute, requestRoute, run, submit } from './queue-routes.js';
 import { createStateWriter, readState, type StateWriter } from './state.js';
 import { createFileStore } from './storage.js';
@@ -116,7 +117,7 @@ export interface Emulator {
   setPrices(table: PriceTable, opts?: { merge?: boolean }): void;
   webhookDeliveries(): DeliveryAttempt[];
   jwks(): { keys: Jwk[] };
-  /** HTTP calls seen per phase (submit, status, stream, result, cancel, run, upload, files, admin). */
+  /** HTTP calls seen per phase (submit, status, stream, result, cancel, run, upload, files, platform, admin). */
   stats(): Record<string, number>;
   /** Waits for pending state-file writes. */
   flush(): Promise<void>;
@@ -125,12 +126,14 @@ export interface Emulator {
 const SILENT: EmulatorLogger = { info() {}, warn() {}, error() {}, debug() {} };
 const MEDIA_HOSTS = new Set(['v3.fal.media', 'v3b.fal.media', 'v2.fal.media', 'fal.media']);
 const REST_HOSTS = new Set(['rest.fal.ai', 'rest.alpha.fal.ai']);
+/** fal's Platform API (request listing). */
+const PLATFORM_HOST = 'api.fal.ai';
 const FAULT_HEADER = 'x-emulator-fault';
 
 type Normalized = ReturnType<typeof normalizeFault>;
 
 function zeroCalls(): Ctx['calls'] {
-  return { submit: 0, status: 0, stream: 0, result: 0, cancel: 0, run: 0, upload: 0, files: 0, admin: 0 };
+  return { submit: 0, status: 0, stream: 0, result: 0, cancel: 0, run: 0, upload: 0, files: 0, platform: 0, admin: 0 };
 }
 
 export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulator> {
@@ -425,6 +428,10 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
     }
     if (REST_HOSTS.has(siteHost)) {
       await rest(ctx, req, res, route);
+      return;
+    }
+    if (siteHost === PLATFORM_HOST) {
+      await platform(ctx, req, res, route);
       return;
     }
     sendJson(res, 404, {
