@@ -57,7 +57,7 @@ export async function composeOutput(ctx: Ctx, job: JobRecord): Promise<Record<st
 export function mediaExpiry(ctx: Ctx, job: JobRecord): number | undefined {
   const ttl = job.media_ttl_s === undefined ? ctx.options.mediaTtlS : job.media_ttl_s;
   if (ttl === null) return undefined;
-  return Math.floor((job.completed_at ?? Date.now()) / 1000) + ttl;
+  return Math.ceil((job.completed_at ?? Date.now()) / 1000) + ttl;
 }
 
 /** A short message for an error body (`detail` string, or the first entry's msg). */

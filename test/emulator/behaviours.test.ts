@@ -260,18 +260,18 @@ describe('X-Fal-Request-Timeout (a start deadline)', () => {
 
 describe('media lifetime', () => {
   test('output URLs stop working after the media TTL; the lifecycle header sets it per request', async (t) => {
-    const emu = await emulator(t, { mediaTtlS: 1 });
+    const emu = await emulator(t, { mediaTtlS: 3 });
     const fal = falClient(emu);
     const short = await fal.subscribe(TURBO, { input: { prompt: 'p', image_size: { width: 64, height: 64 } }, pollInterval: 20 });
     const url = (short.data as any).images[0].url as string;
+    assert.equal((await fetch(url)).status, 200);
     const long = await fal.subscribe(TURBO, {
       input: { prompt: 'p', image_size: { width: 64, height: 64 } },
       pollInterval: 20,
       storageSettings: { expiresIn: '1h' },
     });
     const kept = (long.data as any).images[0].url as string;
-    assert.equal((await fetch(url)).status, 200);
-    await waitFor(async () => ((await fetch(url)).status === 404 ? true : undefined), 10000, 200);
+    await waitFor(async () => ((await fetch(url)).status === 404 ? true : undefined), 15000, 200);
     assert.equal((await fetch(kept)).status, 200);
   });
 
