@@ -4,6 +4,7 @@ import { once } from 'node:events';
 import request from 'supertest';
 import { RequestAbort } from '../../src/images/generate.js';
 import { DeadlineQueue } from '../../src/deadline-queue.js';
+import { parseUsd } from '../../src/metering/money.js';
 import { startTestService, TEST_KEY } from '../helpers/service.js';
 
 /**
@@ -131,10 +132,10 @@ describe('RequestAbort', () => {
  */
 describe('shutdown aborts waiting jobs', () => {
   for (const mode of ['stream', 'webhook'] as const) {
-    it(`${mode}: answered 503 shutting_down, fal job cancelled, not billed`, async () => {
+    it(`${mode}: answered 503 shutting_down, fal job cancelled, not billed (emulator kinder: cancel_stops_running)`, async () => {
       const env: Record<string, string> = { SHUTDOWN_GRACE_MS: '100' };
       if (mode === 'webhook') Object.assign(env, { FAL_WEBHOOKS: 'true', PUBLIC_BASE_URL: 'http://127.0.0.1:9', FAL_WEBHOOK_GRACE_MS: '600000' });
-      const d = await startTestService(env);
+      const d = await startTestService(env, { kinder: ['cancel_stops_running'] });
       let closed = false;
       try {
         d.emulator.armFault({ kind: 'never_finish', prompt_contains: 'until shutdown' });
@@ -162,4 +163,38 @@ describe('shutdown aborts waiting jobs', () => {
       }
     });
   }
+});
+
+describe('shutdown on real fal', () => {
+  it('the running job fal only signalled runs on and bills; after a restart the ledger holds what fal billed', async () => {
+    const d = await startTestService({ SHUTDOWN_GRACE_MS: '100' });
+    try {
+      d.emulator.armFault({ kind: 'never_finish', prompt_contains: 'until shutdown' });
+      const pending = request(d.url)
+        .post('/v1/images/generations')
+        .set('Authorization', `Bearer ${TEST_KEY}`)
+        .send({ model: 'alibaba/z-image-turbo', prompt: 'until shutdown' })
+        .then((r) => r);
+      while (d.emulator.jobs().length === 0) await new Promise((r) => setTimeout(r, 10));
+      const closing = d.service.close();
+      const res = await pending;
+      await closing;
+      assert.equal(res.status, 503);
+      assert.equal(res.headers['x-should-retry'], 'false', 'fal may bill the job: a retry would pay twice');
+      const job = d.emulator.jobs()[0]!;
+      assert.equal(job.status, 'IN_PROGRESS', 'fal only signalled the running job');
+      d.emulator.finishJob(job.request_id);
+      const billed = d.emulator.billing().reduce((s, b) => s + parseUsd(b.usd), 0n);
+      const again = await startTestService({ DATA_DIR: d.dataDir }, { use: d.emulator });
+      try {
+        await again.service.reconciler.run({ olderThanMs: 0 });
+        const row = await again.service.ledger.getRequest(res.headers['x-request-id'] as string);
+        assert.equal(row?.upstreamCostMicros, billed);
+      } finally {
+        await again.close();
+      }
+    } finally {
+      await d.emulator.close();
+    }
+  });
 });
