@@ -70,3 +70,20 @@ export function headerValue(req: IncomingMessage, name: string): string | undefi
   const v = req.headers[name];
   return Array.isArray(v) ? v[0] : v;
 }
+
+/**
+ * Seconds from fal's object lifecycle headers (`X-Fal-Object-Lifecycle-Preference`
+ * on jobs, `X-Fal-Object-Lifecycle` on uploads: `{"expiration_duration_seconds": N | null}`);
+ * null = never expires; undefined when absent or unreadable (fal then applies the account's default).
+ */
+export function lifecycleSeconds(raw: string | undefined): number | null | undefined {
+  if (!raw) return undefined;
+  try {
+    const v = (JSON.parse(raw) as { expiration_duration_seconds?: unknown }).expiration_duration_seconds;
+    if (v === null) return null;
+    if (typeof v === 'number' && Number.isInteger(v) && v > 0) return v;
+  } catch {
+    // An unreadable preference is ignored.
+  }
+  return undefined;
+}

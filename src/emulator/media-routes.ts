@@ -8,7 +8,7 @@
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Ctx, Route } from './context.js';
-import { BodyTooLargeError, headerValue, parseJsonBody, readBody, sendBytes, sendJson } from './http.js';
+import { BodyTooLargeError, headerValue, lifecycleSeconds, parseJsonBody, readBody, sendBytes, sendJson } from './http.js';
 import { CONTENT_TYPES, parseImageToken } from './images.js';
 import { answerFault, authorize } from './queue-routes.js';
 import { MAX_PART_NUMBER } from './storage.js';
@@ -194,7 +194,10 @@ async function initiate(ctx: Ctx, req: IncomingMessage, res: ServerResponse, mul
     return;
   }
   const name = typeof body?.file_name === 'string' && body.file_name !== '' ? body.file_name : 'file';
-  const ticket = multi ? ctx.files.initiateMultipart(contentType, name) : ctx.files.initiate(contentType, name);
+  // fal-js sends `X-Fal-Object-Lifecycle: {"expiration_duration_seconds": N}` with storage settings.
+  const lifetime = lifecycleSeconds(headerValue(req, 'x-fal-object-lifecycle')) ?? ctx.options.mediaTtlS;
+  const ticket = multi ? ctx.files.initiateMultipart(contentType, name, lifetime) : ctx.files.initiate(contentType, name, lifetime);
   const base = ctx.publicUrl();
   sendJson(res, 200, { upload_url: `${base}/${ticket.uploadPath}`, file_url: `${base}/${ticket.filePath}` });
 }
+

@@ -11,7 +11,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Ctx, Route } from './context.js';
 import type { ArmedFault, FaultPhase } from './faults.js';
 import { withErrorHints } from './errors.js';
-import { BodyTooLargeError, headerValue, parseJsonBody, readBody, sendBytes, sendJson } from './http.js';
+import { BodyTooLargeError, headerValue, lifecycleSeconds, parseJsonBody, readBody, sendBytes, sendJson } from './http.js';
 import { imageDims, type JobFailure, type JobFaults, type JobRecord } from './jobs.js';
 import { appPath, composeOutput, queueUrls, statusBody } from './output.js';
 import { validateInput } from './validate.js';
@@ -172,19 +172,6 @@ function requestTimeout(req: IncomingMessage): { ok: true; value: number | undef
   return Number.isFinite(n) && n > 0.1 ? { ok: true, value: n } : { ok: false };
 }
 
-/** `X-Fal-Object-Lifecycle-Preference: {"expiration_duration_seconds": N | null}`; undefined when absent or unreadable. */
-function mediaLifetime(req: IncomingMessage): number | null | undefined {
-  const raw = headerValue(req, 'x-fal-object-lifecycle-preference');
-  if (!raw) return undefined;
-  try {
-    const v = (JSON.parse(raw) as { expiration_duration_seconds?: unknown }).expiration_duration_seconds;
-    if (v === null) return null;
-    if (typeof v === 'number' && Number.isInteger(v) && v > 0) return v;
-  } catch {
-    // fal ignores a preference it cannot read; so does the emulator.
-  }
-  return undefined;
-}
 
 /**
  * Shared front half of submit and run: auth, endpoint lookup, body, faults,
@@ -275,7 +262,7 @@ async function admit(ctx: Ctx, req: IncomingMessage, res: ServerResponse, route:
     webhookUrl,
     priority: headerValue(req, 'x-fal-queue-priority'),
     timeoutS: timeout.value,
-    mediaTtlS: mediaLifetime(req),
+    mediaTtlS: lifecycleSeconds(headerValue(req, 'x-fal-object-lifecycle-preference')),
     faults,
   });
   // A committed fault: the job exists (and will bill) but this call fails,

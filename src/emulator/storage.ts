@@ -13,12 +13,16 @@ import { createHash, randomBytes } from 'node:crypto';
 interface StoredFile {
   contentType: string;
   data: Buffer;
+  /** ms since epoch after which the file is gone (fal's media expiry); absent = kept. */
+  expiresAt?: number;
 }
 
 interface PendingUpload {
   id: string;
   fileName: string;
   contentType: string;
+  /** Seconds the file lives once uploaded; null = forever. */
+  lifetimeS: number | null;
 }
 
 interface StoredPart {
@@ -63,10 +67,11 @@ export interface FileStoreLimits {
 }
 
 export interface FileStore {
-  initiate(contentType: string, fileName: string): UploadTicket;
+  /** `lifetimeS`: seconds the file is served once uploaded (null = forever), fal's media expiry. */
+  initiate(contentType: string, fileName: string, lifetimeS?: number | null): UploadTicket;
   /** Stores bytes for a single-part upload token (one use). */
   put(token: string, data: Buffer, contentType: string | undefined): { ok: true } | StoreRefusal;
-  initiateMultipart(contentType: string, fileName: string): UploadTicket;
+  initiateMultipart(contentType: string, fileName: string, lifetimeS?: number | null): UploadTicket;
   /**
    * Checks an upload id and its token before the body is read; on success,
    * the most bytes this part may have (so the body read can stop early).
@@ -80,6 +85,10 @@ export interface FileStore {
   clear(): void;
   /** Bytes held: stored files plus parts of unfinished multipart uploads. */
   readonly bytes: number;
+}
+
+function stored(contentType: string, data: Buffer, lifetimeS: number | null): StoredFile {
+  return lifetimeS === null ? { contentType, data } : { contentType, data, expiresAt: Date.now() + lifetimeS * 1000 };
 }
 
 /** Keeps a file name URL-safe while staying recognisable. */
@@ -131,11 +140,11 @@ export function createFileStore(maxBytes: number, limits: FileStoreLimits = {}):
     get bytes() {
       return bytes;
     },
-    initiate(contentType, fileName) {
+    initiate(contentType, fileName, lifetimeS = null) {
       const id = randomBytes(12).toString('hex');
       const token = randomBytes(16).toString('hex');
       const name = safeName(fileName);
-      pending.set(token, { id, fileName: name, contentType });
+      pending.set(token, { id, fileName: name, contentType, lifetimeS });
       if (pending.size > maxPending) {
         const oldest = pending.keys().next().value;
         if (oldest !== undefined) pending.delete(oldest);
@@ -150,15 +159,15 @@ export function createFileStore(maxBytes: number, limits: FileStoreLimits = {}):
       if (!makeRoom(data.length)) {
         return refuse(507, `The emulator's upload store is full (${maxBytes} bytes, held by unfinished multipart uploads)`);
       }
-      files.set(key(p.id, p.fileName), { contentType: contentType || p.contentType, data });
+      files.set(key(p.id, p.fileName), stored(contentType || p.contentType, data, p.lifetimeS));
       bytes += data.length;
       return { ok: true };
     },
-    initiateMultipart(contentType, fileName) {
+    initiateMultipart(contentType, fileName, lifetimeS = null) {
       const id = randomBytes(12).toString('hex');
       const token = randomBytes(16).toString('hex');
       const name = safeName(fileName);
-      multiparts.set(id, { id, token, fileName: name, contentType, parts: new Map(), bytes: 0 });
+      multiparts.set(id, { id, token, fileName: name, contentType, lifetimeS, parts: new Map(), bytes: 0 });
       if (multiparts.size > maxPendingMultipart) {
         const oldest = multiparts.values().next().value;
         if (oldest !== undefined) dropMultipart(oldest);
@@ -227,11 +236,18 @@ export function createFileStore(maxBytes: number, limits: FileStoreLimits = {}):
       const data = Buffer.concat(chosen);
       multiparts.delete(id);
       // The parts' bytes become the file's: the store total is unchanged.
-      files.set(key(m.id, m.fileName), { contentType: m.contentType, data });
+      files.set(key(m.id, m.fileName), stored(m.contentType, data, m.lifetimeS));
       return { ok: true, filePath: `v3.fal.media/files/${m.id}/${m.fileName}`, bytes: data.length };
     },
     get(id, fileName) {
-      return files.get(key(id, fileName));
+      const k = key(id, fileName);
+      const file = files.get(k);
+      if (file?.expiresAt !== undefined && file.expiresAt <= Date.now()) {
+        files.delete(k);
+        bytes -= file.data.length;
+        return undefined;
+      }
+      return file;
     },
     clear() {
       files.clear();

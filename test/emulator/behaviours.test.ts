@@ -275,6 +275,22 @@ describe('media lifetime', () => {
     assert.equal((await fetch(kept)).status, 200);
   });
 
+  test('uploaded files expire too (fal applies one retention to inputs and outputs); the upload lifecycle header sets it', async (t) => {
+    const emu = await emulator(t, { mediaTtlS: 3 });
+    const fal = falClient(emu);
+    const blob = () => new Blob([Buffer.alloc(64, 7)], { type: 'application/octet-stream' });
+    const url = await fal.storage.upload(blob());
+    const kept = await fal.storage.upload(blob(), { lifecycle: { expiresIn: '1h' } });
+    assert.equal((await fetch(url)).status, 200);
+    await waitFor(async () => ((await fetch(url)).status === 404 ? true : undefined), 15000, 200);
+    assert.equal((await fetch(kept)).status, 200);
+    // A LoRA that has expired fails the job like a missing one.
+    await assert.rejects(
+      fal.subscribe(LORA, { input: { prompt: 'p', loras: [{ path: url }] }, pollInterval: 20 }),
+      (e: unknown) => e instanceof ValidationError && e.fieldErrors[0]!.type === 'file_download_error',
+    );
+  });
+
   test('kinder media_never_expires: URLs carry no expiry', async (t) => {
     const emu = await emulator(t, { kinder: ['media_never_expires'], mediaTtlS: 1 });
     const { data } = await falClient(emu).subscribe(TURBO, { input: { prompt: 'p', image_size: { width: 64, height: 64 } }, pollInterval: 20 });
