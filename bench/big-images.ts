@@ -23,7 +23,7 @@ import { keepAliveAgent, post } from './lib/http-client.js';
 import { describeMachine } from './lib/machine.js';
 import { fixed, ms, table } from './lib/markdown.js';
 import { MemSampler, readMem, resetPeak } from './lib/procfs.js';
-import { startEmulatorProcess, startServiceProcess, type NodeChild } from './lib/procs.js';
+import { BENCH_FAL_CONCURRENCY, startEmulatorProcess, startServiceProcess, type NodeChild } from './lib/procs.js';
 import { machineLine, mib, writeSection } from './lib/readme-section.js';
 import { AUTH, emulatorAdmin, imageBody, log, serviceEnv, sleep, tempDir, timeBudget } from './lib/scale.js';
 import { median, summarize } from './lib/stats.js';
@@ -207,7 +207,7 @@ async function main(): Promise<void> {
   const machine = describeMachine();
   const startedAt = new Date();
   const dir = await tempDir('gw-big-');
-  const emu = await startEmulatorProcess(dir.path, { EMULATOR_LATENCY_MS: '1000', EMULATOR_IMAGE_MODE: 'entropy' });
+  const emu = await startEmulatorProcess(dir.path, { EMULATOR_LATENCY_MS: '1000', EMULATOR_IMAGE_MODE: 'entropy', EMULATOR_CONCURRENCY: BENCH_FAL_CONCURRENCY });
   const all: KFigures[] = [];
   let copies: CopyReport | undefined;
   try {

@@ -22,7 +22,7 @@ import { keepAliveAgent, post, type Reply } from './lib/http-client.js';
 import { describeMachine } from './lib/machine.js';
 import { fixed, ms, table } from './lib/markdown.js';
 import { listenOverflows, MemSampler, portOf, readCpuMs, readMem, readSockets } from './lib/procfs.js';
-import { startEmulatorProcess, startServiceProcess, type NodeChild } from './lib/procs.js';
+import { BENCH_FAL_CONCURRENCY, startEmulatorProcess, startServiceProcess, type NodeChild } from './lib/procs.js';
 import { machineLine, mib, writeSection } from './lib/readme-section.js';
 import { AUTH, emulatorAdmin, imageBody, log, pgSchema, serviceEnv, sleep, tempDir, timeBudget } from './lib/scale.js';
 import { summarize, type Summary } from './lib/stats.js';
@@ -287,7 +287,7 @@ async function main(): Promise<void> {
   const machine = describeMachine();
   const startedAt = new Date();
   const dir = await tempDir('gw-load-');
-  const emu = await startEmulatorProcess(dir.path, { EMULATOR_LATENCY_MS: String(latencyMs), EMULATOR_IMAGE_MODE: 'cheap' });
+  const emu = await startEmulatorProcess(dir.path, { EMULATOR_LATENCY_MS: String(latencyMs), EMULATOR_IMAGE_MODE: 'cheap', EMULATOR_CONCURRENCY: BENCH_FAL_CONCURRENCY });
   const all: LedgerFigures[] = [];
   try {
     for (const l of ledgers) all.push(await runLedger(l, emu, dir.path));

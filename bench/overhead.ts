@@ -52,6 +52,7 @@ import { falEmulatorUpstream } from './upstreams/fal-emulator.js';
 import { startOpenAiImagesUpstream, type OpenAiImagesUpstream } from './upstreams/openai-images.js';
 import type { FalGateway } from '../src/fal/gateway.js';
 import type { Ledger } from '../src/metering/ledger.js';
+import { BENCH_FAL_CONCURRENCY } from './lib/procs.js';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const README = join(HERE, 'README.md');
@@ -161,7 +162,7 @@ async function main(): Promise<void> {
   }, timeBudgetMs());
   watchdog.unref();
 
-  const emu = await startEmulator({ port: 0, host: '127.0.0.1', latencyMs, imageMode: 'cheap' });
+  const emu = await startEmulator({ port: 0, host: '127.0.0.1', latencyMs, imageMode: 'cheap', concurrency: Number(BENCH_FAL_CONCURRENCY) });
   const upstream = falEmulatorUpstream(emu, `fal emulator (cheap images, ${latencyMs} ms per job)`);
   const closers: Array<() => Promise<void>> = [() => emu.close()];
   const closeAll = async () => {

@@ -29,7 +29,7 @@ import { describeMachine } from './lib/machine.js';
 import { fixed, ms, rate, table } from './lib/markdown.js';
 import type { BenchPath, BenchUpstream } from './lib/paths.js';
 import { cpuDeltas, readAllCpu, readCpuMs, readMachineCpu } from './lib/procfs.js';
-import { startEmulatorProcess, startServiceProcess, type NodeChild } from './lib/procs.js';
+import { BENCH_FAL_CONCURRENCY, startEmulatorProcess, startServiceProcess, type NodeChild } from './lib/procs.js';
 import { machineLine, writeSection } from './lib/readme-section.js';
 import { median } from './lib/stats.js';
 import { pathFigures, runPathRound, type RoundResult } from './lib/rounds.js';
@@ -131,7 +131,7 @@ async function main(): Promise<void> {
   const otherComms = new Map<string, number>();
   let check: { ledgerRows: number; emulatorJobs: number } | undefined;
   try {
-    const emu = await startEmulatorProcess(dir.path, { EMULATOR_LATENCY_MS: String(latencyMs), EMULATOR_IMAGE_MODE: 'cheap' });
+    const emu = await startEmulatorProcess(dir.path, { EMULATOR_LATENCY_MS: String(latencyMs), EMULATOR_IMAGE_MODE: 'cheap', EMULATOR_CONCURRENCY: BENCH_FAL_CONCURRENCY });
     children.push(emu);
     const env = serviceEnv(emu.url, `${dir.path}/unused-data`, {
       DATABASE_URL: schema.url,

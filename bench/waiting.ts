@@ -22,7 +22,7 @@ import { getText, keepAliveAgent, post, promValue, type Reply } from './lib/http
 import { describeMachine } from './lib/machine.js';
 import { fixed, ms, table } from './lib/markdown.js';
 import { MemSampler, portOf, readCpuMs, readMem, readSockets, type Sockets } from './lib/procfs.js';
-import { freePort, startEmulatorProcess, startServiceProcess, type NodeChild } from './lib/procs.js';
+import { BENCH_FAL_CONCURRENCY, freePort, startEmulatorProcess, startServiceProcess, type NodeChild } from './lib/procs.js';
 import { kib, machineLine, mib, writeSection } from './lib/readme-section.js';
 import { AUTH, emulatorAdmin, imageBody, log, serviceEnv, sleep, tempDir, timeBudget } from './lib/scale.js';
 import { summarize, type Summary } from './lib/stats.js';
@@ -500,7 +500,7 @@ async function main(): Promise<void> {
   const startedAt = new Date();
   const dir = await tempDir('gw-wait-');
   // Short jobs for the warm-up; the measured jobs are held by a fault instead.
-  const emu = await startEmulatorProcess(dir.path, { EMULATOR_LATENCY_MS: '200', EMULATOR_IMAGE_MODE: 'cheap' });
+  const emu = await startEmulatorProcess(dir.path, { EMULATOR_LATENCY_MS: '200', EMULATOR_IMAGE_MODE: 'cheap', EMULATOR_CONCURRENCY: BENCH_FAL_CONCURRENCY });
   const all: ModeFigures[] = [];
   const diag: ModeFigures[] = [];
   try {

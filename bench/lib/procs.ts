@@ -10,6 +10,13 @@ import { fileURLToPath } from 'node:url';
  * read from /proc, instead of being mixed with the load generator's.
  */
 
+/**
+ * The emulator's account concurrency in every bench: fal limits concurrent
+ * jobs per account (the emulator's default is 10), but the benches measure
+ * the gateway, so they lift the limit explicitly, above any load they send.
+ */
+export const BENCH_FAL_CONCURRENCY = '100000';
+
 export const REPO = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
 export interface NodeChild {
