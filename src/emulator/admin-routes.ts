@@ -38,6 +38,10 @@ export async function admin(ctx: Ctx, req: IncomingMessage, res: ServerResponse,
         image_mode: ctx.options.imageMode,
         latency_ms: ctx.options.latencyMs,
         public_url: ctx.publicUrl(),
+        concurrency: Number.isFinite(ctx.options.concurrency) ? ctx.options.concurrency : null,
+        running: ctx.engine.running,
+        media_ttl_s: ctx.options.mediaTtlS,
+        kinder: [...ctx.options.kinder],
       });
       return;
     case 'GET billing': {

@@ -260,6 +260,8 @@ describe('fal queue protocol with the real @fal-ai/client', () => {
     const h = await raw(emu, 'GET', '_emulator/health', { key: null });
     assert.equal(h.status, 200);
     assert.equal(h.json.status, 'ok');
+    assert.deepEqual([h.json.concurrency, h.json.media_ttl_s, h.json.kinder], [10, 3600, []], 'the real-fal defaults');
+    assert.equal(typeof h.json.running, 'number');
     const jobs = await raw(emu, 'GET', '_emulator/jobs', { key: null });
     assert.ok(jobs.json.jobs.length > 0);
     const stats = await raw(emu, 'GET', '_emulator/stats', { key: null });
