@@ -464,7 +464,7 @@ export function createEngine(opts: EngineOptions): Engine {
         job.cancel_requested_at ??= Date.now();
         return 'requested';
       }
-      end(job, 'cancelled', { status: 400, body: { detail: 'Request was cancelled' } });
+      end(job, 'cancelled', { status: 400, body: { detail: 'Request was cancelled' }, hints: { errorType: 'client_cancelled' } });
       return 'cancelled';
     },
     finishNow(id) {
