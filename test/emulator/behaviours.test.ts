@@ -208,8 +208,10 @@ describe('account concurrency', () => {
     const emu = await emulator(t, { concurrency: 2 });
     emu.armFault({ kind: 'never_finish', times: 2 });
     const ids: string[] = [];
-    for (let i = 0; i < 5; i++) ids.push(await rawSubmit(emu, TURBO, { prompt: `job ${i}` }));
+    // The two slot holders first, running before the others are even submitted.
+    for (let i = 0; i < 2; i++) ids.push(await rawSubmit(emu, TURBO, { prompt: `job ${i}` }));
     await waitFor(() => (emu.job(ids[0]!)?.status === 'IN_PROGRESS' && emu.job(ids[1]!)?.status === 'IN_PROGRESS' ? true : undefined));
+    for (let i = 2; i < 5; i++) ids.push(await rawSubmit(emu, TURBO, { prompt: `job ${i}` }));
     // Long past the 30 ms latency: the others still wait, for the slots.
     await new Promise((r) => setTimeout(r, 300));
     const statuses = await Promise.all(ids.map(async (id) => (await raw(emu, 'GET', statusPath(id))).json));
@@ -236,6 +238,7 @@ describe('X-Fal-Request-Timeout (a start deadline)', () => {
     emu.armFault({ kind: 'latency', latency_ms: 3500, queue_ms: 0, prompt_contains: 'hog' });
     const fal = falClient(emu);
     const hog = await fal.queue.submit(TURBO, { input: { prompt: 'hog' }, startTimeout: 2 });
+    await waitFor(() => (emu.job(hog.request_id)?.status === 'IN_PROGRESS' ? true : undefined));
     const starved = await fal.queue.submit(TURBO, { input: { prompt: 'starved' }, startTimeout: 1.5 });
     await waitFor(done(emu, starved.request_id), 10000);
     const r = await raw(emu, 'GET', resultPath(starved.request_id));
