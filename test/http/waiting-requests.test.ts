@@ -1,0 +1,136 @@
+/**
+ * What a request costs while it waits on fal, guarded: 1,000 image requests
+ * held at fal (the emulator's never_finish fault), each on its own caller
+ * connection, and the service's live V8 heap after full collections, idle
+ * and at the plateau. The service runs alone in a child process so nothing
+ * of this test (its clients, the emulator, the test runner) is counted.
+ * The target (issue 6) is 20 KB per waiting job; bench/waiting.ts measures
+ * the same at 10,000 jobs with RSS and heap snapshots.
+ */
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { fork, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import http from 'node:http';
+import { createServer } from 'node:net';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { startEmulator } from '../../src/emulator/index.js';
+
+const JOBS = 1_000;
+/** Bytes of live heap per waiting job, the issue's target. */
+const LIMIT_BYTES = 20_000;
+const KEY = 'sk-test-0123456789abcdef';
+const FIXTURE = fileURLToPath(new URL('../fixtures/waiting-service.ts', import.meta.url));
+
+async function freePort(): Promise<number> {
+  const srv = createServer();
+  srv.listen(0, '127.0.0.1');
+  await once(srv, 'listening');
+  const port = (srv.address() as { port: number }).port;
+  await new Promise((r) => srv.close(r));
+  return port;
+}
+
+function ask<T>(child: ChildProcess, msg: object, key: string): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const onMessage = (m: Record<string, unknown>) => {
+      if (key in m) {
+        child.off('message', onMessage);
+        child.off('exit', onExit);
+        resolve(m[key] as T);
+      }
+    };
+    const onExit = (code: number | null) => reject(new Error(`service exited (${code}) before answering ${key}`));
+    child.on('message', onMessage);
+    child.once('exit', onExit);
+    child.send(msg);
+  });
+}
+
+function post(url: string, agent: http.Agent, prompt: string): { done: Promise<number>; req: http.ClientRequest } {
+  const body = JSON.stringify({ model: 'alibaba/z-image-turbo', prompt, size: '512x512' });
+  const req = http.request(url, { method: 'POST', agent, headers: { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' } });
+  const done = new Promise<number>((resolve) => {
+    req.on('response', (res) => {
+      res.resume();
+      res.on('end', () => resolve(res.statusCode ?? 0));
+      res.on('error', () => resolve(-1));
+    });
+    req.on('error', () => resolve(-1));
+  });
+  req.end(body);
+  return { done, req };
+}
+
+async function until(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 120_000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+async function measure(mode: 'polling' | 'webhook'): Promise<{ idle: number; plateau: number; perJob: number }> {
+  const emulator = await startEmulator({ port: 0, latencyMs: 20, imageMode: 'cheap', concurrency: 100_000 });
+  const dataDir = await mkdtemp(join(tmpdir(), 'gw-waiting-'));
+  const port = await freePort();
+  const env: Record<string, string> = {
+    PATH: process.env.PATH ?? '',
+    PORT: String(port),
+    HOST: '127.0.0.1',
+    API_KEYS: KEY,
+    FAL_BASE_URL: emulator.url,
+    FAL_KEY: 'fal-test-key',
+    DATA_DIR: dataDir,
+    LOG_LEVEL: 'error',
+    MAX_IN_FLIGHT: String(JOBS * 2),
+    DEFAULT_RPM_LIMIT: '0',
+    REQUEST_TIMEOUT_MS: '600000',
+    RECONCILE_INTERVAL_MS: '0',
+    // Polling mode: every job waits by polling (no status streams, which hold a connection each).
+    ...(mode === 'polling' ? { STATUS_STREAMS_MAX: '0' } : { FAL_WEBHOOKS: 'true', PUBLIC_BASE_URL: `http://127.0.0.1:${port}`, FAL_WEBHOOK_GRACE_MS: '600000' }),
+  };
+  const child = fork(FIXTURE, { env, execArgv: ['--expose-gc', '--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const agent = new http.Agent({ keepAlive: true, maxSockets: Infinity });
+  const requests: Array<ReturnType<typeof post>> = [];
+  try {
+    const url = `${await ask<string>(child, {}, 'url')}/v1/images/generations`;
+    // Warm-up: pools, caches and compiled code exist before the idle figure.
+    for (let i = 0; i < 3; i++) {
+      const statuses = await Promise.all(Array.from({ length: 10 }, (_, k) => post(url, agent, `warm ${i} ${k}`).done));
+      assert.deepEqual(statuses, Array(10).fill(200));
+    }
+    const idle = await ask<number>(child, { measure: true }, 'heapUsed');
+    emulator.armFault({ kind: 'never_finish', times: JOBS });
+    for (let i = 0; i < JOBS; i++) requests.push(post(url, agent, `waiting ${i}`));
+    await until(`${JOBS} jobs at fal`, () => emulator.jobs().filter((j) => j.status !== 'COMPLETED').length >= JOBS);
+    // Every job has been polled (or, with webhooks, waits on its callback) at least once.
+    if (mode === 'polling') {
+      const first = emulator.stats().status ?? 0;
+      await until('a round of status polls', () => (emulator.stats().status ?? 0) >= first + JOBS);
+    }
+    const plateau = await ask<number>(child, { measure: true }, 'heapUsed');
+    return { idle, plateau, perJob: (plateau - idle) / JOBS };
+  } finally {
+    child.kill('SIGKILL');
+    if (child.exitCode === null && child.signalCode === null) await once(child, 'exit');
+    for (const r of requests) r.req.destroy();
+    agent.destroy();
+    await emulator.close();
+    await rm(dataDir, { recursive: true, force: true });
+  }
+}
+
+describe('a waiting request costs at most 20 KB of live heap (1,000 held at fal)', () => {
+  for (const mode of ['polling', 'webhook'] as const) {
+    it(`${mode} mode`, { timeout: 300_000 }, async (t) => {
+      const m = await measure(mode);
+      t.diagnostic(`${mode}: idle ${(m.idle / 1048576).toFixed(1)} MiB, plateau ${(m.plateau / 1048576).toFixed(1)} MiB, ${Math.round(m.perJob)} B per waiting job`);
+      assert.ok(m.perJob > 0, 'waiting jobs hold something: the measurement saw them');
+      assert.ok(m.perJob <= LIMIT_BYTES, `${Math.round(m.perJob)} B of live heap per waiting job exceeds ${LIMIT_BYTES} B`);
+    });
+  }
+});
