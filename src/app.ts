@@ -1,12 +1,13 @@
-import express, { type ErrorRequestHandler, type Express, type Response } from 'express';
+import express, { type ErrorRequestHandler, type Express } from 'express';
 import type { Logger } from 'pino';
 import { fixedFieldsLogger } from './logging.js';
-import { errorResponse, notFound, ApiError } from './errors.js';
+import { notFound } from './errors.js';
+import { createErrorWriter } from './http/error-writer.js';
 import { requestId } from './http/request-id.js';
 import { accessLog } from './http/access-log.js';
 import { requireAdmin, requireKey, type Authenticate } from './http/auth.js';
 import { jsonBody, bodyErrors } from './http/body.js';
-import { imagesRouter } from './http/routes/images.js';
+import { imagesHandler } from './http/routes/images.js';
 import { filesRouter } from './http/routes/files.js';
 import { healthRouter, type ReadinessCheck } from './http/routes/health.js';
 import { adminKeysRouter } from './http/routes/admin-keys.js';
@@ -18,7 +19,7 @@ import type { ImageService } from './images/generate.js';
 import type { Media } from './images/media.js';
 import type { IdempotencyOptions } from './http/idempotency.js';
 import { rateLimit, type RateLimitOptions } from './http/rate-limit.js';
-import { addSecurityHeadersOnWrite } from './http/security-headers.js';
+import { addSecurityHeadersOnWrite, answerLater } from './http/waiting-requests.js';
 import cors from 'cors';
 import type { Metrics } from './metrics.js';
 import { inFlightLimit, refuseWhenShuttingDown } from './http/backpressure.js';
@@ -69,6 +70,7 @@ export function createApp(deps: AppDeps): Express {
   app.set('query parser', 'simple');
 
   const isShuttingDown = deps.isShuttingDown ?? (() => false);
+  const writeError = createErrorWriter(deps.logger);
   app.use(requestId());
   app.use(accessLog(fixedFieldsLogger(deps.logger), deps.metrics, { logPrompts: deps.logPrompts ?? false }));
   // Strict defaults everywhere, on every answer of the app as it is written; the HTML pages
@@ -91,15 +93,16 @@ export function createApp(deps: AppDeps): Express {
     rateLimit(deps.rateLimit),
     inFlightLimit(deps.maxInFlight, deps.metrics),
     ...jsonBody(deps.maxBodyBytes),
-    imagesRouter({
-      registry: deps.registry,
-      images: deps.images,
-      publicBaseUrl: deps.publicBaseUrl,
-      idempotency: deps.idempotency,
-      streamKeepAliveMs: deps.streamKeepAliveMs ?? 15_000,
-      logger: deps.logger,
-      onError: (err, _req, res) => answerError(err, res),
-    }),
+    answerLater(
+      imagesHandler({
+        registry: deps.registry,
+        images: deps.images,
+        publicBaseUrl: deps.publicBaseUrl,
+        idempotency: deps.idempotency,
+        streamKeepAliveMs: deps.streamKeepAliveMs ?? 15_000,
+      }),
+      writeError,
+    ),
   );
   app.use(healthRouter(deps.readiness, isShuttingDown));
   app.get('/metrics', async (_req, res) => {
@@ -126,21 +129,8 @@ export function createApp(deps: AppDeps): Express {
     throw notFound(`Unknown route: ${req.method} ${req.path.slice(0, 200)}`, 'unknown_route');
   });
   app.use(bodyErrors);
-  // The one place an error becomes an answer: Express's error handler, and the
-  // image route for answers it sends after its handler returned.
-  function answerError(err: unknown, res: Response): void {
-    const out = errorResponse(err);
-    res.locals.errorCode = out.body.error.code;
-    if (!(err instanceof ApiError) || out.status >= 500) {
-      deps.logger.error({ err, request_id: res.locals.requestId }, 'request failed');
-    }
-    if (res.headersSent) {
-      res.destroy();
-      return;
-    }
-    res.status(out.status).set(out.headers).json(out.body);
-  }
-  const onError: ErrorRequestHandler = (err, _req, res, _next) => answerError(err, res);
+  // Express 5 brings every thrown or rejected error here; the writer answers in the response's own terms.
+  const onError: ErrorRequestHandler = (err, _req, res, _next) => writeError(err, res);
   app.use(onError);
   return app;
 }

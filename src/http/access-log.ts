@@ -41,7 +41,7 @@ export function accessLog(logger: Logger, metrics?: Metrics, opts: { logPrompts?
     );
   }
   return (_req, res, next) => {
-    // A declared field of RequestLocals (locals.ts): a new property here would reshape every request's locals.
+    // A declared field of RequestLocals (waiting-requests.ts): a new property here would reshape every request's locals.
     (res.locals as { startedAt: number }).startedAt = performance.now();
     res.on('close', done);
     next();

@@ -1,7 +1,9 @@
-import { createServer, IncomingMessage, ServerResponse, type RequestListener, type Server } from 'node:http';
+import { createServer, type IncomingMessage, type RequestListener, type ServerResponse, type Server } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
-import { ApiError, errorResponse } from '../errors.js';
+import { ApiError } from '../errors.js';
+import { writeErrorToSocket } from './error-writer.js';
+import { appClasses } from './waiting-requests.js';
 import { newRequestId } from './request-id.js';
 import { securityHeaderValues } from './security-headers.js';
 
@@ -22,13 +24,11 @@ import { securityHeaderValues } from './security-headers.js';
  *   lets a server do so) and the request is served like any other.
  */
 export function createHttpServer(app: RequestListener, logger?: Logger): Server {
-  const server = createServer({ requireHostHeader: false, ...expressClasses(app) }, (req, res) => {
+  const server = createServer({ requireHostHeader: false, ...appClasses(app) }, (req, res) => {
     if (req.httpVersion === '1.1' && req.headers.host === undefined) {
       const id = newRequestId();
       logger?.info({ request_id: id, status: 400, error_code: 'missing_host' }, 'request without Host refused');
-      const body = JSON.stringify(errorResponse(new ApiError(400, 'An HTTP/1.1 request must carry a Host header.', { type: 'invalid_request_error', code: 'missing_host' })).body);
-      res.writeHead(400, { ...RAW_HEADERS, 'content-length': Buffer.byteLength(body), 'x-request-id': id, connection: 'close' });
-      res.end(body);
+      writeErrorToSocket(req.socket, new ApiError(400, 'An HTTP/1.1 request must carry a Host header.', { type: 'invalid_request_error', code: 'missing_host' }), { ...RAW_HEADERS, 'x-request-id': id }, req.method === 'HEAD');
       return;
     }
     app(req, res);
@@ -68,18 +68,12 @@ export function createHttpServer(app: RequestListener, logger?: Logger): Server 
           : err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
             ? [408, 'request_timeout', 'The request was not received in time.']
             : [400, 'invalid_http', 'The request is not valid HTTP/1.1.'];
-    const out = errorResponse(new ApiError(status, message, { type: 'invalid_request_error', code }));
-    const body = JSON.stringify(out.body);
     const id = newRequestId();
     logger?.info({ request_id: id, status, error_code: code, parser_error: err.code }, 'request refused by the HTTP parser');
-    // Written then destroyed, as Node does: the request may be half-read, so the connection cannot carry another.
-    const headers = { ...RAW_HEADERS, 'content-length': Buffer.byteLength(body), 'x-request-id': id, connection: 'close' };
-    // An answer to HEAD has no body: a client would read ours as garbage after the response. The
-    // method is only known when the packet the parser choked on starts the request, which for
+    // The method is only known when the packet the parser choked on starts the request, which for
     // anything short of a header overflow spanning reads it does.
     const head = (err as { rawPacket?: Buffer }).rawPacket?.subarray(0, 5).toString('latin1') === 'HEAD ';
-    socket.write(`HTTP/1.1 ${status} ${httpReason(status)}\r\n${Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join('')}\r\n${head ? '' : body}`);
-    socket.destroy();
+    writeErrorToSocket(socket, new ApiError(status, message, { type: 'invalid_request_error', code }), { ...RAW_HEADERS, 'x-request-id': id }, head);
   });
   return server;
 }
@@ -93,43 +87,9 @@ function forgetResponse(this: ServerResponse): void {
   else if (open instanceof Set) open.delete(this);
 }
 
-/**
- * Express gives every request and response its app's prototypes with
- * Object.setPrototypeOf, and V8 then gives each of them a map (hidden class)
- * of its own: measured, ~1.7 KB more per request held open (10,000 callers
- * waiting on image jobs), and property lookups that can never be cached
- * (service CPU per GET /v1/models at concurrency 1: ~400 µs with the swap,
- * ~230 µs without).
- * Node can build the objects from classes whose prototypes already are the
- * app's, which turns Express's swap into a no-op. The prototypes keep every
- * property Express put on them and the same chain (Express's request and
- * response, then Node's), so instanceof and every getter behave as before.
- */
-function expressClasses(app: RequestListener): { IncomingMessage?: typeof IncomingMessage; ServerResponse?: typeof ServerResponse } {
-  const a = app as RequestListener & { request?: object; response?: object; [CLASSES]?: ReturnType<typeof expressClasses> };
-  if (a[CLASSES]) return a[CLASSES];
-  if (typeof a.request !== 'object' || typeof a.response !== 'object' || !(a.request instanceof IncomingMessage) || !(a.response instanceof ServerResponse)) return {};
-  class AppRequest extends IncomingMessage {}
-  Object.setPrototypeOf(AppRequest.prototype, Object.getPrototypeOf(a.request));
-  Object.defineProperties(AppRequest.prototype, Object.getOwnPropertyDescriptors(a.request));
-  class AppResponse<Req extends IncomingMessage = IncomingMessage> extends ServerResponse<Req> {}
-  Object.setPrototypeOf(AppResponse.prototype, Object.getPrototypeOf(a.response));
-  Object.defineProperties(AppResponse.prototype, Object.getOwnPropertyDescriptors(a.response));
-  a.request = AppRequest.prototype;
-  a.response = AppResponse.prototype;
-  a[CLASSES] = { IncomingMessage: AppRequest, ServerResponse: AppResponse as typeof ServerResponse };
-  return a[CLASSES];
-}
-
-const CLASSES = Symbol('expressClasses');
 
 /** These answers never pass through Express, so they carry its security headers themselves. */
 const RAW_HEADERS: Readonly<Record<string, string>> = {
   ...securityHeaderValues(),
-  'content-type': 'application/json; charset=utf-8',
   'cache-control': 'no-store',
 };
-
-function httpReason(status: number): string {
-  return { 400: 'Bad Request', 408: 'Request Timeout', 413: 'Payload Too Large', 431: 'Request Header Fields Too Large' }[status] ?? 'Error';
-}

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { RequestHandler } from 'express';
-import { RequestLocals } from './locals.js';
+import { RequestLocals } from './waiting-requests.js';
 
 /**
  * Incoming ids are echoed only when they are short and plain, so logs and
@@ -18,7 +18,7 @@ export function requestId(): RequestHandler {
   return (req, res, next) => {
     const incoming = req.get('x-request-id');
     const id = incoming && SANE_ID.test(incoming) ? incoming : newRequestId();
-    // Replaces Express's dictionary-mode locals (nothing is on it yet): see locals.ts.
+    // Replaces Express's dictionary-mode locals (nothing is on it yet): see waiting-requests.ts.
     res.locals = new RequestLocals(id) as unknown as typeof res.locals;
     res.setHeader('x-request-id', id);
     next();

@@ -17,7 +17,10 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import { startEmulator } from '../../src/emulator/index.js';
+import { RequestLocals } from '../../src/http/waiting-requests.js';
+import { startTestService, TEST_KEY } from '../helpers/service.js';
 
 const JOBS = 1_000;
 /** Bytes of live heap per waiting job, the issue's target. */
@@ -104,6 +107,9 @@ async function measure(mode: 'polling' | 'webhook'): Promise<{ idle: number; pla
       assert.deepEqual(statuses, Array(10).fill(200));
     }
     const idle = await ask<number>(child, { measure: true }, 'heapUsed');
+    // WAITING_SNAPSHOTS=DIR keeps heap snapshots of both moments, for bench/probes/heap-diff.ts.
+    const snapshots = process.env.WAITING_SNAPSHOTS;
+    if (snapshots) await ask(child, { snapshot: join(snapshots, `${mode}-idle.heapsnapshot`) }, 'snapshot');
     emulator.armFault({ kind: 'never_finish', times: JOBS });
     for (let i = 0; i < JOBS; i++) requests.push(post(url, agent, `waiting ${i}`));
     await until(`${JOBS} jobs at fal`, () => emulator.jobs().filter((j) => j.status !== 'COMPLETED').length >= JOBS);
@@ -113,6 +119,7 @@ async function measure(mode: 'polling' | 'webhook'): Promise<{ idle: number; pla
       await until('a round of status polls', () => (emulator.stats().status ?? 0) >= first + JOBS);
     }
     const plateau = await ask<number>(child, { measure: true }, 'heapUsed');
+    if (snapshots) await ask(child, { snapshot: join(snapshots, `${mode}-plateau.heapsnapshot`) }, 'snapshot');
     return { idle, plateau, perJob: (plateau - idle) / JOBS };
   } finally {
     child.kill('SIGKILL');
@@ -133,4 +140,43 @@ describe('a waiting request costs at most 20 KB of live heap (1,000 held at fal)
       assert.ok(m.perJob <= LIMIT_BYTES, `${Math.round(m.perJob)} B of live heap per waiting job exceeds ${LIMIT_BYTES} B`);
     });
   }
+});
+
+/**
+ * Each rule of src/http/waiting-requests.ts, seen on a real image request
+ * while it waits at fal: a rule that stops applying fails here at once,
+ * long before the 1,000-job figures above would show it.
+ */
+describe('the waiting-request rules apply to a waiting image request', () => {
+  it('prototypes, security headers, locals, dispatch state and the one controller', async (t) => {
+    const svc = await startTestService();
+    t.after(() => svc.close());
+    let seen: { req: IncomingMessage & Record<string, unknown>; res: ServerResponse & { locals?: unknown } } | undefined;
+    svc.service.server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+      if (req.url === '/v1/images/generations') seen = { req: req as IncomingMessage & Record<string, unknown>, res };
+    });
+    const [fault] = svc.emulator.armFault({ kind: 'never_finish', prompt_contains: 'held' });
+    const answer = fetch(`${svc.url}/v1/images/generations`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${TEST_KEY}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'alibaba/z-image-turbo', prompt: 'held at fal', size: '512x512' }),
+    });
+    await until('the job at fal', () => svc.emulator.jobs().some((j) => j.status !== 'COMPLETED'));
+    const { req, res } = seen!;
+    assert.equal(req.constructor.name, 'AppRequest', 'rule 1: requests are built from the app class, not re-prototyped');
+    assert.equal(res.constructor.name, 'AppResponse', 'rule 1: responses too');
+    assert.ok(!res.hasHeader('content-security-policy') && !res.hasHeader('x-content-type-options'), 'rule 2: no security headers held while waiting');
+    assert.ok(res.locals instanceof RequestLocals, 'rule 3: locals are a RequestLocals');
+    assert.equal(req['next'], undefined, 'rule 4: Express dispatch state dropped while waiting');
+    assert.ok((res.locals as RequestLocals).caller instanceof AbortController, 'rule 5: one controller per request, on the locals');
+    assert.ok(fault);
+
+    const job = svc.emulator.jobs().find((j) => j.status !== 'COMPLETED')!;
+    svc.emulator.finishJob(job.request_id);
+    const done = await answer;
+    assert.equal(done.status, 200);
+    assert.equal(done.headers.get('x-content-type-options'), 'nosniff', 'rule 2: the headers are on the answer');
+    assert.ok(done.headers.get('content-security-policy'));
+    await done.arrayBuffer();
+  });
 });
