@@ -23,7 +23,7 @@ import { createMetrics, type Metrics } from './metrics.js';
 import { Agent, fetch as undiciFetch } from 'undici';
 import { createRedirectFetch, type FetchLike } from './fal/redirect-fetch.js';
 import { createBufferedFetch } from './fal/buffered-fetch.js';
-import type { FalPhase } from './fal/transport.js';
+import type { FalPhase } from './fal/errors.js';
 import { createCompletionRelay } from './fal/completion-relay.js';
 import { createCompletionHub, createWebhookVerifier, type WebhookVerifier } from './fal/webhooks.js';
 import { FAL_WEBHOOK_PATH } from './http/routes/fal-webhook.js';

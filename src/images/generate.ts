@@ -222,8 +222,8 @@ export function createImageService(deps: ImageServiceDeps): ImageService {
     async runJob(input: Record<string, unknown>, jobIndex: number, jobCount: number): Promise<JobOutcome> {
       const { ctx, cut, log } = this;
       const endpoint = this.req.model.endpoint;
-      // The request's own abort, not a real signal: see RequestAbort.
-      const jobSignal = cut;
+      // A real signal that aborts with the request (RequestAbort.signal).
+      const jobSignal = cut.signal;
       let falRequestId: string;
       let strayIds: string[];
       try {
