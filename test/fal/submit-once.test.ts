@@ -31,7 +31,7 @@ describe('a submit is sent once unless fal proves it made no job', () => {
   async function submitUnder(prompt: string, fault: Omit<FaultSpec, 'prompt_contains'>, signal?: AbortSignal) {
     emu.armFault({ ...fault, phase: 'submit', prompt_contains: prompt });
     const before = submits();
-    const outcome = await fal.submit(ENDPOINT, { prompt, image_size: 'square' }, { signal }).then(
+    const outcome: { ok?: { falRequestId: string; strayIds: string[] }; err?: FalCallError } = await fal.submit(ENDPOINT, { prompt, image_size: 'square' }, { signal }).then(
       (ok) => ({ ok }),
       (err: unknown) => ({ err: err as FalCallError }),
     );
@@ -115,7 +115,7 @@ describe('a submit is sent once unless fal proves it made no job', () => {
     const jobs = jobsFor(prompt);
     assert.equal(jobs.length, 2, 'the emulator made a job on the refused attempt');
     assert.ok(r.ok, String(r.err));
-    const first = jobs.find((j) => j.request_id !== r.ok.falRequestId)!;
+    const first = jobs.find((j) => j.request_id !== r.ok!.falRequestId)!;
     assert.deepEqual(r.ok.strayIds, [first.request_id], 'never a second job we do not know of');
   });
 
