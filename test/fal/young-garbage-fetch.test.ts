@@ -103,9 +103,9 @@ describe('young-garbage fetch', () => {
     const b = await f(`${base}/queue/status`);
     assert.deepEqual(JSON.parse(Buffer.from(await b.arrayBuffer()).toString()), { status: 'IN_QUEUE', queue_position: 3 });
 
-    // The transport hides a retried answer behind a new Response made of this one's body and headers.
+    // Its body as a stream and its headers copy into a standard Response (as fal-call.ts copies a result's headers).
     const c = await f(`${base}/missing`);
-    const rewrapped = new Response(c.body, { status: 599, headers: c.headers });
+    const rewrapped = new Response(c.body, { status: c.status, headers: new Headers(c.headers as unknown as Headers) });
     assert.equal(rewrapped.headers.get('x-fal-request-id'), 'job-1');
     assert.equal(rewrapped.headers.get('content-type'), 'application/json');
     assert.deepEqual(await rewrapped.json(), { status: 'IN_QUEUE', queue_position: 3 });
