@@ -235,6 +235,36 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
     return poll(endpoint, falRequestId, signal, onStatus, pollMinMs);
   }
 
+  /** The result's output, checked, with the images fal sent inline taken off the call. */
+  function readResult(data: unknown, c: FalCall, falRequestId: string): FalResult {
+    let output = data as FalImageOutput | undefined;
+    const cut = c.inline;
+    c.inline = undefined;
+    const inlineImages = cut ? placedInline(output, cut) : undefined;
+    if (cut && !inlineImages) {
+      // A data URI somewhere else than an image's url: parse the body whole, as the client would have.
+      try {
+        output = JSON.parse(Buffer.concat(cut.original).toString('utf8')) as FalImageOutput;
+      } catch {
+        throw badResponse('result', 'result is not JSON', c);
+      }
+    }
+    if (!output || typeof output !== 'object' || !Array.isArray(output.images)) {
+      throw badResponse('result', 'result has no images array', c);
+    }
+    for (const img of output.images) {
+      if (!img || typeof img.url !== 'string' || !Number.isInteger(img.width) || !Number.isInteger(img.height)) {
+        throw badResponse('result', 'result image lacks url/width/height', c);
+      }
+    }
+    return {
+      falRequestId: c.falRequestId ?? falRequestId,
+      output,
+      billableUnits: c.billableUnits ?? null,
+      ...(inlineImages ? { inlineImages } : {}),
+    };
+  }
+
   const gateway: FalGateway = {
     stats,
 
@@ -308,36 +338,6 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
     },
   };
   return gateway;
-
-  /** The result's output, checked, with the images fal sent inline taken off the call. */
-  function readResult(data: unknown, c: FalCall, falRequestId: string): FalResult {
-    let output = data as FalImageOutput | undefined;
-    const cut = c.inline;
-    c.inline = undefined;
-    const inlineImages = cut ? placedInline(output, cut) : undefined;
-    if (cut && !inlineImages) {
-      // A data URI somewhere else than an image's url: parse the body whole, as the client would have.
-      try {
-        output = JSON.parse(Buffer.concat(cut.original).toString('utf8')) as FalImageOutput;
-      } catch {
-        throw badResponse('result', 'result is not JSON', c);
-      }
-    }
-    if (!output || typeof output !== 'object' || !Array.isArray(output.images)) {
-      throw badResponse('result', 'result has no images array', c);
-    }
-    for (const img of output.images) {
-      if (!img || typeof img.url !== 'string' || !Number.isInteger(img.width) || !Number.isInteger(img.height)) {
-        throw badResponse('result', 'result image lacks url/width/height', c);
-      }
-    }
-    return {
-      falRequestId: c.falRequestId ?? falRequestId,
-      output,
-      billableUnits: c.billableUnits ?? null,
-      ...(inlineImages ? { inlineImages } : {}),
-    };
-  }
 }
 
 /**

@@ -17,7 +17,7 @@ import type { FalPhase } from './errors.js';
  * The rules, per phase:
  * - submit: only an outcome that proves fal made no job is sent again
  *   (`provesNoJob`); anything else could bill twice (src/fal/submit-once.ts).
- * - every other phase: 429 and 5xx (but 501) answers and network failures,
+ * - every other phase: 429, 500, 502, 503 and 504 answers and network failures,
  *   a result whose body broke off included. Reading a status or a result
  *   changes nothing at fal, and a repeated cancel is the same cancel.
  * - the wait is `retry-after` when fal sends one, else exponential backoff
