@@ -22,8 +22,8 @@ import { startEmulator, type Emulator } from './emulator/index.js';
 import { createMetrics, type Metrics } from './metrics.js';
 import { Agent, fetch as undiciFetch } from 'undici';
 import { createRedirectFetch, type FetchLike } from './fal/redirect-fetch.js';
-import { createBufferedFetch } from './fal/buffered-fetch.js';
-import type { FalPhase } from './fal/transport.js';
+import { createYoungGarbageFetch } from './fal/young-garbage-fetch.js';
+import type { FalPhase } from './fal/errors.js';
 import { createCompletionRelay } from './fal/completion-relay.js';
 import { createCompletionHub, createWebhookVerifier, type WebhookVerifier } from './fal/webhooks.js';
 import { FAL_WEBHOOK_PATH } from './http/routes/fal-webhook.js';
@@ -138,9 +138,9 @@ export async function startService(config: Config, overrides: ServiceOverrides =
     credentials: falKey,
     baseUrl: falBaseUrl,
     // Calls with small answers skip fetch's per-request garbage, which outlives
-    // young collections (src/fal/buffered-fetch.ts): status polls repeat for as
+    // young collections (src/fal/young-garbage-fetch.ts): status polls repeat for as
     // long as a job waits, and every job submits once (and may cancel).
-    fetchFor: (phase) => (BUFFERED_PHASES.has(phase) ? createBufferedFetch(shortPool) : viaPool(phase === 'stream' ? streamPool : shortPool)),
+    fetchFor: (phase) => (BUFFERED_PHASES.has(phase) ? createYoungGarbageFetch(shortPool) : viaPool(phase === 'stream' ? streamPool : shortPool)),
     maxStatusStreams: config.statusStreamsMax,
     pollRps: config.statusPollRps,
     ...(falWebhooks ? { webhook: { url: `${config.publicBaseUrl}${FAL_WEBHOOK_PATH}`, hub: falWebhooks.hub, graceMs: config.falWebhookGraceMs } } : {}),

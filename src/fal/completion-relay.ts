@@ -15,7 +15,6 @@ import { randomBytes } from 'node:crypto';
 import { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import type { CompletionHub, WaitOutcome } from './webhooks.js';
-import type { AbortLike } from '../abort-like.js';
 
 export interface CompletionRelayOptions {
   /** This process's hub: the relay wraps it. */
@@ -79,7 +78,7 @@ export function createCompletionRelay(opts: CompletionRelayOptions): CompletionR
     get waiting() {
       return hub.waiting;
     },
-    wait(falRequestId: string, signal?: AbortLike, timeoutMs?: number): Promise<WaitOutcome> {
+    wait(falRequestId: string, signal?: AbortSignal, timeoutMs?: number): Promise<WaitOutcome> {
       return hub.wait(falRequestId, signal, timeoutMs);
     },
     notify(falRequestId: string): boolean {

@@ -1,18 +1,21 @@
-import { readFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
-import { createFalClient, ApiError as FalApiError, type QueueStatus } from '@fal-ai/client';
-import { createFalTransport, HIDDEN_RETRYABLE_STATUS, FalTransportError, type CallCapture, type FalPhase, type TransportOptions } from './transport.js';
-import type { FetchLike } from './redirect-fetch.js';
-import { FollowingSignal, type AbortLike } from '../abort-like.js';
+import { type QueueStatus } from '@fal-ai/client';
+import { createRedirectFetch, type FetchLike } from './redirect-fetch.js';
+import { FalCallError, type FalPhase } from './errors.js';
+import { FalCall, callError, clientFor } from './fal-call.js';
+import { submitOnce, submitFailure } from './submit-once.js';
+import { DEFAULT_MAX_RETRY_AFTER_MS, DEFAULT_RETRY, type RetryPolicy } from './retry.js';
 import { createPollScheduler } from './poll-scheduler.js';
 import type { CompletionHub } from './webhooks.js';
 import type { InlineExtraction, InlineImage } from './inline-images.js';
 
+export { FalCallError, jobFailed, type FalPhase, type FalErrorKind } from './errors.js';
+
 /**
  * The only module that talks to fal. Everything above it sees plain data and
  * `FalCallError`, never the client's classes, so the rest of the service does
- * not change if fal's client does.
+ * not change if fal's client does. Every call is made by `@fal-ai/client`,
+ * through a fetch of the call's own (fal-call.ts); the submit is sent once
+ * (submit-once.ts).
  */
 
 export interface FalImage {
@@ -50,46 +53,8 @@ export type FalJobStatus = { status: 'IN_QUEUE' | 'IN_PROGRESS' | 'COMPLETED'; q
 
 export type FalCancelOutcome = 'cancellation_requested' | 'already_completed' | 'not_found' | 'failed';
 
-export type FalErrorKind = 'http' | 'network' | 'aborted' | 'bad_response';
-
-export class FalCallError extends Error {
-  readonly phase: FalPhase;
-  readonly kind: FalErrorKind;
-  /** The status fal really answered (not the one we showed the client). */
-  readonly status: number | undefined;
-  readonly body: unknown;
-  readonly falRequestId: string | undefined;
-  readonly retryAfterS: number | undefined;
-  /** A submit that may have created a job we never heard about. */
-  readonly ambiguous: boolean;
-  /** Jobs fal reported on failed submit attempts: they exist and may bill. */
-  readonly strayIds: string[];
-
-  constructor(message: string, init: { phase: FalPhase; kind: FalErrorKind; status?: number; body?: unknown; falRequestId?: string; retryAfterS?: number; ambiguous?: boolean; strayIds?: string[]; cause?: unknown }) {
-    super(message, { cause: init.cause });
-    this.name = 'FalCallError';
-    this.phase = init.phase;
-    this.kind = init.kind;
-    this.status = init.status;
-    this.body = init.body;
-    this.falRequestId = init.falRequestId;
-    this.retryAfterS = init.retryAfterS;
-    this.ambiguous = init.ambiguous ?? false;
-    this.strayIds = init.strayIds ?? [];
-  }
-}
-
-/**
- * A result fetch answered with a 4xx: the job itself ended without images
- * (bad input, cancelled). A 5xx or an unreadable answer could equally be a
- * transient fault in front of a finished, billed job, so it proves nothing.
- */
-export function jobFailed(err: FalCallError): boolean {
-  return err.phase === 'result' && err.kind === 'http' && err.status !== undefined && err.status >= 400 && err.status < 500 && err.status !== 429;
-}
-
 export interface CallOptions {
-  signal?: AbortLike;
+  signal?: AbortSignal;
 }
 
 export interface FalGateway {
@@ -119,7 +84,9 @@ export interface FalGatewayOptions {
   /** `FAL_BASE_URL`: host-prefixed fal-protocol server (the emulator). */
   baseUrl?: string;
   fetchImpl?: FetchLike;
-  retry?: TransportOptions['retry'];
+  /** Per-phase retry budgets over retry.ts's defaults. */
+  retry?: Partial<Record<FalPhase, RetryPolicy>>;
+  /** Longest `retry-after` waited inside one call (default 5 s); a longer one ends the call. */
   maxRetryAfterMs?: number;
   /** Poll delays used when the status stream is unavailable. */
   pollMinMs?: number;
@@ -146,14 +113,19 @@ export interface FalGatewayOptions {
 const STATUSES = new Set(['IN_QUEUE', 'IN_PROGRESS', 'COMPLETED']);
 
 export function createFalGateway(opts: FalGatewayOptions): FalGateway {
-  const transport = createFalTransport({ baseUrl: opts.baseUrl, fetchImpl: opts.fetchImpl, fetchFor: opts.fetchFor, retry: opts.retry, maxRetryAfterMs: opts.maxRetryAfterMs });
-  const client = createFalClient({
-    credentials: opts.credentials,
-    fetch: transport.fetch as typeof fetch,
-    // Our transport does the retrying; keep the client's own to a minimum
-    // (its per-call queue settings still override this, hence the 599 trick).
-    retry: { maxRetries: 0, baseDelay: 0, maxDelay: 0 },
-  });
+  const inner = createRedirectFetch({ baseUrl: opts.baseUrl, fetchImpl: opts.fetchImpl });
+  const perPhase = new Map<FalPhase, FetchLike>();
+  const fetchFor = (phase: FalPhase): FetchLike => {
+    let f = perPhase.get(phase);
+    if (!f) {
+      const impl = opts.fetchFor?.(phase);
+      f = impl ? createRedirectFetch({ baseUrl: opts.baseUrl, fetchImpl: impl }) : inner;
+      perPhase.set(phase, f);
+    }
+    return f;
+  };
+  const policies = { ...DEFAULT_RETRY, ...(opts.retry ?? {}) };
+  const maxRetryAfterMs = opts.maxRetryAfterMs ?? DEFAULT_MAX_RETRY_AFTER_MS;
   const pollMinMs = opts.pollMinMs ?? 100;
   const pollMaxMs = opts.pollMaxMs ?? 1000;
   const stats = { statusCalls: 0, streamCalls: 0, streamsOpen: 0, webhookWakeups: 0 };
@@ -161,79 +133,56 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
 
   // Jobs without a status stream or a webhook wait here, each a record in one schedule (see poll-scheduler.ts).
   const polls = createPollScheduler({
-    // Each poll runs under a signal of its own that follows the job's (the transport's per-call signal), so what fetch hangs on it goes with the poll.
     poll: (endpoint, falRequestId, signal) => gateway.status(endpoint, falRequestId, { signal }),
     aborted: (signal) => abortedError('status', signal),
     ratePerSecond: opts.pollRps ?? 200,
     maxDelayMs: pollMaxMs,
   });
-  const poll = (endpoint: string, falRequestId: string, signal: AbortLike | undefined, onStatus: ((s: FalJobStatus) => void) | undefined, firstDelayMs: number): Promise<void> =>
+  const poll = (endpoint: string, falRequestId: string, signal: AbortSignal | undefined, onStatus: ((s: FalJobStatus) => void) | undefined, firstDelayMs: number): Promise<void> =>
     polls.wait({ endpoint, falRequestId }, signal, onStatus, firstDelayMs);
 
-  function translate(err: unknown, capture: CallCapture): FalCallError {
-    if (err instanceof FalCallError) return err;
-    const base = { phase: capture.phase, falRequestId: capture.falRequestId, retryAfterS: capture.retryAfterS, strayIds: capture.phase === 'submit' ? [...capture.seenIds] : [], cause: err };
-    if (capture.signal?.aborted || (err as Error)?.name === 'AbortError') {
-      return new FalCallError(`fal ${capture.phase} aborted`, { ...base, kind: 'aborted', ambiguous: capture.phase === 'submit' });
-    }
-    if (err instanceof FalTransportError || (capture.networkError && capture.status === undefined)) {
-      return new FalCallError(`fal ${capture.phase}: network error`, { ...base, kind: 'network', ambiguous: capture.ambiguous });
-    }
-    if (err instanceof FalApiError) {
-      const status = err.status === HIDDEN_RETRYABLE_STATUS ? capture.status : err.status;
-      return new FalCallError(`fal ${capture.phase}: HTTP ${status}`, {
-        ...base,
-        kind: 'http',
-        status,
-        body: err.body,
-        ambiguous: capture.phase === 'submit' && (status === 500 || status === 502 || status === 504),
-      });
-    }
-    return new FalCallError(`fal ${capture.phase}: ${(err as Error)?.message ?? 'unknown error'}`, { ...base, kind: 'bad_response' });
-  }
-
-  /** `fn` must hand its fal call the signal it is given: that is how the transport knows the call (see transport.ts). */
-  async function call<T>(phase: FalPhase, signal: AbortLike | undefined, fn: (c: CallCapture, signal: AbortSignal) => Promise<T>, streamOf?: string): Promise<{ value: T; capture: CallCapture }> {
+  /** One fal call: `fn` makes it with the client built for it; its failure comes out as a FalCallError. */
+  async function call<T>(phase: FalPhase, signal: AbortSignal | undefined, fn: (client: ReturnType<typeof clientFor>, c: FalCall) => Promise<T>): Promise<{ value: T; call: FalCall }> {
     const started = performance.now();
+    const c = new FalCall(phase, signal, { fetch: fetchFor(phase), policy: policies[phase], maxRetryAfterMs });
     let failed = false;
     try {
-      return await transport.run(phase, signal, async (capture, own) => {
-        try {
-          return { value: await fn(capture, own), capture };
-        } catch (err) {
-          throw translate(err, capture);
-        }
-      }, streamOf);
+      return { value: await fn(clientFor(c, opts.credentials), c), call: c };
     } catch (err) {
       failed = true;
-      throw err;
+      const e = callError(err, c);
+      throw phase === 'submit' ? submitFailure(e, c) : e;
     } finally {
+      c.end();
       opts.observe?.(phase, (performance.now() - started) / 1000, failed);
     }
   }
 
-  function badResponse(phase: FalPhase, what: string, capture: CallCapture): FalCallError {
-    return new FalCallError(`fal ${phase}: ${what}`, { phase, kind: 'bad_response', status: capture.status, falRequestId: capture.falRequestId });
+  function badResponse(phase: FalPhase, what: string, c: FalCall): FalCallError {
+    return new FalCallError(`fal ${phase}: ${what}`, { phase, kind: 'bad_response', status: c.status, falRequestId: c.falRequestId });
   }
 
-  function parseStatus(raw: unknown, capture: CallCapture): FalJobStatus {
+  function parseStatus(raw: unknown, c: FalCall): FalJobStatus {
     const s = raw as QueueStatus | undefined;
     if (!s || typeof s !== 'object' || !STATUSES.has((s as { status?: string }).status ?? '')) {
-      throw badResponse(capture.phase, 'status response is not a queue status', capture);
+      throw badResponse(c.phase, 'status response is not a queue status', c);
     }
     const qp = (s as { queue_position?: unknown }).queue_position;
     return { status: s.status, ...(typeof qp === 'number' ? { queuePosition: qp } : {}) };
   }
 
   /** The callback is later than the grace period: whichever comes first, fal's callback or polling. */
-  async function lateCallback(endpoint: string, falRequestId: string, signal: AbortLike | undefined, onStatus: ((s: FalJobStatus) => void) | undefined): Promise<void> {
+  async function lateCallback(endpoint: string, falRequestId: string, signal: AbortSignal | undefined, onStatus: ((s: FalJobStatus) => void) | undefined): Promise<void> {
     const hub = opts.webhook!.hub;
     // Ends both waits: the job's abort, or whichever of them finishes first.
-    const late = new FollowingSignal(signal);
+    const late = new AbortController();
+    const follow = () => late.abort(signal!.reason);
+    if (signal?.aborted) follow();
+    else signal?.addEventListener('abort', follow, { once: true });
     const viaCallback = hub.wait(falRequestId, late.signal).then((outcome) => {
       if (outcome !== 'notified') return;
       stats.webhookWakeups++;
-      late.controller.abort();
+      late.abort();
     });
     try {
       await poll(endpoint, falRequestId, late.signal, onStatus, pollMaxMs);
@@ -241,8 +190,8 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
       // Polling was stopped because the callback came: that is the answer.
       if (!late.signal.aborted || signal?.aborted) throw err;
     } finally {
-      late.controller.abort();
-      late.detach();
+      late.abort();
+      signal?.removeEventListener('abort', follow);
       await viaCallback;
     }
     if (signal?.aborted) throw abortedError('status', signal);
@@ -253,17 +202,17 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
    * delay in between. If it is unavailable or ends early we poll. At most
    * `maxStatusStreams` at once: each holds a connection for the job's life.
    */
-  async function viaStream(endpoint: string, falRequestId: string, signal: AbortLike | undefined, onStatus: ((s: FalJobStatus) => void) | undefined): Promise<void> {
+  async function viaStream(endpoint: string, falRequestId: string, signal: AbortSignal | undefined, onStatus: ((s: FalJobStatus) => void) | undefined): Promise<void> {
     stats.streamsOpen++;
     try {
       stats.streamCalls++;
-      const done = await call('stream', signal, async (capture) => {
+      const done = await call('stream', signal, async (client, c) => {
         const stream = await client.queue.streamStatus(endpoint, { requestId: falRequestId, logs: false });
         const onAbort = () => stream.abort();
-        signal?.addEventListener('abort', onAbort, { once: true });
+        c.signal.addEventListener('abort', onAbort, { once: true });
         stream.on('data', (d: unknown) => {
           try {
-            onStatus?.(parseStatus(d, capture));
+            onStatus?.(parseStatus(d, c));
           } catch {
             // malformed events are judged by the final status below
           }
@@ -271,9 +220,9 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
         try {
           return (await stream.done()) as unknown;
         } finally {
-          signal?.removeEventListener('abort', onAbort);
+          c.signal.removeEventListener('abort', onAbort);
         }
-      }, falRequestId);
+      });
       if (signal?.aborted) throw abortedError('stream', signal);
       if ((done.value as { status?: unknown } | undefined)?.status === 'COMPLETED') return;
     } catch (err) {
@@ -286,40 +235,48 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
     return poll(endpoint, falRequestId, signal, onStatus, pollMinMs);
   }
 
-  const statusHeaders: Record<string, string> = { accept: 'application/json', 'user-agent': FAL_CLIENT_USER_AGENT, ...(opts.credentials ? { authorization: `Key ${opts.credentials}` } : {}) };
-  // The client's submit headers: JSON both ways, and the queue priority it always sends.
-  const submitHeaders: Record<string, string> = { ...statusHeaders, 'content-type': 'application/json', 'x-fal-queue-priority': 'normal' };
+  /** The result's output, checked, with the images fal sent inline taken off the call. */
+  function readResult(data: unknown, c: FalCall, falRequestId: string): FalResult {
+    let output = data as FalImageOutput | undefined;
+    const cut = c.inline;
+    c.inline = undefined;
+    const inlineImages = cut ? placedInline(output, cut) : undefined;
+    if (cut && !inlineImages) {
+      // A data URI somewhere else than an image's url: parse the body whole, as the client would have.
+      try {
+        output = JSON.parse(Buffer.concat(cut.original).toString('utf8')) as FalImageOutput;
+      } catch {
+        throw badResponse('result', 'result is not JSON', c);
+      }
+    }
+    if (!output || typeof output !== 'object' || !Array.isArray(output.images)) {
+      throw badResponse('result', 'result has no images array', c);
+    }
+    for (const img of output.images) {
+      if (!img || typeof img.url !== 'string' || !Number.isInteger(img.width) || !Number.isInteger(img.height)) {
+        throw badResponse('result', 'result image lacks url/width/height', c);
+      }
+    }
+    return {
+      falRequestId: c.falRequestId ?? falRequestId,
+      output,
+      billableUnits: c.billableUnits ?? null,
+      ...(inlineImages ? { inlineImages } : {}),
+    };
+  }
 
   const gateway: FalGateway = {
     stats,
 
     async submit(endpoint, input, o = {}) {
       const webhookUrl = o.webhookUrl ?? opts.webhook?.url;
-      // Sent as the client sends it (URL, headers, JSON body), without its
-      // request machinery: every image request submits, and what a request
-      // allocates while it is being taken in is what ends up scattered
-      // through the old generation once thousands wait (bench/waiting.ts).
-      // Our inputs are parsed JSON, so there is never a Blob for the
-      // client's input transform to upload.
-      const { value, capture } = await call('submit', o.signal, async (_c, signal) =>
-        readAnswer(await transport.fetch(submitUrl(endpoint, webhookUrl), { method: 'POST', headers: submitHeaders, body: JSON.stringify(input), signal })),
-      );
-      const id = (value as { request_id?: unknown })?.request_id;
-      if (typeof id !== 'string' || id.length === 0) {
-        throw new FalCallError('fal submit: no request_id in the answer', { phase: 'submit', kind: 'bad_response', status: capture.status, ambiguous: true });
-      }
-      return { falRequestId: id, strayIds: capture.seenIds.filter((s) => s !== id) };
+      return (await call('submit', o.signal, (client, c) => submitOnce(client, c, endpoint, input, webhookUrl))).value;
     },
 
     async status(endpoint, falRequestId, o = {}) {
       stats.statusCalls++;
-      // The one call made over and over while jobs wait (200/s by default),
-      // so it skips the client: its request machinery was a third of each
-      // poll's garbage. Same URL, headers and error as the client's.
-      const { value, capture } = await call('status', o.signal, async (_c, signal) =>
-        readAnswer(await transport.fetch(statusUrl(endpoint, falRequestId), { method: 'GET', headers: statusHeaders, signal })),
-      );
-      return parseStatus(value, capture);
+      const { value, call: c } = await call('status', o.signal, (client, c) => client.queue.status(endpoint, { requestId: falRequestId, logs: false, abortSignal: c.signal }));
+      return parseStatus(value, c);
     },
 
     // Not async itself: a waiting job should hold the one promise of the
@@ -343,46 +300,13 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
     },
 
     async result(endpoint, falRequestId, o = {}) {
-      const { value, capture } = await call('result', o.signal, async (c, signal) => {
-        try {
-          return await client.queue.result(endpoint, { requestId: falRequestId, abortSignal: signal });
-        } catch (err) {
-          c.inline = undefined; // see below: the capture may outlive the call
-          throw err;
-        }
-      });
-      let output = (value as { data?: unknown }).data as FalImageOutput | undefined;
-      // Taken off the capture at once: the payloads belong to the result from here on.
-      const cut = capture.inline;
-      capture.inline = undefined;
-      const inlineImages = cut ? placedInline(output, cut) : undefined;
-      if (cut && !inlineImages) {
-        // A data URI somewhere else than an image's url: parse the body whole, as the client would have.
-        try {
-          output = JSON.parse(Buffer.concat(cut.original).toString('utf8')) as FalImageOutput;
-        } catch {
-          throw badResponse('result', 'result is not JSON', capture);
-        }
-      }
-      if (!output || typeof output !== 'object' || !Array.isArray(output.images)) {
-        throw badResponse('result', 'result has no images array', capture);
-      }
-      for (const img of output.images) {
-        if (!img || typeof img.url !== 'string' || !Number.isInteger(img.width) || !Number.isInteger(img.height)) {
-          throw badResponse('result', 'result image lacks url/width/height', capture);
-        }
-      }
-      return {
-        falRequestId: capture.falRequestId ?? falRequestId,
-        output,
-        billableUnits: capture.billableUnits ?? null,
-        ...(inlineImages ? { inlineImages } : {}),
-      };
+      const { value, call: c } = await call('result', o.signal, (client, c) => client.queue.result(endpoint, { requestId: falRequestId, abortSignal: c.signal }));
+      return readResult(value.data, c, falRequestId);
     },
 
     async cancel(endpoint, falRequestId, o = {}) {
       try {
-        await call('cancel', o.signal, (_c, signal) => client.queue.cancel(endpoint, { requestId: falRequestId, abortSignal: signal }));
+        await call('cancel', o.signal, (client, c) => client.queue.cancel(endpoint, { requestId: falRequestId, abortSignal: c.signal }));
         return 'cancellation_requested';
       } catch (err) {
         if (err instanceof FalCallError && err.kind === 'http') {
@@ -397,18 +321,19 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
     async upload(data, contentType, fileName, o = {}) {
       // The client names the stored file after a File's name, else after the clock.
       const file = new File([data instanceof Blob ? data : new Uint8Array(data)], fileName, { type: contentType });
-      const { value, capture } = await call('storage', o.signal, () => client.storage.upload(file));
-      if (typeof value !== 'string' || !URL.canParse(value)) throw badResponse('storage', 'upload answered no file URL', capture);
+      const { value, call: c } = await call('storage', o.signal, (client) => client.storage.upload(file));
+      if (typeof value !== 'string' || !URL.canParse(value)) throw badResponse('storage', 'upload answered no file URL', c);
       return value;
     },
 
     async ping(o = {}) {
       try {
-        const res = await transport.run('other', o.signal, (_c, signal) => transport.fetch('https://queue.fal.run/', { method: 'GET', signal }));
+        const { value: res } = await call('other', o.signal, (_client, c) => c.fetch('https://queue.fal.run/', { method: 'GET', signal: c.signal }));
         await res.body?.cancel().catch(() => {});
         return true;
-      } catch {
-        return false;
+      } catch (err) {
+        // fal answered, whatever it said.
+        return err instanceof FalCallError && err.kind === 'http';
       }
     },
   };
@@ -433,48 +358,6 @@ function placedInline(output: FalImageOutput | undefined, cut: InlineExtraction)
   return placed.size === cut.images.size ? cut.images : undefined;
 }
 
-/** What the fal client sends as its User-Agent: its package name and version (its package.json is not exported, so read beside its entry point). */
-const FAL_CLIENT_USER_AGENT = (() => {
-  const pkg = JSON.parse(readFileSync(join(dirname(createRequire(import.meta.url).resolve('@fal-ai/client')), '..', 'package.json'), 'utf8')) as { name: string; version: string };
-  return `${pkg.name}/${pkg.version}`;
-})();
-
-/** Endpoint namespaces the client treats as a prefix of owner/alias (its parseEndpointId). */
-const ENDPOINT_NAMESPACES = new Set(['workflows', 'comfy']);
-
-/**
- * A job's status URL, as the client builds it: the queue host, the app's
- * owner/alias only (a sub-path such as `turbo/lora` is dropped), then
- * `/requests/{id}/status?logs=0` (REFERENCE: fal queue protocol).
- */
-export function statusUrl(endpoint: string, falRequestId: string): string {
-  const parts = endpoint.split('/');
-  const app = ENDPOINT_NAMESPACES.has(parts[0]!) ? parts.slice(0, 3) : parts.slice(0, 2);
-  return `https://queue.fal.run/${app.join('/')}/requests/${encodeURIComponent(falRequestId)}/status?logs=0`;
-}
-
-/** A queue submit's URL, as the client builds it: the whole endpoint id, and `fal_webhook` when callbacks are on. */
-export function submitUrl(endpoint: string, webhookUrl: string | undefined): string {
-  const base = `https://queue.fal.run/${endpoint.replace(/^\/+|\/+$/g, '')}`;
-  return webhookUrl ? `${base}?${new URLSearchParams({ fal_webhook: webhookUrl }).toString()}` : base;
-}
-
-/** The client's default handling of an answer: JSON (or text) on success, its ApiError otherwise. */
-async function readAnswer(res: Response): Promise<unknown> {
-  const type = res.headers.get('content-type') ?? '';
-  const requestId = res.headers.get('x-fal-request-id') ?? '';
-  if (!res.ok) {
-    if (type.includes('application/json')) {
-      const body = (await res.json()) as { message?: unknown };
-      throw new FalApiError({ message: typeof body?.message === 'string' ? body.message : res.statusText, status: res.status, body, requestId });
-    }
-    await res.body?.cancel().catch(() => {});
-    throw new FalApiError({ message: `HTTP ${res.status}: ${res.statusText}`, status: res.status, body: undefined, requestId });
-  }
-  if (type.includes('application/json')) return res.json();
-  return res.text();
-}
-
-function abortedError(phase: FalPhase, signal: AbortLike): FalCallError {
+function abortedError(phase: FalPhase, signal: AbortSignal): FalCallError {
   return new FalCallError(`fal ${phase} aborted`, { phase, kind: 'aborted', cause: signal.reason });
 }

@@ -1,5 +1,4 @@
 import type { FalJobStatus } from './gateway.js';
-import type { AbortLike } from '../abort-like.js';
 
 /**
  * Status polling for every job that waits without a status stream or a
@@ -17,7 +16,7 @@ export interface PollScheduler {
    * Resolves when a poll says COMPLETED; rejects with the poll's error, or
    * with `aborted(signal)` as soon as `signal` aborts.
    */
-  wait(job: PollTarget, signal: AbortLike | undefined, onStatus: ((s: FalJobStatus) => void) | undefined, firstDelayMs: number): Promise<void>;
+  wait(job: PollTarget, signal: AbortSignal | undefined, onStatus: ((s: FalJobStatus) => void) | undefined, firstDelayMs: number): Promise<void>;
   /** Jobs waiting (due or sleeping). */
   readonly waiting: number;
 }
@@ -29,9 +28,9 @@ export interface PollTarget {
 
 export interface PollSchedulerOptions {
   /** One status call; `signal` is the job's. */
-  poll(endpoint: string, falRequestId: string, signal: AbortLike | undefined): Promise<FalJobStatus>;
+  poll(endpoint: string, falRequestId: string, signal: AbortSignal | undefined): Promise<FalJobStatus>;
   /** The error a wait rejects with when its signal aborts. */
-  aborted(signal: AbortLike): Error;
+  aborted(signal: AbortSignal): Error;
   /** Polls per second across all jobs; 0 = no cap. */
   ratePerSecond: number;
   burst?: number;
@@ -48,7 +47,7 @@ class PollWait {
   constructor(
     readonly endpoint: string,
     readonly falRequestId: string,
-    readonly signal: AbortLike | undefined,
+    readonly signal: AbortSignal | undefined,
     readonly onStatus: ((s: FalJobStatus) => void) | undefined,
     public delayMs: number,
     private resolve: (() => void) | undefined,
@@ -93,7 +92,7 @@ class Scheduler implements PollScheduler {
     return this.live;
   }
 
-  wait(job: PollTarget, signal: AbortLike | undefined, onStatus: ((s: FalJobStatus) => void) | undefined, firstDelayMs: number): Promise<void> {
+  wait(job: PollTarget, signal: AbortSignal | undefined, onStatus: ((s: FalJobStatus) => void) | undefined, firstDelayMs: number): Promise<void> {
     if (signal?.aborted) return Promise.reject(this.opts.aborted(signal));
     return new Promise<void>((resolve, reject) => {
       const w = new PollWait(job.endpoint, job.falRequestId, signal, onStatus, firstDelayMs, resolve, reject, this);

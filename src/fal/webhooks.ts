@@ -1,7 +1,6 @@
 import { createHash, createPublicKey, verify as verifySignature, type KeyObject } from 'node:crypto';
 import type { FetchLike } from './redirect-fetch.js';
 import { DeadlineQueue, type Expiring } from '../deadline-queue.js';
-import type { AbortLike } from '../abort-like.js';
 
 /**
  * fal's completion callbacks. With them, a waiting job costs no status
@@ -117,7 +116,7 @@ export interface CompletionHub {
    * Settles when the callback for `falRequestId` arrives (`notified`), when
    * `signal` aborts (`aborted`) or after `timeoutMs` (`timeout`); never rejects.
    */
-  wait(falRequestId: string, signal?: AbortLike, timeoutMs?: number): Promise<WaitOutcome>;
+  wait(falRequestId: string, signal?: AbortSignal, timeoutMs?: number): Promise<WaitOutcome>;
   /** True when a waiter in this process was woken. */
   notify(falRequestId: string): boolean;
   readonly waiting: number;
@@ -137,7 +136,7 @@ class Waiter implements Expiring {
   constructor(
     readonly id: string,
     readonly hub: Map<string, Waiter | Waiter[]>,
-    readonly signal: AbortLike | undefined,
+    readonly signal: AbortSignal | undefined,
     private resolve: ((outcome: WaitOutcome) => void) | undefined,
   ) {}
 

@@ -7,7 +7,7 @@ import { createFalGateway } from '../../src/fal/gateway.js';
 import { PLACEHOLDER_SCHEME } from '../../src/fal/inline-images.js';
 
 /**
- * FalGateway.result() through the real @fal-ai/client and our transport, with
+ * FalGateway.result() through the real @fal-ai/client and the call's own fetch, with
  * fal's answer served by a stub fetch in small chunks: which data URIs come
  * back as Buffers, and every case that must fall back to the plain parse.
  */

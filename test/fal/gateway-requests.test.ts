@@ -1,13 +1,12 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startEmulator, type Emulator } from '../../src/emulator/index.js';
-import { createFalGateway, FalCallError, statusUrl, submitUrl } from '../../src/fal/gateway.js';
+import { createFalGateway, FalCallError } from '../../src/fal/gateway.js';
 
 /**
- * The status poll and the submit go to fal without the client's request
- * machinery (one is made over and over while jobs wait, the other by every
- * request): each must be the request the client would have made, and read
- * the answer as the client would have.
+ * The status poll and the submit, as they reach fal: the client's URLs,
+ * headers and body, and its reading of the answer (both are made by
+ * `@fal-ai/client` through the call's own fetch, src/fal/fal-call.ts).
  */
 describe('fal status poll and submit', () => {
   let emu: Emulator;
@@ -18,11 +17,24 @@ describe('fal status poll and submit', () => {
     await emu.close();
   });
 
-  it('builds the client\'s URL: owner/alias only, then the request id', () => {
-    assert.equal(statusUrl('fal-ai/z-image/turbo', 'abc'), 'https://queue.fal.run/fal-ai/z-image/requests/abc/status?logs=0');
-    assert.equal(statusUrl('fal-ai/z-image/turbo/lora', 'abc'), 'https://queue.fal.run/fal-ai/z-image/requests/abc/status?logs=0');
-    assert.equal(statusUrl('fal-ai/flux/dev', 'a b'), 'https://queue.fal.run/fal-ai/flux/requests/a%20b/status?logs=0');
-    assert.equal(statusUrl('workflows/me/flow/x', 'i'), 'https://queue.fal.run/workflows/me/flow/requests/i/status?logs=0', 'a namespace keeps three parts');
+  it('the client\'s URLs: owner/alias only for a status, the whole endpoint id and fal_webhook for a submit', async () => {
+    const sent: string[] = [];
+    const fal = createFalGateway({
+      credentials: 'k:s',
+      baseUrl: emu.url,
+      fetchImpl: (input, init) => {
+        sent.push(String(input));
+        return fetch(input as string, init);
+      },
+    });
+    const { falRequestId } = await fal.submit('fal-ai/z-image/turbo/lora', { prompt: 'a kite', loras: [] }, { webhookUrl: 'https://gw.example.com/v1/fal/webhook?a=1&b=2' });
+    assert.equal(sent.length, 1);
+    assert.ok(
+      sent[0]!.endsWith('/queue.fal.run/fal-ai/z-image/turbo/lora?fal_webhook=https%3A%2F%2Fgw.example.com%2Fv1%2Ffal%2Fwebhook%3Fa%3D1%26b%3D2'),
+      sent[0],
+    );
+    await fal.status('fal-ai/z-image/turbo/lora', falRequestId);
+    assert.ok(sent[1]!.endsWith(`/queue.fal.run/fal-ai/z-image/requests/${falRequestId}/status?logs=0`), sent[1]);
   });
 
   it('sends the key and the client\'s headers, and reads the job\'s status', async () => {
@@ -61,8 +73,6 @@ describe('fal status poll and submit', () => {
   });
 
   it('submit: the whole endpoint id, fal_webhook when given, the client\'s headers and the input as JSON', async () => {
-    assert.equal(submitUrl('fal-ai/z-image/turbo/lora', undefined), 'https://queue.fal.run/fal-ai/z-image/turbo/lora');
-    assert.equal(submitUrl('fal-ai/flux/dev', 'https://gw.example.com/v1/fal/webhook?a=1&b=2'), 'https://queue.fal.run/fal-ai/flux/dev?fal_webhook=https%3A%2F%2Fgw.example.com%2Fv1%2Ffal%2Fwebhook%3Fa%3D1%26b%3D2');
     const sent: Array<{ url: string; method?: string; headers: Record<string, string>; body: string }> = [];
     const fal = createFalGateway({
       credentials: 'key-id:secret',

@@ -2,15 +2,19 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { Agent } from 'undici';
-import { createBufferedFetch } from '../../src/fal/buffered-fetch.js';
+import v8 from 'node:v8';
+import vm from 'node:vm';
+import { Agent as UndiciAgent, fetch as undiciFetch } from 'undici';
+import { createYoungGarbageFetch } from '../../src/fal/young-garbage-fetch.js';
+import { createFalGateway } from '../../src/fal/gateway.js';
+import type { FetchLike } from '../../src/fal/redirect-fetch.js';
 
 /** The fetch the service uses for fal calls with small answers: what the fal client reads off a Response must be what fetch gave. */
-describe('buffered fetch', () => {
+describe('young-garbage fetch', () => {
   let server: Server;
   let base: string;
-  const agent = new Agent({ connections: 4 });
-  const f = createBufferedFetch(agent);
+  const agent = new UndiciAgent({ connections: 4 });
+  const f = createYoungGarbageFetch(agent);
   const received: Array<{ method?: string; url?: string; headers: Record<string, unknown>; body: string }> = [];
 
   before(async () => {
@@ -70,7 +74,7 @@ describe('buffered fetch', () => {
     assert.equal(ac.signal.aborted, true);
   });
 
-  it('a refused connection rejects with ECONNREFUSED where the transport looks for it (never sent, safe to resend)', async () => {
+  it('a refused connection rejects with ECONNREFUSED where retry.ts looks for it (never sent, safe to resend)', async () => {
     const closed = createServer();
     await new Promise<void>((r) => closed.listen(0, '127.0.0.1', () => r()));
     const port = (closed.address() as AddressInfo).port;
@@ -99,12 +103,62 @@ describe('buffered fetch', () => {
     const b = await f(`${base}/queue/status`);
     assert.deepEqual(JSON.parse(Buffer.from(await b.arrayBuffer()).toString()), { status: 'IN_QUEUE', queue_position: 3 });
 
-    // The transport hides a retried answer behind a new Response made of this one's body and headers.
+    // Its body as a stream and its headers copy into a standard Response (as fal-call.ts copies a result's headers).
     const c = await f(`${base}/missing`);
-    const rewrapped = new Response(c.body, { status: 599, headers: c.headers });
+    const rewrapped = new Response(c.body, { status: c.status, headers: new Headers(c.headers as unknown as Headers) });
     assert.equal(rewrapped.headers.get('x-fal-request-id'), 'job-1');
     assert.equal(rewrapped.headers.get('content-type'), 'application/json');
     assert.deepEqual(await rewrapped.json(), { status: 'IN_QUEUE', queue_position: 3 });
     assert.ok([...c.headers].some(([k]) => k === 'set-cookie'));
+  });
+});
+
+/**
+ * The saving this fetch exists for (its header has the figure): per status
+ * poll through the gateway, the bytes that outlive young collections, through
+ * it and through undici's fetch on the same pool. Bytes, not time: the
+ * heap is read after the same number of polls and minor collections.
+ */
+describe('young-garbage fetch: the saving', () => {
+  it('a status poll leaves less than half the old-generation garbage undici\'s fetch leaves', async () => {
+    v8.setFlagsFromString('--expose-gc');
+    const gc = vm.runInNewContext('gc') as (opts?: { type: 'minor' | 'major' }) => void;
+    const server = createServer((_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json', 'x-fal-request-id': 'job-1' });
+      res.end('{"status":"IN_PROGRESS","queue_position":0}');
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    const pool = new UndiciAgent({ connections: 4 });
+    const viaFetch: FetchLike = (input, init) => undiciFetch(input as string, { ...(init as object), dispatcher: pool }) as unknown as Promise<Response>;
+    const oldSpace = () => v8.getHeapSpaceStatistics().find((s) => s.space_name === 'old_space')!.space_used_size;
+    const POLLS = 300;
+    /** Bytes per poll left in the old generation after minor collections only. */
+    async function promotedPerPoll(fetchImpl: FetchLike): Promise<number> {
+      const fal = createFalGateway({ credentials: 'k', baseUrl: base, fetchFor: () => fetchImpl });
+      const job = new AbortController();
+      for (let i = 0; i < 100; i++) await fal.status('fal-ai/z-image/turbo', 'job-1', { signal: job.signal });
+      gc();
+      gc();
+      const before = oldSpace();
+      for (let i = 0; i < POLLS; i++) await fal.status('fal-ai/z-image/turbo', 'job-1', { signal: job.signal });
+      for (let i = 0; i < 3; i++) gc({ type: 'minor' });
+      return (oldSpace() - before) / POLLS;
+    }
+    try {
+      const young: number[] = [];
+      const viaUndici: number[] = [];
+      for (let round = 0; round < 3; round++) {
+        young.push(await promotedPerPoll(createYoungGarbageFetch(pool)));
+        viaUndici.push(await promotedPerPoll(viaFetch));
+      }
+      const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[1]!;
+      const ratio = median(viaUndici) / Math.max(1, median(young));
+      assert.ok(ratio >= 2, `old-generation bytes per poll: undici fetch ${viaUndici.map(Math.round).join('/')}, young-garbage fetch ${young.map(Math.round).join('/')} (ratio ${ratio.toFixed(2)})`);
+    } finally {
+      server.closeAllConnections();
+      await new Promise<void>((r) => server.close(() => r()));
+      await pool.close();
+    }
   });
 });

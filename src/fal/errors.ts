@@ -1,0 +1,45 @@
+/**
+ * What a failed fal call looks like to the rest of the service: plain data,
+ * never the client's classes, so nothing above src/fal changes if fal's
+ * client does.
+ */
+
+export type FalPhase = 'submit' | 'status' | 'stream' | 'result' | 'cancel' | 'storage' | 'other';
+
+export type FalErrorKind = 'http' | 'network' | 'aborted' | 'bad_response';
+
+export class FalCallError extends Error {
+  readonly phase: FalPhase;
+  readonly kind: FalErrorKind;
+  /** The status fal answered on the last attempt. */
+  readonly status: number | undefined;
+  readonly body: unknown;
+  readonly falRequestId: string | undefined;
+  readonly retryAfterS: number | undefined;
+  /** A submit that may have created a job we never heard about. */
+  readonly ambiguous: boolean;
+  /** Jobs fal reported on failed submit attempts: they may exist and bill. */
+  readonly strayIds: string[];
+
+  constructor(message: string, init: { phase: FalPhase; kind: FalErrorKind; status?: number; body?: unknown; falRequestId?: string; retryAfterS?: number; ambiguous?: boolean; strayIds?: string[]; cause?: unknown }) {
+    super(message, init.cause === undefined ? undefined : { cause: init.cause });
+    this.name = 'FalCallError';
+    this.phase = init.phase;
+    this.kind = init.kind;
+    this.status = init.status;
+    this.body = init.body;
+    this.falRequestId = init.falRequestId;
+    this.retryAfterS = init.retryAfterS;
+    this.ambiguous = init.ambiguous ?? false;
+    this.strayIds = init.strayIds ?? [];
+  }
+}
+
+/**
+ * A result fetch answered with a 4xx: the job itself ended without images
+ * (bad input, cancelled). A 5xx or an unreadable answer could equally be a
+ * transient fault in front of a finished, billed job, so it proves nothing.
+ */
+export function jobFailed(err: FalCallError): boolean {
+  return err.phase === 'result' && err.kind === 'http' && err.status !== undefined && err.status >= 400 && err.status < 500 && err.status !== 429;
+}
