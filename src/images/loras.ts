@@ -21,7 +21,6 @@ import { basename, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import type { Logger } from 'pino';
 import { ApiError, invalidRequest, rateLimited, upstreamError, upstreamTimeout } from '../errors.js';
 import { FalCallError, type FalGateway } from '../fal/gateway.js';
-import { FollowingSignal, type AbortLike } from '../abort-like.js';
 
 export interface LoraResolverOptions {
   /** LORA_DIR (absolute); undefined refuses every local path. */
@@ -47,7 +46,7 @@ export interface LoraResolver {
    * new object; the input is not changed). Refused paths are a 400 naming
    * `loras`; a failed upload is a 5xx (no fal job exists yet).
    */
-  resolve(falInput: Record<string, unknown>, signal?: AbortLike): Promise<Record<string, unknown>>;
+  resolve(falInput: Record<string, unknown>, signal?: AbortSignal): Promise<Record<string, unknown>>;
   /** Uploads made and uploads avoided, for tests and operators. */
   readonly stats: { uploads: number; cacheHits: number };
 }
@@ -166,7 +165,7 @@ export function createLoraResolver(opts: LoraResolverOptions): LoraResolver {
     return real;
   }
 
-  async function urlFor(real: string, i: number, signal: AbortLike | undefined): Promise<string> {
+  async function urlFor(real: string, i: number, signal: AbortSignal | undefined): Promise<string> {
     let info;
     try {
       info = await stat(real);
@@ -204,17 +203,10 @@ export function createLoraResolver(opts: LoraResolverOptions): LoraResolver {
     const bytes = info.size;
     const upload = (async () => {
       const timeout = AbortSignal.timeout(uploadTimeoutMs);
-      // A real signal only here, where an upload needs one (the request's own abort is an AbortLike).
-      const caller = signal ? new FollowingSignal(signal) : undefined;
-      let url: string;
-      try {
-        // A Blob backed by the file: the upload streams it from disk, never holding it whole.
-        url = await opts.fal.upload(await openAsBlob(real), 'application/octet-stream', basename(real), {
-          signal: caller ? AbortSignal.any([caller.signal, timeout]) : timeout,
-        });
-      } finally {
-        caller?.detach();
-      }
+      // A Blob backed by the file: the upload streams it from disk, never holding it whole.
+      const url = await opts.fal.upload(await openAsBlob(real), 'application/octet-stream', basename(real), {
+        signal: signal ? AbortSignal.any([signal, timeout]) : timeout,
+      });
       stats.uploads++;
       urls.set(hash, url);
       // The URL is a capability to the weights: it is not logged.
