@@ -6,7 +6,6 @@
  */
 import { sql, type Kysely, type Selectable } from 'kysely';
 import type { Database } from '../db/database.js';
-import type { Unit } from '../db/unit.js';
 import type { DB, OutboxTable } from '../db/schema.js';
 import { systemClock, toBigInt, toIsoTimestamp, toNumber, type Clock, type TimeInput } from '../db/values.js';
 
@@ -61,12 +60,6 @@ const MAX_ERROR_LENGTH = 2000;
 export async function enqueueOutboxEvent(trx: Kysely<DB>, event: OutboxEventInput, clock: Clock = systemClock): Promise<boolean> {
   const inserted = await insertOutboxEvent(trx, event, clock).executeTakeFirst();
   return inserted !== undefined;
-}
-
-/** enqueueOutboxEvent as a step of a unit of work (src/db/unit.ts); `db` only compiles the query. */
-export function* enqueueOutboxEventUnit(db: Kysely<DB>, event: OutboxEventInput, clock: Clock = systemClock): Unit<boolean> {
-  const inserted = yield insertOutboxEvent(db, event, clock).compile();
-  return inserted.rows.length > 0;
 }
 
 function insertOutboxEvent(q: Kysely<DB>, event: OutboxEventInput, clock: Clock) {
