@@ -13,8 +13,15 @@ export const HOLDING: RequestStatus[] = ['reserved', 'submitted'];
  * statements are built where they run.
  */
 export function ledgerStatements() {
-  type JobValues = { images: number; pixels: number; unitsEstimate: string; unitsFal: string | null; cost: bigint; at: string; falRequestId: string };
-  type SettleValues = { requestId: string; charge: bigint; credits: bigint; cost: bigint; images: number; at: string };
+  return { ...openingStatements(), ...closingStatements() };
+}
+
+
+type JobValues = { images: number; pixels: number; unitsEstimate: string; unitsFal: string | null; cost: bigint; at: string; falRequestId: string };
+type SettleValues = { requestId: string; charge: bigint; credits: bigint; cost: bigint; images: number; at: string };
+
+/** reserve and recordSubmit. */
+function openingStatements() {
   return {
     insertRequest: prepared((q: Kysely<DB>, p: Insertable<RequestsTable>) =>
       q
@@ -58,6 +65,12 @@ export function ledgerStatements() {
     markSubmitted: prepared((q: Kysely<DB>, p: { requestId: string }) =>
       q.updateTable('requests').set({ status: 'submitted' }).where('id', '=', p.requestId).where('status', '=', 'reserved'),
     ),
+  };
+}
+
+/** completeJob and settle (settleJobs is both). */
+function closingStatements() {
+  return {
     // A result from fal is a fact and overrides an earlier failed or
     // cancelled guess (a cancel can lose the race with completion).
     completeJob: prepared((q: Kysely<DB>, p: JobValues) =>

@@ -18,16 +18,16 @@
  * for what we cannot show was delivered, unless reconciliation later finds
  * the job and settles it.
  */
-import { sql, type Kysely, type Selectable, type Transaction } from 'kysely';
+import { sql, type Kysely, type Transaction } from 'kysely';
 import { ledgerStatements, HOLDING, type LedgerStatements } from './ledger-statements.js';
 import type { Database } from '../db/database.js';
-import type { DB, RequestsTable } from '../db/schema.js';
+import type { DB } from '../db/schema.js';
 import { systemClock, toBigInt, toIsoTimestamp, toNumber, type Clock, type TimeInput } from '../db/values.js';
 import { canonicalDecimal } from './money.js';
 import { enqueueOutboxEvent, type OutboxEventInput } from './outbox-store.js';
-import { toJob, toRequest, type JobRecord, type RequestRecord, type RequestWithJobs } from './records.js';
+import { jobOrThrow, requestOrThrow, toJob, toRequest, withJobs, type JobRecord, type RequestRecord, type RequestWithJobs } from './records.js';
 
-export type { JobRecord, RequestRecord, RequestWithJobs } from './records.js';
+export { UnknownJobError, UnknownRequestError, type JobRecord, type RequestRecord, type RequestWithJobs } from './records.js';
 
 export interface ReserveInput {
   requestId: string;
@@ -134,22 +134,6 @@ export class UnknownKeyError extends Error {
     this.name = 'UnknownKeyError';
   }
 }
-
-export class UnknownRequestError extends Error {
-  constructor(readonly requestId: string) {
-    super(`no request ${JSON.stringify(requestId)} in the ledger`);
-    this.name = 'UnknownRequestError';
-  }
-}
-
-export class UnknownJobError extends Error {
-  constructor(readonly falRequestId: string) {
-    super(`no upstream job ${JSON.stringify(falRequestId)} in the ledger`);
-    this.name = 'UnknownJobError';
-  }
-}
-
-const ID_CHUNK = 500;
 
 export interface LedgerOptions {
   clock?: Clock | undefined;
@@ -385,30 +369,4 @@ async function returnHold(trx: Transaction<DB>, keyId: string, hold: bigint): Pr
     .set({ reserved_micros: sql<bigint>`reserved_micros - ${hold}` })
     .where('id', '=', keyId)
     .execute();
-}
-
-async function requestOrThrow(q: Kysely<DB>, requestId: string): Promise<RequestRecord> {
-  const row = await q.selectFrom('requests').selectAll().where('id', '=', requestId).executeTakeFirst();
-  if (!row) throw new UnknownRequestError(requestId);
-  return toRequest(row);
-}
-
-async function jobOrThrow(q: Kysely<DB>, falRequestId: string): Promise<JobRecord> {
-  const row = await q.selectFrom('upstream_jobs').selectAll().where('fal_request_id', '=', falRequestId).executeTakeFirst();
-  if (!row) throw new UnknownJobError(falRequestId);
-  return toJob(row);
-}
-
-async function withJobs(db: Kysely<DB>, rows: Selectable<RequestsTable>[]): Promise<RequestWithJobs[]> {
-  const byRequest = new Map<string, JobRecord[]>();
-  for (let i = 0; i < rows.length; i += ID_CHUNK) {
-    const ids = rows.slice(i, i + ID_CHUNK).map((r) => r.id);
-    const jobs = await db.selectFrom('upstream_jobs').selectAll().where('request_id', 'in', ids).orderBy('created_at').orderBy('fal_request_id').execute();
-    for (const job of jobs) {
-      const list = byRequest.get(job.request_id) ?? [];
-      list.push(toJob(job));
-      byRequest.set(job.request_id, list);
-    }
-  }
-  return rows.map((r) => ({ ...toRequest(r), jobs: byRequest.get(r.id) ?? [] }));
 }
