@@ -320,9 +320,9 @@ function hopLedger(service: Service, config: Config, apiKey: string): HopLedger 
 
 /** (l) must leave what (b) leaves in the ledger: one more settled request at the same charge. */
 async function checkSameCharge(b: { service: Service }, l: BenchPath): Promise<void> {
-  const before = await b.service.ledger.usage();
+  const before = await b.service.reports.usage();
   await l.call(AbortSignal.timeout(10_000));
-  const after = await b.service.ledger.usage();
+  const after = await b.service.reports.usage();
   const one = after.totals.requests - before.totals.requests;
   const charged = after.totals.chargeMicros - before.totals.chargeMicros;
   const last = before.totals.chargeMicros / BigInt(Math.max(1, before.totals.requests));

@@ -13,7 +13,7 @@ import { healthRouter, type ReadinessCheck } from './http/routes/health.js';
 import { adminKeysRouter } from './http/routes/admin-keys.js';
 import { usageRouter } from './http/routes/usage.js';
 import type { KeysStore } from './metering/keys-store.js';
-import type { Ledger } from './metering/ledger.js';
+import type { Reports } from './metering/reports.js';
 import type { ModelRegistry } from './models/registry.js';
 import type { ImageService } from './images/generate.js';
 import type { Media } from './images/media.js';
@@ -36,7 +36,7 @@ export interface AppDeps {
   media: Media;
   authenticate: Authenticate;
   keys: KeysStore;
-  ledger: Ledger;
+  reports: Reports;
   readiness: ReadinessCheck[];
   maxBodyBytes: number;
   publicBaseUrl: string | undefined;
@@ -123,7 +123,7 @@ export function createApp(deps: AppDeps): Express {
   app.use('/v1/admin', auth, requireAdmin());
   app.get('/v1/usage', auth);
   app.use(adminKeysRouter({ keys: deps.keys, maxBodyBytes: deps.maxBodyBytes }));
-  app.use(usageRouter({ ledger: deps.ledger }));
+  app.use(usageRouter({ reports: deps.reports }));
 
   app.use((req) => {
     throw notFound(`Unknown route: ${req.method} ${req.path.slice(0, 200)}`, 'unknown_route');

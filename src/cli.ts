@@ -58,7 +58,7 @@ function parse<O extends Options>(args: string[], options: O, positionals: numbe
 }
 
 const keysStore = async (database: Database) => (await import('./metering/keys-store.js')).createKeysStore(database);
-const ledger = async (database: Database) => (await import('./metering/ledger.js')).createLedger(database);
+const reports = async (database: Database) => (await import('./metering/reports.js')).createReports(database);
 
 async function withDatabase<T>(run: (database: Database) => Promise<T>): Promise<T> {
   let config;
@@ -191,7 +191,7 @@ async function usageExport(args: string[]): Promise<void> {
   const format = values.format ?? 'csv';
   if (format !== 'csv' && format !== 'jsonl') throw new UsageError(`--format must be csv or jsonl (got ${JSON.stringify(format)})`);
   await withDatabase(async (database) => {
-    const rows = (await ledger(database)).exportRows({ from, to, model: values.model, keyId: values['key-id'] });
+    const rows = (await reports(database)).exportRows({ from, to, model: values.model, keyId: values['key-id'] });
     for await (const chunk of chunked(exportLines(rows, 'admin', format))) {
       // A reader that went away (`| head`) ends the export; it is not an error.
       if (process.stdout.destroyed) return;

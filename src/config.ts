@@ -7,6 +7,7 @@ import { statSync } from 'node:fs';
 import { isAbsolute, resolve } from 'node:path';
 import { normalizeHostPattern } from './images/outbound.js';
 import type { ModelPriceOverride, ModelPrices } from './models/prices.js';
+import { PRICE_ROUNDINGS, PRICE_UNITS } from './metering/pricing.js';
 
 export interface Config {
   port: number;
@@ -92,8 +93,6 @@ export class ConfigError extends Error {
 
 type Env = Record<string, string | undefined>;
 
-const PRICE_UNITS: readonly string[] = ['megapixel', 'image', 'request'];
-const PRICE_ROUNDINGS: readonly string[] = ['ceil_per_image', 'exact'];
 const DECIMAL = /^\d+(\.\d+)?$/;
 const MODEL_PRICES_SHAPE =
   'MODEL_PRICES must be a JSON object {"<model id>": "<USD per unit>"} or {"<model id>": {"rateUsd", "unit", "megapixelPixels", "rounding", "promptExpansionUsd"}}';
@@ -132,8 +131,8 @@ function parseModelPrices(raw: string | undefined, problems: string[]): ModelPri
         problems.push(`${where}.${k} must be a decimal string such as "0.01" (got ${JSON.stringify(rule[k])})`);
       }
     }
-    if (rule['unit'] !== undefined && !PRICE_UNITS.includes(rule['unit'] as string)) problems.push(`${where}.unit must be one of ${PRICE_UNITS.join(', ')}`);
-    if (rule['rounding'] !== undefined && !PRICE_ROUNDINGS.includes(rule['rounding'] as string)) problems.push(`${where}.rounding must be one of ${PRICE_ROUNDINGS.join(', ')}`);
+    if (rule['unit'] !== undefined && !(PRICE_UNITS as readonly unknown[]).includes(rule['unit'])) problems.push(`${where}.unit must be one of ${PRICE_UNITS.join(', ')}`);
+    if (rule['rounding'] !== undefined && !(PRICE_ROUNDINGS as readonly unknown[]).includes(rule['rounding'])) problems.push(`${where}.rounding must be one of ${PRICE_ROUNDINGS.join(', ')}`);
     const px = rule['megapixelPixels'];
     if (px !== undefined && !(typeof px === 'number' && Number.isSafeInteger(px) && px > 0)) problems.push(`${where}.megapixelPixels must be a positive integer`);
     entries.push([model, Object.freeze({ ...rule }) as ModelPriceOverride]);

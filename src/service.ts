@@ -15,6 +15,7 @@ import { createServedModelRegistry } from './models/prices.js';
 import { parseMarkup } from './metering/money.js';
 import { createDatabase, type Database } from './db/index.js';
 import { createLedger, type Ledger } from './metering/ledger.js';
+import { createReports, type Reports } from './metering/reports.js';
 import { createKeysStore, type KeysStore } from './metering/keys-store.js';
 import { createIdempotencyStore } from './metering/idempotency-store.js';
 import { createAuthenticator, loadOrCreateGeneratedKey, type GeneratedKey } from './metering/auth.js';
@@ -46,6 +47,8 @@ export interface Service {
   logger: Logger;
   fal: FalGateway;
   ledger: Ledger;
+  /** Usage reports and exports over the ledger's rows. */
+  reports: Reports;
   keys: KeysStore;
   database: Database;
   registry: ModelRegistry;
@@ -103,6 +106,7 @@ export async function startService(config: Config, overrides: ServiceOverrides =
     connectTimeoutMs: config.databaseAcquireTimeoutMs,
   });
   const ledger = createLedger(database);
+  const reports = createReports(database);
   const keys = createKeysStore(database);
   const billingWebhook: BillingWebhookWorker | undefined = config.billingWebhookUrl
     ? createBillingWebhookWorker({
@@ -217,7 +221,7 @@ export async function startService(config: Config, overrides: ServiceOverrides =
     media,
     authenticate,
     keys,
-    ledger,
+    reports,
     maxBodyBytes: config.maxBodyBytes,
     publicBaseUrl: config.publicBaseUrl,
     metrics,
@@ -264,6 +268,7 @@ export async function startService(config: Config, overrides: ServiceOverrides =
     logger,
     fal,
     ledger,
+    reports,
     keys,
     database,
     registry,

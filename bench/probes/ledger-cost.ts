@@ -3,6 +3,9 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { sql } from 'kysely';
 import { createDatabase } from '../../src/db/index.js';
 import { createKeysStore } from '../../src/metering/keys-store.js';
 import { createLedger } from '../../src/metering/ledger.js';
@@ -18,6 +21,18 @@ import { summarize, type Summary } from '../lib/stats.js';
  * settleJobs: on a shared disk an fsync costs more when other writers had
  * time to dirty the journal in between, so back-to-back writes would flatter
  * synchronous=FULL.
+ *
+ * Run on its own (bench/overhead.ts also calls `measureLedger` in its
+ * diagnostic pass):
+ *
+ *   npx tsx bench/probes/ledger-cost.ts [--synchronous=full,normal]
+ *       [--concurrency=1,16] [--duration=S] [--gap=MS] [--repeat=N]
+ *       [--database-url=postgres://…]
+ *
+ * Defaults: both synchronous settings, concurrency 1 and 16, 4 s each, a
+ * 20 ms gap, one pass (the table of bench/README.md, "The ledger alone").
+ * With --database-url the ledger runs on PostgreSQL in a throwaway schema
+ * (synchronous does not apply there and is reported as given).
  */
 
 export interface LedgerCost {
@@ -39,9 +54,12 @@ export async function measureLedger(opts: {
   gapMs: number;
   durationMs: number;
   maxLifecycles: number;
+  /** PostgreSQL instead of a fresh SQLite file; the probe's tables go in a schema of their own, dropped afterwards. */
+  databaseUrl?: string | undefined;
 }): Promise<LedgerCost> {
   const dataDir = await mkdtemp(join(tmpdir(), 'gw-bench-ledger-'));
-  const database = await createDatabase({ dataDir, sqliteSynchronous: opts.synchronous });
+  const schema = opts.databaseUrl ? `bench_ledger_${randomUUID().replace(/-/g, '').slice(0, 12)}` : undefined;
+  const database = await createDatabase({ dataDir, sqliteSynchronous: opts.synchronous, databaseUrl: opts.databaseUrl, schema });
   try {
     const keyId = 'static-bench000';
     await createKeysStore(database).ensureStatic({ id: keyId, keyHash: 'b'.repeat(64), role: 'user' });
@@ -91,7 +109,54 @@ export async function measureLedger(opts: {
       cpuMsPerLifecycle: (cpu.user + cpu.system) / 1000 / samples.length,
     };
   } finally {
+    if (schema !== undefined) await sql.raw(`drop schema if exists "${schema}" cascade`).execute(database.db);
     await database.close();
     await rm(dataDir, { recursive: true, force: true });
   }
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      synchronous: { type: 'string', default: 'full,normal' },
+      concurrency: { type: 'string', default: '1,16' },
+      duration: { type: 'string', default: '4' },
+      gap: { type: 'string', default: '20' },
+      repeat: { type: 'string', default: '1' },
+      'database-url': { type: 'string' },
+    },
+  });
+  const settings = values.synchronous.split(',').map((s) => {
+    if (s !== 'full' && s !== 'normal') throw new Error(`--synchronous takes full and/or normal, not ${s}`);
+    return s;
+  });
+  const concurrencies = values.concurrency.split(',').map(Number);
+  const fmt = (n: number): string => (n >= 10 ? n.toPrecision(3) : n.toFixed(2));
+  console.log('| synchronous | concurrency | requests | three writes p50 | p99 | one write p50 | p99 | CPU per request |');
+  console.log('| --- | --- | --- | --- | --- | --- | --- | --- |');
+  for (let pass = 0; pass < Number(values.repeat); pass++) {
+    for (const synchronous of settings) {
+      for (const concurrency of concurrencies) {
+        const c = await measureLedger({
+          synchronous,
+          concurrency,
+          gapMs: Number(values.gap),
+          durationMs: Number(values.duration) * 1000,
+          maxLifecycles: 20_000,
+          databaseUrl: values['database-url'],
+        });
+        const label = values['database-url'] ? `${synchronous.toUpperCase()} (PostgreSQL)` : synchronous.toUpperCase();
+        console.log(
+          `| ${label} | ${c.concurrency} | ${c.lifecycles} | ${fmt(c.writesMs.p50)} | ${fmt(c.writesMs.p99)} | ${fmt(c.perWriteMs.p50)} | ${fmt(c.perWriteMs.p99)} | ${fmt(c.cpuMsPerLifecycle)} |`,
+        );
+      }
+    }
+  }
+}
+
+if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
+  main().catch((error: unknown) => {
+    console.error(error);
+    process.exitCode = 1;
+  });
 }

@@ -10,7 +10,7 @@ import { Kysely, PostgresDialect, sql, type Dialect } from 'kysely';
 import pg from 'pg';
 import { migrateToLatest } from './migrations.js';
 import type { DB } from './schema.js';
-import { createSqliteDialect, type SqliteDirect } from './sqlite.js';
+import { createSqliteDialect } from './sqlite.js';
 
 export type DatabaseDialect = 'sqlite' | 'postgres';
 
@@ -56,11 +56,6 @@ export interface Database {
   readonly dialect: DatabaseDialect;
   /** The PostgreSQL schema in use (undefined for SQLite). */
   readonly schema: string | undefined;
-  /**
-   * SQLite only: synchronous transactions on the same connection, for the
-   * ledger's per-request writes (src/db/unit.ts). Undefined for PostgreSQL.
-   */
-  readonly sqlite?: SqliteDirect | undefined;
   /** Rejects when the database cannot answer a trivial query. */
   ping(): Promise<void>;
   /** Applies pending migrations; returns the names applied (empty when up to date). */
@@ -114,11 +109,7 @@ function openSqlite(options: DatabaseOptions): Database {
     busyTimeoutMs: options.sqliteBusyTimeoutMs ?? 5000,
     synchronous: options.sqliteSynchronous ?? 'full',
   });
-  const db = new Kysely<DB>({ dialect });
-  const direct = dialect.direct(async () => {
-    await sql`select 1`.execute(db);
-  });
-  return wrap(db, 'sqlite', undefined, direct);
+  return wrap(new Kysely<DB>({ dialect }), 'sqlite', undefined);
 }
 
 async function openPostgres(url: string, options: DatabaseOptions): Promise<Database> {
@@ -186,13 +177,12 @@ async function createSchemaIfMissing(url: string, schema: string): Promise<void>
   }
 }
 
-function wrap(db: Kysely<DB>, dialect: DatabaseDialect, schema: string | undefined, direct?: SqliteDirect): Database {
+function wrap(db: Kysely<DB>, dialect: DatabaseDialect, schema: string | undefined): Database {
   let closed: Promise<void> | undefined;
   return {
     db,
     dialect,
     schema,
-    sqlite: direct,
     async ping() {
       await sql`select 1`.execute(db);
     },

@@ -11,134 +11,143 @@ export function migrations(dialect: DatabaseDialect): Record<string, Migration> 
   return {
     '0001_metering': {
       async up(db: Kysely<any>) {
-        await db.schema
-          .createTable('api_keys')
-          .addColumn('id', 'text', (c) => c.primaryKey())
-          .addColumn('kind', 'text', (c) => c.notNull().defaultTo('issued'))
-          .addColumn('name', 'text', (c) => c.notNull())
-          .addColumn('key_hash', 'text', (c) => c.notNull())
-          .addColumn('role', 'text', (c) => c.notNull())
-          .addColumn('enabled', 'bigint', (c) => c.notNull().defaultTo(1))
-          .addColumn('budget_micros', 'bigint')
-          .addColumn('spent_micros', 'bigint', (c) => c.notNull().defaultTo(0))
-          .addColumn('reserved_micros', 'bigint', (c) => c.notNull().defaultTo(0))
-          .addColumn('rpm_limit', 'bigint')
-          .addColumn('created_at', 'text', (c) => c.notNull())
-          .addColumn('updated_at', 'text', (c) => c.notNull())
-          .addCheckConstraint('api_keys_kind', sql`kind in ('issued', 'static')`)
-          .addCheckConstraint('api_keys_role', sql`role in ('user', 'admin')`)
-          .addCheckConstraint('api_keys_enabled', sql`enabled in (0, 1)`)
-          // A negative reservation can only come from a bookkeeping bug; fail
-          // the transaction rather than let it hide.
-          .addCheckConstraint('api_keys_amounts', sql`spent_micros >= 0 and reserved_micros >= 0`)
-          .execute();
-
-        // Unique among issued keys, which authenticate by it. Static rows only
-        // meter environment keys, and one such key may appear twice (say, as
-        // ADMIN_API_KEY under its own id and again in API_KEYS).
-        await db.schema
-          .createIndex('api_keys_issued_hash')
-          .on('api_keys')
-          .column('key_hash')
-          .unique()
-          .where(sql.ref('kind'), '=', 'issued')
-          .execute();
-
-        await db.schema
-          .createTable('requests')
-          .addColumn('id', 'text', (c) => c.primaryKey())
-          .addColumn('key_id', 'text', (c) => c.notNull().references('api_keys.id'))
-          .addColumn('model', 'text', (c) => c.notNull())
-          .addColumn('endpoint', 'text', (c) => c.notNull())
-          .addColumn('end_user', 'text')
-          // What the charge depends on besides the images (prompt expansion,
-          // markup at the time), so a request settled by reconciliation after
-          // a restart is priced exactly as it would have been live.
-          .addColumn('pricing_json', 'text')
-          .addColumn('status', 'text', (c) => c.notNull())
-          .addColumn('reserved_micros', 'bigint', (c) => c.notNull())
-          .addColumn('charge_micros', 'bigint', (c) => c.notNull().defaultTo(0))
-          .addColumn('credits', 'bigint', (c) => c.notNull().defaultTo(0))
-          .addColumn('upstream_cost_micros', 'bigint', (c) => c.notNull().defaultTo(0))
-          .addColumn('images', 'bigint', (c) => c.notNull().defaultTo(0))
-          .addColumn('error_code', 'text')
-          .addColumn('idempotency_key', 'text')
-          .addColumn('created_at', 'text', (c) => c.notNull())
-          .addColumn('settled_at', 'text')
-          .addCheckConstraint(
-            'requests_status',
-            sql`status in ('reserved', 'submitted', 'settled', 'released', 'failed', 'orphaned')`,
-          )
-          .addCheckConstraint('requests_amounts', sql`reserved_micros >= 0 and charge_micros >= 0`)
-          .execute();
-        // Usage and export read settled rows by settlement time; reconciliation reads open rows.
-        await db.schema.createIndex('requests_status_settled').on('requests').columns(['status', 'settled_at', 'id']).execute();
-        await db.schema.createIndex('requests_key_settled').on('requests').columns(['key_id', 'settled_at']).execute();
-        await db.schema.createIndex('requests_status_created').on('requests').columns(['status', 'created_at']).execute();
-
-        await db.schema
-          .createTable('upstream_jobs')
-          .addColumn('fal_request_id', 'text', (c) => c.primaryKey())
-          .addColumn('request_id', 'text', (c) => c.notNull().references('requests.id'))
-          .addColumn('endpoint', 'text', (c) => c.notNull())
-          .addColumn('status', 'text', (c) => c.notNull())
-          .addColumn('images', 'bigint', (c) => c.notNull().defaultTo(0))
-          .addColumn('pixels', 'bigint', (c) => c.notNull().defaultTo(0))
-          .addColumn('units_estimate', 'text')
-          .addColumn('units_fal', 'text')
-          .addColumn('upstream_cost_micros', 'bigint', (c) => c.notNull().defaultTo(0))
-          .addColumn('created_at', 'text', (c) => c.notNull())
-          .addColumn('completed_at', 'text')
-          .addCheckConstraint(
-            'upstream_jobs_status',
-            sql`status in ('submitted', 'completed', 'failed', 'cancelled', 'duplicate')`,
-          )
-          .execute();
-        await db.schema.createIndex('upstream_jobs_request').on('upstream_jobs').column('request_id').execute();
-
-        await db.schema
-          .createTable('idempotency')
-          .addColumn('key_id', 'text', (c) => c.notNull())
-          .addColumn('idem_key', 'text', (c) => c.notNull())
-          .addColumn('body_hash', 'text', (c) => c.notNull())
-          .addColumn('state', 'text', (c) => c.notNull())
-          .addColumn('status_code', 'bigint')
-          .addColumn('response_json', 'text')
-          .addColumn('request_id', 'text', (c) => c.notNull())
-          .addColumn('created_at', 'text', (c) => c.notNull())
-          .addColumn('expires_at', 'text', (c) => c.notNull())
-          .addPrimaryKeyConstraint('idempotency_pk', ['key_id', 'idem_key'])
-          .addCheckConstraint('idempotency_state', sql`state in ('running', 'done')`)
-          .execute();
-        await db.schema.createIndex('idempotency_expires').on('idempotency').column('expires_at').execute();
-
-        await db.schema
-          .createTable('outbox')
-          .addColumn('seq', dialect === 'postgres' ? 'bigserial' : 'integer', (c) =>
-            // In SQLite only the exact type name INTEGER makes the rowid alias;
-            // AUTOINCREMENT keeps a deleted row's seq from being reused.
-            dialect === 'postgres' ? c.primaryKey() : c.primaryKey().autoIncrement(),
-          )
-          .addColumn('event_id', 'text', (c) => c.notNull().unique())
-          .addColumn('key_id', 'text', (c) => c.notNull())
-          .addColumn('type', 'text', (c) => c.notNull())
-          .addColumn('payload_json', 'text', (c) => c.notNull())
-          .addColumn('created_at', 'text', (c) => c.notNull())
-          .addColumn('attempts', 'bigint', (c) => c.notNull().defaultTo(0))
-          .addColumn('next_attempt_at', 'text', (c) => c.notNull())
-          .addColumn('delivered_at', 'text')
-          .addColumn('last_error', 'text')
-          .execute();
-        // The undelivered head of each key's queue is what delivery looks for.
-        await db.schema
-          .createIndex('outbox_undelivered')
-          .on('outbox')
-          .columns(['key_id', 'seq'])
-          .where(sql.ref('delivered_at'), 'is', null)
-          .execute();
+        await createKeysAndRequests(db);
+        await createJobsIdempotencyAndOutbox(db, dialect);
       },
     },
   };
+}
+
+/** 0001, first half: the tables a reservation touches. */
+async function createKeysAndRequests(db: Kysely<any>): Promise<void> {
+  await db.schema
+    .createTable('api_keys')
+    .addColumn('id', 'text', (c) => c.primaryKey())
+    .addColumn('kind', 'text', (c) => c.notNull().defaultTo('issued'))
+    .addColumn('name', 'text', (c) => c.notNull())
+    .addColumn('key_hash', 'text', (c) => c.notNull())
+    .addColumn('role', 'text', (c) => c.notNull())
+    .addColumn('enabled', 'bigint', (c) => c.notNull().defaultTo(1))
+    .addColumn('budget_micros', 'bigint')
+    .addColumn('spent_micros', 'bigint', (c) => c.notNull().defaultTo(0))
+    .addColumn('reserved_micros', 'bigint', (c) => c.notNull().defaultTo(0))
+    .addColumn('rpm_limit', 'bigint')
+    .addColumn('created_at', 'text', (c) => c.notNull())
+    .addColumn('updated_at', 'text', (c) => c.notNull())
+    .addCheckConstraint('api_keys_kind', sql`kind in ('issued', 'static')`)
+    .addCheckConstraint('api_keys_role', sql`role in ('user', 'admin')`)
+    .addCheckConstraint('api_keys_enabled', sql`enabled in (0, 1)`)
+    // A negative reservation can only come from a bookkeeping bug; fail
+    // the transaction rather than let it hide.
+    .addCheckConstraint('api_keys_amounts', sql`spent_micros >= 0 and reserved_micros >= 0`)
+    .execute();
+
+  // Unique among issued keys, which authenticate by it. Static rows only
+  // meter environment keys, and one such key may appear twice (say, as
+  // ADMIN_API_KEY under its own id and again in API_KEYS).
+  await db.schema
+    .createIndex('api_keys_issued_hash')
+    .on('api_keys')
+    .column('key_hash')
+    .unique()
+    .where(sql.ref('kind'), '=', 'issued')
+    .execute();
+
+  await db.schema
+    .createTable('requests')
+    .addColumn('id', 'text', (c) => c.primaryKey())
+    .addColumn('key_id', 'text', (c) => c.notNull().references('api_keys.id'))
+    .addColumn('model', 'text', (c) => c.notNull())
+    .addColumn('endpoint', 'text', (c) => c.notNull())
+    .addColumn('end_user', 'text')
+    // What the charge depends on besides the images (prompt expansion,
+    // markup at the time), so a request settled by reconciliation after
+    // a restart is priced exactly as it would have been live.
+    .addColumn('pricing_json', 'text')
+    .addColumn('status', 'text', (c) => c.notNull())
+    .addColumn('reserved_micros', 'bigint', (c) => c.notNull())
+    .addColumn('charge_micros', 'bigint', (c) => c.notNull().defaultTo(0))
+    .addColumn('credits', 'bigint', (c) => c.notNull().defaultTo(0))
+    .addColumn('upstream_cost_micros', 'bigint', (c) => c.notNull().defaultTo(0))
+    .addColumn('images', 'bigint', (c) => c.notNull().defaultTo(0))
+    .addColumn('error_code', 'text')
+    .addColumn('idempotency_key', 'text')
+    .addColumn('created_at', 'text', (c) => c.notNull())
+    .addColumn('settled_at', 'text')
+    .addCheckConstraint(
+      'requests_status',
+      sql`status in ('reserved', 'submitted', 'settled', 'released', 'failed', 'orphaned')`,
+    )
+    .addCheckConstraint('requests_amounts', sql`reserved_micros >= 0 and charge_micros >= 0`)
+    .execute();
+  // Usage and export read settled rows by settlement time; reconciliation reads open rows.
+  await db.schema.createIndex('requests_status_settled').on('requests').columns(['status', 'settled_at', 'id']).execute();
+  await db.schema.createIndex('requests_key_settled').on('requests').columns(['key_id', 'settled_at']).execute();
+  await db.schema.createIndex('requests_status_created').on('requests').columns(['status', 'created_at']).execute();
+}
+
+/** 0001, second half: fal jobs, idempotency records and the billing outbox. */
+async function createJobsIdempotencyAndOutbox(db: Kysely<any>, dialect: DatabaseDialect): Promise<void> {
+  await db.schema
+    .createTable('upstream_jobs')
+    .addColumn('fal_request_id', 'text', (c) => c.primaryKey())
+    .addColumn('request_id', 'text', (c) => c.notNull().references('requests.id'))
+    .addColumn('endpoint', 'text', (c) => c.notNull())
+    .addColumn('status', 'text', (c) => c.notNull())
+    .addColumn('images', 'bigint', (c) => c.notNull().defaultTo(0))
+    .addColumn('pixels', 'bigint', (c) => c.notNull().defaultTo(0))
+    .addColumn('units_estimate', 'text')
+    .addColumn('units_fal', 'text')
+    .addColumn('upstream_cost_micros', 'bigint', (c) => c.notNull().defaultTo(0))
+    .addColumn('created_at', 'text', (c) => c.notNull())
+    .addColumn('completed_at', 'text')
+    .addCheckConstraint(
+      'upstream_jobs_status',
+      sql`status in ('submitted', 'completed', 'failed', 'cancelled', 'duplicate')`,
+    )
+    .execute();
+  await db.schema.createIndex('upstream_jobs_request').on('upstream_jobs').column('request_id').execute();
+
+  await db.schema
+    .createTable('idempotency')
+    .addColumn('key_id', 'text', (c) => c.notNull())
+    .addColumn('idem_key', 'text', (c) => c.notNull())
+    .addColumn('body_hash', 'text', (c) => c.notNull())
+    .addColumn('state', 'text', (c) => c.notNull())
+    .addColumn('status_code', 'bigint')
+    .addColumn('response_json', 'text')
+    .addColumn('request_id', 'text', (c) => c.notNull())
+    .addColumn('created_at', 'text', (c) => c.notNull())
+    .addColumn('expires_at', 'text', (c) => c.notNull())
+    .addPrimaryKeyConstraint('idempotency_pk', ['key_id', 'idem_key'])
+    .addCheckConstraint('idempotency_state', sql`state in ('running', 'done')`)
+    .execute();
+  await db.schema.createIndex('idempotency_expires').on('idempotency').column('expires_at').execute();
+
+  await db.schema
+    .createTable('outbox')
+    .addColumn('seq', dialect === 'postgres' ? 'bigserial' : 'integer', (c) =>
+      // In SQLite only the exact type name INTEGER makes the rowid alias;
+      // AUTOINCREMENT keeps a deleted row's seq from being reused.
+      dialect === 'postgres' ? c.primaryKey() : c.primaryKey().autoIncrement(),
+    )
+    .addColumn('event_id', 'text', (c) => c.notNull().unique())
+    .addColumn('key_id', 'text', (c) => c.notNull())
+    .addColumn('type', 'text', (c) => c.notNull())
+    .addColumn('payload_json', 'text', (c) => c.notNull())
+    .addColumn('created_at', 'text', (c) => c.notNull())
+    .addColumn('attempts', 'bigint', (c) => c.notNull().defaultTo(0))
+    .addColumn('next_attempt_at', 'text', (c) => c.notNull())
+    .addColumn('delivered_at', 'text')
+    .addColumn('last_error', 'text')
+    .execute();
+  // The undelivered head of each key's queue is what delivery looks for.
+  await db.schema
+    .createIndex('outbox_undelivered')
+    .on('outbox')
+    .columns(['key_id', 'seq'])
+    .where(sql.ref('delivered_at'), 'is', null)
+    .execute();
 }
 
 class InCodeMigrationProvider implements MigrationProvider {

@@ -1,18 +1,28 @@
 /**
- * Queries built with Kysely once and then run many times with new values.
+ * Queries built with Kysely once and then run many times with new values:
+ * the one departure from building each query where it runs, used for the
+ * statements every image request's ledger writes make
+ * (src/metering/ledger-statements.ts).
  *
  * Kysely rebuilds and recompiles a query on every call: an operation tree,
- * then a visitor pass to SQL. For the few statements every image request runs
- * (reserve, record the job, settle) that was as much CPU as SQLite's own
- * execution. The query is still written with Kysely's builder, so it stays one
+ * then a visitor pass to SQL. Measured on the ledger's three per-request
+ * writes (reserve, recordSubmit, settleJobs; SQLite, synchronous=NORMAL, one
+ * process, the two variants interleaved over 8 rounds of 1,000 requests), CPU
+ * per request's writes was 541 µs with every statement built per call and
+ * 374 µs with them compiled once: building is a third of the ledger's CPU,
+ * and bench/README.md's "three writes p50" has a 10 % budget.
+ * test/db/prepared.test.ts fails when those writes compile a query again.
+ *
+ * The query is still written with Kysely's builder, so it stays one
  * definition for both dialects; only the compile step is done once per
  * dialect, on first use, with named stand-ins where the values go. Each run
- * then swaps the real values into the compiled parameter list.
+ * then swaps the real values into the compiled parameter list and executes it
+ * on the executor given (the database or a transaction of it).
  *
  * Values that are the same on every run (a status list, a literal) may be
  * written inline: they are compiled into the parameter list and kept as they are.
  */
-import type { CompiledQuery, Compilable, Kysely, QueryResult } from 'kysely';
+import type { Compilable, CompiledQuery, Kysely, QueryResult } from 'kysely';
 
 /** Marks where a named value goes. An object, so it can never equal a real value. */
 class Slot {
@@ -22,8 +32,6 @@ class Slot {
 export interface Prepared<D, P, R> {
   /** Runs on `executor`: the database itself or a transaction of it (same dialect as the first run). */
   run(executor: Kysely<D>, params: P): Promise<QueryResult<R>>;
-  /** The compiled query with these values, to execute elsewhere (a unit of work, src/db/unit.ts); `executor` compiles it on first use. */
-  bind(executor: Kysely<D>, params: P): CompiledQuery<R>;
 }
 
 /**
@@ -53,7 +61,6 @@ export function prepared<D, P extends Record<string, unknown>, R>(build: (db: Ky
     return { ...compiled, parameters };
   };
   return {
-    bind,
     async run(executor, params) {
       return executor.executeQuery<R>(bind(executor, params));
     },

@@ -6,37 +6,18 @@ import { resolve } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import {
   CompiledQuery,
-  type QueryResult,
   SqliteAdapter,
-  SqliteDialect,
-  SqliteDriver,
+  SqliteIntrospector,
+  SqliteQueryCompiler,
   type DatabaseConnection,
+  type DatabaseIntrospector,
   type Dialect,
   type DialectAdapter,
   type Driver,
+  type Kysely,
   type QueryCompiler,
+  type QueryResult,
 } from 'kysely';
-
-/** Runs one compiled query on the connection, synchronously. */
-export type SqliteExecute = (query: CompiledQuery) => QueryResult<unknown>;
-
-/**
- * Synchronous transactions on the connection Kysely uses, for the few writes
- * every image request makes. Kysely's transaction costs a dozen promise hops
- * and a query executor per statement, as much as SQLite spends on the
- * statements themselves (measured with one connection, wall time per call:
- * reserve 263 → 162 µs, settleJobs 313 → 206 µs; what is left is mostly
- * SQLite's own statements and commit).
- */
-export interface SqliteDirect {
-  /**
-   * Runs `work` between BEGIN IMMEDIATE and COMMIT (ROLLBACK when it throws)
-   * under the same per-file lock as every Kysely query, so it never
-   * interleaves with a Kysely transaction. `work` must be synchronous: when
-   * the lock is free, the whole transaction has run by the time this returns.
-   */
-  transaction<T>(work: (execute: SqliteExecute) => T): Promise<T>;
-}
 
 export interface SqliteOptions {
   file: string;
@@ -45,9 +26,8 @@ export interface SqliteOptions {
 }
 
 /**
- * A FIFO async lock. `tryAcquire` takes it at once when it is free, so a
- * holder that does all its work synchronously (see `SqliteDirect`) pays no
- * promise round trip for it.
+ * A FIFO async lock. `tryAcquire` takes it at once when it is free, so an
+ * uncontended transaction pays no promise round trip for it.
  */
 class AsyncLock {
   #held = false;
@@ -104,127 +84,117 @@ function releaseFileLock(file: string): void {
   if (entry.users <= 0) fileLocks.delete(file);
 }
 
-/** The better-sqlite3 handle the dialect opened, once Kysely has initialised its driver. */
-interface Handle {
-  db: BetterSqlite3.Database | undefined;
-}
-
+/**
+ * Kysely's Driver for one better-sqlite3 connection, written out rather than
+ * wrapped around Kysely's SqliteDriver: that one keeps a promise mutex of its
+ * own and answers every begin, commit and release through two or three
+ * awaits, which the ledger's transactions (three per image request) paid on
+ * every call. Here the per-file lock is the only wait, taken at once when
+ * free, and every statement runs synchronously inside a resolved promise.
+ */
 class SerializedSqliteDriver implements Driver {
-  readonly #inner: SqliteDriver;
+  readonly #open: () => BetterSqlite3.Database;
   readonly #file: string;
   readonly #lock: AsyncLock;
-  readonly #handle: Handle;
+  #connection: SqliteConnection | undefined;
   #release: (() => void) | undefined;
   #destroyed = false;
 
-  constructor(inner: SqliteDriver, file: string, handle: Handle) {
-    this.#inner = inner;
+  constructor(open: () => BetterSqlite3.Database, file: string) {
+    this.#open = open;
     this.#file = file;
     this.#lock = retainFileLock(file);
-    this.#handle = handle;
   }
 
-  /** See SqliteDirect. The handle must exist (Kysely has run a query); callers make sure. */
-  directTransaction<T>(work: (execute: SqliteExecute) => T): Promise<T> {
-    const release = this.#lock.tryAcquire();
-    if (release) return this.#runHolding(work, release);
-    return this.#lock.acquire().then((r) => this.#runHolding(work, r));
+  async init(): Promise<void> {
+    this.#connection = new SqliteConnection(this.#open());
   }
 
-  get initialised(): boolean {
-    return this.#handle.db !== undefined;
+  acquireConnection(): Promise<DatabaseConnection> {
+    const now = this.#lock.tryAcquire();
+    if (now) return Promise.resolve(this.#hand(now));
+    return this.#lock.acquire().then((release) => this.#hand(release));
   }
 
-  #runHolding<T>(work: (execute: SqliteExecute) => T, release: () => void): Promise<T> {
-    try {
-      return Promise.resolve(this.#runDirect(work));
-    } catch (error) {
-      return Promise.reject(error);
-    } finally {
+  #hand(release: () => void): DatabaseConnection {
+    const connection = this.#connection;
+    if (this.#destroyed || !connection) {
       release();
+      throw new Error('the SQLite database is closed');
     }
+    this.#release = release;
+    return connection;
   }
 
-  #runDirect<T>(work: (execute: SqliteExecute) => T): T {
-    const db = this.#handle.db;
-    if (this.#destroyed || !db) throw new Error('the SQLite database is closed');
-    // Holding the file lock means no Kysely connection is checked out (it is
-    // taken only under this lock), so the connection is not inside a transaction.
-    db.prepare('begin immediate').run();
-    try {
-      const out = work((query) => executeOn(db, query));
-      db.prepare('commit').run();
-      return out;
-    } catch (error) {
-      if (db.inTransaction) db.prepare('rollback').run();
-      throw error;
-    }
-  }
-
-  init(): Promise<void> {
-    return this.#inner.init();
-  }
-
-  async acquireConnection(): Promise<DatabaseConnection> {
-    const release = await this.#lock.acquire();
-    try {
-      const connection = await this.#inner.acquireConnection();
-      this.#release = release;
-      return connection;
-    } catch (error) {
-      release();
-      throw error;
-    }
-  }
-
-  async beginTransaction(connection: DatabaseConnection): Promise<void> {
+  beginTransaction(connection: DatabaseConnection): Promise<void> {
     // A plain BEGIN takes the write lock only at the first write; if another
     // connection committed in between, SQLite answers SQLITE_BUSY at once
     // (busy_timeout cannot help a stale snapshot). IMMEDIATE takes the write
     // lock up front, so read-then-write transactions queue instead of failing.
-    await connection.executeQuery(CompiledQuery.raw('begin immediate'));
+    return run(connection, 'begin immediate');
   }
 
   commitTransaction(connection: DatabaseConnection): Promise<void> {
-    return this.#inner.commitTransaction(connection);
+    return run(connection, 'commit');
   }
 
   rollbackTransaction(connection: DatabaseConnection): Promise<void> {
-    return this.#inner.rollbackTransaction(connection);
+    return run(connection, 'rollback');
   }
 
-  savepoint(connection: DatabaseConnection, name: string, compile: QueryCompiler['compileQuery']): Promise<void> {
-    return this.#inner.savepoint(connection, name, compile);
+  savepoint(connection: DatabaseConnection, name: string): Promise<void> {
+    return run(connection, `savepoint ${quoteIdentifier(name)}`);
   }
 
-  rollbackToSavepoint(
-    connection: DatabaseConnection,
-    name: string,
-    compile: QueryCompiler['compileQuery'],
-  ): Promise<void> {
-    return this.#inner.rollbackToSavepoint(connection, name, compile);
+  rollbackToSavepoint(connection: DatabaseConnection, name: string): Promise<void> {
+    return run(connection, `rollback to ${quoteIdentifier(name)}`);
   }
 
-  releaseSavepoint(connection: DatabaseConnection, name: string, compile: QueryCompiler['compileQuery']): Promise<void> {
-    return this.#inner.releaseSavepoint(connection, name, compile);
+  releaseSavepoint(connection: DatabaseConnection, name: string): Promise<void> {
+    return run(connection, `release ${quoteIdentifier(name)}`);
   }
 
-  async releaseConnection(): Promise<void> {
+  releaseConnection(): Promise<void> {
     const release = this.#release;
     this.#release = undefined;
-    try {
-      await this.#inner.releaseConnection();
-    } finally {
-      release?.();
-    }
+    release?.();
+    return Promise.resolve();
   }
 
   async destroy(): Promise<void> {
     if (this.#destroyed) return;
     this.#destroyed = true;
     releaseFileLock(this.#file);
-    await this.#inner.destroy();
+    this.#connection?.db.close();
   }
+}
+
+class SqliteConnection implements DatabaseConnection {
+  constructor(readonly db: BetterSqlite3.Database) {}
+
+  executeQuery<R>(query: CompiledQuery): Promise<QueryResult<R>> {
+    try {
+      const stmt = this.db.prepare(query.sql);
+      if (stmt.reader) return Promise.resolve({ rows: stmt.all(query.parameters) as R[] });
+      const { changes, lastInsertRowid } = stmt.run(query.parameters);
+      return Promise.resolve({ numAffectedRows: BigInt(changes), insertId: BigInt(lastInsertRowid), rows: [] });
+    } catch (error) {
+      return Promise.reject(error);
+    }
+  }
+
+  // eslint-disable-next-line require-yield
+  async *streamQuery<R>(): AsyncIterableIterator<QueryResult<R>> {
+    throw new Error('streaming queries are not supported on this SQLite driver; page with limit instead');
+  }
+}
+
+function run(connection: DatabaseConnection, statement: string): Promise<void> {
+  return connection.executeQuery(CompiledQuery.raw(statement)).then(() => undefined);
+}
+
+function quoteIdentifier(name: string): string {
+  return `"${name.replaceAll('"', '""')}"`;
 }
 
 /**
@@ -240,47 +210,30 @@ class TransactionalDdlSqliteAdapter extends SqliteAdapter {
   }
 }
 
-/** What Kysely's SqliteConnection.executeQuery answers, without the promise. */
-function executeOn(db: BetterSqlite3.Database, query: CompiledQuery): QueryResult<unknown> {
-  const stmt = db.prepare(query.sql);
-  if (stmt.reader) return { rows: stmt.all(query.parameters) };
-  const { changes, lastInsertRowid } = stmt.run(query.parameters);
-  return { numAffectedRows: BigInt(changes), insertId: BigInt(lastInsertRowid), rows: [] };
-}
-
-export class GatewaySqliteDialect extends SqliteDialect {
+/** SQLite through the driver above, with Kysely's own SQLite query compiler and introspector. */
+export class GatewaySqliteDialect implements Dialect {
+  readonly #open: () => BetterSqlite3.Database;
   readonly #file: string;
-  readonly #handle: Handle;
-  #driver: SerializedSqliteDriver | undefined;
 
-  constructor(config: ConstructorParameters<typeof SqliteDialect>[0], file: string, handle: Handle) {
-    super(config);
+  constructor(open: () => BetterSqlite3.Database, file: string) {
+    this.#open = open;
     this.#file = file;
-    this.#handle = handle;
   }
 
-  override createDriver(): Driver {
-    this.#driver = new SerializedSqliteDriver(super.createDriver() as SqliteDriver, this.#file, this.#handle);
-    return this.#driver;
+  createDriver(): Driver {
+    return new SerializedSqliteDriver(this.#open, this.#file);
   }
 
-  /**
-   * Direct transactions on this dialect's connection. `init` makes Kysely open
-   * the connection when it has not yet (any trivial query through it).
-   */
-  direct(init: () => Promise<void>): SqliteDirect {
-    return {
-      transaction: (work) => {
-        const driver = this.#driver;
-        if (!driver) return Promise.reject(new Error('the SQLite dialect is not in use by a Kysely instance'));
-        if (driver.initialised) return driver.directTransaction(work);
-        return init().then(() => driver.directTransaction(work));
-      },
-    };
+  createQueryCompiler(): QueryCompiler {
+    return new SqliteQueryCompiler();
   }
 
-  override createAdapter(): DialectAdapter {
+  createAdapter(): DialectAdapter {
     return new TransactionalDdlSqliteAdapter();
+  }
+
+  createIntrospector(db: Kysely<any>): DatabaseIntrospector {
+    return new SqliteIntrospector(db);
   }
 }
 
@@ -304,23 +257,15 @@ function cacheStatements(db: BetterSqlite3.Database, max = 512): void {
 
 export function createSqliteDialect(options: SqliteOptions): GatewaySqliteDialect {
   const file = resolve(options.file);
-  const handle: Handle = { db: undefined };
-  return new GatewaySqliteDialect(
-    {
-      database: async () => {
-        const db = new BetterSqlite3(file);
-        // Money columns exceed 2^53; every integer comes back as bigint.
-        db.defaultSafeIntegers(true);
-        db.pragma(`busy_timeout = ${Math.max(0, Math.trunc(options.busyTimeoutMs))}`);
-        db.pragma('journal_mode = WAL');
-        db.pragma(`synchronous = ${options.synchronous === 'normal' ? 'NORMAL' : 'FULL'}`);
-        db.pragma('foreign_keys = ON');
-        cacheStatements(db);
-        handle.db = db;
-        return db;
-      },
-    },
-    file,
-    handle,
-  );
+  return new GatewaySqliteDialect(() => {
+    const db = new BetterSqlite3(file);
+    // Money columns exceed 2^53; every integer comes back as bigint.
+    db.defaultSafeIntegers(true);
+    db.pragma(`busy_timeout = ${Math.max(0, Math.trunc(options.busyTimeoutMs))}`);
+    db.pragma('journal_mode = WAL');
+    db.pragma(`synchronous = ${options.synchronous === 'normal' ? 'NORMAL' : 'FULL'}`);
+    db.pragma('foreign_keys = ON');
+    cacheStatements(db);
+    return db;
+  }, file);
 }

@@ -4,7 +4,9 @@
  * another) reads what the first left: still running, its stored response, or
  * a different body.
  */
+import type { Kysely } from 'kysely';
 import type { Database } from '../db/database.js';
+import type { DB } from '../db/schema.js';
 import { systemClock, toIsoTimestamp, toNumber, type Clock } from '../db/values.js';
 
 export interface BeginInput {
@@ -57,73 +59,7 @@ export function createIdempotencyStore(database: Database, options: { clock?: Cl
   const clock = options.clock ?? systemClock;
 
   return {
-    async begin({ keyId, idemKey, bodyHash, requestId, ttlS }) {
-      if (!(ttlS > 0)) throw new RangeError('ttlS must be positive');
-      // Each pass either claims the key or reads a row that someone else
-      // claimed; it repeats only when that row vanished or expired under us.
-      for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-        const nowDate = clock();
-        const now = toIsoTimestamp(nowDate);
-        const expiresAt = toIsoTimestamp(nowDate.getTime() + ttlS * 1000);
-        const claimed = await db
-          .insertInto('idempotency')
-          .values({
-            key_id: keyId,
-            idem_key: idemKey,
-            body_hash: bodyHash,
-            state: 'running',
-            request_id: requestId,
-            created_at: now,
-            expires_at: expiresAt,
-          })
-          .onConflict((oc) => oc.columns(['key_id', 'idem_key']).doNothing())
-          .returning('key_id')
-          .executeTakeFirst();
-        if (claimed) return { state: 'new' };
-
-        const row = await db
-          .selectFrom('idempotency')
-          .selectAll()
-          .where('key_id', '=', keyId)
-          .where('idem_key', '=', idemKey)
-          .executeTakeFirst();
-        if (!row) continue;
-
-        if (row.expires_at <= now) {
-          // Take over an expired record with a compare-and-set on what we
-          // read, so of two requests racing for it exactly one wins.
-          const taken = await db
-            .updateTable('idempotency')
-            .set({
-              body_hash: bodyHash,
-              state: 'running',
-              status_code: null,
-              response_json: null,
-              request_id: requestId,
-              created_at: now,
-              expires_at: expiresAt,
-            })
-            .where('key_id', '=', keyId)
-            .where('idem_key', '=', idemKey)
-            .where('expires_at', '=', row.expires_at)
-            .where('request_id', '=', row.request_id)
-            .returning('key_id')
-            .executeTakeFirst();
-          if (taken) return { state: 'new' };
-          continue;
-        }
-
-        if (row.body_hash !== bodyHash) return { state: 'mismatch' };
-        if (row.state === 'running') return { state: 'running', requestId: row.request_id };
-        return {
-          state: 'done',
-          statusCode: toNumber(row.status_code),
-          response: row.response_json === null ? null : (JSON.parse(row.response_json) as unknown),
-          requestId: row.request_id,
-        };
-      }
-      throw new Error(`idempotency key ${JSON.stringify(idemKey)} kept changing under us; try again`);
-    },
+    begin: (input) => begin(db, clock, input),
 
     async complete({ keyId, idemKey, statusCode, response, requestId }) {
       let q = db
@@ -156,4 +92,73 @@ export function createIdempotencyStore(database: Database, options: { clock?: Cl
       return toNumber(result.numDeletedRows);
     },
   };
+}
+
+/** `IdempotencyStore.begin`: claims the key, or answers what its owner left. */
+async function begin(db: Kysely<DB>, clock: Clock, { keyId, idemKey, bodyHash, requestId, ttlS }: BeginInput): Promise<BeginResult> {
+  if (!(ttlS > 0)) throw new RangeError('ttlS must be positive');
+  // Each pass either claims the key or reads a row that someone else
+  // claimed; it repeats only when that row vanished or expired under us.
+  for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+    const nowDate = clock();
+    const now = toIsoTimestamp(nowDate);
+    const expiresAt = toIsoTimestamp(nowDate.getTime() + ttlS * 1000);
+    const claimed = await db
+      .insertInto('idempotency')
+      .values({
+        key_id: keyId,
+        idem_key: idemKey,
+        body_hash: bodyHash,
+        state: 'running',
+        request_id: requestId,
+        created_at: now,
+        expires_at: expiresAt,
+      })
+      .onConflict((oc) => oc.columns(['key_id', 'idem_key']).doNothing())
+      .returning('key_id')
+      .executeTakeFirst();
+    if (claimed) return { state: 'new' };
+
+    const row = await db
+      .selectFrom('idempotency')
+      .selectAll()
+      .where('key_id', '=', keyId)
+      .where('idem_key', '=', idemKey)
+      .executeTakeFirst();
+    if (!row) continue;
+
+    if (row.expires_at <= now) {
+      // Take over an expired record with a compare-and-set on what we
+      // read, so of two requests racing for it exactly one wins.
+      const taken = await db
+        .updateTable('idempotency')
+        .set({
+          body_hash: bodyHash,
+          state: 'running',
+          status_code: null,
+          response_json: null,
+          request_id: requestId,
+          created_at: now,
+          expires_at: expiresAt,
+        })
+        .where('key_id', '=', keyId)
+        .where('idem_key', '=', idemKey)
+        .where('expires_at', '=', row.expires_at)
+        .where('request_id', '=', row.request_id)
+        .returning('key_id')
+        .executeTakeFirst();
+      if (taken) return { state: 'new' };
+      continue;
+    }
+
+    if (row.body_hash !== bodyHash) return { state: 'mismatch' };
+    if (row.state === 'running') return { state: 'running', requestId: row.request_id };
+    return {
+      state: 'done',
+      statusCode: toNumber(row.status_code),
+      response: row.response_json === null ? null : (JSON.parse(row.response_json) as unknown),
+      requestId: row.request_id,
+    };
+  }
+  throw new Error(`idempotency key ${JSON.stringify(idemKey)} kept changing under us; try again`);
 }

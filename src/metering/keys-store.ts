@@ -4,9 +4,9 @@
  * plaintext exists only in the answer to `create`.
  */
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
-import type { Selectable, Updateable } from 'kysely';
+import type { Kysely, Selectable, Updateable } from 'kysely';
 import type { Database } from '../db/database.js';
-import type { ApiKeysTable, KeyKind, KeyRole } from '../db/schema.js';
+import type { ApiKeysTable, DB, KeyKind, KeyRole } from '../db/schema.js';
 import { systemClock, toBigInt, toIsoTimestamp, toNullableBigInt, toNullableNumber, type Clock } from '../db/values.js';
 
 export interface KeyRecord {
@@ -127,27 +127,7 @@ export function createKeysStore(database: Database, options: { clock?: Clock | u
   }
 
   return {
-    async create(input) {
-      const key = KEY_PREFIX + randomBytes(32).toString('base64url');
-      const at = now();
-      const row = await db
-        .insertInto('api_keys')
-        .values({
-          id: `key_${randomBytes(8).toString('hex')}`,
-          name: input.name,
-          key_hash: hashKey(key),
-          role: checkRole(input.role ?? 'user'),
-          budget_micros: checkBudget(input.budgetMicros ?? null),
-          spent_micros: 0n,
-          reserved_micros: 0n,
-          rpm_limit: checkRpm(input.rpmLimit ?? null),
-          created_at: at,
-          updated_at: at,
-        })
-        .returningAll()
-        .executeTakeFirstOrThrow();
-      return { record: toKey(row), key };
-    },
+    create: (input) => create(db, now(), input),
 
     findByKey(key) {
       return findByHash(hashKey(key));
@@ -167,44 +147,73 @@ export function createKeysStore(database: Database, options: { clock?: Clock | u
       return update(id, { enabled: false });
     },
 
-    async ensureStatic(keyOrSpec, opts = {}) {
-      const spec: StaticKeySpec = typeof keyOrSpec === 'string' ? { keyHash: hashKey(keyOrSpec) } : keyOrSpec;
-      const hash = spec.keyHash.toLowerCase();
-      if (!SHA256_HEX.test(hash)) throw new RangeError('keyHash must be a SHA-256 hex digest');
-      const derivedId = `static-${hash.slice(0, 8)}`;
-      const id = spec.id ?? derivedId;
-      const role = checkRole(spec.role ?? opts.role ?? 'user');
-      const at = now();
-      await db
-        .insertInto('api_keys')
-        .values({
-          id,
-          kind: 'static',
-          name: spec.name ?? opts.name ?? (role === 'admin' ? 'static admin key' : 'static key'),
-          key_hash: hash,
-          role,
-          budget_micros: null,
-          rpm_limit: null,
-          created_at: at,
-          updated_at: at,
-        })
-        .onConflict((oc) => oc.column('id').doNothing())
-        .execute();
-      const row = await db.selectFrom('api_keys').selectAll().where('id', '=', id).executeTakeFirstOrThrow();
-      if (row.kind !== 'static') throw new Error(`key id ${id} belongs to an issued key, not a static one`);
-      if (row.key_hash !== hash && id === derivedId) {
-        throw new Error(`two configured keys share the id ${id}; replace one of them`);
-      }
-      if (row.key_hash === hash && row.role === role) return toKey(row);
-      const changed = await db
-        .updateTable('api_keys')
-        .set({ key_hash: hash, role, updated_at: at })
-        .where('id', '=', id)
-        .returningAll()
-        .executeTakeFirstOrThrow();
-      return toKey(changed);
-    },
+    ensureStatic: (keyOrSpec, opts = {}) => ensureStatic(db, now(), keyOrSpec, opts),
   };
+}
+
+/** `KeysStore.create`: the plaintext exists only in this answer. */
+async function create(db: Kysely<DB>, at: string, input: CreateKeyInput): Promise<{ record: KeyRecord; key: string }> {
+  const key = KEY_PREFIX + randomBytes(32).toString('base64url');
+  const row = await db
+    .insertInto('api_keys')
+    .values({
+      id: `key_${randomBytes(8).toString('hex')}`,
+      name: input.name,
+      key_hash: hashKey(key),
+      role: checkRole(input.role ?? 'user'),
+      budget_micros: checkBudget(input.budgetMicros ?? null),
+      spent_micros: 0n,
+      reserved_micros: 0n,
+      rpm_limit: checkRpm(input.rpmLimit ?? null),
+      created_at: at,
+      updated_at: at,
+    })
+    .returningAll()
+    .executeTakeFirstOrThrow();
+  return { record: toKey(row), key };
+}
+
+/** `KeysStore.ensureStatic`: each statement is idempotent on its own, so several processes may run it at once. */
+async function ensureStatic(
+  db: Kysely<DB>,
+  at: string,
+  keyOrSpec: string | StaticKeySpec,
+  opts: { role?: KeyRole | undefined; name?: string | undefined },
+): Promise<KeyRecord> {
+  const spec: StaticKeySpec = typeof keyOrSpec === 'string' ? { keyHash: hashKey(keyOrSpec) } : keyOrSpec;
+  const hash = spec.keyHash.toLowerCase();
+  if (!SHA256_HEX.test(hash)) throw new RangeError('keyHash must be a SHA-256 hex digest');
+  const derivedId = `static-${hash.slice(0, 8)}`;
+  const id = spec.id ?? derivedId;
+  const role = checkRole(spec.role ?? opts.role ?? 'user');
+  await db
+    .insertInto('api_keys')
+    .values({
+      id,
+      kind: 'static',
+      name: spec.name ?? opts.name ?? (role === 'admin' ? 'static admin key' : 'static key'),
+      key_hash: hash,
+      role,
+      budget_micros: null,
+      rpm_limit: null,
+      created_at: at,
+      updated_at: at,
+    })
+    .onConflict((oc) => oc.column('id').doNothing())
+    .execute();
+  const row = await db.selectFrom('api_keys').selectAll().where('id', '=', id).executeTakeFirstOrThrow();
+  if (row.kind !== 'static') throw new Error(`key id ${id} belongs to an issued key, not a static one`);
+  if (row.key_hash !== hash && id === derivedId) {
+    throw new Error(`two configured keys share the id ${id}; replace one of them`);
+  }
+  if (row.key_hash === hash && row.role === role) return toKey(row);
+  const changed = await db
+    .updateTable('api_keys')
+    .set({ key_hash: hash, role, updated_at: at })
+    .where('id', '=', id)
+    .returningAll()
+    .executeTakeFirstOrThrow();
+  return toKey(changed);
 }
 
 function checkRole(role: KeyRole): KeyRole {

@@ -146,3 +146,44 @@ export function applyMarkup(micros: bigint, markup: Markup): bigint {
 export function ceilToMicros(usd: Ratio): bigint {
   return ceilDiv(usd.num * MICROS_PER_USD, usd.den);
 }
+
+const QUANTITY = /^([+-])?(\d*)(?:\.(\d*))?(?:[eE]([+-]?\d+))?$/;
+const MAX_EXPONENT = 1000;
+
+/**
+ * Canonical form for the unit quantities fal reports (`x-fal-billable-units`
+ * may be fractional) and the ones we estimate. Stored canonical, SQL string
+ * equality is numeric equality: "1", "1.0", "01" and "1e0" all become "1".
+ */
+export function canonicalDecimal(input: string | number | bigint): string {
+  if (typeof input === 'bigint') return input.toString();
+  if (typeof input === 'number' && !Number.isFinite(input)) throw new RangeError(`not a finite decimal: ${input}`);
+  const text = String(input).trim();
+  const m = QUANTITY.exec(text);
+  const intPart = m?.[2] ?? '';
+  const fracPart = m?.[3] ?? '';
+  if (!m || intPart.length + fracPart.length === 0) throw new RangeError(`not a decimal: ${JSON.stringify(text)}`);
+  const exponent = Number(m[4] ?? '0');
+  if (Math.abs(exponent) > MAX_EXPONENT) throw new RangeError(`decimal exponent out of range: ${text}`);
+
+  // value = digits × 10^-scale
+  let digits = (intPart + fracPart).replace(/^0+/, '');
+  let scale = fracPart.length - exponent;
+  if (digits === '') return '0';
+  while (scale > 0 && digits.endsWith('0')) {
+    digits = digits.slice(0, -1);
+    scale -= 1;
+  }
+  let out: string;
+  if (scale <= 0) {
+    out = digits + '0'.repeat(-scale);
+  } else {
+    const padded = digits.padStart(scale + 1, '0');
+    out = `${padded.slice(0, padded.length - scale)}.${padded.slice(padded.length - scale)}`;
+  }
+  return m[1] === '-' ? `-${out}` : out;
+}
+
+export function decimalsEqual(a: string | number | bigint, b: string | number | bigint): boolean {
+  return canonicalDecimal(a) === canonicalDecimal(b);
+}

@@ -6,7 +6,6 @@
  */
 import { sql, type Kysely, type Selectable } from 'kysely';
 import type { Database } from '../db/database.js';
-import type { Unit } from '../db/unit.js';
 import type { DB, OutboxTable } from '../db/schema.js';
 import { systemClock, toBigInt, toIsoTimestamp, toNumber, type Clock, type TimeInput } from '../db/values.js';
 
@@ -63,12 +62,6 @@ export async function enqueueOutboxEvent(trx: Kysely<DB>, event: OutboxEventInpu
   return inserted !== undefined;
 }
 
-/** enqueueOutboxEvent as a step of a unit of work (src/db/unit.ts); `db` only compiles the query. */
-export function* enqueueOutboxEventUnit(db: Kysely<DB>, event: OutboxEventInput, clock: Clock = systemClock): Unit<boolean> {
-  const inserted = yield insertOutboxEvent(db, event, clock).compile();
-  return inserted.rows.length > 0;
-}
-
 function insertOutboxEvent(q: Kysely<DB>, event: OutboxEventInput, clock: Clock) {
   const at = toIsoTimestamp(clock());
   return q
@@ -95,47 +88,7 @@ export function createOutboxStore(database: Database, options: OutboxStoreOption
       return enqueueOutboxEvent(trx, event, clock);
     },
 
-    async claimDue(limit, nowInput) {
-      const nowDate = nowInput === undefined ? clock() : new Date(nowInput);
-      const now = toIsoTimestamp(nowDate);
-      const leaseUntil = toIsoTimestamp(nowDate.getTime() + leaseMs);
-      const heads = await db
-        .selectFrom('outbox as o')
-        .select(['o.seq', 'o.next_attempt_at'])
-        .where('o.delivered_at', 'is', null)
-        .where('o.next_attempt_at', '<=', now)
-        .where(({ not, exists, selectFrom }) =>
-          not(
-            exists(
-              selectFrom('outbox as p')
-                .select(sql<number>`1`.as('one'))
-                .whereRef('p.key_id', '=', 'o.key_id')
-                .where('p.delivered_at', 'is', null)
-                .whereRef('p.seq', '<', 'o.seq'),
-            ),
-          ),
-        )
-        .orderBy('o.seq')
-        .limit(Math.max(0, Math.trunc(limit)))
-        .execute();
-
-      const claimed: OutboxEvent[] = [];
-      for (const head of heads) {
-        // Compare-and-set on the due time we read: of two processes that saw
-        // the same head, one moves it into the future and the other updates
-        // nothing.
-        const row = await db
-          .updateTable('outbox')
-          .set({ next_attempt_at: leaseUntil, attempts: sql<bigint>`attempts + 1` })
-          .where('seq', '=', head.seq)
-          .where('delivered_at', 'is', null)
-          .where('next_attempt_at', '=', head.next_attempt_at)
-          .returningAll()
-          .executeTakeFirst();
-        if (row) claimed.push(toEvent(row));
-      }
-      return claimed;
-    },
+    claimDue: (limit, now) => claimDue(db, limit, now === undefined ? clock() : new Date(now), leaseMs),
 
     async markDelivered(seq) {
       await db
@@ -169,6 +122,48 @@ export function createOutboxStore(database: Database, options: OutboxStoreOption
       return row ? toEvent(row) : null;
     },
   };
+}
+
+/** `OutboxStore.claimDue`: each key's undelivered head, leased by compare-and-set. */
+async function claimDue(db: Kysely<DB>, limit: number, nowDate: Date, leaseMs: number): Promise<OutboxEvent[]> {
+  const now = toIsoTimestamp(nowDate);
+  const leaseUntil = toIsoTimestamp(nowDate.getTime() + leaseMs);
+  const heads = await db
+    .selectFrom('outbox as o')
+    .select(['o.seq', 'o.next_attempt_at'])
+    .where('o.delivered_at', 'is', null)
+    .where('o.next_attempt_at', '<=', now)
+    .where(({ not, exists, selectFrom }) =>
+      not(
+        exists(
+          selectFrom('outbox as p')
+            .select(sql<number>`1`.as('one'))
+            .whereRef('p.key_id', '=', 'o.key_id')
+            .where('p.delivered_at', 'is', null)
+            .whereRef('p.seq', '<', 'o.seq'),
+        ),
+      ),
+    )
+    .orderBy('o.seq')
+    .limit(Math.max(0, Math.trunc(limit)))
+    .execute();
+
+  const claimed: OutboxEvent[] = [];
+  for (const head of heads) {
+    // Compare-and-set on the due time we read: of two processes that saw
+    // the same head, one moves it into the future and the other updates
+    // nothing.
+    const row = await db
+      .updateTable('outbox')
+      .set({ next_attempt_at: leaseUntil, attempts: sql<bigint>`attempts + 1` })
+      .where('seq', '=', head.seq)
+      .where('delivered_at', 'is', null)
+      .where('next_attempt_at', '=', head.next_attempt_at)
+      .returningAll()
+      .executeTakeFirst();
+    if (row) claimed.push(toEvent(row));
+  }
+  return claimed;
 }
 
 function toEvent(row: Selectable<OutboxTable>): OutboxEvent {

@@ -17,6 +17,14 @@ export const CREDITS_PER_MICRO = 2n;
 /** Per-unit rates may be finer than a micro-dollar; the total is what gets rounded. */
 const RATE_DECIMALS = 12;
 
+/** What a price is per. The one list of price units; configuration and the registry read it here. */
+export const PRICE_UNITS = ['megapixel', 'image', 'request'] as const;
+export type PriceUnit = (typeof PRICE_UNITS)[number];
+
+/** How megapixel prices round (see `imageUnits`). */
+export const PRICE_ROUNDINGS = ['ceil_per_image', 'exact'] as const;
+export type PriceRounding = (typeof PRICE_ROUNDINGS)[number];
+
 interface PricingCommon {
   /** USD per unit, as an exact decimal string. */
   readonly rateUsd: string;
@@ -30,7 +38,7 @@ export type ModelPricing =
       /** Pixels in one billed megapixel; fal does not say whether it is 10^6 or 2^20. */
       readonly megapixelPixels: number;
       /** `ceil_per_image`: each image is rounded up to whole megapixels. `exact`: fractional megapixels. */
-      readonly rounding: 'ceil_per_image' | 'exact';
+      readonly rounding: PriceRounding;
     })
   | (PricingCommon & { readonly unit: 'image' })
   | (PricingCommon & { readonly unit: 'request' });
@@ -67,7 +75,7 @@ export function validatePricing(pricing: unknown): asserts pricing is ModelPrici
   if (typeof pricing !== 'object' || pricing === null) throw new Error('pricing is missing');
   const p = pricing as Record<string, unknown>;
   const unit = p['unit'];
-  if (unit !== 'megapixel' && unit !== 'image' && unit !== 'request') {
+  if (!PRICE_UNITS.includes(unit as PriceUnit)) {
     throw new Error(`pricing.unit must be "megapixel", "image" or "request" (got ${JSON.stringify(unit)})`);
   }
   const rate = decimalField(p, 'rateUsd');
@@ -80,7 +88,7 @@ export function validatePricing(pricing: unknown): asserts pricing is ModelPrici
       throw new Error(`pricing.megapixelPixels must be a positive integer (got ${JSON.stringify(px)})`);
     }
     const rounding = p['rounding'];
-    if (rounding !== 'ceil_per_image' && rounding !== 'exact') {
+    if (!PRICE_ROUNDINGS.includes(rounding as PriceRounding)) {
       throw new Error(`pricing.rounding must be "ceil_per_image" or "exact" (got ${JSON.stringify(rounding)})`);
     }
   }

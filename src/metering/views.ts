@@ -8,7 +8,7 @@
  * micro-dollars in exports), never as floats.
  */
 import type { ApiKeyView, AdminUsageReportView, UsageReportView } from '../schemas/index.js';
-import type { ExportRow, UsageGroupBy, UsageReport, UsageTotals } from './ledger.js';
+import type { ExportRow, UsageGroupBy, UsageReport, UsageTotals } from './reports.js';
 import type { KeyRecord } from './keys-store.js';
 import { formatUsd } from './money.js';
 

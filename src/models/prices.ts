@@ -13,15 +13,15 @@
  * keeps the declared unit and rounding) and the result goes through the
  * registry's full price validation like a declared price.
  */
-import type { ModelPricing } from '../metering/pricing.js';
+import type { ModelPricing, PriceRounding, PriceUnit } from '../metering/pricing.js';
 import { createModelRegistry, type ModelDefinition, type ModelEntry, type ModelRegistry, type UnconfirmedPricing } from './registry.js';
 
 /** One model's configured price: any subset of the price rule's fields. */
 export interface ModelPriceOverride {
-  readonly unit?: ModelPricing['unit'];
+  readonly unit?: PriceUnit;
   readonly rateUsd?: string;
   readonly megapixelPixels?: number;
-  readonly rounding?: 'ceil_per_image' | 'exact';
+  readonly rounding?: PriceRounding;
   readonly promptExpansionUsd?: string;
 }
 

@@ -6,7 +6,7 @@
  * no case folding, so a name can never route to a model it does not name.
  */
 import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
-import { validatePricing, type ModelPricing } from '../metering/pricing.js';
+import { validatePricing, type ModelPricing, type PriceRounding } from '../metering/pricing.js';
 import { IMAGE_SIZE_PRESET_PIXELS } from '../schemas/fields.js';
 import type { ImageSizeValue, OutputFormat } from '../schemas/image-request.js';
 
@@ -67,7 +67,7 @@ export interface UnconfirmedPricing {
   readonly unit: ModelPricing['unit'];
   readonly rateUsd: null;
   readonly megapixelPixels?: number;
-  readonly rounding?: 'ceil_per_image' | 'exact';
+  readonly rounding?: PriceRounding;
   readonly promptExpansionUsd?: string;
   /** Why the rate is unconfirmed; logged when the model is left out. */
   readonly unconfirmed: string;

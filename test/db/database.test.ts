@@ -4,9 +4,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { randomBytes } from 'node:crypto';
-import { sql } from 'kysely';
+import { sql, type Kysely } from 'kysely';
 import pg from 'pg';
-import { createDatabase, migrations, toIsoTimestamp } from '../../src/db/index.js';
+import { createDatabase, migrations, toIsoTimestamp, type Database, type DB } from '../../src/db/index.js';
 import { describeEachDialect, POSTGRES_URL, runInProcesses } from '../helpers/databases.js';
 
 const TABLES = ['api_keys', 'idempotency', 'outbox', 'requests', 'upstream_jobs'];
@@ -144,4 +144,133 @@ describeEachDialect('migrations', ({ dialect, fresh, open }) => {
       assert.equal(result.rows[0]?.n, 2n);
     });
   }
+});
+
+/**
+ * Every write of the ledger and the stores runs in `db.transaction().execute`
+ * (Kysely's own transactions, on the SQLite driver of src/db/sqlite.ts or on pg).
+ */
+describeEachDialect('transactions', (ctx) => {
+  async function keyRow(database: Database): Promise<string> {
+    const id = `k_${randomBytes(6).toString('hex')}`;
+    const at = toIsoTimestamp(new Date());
+    await database.db
+      .insertInto('api_keys')
+      .values({ id, name: 't', key_hash: randomBytes(32).toString('hex'), role: 'user', budget_micros: null, rpm_limit: null, created_at: at, updated_at: at })
+      .execute();
+    return id;
+  }
+
+  /** Adds `amount` to the key's spent_micros `times` times in `trx`, answering the last value. */
+  async function addSpent(trx: Kysely<DB>, id: string, amount: bigint, times = 1): Promise<bigint> {
+    let spent = 0n;
+    for (let i = 0; i < times; i++) {
+      const row = await trx
+        .updateTable('api_keys')
+        .set((eb) => ({ spent_micros: eb('spent_micros', '+', amount) }))
+        .where('id', '=', id)
+        .returning('spent_micros')
+        .executeTakeFirstOrThrow();
+      spent = BigInt(row.spent_micros);
+    }
+    return spent;
+  }
+
+  async function spentOf(database: Database, id: string): Promise<bigint> {
+    const row = await database.db.selectFrom('api_keys').select('spent_micros').where('id', '=', id).executeTakeFirstOrThrow();
+    return BigInt(row.spent_micros);
+  }
+
+  it('commit every statement of the body and answer what it returns', async () => {
+    const database = await ctx.open();
+    const id = await keyRow(database);
+    assert.equal(await database.db.transaction().execute((trx) => addSpent(trx, id, 5n, 3)), 15n);
+    assert.equal(await spentOf(database, id), 15n);
+  });
+
+  it('roll everything back when the body throws after writing', async () => {
+    const database = await ctx.open();
+    const id = await keyRow(database);
+    const failing = database.db.transaction().execute(async (trx) => {
+      await addSpent(trx, id, 7n, 2);
+      throw new Error('refused after two writes');
+    });
+    await assert.rejects(failing, /refused after two writes/);
+    assert.equal(await spentOf(database, id), 0n);
+    // The connection is usable afterwards (not left inside a transaction).
+    assert.equal(await database.db.transaction().execute((trx) => addSpent(trx, id, 1n)), 1n);
+  });
+
+  it('roll everything back when a statement fails', async () => {
+    const database = await ctx.open();
+    const id = await keyRow(database);
+    const failing = database.db.transaction().execute(async (trx) => {
+      await addSpent(trx, id, 3n);
+      // spent_micros >= 0 is a check constraint.
+      await addSpent(trx, id, -10n);
+    });
+    await assert.rejects(failing, /check|constraint/i);
+    assert.equal(await spentOf(database, id), 0n);
+  });
+
+  it('wait for a transaction in progress, never interleaving with it', async () => {
+    const database = await ctx.open();
+    const id = await keyRow(database);
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    const order: string[] = [];
+    const first = database.db.transaction().execute(async (trx) => {
+      await trx.updateTable('api_keys').set({ spent_micros: 100n }).where('id', '=', id).execute();
+      order.push('first wrote');
+      await held;
+      order.push('first commits');
+    });
+    while (order.length === 0) await new Promise((r) => setImmediate(r));
+    const second = database.db
+      .transaction()
+      .execute((trx) => addSpent(trx, id, 1n))
+      .then((v) => {
+        order.push('second done');
+        return v;
+      });
+    await new Promise((r) => setTimeout(r, 20));
+    assert.deepEqual(order, ['first wrote'], 'the second waits while the first is open');
+    release();
+    await first;
+    // It saw the committed 100, not a value from inside the open transaction.
+    assert.equal(await second, 101n);
+    assert.deepEqual(order, ['first wrote', 'first commits', 'second done']);
+  });
+
+  it('run concurrent transactions one after another (on SQLite, in call order)', async () => {
+    const database = await ctx.open();
+    const id = await keyRow(database);
+    const results = await Promise.all([1n, 2n, 3n, 4n].map((n) => database.db.transaction().execute((trx) => addSpent(trx, id, n, 2))));
+    assert.equal(await spentOf(database, id), 20n);
+    if (ctx.dialect === 'sqlite') assert.deepEqual(results, [2n, 6n, 12n, 20n]);
+    else assert.equal(new Set(results).size, 4);
+  });
+
+  it('take turns across two Database objects on the same storage, read-then-write without a busy error', async () => {
+    const [a, b] = [await ctx.open(), await ctx.open()];
+    const id = await keyRow(a);
+    const bump = (database: Database) =>
+      database.db.transaction().execute(async (trx) => {
+        const read = trx.selectFrom('api_keys').select('spent_micros').where('id', '=', id);
+        // SQLite's BEGIN IMMEDIATE already holds the write lock; PostgreSQL needs the row lock asked for.
+        const before = (await (ctx.dialect === 'postgres' ? read.forUpdate() : read).executeTakeFirstOrThrow()).spent_micros;
+        await new Promise((r) => setImmediate(r));
+        await trx.updateTable('api_keys').set({ spent_micros: BigInt(before) + 1n }).where('id', '=', id).execute();
+      });
+    await Promise.all(Array.from({ length: 10 }, (_, i) => bump(i % 2 === 0 ? a : b)));
+    assert.equal(await spentOf(a, id), 10n);
+  });
+
+  it('reject once the database is closed', async () => {
+    const storage = await ctx.fresh();
+    const database = await storage.open();
+    const id = await keyRow(database);
+    await database.close();
+    await assert.rejects(database.db.transaction().execute((trx) => addSpent(trx, id, 1n)));
+  });
 });

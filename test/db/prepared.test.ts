@@ -1,9 +1,10 @@
 import assert from 'node:assert/strict';
-import { describe, it } from 'node:test';
-import { sql, type Kysely } from 'kysely';
+import { it } from 'node:test';
+import { sql, type Kysely, type KyselyPlugin } from 'kysely';
 import { prepared } from '../../src/db/prepared.js';
 import type { DB } from '../../src/db/schema.js';
 import { createKeysStore } from '../../src/metering/keys-store.js';
+import { createLedger } from '../../src/metering/ledger.js';
 import { describeEachDialect, type DialectContext } from '../helpers/databases.js';
 
 describeEachDialect('prepared queries', (ctx: DialectContext) => {
@@ -38,5 +39,44 @@ describeEachDialect('prepared queries', (ctx: DialectContext) => {
     const database = await ctx.open();
     const q = prepared((db: Kysely<DB>, p: { id: string }) => db.selectFrom('api_keys').select('id').where('id', '=', p.id));
     await assert.rejects(q.run(database.db, {} as { id: string }), /not given: id/);
+  });
+});
+
+/**
+ * The saving src/db/prepared.ts exists for: the ledger's per-request writes
+ * (reserve, recordSubmit, settleJobs) run compiled statements and build no
+ * query per call. A Kysely plugin sees every query that is built and
+ * compiled, and none that is only executed.
+ */
+describeEachDialect('the ledger\'s per-request writes', (ctx: DialectContext) => {
+  it('compile no query once their statements are prepared', async () => {
+    const base = await ctx.open();
+    let compiled = 0;
+    const counter: KyselyPlugin = {
+      transformQuery(args) {
+        compiled++;
+        return args.node;
+      },
+      transformResult: (args) => Promise.resolve(args.result),
+    };
+    const ledger = createLedger({ ...base, db: base.db.withPlugin(counter) });
+    const keyId = (await createKeysStore(base).create({ name: 'p', budgetMicros: null })).record.id;
+    const lifecycle = async (n: number) => {
+      const requestId = `req-prepared-${n}`;
+      const falRequestId = `fal-prepared-${n}`;
+      assert.deepEqual(await ledger.reserve({ requestId, keyId, model: 'm', endpoint: 'e', maxChargeMicros: 10n }), { ok: true });
+      await ledger.recordSubmit({ requestId, falRequestId, endpoint: 'e' });
+      const done = await ledger.settleJobs({
+        jobs: [{ falRequestId, images: 1, pixels: 1, unitsEstimate: '1', unitsFal: '1', upstreamCostMicros: 5n }],
+        settle: { requestId, chargeMicros: 10n, credits: 20n, upstreamCostMicros: 5n, images: 1 },
+      });
+      assert.equal(done.settlement.settled, true);
+    };
+    await lifecycle(1);
+    assert.ok(compiled > 0, 'the first request compiles the statements (the counter sees them)');
+    compiled = 0;
+    await lifecycle(2);
+    await lifecycle(3);
+    assert.equal(compiled, 0, 'a query was built and compiled on the per-request path');
   });
 });

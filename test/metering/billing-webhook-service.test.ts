@@ -6,7 +6,7 @@ import { verifyStandardWebhook } from '../../src/metering/billing-webhook.js';
 import { formatUsd } from '../../src/metering/money.js';
 import { createOutboxStore } from '../../src/metering/outbox-store.js';
 import { billingEventId } from '../../src/metering/settlement.js';
-import type { ExportRow } from '../../src/metering/ledger.js';
+import type { ExportRow } from '../../src/metering/reports.js';
 import { describeEachDialect } from '../helpers/databases.js';
 import { OTHER_KEY, startTestService, TEST_KEY } from '../helpers/service.js';
 
@@ -170,7 +170,7 @@ describeEachDialect('billing webhook through the service', ({ dialect, fresh }) 
       await waitFor('every event delivered', async () => (await outbox.pending()) === 0);
 
       const settled: ExportRow[] = [];
-      for await (const row of t.service.ledger.exportRows()) settled.push(row);
+      for await (const row of t.service.reports.exportRows()) settled.push(row);
       assert.deepEqual(settled.map((r) => r.request_id).sort(), sent.map((s) => s.requestId).sort(), 'every request was settled');
 
       const { deliveries } = receiver;

@@ -1,17 +1,10 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { describe, it } from 'node:test';
-import { SelectQueryNode, type KyselyPlugin } from 'kysely';
 import type { Database } from '../../src/db/index.js';
 import { createKeysStore } from '../../src/metering/keys-store.js';
-import {
-  canonicalDecimal,
-  createLedger,
-  decimalsEqual,
-  UnknownKeyError,
-  UnknownRequestError,
-  type Ledger,
-} from '../../src/metering/ledger.js';
+import { createLedger, UnknownKeyError, UnknownRequestError } from '../../src/metering/ledger.js';
+import { createReports } from '../../src/metering/reports.js';
 import { createOutboxStore } from '../../src/metering/outbox-store.js';
 import { describeEachDialect, runInProcesses, type DialectContext } from '../helpers/databases.js';
 
@@ -41,38 +34,6 @@ async function keyState(database: Database, id: string): Promise<{ spent: bigint
 function reserveInput(keyId: string, maxChargeMicros: bigint, requestId = uid('req')) {
   return { requestId, keyId, model: 'alibaba/z-image-turbo', endpoint: 'fal-ai/z-image/turbo', user: 'u-1', maxChargeMicros };
 }
-
-describe('canonicalDecimal', () => {
-  const cases: Array<[string | number | bigint, string]> = [
-    ['1', '1'],
-    ['1.0', '1'],
-    ['01.500', '1.5'],
-    ['.5', '0.5'],
-    ['5.', '5'],
-    ['0.000', '0'],
-    ['-0', '0'],
-    ['-2.50', '-2.5'],
-    ['1e0', '1'],
-    ['1.25E2', '125'],
-    ['12e-3', '0.012'],
-    [0.1, '0.1'],
-    [1e-7, '0.0000001'],
-    [3n, '3'],
-    [' 2.0 ', '2'],
-    ['123456789012345678901234567890.000000000000000000001', '123456789012345678901234567890.000000000000000000001'],
-  ];
-  for (const [input, expected] of cases) {
-    it(`${JSON.stringify(String(input))} → ${expected}`, () => assert.equal(canonicalDecimal(input), expected));
-  }
-  it('refuses what is not a decimal', () => {
-    for (const bad of ['', '.', 'abc', '1.2.3', '0x10', 'NaN', '1e99999']) assert.throws(() => canonicalDecimal(bad), RangeError, bad);
-    assert.throws(() => canonicalDecimal(Number.POSITIVE_INFINITY), RangeError);
-  });
-  it('compares numerically', () => {
-    assert.ok(decimalsEqual('1', '1.0'));
-    assert.ok(!decimalsEqual('1', '1.0000001'));
-  });
-});
 
 describeEachDialect('ledger', (ctx: DialectContext) => {
   const { dialect, open, fresh } = ctx;
@@ -112,17 +73,22 @@ describeEachDialect('ledger', (ctx: DialectContext) => {
       const keyId = await keyWithBudget(database, 100n);
       const first = uid('req');
       assert.equal((await ledger.reserve(reserveInput(keyId, 60n, first))).ok, true);
-      assert.deepEqual(await ledger.reserve(reserveInput(keyId, 50n)), {
+      const refusedId = uid('req');
+      assert.deepEqual(await ledger.reserve(reserveInput(keyId, 50n, refusedId)), {
         ok: false,
         reason: 'insufficient_quota',
         budgetMicros: 100n,
         spentMicros: 0n,
         reservedMicros: 60n,
       });
+      // A refusal commits nothing: no request row, no hold, and the id stays free.
+      assert.equal(await ledger.getRequest(refusedId), null);
+      assert.deepEqual(await keyState(database, keyId), { spent: 0n, reserved: 60n });
       await ledger.settle({ requestId: first, chargeMicros: 30n, credits: 60, upstreamCostMicros: 20n, images: 1 });
       assert.equal((await ledger.reserve(reserveInput(keyId, 70n))).ok, true);
       const refused = await ledger.reserve(reserveInput(keyId, 1n));
       assert.deepEqual(refused, { ok: false, reason: 'insufficient_quota', budgetMicros: 100n, spentMicros: 30n, reservedMicros: 70n });
+      assert.deepEqual(await ledger.reserve(reserveInput(keyId, 0n, refusedId)), { ok: true });
     });
 
     it('refuses nothing for a key without a budget, and throws for a key with no row', async () => {
@@ -312,7 +278,7 @@ describeEachDialect('ledger', (ctx: DialectContext) => {
       assert.equal(repeat.job.upstreamCostMicros, 5000n);
       assert.equal((await ledger.failJob({ falRequestId: same, status: 'failed' })).changed, false);
 
-      const disagreements = await ledger.unitsDisagreements();
+      const disagreements = await createReports(database).unitsDisagreements();
       assert.equal(disagreements.count, 1);
       assert.deepEqual(disagreements.jobs.map((j) => [j.falRequestId, j.unitsEstimate, j.unitsFal]), [[differs, '2.097152', '3']]);
     });
@@ -419,146 +385,5 @@ describeEachDialect('ledger', (ctx: DialectContext) => {
       assert.deepEqual(await keyState(database, keyId), { spent: 70n, reserved: 200n });
       assert.equal((await ledger.listOrphaned()).length, 0);
     });
-  });
-
-  describe('usage', () => {
-    async function seeded(): Promise<{ ledger: Ledger; keyA: string; keyB: string }> {
-      const storage = await fresh();
-      const database = await storage.open();
-      const time = manualClock('2025-01-01T00:00:00.000Z');
-      const ledger = createLedger(database, { clock: time.clock });
-      const keyA = await keyWithBudget(database, null);
-      const keyB = await keyWithBudget(database, null);
-      const rows: Array<[string, string, string, bigint, number]> = [
-        // settled at,               key,  model,  charge,               images
-        ['2025-01-01T23:59:59.999Z', keyA, 'm-1', 100n, 1],
-        ['2025-01-02T00:00:00.000Z', keyA, 'm-2', 200n, 2],
-        ['2025-01-02T12:00:00.000Z', keyB, 'm-1', BEYOND_2_53, 3],
-        ['2025-01-03T00:00:00.000Z', keyB, 'm-2', 400n, 4],
-      ];
-      let n = 0;
-      for (const [at, keyId, model, charge, images] of rows) {
-        const requestId = `u-${n++}`;
-        time.set('2025-01-01T00:00:00.000Z');
-        await ledger.reserve({ ...reserveInput(keyId, charge, requestId), model });
-        time.set(at);
-        await ledger.settle({ requestId, chargeMicros: charge, credits: charge * 2n, upstreamCostMicros: charge / 2n, images });
-      }
-      // Neither an open nor a released request counts.
-      await ledger.reserve({ ...reserveInput(keyA, 999n, 'u-open'), model: 'm-1' });
-      await ledger.reserve({ ...reserveInput(keyA, 999n, 'u-released'), model: 'm-1' });
-      time.set('2025-01-02T01:00:00.000Z');
-      await ledger.release({ requestId: 'u-released', status: 'released' });
-      return { ledger, keyA, keyB };
-    }
-
-    it('groups settled requests by UTC day, model and key, with totals', async () => {
-      const { ledger, keyA, keyB } = await seeded();
-      const byDay = await ledger.usage({ groupBy: 'day' });
-      assert.deepEqual(
-        byDay.rows.map((r) => [r.group, r.requests, r.images, r.chargeMicros]),
-        [
-          ['2025-01-01', 1, 1, 100n],
-          ['2025-01-02', 2, 5, 200n + BEYOND_2_53],
-          ['2025-01-03', 1, 4, 400n],
-        ],
-      );
-      const total = 700n + BEYOND_2_53;
-      assert.deepEqual(byDay.totals, {
-        requests: 4,
-        images: 10,
-        chargeMicros: total,
-        credits: total * 2n,
-        upstreamCostMicros: 50n + 100n + BEYOND_2_53 / 2n + 200n,
-      });
-      const byModel = await ledger.usage({ groupBy: 'model' });
-      assert.deepEqual(byModel.rows.map((r) => [r.group, r.requests, r.chargeMicros]), [
-        ['m-1', 2, 100n + BEYOND_2_53],
-        ['m-2', 2, 600n],
-      ]);
-      const byKey = await ledger.usage({ groupBy: 'key' });
-      assert.deepEqual(
-        byKey.rows.map((r) => [r.group, r.chargeMicros]),
-        [
-          [keyA, 300n],
-          [keyB, 400n + BEYOND_2_53],
-        ].sort((x, y) => String(x[0]).localeCompare(String(y[0]))),
-      );
-      assert.deepEqual((await ledger.usage()).totals, byDay.totals);
-      assert.deepEqual((await ledger.usage()).rows, []);
-    });
-
-    it('treats from as inclusive and to as exclusive, in UTC whatever the offset given', async () => {
-      const { ledger, keyB } = await seeded();
-      const day2 = await ledger.usage({ from: '2025-01-02T00:00:00.000Z', to: '2025-01-03T00:00:00.000Z', groupBy: 'day' });
-      assert.deepEqual(day2.rows.map((r) => [r.group, r.requests]), [['2025-01-02', 2]]);
-      const sameWithOffset = await ledger.usage({ from: '2025-01-02T01:00:00+01:00', to: new Date('2025-01-03T00:00:00Z') });
-      assert.deepEqual(sameWithOffset.totals, day2.totals);
-      const justAfter = await ledger.usage({ from: '2025-01-02T00:00:00.001Z', to: '2025-01-03T00:00:00.001Z' });
-      assert.equal(justAfter.totals.requests, 2);
-      assert.equal(justAfter.totals.chargeMicros, BEYOND_2_53 + 400n);
-      const filtered = await ledger.usage({ keyId: keyB, model: 'm-2' });
-      assert.deepEqual([filtered.totals.requests, filtered.totals.chargeMicros], [1, 400n]);
-      const empty = await ledger.usage({ from: '2030-01-01T00:00:00Z', groupBy: 'model' });
-      assert.deepEqual(empty, { rows: [], totals: { requests: 0, images: 0, chargeMicros: 0n, credits: 0n, upstreamCostMicros: 0n } });
-    });
-
-    it('exports settled rows in order, fetched in keyset batches', async () => {
-      const { ledger } = await seeded();
-      const all = [];
-      for await (const row of ledger.exportRows({ batchSize: 3 })) all.push(row);
-      assert.deepEqual(all.map((r) => r.request_id), ['u-0', 'u-1', 'u-2', 'u-3']);
-      assert.deepEqual(all[2], {
-        request_id: 'u-2',
-        key_id: all[2]!.key_id,
-        model: 'm-1',
-        endpoint: 'fal-ai/z-image/turbo',
-        user: 'u-1',
-        images: 3,
-        charge_micros: BEYOND_2_53,
-        credits: BEYOND_2_53 * 2n,
-        upstream_cost_micros: BEYOND_2_53 / 2n,
-        created_at: '2025-01-01T00:00:00.000Z',
-        settled_at: '2025-01-02T12:00:00.000Z',
-      });
-      const window = [];
-      for await (const row of ledger.exportRows({ from: '2025-01-02T00:00:00Z', to: '2025-01-03T00:00:00Z', batchSize: 1 })) {
-        window.push(row.request_id);
-      }
-      assert.deepEqual(window, ['u-1', 'u-2']);
-    });
-  });
-
-  it('export reads one batch per query and stops when the consumer does', async () => {
-    const storage = await fresh();
-    const base = await storage.open();
-    let selects = 0;
-    const counter: KyselyPlugin = {
-      transformQuery(args) {
-        if (SelectQueryNode.is(args.node)) selects++;
-        return args.node;
-      },
-      transformResult: (args) => Promise.resolve(args.result),
-    };
-    const database: Database = { ...base, db: base.db.withPlugin(counter) };
-    const ledger = createLedger(database, { clock: () => new Date('2025-02-01T00:00:00.000Z') });
-    const keyId = await keyWithBudget(base, null);
-    // Same settled_at for every row: the keyset must break ties by id.
-    for (let i = 0; i < 5; i++) {
-      await ledger.reserve(reserveInput(keyId, 1n, `e-${i}`));
-      await ledger.settle({ requestId: `e-${i}`, chargeMicros: 1n, credits: 1, upstreamCostMicros: 1n, images: 1 });
-    }
-    selects = 0;
-    const ids = [];
-    for await (const row of ledger.exportRows({ batchSize: 2 })) ids.push(row.request_id);
-    assert.deepEqual(ids, ['e-0', 'e-1', 'e-2', 'e-3', 'e-4']);
-    assert.equal(selects, 3);
-
-    selects = 0;
-    for await (const row of ledger.exportRows({ batchSize: 2 })) {
-      assert.equal(row.request_id, 'e-0');
-      break;
-    }
-    assert.equal(selects, 1);
   });
 });

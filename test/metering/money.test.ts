@@ -1,6 +1,6 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { applyMarkup, formatDecimal, formatUsd, MAX_MICROS, MoneyError, parseMarkup, parseUsd, ratio } from '../../src/metering/money.js';
+import { applyMarkup, canonicalDecimal, decimalsEqual, formatDecimal, formatUsd, MAX_MICROS, MoneyError, parseMarkup, parseUsd, ratio } from '../../src/metering/money.js';
 
 describe('parseUsd', () => {
   const good: Array<[string | number, bigint]> = [
@@ -133,4 +133,36 @@ describe('formatDecimal', () => {
   for (const [num, den, text] of cases) {
     it(`${num}/${den} → ${text}`, () => assert.equal(formatDecimal(ratio(num, den)), text));
   }
+});
+
+describe('canonicalDecimal', () => {
+  const cases: Array<[string | number | bigint, string]> = [
+    ['1', '1'],
+    ['1.0', '1'],
+    ['01.500', '1.5'],
+    ['.5', '0.5'],
+    ['5.', '5'],
+    ['0.000', '0'],
+    ['-0', '0'],
+    ['-2.50', '-2.5'],
+    ['1e0', '1'],
+    ['1.25E2', '125'],
+    ['12e-3', '0.012'],
+    [0.1, '0.1'],
+    [1e-7, '0.0000001'],
+    [3n, '3'],
+    [' 2.0 ', '2'],
+    ['123456789012345678901234567890.000000000000000000001', '123456789012345678901234567890.000000000000000000001'],
+  ];
+  for (const [input, expected] of cases) {
+    it(`${JSON.stringify(String(input))} → ${expected}`, () => assert.equal(canonicalDecimal(input), expected));
+  }
+  it('refuses what is not a decimal', () => {
+    for (const bad of ['', '.', 'abc', '1.2.3', '0x10', 'NaN', '1e99999']) assert.throws(() => canonicalDecimal(bad), RangeError, bad);
+    assert.throws(() => canonicalDecimal(Number.POSITIVE_INFINITY), RangeError);
+  });
+  it('compares numerically', () => {
+    assert.ok(decimalsEqual('1', '1.0'));
+    assert.ok(!decimalsEqual('1', '1.0000001'));
+  });
 });

@@ -43,7 +43,7 @@ describe('fal’s bill disagrees with our estimate', () => {
     // The caller is still charged by our published rule.
     assert.equal(res.body.meta.usage.cost_usd, '0.005000');
 
-    const d = await t.service.ledger.unitsDisagreements();
+    const d = await t.service.reports.unitsDisagreements();
     assert.equal(d.count, 1);
     assert.equal(d.jobs[0]?.falRequestId, falId);
     const metrics = await (await fetch(`${t.url}/metrics`)).text();

@@ -1,7 +1,7 @@
 import { Router, type Request, type Response } from 'express';
 import { forbidden, invalidRequest } from '../../errors.js';
 import { INSTANT_HINT, parseInstant } from '../../metering/instant.js';
-import type { Ledger, UsageFilter } from '../../metering/ledger.js';
+import type { Reports, UsageFilter } from '../../metering/reports.js';
 import { adminUsageReportView, chunked, exportLines, usageReportView, type ExportView } from '../../metering/views.js';
 import { usageQuerySchema, type UsageQuery } from '../../schemas/index.js';
 import type { Principal } from '../auth.js';
@@ -10,7 +10,7 @@ import { storageBacked } from '../storage-errors.js';
 import { queryValidator } from '../validate.js';
 
 export interface UsageRouteDeps {
-  ledger: Ledger;
+  reports: Reports;
 }
 
 const validateQuery = queryValidator<UsageQuery>(usageQuerySchema);
@@ -72,7 +72,7 @@ export function usageRouter(deps: UsageRouteDeps): Router {
       res.set('cache-control', 'no-store');
 
       if (format === 'json') {
-        const report = await deps.ledger.usage({ ...filter, groupBy: q.group_by });
+        const report = await deps.reports.usage({ ...filter, groupBy: q.group_by });
         const echo = {
           from: from?.toISOString() ?? null,
           to: to?.toISOString() ?? null,
@@ -86,7 +86,7 @@ export function usageRouter(deps: UsageRouteDeps): Router {
       await writeAll(
         res,
         { 'content-type': CONTENT_TYPES[format], 'content-disposition': `attachment; filename="usage.${format}"` },
-        chunked(exportLines(deps.ledger.exportRows(filter), view, format)),
+        chunked(exportLines(deps.reports.exportRows(filter), view, format)),
       );
     });
 

@@ -1,0 +1,120 @@
+import { sql, type Insertable, type Kysely } from 'kysely';
+import { prepared } from '../db/prepared.js';
+import type { DB, RequestStatus, RequestsTable } from '../db/schema.js';
+
+/** A request in these states holds its reservation on its key. */
+export const HOLDING: RequestStatus[] = ['reserved', 'submitted'];
+
+/**
+ * The statements every image request's ledger writes run (reserve,
+ * recordSubmit, settleJobs), compiled once per ledger with
+ * src/db/prepared.ts, which holds the figure for why. Each runs inside the
+ * ledger's Kysely transaction like any other query; the ledger's other
+ * statements are built where they run.
+ */
+export function ledgerStatements() {
+  return { ...openingStatements(), ...closingStatements() };
+}
+
+
+type JobValues = { images: number; pixels: number; unitsEstimate: string; unitsFal: string | null; cost: bigint; at: string; falRequestId: string };
+type SettleValues = { requestId: string; charge: bigint; credits: bigint; cost: bigint; images: number; at: string };
+
+/** reserve and recordSubmit. */
+function openingStatements() {
+  return {
+    insertRequest: prepared((q: Kysely<DB>, p: Insertable<RequestsTable>) =>
+      q
+        .insertInto('requests')
+        .values({
+          id: p.id,
+          key_id: p.key_id,
+          model: p.model,
+          endpoint: p.endpoint,
+          end_user: p.end_user,
+          pricing_json: p.pricing_json,
+          status: 'reserved',
+          reserved_micros: p.reserved_micros,
+          idempotency_key: p.idempotency_key,
+          created_at: p.created_at,
+        })
+        .onConflict((oc) => oc.column('id').doNothing())
+        .returning('id'),
+    ),
+    // The budget check and the hold are one statement: under concurrency
+    // PostgreSQL re-evaluates the WHERE against the row as committed by
+    // whoever held its lock, and SQLite writers are serialised, so no two
+    // reservations can both see the same headroom.
+    hold: prepared((q: Kysely<DB>, p: { amount: bigint; keyId: string }) =>
+      q
+        .updateTable('api_keys')
+        .set({ reserved_micros: sql<bigint>`reserved_micros + ${p.amount}` })
+        .where('id', '=', p.keyId)
+        .where((eb) => eb.or([eb('budget_micros', 'is', null), eb(sql<bigint>`spent_micros + reserved_micros + ${p.amount}`, '<=', eb.ref('budget_micros'))]))
+        .returning('id'),
+    ),
+    insertJob: prepared((q: Kysely<DB>, p: { falRequestId: string; requestId: string; endpoint: string; at: string }) =>
+      q
+        .insertInto('upstream_jobs')
+        .values({ fal_request_id: p.falRequestId, request_id: p.requestId, endpoint: p.endpoint, status: 'submitted', created_at: p.at })
+        .onConflict((oc) => oc.column('fal_request_id').doNothing())
+        .returningAll(),
+    ),
+    // Only a request still holding its reservation moves on; a late record
+    // for a closed or orphaned request keeps the job visible without reopening it.
+    markSubmitted: prepared((q: Kysely<DB>, p: { requestId: string }) =>
+      q.updateTable('requests').set({ status: 'submitted' }).where('id', '=', p.requestId).where('status', '=', 'reserved'),
+    ),
+  };
+}
+
+/** completeJob and settle (settleJobs is both). */
+function closingStatements() {
+  return {
+    // A result from fal is a fact and overrides an earlier failed or
+    // cancelled guess (a cancel can lose the race with completion).
+    completeJob: prepared((q: Kysely<DB>, p: JobValues) =>
+      q
+        .updateTable('upstream_jobs')
+        .set({ images: p.images, pixels: p.pixels, units_estimate: p.unitsEstimate, units_fal: p.unitsFal, upstream_cost_micros: p.cost, completed_at: p.at, status: 'completed' })
+        .where('fal_request_id', '=', p.falRequestId)
+        .where('status', 'in', ['submitted', 'failed', 'cancelled'])
+        .returningAll(),
+    ),
+    // A duplicate that ran still cost us: record it, keep it marked.
+    completeDuplicate: prepared((q: Kysely<DB>, p: JobValues) =>
+      q
+        .updateTable('upstream_jobs')
+        .set({ images: p.images, pixels: p.pixels, units_estimate: p.unitsEstimate, units_fal: p.unitsFal, upstream_cost_micros: p.cost, completed_at: p.at })
+        .where('fal_request_id', '=', p.falRequestId)
+        .where('status', '=', 'duplicate')
+        .where('completed_at', 'is', null)
+        .returningAll(),
+    ),
+    settleHolding: prepared((q: Kysely<DB>, p: SettleValues) =>
+      q
+        .updateTable('requests')
+        .set({ status: 'settled', charge_micros: p.charge, credits: p.credits, upstream_cost_micros: p.cost, images: p.images, error_code: null, settled_at: p.at })
+        .where('id', '=', p.requestId)
+        .where('status', 'in', HOLDING)
+        .returningAll(),
+    ),
+    settleOrphan: prepared((q: Kysely<DB>, p: SettleValues) =>
+      q
+        .updateTable('requests')
+        .set({ status: 'settled', charge_micros: p.charge, credits: p.credits, upstream_cost_micros: p.cost, images: p.images, error_code: null, settled_at: p.at })
+        .where('id', '=', p.requestId)
+        .where('status', '=', 'orphaned')
+        .returningAll(),
+    ),
+    chargeKey: prepared((q: Kysely<DB>, p: { keyId: string; hold: bigint; charge: bigint }) =>
+      q
+        .updateTable('api_keys')
+        .set({ reserved_micros: sql<bigint>`reserved_micros - ${p.hold}`, spent_micros: sql<bigint>`spent_micros + ${p.charge}` })
+        .where('id', '=', p.keyId),
+    ),
+  };
+}
+
+export type LedgerStatements = ReturnType<typeof ledgerStatements>;
+

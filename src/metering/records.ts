@@ -1,0 +1,128 @@
+/**
+ * The ledger's rows as the rest of the service sees them (what the ledger
+ * answers and the reports read), and the reads of one row by id. Conversions
+ * from driver values go through src/db/values.ts, so an amount is always an
+ * exact bigint.
+ */
+import type { Kysely, Selectable } from 'kysely';
+import type { DB, JobStatus, RequestStatus, RequestsTable, UpstreamJobsTable } from '../db/schema.js';
+import { toBigInt, toNumber } from '../db/values.js';
+
+export interface RequestRecord {
+  id: string;
+  keyId: string;
+  model: string;
+  endpoint: string;
+  user: string | null;
+  pricing: string | null;
+  status: RequestStatus;
+  /** The maximum charge held when the request was reserved (kept after the hold ends). */
+  reservedMicros: bigint;
+  chargeMicros: bigint;
+  credits: bigint;
+  upstreamCostMicros: bigint;
+  images: number;
+  errorCode: string | null;
+  idempotencyKey: string | null;
+  createdAt: string;
+  /** When the request was settled, released or failed. */
+  settledAt: string | null;
+}
+
+export interface JobRecord {
+  falRequestId: string;
+  requestId: string;
+  endpoint: string;
+  status: JobStatus;
+  images: number;
+  pixels: number;
+  unitsEstimate: string | null;
+  unitsFal: string | null;
+  upstreamCostMicros: bigint;
+  createdAt: string;
+  completedAt: string | null;
+}
+
+export interface RequestWithJobs extends RequestRecord {
+  jobs: JobRecord[];
+}
+
+export function toRequest(row: Selectable<RequestsTable>): RequestRecord {
+  return {
+    id: row.id,
+    keyId: row.key_id,
+    model: row.model,
+    endpoint: row.endpoint,
+    user: row.end_user,
+    pricing: row.pricing_json ?? null,
+    status: row.status,
+    reservedMicros: toBigInt(row.reserved_micros),
+    chargeMicros: toBigInt(row.charge_micros),
+    credits: toBigInt(row.credits),
+    upstreamCostMicros: toBigInt(row.upstream_cost_micros),
+    images: toNumber(row.images),
+    errorCode: row.error_code,
+    idempotencyKey: row.idempotency_key,
+    createdAt: row.created_at,
+    settledAt: row.settled_at,
+  };
+}
+
+export function toJob(row: Selectable<UpstreamJobsTable>): JobRecord {
+  return {
+    falRequestId: row.fal_request_id,
+    requestId: row.request_id,
+    endpoint: row.endpoint,
+    status: row.status,
+    images: toNumber(row.images),
+    pixels: toNumber(row.pixels),
+    unitsEstimate: row.units_estimate,
+    unitsFal: row.units_fal,
+    upstreamCostMicros: toBigInt(row.upstream_cost_micros),
+    createdAt: row.created_at,
+    completedAt: row.completed_at,
+  };
+}
+
+export class UnknownRequestError extends Error {
+  constructor(readonly requestId: string) {
+    super(`no request ${JSON.stringify(requestId)} in the ledger`);
+    this.name = 'UnknownRequestError';
+  }
+}
+
+export class UnknownJobError extends Error {
+  constructor(readonly falRequestId: string) {
+    super(`no upstream job ${JSON.stringify(falRequestId)} in the ledger`);
+    this.name = 'UnknownJobError';
+  }
+}
+
+const ID_CHUNK = 500;
+
+export async function requestOrThrow(q: Kysely<DB>, requestId: string): Promise<RequestRecord> {
+  const row = await q.selectFrom('requests').selectAll().where('id', '=', requestId).executeTakeFirst();
+  if (!row) throw new UnknownRequestError(requestId);
+  return toRequest(row);
+}
+
+export async function jobOrThrow(q: Kysely<DB>, falRequestId: string): Promise<JobRecord> {
+  const row = await q.selectFrom('upstream_jobs').selectAll().where('fal_request_id', '=', falRequestId).executeTakeFirst();
+  if (!row) throw new UnknownJobError(falRequestId);
+  return toJob(row);
+}
+
+/** The requests with their jobs, oldest job first, fetched in chunks of ids. */
+export async function withJobs(db: Kysely<DB>, rows: Selectable<RequestsTable>[]): Promise<RequestWithJobs[]> {
+  const byRequest = new Map<string, JobRecord[]>();
+  for (let i = 0; i < rows.length; i += ID_CHUNK) {
+    const ids = rows.slice(i, i + ID_CHUNK).map((r) => r.id);
+    const jobs = await db.selectFrom('upstream_jobs').selectAll().where('request_id', 'in', ids).orderBy('created_at').orderBy('fal_request_id').execute();
+    for (const job of jobs) {
+      const list = byRequest.get(job.request_id) ?? [];
+      list.push(toJob(job));
+      byRequest.set(job.request_id, list);
+    }
+  }
+  return rows.map((r) => ({ ...toRequest(r), jobs: byRequest.get(r.id) ?? [] }));
+}
