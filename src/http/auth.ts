@@ -1,11 +1,9 @@
 import type { RequestHandler } from 'express';
 import { forbidden, serviceUnavailable, unauthorized } from '../errors.js';
 
-export interface Principal {
-  keyId: string;
-  role: 'user' | 'admin';
-  rpmLimit: number | null;
-}
+import type { Principal } from '../metering/auth.js';
+
+export type { Principal };
 
 export type Authenticate = (token: string) => Promise<Principal | null>;
 

@@ -1,6 +1,7 @@
-import { Ajv, type ValidateFunction } from 'ajv';
+import type { ValidateFunction } from 'ajv';
 import { invalidRequest } from '../errors.js';
 import { describeValidationErrors } from '../schemas/describe-error.js';
+import { ajv } from '../schemas/ajv.js';
 
 /**
  * Ajv validators for the bodies and query strings of the admin and usage
@@ -8,8 +9,6 @@ import { describeValidationErrors } from '../schemas/describe-error.js';
  * named in `param`. The image route has its own, per-model validators.
  */
 
-// One instance: compiling is the expensive part, and every schema here is compiled once at start-up.
-const ajv = new Ajv({ strict: true, allErrors: false, verbose: true, allowUnionTypes: true });
 
 function isPlainObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);

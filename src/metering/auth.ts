@@ -1,8 +1,14 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import type { Principal } from '../http/auth.js';
 import type { KeysStore } from './keys-store.js';
+
+/** Who is calling, once their key checked out. */
+export interface Principal {
+  keyId: string;
+  role: 'user' | 'admin';
+  rpmLimit: number | null;
+}
 
 /**
  * Who is calling. Keys are long random strings, so a SHA-256 of the key is

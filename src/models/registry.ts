@@ -5,7 +5,8 @@
  * Lookup is exact, by id or a declared alias: no prefixes, no substrings,
  * no case folding, so a name can never route to a model it does not name.
  */
-import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
+import type { ErrorObject, ValidateFunction } from 'ajv';
+import { ajv } from '../schemas/ajv.js';
 import { validatePricing, type ModelPricing, type PriceRounding } from '../metering/pricing.js';
 import { IMAGE_SIZE_PRESET_PIXELS } from '../schemas/fields.js';
 import type { ImageSizeValue, OutputFormat } from '../schemas/image-request.js';
@@ -100,15 +101,6 @@ export interface ModelRegistry {
 const ENDPOINT_ID = /^[a-z0-9-]+\/[a-z0-9._-]+(?:\/[a-z0-9._-]+)*$/;
 const MODEL_NAME = /^[\x21-\x7e]{1,200}$/;
 const FORBIDDEN_FIELD_NAMES = new Set(['__proto__', 'constructor', 'prototype']);
-
-/**
- * One Ajv per registry. `verbose` keeps the failing sub-schema on each error,
- * which the normalizer needs to describe `anyOf` failures in words.
- * `allowUnionTypes` is for OpenAI's nullable fields (`type: ["integer","null"]`).
- */
-export function createAjv(): Ajv {
-  return new Ajv({ strict: true, allErrors: false, verbose: true, allowUnionTypes: true });
-}
 
 function fail(where: string, problem: string): never {
   throw new Error(`Model registry: ${where}: ${problem}`);
@@ -213,7 +205,6 @@ function freezeEntry(e: ModelEntry): ModelEntry {
  */
 export function createModelRegistry(entries: readonly ModelEntry[]): ModelRegistry {
   if (!Array.isArray(entries) || entries.length === 0) throw new Error('Model registry: no models configured');
-  const ajv = createAjv();
   const byName = new Map<string, ModelEntry>();
   const validators = new Map<ModelEntry, ModelValidators>();
   const list: ModelEntry[] = [];
