@@ -1,6 +1,5 @@
 import { createHash, createPublicKey, verify as verifySignature, type KeyObject } from 'node:crypto';
 import type { FetchLike } from './redirect-fetch.js';
-import { DeadlineQueue, type Expiring } from '../deadline-queue.js';
 
 /**
  * fal's completion callbacks. With them, a waiting job costs no status
@@ -125,14 +124,11 @@ export interface CompletionHub {
 export type WaitOutcome = 'notified' | 'aborted' | 'timeout';
 
 /**
- * One waiting job: this record and its promise; with a timeout, a place in
- * the shared deadline queue for that length rather than a timer of its own.
- * It is its own abort listener (handleEvent), so a wait costs no closures
- * beyond the promise's resolver; thousands of jobs wait here at once.
+ * One waiting job: this record, its promise and, with a timeout, its timer.
+ * It is its own abort listener (handleEvent).
  */
-class Waiter implements Expiring {
-  deadlines: DeadlineQueue | undefined;
-  expiresAt = 0;
+class Waiter {
+  timer: NodeJS.Timeout | undefined;
   constructor(
     readonly id: string,
     readonly hub: Map<string, Waiter | Waiter[]>,
@@ -144,7 +140,7 @@ class Waiter implements Expiring {
     const resolve = this.resolve;
     if (!resolve) return;
     this.resolve = undefined;
-    this.deadlines?.delete(this);
+    clearTimeout(this.timer);
     this.signal?.removeEventListener('abort', this);
     if (outcome !== 'notified') this.unlist();
     resolve(outcome);
@@ -152,10 +148,6 @@ class Waiter implements Expiring {
 
   handleEvent(): void {
     this.settle('aborted');
-  }
-
-  expire(): void {
-    this.settle('timeout');
   }
 
   private unlist(): void {
@@ -167,6 +159,12 @@ class Waiter implements Expiring {
       if (entry.length === 1) this.hub.set(this.id, entry[0]!);
     }
   }
+}
+
+const MAX_TIMER_MS = 2_147_483_647;
+
+function expire(w: Waiter): void {
+  w.settle('timeout');
 }
 
 export function createCompletionHub(): CompletionHub {
@@ -194,10 +192,8 @@ export function createCompletionHub(): CompletionHub {
         else if (Array.isArray(entry)) entry.push(w);
         else waiters.set(id, [entry, w]);
         signal?.addEventListener('abort', w, { once: true });
-        if (timeoutMs !== undefined && Number.isFinite(timeoutMs)) {
-          w.deadlines = DeadlineQueue.forLength(Math.max(0, timeoutMs));
-          w.deadlines.add(w);
-        }
+        // Longer than a timer can wait (~24.8 days) is no timeout: Node would fire it at once.
+        if (timeoutMs !== undefined && timeoutMs <= MAX_TIMER_MS) w.timer = setTimeout(expire, Math.max(0, timeoutMs), w);
       });
     },
     notify(id) {

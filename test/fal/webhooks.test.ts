@@ -159,4 +159,28 @@ describe('fal webhooks', () => {
     await waiting;
     assert.equal(hub.waiting, 0);
   });
+
+  it('the hub\'s grace period: a wait times out once, a woken or aborted wait never does, and a delay past the timer limit is no timeout', async () => {
+    const hub = createCompletionHub();
+    assert.equal(await hub.wait('slow', undefined, 5), 'timeout');
+    assert.equal(hub.waiting, 0, 'a timed-out waiter is unlisted');
+
+    const woken = hub.wait('woken', undefined, 30);
+    hub.notify('woken');
+    assert.equal(await woken, 'notified');
+
+    const abort = new AbortController();
+    const aborted = hub.wait('aborted', abort.signal, 30);
+    abort.abort();
+    assert.equal(await aborted, 'aborted');
+
+    const forever = hub.wait('forever', undefined, 2 ** 31);
+    const outcome = await Promise.race([forever, new Promise((r) => setTimeout(() => r('still waiting'), 50))]);
+    assert.equal(outcome, 'still waiting');
+    hub.notify('forever');
+    assert.equal(await forever, 'notified');
+    // The woken and aborted waits' timers were cleared: nothing fires for them later.
+    await new Promise((r) => setTimeout(r, 60));
+    assert.equal(hub.waiting, 0);
+  });
 });
