@@ -1,22 +1,35 @@
 // Which test files exist, and which tier each belongs to. Shared by
-// run-tests.mjs and time-tests.mjs. The tiers are explained, with the
-// figures that put each slow file where it is, in docs/TESTING.md.
+// run-tests.mjs and time-tests.mjs; docs/TESTING.md explains the tiers and
+// gives the figures that put each file below where it is.
 import { readdirSync, statSync } from 'node:fs';
 import { join, relative } from 'node:path';
 
 export const root = new URL('..', import.meta.url).pathname;
 
 /**
- * The integration tier: files that take more than about 20 s on their own, or
- * need several processes, both databases at length, Chromium or a long fuzz
- * run. Listed by path (matched as a path prefix) rather than moved, so the
- * files keep their place beside the tests of the same src module. Every file
- * not listed here is in the fast tier (`npm test`).
+ * The integration tier (`npm run test:integration`): files that take about
+ * 20 s or more on their own, or that need several processes, Chromium or a
+ * long fuzz run. Listed here rather than moved, so each file stays beside the
+ * tests of the same src module. Every other test file is in the fast tier
+ * (`npm test`). A path ending in "/" lists a whole folder.
  */
-export const integration = [];
+export const INTEGRATION = [
+  'test/cli/cli.test.ts', // spawns the CLI and a service process
+  'test/emulator/storage.test.ts', // multipart uploads of large files
+  'test/fuzz/fuzz.test.ts', // 3,000 seeded cases against a service in a child process
+  'test/http/rate-limit.test.ts', // two service processes sharing Redis
+  'test/images/generate-faults.test.ts', // every upstream fault, deadlines and reconciliation
+  'test/main.test.ts', // starts and signals src/main.ts as a process
+  'test/metering/crash-recovery.test.ts', // kills service processes mid-request
+  'test/replicas.test.ts', // two replicas sharing PostgreSQL
+  'test/scripts/probe-fal.test.ts', // the whole probe against the emulator
+  'test/web/pages.test.ts', // the pages in headless Chromium
+];
+
+export const TIERS = ['fast', 'integration'];
 
 export function tierOf(file) {
-  return integration.some((p) => file === p || file.startsWith(p.endsWith('/') ? p : `${p}`)) ? 'integration' : 'fast';
+  return INTEGRATION.some((p) => (p.endsWith('/') ? file.startsWith(p) : file === p)) ? 'integration' : 'fast';
 }
 
 function walk(dir) {
@@ -29,10 +42,20 @@ function walk(dir) {
   return out;
 }
 
-/** Test files (paths relative to the repo root, sorted) matching any of the substrings; all when none. */
-export function findTestFiles(filters = []) {
+/**
+ * Test files (paths relative to the repo root, sorted) containing any of the
+ * substrings (all files when none are given), of one tier or of both.
+ */
+export function findTestFiles(filters = [], tier = undefined) {
   return walk(join(root, 'test'))
     .map((f) => relative(root, f))
     .filter((f) => filters.length === 0 || filters.some((s) => f.includes(s)))
+    .filter((f) => tier === undefined || tierOf(f) === tier)
     .sort();
+}
+
+/** Every listed integration path must exist, so a renamed file cannot slip into the fast tier unnoticed. */
+export function missingIntegrationPaths() {
+  const all = findTestFiles();
+  return INTEGRATION.filter((p) => !all.some((f) => (p.endsWith('/') ? f.startsWith(p) : f === p)));
 }
