@@ -8,19 +8,21 @@ export const root = new URL('..', import.meta.url).pathname;
 
 /**
  * The integration tier (`npm run test:integration`): files that take about
- * 20 s or more on their own, or that need several processes, Chromium or a
- * long fuzz run. Listed here rather than moved, so each file stays beside the
+ * 15 s or more on their own, or that need several processes, Chromium, a
+ * long fuzz run, or run a long suite on both databases. Listed here rather than moved, so each file stays beside the
  * tests of the same src module. Every other test file is in the fast tier
  * (`npm test`). A path ending in "/" lists a whole folder.
  */
 export const INTEGRATION = [
   'test/cli/cli.test.ts', // spawns the CLI and a service process
+  'test/db/database.test.ts', // migrations and pools, on SQLite and PostgreSQL
   'test/emulator/storage.test.ts', // multipart uploads of large files
   'test/fuzz/fuzz.test.ts', // 3,000 seeded cases against a service in a child process
   'test/http/rate-limit.test.ts', // two service processes sharing Redis
   'test/images/generate-faults.test.ts', // every upstream fault, deadlines and reconciliation
   'test/main.test.ts', // starts and signals src/main.ts as a process
   'test/metering/crash-recovery.test.ts', // kills service processes mid-request
+  'test/metering/ledger.test.ts', // the ledger's whole contract, on SQLite and PostgreSQL
   'test/replicas.test.ts', // two replicas sharing PostgreSQL
   'test/scripts/probe-fal.test.ts', // the whole probe against the emulator
   'test/web/pages.test.ts', // the pages in headless Chromium

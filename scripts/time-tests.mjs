@@ -8,7 +8,9 @@
 // status, tier, path. CPU seconds say what a file costs on a busy machine,
 // where wall time depends on what else is running.
 import { spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { findTestFiles, tierOf, root } from './test-files.mjs';
 
 const files = findTestFiles(process.argv.slice(2));
@@ -27,15 +29,19 @@ function childrenCpuSeconds() {
   }
 }
 
+// Each file's output is kept, so a failure seen once can be read afterwards.
+const logs = mkdtempSync(join(tmpdir(), 'time-tests-'));
 const rows = [];
 for (const file of files) {
   const started = process.hrtime.bigint();
   const cpuBefore = childrenCpuSeconds();
-  const r = spawnSync(process.execPath, ['--import', 'tsx', '--test', '--test-reporter=dot', file], { cwd: root, stdio: ['ignore', 'ignore', 'inherit'] });
+  const r = spawnSync(process.execPath, ['--import', 'tsx', '--test', '--test-reporter=spec', file], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 256 * 1024 * 1024 });
   const seconds = Number(process.hrtime.bigint() - started) / 1e9;
   const cpu = childrenCpuSeconds() - cpuBefore;
   rows.push({ file, seconds, cpu, status: r.status ?? 1, tier: tierOf(file) });
-  console.error(`${seconds.toFixed(1).padStart(6)} s  ${cpu.toFixed(1).padStart(6)} cpu-s  ${r.status === 0 ? 'ok  ' : 'FAIL'}  ${file}`);
+  const log = join(logs, `${file.replaceAll('/', '_')}.log`);
+  writeFileSync(log, Buffer.concat([r.stdout ?? Buffer.alloc(0), r.stderr ?? Buffer.alloc(0)]));
+  console.error(`${seconds.toFixed(1).padStart(6)} s  ${cpu.toFixed(1).padStart(6)} cpu-s  ${r.status === 0 ? 'ok  ' : `FAIL (output: ${log})`}  ${file}`);
 }
 rows.sort((a, b) => b.seconds - a.seconds);
 console.log('\n   wall      cpu  status  tier         file');
