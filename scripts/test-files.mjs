@@ -1,0 +1,63 @@
+// Which test files exist, and which tier each belongs to. Shared by
+// run-tests.mjs and time-tests.mjs; docs/TESTING.md explains the tiers and
+// gives the figures that put each file below where it is.
+import { readdirSync, statSync } from 'node:fs';
+import { join, relative } from 'node:path';
+
+export const root = new URL('..', import.meta.url).pathname;
+
+/**
+ * The integration tier (`npm run test:integration`): files that take about
+ * 15 s or more on their own, or that need several processes, Chromium, a
+ * long fuzz run, or run a long suite on both databases. Listed here rather than moved, so each file stays beside the
+ * tests of the same src module. Every other test file is in the fast tier
+ * (`npm test`). A path ending in "/" lists a whole folder.
+ */
+export const INTEGRATION = [
+  'test/cli/cli.test.ts', // spawns the CLI and a service process
+  'test/db/database.test.ts', // migrations and pools, on SQLite and PostgreSQL
+  'test/emulator/storage.test.ts', // multipart uploads of large files
+  'test/fuzz/fuzz.test.ts', // 3,000 seeded cases against a service in a child process
+  'test/http/rate-limit.test.ts', // two service processes sharing Redis
+  'test/images/generate-faults.test.ts', // every upstream fault, deadlines and reconciliation
+  'test/main.test.ts', // starts and signals src/main.ts as a process
+  'test/metering/crash-recovery.test.ts', // kills service processes mid-request
+  'test/metering/ledger.test.ts', // the ledger's whole contract, on SQLite and PostgreSQL
+  'test/replicas.test.ts', // two replicas sharing PostgreSQL
+  'test/scripts/probe-fal.test.ts', // the whole probe against the emulator
+  'test/web/pages.test.ts', // the pages in headless Chromium
+];
+
+export const TIERS = ['fast', 'integration'];
+
+export function tierOf(file) {
+  return INTEGRATION.some((p) => (p.endsWith('/') ? file.startsWith(p) : file === p)) ? 'integration' : 'fast';
+}
+
+function walk(dir) {
+  const out = [];
+  for (const name of readdirSync(dir)) {
+    const p = join(dir, name);
+    if (statSync(p).isDirectory()) out.push(...walk(p));
+    else if (/\.test\.ts$/.test(name)) out.push(p);
+  }
+  return out;
+}
+
+/**
+ * Test files (paths relative to the repo root, sorted) containing any of the
+ * substrings (all files when none are given), of one tier or of both.
+ */
+export function findTestFiles(filters = [], tier = undefined) {
+  return walk(join(root, 'test'))
+    .map((f) => relative(root, f))
+    .filter((f) => filters.length === 0 || filters.some((s) => f.includes(s)))
+    .filter((f) => tier === undefined || tierOf(f) === tier)
+    .sort();
+}
+
+/** Every listed integration path must exist, so a renamed file cannot slip into the fast tier unnoticed. */
+export function missingIntegrationPaths() {
+  const all = findTestFiles();
+  return INTEGRATION.filter((p) => !all.some((f) => (p.endsWith('/') ? f.startsWith(p) : f === p)));
+}
