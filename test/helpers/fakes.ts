@@ -12,7 +12,7 @@ import type { GenerateContext, GenerateOutcome, GenerateProgress, ImageService }
 import type { CanonicalRequest } from '../../src/images/normalize.js';
 import type { Media } from '../../src/images/media.js';
 import type { KeysStore } from '../../src/metering/keys-store.js';
-import type { Ledger } from '../../src/metering/ledger.js';
+import type { Reports } from '../../src/metering/reports.js';
 import type { BeginResult, IdempotencyStore } from '../../src/metering/idempotency-store.js';
 import type { KeyRateLimiter } from '../../src/http/rate-limit.js';
 import { createMetrics } from '../../src/metrics.js';
@@ -47,8 +47,8 @@ export function cannedOutcome(overrides: Partial<GenerateOutcome> = {}): Generat
         fal_request_ids: ['fal-req-1'],
       },
     },
-    headers: { 'x-usage-cost-usd': '0.005000', 'x-usage-credits': '10000' },
-    falRequestId: 'fal-req-1',
+    charge: { micros: 5_000n, usd: '0.005000', credits: 10_000 },
+    falRequestIds: ['fal-req-1'],
     ...overrides,
   };
 }
@@ -109,23 +109,11 @@ export function fakeKeysStore(): KeysStore {
   };
 }
 
-export function fakeLedger(): Ledger {
+export function fakeReports(): Reports {
   return {
-    reserve: () => notInFake('Ledger.reserve'),
-    recordSubmit: () => notInFake('Ledger.recordSubmit'),
-    completeJob: () => notInFake('Ledger.completeJob'),
-    failJob: () => notInFake('Ledger.failJob'),
-    markDuplicate: () => notInFake('Ledger.markDuplicate'),
-    settle: () => notInFake('Ledger.settle'),
-    settleJobs: () => notInFake('Ledger.settleJobs'),
-    release: () => notInFake('Ledger.release'),
-    markOrphaned: () => notInFake('Ledger.markOrphaned'),
-    listOpen: () => notInFake('Ledger.listOpen'),
-    listOrphaned: () => notInFake('Ledger.listOrphaned'),
-    getRequest: () => notInFake('Ledger.getRequest'),
-    usage: () => notInFake('Ledger.usage'),
-    exportRows: () => notInFake('Ledger.exportRows'),
-    unitsDisagreements: () => notInFake('Ledger.unitsDisagreements'),
+    usage: () => notInFake('Reports.usage'),
+    exportRows: () => notInFake('Reports.exportRows'),
+    unitsDisagreements: () => notInFake('Reports.unitsDisagreements'),
   };
 }
 
@@ -191,7 +179,7 @@ export function fakeAppDeps(overrides: Partial<AppDeps> = {}): AppDeps {
     media: fakeMedia(),
     authenticate: fakeAuthenticate(),
     keys: fakeKeysStore(),
-    ledger: fakeLedger(),
+    reports: fakeReports(),
     readiness: [],
     maxBodyBytes: 64 * 1024,
     publicBaseUrl: 'https://gateway.example.test',
