@@ -187,7 +187,14 @@ export async function migrateToLatest(
     provider: new InCodeMigrationProvider(dialect),
     ...(options.schema ? { migrationTableSchema: options.schema } : {}),
   });
-  const { error, results } = await migrator.migrateToLatest();
+  let { error, results } = await migrator.migrateToLatest();
+  // Kysely's Migrator lists every schema's tables before it takes its lock;
+  // a schema another client drops meanwhile fails that read (3F000/42P01,
+  // naming the other schema). Nothing was applied, so the run is repeated.
+  for (let attempt = 1; error && attempt < 10 && droppedElsewhere(error, options.schema); attempt++) {
+    await new Promise((r) => setTimeout(r, 20 * attempt));
+    ({ error, results } = await migrator.migrateToLatest());
+  }
   if (error) {
     const failed = results?.find((r) => r.status === 'Error')?.migrationName;
     throw new Error(`database migration ${failed ?? ''} failed: ${(error as Error).message ?? String(error)}`, {
@@ -195,4 +202,12 @@ export async function migrateToLatest(
     });
   }
   return (results ?? []).filter((r) => r.status === 'Success').map((r) => r.migrationName);
+}
+
+/** PostgreSQL's "schema / relation does not exist" for an object outside the schema being migrated. */
+function droppedElsewhere(error: unknown, schema: string | undefined): boolean {
+  const code = (error as { code?: unknown }).code;
+  if (code !== '3F000' && code !== '42P01') return false;
+  const message = String((error as Error).message ?? '');
+  return schema === undefined || !message.includes(`"${schema}"`);
 }
