@@ -21,9 +21,10 @@ export function createErrorWriter(logger: Logger): ErrorWriter {
     const out = errorResponse(err);
     const locals = (res as { locals?: Record<string, unknown> }).locals;
     if (locals) locals.errorCode = out.body.error.code;
-    if (!(err instanceof ApiError) || out.status >= 500) logger.error({ err, request_id: locals?.requestId }, 'request failed');
+    const streamed = res.headersSent && isEventStream(res);
+    if (!(err instanceof ApiError) || out.status >= 500) logger.error({ err, request_id: locals?.requestId }, streamed ? 'streamed request failed' : 'request failed');
     if (res.headersSent) {
-      if (isEventStream(res) && !res.writableEnded && !res.destroyed) {
+      if (streamed && !res.writableEnded && !res.destroyed) {
         res.end(`event: error\ndata: ${JSON.stringify(out.body)}\n\n`);
       } else {
         res.destroy();

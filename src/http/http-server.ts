@@ -2,7 +2,8 @@ import { createServer, type IncomingMessage, type RequestListener, type ServerRe
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { ApiError } from '../errors.js';
-import { writeErrorToSocket } from './error-writer.js';
+import { createErrorWriter, writeErrorToSocket } from './error-writer.js';
+import pino from 'pino';
 import { appClasses } from './waiting-requests.js';
 import { newRequestId } from './request-id.js';
 import { securityHeaderValues } from './security-headers.js';
@@ -24,11 +25,14 @@ import { securityHeaderValues } from './security-headers.js';
  *   lets a server do so) and the request is served like any other.
  */
 export function createHttpServer(app: RequestListener, logger?: Logger): Server {
+  const writeError = createErrorWriter(logger ?? pino({ level: 'silent' }));
   const server = createServer({ requireHostHeader: false, ...appClasses(app) }, (req, res) => {
     if (req.httpVersion === '1.1' && req.headers.host === undefined) {
       const id = newRequestId();
       logger?.info({ request_id: id, status: 400, error_code: 'missing_host' }, 'request without Host refused');
-      writeErrorToSocket(req.socket, new ApiError(400, 'An HTTP/1.1 request must carry a Host header.', { type: 'invalid_request_error', code: 'missing_host' }), { ...RAW_HEADERS, 'x-request-id': id }, req.method === 'HEAD');
+      // Through the response, not the socket: Node holds it until earlier responses on the connection are written.
+      for (const [name, value] of Object.entries({ ...RAW_HEADERS, 'x-request-id': id, connection: 'close' })) res.setHeader(name, value);
+      writeError(new ApiError(400, 'An HTTP/1.1 request must carry a Host header.', { type: 'invalid_request_error', code: 'missing_host' }), res);
       return;
     }
     app(req, res);

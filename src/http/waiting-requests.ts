@@ -98,7 +98,14 @@ export class RequestLocals {
  */
 export function answerLater(handler: (req: Request, res: Response) => Promise<void>, writeError: ErrorWriter): (req: Request, res: Response) => void {
   return (req, res) => {
-    handler(req, res).catch((err: unknown) => writeError(err, res));
+    handler(req, res).catch((err: unknown) => {
+      try {
+        writeError(err, res);
+      } catch {
+        // Nothing may escape as an unhandled rejection (it would end the process): the answer is lost, the socket goes.
+        res.destroy();
+      }
+    });
     req.next = undefined;
     req.params = NO_PARAMS;
     (req as { _parsedUrl?: unknown })._parsedUrl = undefined;

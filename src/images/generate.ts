@@ -99,7 +99,7 @@ export function createImageService(deps: ImageServiceDeps): ImageService {
       } catch (err) {
         if (!(err instanceof MeteringUnavailable)) throw err;
         deps.logger.error({ err: err.cause, what: err.what, request_id: ctx.requestId }, 'ledger write failed');
-        throw serviceUnavailable('Usage metering is unavailable; the request was not processed.', 5, 'metering_unavailable');
+        throw meteringUnavailable(err.what !== 'reserve');
       } finally {
         stop.dispose();
         deps.metrics?.jobsInFlight.dec();
@@ -122,13 +122,13 @@ interface Run {
  * suspended, not the locals of preparing and finishing.
  */
 async function generate(deps: ImageServiceDeps, now: () => number, canonical: CanonicalRequest, ctx: GenerateContext, stop: RequestStop): Promise<GenerateOutcome> {
-  const { run, inputs } = await prepare(deps, canonical, ctx, stop);
-  const outcomes = await runJobs(deps, run, inputs, ctx, stop);
+  const run = await prepare(deps, canonical, ctx, stop);
+  const outcomes = await runJobs(deps, run, ctx, stop);
   return finish(deps, now, run, outcomes, ctx, stop);
 }
 
-/** LoRA uploads, the reservation, the deadline, and the fal input of each job. */
-async function prepare(deps: ImageServiceDeps, canonical: CanonicalRequest, ctx: GenerateContext, stop: RequestStop): Promise<{ run: Run; inputs: Array<Record<string, unknown>> }> {
+/** LoRA uploads, the reservation and the deadline. */
+async function prepare(deps: ImageServiceDeps, canonical: CanonicalRequest, ctx: GenerateContext, stop: RequestStop): Promise<Run> {
   // Before anything is reserved or submitted: a refused LoRA path is the caller's 400, and an upload is not a billable job.
   const falInput = deps.loras ? await deps.loras.resolve(canonical.falInput, stop.signal) : canonical.falInput;
   const req = falInput === canonical.falInput ? canonical : { ...canonical, falInput };
@@ -136,18 +136,30 @@ async function prepare(deps: ImageServiceDeps, canonical: CanonicalRequest, ctx:
   await reserve(deps, req, ctx, encodePricing(pricing));
   // The deadline bounds the fal work: a LoRA upload and the reservation before it are not part of it.
   stop.startDeadline(deps.requestTimeoutMs);
-  const { inputs, baseSeed } = jobInputs(req);
-  return { run: { req, pricing, baseSeed, startedAt: performance.now() }, inputs };
+  return { req, pricing, baseSeed: baseSeedFor(req), startedAt: performance.now() };
 }
 
-function runJobs(deps: ImageServiceDeps, run: Run, inputs: Array<Record<string, unknown>>, ctx: GenerateContext, stop: RequestStop): Promise<JobOutcome[]> {
-  const progress = ctx.onProgress ? progressReporter(ctx.onProgress, deps.logger.child({ request_id: ctx.requestId })) : undefined;
+/**
+ * Every job to its end. A job whose ledger write fails stops the others, and
+ * the request waits for all of them before it answers: none is left running
+ * unwatched.
+ */
+async function runJobs(deps: ImageServiceDeps, run: Run, ctx: GenerateContext, stop: RequestStop): Promise<JobOutcome[]> {
   const { id: model, endpoint } = run.req.model;
-  return Promise.all(
-    inputs.map((input, i) =>
-      runJob(deps, { requestId: ctx.requestId, model, endpoint, input, onSubmitted: ctx.onSubmitted, onStatus: progress && ((st) => progress(i, st, inputs.length)) }, stop),
-    ),
-  );
+  const inputs = jobInputs(run.req, run.baseSeed);
+  const count = inputs.length;
+  const progress = ctx.onProgress ? progressReporter(ctx.onProgress, deps.logger.child({ request_id: ctx.requestId, model })) : undefined;
+  const jobs = inputs.map((input, i) => {
+    const job = { requestId: ctx.requestId, model, endpoint, onSubmitted: ctx.onSubmitted, onStatus: progress && ((st: FalJobStatus) => progress(i, st, count)) };
+    return runJob(deps, job, input, stop).catch((err: unknown) => {
+      stop.stop('sibling');
+      throw err;
+    });
+  });
+  const settled = await Promise.allSettled(jobs);
+  const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
+  if (failed) throw failed.reason;
+  return settled.map((s) => (s as PromiseFulfilledResult<JobOutcome>).value);
 }
 
 /** Every job has a state: settle, release or leave open as they decide, then answer or throw. */
@@ -164,7 +176,7 @@ async function finish(deps: ImageServiceDeps, now: () => number, run: Run, outco
     log.error({ errors: outcomes.map((o) => ('error' in o ? o.error.message : undefined)) }, 'submit outcome unknown; request marked orphaned');
   }
   const caller = decision.caller;
-  if (caller.answer === 'metering_unavailable') throw serviceUnavailable('Usage metering is unavailable; the request was not completed.', 5, 'metering_unavailable');
+  if (caller.answer === 'metering_unavailable') throw meteringUnavailable(true);
   if (caller.answer === 'error') {
     // Only a failure needs to know which name the caller gave each field.
     const fieldOrigins = Object.fromEntries(Object.keys(req.falInput).map((f) => [f, OPENAI_ALIASES[f] && req.sentFields.includes(OPENAI_ALIASES[f]!) ? OPENAI_ALIASES[f]! : f]));
@@ -222,20 +234,24 @@ async function reserve(deps: ImageServiceDeps, req: CanonicalRequest, ctx: Gener
 }
 
 /** The fal input of each job: n above the model's per-job maximum is split, each job with a seed of its own. */
-function jobInputs(req: CanonicalRequest): { inputs: Array<Record<string, unknown>>; baseSeed: number | undefined } {
+function jobInputs(req: CanonicalRequest, baseSeed: number | undefined): Array<Record<string, unknown>> {
   const perJob = req.model.maxImagesPerJob;
-  const counts = splitIntoJobs(req.numImages, perJob);
-  const callerSeed = typeof req.falInput.seed === 'number' ? req.falInput.seed : undefined;
-  // Jobs of one request must not draw the same images: each gets its own
-  // seed, derived from the caller's (or, when none was given, a random one).
-  const baseSeed = callerSeed ?? (counts.length > 1 ? randomSeed() : undefined);
-  const inputs = counts.map((k, i) => ({
+  return splitIntoJobs(req.numImages, perJob).map((k, i) => ({
     ...req.falInput,
     num_images: k,
     ...(baseSeed !== undefined ? { seed: jobSeed(baseSeed, i, perJob) } : {}),
     sync_mode: req.responseFormat === 'b64_json',
   }));
-  return { inputs, baseSeed };
+}
+
+/**
+ * Jobs of one request must not draw the same images: each gets its own seed,
+ * derived from the caller's (or, when none was given and there are several
+ * jobs, a random one).
+ */
+function baseSeedFor(req: CanonicalRequest): number | undefined {
+  if (typeof req.falInput.seed === 'number') return req.falInput.seed;
+  return splitIntoJobs(req.numImages, req.model.maxImagesPerJob).length > 1 ? randomSeed() : undefined;
 }
 
 async function settle(deps: ImageServiceDeps, req: CanonicalRequest, requestId: string, pricing: { promptExpansion: boolean; markup: Markup }, done: readonly FalResult[], log: Logger) {
@@ -246,6 +262,16 @@ async function settle(deps: ImageServiceDeps, req: CanonicalRequest, requestId: 
     deps.metrics?.unitsDisagreements.inc({ model: req.model.id });
   }
   return out;
+}
+
+/**
+ * Fail closed: what cannot be metered is never served. Once a fal job may
+ * exist (`jobsMayExist`), a retry could start another billable one, so none
+ * is invited.
+ */
+function meteringUnavailable(jobsMayExist: boolean): ApiError {
+  if (!jobsMayExist) return serviceUnavailable('Usage metering is unavailable; the request was not processed.', 5, 'metering_unavailable');
+  return new ApiError(503, 'Usage metering is unavailable; the request was not completed.', { type: 'service_unavailable', code: 'metering_unavailable', shouldRetry: false });
 }
 
 /** Fail closed: what cannot be metered is never served. */

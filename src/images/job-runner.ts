@@ -24,7 +24,6 @@ export interface Job {
   requestId: string;
   model: string;
   endpoint: string;
-  input: Record<string, unknown>;
   /** Told once a fal job exists or may exist (submit answered, or its outcome unknown). */
   onSubmitted?: (() => void) | undefined;
   /** Told each state fal reports while the job waits. */
@@ -44,19 +43,20 @@ export class MeteringUnavailable extends Error {
   }
 }
 
-export async function runJob(deps: JobRunnerDeps, job: Job, stop: RequestStop): Promise<JobOutcome> {
-  const submitted = await submit(deps, job, stop);
+/** `input` goes to fal once and is not kept: a job may wait for minutes. */
+export async function runJob(deps: JobRunnerDeps, job: Job, input: Record<string, unknown>, stop: RequestStop): Promise<JobOutcome> {
+  const submitted = await submit(deps, job, input, stop);
   if (submitted.at !== 'submitted') return submitted;
   // Returned, not awaited: this frame ends here and only the small one below waits on fal.
   return waitAndCollect(deps, job, submitted, stop);
 }
 
 /** The submit, and the ledger's record of the job it made (or of what it may have made). */
-async function submit(deps: JobRunnerDeps, job: Job, stop: RequestStop): Promise<JobOutcome> {
+async function submit(deps: JobRunnerDeps, job: Job, input: Record<string, unknown>, stop: RequestStop): Promise<JobOutcome> {
   const log = logFor(deps, job);
   let answer: { falRequestId: string; strayIds: string[] };
   try {
-    answer = await deps.fal.submit(job.endpoint, job.input, { signal: stop.signal });
+    answer = await deps.fal.submit(job.endpoint, input, { signal: stop.signal });
   } catch (err) {
     const fe = asFalError(err);
     await recordStrays(deps, job, fe.strayIds, log);

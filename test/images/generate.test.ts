@@ -44,6 +44,8 @@ function fakeFal(script: Script): FalGateway & { submitted: Array<Record<string,
       return script.submit ? script.submit(input, submitted.length) : { falRequestId: `fal-${submitted.length}`, strayIds: [] };
     },
     async waitForCompletion(_e, id, o) {
+      // As the gateway does: a wait under a signal already aborted ends at once.
+      if (o?.signal?.aborted) throw new FalCallError('aborted', { phase: 'status', kind: 'aborted' });
       if (script.wait) await script.wait(id, o?.signal);
     },
     async result(_e, id) {
@@ -187,6 +189,37 @@ describe('createImageService with a scripted fal', () => {
     await s.images.generate(canonical({}), c);
     const row = await s.ledger.getRequest(c.requestId);
     assert.equal(row?.status, 'settled', 'fal completed it before the cancel: it bills, so we bill it');
+  });
+
+  it('the ledger failing after fal made the job: 503 metering_unavailable, and no retry invited (it would start another billable job)', async (t) => {
+    const s = await setup(t, {});
+    s.ledger.settleJobs = async () => Promise.reject(new Error('disk full'));
+    const err = (await s.images.generate(canonical({}), s.ctx()).catch((e: unknown) => e)) as ApiError;
+    assert.equal(err.status, 503);
+    assert.equal(err.code, 'metering_unavailable');
+    assert.equal(err.shouldRetry, false);
+  });
+
+  it('a ledger write failing in one job of a fan-out stops the others, and the answer waits for all of them', async (t) => {
+    let waits = 0;
+    let ended = 0;
+    const s = await setup(t, {
+      wait: (_id, signal) =>
+        new Promise((_r, reject) => {
+          waits++;
+          signal?.addEventListener('abort', () => {
+            ended++;
+            reject(new FalCallError('aborted', { phase: 'status', kind: 'aborted' }));
+          }, { once: true });
+        }),
+      submit: async (_input, n) => ({ falRequestId: `fal-${n}`, strayIds: n === 1 ? ['stray-1'] : [] }),
+    });
+    s.ledger.markDuplicate = async () => Promise.reject(new Error('disk full'));
+    const err = (await s.images.generate(canonical({ n: 6 }), s.ctx()).catch((e: unknown) => e)) as ApiError;
+    assert.equal(err.code, 'metering_unavailable');
+    assert.equal(err.shouldRetry, false);
+    assert.equal(ended, waits, 'every sibling that waited was stopped before the answer');
+    assert.equal(s.fal.cancelled.length, s.fal.submitted.length - 1, 'every other job was cancelled at fal');
   });
 
   it('the ledger unavailable: 503 metering_unavailable, nothing submitted', async (t) => {
