@@ -123,8 +123,7 @@ interface Run {
  */
 async function generate(deps: ImageServiceDeps, now: () => number, canonical: CanonicalRequest, ctx: GenerateContext, stop: RequestStop): Promise<GenerateOutcome> {
   const run = await prepare(deps, canonical, ctx, stop);
-  const outcomes = await runJobs(deps, run, ctx, stop);
-  return finish(deps, now, run, outcomes, ctx, stop);
+  return finish(deps, now, run, await runJobs(deps, run, ctx, stop), ctx, stop);
 }
 
 /** LoRA uploads, the reservation and the deadline. */
@@ -149,17 +148,16 @@ async function runJobs(deps: ImageServiceDeps, run: Run, ctx: GenerateContext, s
   const inputs = jobInputs(run.req, run.baseSeed);
   const count = inputs.length;
   const progress = ctx.onProgress ? progressReporter(ctx.onProgress, deps.logger.child({ request_id: ctx.requestId, model })) : undefined;
-  const jobs = inputs.map((input, i) => {
-    const job = { requestId: ctx.requestId, model, endpoint, onSubmitted: ctx.onSubmitted, onStatus: progress && ((st: FalJobStatus) => progress(i, st, count)) };
-    return runJob(deps, job, input, stop).catch((err: unknown) => {
-      stop.stop('sibling');
-      throw err;
-    });
-  });
-  const settled = await Promise.allSettled(jobs);
-  const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
-  if (failed) throw failed.reason;
-  return settled.map((s) => (s as PromiseFulfilledResult<JobOutcome>).value);
+  const jobs = inputs.map((input, i) =>
+    runJob(deps, { requestId: ctx.requestId, model, endpoint, onSubmitted: ctx.onSubmitted, onStatus: progress && ((st: FalJobStatus) => progress(i, st, count)) }, input, stop),
+  );
+  try {
+    return await Promise.all(jobs);
+  } catch (err) {
+    stop.stop('sibling');
+    await Promise.allSettled(jobs);
+    throw err;
+  }
 }
 
 /** Every job has a state: settle, release or leave open as they decide, then answer or throw. */
