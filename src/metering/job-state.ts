@@ -21,8 +21,6 @@ export interface FalFailure {
   readonly status: number | undefined;
   /** The call may have created a job we never heard of (a submit without a readable answer). */
   readonly ambiguous: boolean;
-  /** Jobs fal named on refused submit attempts: they exist and may bill. */
-  readonly strayIds?: readonly string[] | undefined;
 }
 
 export type JobState<R, E extends FalFailure = FalFailure> =
@@ -153,8 +151,9 @@ export function decideRequest<R, E extends FalFailure>(jobs: ReadonlyArray<JobSt
   if (failures.length === 0) return { ledger: { write: 'settle' }, caller: { answer: 'images' }, completed };
 
   const primary = (failures.find((f) => f.error.kind !== 'aborted') ?? failures[0]!).error;
-  const mayExist = (j: Ended<R, E>): boolean =>
-    j.at === 'completed' || j.at === 'open' || j.at === 'unknown' || j.at === 'unrecorded' || j.error.phase !== 'submit' || (j.error.strayIds?.length ?? 0) > 0;
+  // An id on a refused submit (recorded as a duplicate, in case) is no proof that a job exists
+  // (REFERENCE §3b): a refusal alone leaves the retry to the caller, rate limits included.
+  const mayExist = (j: Ended<R, E>): boolean => j.at === 'completed' || j.at === 'open' || j.at === 'unknown' || j.at === 'unrecorded' || j.error.phase !== 'submit';
   const caller: CallerOutcome<E> = failures.some((f) => f.at === 'unrecorded')
     ? { answer: 'metering_unavailable' }
     : { answer: 'error', error: primary, retrySafe: !ended.some(mayExist) && !primary.ambiguous };

@@ -78,12 +78,6 @@ describe('decideRequest: the jobs’ states → the request row and the caller�
     assert.deepEqual(d.completed, [{ images: 1 }]);
   });
 
-  it('refused, but fal named a job on a refused attempt (recorded as a duplicate): no retry invited', () => {
-    const strays: JobState<R> = { at: 'refused', error: { ...fail('submit', 'http', 503), strayIds: ['dup-1'] } };
-    const d = decideRequest([strays], undefined);
-    assert.equal(d.caller.answer === 'error' && d.caller.retrySafe, false);
-  });
-
   it('a submit outcome unknown for every job: the request is orphaned', () => {
     assert.deepEqual(decideRequest([unknown, unknown], undefined).ledger, { write: 'orphan' });
   });
