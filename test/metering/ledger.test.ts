@@ -1,5 +1,4 @@
 import assert from 'node:assert/strict';
-import { randomUUID } from 'node:crypto';
 import { describe, it } from 'node:test';
 import type { Database } from '../../src/db/index.js';
 import { createKeysStore } from '../../src/metering/keys-store.js';
@@ -7,32 +6,12 @@ import { createLedger, UnknownKeyError, UnknownRequestError } from '../../src/me
 import { createReports } from '../../src/metering/reports.js';
 import { createOutboxStore } from '../../src/metering/outbox-store.js';
 import { describeEachDialect, runInProcesses, type DialectContext } from '../helpers/databases.js';
-
-const BEYOND_2_53 = 2n ** 53n + 1n;
-
-function uid(prefix: string): string {
-  return `${prefix}-${randomUUID()}`;
-}
-
-/** A clock the test moves by hand. */
-function manualClock(start: string): { clock: () => Date; set(iso: string): void } {
-  let now = new Date(start);
-  return { clock: () => new Date(now), set: (iso) => (now = new Date(iso)) };
-}
-
-async function keyWithBudget(database: Database, budgetMicros: bigint | null): Promise<string> {
-  const { record } = await createKeysStore(database).create({ name: 'test', budgetMicros });
-  return record.id;
-}
+import { BEYOND_2_53, keyWithBudget, manualClock, reserveInput, uid } from '../helpers/ledger.js';
 
 async function keyState(database: Database, id: string): Promise<{ spent: bigint; reserved: bigint }> {
   const key = await createKeysStore(database).get(id);
   assert.ok(key);
   return { spent: key.spentMicros, reserved: key.reservedMicros };
-}
-
-function reserveInput(keyId: string, maxChargeMicros: bigint, requestId = uid('req')) {
-  return { requestId, keyId, model: 'alibaba/z-image-turbo', endpoint: 'fal-ai/z-image/turbo', user: 'u-1', maxChargeMicros };
 }
 
 describeEachDialect('ledger', (ctx: DialectContext) => {

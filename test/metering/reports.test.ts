@@ -1,28 +1,10 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { SelectQueryNode, type KyselyPlugin } from 'kysely';
-import type { Database } from '../../src/db/index.js';
-import { createKeysStore } from '../../src/metering/keys-store.js';
 import { createLedger } from '../../src/metering/ledger.js';
 import { createReports, type Reports } from '../../src/metering/reports.js';
 import { describeEachDialect, type DialectContext } from '../helpers/databases.js';
-
-const BEYOND_2_53 = 2n ** 53n + 1n;
-
-/** A clock the test moves by hand. */
-function manualClock(start: string): { clock: () => Date; set(iso: string): void } {
-  let now = new Date(start);
-  return { clock: () => new Date(now), set: (iso) => (now = new Date(iso)) };
-}
-
-async function keyWithBudget(database: Database, budgetMicros: bigint | null): Promise<string> {
-  const { record } = await createKeysStore(database).create({ name: 'test', budgetMicros });
-  return record.id;
-}
-
-function reserveInput(keyId: string, maxChargeMicros: bigint, requestId: string) {
-  return { requestId, keyId, model: 'alibaba/z-image-turbo', endpoint: 'fal-ai/z-image/turbo', user: 'u-1', maxChargeMicros };
-}
+import { BEYOND_2_53, keyWithBudget, manualClock, reserveInput } from '../helpers/ledger.js';
 
 describeEachDialect('reports', (ctx: DialectContext) => {
   const { fresh } = ctx;
