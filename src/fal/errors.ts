@@ -35,11 +35,3 @@ export class FalCallError extends Error {
   }
 }
 
-/**
- * A result fetch answered with a 4xx: the job itself ended without images
- * (bad input, cancelled). A 5xx or an unreadable answer could equally be a
- * transient fault in front of a finished, billed job, so it proves nothing.
- */
-export function jobFailed(err: FalCallError): boolean {
-  return err.phase === 'result' && err.kind === 'http' && err.status !== undefined && err.status >= 400 && err.status < 500 && err.status !== 429;
-}

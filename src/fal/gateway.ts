@@ -8,7 +8,7 @@ import { createPollScheduler } from './poll-scheduler.js';
 import type { CompletionHub } from './webhooks.js';
 import type { InlineExtraction, InlineImage } from './inline-images.js';
 
-export { FalCallError, jobFailed, type FalPhase, type FalErrorKind } from './errors.js';
+export { FalCallError, type FalPhase, type FalErrorKind } from './errors.js';
 
 /**
  * The only module that talks to fal. Everything above it sees plain data and

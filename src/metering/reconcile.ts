@@ -1,5 +1,6 @@
 import type { Logger } from 'pino';
-import { FalCallError, jobFailed, type FalGateway } from '../fal/gateway.js';
+import { FalCallError, type FalGateway } from '../fal/gateway.js';
+import { provesJobFailed } from './job-state.js';
 import type { ModelRegistry } from '../models/registry.js';
 import type { Ledger, RequestWithJobs } from './ledger.js';
 import type { Markup } from './money.js';
@@ -60,7 +61,7 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
       const r = await deps.fal.result(endpoint, falRequestId, { signal: AbortSignal.timeout(60_000) });
       return { kind: 'completed', job: { falRequestId, images: r.output.images.map((i) => ({ width: i.width, height: i.height })), billableUnits: r.billableUnits } };
     } catch (err) {
-      if (err instanceof FalCallError && (jobFailed(err) || (err.kind === 'http' && err.status === 404 && err.phase === 'status'))) {
+      if (err instanceof FalCallError && (provesJobFailed(err) || (err.kind === 'http' && err.status === 404 && err.phase === 'status'))) {
         await deps.ledger.failJob({ falRequestId, status: 'failed' });
         return { kind: 'ended' };
       }
