@@ -3,7 +3,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { AddressInfo } from 'node:net';
 import { Agent, fetch } from 'undici';
 import type { FalGateway } from '../../src/fal/gateway.js';
-import type { Ledger } from '../../src/metering/ledger.js';
+import { jobIdFor, type Ledger } from '../../src/metering/ledger.js';
 import type { PricedModel } from '../../src/metering/pricing.js';
 import { encodePricing, settleCompleted, type RequestPricing } from '../../src/metering/settlement.js';
 import type { BenchPath, BenchUpstream } from '../lib/paths.js';
@@ -70,16 +70,17 @@ export async function bareHopPath(opts: {
               maxChargeMicros: metered.maxChargeMicros,
               pricing: pricingJson,
               idempotencyKey: null,
+              jobs: 1,
             });
             if (!r.ok) throw new Error(`reserve refused: ${r.reason}`);
           }
           const { falRequestId } = await fal.submit(endpoint, input, { signal });
-          if (metered) await metered.ledger.recordSubmit({ requestId, falRequestId, endpoint });
+          if (metered) await metered.ledger.recordSubmit({ jobId: jobIdFor(requestId, 0), falRequestId });
           await fal.waitForCompletion(endpoint, falRequestId, { signal });
           const r = await fal.result(endpoint, falRequestId, { signal });
           if (metered) {
             await settleCompleted(metered.ledger, metered.model, requestId, metered.pricing, [
-              { falRequestId: r.falRequestId, images: r.output.images.map((i) => ({ width: i.width, height: i.height })), billableUnits: r.billableUnits },
+              { jobId: jobIdFor(requestId, 0), falRequestId: r.falRequestId, images: r.output.images.map((i) => ({ width: i.width, height: i.height })), billableUnits: r.billableUnits },
             ]);
           }
           const body = JSON.stringify({ created: Math.floor(Date.now() / 1000), data: r.output.images.map((i) => ({ url: i.url })), meta: { fal_request_id: r.falRequestId } });

@@ -8,7 +8,7 @@ import { parseArgs } from 'node:util';
 import { sql } from 'kysely';
 import { createDatabase } from '../../src/db/index.js';
 import { createKeysStore } from '../../src/metering/keys-store.js';
-import { createLedger } from '../../src/metering/ledger.js';
+import { createLedger, jobIdFor } from '../../src/metering/ledger.js';
 import { summarize, type Summary } from '../lib/stats.js';
 
 /**
@@ -77,13 +77,13 @@ export async function measureLedger(opts: {
       const falRequestId = randomUUID();
       const endpoint = 'fal-ai/z-image/turbo';
       let ms = 0;
-      ms += await timed(() => ledger.reserve({ requestId, keyId, model: 'alibaba/z-image-turbo', endpoint, maxChargeMicros: 5000n, pricing: '{"promptExpansion":false,"markup":"1.0"}' }));
-      ms += await timed(() => ledger.recordSubmit({ requestId, falRequestId, endpoint }));
+      ms += await timed(() => ledger.reserve({ requestId, keyId, model: 'alibaba/z-image-turbo', endpoint, maxChargeMicros: 5000n, pricing: '{"promptExpansion":false,"markup":"1.0"}', jobs: 1 }));
+      ms += await timed(() => ledger.recordSubmit({ jobId: jobIdFor(requestId, 0), falRequestId }));
       await new Promise((r) => setTimeout(r, opts.gapMs));
       ms += await timed(() =>
         ledger.settleJobs({
-          jobs: [{ falRequestId, images: 1, pixels: 1024 * 1024, unitsEstimate: '1', unitsFal: '1', upstreamCostMicros: 5000n }],
-          settle: { requestId, chargeMicros: 5000n, credits: 10_000n, upstreamCostMicros: 5000n, images: 1 },
+          jobs: [{ jobId: jobIdFor(requestId, 0), images: 1, pixels: 1024 * 1024, unitsEstimate: '1', unitsFal: '1', upstreamCostMicros: 5000n }],
+          settle: { requestId, chargeMicros: 5000n, credits: 10_000n, images: 1 },
         }),
       );
       return ms;

@@ -88,11 +88,13 @@ export function instrument(fal: FalGateway, ledger?: Ledger): Timeline {
       }) as unknown as Ledger[K]);
     timed('reserve', (i, t0, t1) => reservations.set(i.requestId, { start: t0, end: t1 }));
     timed('recordSubmit', (i, _t0, t1) => {
-      byRequest.set(i.requestId, i.falRequestId);
+      // A job id is `<request id>/<index>` (jobIdFor).
+      const requestId = i.jobId.slice(0, i.jobId.lastIndexOf('/'));
+      byRequest.set(requestId, i.falRequestId);
       const m = marks(i.falRequestId);
       m.recordedHr = t1;
-      const r = reservations.get(i.requestId);
-      reservations.delete(i.requestId);
+      const r = reservations.get(requestId);
+      reservations.delete(requestId);
       if (r) {
         m.reserveStartHr = r.start;
         m.reserveEndHr = r.end;

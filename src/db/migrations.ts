@@ -15,6 +15,11 @@ export function migrations(dialect: DatabaseDialect): Record<string, Migration> 
         await createJobsIdempotencyAndOutbox(db, dialect);
       },
     },
+    '0002_job_ledger': {
+      async up(db: Kysely<any>) {
+        await rebuildJobsKeyedByOurId(db);
+      },
+    },
   };
 }
 
@@ -147,6 +152,59 @@ async function createJobsIdempotencyAndOutbox(db: Kysely<any>, dialect: Database
     .on('outbox')
     .columns(['key_id', 'seq'])
     .where(sql.ref('delivered_at'), 'is', null)
+    .execute();
+}
+
+/**
+ * 0002: a fal job is a row before its submit leaves, so it is keyed by our
+ * own id (`<request id>/<index>`); fal's id is added when submit answers,
+ * and another id fal reports for the same job (its runner retry) is kept
+ * beside it. Jobs fal made on refused submit attempts are `stray` rows:
+ * their cost is recorded, never charged. Every job's cost is recorded,
+ * failed ones included (fal bills some failures).
+ */
+async function rebuildJobsKeyedByOurId(db: Kysely<any>): Promise<void> {
+  await db.schema
+    .createTable('upstream_jobs_v2')
+    .addColumn('id', 'text', (c) => c.primaryKey())
+    .addColumn('request_id', 'text', (c) => c.notNull().references('requests.id'))
+    .addColumn('kind', 'text', (c) => c.notNull().defaultTo('job'))
+    .addColumn('fal_request_id', 'text', (c) => c.unique())
+    .addColumn('fal_other_ids', 'text')
+    .addColumn('endpoint', 'text', (c) => c.notNull())
+    .addColumn('status', 'text', (c) => c.notNull())
+    .addColumn('images', 'bigint', (c) => c.notNull().defaultTo(0))
+    .addColumn('pixels', 'bigint', (c) => c.notNull().defaultTo(0))
+    .addColumn('units_estimate', 'text')
+    .addColumn('units_fal', 'text')
+    .addColumn('upstream_cost_micros', 'bigint', (c) => c.notNull().defaultTo(0))
+    .addColumn('error_code', 'text')
+    .addColumn('created_at', 'text', (c) => c.notNull())
+    .addColumn('completed_at', 'text')
+    .addCheckConstraint('upstream_jobs_kind', sql`kind in ('job', 'stray')`)
+    .addCheckConstraint(
+      'upstream_jobs_state',
+      sql`status in ('submitting', 'submitted', 'completed', 'failed', 'cancelled', 'refused', 'lost')`,
+    )
+    .addCheckConstraint('upstream_jobs_cost', sql`upstream_cost_micros >= 0`)
+    .execute();
+  // Old rows were keyed by fal's id, which stays their id; a duplicate is a stray, still open unless it completed.
+  await sql`insert into upstream_jobs_v2 (id, request_id, kind, fal_request_id, endpoint, status, images, pixels, units_estimate, units_fal, upstream_cost_micros, created_at, completed_at)
+    select fal_request_id, request_id,
+      case when status = 'duplicate' then 'stray' else 'job' end,
+      fal_request_id, endpoint,
+      case when status = 'duplicate' and completed_at is null then 'submitted' when status = 'duplicate' then 'completed' else status end,
+      images, pixels, units_estimate, units_fal, upstream_cost_micros, created_at, completed_at
+    from upstream_jobs`.execute(db);
+  await db.schema.dropTable('upstream_jobs').execute();
+  await db.schema.alterTable('upstream_jobs_v2').renameTo('upstream_jobs').execute();
+  await db.schema.createIndex('upstream_jobs_request').on('upstream_jobs').column('request_id').execute();
+  // Reconciliation looks for jobs not yet final.
+  await db.schema
+    .createIndex('upstream_jobs_open')
+    .on('upstream_jobs')
+    .columns(['status', 'created_at'])
+    .where(sql.ref('status'), 'in', sql`('submitting', 'submitted')`)
     .execute();
 }
 

@@ -19,7 +19,16 @@ type NullableInt64 = ColumnType<bigint | null, bigint | number | null, bigint | 
 
 export type KeyRole = 'user' | 'admin';
 export type RequestStatus = 'reserved' | 'submitted' | 'settled' | 'released' | 'failed' | 'orphaned';
-export type JobStatus = 'submitted' | 'completed' | 'failed' | 'cancelled' | 'duplicate';
+/**
+ * A fal job's life (src/metering/job-state.ts): `submitting` (the row is
+ * written before the submit leaves), `submitted` (fal answered with its id),
+ * then one final state. `refused`: no job exists at fal; `lost`: we gave up
+ * learning what became of it.
+ */
+export type JobStatus = 'submitting' | 'submitted' | 'completed' | 'failed' | 'cancelled' | 'refused' | 'lost';
+/** `stray`: a job fal made on a submit attempt it refused; its cost is upstream cost, never charged. */
+export type JobKind = 'job' | 'stray';
+export const OPEN_JOB: readonly JobStatus[] = ['submitting', 'submitted'];
 export type IdempotencyState = 'running' | 'done';
 
 export type KeyKind = 'issued' | 'static';
@@ -66,8 +75,14 @@ export interface RequestsTable {
 }
 
 export interface UpstreamJobsTable {
-  fal_request_id: string;
+  /** Ours: `<request id>/<index>`, or `<request id>/stray/<fal id>`. */
+  id: string;
   request_id: string;
+  kind: ColumnType<JobKind, JobKind | undefined, JobKind>;
+  /** The id fal's submit answered; null until it did. */
+  fal_request_id: string | null;
+  /** Other ids fal reported for this job (a runner retry), space-separated. */
+  fal_other_ids: string | null;
   endpoint: string;
   status: JobStatus;
   images: Int64WithDefault;
@@ -76,6 +91,8 @@ export interface UpstreamJobsTable {
   units_estimate: string | null;
   units_fal: string | null;
   upstream_cost_micros: Int64WithDefault;
+  /** Why a job ended without images (fal's status or our reason). */
+  error_code: string | null;
   created_at: string;
   completed_at: string | null;
 }

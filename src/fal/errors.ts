@@ -20,8 +20,10 @@ export class FalCallError extends Error {
   readonly ambiguous: boolean;
   /** Jobs fal reported on failed submit attempts: they may exist and bill. */
   readonly strayIds: string[];
+  /** fal's `x-fal-billable-units` on the failed answer (a failed job's bill), verbatim. */
+  readonly billableUnits: string | undefined;
 
-  constructor(message: string, init: { phase: FalPhase; kind: FalErrorKind; status?: number; body?: unknown; falRequestId?: string; retryAfterS?: number; ambiguous?: boolean; strayIds?: string[]; cause?: unknown }) {
+  constructor(message: string, init: { phase: FalPhase; kind: FalErrorKind; status?: number; body?: unknown; falRequestId?: string; retryAfterS?: number; ambiguous?: boolean; strayIds?: string[]; billableUnits?: string | undefined; cause?: unknown }) {
     super(message, init.cause === undefined ? undefined : { cause: init.cause });
     this.name = 'FalCallError';
     this.phase = init.phase;
@@ -32,6 +34,7 @@ export class FalCallError extends Error {
     this.retryAfterS = init.retryAfterS;
     this.ambiguous = init.ambiguous ?? false;
     this.strayIds = init.strayIds ?? [];
+    this.billableUnits = init.billableUnits;
   }
 }
 

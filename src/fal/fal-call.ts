@@ -127,7 +127,8 @@ export class FalCall {
     const id = res.headers.get('x-fal-request-id');
     if (id) {
       this.falRequestId = id;
-      if (!this.seenIds.includes(id)) this.seenIds.push(id);
+      // An id on a 4xx refusal (but 429) names no job: fal turned the request away whole.
+      if ((res.ok || res.status === 429 || res.status >= 500) && !this.seenIds.includes(id)) this.seenIds.push(id);
     }
     const units = res.headers.get('x-fal-billable-units');
     if (units !== null) this.billableUnits = units;
@@ -167,7 +168,7 @@ export class FalCall {
   }
 
   errorInit(kind: FalCallError['kind']): ConstructorParameters<typeof FalCallError>[1] {
-    return { phase: this.phase, kind, status: this.status, falRequestId: this.falRequestId, retryAfterS: this.retryAfterS };
+    return { phase: this.phase, kind, status: this.status, falRequestId: this.falRequestId, retryAfterS: this.retryAfterS, billableUnits: this.billableUnits };
   }
 
   aborted(signal: AbortSignal): FalCallError {

@@ -37,7 +37,10 @@ export interface FalImageOutput {
 }
 
 export interface FalResult {
+  /** The id submit answered: the job's key, whatever the result's header says. */
   falRequestId: string;
+  /** The id fal's answer named when it differs (its runner retried the job under another id). */
+  otherFalId?: string;
   output: FalImageOutput;
   /** fal's `x-fal-billable-units`, verbatim (a decimal string), when sent. */
   billableUnits: string | null;
@@ -49,7 +52,12 @@ export interface FalResult {
   inlineImages?: ReadonlyMap<string, InlineImage>;
 }
 
-export type FalJobStatus = { status: 'IN_QUEUE' | 'IN_PROGRESS' | 'COMPLETED'; queuePosition?: number };
+export type FalJobStatus = {
+  status: 'IN_QUEUE' | 'IN_PROGRESS' | 'COMPLETED';
+  queuePosition?: number;
+  /** On COMPLETED: fal's word that the job ended with an error (`error`, `error_type` in its status). */
+  failed?: { errorType?: string };
+};
 
 export type FalCancelOutcome = 'cancellation_requested' | 'already_completed' | 'not_found' | 'failed';
 
@@ -167,8 +175,13 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
     if (!s || typeof s !== 'object' || !STATUSES.has((s as { status?: string }).status ?? '')) {
       throw badResponse(c.phase, 'status response is not a queue status', c);
     }
-    const qp = (s as { queue_position?: unknown }).queue_position;
-    return { status: s.status, ...(typeof qp === 'number' ? { queuePosition: qp } : {}) };
+    const { queue_position: qp, error, error_type: errorType } = s as { queue_position?: unknown; error?: unknown; error_type?: unknown };
+    const failed = s.status === 'COMPLETED' && ((typeof error === 'string' && error !== '') || typeof errorType === 'string');
+    return {
+      status: s.status,
+      ...(typeof qp === 'number' ? { queuePosition: qp } : {}),
+      ...(failed ? { failed: typeof errorType === 'string' ? { errorType } : {} } : {}),
+    };
   }
 
   /** The callback is later than the grace period: whichever comes first, fal's callback or polling. */
@@ -258,7 +271,8 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
       }
     }
     return {
-      falRequestId: c.falRequestId ?? falRequestId,
+      falRequestId,
+      ...(c.falRequestId && c.falRequestId !== falRequestId ? { otherFalId: c.falRequestId } : {}),
       output,
       billableUnits: c.billableUnits ?? null,
       ...(inlineImages ? { inlineImages } : {}),

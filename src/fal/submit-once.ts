@@ -62,15 +62,18 @@ export function submitFailure(err: FalCallError, call: FalCall): FalCallError {
     err.kind === 'bad_response' ||
     (err.kind === 'network' && !(last && 'failed' in last && last.failed === 'never_sent')) ||
     (err.kind === 'http' && (err.status === 500 || err.status === 502 || err.status === 504));
+  // On an ambiguous answer the id it named may be the job's own: it is the
+  // error's `falRequestId`, and the strays are the ids of earlier attempts.
+  const own = ambiguous && err.falRequestId && call.seenIds.includes(err.falRequestId) ? err.falRequestId : undefined;
   return new FalCallError(err.message, {
     phase: 'submit',
     kind: err.kind,
     status: err.status,
     body: err.body,
-    falRequestId: err.falRequestId,
+    falRequestId: own,
     retryAfterS: err.retryAfterS,
     ambiguous,
-    strayIds: [...call.seenIds],
+    strayIds: call.seenIds.filter((id) => id !== own),
     cause: err.cause,
   });
 }

@@ -2,10 +2,10 @@ import type { Logger } from 'pino';
 import { ApiError, insufficientQuota, serviceUnavailable, upstreamError } from '../errors.js';
 import type { FalGateway, FalJobStatus, FalResult } from '../fal/gateway.js';
 import { decideRequest } from '../metering/job-state.js';
-import type { Ledger } from '../metering/ledger.js';
+import { jobIdFor, type Ledger } from '../metering/ledger.js';
 import { formatUsd, type Markup } from '../metering/money.js';
-import { maxCharge, splitIntoJobs, type Charge } from '../metering/pricing.js';
-import { encodePricing, settleCompleted, type BillingEvents } from '../metering/settlement.js';
+import { callerChargeForJobs, maxCharge, splitIntoJobs, type Charge } from '../metering/pricing.js';
+import { closeUncharged, encodePricing, settleCompleted, type BillingEvents, type CompletedJob } from '../metering/settlement.js';
 import type { Metrics } from '../metrics.js';
 import type { ImagesResponse } from '../schemas/images-response.js';
 import { MeteringUnavailable, runJob, type JobOutcome } from './job-runner.js';
@@ -149,7 +149,12 @@ async function runJobs(deps: ImageServiceDeps, run: Run, ctx: GenerateContext, s
   const count = inputs.length;
   const progress = ctx.onProgress ? progressReporter(ctx.onProgress, deps.logger.child({ request_id: ctx.requestId, model })) : undefined;
   const jobs = inputs.map((input, i) =>
-    runJob(deps, { requestId: ctx.requestId, model, endpoint, onSubmitted: ctx.onSubmitted, onStatus: progress && ((st: FalJobStatus) => progress(i, st, count)) }, input, stop),
+    runJob(
+      deps,
+      { jobId: jobIdFor(ctx.requestId, i), requestId: ctx.requestId, model: run.req.model, endpoint, onSubmitted: ctx.onSubmitted, onStatus: progress && ((st: FalJobStatus) => progress(i, st, count)) },
+      input,
+      stop,
+    ),
   );
   try {
     return await Promise.all(jobs);
@@ -160,46 +165,64 @@ async function runJobs(deps: ImageServiceDeps, run: Run, ctx: GenerateContext, s
   }
 }
 
-/** Every job has a state: settle, release or leave open as they decide, then answer or throw. */
+/**
+ * Every job has a state: the job-state rules decide the answer and the
+ * request's ledger row. Images are charged only once their answer is built:
+ * a request answered with an error is closed uncharged, whatever fal billed.
+ */
 async function finish(deps: ImageServiceDeps, now: () => number, run: Run, outcomes: JobOutcome[], ctx: GenerateContext, stop: RequestStop): Promise<GenerateOutcome> {
   const { req } = run;
   const log = deps.logger.child({ request_id: ctx.requestId, model: req.model.id });
   const decision = decideRequest(outcomes, stop.reason());
-  const settled = decision.ledger.write === 'settle' ? await settle(deps, req, ctx.requestId, run.pricing, decision.completed, log) : undefined;
-  if (decision.ledger.write === 'release') {
-    const { status, errorCode } = decision.ledger;
-    await meter('release', () => deps.ledger.release({ requestId: ctx.requestId, status, errorCode }));
-  } else if (decision.ledger.write === 'orphan') {
-    await meter('orphan', () => deps.ledger.markOrphaned(ctx.requestId));
-    log.error({ errors: outcomes.map((o) => ('error' in o ? o.error.message : undefined)) }, 'submit outcome unknown; request marked orphaned');
-  }
+  // The completed jobs, in job order as `decision.completed` lists them, each under its ledger id.
+  const completed = outcomes.flatMap((o, i) => (o.at === 'completed' ? [completedJob(o.result, jobIdFor(ctx.requestId, i))] : []));
   const caller = decision.caller;
+  const w = decision.ledger;
+  if (caller.answer === 'images') {
+    const body = await buildAnswer(deps, now, run, ctx, decision.completed, completed, log);
+    const settled = await settle(deps, req, ctx.requestId, run.pricing, completed, log);
+    observeDelivered(deps, run, decision.completed, settled);
+    return { body, charge: settled.charge, falRequestIds: decision.completed.map((r) => r.falRequestId) };
+  }
+  if (w.write === 'settle') await settle(deps, req, ctx.requestId, run.pricing, completed, log);
+  else if (w.write === 'close') await meter('close', () => closeUncharged(deps.ledger, req.model, ctx.requestId, run.pricing, w, completed));
   if (caller.answer === 'metering_unavailable') throw meteringUnavailable(true);
-  if (caller.answer === 'error') {
-    // Only a failure needs to know which name the caller gave each field.
-    const fieldOrigins = Object.fromEntries(Object.keys(req.falInput).map((f) => [f, OPENAI_ALIASES[f] && req.sentFields.includes(OPENAI_ALIASES[f]!) ? OPENAI_ALIASES[f]! : f]));
-    throw mapFalError(caller.error, { submitted: !caller.retrySafe, fieldOrigins, abortReason: stop.reason() });
-  }
+  // Only a failure needs to know which name the caller gave each field.
+  const fieldOrigins = Object.fromEntries(Object.keys(req.falInput).map((f) => [f, OPENAI_ALIASES[f] && req.sentFields.includes(OPENAI_ALIASES[f]!) ? OPENAI_ALIASES[f]! : f]));
+  throw mapFalError(caller.error, { submitted: !caller.retrySafe, fieldOrigins, abortReason: stop.reason() });
+}
 
-  const { charge, upstreamCostMicros } = settled!;
-  const results = decision.completed;
-  const m = deps.metrics;
-  if (m) {
-    const model = req.model.id;
-    m.falJobDuration.observe({ model, outcome: 'completed' }, (performance.now() - run.startedAt) / 1000);
-    m.imagesDelivered.inc({ model }, results.reduce((n, r) => n + r.output.images.length, 0));
-    m.callerChargeUsd.inc({ model }, Number(charge.usd));
-    m.upstreamCostUsd.inc({ model }, Number(formatUsd(upstreamCostMicros)));
-  }
-  let body: ImagesResponseBody;
+function completedJob(r: FalResult, jobId: string): CompletedJob {
+  return { jobId, falRequestId: r.falRequestId, otherFalId: r.otherFalId, images: r.output.images.map((i) => ({ width: i.width, height: i.height })), billableUnits: r.billableUnits };
+}
+
+/**
+ * The OpenAI answer for the completed jobs. If the images cannot be
+ * delivered the request is closed uncharged (fal's cost recorded) and the
+ * caller told not to retry: fal billed the jobs.
+ */
+async function buildAnswer(deps: ImageServiceDeps, now: () => number, run: Run, ctx: GenerateContext, results: readonly FalResult[], completed: readonly CompletedJob[], log: Logger): Promise<ImagesResponseBody> {
+  const { req } = run;
   try {
-    body = await imagesResponse({ req, results, charge, baseSeed: run.baseSeed, nowMs: now(), publicBaseUrl: ctx.publicBaseUrl }, deps.media);
+    // The charge is known before settling: the answer carries it.
+    const charge = callerChargeForJobs(req.model, completed.map((j) => j.images), run.pricing.promptExpansion, run.pricing.markup);
+    return await imagesResponse({ req, results, charge, baseSeed: run.baseSeed, nowMs: now(), publicBaseUrl: ctx.publicBaseUrl }, deps.media);
   } catch (err) {
     if (!(err instanceof MediaError)) throw err;
     log.error({ err: err.message }, 'could not deliver images');
+    await meter('close', () => closeUncharged(deps.ledger, req.model, ctx.requestId, run.pricing, { status: 'failed', errorCode: 'upstream_media_error' }, completed));
     throw upstreamError('The generated images could not be retrieved from the provider.', { code: 'upstream_media_error', shouldRetry: false });
   }
-  return { body, charge, falRequestIds: results.map((r) => r.falRequestId) };
+}
+
+function observeDelivered(deps: ImageServiceDeps, run: Run, results: readonly FalResult[], settled: { charge: Charge; upstreamCostMicros: bigint }): void {
+  const m = deps.metrics;
+  if (!m) return;
+  const model = run.req.model.id;
+  m.falJobDuration.observe({ model, outcome: 'completed' }, (performance.now() - run.startedAt) / 1000);
+  m.imagesDelivered.inc({ model }, results.reduce((n, r) => n + r.output.images.length, 0));
+  m.callerChargeUsd.inc({ model }, Number(settled.charge.usd));
+  m.upstreamCostUsd.inc({ model }, Number(formatUsd(settled.upstreamCostMicros)));
 }
 
 async function reserve(deps: ImageServiceDeps, req: CanonicalRequest, ctx: GenerateContext, pricing: string): Promise<void> {
@@ -214,6 +237,7 @@ async function reserve(deps: ImageServiceDeps, req: CanonicalRequest, ctx: Gener
       maxChargeMicros,
       pricing,
       idempotencyKey: ctx.idempotencyKey ?? null,
+      jobs: splitIntoJobs(req.numImages, req.model.maxImagesPerJob).length,
     }),
   );
   if (reserved.ok) return;
@@ -252,8 +276,7 @@ function baseSeedFor(req: CanonicalRequest): number | undefined {
   return splitIntoJobs(req.numImages, req.model.maxImagesPerJob).length > 1 ? randomSeed() : undefined;
 }
 
-async function settle(deps: ImageServiceDeps, req: CanonicalRequest, requestId: string, pricing: { promptExpansion: boolean; markup: Markup }, done: readonly FalResult[], log: Logger) {
-  const jobs = done.map((r) => ({ falRequestId: r.falRequestId, images: r.output.images.map((i) => ({ width: i.width, height: i.height })), billableUnits: r.billableUnits }));
+async function settle(deps: ImageServiceDeps, req: CanonicalRequest, requestId: string, pricing: { promptExpansion: boolean; markup: Markup }, jobs: readonly CompletedJob[], log: Logger) {
   const out = await meter('settle', () => settleCompleted(deps.ledger, req.model, requestId, pricing, jobs, { billingEvents: deps.billingEvents }));
   for (const d of out.disagreements) {
     log.warn({ fal_request_id: d.falRequestId, units_estimate: d.unitsEstimate, units_fal: d.unitsFal }, 'fal billed a different quantity than our estimate');

@@ -2,7 +2,8 @@ import type { Logger } from 'pino';
 import { ApiError } from '../errors.js';
 import { FalCallError, type FalGateway, type FalJobStatus, type FalResult } from '../fal/gateway.js';
 import type { Ledger } from '../metering/ledger.js';
-import { nextJobState, provesJobFailed, type CancelOutcome, type JobEvent, type JobState } from '../metering/job-state.js';
+import { nextJobState, type CancelOutcome, type Ended, type JobEvent, type JobState } from '../metering/job-state.js';
+import { failedJobCost, type PricedModel } from '../metering/pricing.js';
 import type { Metrics } from '../metrics.js';
 import type { RequestStop } from './request-stop.js';
 
@@ -21,8 +22,10 @@ export interface JobRunnerDeps {
 }
 
 export interface Job {
+  /** Our id of the job: its ledger row, written with the reservation. */
+  jobId: string;
   requestId: string;
-  model: string;
+  model: PricedModel & { id: string };
   endpoint: string;
   /** Told once a fal job exists or may exist (submit answered, or its outcome unknown). */
   onSubmitted?: (() => void) | undefined;
@@ -34,6 +37,13 @@ export type JobOutcome = JobState<FalResult, FalCallError>;
 
 /** How long we wait for fal to confirm a cancel before leaving it to reconciliation. */
 const CANCEL_CONFIRM_MS = 2_000;
+/**
+ * A submit is never cut by the request's stop (a sibling's failure, the
+ * caller leaving, the deadline): cut in flight it may have made a job we
+ * never learn of. It runs to its answer, bounded by this, and a job it made
+ * is then cancelled through fal.
+ */
+const SUBMIT_TIMEOUT_MS = 60_000;
 
 /** Ledger writes failing on the way: the caller is told metering is unavailable, never served unmetered. */
 export class MeteringUnavailable extends Error {
@@ -54,26 +64,28 @@ export async function runJob(deps: JobRunnerDeps, job: Job, input: Record<string
 /** The submit, and the ledger's record of the job it made (or of what it may have made). */
 async function submit(deps: JobRunnerDeps, job: Job, input: Record<string, unknown>, stop: RequestStop): Promise<JobOutcome> {
   const log = logFor(deps, job);
+  const start: JobOutcome = { at: 'submitting' };
   let answer: { falRequestId: string; strayIds: string[] };
   try {
-    answer = await deps.fal.submit(job.endpoint, input, { signal: stop.signal });
+    answer = await deps.fal.submit(job.endpoint, input, { signal: AbortSignal.timeout(SUBMIT_TIMEOUT_MS) });
   } catch (err) {
     const fe = asFalError(err);
     await recordStrays(deps, job, fe.strayIds, log);
     if (fe.ambiguous) job.onSubmitted?.();
     stop.stop('sibling');
-    return apply(deps, { at: 'new' }, { type: 'submit_failed', error: fe });
+    return apply(deps, job, start, { type: 'submit_failed', error: fe });
   }
   job.onSubmitted?.();
   job.onStatus?.({ status: 'IN_QUEUE' });
-  const submitted = await apply(deps, { at: 'new' }, { type: 'submitted', falRequestId: answer.falRequestId });
+  let submitted: JobOutcome;
   try {
-    await deps.ledger.recordSubmit({ requestId: job.requestId, falRequestId: answer.falRequestId, endpoint: job.endpoint });
+    submitted = await apply(deps, job, start, { type: 'submitted', falRequestId: answer.falRequestId });
   } catch (err) {
-    // The job exists but its id is not written: reconciliation can only find it as an orphan. Stop the rest.
-    log('error', { err, fal_request_id: answer.falRequestId }, 'ledger write failed after submit');
+    // The job exists but its id is not written: reconciliation cannot find it by id. Stop the rest.
+    log('error', { err: (err as Error).cause ?? err, fal_request_id: answer.falRequestId }, 'ledger write failed after submit');
     stop.stop('sibling');
-    return apply(deps, submitted, { type: 'record_failed', error: new FalCallError('ledger unavailable', { phase: 'submit', kind: 'aborted' }) });
+    const recording = { at: 'submitted', falRequestId: answer.falRequestId } as const;
+    return nextJobState<FalResult, FalCallError>(recording, { type: 'record_failed', error: new FalCallError('ledger unavailable', { phase: 'submit', kind: 'aborted' }) }).state;
   }
   log('debug', { fal_request_id: answer.falRequestId }, 'fal job submitted');
   await recordStrays(deps, job, answer.strayIds, log);
@@ -83,8 +95,9 @@ async function submit(deps: JobRunnerDeps, job: Job, input: Record<string, unkno
 /** The wait for fal: what a job holds for minutes, so this frame is kept small. */
 async function waitAndCollect(deps: JobRunnerDeps, job: Job, submitted: JobOutcome & { at: 'submitted' }, stop: RequestStop): Promise<JobOutcome> {
   try {
+    if (stop.signal.aborted) throw new FalCallError('fal status aborted', { phase: 'status', kind: 'aborted', cause: stop.signal.reason });
     await deps.fal.waitForCompletion(job.endpoint, submitted.falRequestId, { signal: stop.signal, onStatus: job.onStatus });
-    return apply(deps, submitted, { type: 'result', result: await deps.fal.result(job.endpoint, submitted.falRequestId, { signal: stop.signal }) });
+    return apply(deps, job, submitted, { type: 'result', result: await deps.fal.result(job.endpoint, submitted.falRequestId, { signal: stop.signal }) });
   } catch (err) {
     return afterWait(deps, job, submitted, asFalError(err), stop);
   }
@@ -92,61 +105,91 @@ async function waitAndCollect(deps: JobRunnerDeps, job: Job, submitted: JobOutco
 
 /** The wait failed: fal's own failure stops the siblings; our own stop asks fal to cancel, and collects what completed anyway. */
 async function afterWait(deps: JobRunnerDeps, job: Job, submitted: JobOutcome & { at: 'submitted' }, fe: FalCallError, stop: RequestStop): Promise<JobOutcome> {
+  const log = logFor(deps, job);
   if (fe.kind !== 'aborted') {
     stop.stop('sibling');
-    return apply(deps, submitted, { type: 'wait_failed', error: fe });
+    const ended = fe.phase === 'result' ? await endedAtFal(deps, job.endpoint, submitted.falRequestId, fe, log) : undefined;
+    return apply(deps, job, submitted, { type: 'wait_failed', error: fe, ended });
   }
-  const outcome = await cancelOrCollect(deps, job.endpoint, submitted.falRequestId, logFor(deps, job));
-  return apply(deps, submitted, { type: 'cancel_settled', error: fe, outcome });
+  const outcome = await cancelOrCollect(deps, job.endpoint, submitted.falRequestId, log);
+  return apply(deps, job, submitted, { type: 'cancel_settled', error: fe, outcome });
+}
+
+/**
+ * A result fetch failed: only fal's status can say whether the job itself
+ * ended with an error (and then the failed answer carried what fal billed)
+ * or the fetch failed in front of a job that completed (a 404 or 5xx from
+ * fal's edge), which stays open for reconciliation.
+ */
+async function endedAtFal(deps: JobRunnerDeps, endpoint: string, falRequestId: string, fe: FalCallError, log: Log): Promise<Ended | undefined> {
+  try {
+    const st = await deps.fal.status(endpoint, falRequestId, { signal: AbortSignal.timeout(15_000) });
+    if (st.status !== 'COMPLETED' || !st.failed) return undefined;
+    const how = st.failed.errorType === 'client_cancelled' ? 'cancelled' : 'failed';
+    return { how, billedUnits: fe.billableUnits ?? null, errorType: st.failed.errorType };
+  } catch (err) {
+    log('warn', { err: (err as Error).message, fal_request_id: falRequestId }, 'fal status unreadable after a failed result; job left for reconciliation');
+    return undefined;
+  }
 }
 
 /** One step of the job state machine, and the ledger write it names. */
-async function apply(deps: JobRunnerDeps, state: JobOutcome, event: JobEvent<FalResult, FalCallError>): Promise<JobOutcome> {
+async function apply(deps: JobRunnerDeps, job: Job, state: JobOutcome, event: JobEvent<FalResult, FalCallError>): Promise<JobOutcome> {
   const t = nextJobState(state, event);
   const w = t.write;
-  if (w?.write === 'close_job') await ledgerWrite('close job', () => deps.ledger.failJob({ falRequestId: w.falRequestId, status: w.status }));
+  if (w?.write === 'record_submit') await ledgerWrite('record submit', () => deps.ledger.recordSubmit({ jobId: job.jobId, falRequestId: w.falRequestId }));
+  if (w?.write === 'close_job') {
+    const cost = failedJobCost(job.model, w.billedUnits);
+    if (!cost.known && w.status !== 'refused') logFor(deps, job)('warn', { billable_units: w.billedUnits }, 'fal sent no readable billed units for a job that ended without images; recorded at $0');
+    await ledgerWrite('close job', () => deps.ledger.closeJob({ jobId: job.jobId, status: w.status, upstreamCostMicros: cost.micros, unitsFal: cost.unitsFal, errorCode: w.errorCode }));
+  }
   return t.state;
 }
 
 function logFor(deps: JobRunnerDeps, job: Job): Log {
-  return (level, obj, msg) => deps.logger[level]({ request_id: job.requestId, model: job.model, ...obj }, msg);
+  return (level, obj, msg) => deps.logger[level]({ request_id: job.requestId, job_id: job.jobId, model: job.model.id, ...obj }, msg);
 }
 
 type Log = (level: 'debug' | 'info' | 'warn' | 'error', obj: object, msg: string) => void;
 
 /**
- * A refused submit attempt that fal nonetheless turned into a job: kept in
- * the ledger as a `duplicate` job so the upstream cost it may incur is
- * visible, never billed to the caller.
+ * Jobs fal named on refused attempts of this submit (a 503 may still have
+ * made one): open `stray` rows, so reconciliation records what they cost.
  */
 async function recordStrays(deps: JobRunnerDeps, job: Job, ids: readonly string[], log: Log): Promise<void> {
-  for (const id of ids) {
-    log('warn', { fal_request_id: id }, 'fal made a job on a refused submit attempt; recorded as duplicate');
-    deps.metrics?.refusals.inc({ reason: 'duplicate_fal_job' });
-    await ledgerWrite('duplicate', () => deps.ledger.markDuplicate({ requestId: job.requestId, falRequestId: id, endpoint: job.endpoint }));
-  }
+  if (ids.length === 0) return;
+  log('warn', { fal_request_ids: ids }, 'fal named a job on a refused submit attempt; recorded as a stray');
+  deps.metrics?.refusals.inc({ reason: 'duplicate_fal_job' }, ids.length);
+  await ledgerWrite('stray', () => deps.ledger.recordStrays({ requestId: job.requestId, endpoint: job.endpoint, falRequestIds: ids }));
 }
 
 /**
  * Our wait was cut short. Cancel the job; if fal says it already completed,
- * it will bill us, so fetch the result and bill (and, if the caller is still
- * there, deliver) it rather than lose it.
+ * it will bill us, so fetch the result and record (and, if the caller is
+ * still there, deliver) it rather than lose it. A cancel fal accepted is only
+ * a request (a running job is merely signalled): confirm briefly, and leave
+ * whatever stays unknown to reconciliation.
  */
 async function cancelOrCollect(deps: JobRunnerDeps, endpoint: string, falRequestId: string, log: Log): Promise<CancelOutcome<FalResult>> {
   const outcome = await deps.fal.cancel(endpoint, falRequestId, { signal: AbortSignal.timeout(10_000) });
   log('info', { fal_request_id: falRequestId, outcome }, 'fal job cancel');
   if (outcome !== 'already_completed' && outcome !== 'cancellation_requested') return { unknown: true };
-  // A 202 is only a request: the job may still finish (and be billed).
-  // Confirm briefly; whatever stays unknown is left to reconciliation.
   const confirmBy = Date.now() + CANCEL_CONFIRM_MS;
   try {
-    while ((await deps.fal.status(endpoint, falRequestId, { signal: AbortSignal.timeout(5_000) })).status !== 'COMPLETED') {
+    let st = await deps.fal.status(endpoint, falRequestId, { signal: AbortSignal.timeout(5_000) });
+    while (st.status !== 'COMPLETED') {
       if (Date.now() > confirmBy) return { unknown: true };
       await new Promise((r) => setTimeout(r, 100));
+      st = await deps.fal.status(endpoint, falRequestId, { signal: AbortSignal.timeout(5_000) });
     }
-    return { result: await deps.fal.result(endpoint, falRequestId, { signal: AbortSignal.timeout(30_000) }) };
+    try {
+      return { result: await deps.fal.result(endpoint, falRequestId, { signal: AbortSignal.timeout(30_000) }) };
+    } catch (err) {
+      if (!(err instanceof FalCallError) || !st.failed) throw err;
+      const how = st.failed.errorType === 'client_cancelled' ? 'cancelled' : 'failed';
+      return { ended: { how, billedUnits: err.billableUnits ?? null, errorType: st.failed.errorType } };
+    }
   } catch (err) {
-    if (err instanceof FalCallError && provesJobFailed(err)) return { cancelled: true };
     log('warn', { err: (err as Error).message, fal_request_id: falRequestId }, 'job state unknown after cancel; left for reconciliation');
     return { unknown: true };
   }

@@ -1,42 +1,61 @@
 /**
- * The billing decisions about fal jobs, as pure functions: what fal said
- * about one job moves it from state to state and names the one ledger write
- * that records it; the states of a request's jobs decide what the request's
- * ledger row becomes and what the caller is told. No I/O here: the job runner
+ * The billing decisions about fal jobs, as pure functions. What fal said (or
+ * did not say) about one job moves it from state to state, names the one
+ * ledger write that records it and what fal billed for it; the states of a
+ * request's jobs decide what the request's ledger row becomes, what the
+ * caller is told and whether a retry is safe. No I/O here: the job runner
  * (src/images/job-runner.ts) asks fal, feeds the answers in and performs the
- * writes named here.
+ * writes named here; reconciliation (reconcile.ts) uses the same rules.
+ *
+ * The billing rule: a caller is charged for the images of a request that
+ * completed at fal and was answered 200, or that completed after the caller
+ * left (no answer was written), never for a request answered with an error.
+ * Every unit fal billed is upstream cost, charged under that rule or
+ * recorded as unrecovered.
  *
  * Invariants:
- * - a job that may exist at fal is never forgotten: it is recorded, left open
- *   for reconciliation, or (id unknown) keeps its request orphaned;
- * - only a job fal proved it did not run to completion (its result answered
- *   4xx, or it was cancelled before completing) is closed unbilled;
+ * - every job has a ledger row before its submit leaves; a job that may
+ *   exist at fal is never closed on a guess: it stays open for
+ *   reconciliation until fal says what became of it;
+ * - a job is closed without images only on fal's word (its status says it
+ *   ended with an error, or a cancel removed it), at the units fal billed;
  * - once any job may exist, the caller is never invited to retry.
  */
 
-/** What fal answered when a call failed; `FalCallError` (src/fal/gateway.ts) is one. */
+/** What fal answered when a call failed; `FalCallError` (src/fal/errors.ts) is one. */
 export interface FalFailure {
   readonly phase: string;
   readonly kind: 'http' | 'network' | 'aborted' | 'bad_response';
   readonly status: number | undefined;
   /** The call may have created a job we never heard of (a submit without a readable answer). */
   readonly ambiguous: boolean;
+  /** On an ambiguous submit: the id fal named on its last answer, which may be the job's. */
+  readonly falRequestId?: string | undefined;
+}
+
+/** fal's word that a job ended without images, with the units it billed (`x-fal-billable-units`; null when not sent). */
+export interface Ended {
+  readonly how: 'failed' | 'cancelled';
+  readonly billedUnits: string | null;
+  /** fal's `error_type`, when it said. */
+  readonly errorType?: string | undefined;
 }
 
 export type JobState<R, E extends FalFailure = FalFailure> =
-  | { readonly at: 'new' }
+  /** The row is written; the submit has not answered. */
+  | { readonly at: 'submitting' }
   /** fal refused the submit: no job exists. */
   | { readonly at: 'refused'; readonly error: E }
-  /** The submit's outcome is unknown: a job may exist whose id we never learnt. */
-  | { readonly at: 'unknown'; readonly error: E }
+  /** The submit's outcome is unknown: a job may exist (under `falRequestId`, if fal named one). */
+  | { readonly at: 'unknown'; readonly error: E; readonly falRequestId: string | undefined }
   | { readonly at: 'submitted'; readonly falRequestId: string }
   /** The job exists but its id could not be written: metering failed. */
   | { readonly at: 'unrecorded'; readonly falRequestId: string; readonly error: E }
   | { readonly at: 'completed'; readonly falRequestId: string; readonly result: R }
-  /** fal ran the job and it failed on its input. */
-  | { readonly at: 'failed'; readonly falRequestId: string; readonly error: E }
-  /** Cancelled before it completed. */
-  | { readonly at: 'cancelled'; readonly falRequestId: string; readonly error: E }
+  /** fal ran the job and it ended without images (billed `ended.billedUnits`). */
+  | { readonly at: 'failed'; readonly falRequestId: string; readonly error: E; readonly ended: Ended }
+  /** Cancelled before it completed (fal may still have billed part of it). */
+  | { readonly at: 'cancelled'; readonly falRequestId: string; readonly error: E; readonly ended: Ended }
   /** What became of the job is unknown: reconciliation asks fal later. */
   | { readonly at: 'open'; readonly falRequestId: string; readonly error: E };
 
@@ -46,39 +65,40 @@ export type JobEvent<R, E extends FalFailure = FalFailure> =
   | { readonly type: 'submit_failed'; readonly error: E }
   | { readonly type: 'record_failed'; readonly error: E }
   | { readonly type: 'result'; readonly result: R }
-  /** Waiting or fetching the result failed, and we did not cut the wait ourselves. */
-  | { readonly type: 'wait_failed'; readonly error: E }
+  /**
+   * Waiting or fetching the result failed, and we did not cut the wait
+   * ourselves; `ended` when fal's status then said the job ended with an error.
+   */
+  | { readonly type: 'wait_failed'; readonly error: E; readonly ended?: Ended | undefined }
   /** We cut the wait (caller gone, deadline, shutdown, a sibling failed) and asked fal to cancel. */
   | { readonly type: 'cancel_settled'; readonly error: E; readonly outcome: CancelOutcome<R> };
 
-/** After a cancel: fal had completed the job (its result), proved it ended unrun, or left it unknown. */
-export type CancelOutcome<R> = { readonly result: R } | { readonly cancelled: true } | { readonly unknown: true };
+/** After a cancel: fal had completed the job (its result), said it ended without images, or left it unknown. */
+export type CancelOutcome<R> = { readonly result: R } | { readonly ended: Ended } | { readonly unknown: true };
 
 /** The ledger write that records a transition. */
-export type JobWrite = { readonly write: 'record_submit'; readonly falRequestId: string } | { readonly write: 'close_job'; readonly falRequestId: string; readonly status: 'failed' | 'cancelled' };
+export type JobWrite =
+  | { readonly write: 'record_submit'; readonly falRequestId: string }
+  | { readonly write: 'close_job'; readonly status: 'failed' | 'cancelled' | 'refused'; readonly billedUnits: string | null; readonly errorCode: string };
 
 export interface Transition<R, E extends FalFailure = FalFailure> {
   readonly state: JobState<R, E>;
   readonly write?: JobWrite;
 }
 
-/**
- * A result fetch answered 4xx (not 429): the job itself ended without
- * images. A 5xx or an unreadable answer may stand in front of a finished,
- * billed job, so it proves nothing.
- */
-export function provesJobFailed(e: FalFailure): boolean {
-  return e.phase === 'result' && e.kind === 'http' && e.status !== undefined && e.status >= 400 && e.status < 500 && e.status !== 429;
-}
-
 export function nextJobState<R, E extends FalFailure>(state: JobState<R, E>, event: JobEvent<R, E>): Transition<R, E> {
   switch (event.type) {
     case 'submitted':
-      expect(state, 'new', event);
+      expect(state, 'submitting', event);
       return { state: { at: 'submitted', falRequestId: event.falRequestId }, write: { write: 'record_submit', falRequestId: event.falRequestId } };
-    case 'submit_failed':
-      expect(state, 'new', event);
-      return { state: event.error.ambiguous ? { at: 'unknown', error: event.error } : { at: 'refused', error: event.error } };
+    case 'submit_failed': {
+      expect(state, 'submitting', event);
+      const e = event.error;
+      if (!e.ambiguous) return { state: { at: 'refused', error: e }, write: { write: 'close_job', status: 'refused', billedUnits: '0', errorCode: failureCode(e) } };
+      // The id on an ambiguous answer may be the job's: recorded, so reconciliation can ask fal about it.
+      const id = e.falRequestId;
+      return id ? { state: { at: 'unknown', error: e, falRequestId: id }, write: { write: 'record_submit', falRequestId: id } } : { state: { at: 'unknown', error: e, falRequestId: undefined } };
+    }
     case 'record_failed': {
       const s = expect(state, 'submitted', event);
       return { state: { at: 'unrecorded', falRequestId: s.falRequestId, error: event.error } };
@@ -89,21 +109,22 @@ export function nextJobState<R, E extends FalFailure>(state: JobState<R, E>, eve
     }
     case 'wait_failed': {
       const s = expect(state, 'submitted', event);
-      if (provesJobFailed(event.error)) return closed(s.falRequestId, 'failed', event.error);
+      if (event.ended) return closed(s.falRequestId, event.error, event.ended);
       return { state: { at: 'open', falRequestId: s.falRequestId, error: event.error } };
     }
     case 'cancel_settled': {
       const s = expect(state, 'submitted', event);
       const o = event.outcome;
       if ('result' in o) return { state: { at: 'completed', falRequestId: s.falRequestId, result: o.result } };
-      if ('cancelled' in o) return closed(s.falRequestId, 'cancelled', event.error);
+      if ('ended' in o) return closed(s.falRequestId, event.error, o.ended);
       return { state: { at: 'open', falRequestId: s.falRequestId, error: event.error } };
     }
   }
 }
 
-function closed<R, E extends FalFailure>(falRequestId: string, status: 'failed' | 'cancelled', error: E): Transition<R, E> {
-  return { state: { at: status, falRequestId, error }, write: { write: 'close_job', falRequestId, status } };
+function closed<R, E extends FalFailure>(falRequestId: string, error: E, ended: Ended): Transition<R, E> {
+  const state: JobState<R, E> = ended.how === 'failed' ? { at: 'failed', falRequestId, error, ended } : { at: 'cancelled', falRequestId, error, ended };
+  return { state, write: { write: 'close_job', status: ended.how, billedUnits: ended.billedUnits, errorCode: ended.errorType ?? failureCode(error) } };
 }
 
 function expect<R, E extends FalFailure, A extends JobState<R, E>['at']>(state: JobState<R, E>, at: A, event: JobEvent<R, E>): Extract<JobState<R, E>, { at: A }> {
@@ -116,13 +137,15 @@ export type StopReason = 'deadline' | 'client_gone' | 'shutdown';
 
 /** What the request's ledger row becomes once every job has a state. */
 export type RequestWrite =
-  /** Bill the completed jobs (all of them, or those that finished before the others failed). */
+  /** Charge the caller for the completed jobs. */
   | { readonly write: 'settle' }
-  /** Nothing can bill: return the reservation. */
-  | { readonly write: 'release'; readonly status: 'released' | 'failed'; readonly errorCode: string }
-  /** Jobs may exist that we have no id for: keep the reservation visible. */
-  | { readonly write: 'orphan' }
-  /** Some job is open: reconciliation settles the request later. */
+  /**
+   * Close the request uncharged and return its hold: the caller is answered
+   * with an error, or nothing completed. Completed jobs' cost is recorded as
+   * unrecovered; open jobs stay open for reconciliation, for their cost only.
+   */
+  | { readonly write: 'close'; readonly status: 'released' | 'failed'; readonly errorCode: string }
+  /** No answer is written and a job is still open: reconciliation settles the request later. */
   | { readonly write: 'none' };
 
 export type CallerOutcome<E extends FalFailure = FalFailure> =
@@ -135,43 +158,41 @@ export type CallerOutcome<E extends FalFailure = FalFailure> =
 export interface RequestDecision<R, E extends FalFailure = FalFailure> {
   readonly ledger: RequestWrite;
   readonly caller: CallerOutcome<E>;
-  /** The jobs whose results are billed. */
+  /** The jobs whose results are recorded as completed (billed when `ledger` settles). */
   readonly completed: ReadonlyArray<R>;
 }
 
-type Ended<R, E extends FalFailure> = Exclude<JobState<R, E>, { at: 'new' } | { at: 'submitted' }>;
+type Final<R, E extends FalFailure> = Exclude<JobState<R, E>, { at: 'submitting' } | { at: 'submitted' }>;
 
 export function decideRequest<R, E extends FalFailure>(jobs: ReadonlyArray<JobState<R, E>>, stopped: StopReason | undefined): RequestDecision<R, E> {
   const ended = jobs.map((j) => {
-    if (j.at === 'new' || j.at === 'submitted') throw new Error(`request decided with a job still ${j.at}`);
-    return j as Ended<R, E>;
+    if (j.at === 'submitting' || j.at === 'submitted') throw new Error(`request decided with a job still ${j.at}`);
+    return j as Final<R, E>;
   });
   const completed = ended.flatMap((j) => (j.at === 'completed' ? [j.result] : []));
-  const failures = ended.filter((j): j is Exclude<Ended<R, E>, { at: 'completed' }> => j.at !== 'completed');
+  const failures = ended.filter((j): j is Exclude<Final<R, E>, { at: 'completed' }> => j.at !== 'completed');
   if (failures.length === 0) return { ledger: { write: 'settle' }, caller: { answer: 'images' }, completed };
 
   const primary = (failures.find((f) => f.error.kind !== 'aborted') ?? failures[0]!).error;
-  // An id on a refused submit (recorded as a duplicate, in case) is no proof that a job exists
-  // (REFERENCE §3b): a refusal alone leaves the retry to the caller, rate limits included.
-  const mayExist = (j: Ended<R, E>): boolean => j.at === 'completed' || j.at === 'open' || j.at === 'unknown' || j.at === 'unrecorded' || j.error.phase !== 'submit';
-  const caller: CallerOutcome<E> = failures.some((f) => f.at === 'unrecorded')
-    ? { answer: 'metering_unavailable' }
-    : { answer: 'error', error: primary, retrySafe: !ended.some(mayExist) && !primary.ambiguous };
-  if (caller.answer === 'metering_unavailable') return { ledger: { write: 'none' }, caller, completed };
+  if (failures.some((f) => f.at === 'unrecorded')) return { ledger: { write: 'none' }, caller: { answer: 'metering_unavailable' }, completed };
+  // An id on a refused submit is no proof that a job exists (REFERENCE §3b):
+  // a refusal alone leaves the retry to the caller, rate limits included.
+  const mayExist = ended.some((j) => j.at !== 'refused');
+  const caller: CallerOutcome<E> = { answer: 'error', error: primary, retrySafe: !mayExist && !primary.ambiguous };
+  const open = failures.some((j) => j.at === 'open' || j.at === 'unknown');
 
-  const open = (j: Ended<R, E>) => j.at === 'open' || j.at === 'unknown';
-  let ledger: RequestWrite;
-  if (!failures.some(open)) {
-    ledger = completed.length > 0 ? { write: 'settle' } : { write: 'release', status: stopped ? 'released' : 'failed', errorCode: failureCode(primary, stopped) };
-  } else if (ended.every((j) => j.at === 'unknown')) {
-    ledger = { write: 'orphan' };
-  } else {
-    ledger = { write: 'none' };
+  if (stopped === 'client_gone') {
+    // No answer is written: the caller pays for what completes, now or (open jobs) when reconciliation finds it.
+    if (open) return { ledger: { write: 'none' }, caller, completed };
+    if (completed.length > 0) return { ledger: { write: 'settle' }, caller, completed };
   }
-  return { ledger, caller, completed };
+  return { ledger: { write: 'close', status: stopped ? 'released' : 'failed', errorCode: requestCode(primary, stopped) }, caller, completed };
 }
 
-function failureCode(err: FalFailure, stopped: StopReason | undefined): string {
-  if (stopped) return stopped;
+function requestCode(err: FalFailure, stopped: StopReason | undefined): string {
+  return stopped ?? failureCode(err);
+}
+
+function failureCode(err: FalFailure): string {
   return err.phase === 'submit' ? `submit_${err.status ?? err.kind}` : `job_failed_${err.status ?? err.kind}`;
 }

@@ -17,8 +17,8 @@ export function ledgerStatements() {
 }
 
 
-type JobValues = { images: number; pixels: number; unitsEstimate: string; unitsFal: string | null; cost: bigint; at: string; falRequestId: string };
-type SettleValues = { requestId: string; charge: bigint; credits: bigint; cost: bigint; images: number; at: string };
+type JobValues = { images: number; pixels: number; unitsEstimate: string; unitsFal: string | null; cost: bigint; at: string; id: string; otherIds: string | null };
+type SettleValues = { requestId: string; charge: bigint; credits: bigint; images: number; at: string };
 
 /** reserve and recordSubmit. */
 function openingStatements() {
@@ -53,11 +53,16 @@ function openingStatements() {
         .where((eb) => eb.or([eb('budget_micros', 'is', null), eb(sql<bigint>`spent_micros + reserved_micros + ${p.amount}`, '<=', eb.ref('budget_micros'))]))
         .returning('id'),
     ),
-    insertJob: prepared((q: Kysely<DB>, p: { falRequestId: string; requestId: string; endpoint: string; at: string }) =>
+    // Every job's row is written with its reservation, before its submit leaves.
+    insertJob: prepared((q: Kysely<DB>, p: { id: string; requestId: string; endpoint: string; at: string }) =>
+      q.insertInto('upstream_jobs').values({ id: p.id, request_id: p.requestId, endpoint: p.endpoint, kind: 'job', status: 'submitting', created_at: p.at }),
+    ),
+    recordSubmit: prepared((q: Kysely<DB>, p: { id: string; falRequestId: string }) =>
       q
-        .insertInto('upstream_jobs')
-        .values({ fal_request_id: p.falRequestId, request_id: p.requestId, endpoint: p.endpoint, status: 'submitted', created_at: p.at })
-        .onConflict((oc) => oc.column('fal_request_id').doNothing())
+        .updateTable('upstream_jobs')
+        .set({ fal_request_id: p.falRequestId, status: 'submitted' })
+        .where('id', '=', p.id)
+        .where('status', '=', 'submitting')
         .returningAll(),
     ),
     // Only a request still holding its reservation moves on; a late record
@@ -71,30 +76,30 @@ function openingStatements() {
 /** completeJob and settle (settleJobs is both). */
 function closingStatements() {
   return {
-    // A result from fal is a fact and overrides an earlier failed or
-    // cancelled guess (a cancel can lose the race with completion).
+    // A result from fal is a fact and overrides an earlier guess (a cancel
+    // can lose the race with completion; a job given up as lost may turn up).
     completeJob: prepared((q: Kysely<DB>, p: JobValues) =>
       q
         .updateTable('upstream_jobs')
-        .set({ images: p.images, pixels: p.pixels, units_estimate: p.unitsEstimate, units_fal: p.unitsFal, upstream_cost_micros: p.cost, completed_at: p.at, status: 'completed' })
-        .where('fal_request_id', '=', p.falRequestId)
-        .where('status', 'in', ['submitted', 'failed', 'cancelled'])
-        .returningAll(),
-    ),
-    // A duplicate that ran still cost us: record it, keep it marked.
-    completeDuplicate: prepared((q: Kysely<DB>, p: JobValues) =>
-      q
-        .updateTable('upstream_jobs')
-        .set({ images: p.images, pixels: p.pixels, units_estimate: p.unitsEstimate, units_fal: p.unitsFal, upstream_cost_micros: p.cost, completed_at: p.at })
-        .where('fal_request_id', '=', p.falRequestId)
-        .where('status', '=', 'duplicate')
-        .where('completed_at', 'is', null)
+        .set({
+          images: p.images,
+          pixels: p.pixels,
+          units_estimate: p.unitsEstimate,
+          units_fal: p.unitsFal,
+          upstream_cost_micros: p.cost,
+          fal_other_ids: p.otherIds,
+          error_code: null,
+          completed_at: p.at,
+          status: 'completed',
+        })
+        .where('id', '=', p.id)
+        .where('status', 'in', ['submitting', 'submitted', 'failed', 'cancelled', 'lost'])
         .returningAll(),
     ),
     settleHolding: prepared((q: Kysely<DB>, p: SettleValues) =>
       q
         .updateTable('requests')
-        .set({ status: 'settled', charge_micros: p.charge, credits: p.credits, upstream_cost_micros: p.cost, images: p.images, error_code: null, settled_at: p.at })
+        .set({ status: 'settled', charge_micros: p.charge, credits: p.credits, images: p.images, error_code: null, settled_at: p.at })
         .where('id', '=', p.requestId)
         .where('status', 'in', HOLDING)
         .returningAll(),
@@ -102,10 +107,22 @@ function closingStatements() {
     settleOrphan: prepared((q: Kysely<DB>, p: SettleValues) =>
       q
         .updateTable('requests')
-        .set({ status: 'settled', charge_micros: p.charge, credits: p.credits, upstream_cost_micros: p.cost, images: p.images, error_code: null, settled_at: p.at })
+        .set({ status: 'settled', charge_micros: p.charge, credits: p.credits, images: p.images, error_code: null, settled_at: p.at })
         .where('id', '=', p.requestId)
         .where('status', '=', 'orphaned')
         .returningAll(),
+    ),
+    // A request's upstream cost is the sum of its jobs' (failed ones and strays included), refreshed after every job write.
+    refreshCost: prepared((q: Kysely<DB>, p: { requestId: string }) =>
+      q
+        .updateTable('requests')
+        .set((eb) => ({
+          upstream_cost_micros: eb
+            .selectFrom('upstream_jobs')
+            .select(sql<bigint>`coalesce(sum(upstream_cost_micros), 0)`.as('cost'))
+            .where('upstream_jobs.request_id', '=', p.requestId),
+        }))
+        .where('id', '=', p.requestId),
     ),
     chargeKey: prepared((q: Kysely<DB>, p: { keyId: string; hold: bigint; charge: bigint }) =>
       q

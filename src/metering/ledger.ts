@@ -21,7 +21,7 @@
 import { sql, type Kysely, type Transaction } from 'kysely';
 import { ledgerStatements, HOLDING, type LedgerStatements } from './ledger-statements.js';
 import type { Database } from '../db/database.js';
-import type { DB } from '../db/schema.js';
+import { OPEN_JOB, type DB } from '../db/schema.js';
 import { systemClock, toBigInt, toIsoTimestamp, toNumber, type Clock, type TimeInput } from '../db/values.js';
 import { canonicalDecimal } from './money.js';
 import { enqueueOutboxEvent, type OutboxEventInput } from './outbox-store.js';
@@ -39,6 +39,18 @@ export interface ReserveInput {
   pricing?: string | null | undefined;
   maxChargeMicros: bigint;
   idempotencyKey?: string | null | undefined;
+  /** How many fal jobs the request makes: each gets its row (`jobIdFor`) in the reservation's transaction. */
+  jobs?: number | undefined;
+}
+
+/** Our id of a request's i-th fal job. */
+export function jobIdFor(requestId: string, index: number): string {
+  return `${requestId}/${index}`;
+}
+
+/** Our id of a job fal made on a refused submit attempt of a request. */
+export function strayIdFor(requestId: string, falRequestId: string): string {
+  return `${requestId}/stray/${falRequestId}`;
 }
 
 export type ReserveResult =
@@ -54,7 +66,10 @@ export type ReserveResult =
   | { ok: false; reason: 'request_id_taken' };
 
 export interface CompleteJobInput {
-  falRequestId: string;
+  /** Our job id (`jobIdFor`, or a stray's). */
+  jobId: string;
+  /** Another id fal reported for this job (its runner retry), kept beside the one submit answered. */
+  otherFalId?: string | null | undefined;
   images: number;
   pixels: number;
   /** Our estimate of fal's billed quantity, as a decimal. */
@@ -76,7 +91,6 @@ export interface SettleInput {
   requestId: string;
   chargeMicros: bigint;
   credits: bigint | number;
-  upstreamCostMicros: bigint;
   images: number;
   /** The billing event, written in the same transaction as the charge. */
   outboxEvent?: SettleOutboxEvent | undefined;
@@ -101,6 +115,18 @@ export interface ReleaseInput {
   requestId: string;
   status: 'released' | 'failed';
   errorCode?: string | null | undefined;
+  /** Completed jobs to record with their cost in the same transaction: upstream cost the caller is not charged for. */
+  jobs?: readonly CompleteJobInput[] | undefined;
+}
+
+/** A job fal said ended without images, or that we stop asking about. */
+export interface CloseJobInput {
+  jobId: string;
+  status: 'failed' | 'cancelled' | 'refused' | 'lost';
+  /** What fal billed for it (its units priced), 0 when nothing. */
+  upstreamCostMicros: bigint;
+  unitsFal?: string | null | undefined;
+  errorCode?: string | null | undefined;
 }
 
 export interface ReleaseResult {
@@ -110,12 +136,18 @@ export interface ReleaseResult {
 
 export interface Ledger {
   reserve(input: ReserveInput): Promise<ReserveResult>;
-  /** Records a fal job as soon as submit answers. Repeating the same id is a no-op. */
-  recordSubmit(input: { requestId: string; falRequestId: string; endpoint: string }): Promise<JobRecord>;
+  /** Adds fal's id to a job row as soon as submit answers. Repeating it is a no-op. */
+  recordSubmit(input: { jobId: string; falRequestId: string }): Promise<JobRecord>;
   completeJob(input: CompleteJobInput): Promise<CompleteJobResult>;
-  failJob(input: { falRequestId: string; status: 'failed' | 'cancelled' }): Promise<{ changed: boolean; job: JobRecord }>;
-  /** A second fal job created for the same work (a retried submit); recorded, never charged to the caller. */
-  markDuplicate(input: { requestId: string; falRequestId: string; endpoint: string }): Promise<JobRecord>;
+  /** An open job reaches a final state without images; a job already final is left as it is. */
+  closeJob(input: CloseJobInput): Promise<{ changed: boolean; job: JobRecord }>;
+  /**
+   * Jobs fal made on refused attempts of a request's submit (fal named them):
+   * open `stray` rows, whose cost reconciliation records and nobody is charged.
+   */
+  recordStrays(input: { requestId: string; endpoint: string; falRequestIds: readonly string[] }): Promise<void>;
+  /** Jobs not final yet that fal named, created before `createdBefore`, oldest first: what job reconciliation asks fal about. */
+  listOpenJobs(options?: { createdBefore?: TimeInput | undefined; limit?: number | undefined }): Promise<JobRecord[]>;
   settle(input: SettleInput): Promise<SettleResult>;
   /** completeJob for each job, then settle, in one transaction. */
   settleJobs(input: { jobs: readonly CompleteJobInput[]; settle: SettleInput }): Promise<{ jobs: CompleteJobResult[]; settlement: SettleResult }>;
@@ -149,10 +181,20 @@ export function createLedger(database: Database, options: LedgerOptions = {}): L
 
   return {
     reserve: (input) => reserve(db, q, input, now),
-    recordSubmit: (input) => write((trx) => recordSubmit(trx, q, input, now())),
-    completeJob: (input) => write((trx) => completeJob(trx, q, input, now())),
-    failJob: (input) => write((trx) => failJob(trx, input, now())),
-    markDuplicate: (input) => write((trx) => markDuplicate(trx, input, now())),
+    recordSubmit: (input) => write((trx) => recordSubmit(trx, q, input)),
+    completeJob: (input) =>
+      write(async (trx) => {
+        const out = await completeJob(trx, q, input, now());
+        if (out.changed) await q.refreshCost.run(trx, { requestId: out.job.requestId });
+        return out;
+      }),
+    closeJob: (input) =>
+      write(async (trx) => {
+        const out = await closeJob(trx, input, now());
+        if (out.changed) await q.refreshCost.run(trx, { requestId: out.job.requestId });
+        return out;
+      }),
+    recordStrays: (input) => write((trx) => recordStrays(trx, input, now())),
     settle: (input) => write((trx) => settle(trx, q, input, now(), clock)),
     // One transaction for the whole close of a request: the jobs' rows and
     // the charge commit together, and the request pays for one commit, not one per job plus one.
@@ -160,15 +202,29 @@ export function createLedger(database: Database, options: LedgerOptions = {}): L
       write(async (trx) => {
         const completed: CompleteJobResult[] = [];
         for (const job of jobs) completed.push(await completeJob(trx, q, job, now()));
-        return { jobs: completed, settlement: await settle(trx, q, closing, now(), clock) };
+        const settlement = await settle(trx, q, closing, now(), clock);
+        // Refreshed before it is read back: the settled row and its event carry the cost with it.
+        return { jobs: completed, settlement };
       }),
-    release: (input) => write((trx) => release(trx, input, now())),
+    release: (input) =>
+      write(async (trx) => {
+        for (const job of input.jobs ?? []) await completeJob(trx, q, job, now());
+        if ((input.jobs ?? []).length > 0) await q.refreshCost.run(trx, { requestId: input.requestId });
+        return release(trx, input, now());
+      }),
     markOrphaned: (requestId) => write((trx) => markOrphaned(trx, requestId)),
 
     async listOpen(opts = {}) {
       let rows = db.selectFrom('requests').selectAll().where('status', 'in', HOLDING);
       if (opts.createdBefore !== undefined) rows = rows.where('created_at', '<', toIsoTimestamp(opts.createdBefore));
       return withJobs(db, await rows.orderBy('created_at').orderBy('id').execute());
+    },
+
+    async listOpenJobs(opts = {}) {
+      // A job with no fal id cannot be asked about by id (issue 17's lost-submit search finds those).
+      let rows = db.selectFrom('upstream_jobs').selectAll().where('status', 'in', OPEN_JOB).where('fal_request_id', 'is not', null);
+      if (opts.createdBefore !== undefined) rows = rows.where('created_at', '<', toIsoTimestamp(opts.createdBefore));
+      return (await rows.orderBy('created_at').orderBy('id').limit(opts.limit ?? 1000).execute()).map(toJob);
     },
 
     async listOrphaned() {
@@ -220,7 +276,10 @@ async function reserveIn(trx: Transaction<DB>, q: LedgerStatements, input: Reser
   });
   if (inserted.rows.length === 0) return { ok: false, reason: 'request_id_taken' };
   const held = await q.hold.run(trx, { amount, keyId: input.keyId });
-  if (held.rows.length > 0) return { ok: true };
+  if (held.rows.length > 0) {
+    for (let i = 0; i < (input.jobs ?? 0); i++) await q.insertJob.run(trx, { id: jobIdFor(input.requestId, i), requestId: input.requestId, endpoint: input.endpoint, at });
+    return { ok: true };
+  }
   // Refused: the request row goes again in the same transaction, so the
   // attempt commits nothing and the request id stays free.
   await trx.deleteFrom('requests').where('id', '=', input.requestId).execute();
@@ -235,23 +294,23 @@ async function reserveIn(trx: Transaction<DB>, q: LedgerStatements, input: Reser
   };
 }
 
-async function recordSubmit(trx: Transaction<DB>, q: LedgerStatements, input: { requestId: string; falRequestId: string; endpoint: string }, at: string): Promise<JobRecord> {
-  const { requestId, falRequestId, endpoint } = input;
-  const [inserted] = (await q.insertJob.run(trx, { falRequestId, requestId, endpoint, at })).rows;
-  if (!inserted) {
-    const existing = await jobOrThrow(trx, falRequestId);
-    if (existing.requestId !== requestId) {
-      throw new Error(`fal request ${falRequestId} is already recorded for request ${existing.requestId}, not ${requestId}`);
+async function recordSubmit(trx: Transaction<DB>, q: LedgerStatements, input: { jobId: string; falRequestId: string }): Promise<JobRecord> {
+  const [row] = (await q.recordSubmit.run(trx, { id: input.jobId, falRequestId: input.falRequestId })).rows;
+  if (!row) {
+    const existing = await jobOrThrow(trx, input.jobId);
+    if (existing.falRequestId !== input.falRequestId) {
+      throw new Error(`job ${input.jobId} already has fal request ${existing.falRequestId ?? '(none)'} and state ${existing.status}, not ${input.falRequestId}`);
     }
     return existing;
   }
-  await q.markSubmitted.run(trx, { requestId });
-  return toJob(inserted);
+  await q.markSubmitted.run(trx, { requestId: row.request_id });
+  return toJob(row);
 }
 
 async function completeJob(trx: Transaction<DB>, q: LedgerStatements, input: CompleteJobInput, at: string): Promise<CompleteJobResult> {
   const values = {
-    falRequestId: input.falRequestId,
+    id: input.jobId,
+    otherIds: input.otherFalId ?? null,
     images: toNumber(input.images),
     pixels: toNumber(input.pixels),
     unitsEstimate: canonicalDecimal(input.unitsEstimate),
@@ -259,9 +318,9 @@ async function completeJob(trx: Transaction<DB>, q: LedgerStatements, input: Com
     cost: toBigInt(input.upstreamCostMicros),
     at,
   };
-  const row = (await q.completeJob.run(trx, values)).rows[0] ?? (await q.completeDuplicate.run(trx, values)).rows[0];
+  const row = (await q.completeJob.run(trx, values)).rows[0];
   // Unchanged (a repeat): report the row as it stands.
-  const job = row ? toJob(row) : await jobOrThrow(trx, input.falRequestId);
+  const job = row ? toJob(row) : await jobOrThrow(trx, input.jobId);
   return {
     job,
     changed: row !== undefined,
@@ -276,10 +335,10 @@ async function settle(trx: Transaction<DB>, q: LedgerStatements, input: SettleIn
     requestId: input.requestId,
     charge,
     credits: toBigInt(input.credits),
-    cost: toBigInt(input.upstreamCostMicros),
     images: toNumber(input.images),
     at,
   };
+  await q.refreshCost.run(trx, { requestId: input.requestId });
   let hold: bigint;
   let row = (await q.settleHolding.run(trx, values)).rows[0];
   if (row) {
@@ -305,31 +364,33 @@ async function settle(trx: Transaction<DB>, q: LedgerStatements, input: SettleIn
   return { settled: true, request };
 }
 
-async function failJob(trx: Transaction<DB>, input: { falRequestId: string; status: 'failed' | 'cancelled' }, at: string): Promise<{ changed: boolean; job: JobRecord }> {
+async function closeJob(trx: Transaction<DB>, input: CloseJobInput, at: string): Promise<{ changed: boolean; job: JobRecord }> {
+  const cost = toBigInt(input.upstreamCostMicros);
+  if (cost < 0n) throw new RangeError('upstreamCostMicros must not be negative');
   const row = await trx
     .updateTable('upstream_jobs')
-    .set({ status: input.status, completed_at: at })
-    .where('fal_request_id', '=', input.falRequestId)
-    .where('status', '=', 'submitted')
+    .set({
+      status: input.status,
+      upstream_cost_micros: cost,
+      units_fal: input.unitsFal === null || input.unitsFal === undefined ? null : canonicalDecimal(input.unitsFal),
+      error_code: input.errorCode ?? null,
+      completed_at: at,
+    })
+    .where('id', '=', input.jobId)
+    .where('status', 'in', OPEN_JOB)
     .returningAll()
     .executeTakeFirst();
-  return { changed: row !== undefined, job: row ? toJob(row) : await jobOrThrow(trx, input.falRequestId) };
+  return { changed: row !== undefined, job: row ? toJob(row) : await jobOrThrow(trx, input.jobId) };
 }
 
-async function markDuplicate(trx: Transaction<DB>, input: { requestId: string; falRequestId: string; endpoint: string }, at: string): Promise<JobRecord> {
-  const { requestId, falRequestId, endpoint } = input;
-  await trx
-    .insertInto('upstream_jobs')
-    .values({ fal_request_id: falRequestId, request_id: requestId, endpoint, status: 'duplicate', created_at: at })
-    .onConflict((oc) =>
-      oc
-        .column('fal_request_id')
-        .doUpdateSet({ status: 'duplicate' })
-        .where('upstream_jobs.status', '=', 'submitted')
-        .where('upstream_jobs.request_id', '=', requestId),
-    )
-    .execute();
-  return jobOrThrow(trx, falRequestId);
+async function recordStrays(trx: Transaction<DB>, input: { requestId: string; endpoint: string; falRequestIds: readonly string[] }, at: string): Promise<void> {
+  for (const falRequestId of input.falRequestIds) {
+    await trx
+      .insertInto('upstream_jobs')
+      .values({ id: strayIdFor(input.requestId, falRequestId), request_id: input.requestId, kind: 'stray', fal_request_id: falRequestId, endpoint: input.endpoint, status: 'submitted', created_at: at })
+      .onConflict((oc) => oc.doNothing())
+      .execute();
+  }
 }
 
 async function release(trx: Transaction<DB>, input: ReleaseInput, at: string): Promise<ReleaseResult> {

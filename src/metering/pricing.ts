@@ -295,3 +295,21 @@ export function upstreamCost(
     disagrees: fal.num !== estimate.num || fal.den !== estimate.den,
   };
 }
+
+/**
+ * What fal billed for a job that ended without images: its reported units ×
+ * the rate, with no prompt-expansion fee (fal bills failures by units only).
+ * fal sends `x-fal-billable-units` on a failed job's answer; when it sent
+ * none (or one we cannot read) the cost is unknown and recorded as 0, with
+ * `known: false` so the caller can log it.
+ */
+export function failedJobCost(model: PricedModel, falBillableUnits: string | null | undefined): { micros: bigint; unitsFal: string | null; known: boolean } {
+  if (falBillableUnits === null || falBillableUnits === undefined) return { micros: 0n, unitsFal: null, known: false };
+  let units: Ratio;
+  try {
+    units = parseDecimal(falBillableUnits.trim(), RATE_DECIMALS, 'x-fal-billable-units');
+  } catch {
+    return { micros: 0n, unitsFal: null, known: false };
+  }
+  return { micros: costOfUnits(model.pricing, units, false), unitsFal: formatDecimal(units), known: true };
+}

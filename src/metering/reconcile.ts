@@ -1,20 +1,25 @@
 import type { Logger } from 'pino';
 import { FalCallError, type FalGateway } from '../fal/gateway.js';
-import { provesJobFailed } from './job-state.js';
-import type { ModelRegistry } from '../models/registry.js';
-import type { Ledger, RequestWithJobs } from './ledger.js';
+import type { ModelEntry, ModelRegistry } from '../models/registry.js';
+import type { JobRecord, Ledger, RequestWithJobs } from './ledger.js';
 import type { Markup } from './money.js';
-import { decodePricing, settleCompleted, type BillingEvents, type CompletedJob } from './settlement.js';
+import { failedJobCost } from './pricing.js';
+import { completions, decodePricing, settleCompleted, type BillingEvents, type CompletedJob } from './settlement.js';
 
 /**
- * Finishes the requests a process left open: it crashed, fal could not be
- * read, or a cancel was not confirmed. Each open request's fal jobs are looked
- * up at fal and the request is settled (fal completed jobs: billed on the
- * images they returned) or released (jobs failed or were cancelled). A
- * request with no fal id (a crash between sending submit and saving its
- * answer) is marked orphaned and reported: we cannot know whether fal ran it.
+ * Finishes what a process left open: it crashed, fal could not be read, a
+ * cancel was not confirmed, or a request was answered while some of its
+ * jobs still ran. Two passes, both asking fal and applying the job-state
+ * rules (job-state.ts):
+ * - open requests: each job is looked up at fal; once every job is final,
+ *   the request is settled on the completed ones (no answer was written, so
+ *   the images are the caller's) or released;
+ * - open jobs of closed requests (a request answered with an error, jobs fal
+ *   named on refused submit attempts): their cost is recorded, never charged.
+ * A request whose submit never answered (a job row with no fal id) is marked
+ * orphaned: its hold goes back, and it stays reported.
  *
- * Only requests older than `olderThanMs` are touched, so that with several
+ * Only rows older than `olderThanMs` are touched, so that with several
  * processes sharing a database one never reconciles another's live request.
  */
 
@@ -29,6 +34,8 @@ export interface ReconcileReport {
   unresolved: string[];
   /** Unresolved for longer than `giveUpAfterMs`: released and logged as an error. */
   abandoned: string[];
+  /** Jobs of closed requests whose end (and cost) this round recorded. */
+  jobsClosed: string[];
 }
 
 export interface ReconcilerDeps {
@@ -47,52 +54,93 @@ export interface Reconciler {
   run(opts?: { olderThanMs?: number }): Promise<ReconcileReport>;
 }
 
-type JobVerdict = { kind: 'completed'; job: CompletedJob } | { kind: 'ended' } | { kind: 'running' } | { kind: 'unknown' };
+/** What fal says became of one job. */
+type Verdict =
+  | { kind: 'completed'; job: CompletedJob }
+  | { kind: 'ended'; how: 'failed' | 'cancelled'; billedUnits: string | null; errorType: string | undefined }
+  /** fal knows no such job (a refused submit's id): nothing ran, nothing billed. */
+  | { kind: 'absent' }
+  | { kind: 'running' }
+  | { kind: 'unknown' };
 
 export function createReconciler(deps: ReconcilerDeps): Reconciler {
   const now = deps.now ?? Date.now;
   const giveUpAfterMs = deps.giveUpAfterMs ?? 24 * 3600_000;
 
-  async function judgeJob(endpoint: string, falRequestId: string, ledgerStatus: string): Promise<JobVerdict> {
-    if (ledgerStatus === 'failed' || ledgerStatus === 'cancelled' || ledgerStatus === 'duplicate') return { kind: 'ended' };
+  async function askFal(job: JobRecord): Promise<Verdict> {
+    const id = job.falRequestId!;
+    let failed: { errorType?: string } | undefined;
     try {
-      const st = await deps.fal.status(endpoint, falRequestId, { signal: AbortSignal.timeout(15_000) });
+      const st = await deps.fal.status(job.endpoint, id, { signal: AbortSignal.timeout(15_000) });
       if (st.status !== 'COMPLETED') return { kind: 'running' };
-      const r = await deps.fal.result(endpoint, falRequestId, { signal: AbortSignal.timeout(60_000) });
-      return { kind: 'completed', job: { falRequestId, images: r.output.images.map((i) => ({ width: i.width, height: i.height })), billableUnits: r.billableUnits } };
+      failed = st.failed;
+      const r = await deps.fal.result(job.endpoint, id, { signal: AbortSignal.timeout(60_000) });
+      return { kind: 'completed', job: { jobId: job.id, falRequestId: id, otherFalId: r.otherFalId, images: r.output.images.map((i) => ({ width: i.width, height: i.height })), billableUnits: r.billableUnits } };
     } catch (err) {
-      if (err instanceof FalCallError && (provesJobFailed(err) || (err.kind === 'http' && err.status === 404 && err.phase === 'status'))) {
-        await deps.ledger.failJob({ falRequestId, status: 'failed' });
-        return { kind: 'ended' };
+      if (err instanceof FalCallError && err.kind === 'http') {
+        if (err.phase === 'status' && err.status === 404) return { kind: 'absent' };
+        if (err.phase === 'result' && failed) {
+          const how = failed.errorType === 'client_cancelled' ? 'cancelled' : 'failed';
+          return { kind: 'ended', how, billedUnits: err.billableUnits ?? null, errorType: failed.errorType };
+        }
       }
-      deps.logger.warn({ fal_request_id: falRequestId, err: (err as Error).message }, 'reconcile: fal could not say what became of the job');
+      deps.logger.warn({ job_id: job.id, fal_request_id: id, err: (err as Error).message }, 'reconcile: fal could not say what became of the job');
       return { kind: 'unknown' };
     }
   }
 
-  async function reconcileOne(r: RequestWithJobs, report: ReconcileReport): Promise<void> {
+  /** Records a final verdict on the job's row; answers whether the job is now final. */
+  async function record(job: JobRecord, v: Verdict, model: ModelEntry, pricing: ReturnType<typeof decodePricing>, chargedLater: boolean): Promise<boolean> {
+    if (v.kind === 'completed') {
+      // A request still open is settled on its completed jobs in one transaction (settleCompleted), not here.
+      if (!chargedLater) await deps.ledger.completeJob(completions(model, pricing, [v.job])[0]!);
+      return true;
+    }
+    if (v.kind === 'ended') {
+      const cost = failedJobCost(model, v.billedUnits);
+      await deps.ledger.closeJob({ jobId: job.id, status: v.how, upstreamCostMicros: cost.micros, unitsFal: cost.unitsFal, errorCode: v.errorType ?? 'job_failed' });
+      return true;
+    }
+    if (v.kind === 'absent') {
+      await deps.ledger.closeJob({ jobId: job.id, status: 'refused', upstreamCostMicros: 0n, errorCode: 'not_found_at_fal' });
+      return true;
+    }
+    return false;
+  }
+
+  async function reconcileRequest(r: RequestWithJobs, report: ReconcileReport): Promise<void> {
     const log = deps.logger.child({ request_id: r.id });
-    if (r.jobs.length === 0) {
+    const model = deps.registry.lookup(r.model);
+    const jobs = r.jobs.filter((j) => j.kind === 'job');
+    if (jobs.length === 0 || jobs.some((j) => j.falRequestId === null && j.status === 'submitting')) {
       await deps.ledger.markOrphaned(r.id);
       report.orphaned.push(r.id);
-      log.error({ model: r.model, key_id: r.keyId }, 'reconcile: request has no fal request id (crash between submit and its answer); marked orphaned');
+      log.error({ model: r.model, key_id: r.keyId }, 'reconcile: a submit of the request never answered (crash or lost answer); marked orphaned');
       return;
     }
-    const model = deps.registry.lookup(r.model);
-    const verdicts = await Promise.all(r.jobs.map((j) => judgeJob(j.endpoint, j.falRequestId, j.status)));
+    if (!model) {
+      report.unresolved.push(r.id);
+      log.error({ model: r.model }, 'reconcile: the request’s model is no longer in the registry; cannot price it');
+      return;
+    }
+    const pricing = decodePricing(r.pricing, deps.markup);
+    const verdicts = await Promise.all(jobs.map((j) => (j.status === 'submitted' || j.status === 'completed' ? askFal(j) : Promise.resolve<Verdict>({ kind: 'absent' }))));
+    for (let i = 0; i < jobs.length; i++) if (jobs[i]!.status === 'submitted') await record(jobs[i]!, verdicts[i]!, model, pricing, true);
     if (verdicts.some((v) => v.kind === 'running')) {
       report.running.push(r.id);
       return;
     }
-    if (verdicts.some((v) => v.kind === 'unknown') || !model) {
-      if (now() - Date.parse(r.createdAt) > giveUpAfterMs) {
-        await deps.ledger.release({ requestId: r.id, status: 'failed', errorCode: 'unresolved_upstream' });
-        report.abandoned.push(r.id);
-        log.error({ model: r.model }, 'reconcile: gave up on a request fal never resolved; released without charge');
-      } else {
+    if (verdicts.some((v) => v.kind === 'unknown')) {
+      if (now() - Date.parse(r.createdAt) <= giveUpAfterMs) {
         report.unresolved.push(r.id);
-        if (!model) log.error({ model: r.model }, 'reconcile: the request’s model is no longer in the registry; cannot price it');
+        return;
       }
+      for (let i = 0; i < jobs.length; i++) {
+        if (verdicts[i]!.kind === 'unknown') await deps.ledger.closeJob({ jobId: jobs[i]!.id, status: 'lost', upstreamCostMicros: 0n, errorCode: 'unresolved_upstream' });
+      }
+      await deps.ledger.release({ requestId: r.id, status: 'failed', errorCode: 'unresolved_upstream' });
+      report.abandoned.push(r.id);
+      log.error({ model: r.model }, 'reconcile: gave up on a request fal never resolved; released without charge');
       return;
     }
     const completed = verdicts.flatMap((v) => (v.kind === 'completed' ? [v.job] : []));
@@ -101,22 +149,46 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
       report.released.push(r.id);
       return;
     }
-    const out = await settleCompleted(deps.ledger, model, r.id, decodePricing(r.pricing, deps.markup), completed, { billingEvents: deps.billingEvents });
+    // No answer was written for this request: the images fal completed are the caller's.
+    const out = await settleCompleted(deps.ledger, model, r.id, pricing, completed, { billingEvents: deps.billingEvents });
     report.settled.push(r.id);
     log.info({ charge_usd: out.charge.usd, jobs: completed.length }, 'reconcile: settled a request fal completed');
   }
 
+  /** An open job of a closed request, or a stray: its cost only. */
+  async function reconcileJob(job: JobRecord, report: ReconcileReport): Promise<void> {
+    const request = await deps.ledger.getRequest(job.requestId);
+    const model = request && deps.registry.lookup(request.model);
+    if (!request || !model || job.falRequestId === null) return;
+    const verdict = await askFal(job);
+    if (await record(job, verdict, model, decodePricing(request.pricing, deps.markup), false)) report.jobsClosed.push(job.id);
+    else if (verdict.kind === 'unknown' && now() - Date.parse(job.createdAt) > giveUpAfterMs) {
+      await deps.ledger.closeJob({ jobId: job.id, status: 'lost', upstreamCostMicros: 0n, errorCode: 'unresolved_upstream' });
+      deps.logger.error({ job_id: job.id, fal_request_id: job.falRequestId }, 'reconcile: gave up on a job fal never resolved; its cost is unknown');
+    }
+  }
+
   return {
     async run(opts = {}) {
-      const report: ReconcileReport = { examined: 0, settled: [], released: [], orphaned: [], running: [], unresolved: [], abandoned: [] };
-      const open = await deps.ledger.listOpen({ createdBefore: new Date(now() - (opts.olderThanMs ?? 0)) });
+      const report: ReconcileReport = { examined: 0, settled: [], released: [], orphaned: [], running: [], unresolved: [], abandoned: [], jobsClosed: [] };
+      const cutoff = new Date(now() - (opts.olderThanMs ?? 0));
+      const open = await deps.ledger.listOpen({ createdBefore: cutoff });
       report.examined = open.length;
+      const openIds = new Set(open.map((r) => r.id));
       for (const r of open) {
         try {
-          await reconcileOne(r, report);
+          await reconcileRequest(r, report);
         } catch (err) {
           report.unresolved.push(r.id);
           deps.logger.error({ err, request_id: r.id }, 'reconcile: failed on a request');
+        }
+      }
+      for (const job of await deps.ledger.listOpenJobs({ createdBefore: cutoff })) {
+        if (openIds.has(job.requestId) && job.kind === 'job') continue;
+        try {
+          await reconcileJob(job, report);
+        } catch (err) {
+          deps.logger.error({ err, job_id: job.id }, 'reconcile: failed on a job');
         }
       }
       return report;

@@ -5,7 +5,7 @@
  * exact bigint.
  */
 import type { Kysely, Selectable } from 'kysely';
-import type { DB, JobStatus, RequestStatus, RequestsTable, UpstreamJobsTable } from '../db/schema.js';
+import type { DB, JobKind, JobStatus, RequestStatus, RequestsTable, UpstreamJobsTable } from '../db/schema.js';
 import { toBigInt, toNumber } from '../db/values.js';
 
 export interface RequestRecord {
@@ -30,8 +30,14 @@ export interface RequestRecord {
 }
 
 export interface JobRecord {
-  falRequestId: string;
+  /** Ours (see jobIdFor in ledger.ts). */
+  id: string;
   requestId: string;
+  kind: JobKind;
+  /** The id fal's submit answered; null while the submit has not answered. */
+  falRequestId: string | null;
+  /** Other ids fal reported for the job (its runner retry). */
+  otherFalIds: string[];
   endpoint: string;
   status: JobStatus;
   images: number;
@@ -39,6 +45,7 @@ export interface JobRecord {
   unitsEstimate: string | null;
   unitsFal: string | null;
   upstreamCostMicros: bigint;
+  errorCode: string | null;
   createdAt: string;
   completedAt: string | null;
 }
@@ -70,8 +77,11 @@ export function toRequest(row: Selectable<RequestsTable>): RequestRecord {
 
 export function toJob(row: Selectable<UpstreamJobsTable>): JobRecord {
   return {
-    falRequestId: row.fal_request_id,
+    id: row.id,
     requestId: row.request_id,
+    kind: row.kind,
+    falRequestId: row.fal_request_id,
+    otherFalIds: row.fal_other_ids ? row.fal_other_ids.split(' ') : [],
     endpoint: row.endpoint,
     status: row.status,
     images: toNumber(row.images),
@@ -79,6 +89,7 @@ export function toJob(row: Selectable<UpstreamJobsTable>): JobRecord {
     unitsEstimate: row.units_estimate,
     unitsFal: row.units_fal,
     upstreamCostMicros: toBigInt(row.upstream_cost_micros),
+    errorCode: row.error_code,
     createdAt: row.created_at,
     completedAt: row.completed_at,
   };
@@ -92,8 +103,8 @@ export class UnknownRequestError extends Error {
 }
 
 export class UnknownJobError extends Error {
-  constructor(readonly falRequestId: string) {
-    super(`no upstream job ${JSON.stringify(falRequestId)} in the ledger`);
+  constructor(readonly jobId: string) {
+    super(`no upstream job ${JSON.stringify(jobId)} in the ledger`);
     this.name = 'UnknownJobError';
   }
 }
@@ -106,9 +117,9 @@ export async function requestOrThrow(q: Kysely<DB>, requestId: string): Promise<
   return toRequest(row);
 }
 
-export async function jobOrThrow(q: Kysely<DB>, falRequestId: string): Promise<JobRecord> {
-  const row = await q.selectFrom('upstream_jobs').selectAll().where('fal_request_id', '=', falRequestId).executeTakeFirst();
-  if (!row) throw new UnknownJobError(falRequestId);
+export async function jobOrThrow(q: Kysely<DB>, jobId: string): Promise<JobRecord> {
+  const row = await q.selectFrom('upstream_jobs').selectAll().where('id', '=', jobId).executeTakeFirst();
+  if (!row) throw new UnknownJobError(jobId);
   return toJob(row);
 }
 
@@ -117,7 +128,7 @@ export async function withJobs(db: Kysely<DB>, rows: Selectable<RequestsTable>[]
   const byRequest = new Map<string, JobRecord[]>();
   for (let i = 0; i < rows.length; i += ID_CHUNK) {
     const ids = rows.slice(i, i + ID_CHUNK).map((r) => r.id);
-    const jobs = await db.selectFrom('upstream_jobs').selectAll().where('request_id', 'in', ids).orderBy('created_at').orderBy('fal_request_id').execute();
+    const jobs = await db.selectFrom('upstream_jobs').selectAll().where('request_id', 'in', ids).orderBy('created_at').orderBy('id').execute();
     for (const job of jobs) {
       const list = byRequest.get(job.request_id) ?? [];
       list.push(toJob(job));

@@ -28,7 +28,12 @@ export function decodePricing(json: string | null, fallbackMarkup: Markup): Requ
 }
 
 export interface CompletedJob {
+  /** Our job id (the ledger's key). */
+  jobId: string;
+  /** The id submit answered. */
   falRequestId: string;
+  /** Another id fal reported for it (a runner retry). */
+  otherFalId?: string | undefined;
   images: ReadonlyArray<{ width: number; height: number }>;
   /** fal's `x-fal-billable-units`, when sent. */
   billableUnits: string | null;
@@ -82,6 +87,39 @@ export function usageSettledData(request: RequestRecord, falRequestIds: readonly
   };
 }
 
+/** Each completed job's ledger row, priced: what fal billed for it. */
+export function completions(model: PricedModel, pricing: RequestPricing, jobs: readonly CompletedJob[]) {
+  return jobs.map((job) => {
+    const cost = upstreamCost(model, job.images, pricing.promptExpansion, job.billableUnits);
+    return {
+      jobId: job.jobId,
+      otherFalId: job.otherFalId ?? null,
+      falRequestId: job.falRequestId,
+      images: job.images.length,
+      pixels: job.images.reduce((s, im) => s + im.width * im.height, 0),
+      unitsEstimate: cost.unitsEstimate,
+      unitsFal: job.billableUnits,
+      upstreamCostMicros: cost.micros,
+    };
+  });
+}
+
+/**
+ * Closes a request uncharged (it was answered with an error, or nothing
+ * completed): its hold goes back, and the jobs that did complete are recorded
+ * at what fal billed for them, as upstream cost nobody is charged for.
+ */
+export async function closeUncharged(
+  ledger: Ledger,
+  model: PricedModel,
+  requestId: string,
+  pricing: RequestPricing,
+  close: { status: 'released' | 'failed'; errorCode: string },
+  jobs: readonly CompletedJob[],
+): Promise<void> {
+  await ledger.release({ requestId, status: close.status, errorCode: close.errorCode, jobs: completions(model, pricing, jobs) });
+}
+
 /**
  * Records every completed job and settles the request on the images they
  * returned. A request that fanned out into several jobs pays the
@@ -95,33 +133,20 @@ export async function settleCompleted(
   jobs: readonly CompletedJob[],
   options: SettleOptions = {},
 ): Promise<SettlementOutcome> {
-  let upstreamMicros = 0n;
-  const allImages: Array<{ width: number; height: number }> = [];
-  const completions = jobs.map((job) => {
-    const cost = upstreamCost(model, job.images, pricing.promptExpansion, job.billableUnits);
-    upstreamMicros += cost.micros;
-    allImages.push(...job.images);
-    return {
-      falRequestId: job.falRequestId,
-      images: job.images.length,
-      pixels: job.images.reduce((s, im) => s + im.width * im.height, 0),
-      unitsEstimate: cost.unitsEstimate,
-      unitsFal: job.billableUnits,
-      upstreamCostMicros: cost.micros,
-    };
-  });
+  const rows = completions(model, pricing, jobs);
+  const upstreamMicros = rows.reduce((sum, r) => sum + r.upstreamCostMicros, 0n);
+  const allImages = jobs.flatMap((j) => j.images);
   const charge = callerChargeForJobs(model, jobs.map((j) => j.images), pricing.promptExpansion, pricing.markup);
   const events = options.billingEvents;
   const falRequestIds = jobs.map((j) => j.falRequestId);
   // The jobs' rows and the charge in one transaction: a crash leaves either
   // all of it or none (reconciliation then redoes it from fal's answers).
   const result = await ledger.settleJobs({
-    jobs: completions,
+    jobs: rows,
     settle: {
       requestId,
       chargeMicros: charge.micros,
       credits: charge.credits,
-      upstreamCostMicros: upstreamMicros,
       images: allImages.length,
       outboxEvent: events && {
         eventId: billingEventId(requestId),
@@ -131,7 +156,7 @@ export async function settleCompleted(
     },
   });
   const disagreements = result.jobs.flatMap((done, i) =>
-    done.unitsMismatch ? [{ falRequestId: completions[i]!.falRequestId, unitsEstimate: completions[i]!.unitsEstimate, unitsFal: completions[i]!.unitsFal }] : [],
+    done.unitsMismatch ? [{ falRequestId: rows[i]!.falRequestId, unitsEstimate: rows[i]!.unitsEstimate, unitsFal: rows[i]!.unitsFal }] : [],
   );
   if (result.settlement.settled) events?.kick();
   return { charge, upstreamCostMicros: upstreamMicros, disagreements };

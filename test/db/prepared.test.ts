@@ -4,7 +4,7 @@ import { sql, type Kysely, type KyselyPlugin } from 'kysely';
 import { prepared } from '../../src/db/prepared.js';
 import type { DB } from '../../src/db/schema.js';
 import { createKeysStore } from '../../src/metering/keys-store.js';
-import { createLedger } from '../../src/metering/ledger.js';
+import { createLedger, jobIdFor } from '../../src/metering/ledger.js';
 import { describeEachDialect, type DialectContext } from '../helpers/databases.js';
 
 describeEachDialect('prepared queries', (ctx: DialectContext) => {
@@ -64,11 +64,11 @@ describeEachDialect('the ledger\'s per-request writes', (ctx: DialectContext) =>
     const lifecycle = async (n: number) => {
       const requestId = `req-prepared-${n}`;
       const falRequestId = `fal-prepared-${n}`;
-      assert.deepEqual(await ledger.reserve({ requestId, keyId, model: 'm', endpoint: 'e', maxChargeMicros: 10n }), { ok: true });
-      await ledger.recordSubmit({ requestId, falRequestId, endpoint: 'e' });
+      assert.deepEqual(await ledger.reserve({ requestId, keyId, model: 'm', endpoint: 'e', maxChargeMicros: 10n, jobs: 1 }), { ok: true });
+      await ledger.recordSubmit({ jobId: jobIdFor(requestId, 0), falRequestId });
       const done = await ledger.settleJobs({
-        jobs: [{ falRequestId, images: 1, pixels: 1, unitsEstimate: '1', unitsFal: '1', upstreamCostMicros: 5n }],
-        settle: { requestId, chargeMicros: 10n, credits: 20n, upstreamCostMicros: 5n, images: 1 },
+        jobs: [{ jobId: jobIdFor(requestId, 0), images: 1, pixels: 1, unitsEstimate: '1', unitsFal: '1', upstreamCostMicros: 5n }],
+        settle: { requestId, chargeMicros: 10n, credits: 20n, images: 1 },
       });
       assert.equal(done.settlement.settled, true);
     };

@@ -1,6 +1,7 @@
 import { describe, it, after } from 'node:test';
 import assert from 'node:assert/strict';
 import request from 'supertest';
+import { parseUsd } from '../../src/metering/money.js';
 import { startTestService, TEST_KEY, type TestService } from '../helpers/service.js';
 
 /**
@@ -34,7 +35,7 @@ describe('b64_json when fal answers with a URL', () => {
     assert.equal(job?.ignore_sync_mode, true);
   });
 
-  it('refuses a host that is not allowed: 502 upstream_media_error, no retry, and the job is still billed', async () => {
+  it('refuses a host that is not allowed: 502 upstream_media_error, no retry, the caller not charged, fal’s bill recorded as upstream cost', async () => {
     const t = await startTestService({ IMAGE_HOSTS_ALLOWED: 'fal.media,*.fal.media' });
     services.push(t);
     t.emulator.armFault({ kind: 'ignore_sync_mode' });
@@ -47,12 +48,14 @@ describe('b64_json when fal answers with a URL', () => {
     assert.equal((t.emulator.stats()['files'] ?? 0) - filesBefore, 0, 'nothing was fetched');
 
     const row = await t.service.ledger.getRequest(res.headers['x-request-id'] as string);
-    assert.equal(row?.status, 'settled', 'fal completed the job, so it is billed');
+    assert.equal(row?.status, 'failed', 'answered with an error: never charged');
+    assert.equal(row?.chargeMicros, 0n);
     assert.equal(row?.jobs.length, 1);
     const falId = row!.jobs[0]!.falRequestId;
     const billed = t.emulator.billing().filter((b) => b.request_id === falId);
     assert.equal(billed.length, 1, 'fal billed it');
-    assert.ok(row!.chargeMicros > 0n);
+    assert.equal(row!.jobs[0]!.status, 'completed');
+    assert.equal(row!.upstreamCostMicros, parseUsd(billed[0]!.usd), 'what fal billed is upstream cost, unrecovered');
     const refusal = t.logs.find((l) => l.msg === 'could not deliver images');
     assert.match(String(refusal?.['err']), /not in IMAGE_HOSTS_ALLOWED/);
 

@@ -29,7 +29,7 @@ interface StreamEvent {
 const MODEL = 'alibaba/z-image-turbo';
 const rid = () => `req_stream_${randomUUID().replace(/-/g, '')}`;
 
-async function until(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<void> {
+async function until(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 30_000): Promise<void> {
   const end = Date.now() + timeoutMs;
   while (!(await check())) {
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
@@ -196,7 +196,7 @@ describe('stream: true (Server-Sent Events)', () => {
     }
     let falId: string | undefined;
     await until('the job to be cancelled at the emulator', async () => {
-      falId = (await t.service.ledger.getRequest(id))?.jobs[0]?.falRequestId;
+      falId = (await t.service.ledger.getRequest(id))?.jobs[0]?.falRequestId ?? undefined;
       return falId !== undefined && t.emulator.job(falId)?.outcome === 'cancelled';
     });
     await until('the reservation to be released', async () => (await t.service.ledger.getRequest(id))?.status === 'released');

@@ -1,6 +1,7 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import request from 'supertest';
+import { parseUsd } from '../../src/metering/money.js';
 import { createFalClient } from '@fal-ai/client';
 import { startTestService, TEST_KEY, type TestService } from '../helpers/service.js';
 import { createRedirectFetch } from '../../src/fal/redirect-fetch.js';
@@ -29,7 +30,7 @@ describe('a refused submit that still made a job', () => {
     assert.ok(jobs.some((j) => j.request_id !== request_id), 'one of them the caller never heard of');
   });
 
-  it('through the gateway, the extra job is in the ledger as a duplicate; the caller pays for one', async () => {
+  it('through the gateway, the extra job is in the ledger as a stray: its cost recorded by reconciliation, the caller pays for one', async () => {
     t.emulator.armFault({ phase: 'submit', status: 503, commit: true, times: 1, prompt_contains: 'gateway dup' });
     const res = await request(t.url)
       .post('/v1/images/generations')
@@ -40,10 +41,20 @@ describe('a refused submit that still made a job', () => {
     assert.equal(jobs.length, 2);
     const row = await t.service.ledger.getRequest(res.headers['x-request-id'] as string);
     assert.equal(row?.status, 'settled');
-    assert.deepEqual(row?.jobs.map((j) => j.status).sort(), ['completed', 'duplicate']);
+    assert.deepEqual(row?.jobs.map((j) => `${j.kind}:${j.status}`).sort(), ['job:completed', 'stray:submitted']);
     assert.deepEqual(new Set(row?.jobs.map((j) => j.falRequestId)), new Set(jobs.map((j) => j.request_id)));
     assert.equal(res.body.meta.usage.cost_usd, '0.005000', 'one image billed to the caller');
-    const warned = t.logs.find((l) => l.msg === 'fal made a job on a refused submit attempt; recorded as duplicate');
+    const warned = t.logs.find((l) => l.msg === 'fal named a job on a refused submit attempt; recorded as a stray');
     assert.ok(warned);
+
+    // Once fal finished the stray, reconciliation records what it cost; the caller's charge is unchanged.
+    for (let i = 0; i < 1500 && t.emulator.jobs().some((j) => j.input.prompt === 'gateway dup' && j.status !== 'COMPLETED'); i++) await new Promise((r) => setTimeout(r, 20));
+    await t.service.reconciler.run({ olderThanMs: 0 });
+    const after = await t.service.ledger.getRequest(res.headers['x-request-id'] as string);
+    const billed = t.emulator.billing().filter((b) => jobs.some((j) => j.request_id === b.request_id));
+    assert.equal(billed.length, 2, 'fal billed both jobs');
+    assert.deepEqual(after?.jobs.map((j) => `${j.kind}:${j.status}`).sort(), ['job:completed', 'stray:completed']);
+    assert.equal(after?.upstreamCostMicros, billed.reduce((sum, b) => sum + parseUsd(b.usd), 0n), 'both jobs are upstream cost');
+    assert.equal(after?.chargeMicros, row?.chargeMicros, 'the caller still pays for one');
   });
 });

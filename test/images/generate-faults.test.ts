@@ -23,7 +23,7 @@ interface Case {
   shouldRetry?: 'true' | 'false' | null;
   retryAfter?: string;
   /** Ledger status of the request afterwards. */
-  ledger: 'settled' | 'released' | 'failed' | 'orphaned' | 'submitted';
+  ledger: 'settled' | 'released' | 'failed';
   check?: (body: any) => void;
 }
 
@@ -37,20 +37,22 @@ const cases: Case[] = [
   { name: 'submit 429 passes retry-after on', fault: { phase: 'submit', status: 429, retry_after: 30, times: 10 }, status: 429, code: 'upstream_rate_limited', retryAfter: '30', shouldRetry: null, ledger: 'failed' },
   { name: 'submit 429 once is absorbed by our one retry layer', fault: { phase: 'submit', status: 429, retry_after: 0, times: 1 }, status: 200, ledger: 'settled' },
   { name: 'submit 503 (refusal) after our retries', fault: { phase: 'submit', status: 503, retry_after: 30, times: 10 }, status: 502, code: 'upstream_error', shouldRetry: null, ledger: 'failed' },
-  { name: 'submit 500 is ambiguous: orphaned, no retry', fault: { phase: 'submit', status: 500, times: 10 }, status: 502, shouldRetry: 'false', ledger: 'orphaned' },
-  { name: 'submit 502 is ambiguous', fault: { phase: 'submit', status: 502, times: 10 }, status: 502, shouldRetry: 'false', ledger: 'orphaned' },
-  { name: 'submit connection reset is ambiguous', fault: { phase: 'submit', kind: 'reset', times: 10 }, status: 502, code: 'upstream_unreachable', shouldRetry: 'false', ledger: 'orphaned' },
-  { name: 'submit non-JSON body', fault: { phase: 'submit', kind: 'non_json', times: 10 }, status: 502, code: 'upstream_bad_response', shouldRetry: 'false', ledger: 'orphaned' },
+  // Ambiguous submits: a job may exist, so no retry is invited; the error answer closes the request uncharged.
+  { name: 'submit 500 is ambiguous: no retry, never charged', fault: { phase: 'submit', status: 500, times: 10 }, status: 502, shouldRetry: 'false', ledger: 'failed' },
+  { name: 'submit 502 is ambiguous', fault: { phase: 'submit', status: 502, times: 10 }, status: 502, shouldRetry: 'false', ledger: 'failed' },
+  { name: 'submit connection reset is ambiguous', fault: { phase: 'submit', kind: 'reset', times: 10 }, status: 502, code: 'upstream_unreachable', shouldRetry: 'false', ledger: 'failed' },
+  { name: 'submit non-JSON body', fault: { phase: 'submit', kind: 'non_json', times: 10 }, status: 502, code: 'upstream_bad_response', shouldRetry: 'false', ledger: 'failed' },
   { name: 'slow submit still succeeds', fault: { phase: 'submit', kind: 'delay', delay_ms: 300 }, status: 200, ledger: 'settled' },
   { name: 'status stream 500: we fall back to polling', fault: { phase: 'stream', status: 500, times: 10 }, status: 200, ledger: 'settled' },
   { name: 'status stream non-JSON: we fall back to polling', fault: { phase: 'stream', kind: 'non_json', times: 10 }, status: 200, ledger: 'settled' },
   { name: 'status 503 transient while polling', fault: { phase: ['stream', 'status'], status: 503, times: 2 }, status: 200, ledger: 'settled' },
-  { name: 'result 500 persistent: left for reconciliation', fault: { phase: 'result', status: 500, times: 20 }, status: 502, shouldRetry: 'false', ledger: 'submitted' },
+  // The job completed at fal but its result could not be read: answered with an error (never charged), the job left for reconciliation to record its cost.
+  { name: 'result 500 persistent: closed uncharged, the job left for reconciliation', fault: { phase: 'result', status: 500, times: 20 }, status: 502, shouldRetry: 'false', ledger: 'failed' },
   { name: 'result 502 once is retried', fault: { phase: 'result', status: 502, times: 1 }, status: 200, ledger: 'settled' },
   { name: 'result connection reset once is retried', fault: { phase: 'result', kind: 'reset', times: 1 }, status: 200, ledger: 'settled' },
-  { name: 'result non-JSON body', fault: { phase: 'result', kind: 'non_json', times: 20 }, status: 502, code: 'upstream_bad_response', shouldRetry: 'false', ledger: 'submitted' },
-  // A 5xx on the result cannot be told from a fault in front of a finished job: left open, never released blind.
-  { name: 'job fails after start (500): left for reconciliation', fault: { kind: 'fail_after_start' }, status: 502, shouldRetry: 'false', ledger: 'submitted' },
+  { name: 'result non-JSON body', fault: { phase: 'result', kind: 'non_json', times: 20 }, status: 502, code: 'upstream_bad_response', shouldRetry: 'false', ledger: 'failed' },
+  // fal's status says the job ended with an error: closed at what fal billed ($0 for its own 5xx).
+  { name: 'job fails after start (500): fal’s status proves it, closed', fault: { kind: 'fail_after_start' }, status: 502, shouldRetry: 'false', ledger: 'failed' },
   { name: 'job fails after start (422): caller’s input, caller not charged', fault: { kind: 'fail_after_start', status: 422, detail: detail('prompt') }, status: 400, param: 'prompt', shouldRetry: 'false', ledger: 'failed' },
   {
     name: 'NSFW flags pass through with the image',
@@ -126,9 +128,7 @@ describe('upstream faults through the service', () => {
     }
   });
 
-  it('deadline on real fal: the cancelled job runs on and bills, and the ledger records what fal billed', {
-    todo: 'known failure (emulator behaviour: cancel only signals a running job): the gateway releases the request as cancelled while fal completes and bills it; issue 16',
-  }, async () => {
+  it('deadline on real fal: the cancelled job runs on and bills, and the ledger records what fal billed', async () => {
     const d = await startTestService({ REQUEST_TIMEOUT_MS: '1000' });
     try {
       d.emulator.armFault({ kind: 'never_finish', prompt_contains: 'forever' });
@@ -149,7 +149,7 @@ describe('upstream faults through the service', () => {
     }
   });
 
-  it('deadline with cancel refused: 504, and the request stays open for reconciliation', async () => {
+  it('deadline with cancel refused: 504, closed uncharged, the job left open for reconciliation', async () => {
     const d = await startTestService({ REQUEST_TIMEOUT_MS: '1000' });
     try {
       d.emulator.armFault([
@@ -159,36 +159,34 @@ describe('upstream faults through the service', () => {
       const res = await request(d.url).post('/v1/images/generations').set('Authorization', `Bearer ${TEST_KEY}`).send({ model: 'alibaba/z-image-turbo', prompt: 'stubborn' });
       assert.equal(res.status, 504);
       const row = await d.service.ledger.getRequest(res.headers['x-request-id'] as string);
-      assert.equal(row?.status, 'submitted');
+      assert.equal(row?.status, 'released');
+      assert.equal(row?.chargeMicros, 0n);
+      assert.equal(row?.jobs[0]?.status, 'submitted', 'fal may still run it: open until fal says');
     } finally {
       await d.close();
     }
   });
 
-  it('after reconciliation the ledger matches the emulator’s billing log job for job', {
-    todo: 'known failure (emulator behaviour: billed failures): fal bills the 422 app error of "job fails after start (422)" and the ledger records it failed at $0; issue 16',
-  }, async () => {
+  it('after reconciliation the ledger matches the emulator’s billing log job for job', async () => {
     t.emulator.clearFaults();
-    const report = await t.service.reconciler.run({ olderThanMs: 0 });
-    // The persistent result faults were billed by fal but never read live:
-    // reconciliation settles them. The job that failed with a 5xx stays
-    // unresolved (never released blind) until it is given up on.
-    assert.equal(report.settled.length, 2, JSON.stringify(report));
-    assert.equal(report.unresolved.length, 1, JSON.stringify(report));
+    await t.service.reconciler.run({ olderThanMs: 0 });
     const billed = t.emulator.billing();
     assert.ok(billed.length >= 10, `emulator billed ${billed.length} jobs`);
     const jobs = await t.service.database.db.selectFrom('upstream_jobs').selectAll().execute();
-    const byId = new Map(jobs.map((j) => [j.fal_request_id, j]));
+    const byFalId = new Map(jobs.map((j) => [j.fal_request_id, j]));
     for (const b of billed) {
-      const j = byId.get(b.request_id);
+      const j = byFalId.get(b.request_id);
       assert.ok(j, `billed job ${b.request_id} is in the ledger`);
-      assert.equal(j.status, 'completed');
-      assert.equal(j.upstream_cost_micros, parseUsd(b.usd), `upstream cost of ${b.request_id}`);
+      assert.equal(j.status, b.outcome === 'ok' ? 'completed' : 'failed', `state of ${b.request_id}`);
+      assert.equal(BigInt(j.upstream_cost_micros), parseUsd(b.usd), `upstream cost of ${b.request_id}`);
       assert.equal(Number(j.units_fal), Number(b.units));
     }
-    // Nothing the emulator did not bill is recorded as completed (failed and cancelled jobs cost nothing).
+    // No cost the emulator did not bill, and no job fal named left open.
     const billedIds = new Set(billed.map((b) => b.request_id));
-    for (const j of jobs) if (j.status === 'completed') assert.ok(billedIds.has(j.fal_request_id), `${j.fal_request_id} completed but not billed`);
+    for (const j of jobs) {
+      if (!billedIds.has(j.fal_request_id ?? '')) assert.equal(BigInt(j.upstream_cost_micros), 0n, `${j.id} has a cost fal never billed`);
+      if (j.fal_request_id !== null) assert.ok(j.status !== 'submitting' && j.status !== 'submitted', `${j.id} still ${j.status}`);
+    }
   });
 });
 
@@ -226,9 +224,7 @@ describe('real-fal behaviours through the service', () => {
       .set('Authorization', `Bearer ${TEST_KEY}`)
       .send({ model: 'alibaba/z-image-turbo', prompt: `${tag} a quiet harbour`, image_size: 'square', ...body });
 
-  it('fal retried its runner: answered 200, charged once, the job kept under the submit id', {
-    todo: 'known failure (emulator fault: runner_retry): the result carries another x-fal-request-id; the gateway answers 503 and charges later; issue 16',
-  }, async () => {
+  it('fal retried its runner: answered 200, charged once, the job kept under the submit id', async () => {
     t.emulator.armFault({ kind: 'runner_retry', prompt_contains: 'real-fal-retry' });
     const res = await post('real-fal-retry');
     assert.equal(res.status, 200, JSON.stringify(res.body));

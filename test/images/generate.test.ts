@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
 import { createImageService, jobSeed, type GenerateContext } from '../../src/images/generate.js';
-import { FalCallError, type FalGateway, type FalResult } from '../../src/fal/gateway.js';
+import { FalCallError, type FalGateway, type FalJobStatus, type FalResult } from '../../src/fal/gateway.js';
 import { createDatabase, type Database } from '../../src/db/index.js';
 import { createLedger, type Ledger } from '../../src/metering/ledger.js';
 import { createKeysStore } from '../../src/metering/keys-store.js';
@@ -27,7 +27,7 @@ type Script = {
   wait?: (id: string, signal: AbortSignal | undefined) => Promise<void>;
   result?: (id: string) => Promise<FalResult>;
   cancel?: (id: string) => Promise<'cancellation_requested' | 'already_completed' | 'not_found' | 'failed'>;
-  status?: (id: string) => Promise<{ status: 'IN_QUEUE' | 'IN_PROGRESS' | 'COMPLETED' }>;
+  status?: (id: string) => Promise<FalJobStatus>;
 };
 
 function fakeFal(script: Script): FalGateway & { submitted: Array<Record<string, unknown>>; cancelled: string[] } {
@@ -133,17 +133,29 @@ describe('createImageService with a scripted fal', () => {
     assert.equal(row?.errorCode, 'submit_503');
   });
 
-  it('a submit whose answer was lost: orphaned, and no retry invited', async (t) => {
+  it('a submit whose answer was lost: no retry invited, closed uncharged, the job’s row left for the lost-submit search', async (t) => {
     const s = await setup(t, { submit: async () => Promise.reject(new FalCallError('reset', { phase: 'submit', kind: 'network', ambiguous: true })) });
     const c = s.ctx();
     const err = (await s.images.generate(canonical({}), c).catch((e: unknown) => e)) as ApiError;
     assert.equal(err.shouldRetry, false);
-    assert.equal((await s.ledger.getRequest(c.requestId))?.status, 'orphaned');
+    const row = await s.ledger.getRequest(c.requestId);
+    assert.deepEqual([row?.status, row?.chargeMicros, row?.jobs.map((j) => [j.status, j.falRequestId])], ['failed', 0n, [['submitting', null]]]);
   });
 
-  it('the job failed on its input (result 422): closed unbilled, the field named', async (t) => {
+  it('a submit answered 500 naming an id: that id is recorded for reconciliation to ask about', async (t) => {
+    const s = await setup(t, { submit: async () => Promise.reject(new FalCallError('500', { phase: 'submit', kind: 'http', status: 500, ambiguous: true, falRequestId: 'fal-maybe' })) });
+    const c = s.ctx();
+    const err = (await s.images.generate(canonical({}), c).catch((e: unknown) => e)) as ApiError;
+    assert.equal(err.shouldRetry, false);
+    const row = await s.ledger.getRequest(c.requestId);
+    assert.deepEqual(row?.jobs.map((j) => [j.status, j.falRequestId]), [['submitted', 'fal-maybe']]);
+  });
+
+  it('the job failed on its input (result 422, fal’s status says it failed): closed at what fal billed, the caller not charged, the field named', async (t) => {
     const s = await setup(t, {
-      result: async () => Promise.reject(new FalCallError('422', { phase: 'result', kind: 'http', status: 422, body: { detail: [{ loc: ['body', 'prompt'], msg: 'too long' }] } })),
+      status: async () => ({ status: 'COMPLETED', failed: { errorType: 'validation_error' } }),
+      result: async () =>
+        Promise.reject(new FalCallError('422', { phase: 'result', kind: 'http', status: 422, billableUnits: '0.5', body: { detail: [{ loc: ['body', 'prompt'], msg: 'too long' }] } })),
     });
     const c = s.ctx();
     const err = (await s.images.generate(canonical({}), c).catch((e: unknown) => e)) as ApiError;
@@ -152,7 +164,19 @@ describe('createImageService with a scripted fal', () => {
     assert.equal(err.shouldRetry, false);
     const row = await s.ledger.getRequest(c.requestId);
     assert.equal(row?.status, 'failed');
-    assert.deepEqual(row?.jobs.map((j) => j.status), ['failed']);
+    assert.equal(row?.chargeMicros, 0n);
+    assert.deepEqual(row?.jobs.map((j) => [j.status, j.unitsFal, j.errorCode]), [['failed', '0.5', 'validation_error']]);
+    assert.ok(row!.jobs[0]!.upstreamCostMicros > 0n, 'fal billed the failure: upstream cost');
+    assert.equal(row?.upstreamCostMicros, row!.jobs[0]!.upstreamCostMicros);
+  });
+
+  it('a result fetch failing 404 while fal’s status says the job completed fine: left open, never closed on a guess', async (t) => {
+    const s = await setup(t, { result: async () => Promise.reject(new FalCallError('404', { phase: 'result', kind: 'http', status: 404 })) });
+    const c = s.ctx();
+    const err = (await s.images.generate(canonical({}), c).catch((e: unknown) => e)) as ApiError;
+    assert.equal(err.shouldRetry, false);
+    const row = await s.ledger.getRequest(c.requestId);
+    assert.deepEqual([row?.status, row?.jobs.map((j) => j.status)], ['failed', ['submitted']]);
   });
 
   it('the deadline: the wait is cut, the job cancelled and confirmed, the request released', async (t) => {
@@ -161,8 +185,8 @@ describe('createImageService with a scripted fal', () => {
       {
         wait: (_id, signal) =>
           new Promise((_r, reject) => signal?.addEventListener('abort', () => reject(new FalCallError('aborted', { phase: 'status', kind: 'aborted' })), { once: true })),
-        status: async () => ({ status: 'COMPLETED' }),
-        result: async () => Promise.reject(new FalCallError('cancelled', { phase: 'result', kind: 'http', status: 400 })),
+        status: async () => ({ status: 'COMPLETED', failed: { errorType: 'client_cancelled' } }),
+        result: async () => Promise.reject(new FalCallError('cancelled', { phase: 'result', kind: 'http', status: 400, billableUnits: '0' })),
       },
       50,
     );
@@ -214,7 +238,7 @@ describe('createImageService with a scripted fal', () => {
         }),
       submit: async (_input, n) => ({ falRequestId: `fal-${n}`, strayIds: n === 1 ? ['stray-1'] : [] }),
     });
-    s.ledger.markDuplicate = async () => Promise.reject(new Error('disk full'));
+    s.ledger.recordStrays = async () => Promise.reject(new Error('disk full'));
     const err = (await s.images.generate(canonical({ n: 6 }), s.ctx()).catch((e: unknown) => e)) as ApiError;
     assert.equal(err.code, 'metering_unavailable');
     assert.equal(err.shouldRetry, false);

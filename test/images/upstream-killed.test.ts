@@ -20,7 +20,7 @@ describe('fal killed mid-job', () => {
     for (const f of cleanup.reverse()) await f();
   });
 
-  it('answers 502 without retry, keeps the charge open, and settles it after fal returns', async () => {
+  it('answers 502 without retry, never charges it, and records what fal billed once fal returns', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'gw-killed-'));
     cleanup.push(() => rm(dir, { recursive: true, force: true }));
     const stateFile = join(dir, 'emulator-state.json');
@@ -44,16 +44,19 @@ describe('fal killed mid-job', () => {
     assert.equal(res.body.error.code, 'upstream_unreachable');
     assert.equal(res.headers['x-should-retry'], 'false');
     const id = res.headers['x-request-id'] as string;
-    assert.equal((await t.service.ledger.getRequest(id))?.status, 'submitted', 'left open, not released blind');
+    const answered = await t.service.ledger.getRequest(id);
+    assert.deepEqual([answered?.status, answered?.chargeMicros], ['failed', 0n], 'answered with an error: closed uncharged');
+    assert.equal(answered?.jobs[0]?.status, 'submitted', 'the job is left open, not closed blind');
 
     emulator = await startEmulator({ port, latencyMs: 1500, stateFile, stateDebounceMs: 0 });
     cleanup.push(() => emulator.close());
     for (let i = 0; i < 400 && emulator.billing().length === 0; i++) await new Promise((r) => setTimeout(r, 10));
     const report = await t.service.reconciler.run({ olderThanMs: 0 });
-    assert.deepEqual(report.settled, [id]);
+    assert.deepEqual(report.jobsClosed, [answered!.jobs[0]!.id]);
     const row = await t.service.ledger.getRequest(id);
-    assert.equal(row?.status, 'settled');
-    assert.equal(row?.upstreamCostMicros, parseUsd(emulator.billing()[0]!.usd));
-    assert.equal(row?.chargeMicros, 5000n);
+    assert.equal(row?.status, 'failed');
+    assert.equal(row?.jobs[0]?.status, 'completed');
+    assert.equal(row?.upstreamCostMicros, parseUsd(emulator.billing()[0]!.usd), 'fal’s bill is upstream cost, unrecovered');
+    assert.equal(row?.chargeMicros, 0n);
   });
 });

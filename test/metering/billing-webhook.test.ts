@@ -14,7 +14,7 @@ import {
 } from '../../src/metering/billing-webhook.js';
 import { createOutboxStore, type OutboxStore } from '../../src/metering/outbox-store.js';
 import { billingEventId, settleCompleted } from '../../src/metering/settlement.js';
-import { createLedger } from '../../src/metering/ledger.js';
+import { createLedger, jobIdFor } from '../../src/metering/ledger.js';
 import { createKeysStore } from '../../src/metering/keys-store.js';
 import { parseMarkup } from '../../src/metering/money.js';
 import { createModelRegistry, defaultModels } from '../../src/models/registry.js';
@@ -343,14 +343,14 @@ describeEachDialect('billing webhook worker', ({ fresh }) => {
     let kicks = 0;
     const billingEvents = { kick: () => void kicks++ };
     const settle = async (requestId: string, on: boolean) => {
-      await ledger.reserve({ requestId, keyId: key.id, model: model.id, endpoint: model.endpoint, user: 'cust.7', maxChargeMicros: 100_000n });
-      await ledger.recordSubmit({ requestId, falRequestId: `fal-${requestId}`, endpoint: model.endpoint });
-      const jobs = [{ falRequestId: `fal-${requestId}`, images: [{ width: 1024, height: 1024 }, { width: 2048, height: 1024 }], billableUnits: null }];
+      await ledger.reserve({ requestId, keyId: key.id, model: model.id, endpoint: model.endpoint, user: 'cust.7', maxChargeMicros: 100_000n, jobs: 1 });
+      await ledger.recordSubmit({ jobId: jobIdFor(requestId, 0), falRequestId: `fal-${requestId}` });
+      const jobs = [{ jobId: jobIdFor(requestId, 0), falRequestId: `fal-${requestId}`, images: [{ width: 1024, height: 1024 }, { width: 2048, height: 1024 }], billableUnits: null }];
       return settleCompleted(ledger, model, requestId, pricing, jobs, on ? { billingEvents } : {});
     };
 
     const out = await settle('trace.0001.a', true);
-    await settleCompleted(ledger, model, 'trace.0001.a', pricing, [{ falRequestId: 'fal-trace.0001.a', images: [], billableUnits: null }], { billingEvents });
+    await settleCompleted(ledger, model, 'trace.0001.a', pricing, [{ jobId: jobIdFor('trace.0001.a', 0), falRequestId: 'fal-trace.0001.a', images: [], billableUnits: null }], { billingEvents });
     assert.equal(kicks, 1, 'a repeat settles nothing and announces nothing');
     const event = await outbox.get('evt_trace~0001~a');
     const row = await ledger.getRequest('trace.0001.a');

@@ -1,26 +1,35 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { decideRequest, nextJobState, provesJobFailed, type FalFailure, type JobEvent, type JobState } from '../../src/metering/job-state.js';
+import { decideRequest, nextJobState, type Ended, type FalFailure, type JobEvent, type JobState, type StopReason } from '../../src/metering/job-state.js';
 
-/** The billing decisions as data: no fal, no ledger, no clock. */
+/**
+ * The billing decisions as data: no fal, no ledger, no clock. One row per
+ * case issue 16 names and per real-fal behaviour (REFERENCE §3b).
+ */
 
-const fail = (phase: string, kind: FalFailure['kind'], status?: number, ambiguous = false): FalFailure => ({ phase, kind, status, ambiguous });
+const fail = (phase: string, kind: FalFailure['kind'], status?: number, ambiguous = false, falRequestId?: string): FalFailure => ({ phase, kind, status, ambiguous, falRequestId });
 type R = { images: number };
+const submitting: JobState<R> = { at: 'submitting' };
 const submitted: JobState<R> = { at: 'submitted', falRequestId: 'f1' };
+const ended = (how: Ended['how'], billedUnits: string | null, errorType?: string): Ended => ({ how, billedUnits, errorType });
 
 describe('nextJobState: what fal said → the next state and its ledger write', () => {
   const cases: Array<[string, JobState<R>, JobEvent<R>, JobState<R>['at'], unknown]> = [
-    ['submit answered: record the job', { at: 'new' }, { type: 'submitted', falRequestId: 'f1' }, 'submitted', { write: 'record_submit', falRequestId: 'f1' }],
-    ['submit refused (429): no job', { at: 'new' }, { type: 'submit_failed', error: fail('submit', 'http', 429) }, 'refused', undefined],
-    ['submit without an answer: a job may exist', { at: 'new' }, { type: 'submit_failed', error: fail('submit', 'network', undefined, true) }, 'unknown', undefined],
+    ['submit answered: fal’s id is added to the job’s row', submitting, { type: 'submitted', falRequestId: 'f1' }, 'submitted', { write: 'record_submit', falRequestId: 'f1' }],
+    ['submit refused (429): no job, closed at $0', submitting, { type: 'submit_failed', error: fail('submit', 'http', 429) }, 'refused', { write: 'close_job', status: 'refused', billedUnits: '0', errorCode: 'submit_429' }],
+    ['submit refused (422 on submit, fal validated early): no job', submitting, { type: 'submit_failed', error: fail('submit', 'http', 422) }, 'refused', { write: 'close_job', status: 'refused', billedUnits: '0', errorCode: 'submit_422' }],
+    ['submit connection lost after sending, no id: a job may exist, the row stays submitting', submitting, { type: 'submit_failed', error: fail('submit', 'network', undefined, true) }, 'unknown', undefined],
+    ['submit answered 500 naming an id: that id may be the job, recorded for reconciliation', submitting, { type: 'submit_failed', error: fail('submit', 'http', 500, true, 'f5') }, 'unknown', { write: 'record_submit', falRequestId: 'f5' }],
     ['the ledger could not record the job', submitted, { type: 'record_failed', error: fail('submit', 'aborted') }, 'unrecorded', undefined],
     ['result in hand', submitted, { type: 'result', result: { images: 1 } }, 'completed', undefined],
-    ['result answered 422: the job failed, closed unbilled', submitted, { type: 'wait_failed', error: fail('result', 'http', 422) }, 'failed', { write: 'close_job', falRequestId: 'f1', status: 'failed' }],
-    ['result answered 500: proves nothing, left open', submitted, { type: 'wait_failed', error: fail('result', 'http', 500) }, 'open', undefined],
+    ['validated late: the job ended 422 and fal billed it (x-fal-billable-units 1)', submitted, { type: 'wait_failed', error: fail('result', 'http', 422), ended: ended('failed', '1', 'validation_error') }, 'failed', { write: 'close_job', status: 'failed', billedUnits: '1', errorCode: 'validation_error' }],
+    ['content policy: a billed failure', submitted, { type: 'wait_failed', error: fail('result', 'http', 422), ended: ended('failed', '1', 'content_policy_violation') }, 'failed', { write: 'close_job', status: 'failed', billedUnits: '1', errorCode: 'content_policy_violation' }],
+    ['the job failed 500 after it started: fal ended it, billed nothing', submitted, { type: 'wait_failed', error: fail('result', 'http', 500), ended: ended('failed', '0', 'internal_server_error') }, 'failed', { write: 'close_job', status: 'failed', billedUnits: '0', errorCode: 'internal_server_error' }],
+    ['result answered 404/403 for a job fal calls completed without error: proves nothing, left open', submitted, { type: 'wait_failed', error: fail('result', 'http', 404) }, 'open', undefined],
     ['status unreachable: left open', submitted, { type: 'wait_failed', error: fail('status', 'network') }, 'open', undefined],
-    ['cancelled, then fal proved it ended unrun', submitted, { type: 'cancel_settled', error: fail('status', 'aborted'), outcome: { cancelled: true } }, 'cancelled', { write: 'close_job', falRequestId: 'f1', status: 'cancelled' }],
-    ['cancel came too late: fal completed it, collected', submitted, { type: 'cancel_settled', error: fail('status', 'aborted'), outcome: { result: { images: 1 } } }, 'completed', undefined],
-    ['cancel outcome unknown: left open', submitted, { type: 'cancel_settled', error: fail('status', 'aborted'), outcome: { unknown: true } }, 'open', undefined],
+    ['cancel removed the queued job', submitted, { type: 'cancel_settled', error: fail('status', 'aborted'), outcome: { ended: ended('cancelled', '0', 'client_cancelled') } }, 'cancelled', { write: 'close_job', status: 'cancelled', billedUnits: '0', errorCode: 'client_cancelled' }],
+    ['cancel only signalled a running job and fal completed it: collected', submitted, { type: 'cancel_settled', error: fail('status', 'aborted'), outcome: { result: { images: 1 } } }, 'completed', undefined],
+    ['cancel unconfirmed: left open', submitted, { type: 'cancel_settled', error: fail('status', 'aborted'), outcome: { unknown: true } }, 'open', undefined],
   ];
   for (const [name, from, event, at, write] of cases) {
     it(name, () => {
@@ -31,66 +40,46 @@ describe('nextJobState: what fal said → the next state and its ledger write', 
   }
 
   it('an event out of order is a bug, not a state', () => {
-    assert.throws(() => nextJobState<R, FalFailure>({ at: 'new' }, { type: 'result', result: { images: 1 } }), /job event result in state new/);
+    assert.throws(() => nextJobState<R, FalFailure>(submitting, { type: 'result', result: { images: 1 } }), /job event result in state submitting/);
     assert.throws(() => nextJobState<R, FalFailure>(submitted, { type: 'submitted', falRequestId: 'f2' }), /in state submitted/);
-  });
-
-  it('only a 4xx result (not 429) proves the job failed', () => {
-    assert.equal(provesJobFailed(fail('result', 'http', 404)), true);
-    assert.equal(provesJobFailed(fail('result', 'http', 429)), false);
-    assert.equal(provesJobFailed(fail('status', 'http', 404)), false);
-    assert.equal(provesJobFailed(fail('result', 'bad_response', 400)), false);
   });
 });
 
-describe('decideRequest: the jobs’ states → the request row and the caller’s answer', () => {
+describe('decideRequest: the jobs’ states → the request row, the caller’s answer, whether a retry is safe', () => {
   const completed = (id: string): JobState<R> => ({ at: 'completed', falRequestId: id, result: { images: 1 } });
   const refused: JobState<R> = { at: 'refused', error: fail('submit', 'http', 422) };
-  const unknown: JobState<R> = { at: 'unknown', error: fail('submit', 'network', undefined, true) };
+  const rateLimited: JobState<R> = { at: 'refused', error: fail('submit', 'http', 429) };
+  const unknown: JobState<R> = { at: 'unknown', error: fail('submit', 'network', undefined, true), falRequestId: undefined };
   const open: JobState<R> = { at: 'open', falRequestId: 'f9', error: fail('status', 'network') };
-  const failed: JobState<R> = { at: 'failed', falRequestId: 'f8', error: fail('result', 'http', 422) };
-  const cancelled: JobState<R> = { at: 'cancelled', falRequestId: 'f7', error: fail('status', 'aborted') };
+  const failed: JobState<R> = { at: 'failed', falRequestId: 'f8', error: fail('result', 'http', 422), ended: ended('failed', '1') };
+  const cancelled: JobState<R> = { at: 'cancelled', falRequestId: 'f7', error: fail('status', 'aborted'), ended: ended('cancelled', '0') };
 
-  it('every job completed: settle and answer with images', () => {
-    const d = decideRequest([completed('a'), completed('b')], undefined);
-    assert.deepEqual(d.ledger, { write: 'settle' });
-    assert.deepEqual(d.caller, { answer: 'images' });
-    assert.equal(d.completed.length, 2);
-  });
+  const table: Array<[string, JobState<R>[], StopReason | undefined, unknown, 'images' | 'error' | 'metering_unavailable', boolean | undefined]> = [
+    ['every job completed: charged, answered with images', [completed('a'), completed('b')], undefined, { write: 'settle' }, 'images', undefined],
+    ['refused at submit: closed uncharged, a retry is safe', [refused], undefined, { write: 'close', status: 'failed', errorCode: 'submit_422' }, 'error', true],
+    ['rate limited at submit: a retry is safe', [rateLimited], undefined, { write: 'close', status: 'failed', errorCode: 'submit_429' }, 'error', true],
+    ['deadline, the job cancelled: released, no retry once a job existed', [cancelled], 'deadline', { write: 'close', status: 'released', errorCode: 'deadline' }, 'error', false],
+    ['one completed, one failed, caller waiting: answered with the error, so never charged', [completed('a'), cancelled, failed], undefined, { write: 'close', status: 'failed', errorCode: 'job_failed_422' }, 'error', false],
+    ['one completed, one open, caller waiting: the error answer closes it uncharged; the open job is reconciled for its cost', [completed('a'), open], undefined, { write: 'close', status: 'failed', errorCode: 'job_failed_network' }, 'error', false],
+    ['the submit outcome unknown: answered with an error, no retry invited', [unknown, unknown], undefined, { write: 'close', status: 'failed', errorCode: 'submit_network' }, 'error', false],
+    ['caller gone, one completed, one open: no answer written, reconciliation charges what completes', [completed('a'), open], 'client_gone', { write: 'none' }, 'error', false],
+    ['caller gone, one completed, one failed: charged for the completed one', [completed('a'), failed], 'client_gone', { write: 'settle' }, 'error', false],
+    ['caller gone, every job cancelled: released', [cancelled], 'client_gone', { write: 'close', status: 'released', errorCode: 'client_gone' }, 'error', false],
+    ['a job the ledger could not record: metering unavailable, nothing else written', [completed('a'), { at: 'unrecorded', falRequestId: 'x', error: fail('submit', 'aborted') }], undefined, { write: 'none' }, 'metering_unavailable', undefined],
+  ];
+  for (const [name, jobs, stopped, ledger, answer, retrySafe] of table) {
+    it(name, () => {
+      const d = decideRequest(jobs, stopped);
+      assert.deepEqual(d.ledger, ledger);
+      assert.equal(d.caller.answer, answer);
+      if (retrySafe !== undefined) assert.equal(d.caller.answer === 'error' && d.caller.retrySafe, retrySafe);
+    });
+  }
 
-  it('refused at submit: released as failed, and a retry is safe', () => {
-    const d = decideRequest([refused], undefined);
-    assert.deepEqual(d.ledger, { write: 'release', status: 'failed', errorCode: 'submit_422' });
-    assert.equal(d.caller.answer === 'error' && d.caller.retrySafe, true);
-  });
-
-  it('stopped by the deadline with every job closed: released under that reason, no retry invited once a job existed', () => {
-    const d = decideRequest([cancelled], 'deadline');
-    assert.deepEqual(d.ledger, { write: 'release', status: 'released', errorCode: 'deadline' });
-    assert.equal(d.caller.answer === 'error' && d.caller.retrySafe, false);
-  });
-
-  it('one job completed, one failed: the completed one is settled; the root cause is the answer, not the sibling we cut', () => {
+  it('the root cause is the answer, not a sibling we cut because of it', () => {
     const d = decideRequest([completed('a'), cancelled, failed], undefined);
-    assert.deepEqual(d.ledger, { write: 'settle' });
-    assert.equal(d.caller.answer, 'error');
     assert.equal(d.caller.answer === 'error' && d.caller.error.status, 422);
-    assert.deepEqual(d.completed, [{ images: 1 }]);
-  });
-
-  it('a submit outcome unknown for every job: the request is orphaned', () => {
-    assert.deepEqual(decideRequest([unknown, unknown], undefined).ledger, { write: 'orphan' });
-  });
-
-  it('a job open: nothing is written, reconciliation settles it later', () => {
-    assert.deepEqual(decideRequest([completed('a'), open], undefined).ledger, { write: 'none' });
-    assert.deepEqual(decideRequest([unknown, failed], undefined).ledger, { write: 'none' });
-  });
-
-  it('a job the ledger could not record: metering unavailable, nothing else written', () => {
-    const d = decideRequest([completed('a'), { at: 'unrecorded', falRequestId: 'x', error: fail('submit', 'aborted') }], undefined);
-    assert.deepEqual(d.caller, { answer: 'metering_unavailable' });
-    assert.deepEqual(d.ledger, { write: 'none' });
+    assert.deepEqual(d.completed, [{ images: 1 }], 'the completed job is still recorded, as unrecovered cost');
   });
 
   it('a request decided with a job still waiting is a bug', () => {

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import type { Database } from '../../src/db/index.js';
 import { createKeysStore } from '../../src/metering/keys-store.js';
-import { createLedger, UnknownKeyError, UnknownRequestError } from '../../src/metering/ledger.js';
+import { createLedger, jobIdFor, strayIdFor, UnknownKeyError, UnknownRequestError } from '../../src/metering/ledger.js';
 import { createReports } from '../../src/metering/reports.js';
 import { createOutboxStore } from '../../src/metering/outbox-store.js';
 import { describeEachDialect, runInProcesses, type DialectContext } from '../helpers/databases.js';
@@ -23,17 +23,16 @@ describeEachDialect('ledger', (ctx: DialectContext) => {
       const ledger = createLedger(database);
       const keyId = await keyWithBudget(database, 2n ** 62n);
       const requestId = uid('req');
-      assert.deepEqual(await ledger.reserve(reserveInput(keyId, BEYOND_2_53 * 2n, requestId)), { ok: true });
+      assert.deepEqual(await ledger.reserve({ ...reserveInput(keyId, BEYOND_2_53 * 2n, requestId), jobs: 1 }), { ok: true });
       assert.deepEqual(await keyState(database, keyId), { spent: 0n, reserved: BEYOND_2_53 * 2n });
 
       const charge = BEYOND_2_53 + 2n;
-      const { settled, request } = await ledger.settle({
-        requestId,
-        chargeMicros: charge,
-        credits: BEYOND_2_53 * 3n,
-        upstreamCostMicros: BEYOND_2_53,
-        images: 2,
-      });
+      const { settled, request } = (
+        await ledger.settleJobs({
+          jobs: [{ jobId: jobIdFor(requestId, 0), images: 2, pixels: 2, unitsEstimate: '2', upstreamCostMicros: BEYOND_2_53 }],
+          settle: { requestId, chargeMicros: charge, credits: BEYOND_2_53 * 3n, images: 2 },
+        })
+      ).settlement;
       assert.equal(settled, true);
       assert.equal(request.status, 'settled');
       assert.equal(request.chargeMicros, charge);
@@ -63,7 +62,7 @@ describeEachDialect('ledger', (ctx: DialectContext) => {
       // A refusal commits nothing: no request row, no hold, and the id stays free.
       assert.equal(await ledger.getRequest(refusedId), null);
       assert.deepEqual(await keyState(database, keyId), { spent: 0n, reserved: 60n });
-      await ledger.settle({ requestId: first, chargeMicros: 30n, credits: 60, upstreamCostMicros: 20n, images: 1 });
+      await ledger.settle({ requestId: first, chargeMicros: 30n, credits: 60, images: 1 });
       assert.equal((await ledger.reserve(reserveInput(keyId, 70n))).ok, true);
       const refused = await ledger.reserve(reserveInput(keyId, 1n));
       assert.deepEqual(refused, { ok: false, reason: 'insufficient_quota', budgetMicros: 100n, spentMicros: 30n, reservedMicros: 70n });
@@ -97,8 +96,8 @@ describeEachDialect('ledger', (ctx: DialectContext) => {
       const requestId = uid('req');
       await ledger.reserve(reserveInput(keyId, 100n, requestId));
       const event = { eventId: `evt_${requestId}`, type: 'usage.settled', payload: { requestId, charge: 40n } };
-      const first = await ledger.settle({ requestId, chargeMicros: 40n, credits: 80, upstreamCostMicros: 30n, images: 1, outboxEvent: event });
-      const second = await ledger.settle({ requestId, chargeMicros: 99n, credits: 1, upstreamCostMicros: 1n, images: 4, outboxEvent: event });
+      const first = await ledger.settle({ requestId, chargeMicros: 40n, credits: 80, images: 1, outboxEvent: event });
+      const second = await ledger.settle({ requestId, chargeMicros: 99n, credits: 1, images: 4, outboxEvent: event });
       assert.equal(first.settled, true);
       assert.equal(second.settled, false);
       assert.deepEqual(second.request, first.request);
@@ -122,7 +121,6 @@ describeEachDialect('ledger', (ctx: DialectContext) => {
               requestId,
               chargeMicros: 70n,
               credits: 1,
-              upstreamCostMicros: 1n,
               images: 1,
               outboxEvent: { eventId: `evt_${requestId}`, type: 't', payload: { i } },
             }),
@@ -137,7 +135,7 @@ describeEachDialect('ledger', (ctx: DialectContext) => {
 
     it('throws for a request it never saw', async () => {
       const ledger = createLedger(await open());
-      await assert.rejects(ledger.settle({ requestId: 'nope', chargeMicros: 1n, credits: 1, upstreamCostMicros: 1n, images: 1 }), UnknownRequestError);
+      await assert.rejects(ledger.settle({ requestId: 'nope', chargeMicros: 1n, credits: 1, images: 1 }), UnknownRequestError);
       await assert.rejects(ledger.release({ requestId: 'nope', status: 'failed' }), UnknownRequestError);
       await assert.rejects(ledger.markOrphaned('nope'), UnknownRequestError);
       assert.equal(await ledger.getRequest('nope'), null);
@@ -169,10 +167,10 @@ describeEachDialect('ledger', (ctx: DialectContext) => {
       const releasedId = uid('req');
       await ledger.reserve(reserveInput(keyId, 100n, settledId));
       await ledger.reserve(reserveInput(keyId, 100n, releasedId));
-      await ledger.settle({ requestId: settledId, chargeMicros: 50n, credits: 1, upstreamCostMicros: 1n, images: 1 });
+      await ledger.settle({ requestId: settledId, chargeMicros: 50n, credits: 1, images: 1 });
       await ledger.release({ requestId: releasedId, status: 'released', errorCode: 'client_gone' });
       assert.equal((await ledger.release({ requestId: settledId, status: 'failed' })).released, false);
-      const late = await ledger.settle({ requestId: releasedId, chargeMicros: 50n, credits: 1, upstreamCostMicros: 1n, images: 1 });
+      const late = await ledger.settle({ requestId: releasedId, chargeMicros: 50n, credits: 1, images: 1 });
       assert.equal(late.settled, false);
       assert.equal(late.request.status, 'released');
       assert.deepEqual(await keyState(database, keyId), { spent: 50n, reserved: 0n });
@@ -214,25 +212,38 @@ describeEachDialect('ledger', (ctx: DialectContext) => {
   });
 
   describe('upstream jobs', () => {
-    it('records submits idempotently, fans out to several fal ids, and refuses a fal id of another request', async () => {
+    it('writes every job’s row with the reservation, adds fal’s id once, and refuses another id for the same job', async () => {
       const database = await open();
       const ledger = createLedger(database);
       const keyId = await keyWithBudget(database, null);
       const requestId = uid('req');
-      const other = uid('req');
-      await ledger.reserve(reserveInput(keyId, 10n, requestId));
-      await ledger.reserve(reserveInput(keyId, 10n, other));
+      await ledger.reserve({ ...reserveInput(keyId, 10n, requestId), jobs: 2 });
+      const before = await ledger.getRequest(requestId);
+      assert.deepEqual(before?.jobs.map((j) => [j.id, j.status, j.falRequestId]), [
+        [jobIdFor(requestId, 0), 'submitting', null],
+        [jobIdFor(requestId, 1), 'submitting', null],
+      ]);
       const falA = uid('fal');
       const falB = uid('fal');
-      const first = await ledger.recordSubmit({ requestId, falRequestId: falA, endpoint: 'fal-ai/z-image/turbo' });
-      const repeat = await ledger.recordSubmit({ requestId, falRequestId: falA, endpoint: 'fal-ai/z-image/turbo' });
+      const first = await ledger.recordSubmit({ jobId: jobIdFor(requestId, 0), falRequestId: falA });
+      const repeat = await ledger.recordSubmit({ jobId: jobIdFor(requestId, 0), falRequestId: falA });
       assert.deepEqual(repeat, first);
-      await ledger.recordSubmit({ requestId, falRequestId: falB, endpoint: 'fal-ai/z-image/turbo' });
-      await assert.rejects(ledger.recordSubmit({ requestId: other, falRequestId: falA, endpoint: 'x' }), /already recorded/);
+      await assert.rejects(ledger.recordSubmit({ jobId: jobIdFor(requestId, 0), falRequestId: falB }), /already has fal request/);
+      await ledger.recordSubmit({ jobId: jobIdFor(requestId, 1), falRequestId: falB });
       const request = await ledger.getRequest(requestId);
       assert.equal(request?.status, 'submitted');
       assert.deepEqual(request?.jobs.map((j) => j.falRequestId).sort(), [falA, falB].sort());
-      assert.ok(request?.jobs.every((j) => j.status === 'submitted'));
+      assert.ok(request?.jobs.every((j) => j.status === 'submitted' && j.kind === 'job'));
+    });
+
+    it('a refused reservation writes no job rows', async () => {
+      const database = await open();
+      const ledger = createLedger(database);
+      const keyId = await keyWithBudget(database, 5n);
+      const requestId = uid('req');
+      assert.equal((await ledger.reserve({ ...reserveInput(keyId, 10n, requestId), jobs: 3 })).ok, false);
+      const rows = await database.db.selectFrom('upstream_jobs').select('id').where('request_id', '=', requestId).execute();
+      assert.deepEqual(rows, []);
     });
 
     it('completes a job once, comparing units as decimals, and counts disagreements', async () => {
@@ -241,46 +252,53 @@ describeEachDialect('ledger', (ctx: DialectContext) => {
       const ledger = createLedger(database);
       const keyId = await keyWithBudget(database, null);
       const requestId = uid('req');
-      await ledger.reserve(reserveInput(keyId, 10n, requestId));
-      const [same, differs, noHeader] = [uid('fal'), uid('fal'), uid('fal')];
-      for (const fal of [same, differs, noHeader]) await ledger.recordSubmit({ requestId, falRequestId: fal, endpoint: 'e' });
+      await ledger.reserve({ ...reserveInput(keyId, 10n, requestId), jobs: 3 });
+      const [same, differs, noHeader] = [0, 1, 2].map((i) => jobIdFor(requestId, i));
+      for (const id of [same, differs, noHeader]) await ledger.recordSubmit({ jobId: id!, falRequestId: uid('fal') });
 
-      const a = await ledger.completeJob({ falRequestId: same, images: 1, pixels: 1024 * 768, unitsEstimate: '1.0', unitsFal: '1', upstreamCostMicros: 5000n });
+      const a = await ledger.completeJob({ jobId: same!, images: 1, pixels: 1024 * 768, unitsEstimate: '1.0', unitsFal: '1', upstreamCostMicros: 5000n });
       assert.deepEqual([a.changed, a.unitsMismatch, a.job.status, a.job.unitsEstimate, a.job.unitsFal], [true, false, 'completed', '1', '1']);
-      const b = await ledger.completeJob({ falRequestId: differs, images: 2, pixels: 2_097_152, unitsEstimate: '2.097152', unitsFal: '3', upstreamCostMicros: 15_000n });
+      const b = await ledger.completeJob({ jobId: differs!, otherFalId: 'fal-retry', images: 2, pixels: 2_097_152, unitsEstimate: '2.097152', unitsFal: '3', upstreamCostMicros: 15_000n });
       assert.equal(b.unitsMismatch, true);
-      const c = await ledger.completeJob({ falRequestId: noHeader, images: 1, pixels: 1, unitsEstimate: 1, unitsFal: null, upstreamCostMicros: 1n });
+      assert.deepEqual(b.job.otherFalIds, ['fal-retry'], 'the runner retry’s id is kept beside the one submit answered');
+      const c = await ledger.completeJob({ jobId: noHeader!, images: 1, pixels: 1, unitsEstimate: 1, unitsFal: null, upstreamCostMicros: 1n });
       assert.equal(c.unitsMismatch, false);
 
-      const repeat = await ledger.completeJob({ falRequestId: same, images: 9, pixels: 9, unitsEstimate: '9', unitsFal: '9', upstreamCostMicros: 9n });
+      const repeat = await ledger.completeJob({ jobId: same!, images: 9, pixels: 9, unitsEstimate: '9', unitsFal: '9', upstreamCostMicros: 9n });
       assert.equal(repeat.changed, false);
       assert.equal(repeat.job.upstreamCostMicros, 5000n);
-      assert.equal((await ledger.failJob({ falRequestId: same, status: 'failed' })).changed, false);
+      assert.equal((await ledger.closeJob({ jobId: same!, status: 'failed', upstreamCostMicros: 0n })).changed, false, 'a completed job stays completed');
 
       const disagreements = await createReports(database).unitsDisagreements();
       assert.equal(disagreements.count, 1);
-      assert.deepEqual(disagreements.jobs.map((j) => [j.falRequestId, j.unitsEstimate, j.unitsFal]), [[differs, '2.097152', '3']]);
+      assert.deepEqual(disagreements.jobs.map((j) => [j.id, j.unitsEstimate, j.unitsFal]), [[differs, '2.097152', '3']]);
     });
 
-    it('lets a completion override an earlier cancel, and records duplicates without changing the request', async () => {
+    it('closes a failed job at what fal billed, lets a completion override an earlier cancel, and records strays without changing the request', async () => {
       const database = await open();
       const ledger = createLedger(database);
       const keyId = await keyWithBudget(database, null);
       const requestId = uid('req');
-      await ledger.reserve(reserveInput(keyId, 10n, requestId));
-      const fal = uid('fal');
-      await ledger.recordSubmit({ requestId, falRequestId: fal, endpoint: 'e' });
-      assert.equal((await ledger.failJob({ falRequestId: fal, status: 'cancelled' })).job.status, 'cancelled');
-      assert.equal((await ledger.completeJob({ falRequestId: fal, images: 1, pixels: 4, unitsEstimate: '1', upstreamCostMicros: 3n })).job.status, 'completed');
+      await ledger.reserve({ ...reserveInput(keyId, 10n, requestId), jobs: 2 });
+      const [j0, j1] = [jobIdFor(requestId, 0), jobIdFor(requestId, 1)];
+      await ledger.recordSubmit({ jobId: j0, falRequestId: uid('fal') });
+      await ledger.recordSubmit({ jobId: j1, falRequestId: uid('fal') });
+      const failed = await ledger.closeJob({ jobId: j1, status: 'failed', upstreamCostMicros: 5000n, unitsFal: '1.0', errorCode: 'content_policy_violation' });
+      assert.deepEqual([failed.changed, failed.job.status, failed.job.upstreamCostMicros, failed.job.unitsFal, failed.job.errorCode], [true, 'failed', 5000n, '1', 'content_policy_violation']);
+      assert.equal((await ledger.closeJob({ jobId: j0, status: 'cancelled', upstreamCostMicros: 0n })).job.status, 'cancelled');
+      assert.equal((await ledger.completeJob({ jobId: j0, images: 1, pixels: 4, unitsEstimate: '1', upstreamCostMicros: 3n })).job.status, 'completed');
+      await assert.rejects(ledger.closeJob({ jobId: j0, status: 'lost', upstreamCostMicros: -1n }), RangeError);
 
-      const dup = uid('fal');
-      const duplicate = await ledger.markDuplicate({ requestId, falRequestId: dup, endpoint: 'e' });
-      assert.equal(duplicate.status, 'duplicate');
-      const completedDup = await ledger.completeJob({ falRequestId: dup, images: 1, pixels: 4, unitsEstimate: '1', upstreamCostMicros: 3n });
-      assert.deepEqual([completedDup.changed, completedDup.job.status, completedDup.job.upstreamCostMicros], [true, 'duplicate', 3n]);
-      const submittedThenDup = uid('fal');
-      await ledger.recordSubmit({ requestId, falRequestId: submittedThenDup, endpoint: 'e' });
-      assert.equal((await ledger.markDuplicate({ requestId, falRequestId: submittedThenDup, endpoint: 'e' })).status, 'duplicate');
+      const stray = uid('fal');
+      await ledger.recordStrays({ requestId, endpoint: 'e', falRequestIds: [stray] });
+      await ledger.recordStrays({ requestId, endpoint: 'e', falRequestIds: [stray] });
+      const row = await ledger.getRequest(requestId);
+      const strays = row!.jobs.filter((j) => j.kind === 'stray');
+      assert.deepEqual(strays.map((j) => [j.id, j.falRequestId, j.status]), [[strayIdFor(requestId, stray), stray, 'submitted']]);
+      assert.deepEqual((await ledger.listOpenJobs()).filter((j) => j.requestId === requestId).map((j) => j.id), [strayIdFor(requestId, stray)], 'the stray is open until reconciliation learns its cost');
+      const completedStray = await ledger.completeJob({ jobId: strayIdFor(requestId, stray), images: 1, pixels: 4, unitsEstimate: '1', upstreamCostMicros: 3n });
+      assert.deepEqual([completedStray.changed, completedStray.job.kind, completedStray.job.upstreamCostMicros], [true, 'stray', 3n]);
+      assert.equal(row?.status, 'submitted');
     });
   });
 
@@ -290,16 +308,15 @@ describeEachDialect('ledger', (ctx: DialectContext) => {
       const ledger = createLedger(database);
       const keyId = await keyWithBudget(database, 1000n);
       const requestId = uid('req');
-      await ledger.reserve(reserveInput(keyId, 100n, requestId));
-      const [one, two] = [uid('fal'), uid('fal')];
-      for (const fal of [one, two]) await ledger.recordSubmit({ requestId, falRequestId: fal, endpoint: 'e' });
+      await ledger.reserve({ ...reserveInput(keyId, 100n, requestId), jobs: 2 });
+      const [one, two] = [jobIdFor(requestId, 0), jobIdFor(requestId, 1)];
       const jobs = [
-        { falRequestId: one, images: 4, pixels: 4 * 1024 * 1024, unitsEstimate: '4.194304', unitsFal: '4.194304', upstreamCostMicros: 21_000n },
-        { falRequestId: two, images: 1, pixels: 1024 * 1024, unitsEstimate: '1.048576', unitsFal: '2', upstreamCostMicros: 5_000n },
+        { jobId: one, images: 4, pixels: 4 * 1024 * 1024, unitsEstimate: '4.194304', unitsFal: '4.194304', upstreamCostMicros: 21_000n },
+        { jobId: two, images: 1, pixels: 1024 * 1024, unitsEstimate: '1.048576', unitsFal: '2', upstreamCostMicros: 5_000n },
       ];
-      const settle = { requestId, chargeMicros: 30n, credits: 60, upstreamCostMicros: 26_000n, images: 5 };
+      const settle = { requestId, chargeMicros: 30n, credits: 60, images: 5 };
       const out = await ledger.settleJobs({ jobs, settle });
-      assert.deepEqual(out.jobs.map((j) => [j.job.falRequestId, j.job.status, j.changed, j.unitsMismatch, j.job.images]), [
+      assert.deepEqual(out.jobs.map((j) => [j.job.id, j.job.status, j.changed, j.unitsMismatch, j.job.images]), [
         [one, 'completed', true, false, 4],
         [two, 'completed', true, true, 1],
       ]);
@@ -316,13 +333,13 @@ describeEachDialect('ledger', (ctx: DialectContext) => {
       const ledger = createLedger(database);
       const keyId = await keyWithBudget(database, null);
       const requestId = uid('req');
-      await ledger.reserve(reserveInput(keyId, 100n, requestId));
-      const fal = uid('fal');
-      await ledger.recordSubmit({ requestId, falRequestId: fal, endpoint: 'e' });
+      await ledger.reserve({ ...reserveInput(keyId, 100n, requestId), jobs: 1 });
+      const fal = jobIdFor(requestId, 0);
+      await ledger.recordSubmit({ jobId: fal, falRequestId: uid('fal') });
       await assert.rejects(
         ledger.settleJobs({
-          jobs: [{ falRequestId: fal, images: 1, pixels: 1, unitsEstimate: '1', upstreamCostMicros: 1n }],
-          settle: { requestId, chargeMicros: -1n, credits: 0, upstreamCostMicros: 1n, images: 1 },
+          jobs: [{ jobId: fal, images: 1, pixels: 1, unitsEstimate: '1', upstreamCostMicros: 1n }],
+          settle: { requestId, chargeMicros: -1n, credits: 0, images: 1 },
         }),
         RangeError,
       );
@@ -340,11 +357,11 @@ describeEachDialect('ledger', (ctx: DialectContext) => {
       const keyId = await keyWithBudget(database, 1000n);
       const [reserved, submitted, orphan, settled] = ['a-reserved', 'b-submitted', 'c-orphan', 'd-settled'];
       for (const id of [reserved, submitted, orphan, settled]) {
-        await ledger.reserve(reserveInput(keyId, 100n, id));
+        await ledger.reserve({ ...reserveInput(keyId, 100n, id), jobs: id === submitted ? 1 : 0 });
         time.set('2025-05-01T10:00:01.000Z');
       }
-      await ledger.recordSubmit({ requestId: submitted, falRequestId: 'fal-b', endpoint: 'e' });
-      await ledger.settle({ requestId: settled, chargeMicros: 10n, credits: 1, upstreamCostMicros: 1n, images: 1 });
+      await ledger.recordSubmit({ jobId: jobIdFor(submitted, 0), falRequestId: 'fal-b' });
+      await ledger.settle({ requestId: settled, chargeMicros: 10n, credits: 1, images: 1 });
       assert.equal(await ledger.markOrphaned(orphan), true);
       assert.equal(await ledger.markOrphaned(orphan), false);
       assert.equal(await ledger.markOrphaned(settled), false);
@@ -359,7 +376,7 @@ describeEachDialect('ledger', (ctx: DialectContext) => {
       assert.deepEqual(await keyState(database, keyId), { spent: 10n, reserved: 200n });
 
       // Reconciliation found the orphan's job after all: it is charged, its hold having gone already.
-      const late = await ledger.settle({ requestId: orphan, chargeMicros: 60n, credits: 1, upstreamCostMicros: 1n, images: 1 });
+      const late = await ledger.settle({ requestId: orphan, chargeMicros: 60n, credits: 1, images: 1 });
       assert.equal(late.settled, true);
       assert.deepEqual(await keyState(database, keyId), { spent: 70n, reserved: 200n });
       assert.equal((await ledger.listOrphaned()).length, 0);

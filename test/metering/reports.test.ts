@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { SelectQueryNode, type KyselyPlugin } from 'kysely';
-import { createLedger } from '../../src/metering/ledger.js';
+import { createLedger, jobIdFor } from '../../src/metering/ledger.js';
 import { createReports, type Reports } from '../../src/metering/reports.js';
 import { describeEachDialect, type DialectContext } from '../helpers/databases.js';
 import { BEYOND_2_53, keyWithBudget, manualClock, reserveInput } from '../helpers/ledger.js';
@@ -28,9 +28,12 @@ describeEachDialect('reports', (ctx: DialectContext) => {
       for (const [at, keyId, model, charge, images] of rows) {
         const requestId = `u-${n++}`;
         time.set('2025-01-01T00:00:00.000Z');
-        await ledger.reserve({ ...reserveInput(keyId, charge, requestId), model });
+        await ledger.reserve({ ...reserveInput(keyId, charge, requestId), model, jobs: 1 });
         time.set(at);
-        await ledger.settle({ requestId, chargeMicros: charge, credits: charge * 2n, upstreamCostMicros: charge / 2n, images });
+        await ledger.settleJobs({
+          jobs: [{ jobId: jobIdFor(requestId, 0), images, pixels: images, unitsEstimate: '1', upstreamCostMicros: charge / 2n }],
+          settle: { requestId, chargeMicros: charge, credits: charge * 2n, images },
+        });
       }
       // Neither an open nor a released request counts.
       await ledger.reserve({ ...reserveInput(keyA, 999n, 'u-open'), model: 'm-1' });
@@ -134,7 +137,7 @@ describeEachDialect('reports', (ctx: DialectContext) => {
     // Same settled_at for every row: the keyset must break ties by id.
     for (let i = 0; i < 5; i++) {
       await ledger.reserve(reserveInput(keyId, 1n, `e-${i}`));
-      await ledger.settle({ requestId: `e-${i}`, chargeMicros: 1n, credits: 1, upstreamCostMicros: 1n, images: 1 });
+      await ledger.settle({ requestId: `e-${i}`, chargeMicros: 1n, credits: 1, images: 1 });
     }
     selects = 0;
     const ids = [];
