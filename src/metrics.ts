@@ -19,14 +19,32 @@ export interface Metrics {
   refusals: Counter<'reason'>;
   unitsDisagreements: Counter<'model'>;
   rateLimitFailOpen: Counter;
+  unrecoveredCostUsd: Gauge<'model'>;
+  /** Where the unrecovered-cost gauge reads the ledger at scrape time (set once the ledger's reports exist). */
+  ledgerReads: { unrecovered?: () => Promise<ReadonlyArray<{ model: string; usd: string }>> };
 }
 
 export function createMetrics(opts: { defaultMetrics?: boolean } = {}): Metrics {
   const registry = new Registry();
   if (opts.defaultMetrics ?? true) collectDefaultMetrics({ register: registry });
   const r = [registry];
+  const ledgerReads: Metrics['ledgerReads'] = {};
   return {
     registry,
+    ledgerReads,
+    // Read from the ledger at each scrape, so every replica reports the same total, crashes and reconciliation included.
+    unrecoveredCostUsd: new Gauge({
+      name: 'gateway_unrecovered_cost_usd',
+      help: 'Upstream cost no caller is charged for (failed jobs fal billed, jobs of requests answered with an error, strays), USD, from the ledger.',
+      labelNames: ['model'],
+      registers: r,
+      async collect() {
+        const rows = await ledgerReads.unrecovered?.().catch(() => undefined);
+        if (!rows) return;
+        this.reset();
+        for (const row of rows) this.set({ model: row.model }, Number(row.usd));
+      },
+    }),
     httpRequests: new Counter({ name: 'gateway_http_requests_total', help: 'HTTP requests answered, by route, model and status.', labelNames: ['route', 'model', 'status'], registers: r }),
     httpDuration: new Histogram({
       name: 'gateway_http_request_duration_seconds',

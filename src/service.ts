@@ -12,7 +12,7 @@ import { createImageService } from './images/generate.js';
 import { createLoraResolver } from './images/loras.js';
 import { modelCatalog, type ModelRegistry } from './models/registry.js';
 import { createServedModelRegistry } from './models/prices.js';
-import { parseMarkup } from './metering/money.js';
+import { formatUsd, parseMarkup } from './metering/money.js';
 import { createDatabase, type Database } from './db/index.js';
 import { createLedger, type Ledger } from './metering/ledger.js';
 import { createReports, type Reports } from './metering/reports.js';
@@ -126,6 +126,7 @@ export async function startService(config: Config, overrides: ServiceOverrides =
   });
 
   const metrics = overrides.metrics ?? createMetrics();
+  metrics.ledgerReads.unrecovered = async () => (await reports.unrecovered()).byModel.map((m) => ({ model: m.model, usd: formatUsd(m.micros) }));
   // Separate pools: status streams hold a connection each for a whole job;
   // everything else shares a bounded keep-alive pool, so thousands of
   // waiting jobs never mean thousands of sockets to fal.

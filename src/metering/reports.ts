@@ -96,7 +96,20 @@ export interface UnitsDisagreements {
   jobs: JobRecord[];
 }
 
+/**
+ * Upstream cost no caller pays: what fal billed for failed jobs, for jobs of
+ * requests answered with an error, and for strays. A job's cost is recovered
+ * only when it completed and its request was settled (charged).
+ */
+export interface UnrecoveredReport {
+  totalMicros: bigint;
+  jobs: number;
+  byModel: Array<{ model: string; micros: bigint; jobs: number }>;
+}
+
 export interface Reports {
+  /** Upstream cost not charged to anyone; time range on the job's end. */
+  unrecovered(filter?: UsageFilter): Promise<UnrecoveredReport>;
   /** Settled requests only, by settlement time. */
   usage(filter?: UsageFilter & { groupBy?: UsageGroupBy | undefined }): Promise<UsageReport>;
   /** Settled requests ordered by (settled_at, request_id), fetched in keyset-paginated batches. */
@@ -173,6 +186,25 @@ export function createReports(database: Database, options: ReportsOptions = {}):
       };
     },
 
+    async unrecovered(filter = {}) {
+      let q = db
+        .selectFrom('upstream_jobs as j')
+        .innerJoin('requests as r', 'r.id', 'j.request_id')
+        .where('j.upstream_cost_micros', '>', 0n)
+        .where((eb) => eb.not(eb.and([eb('r.status', '=', 'settled'), eb('j.kind', '=', 'job'), eb('j.status', '=', 'completed')])));
+      if (filter.from !== undefined) q = q.where('j.completed_at', '>=', toIsoTimestamp(filter.from));
+      if (filter.to !== undefined) q = q.where('j.completed_at', '<', toIsoTimestamp(filter.to));
+      if (filter.model !== undefined) q = q.where('r.model', '=', filter.model);
+      if (filter.keyId !== undefined) q = q.where('r.key_id', '=', filter.keyId);
+      const rows = await q
+        .select(['r.model as model', sql<bigint>`sum(j.upstream_cost_micros)`.as('micros'), sql<bigint>`count(*)`.as('jobs')])
+        .groupBy('r.model')
+        .orderBy('r.model')
+        .execute();
+      const byModel = rows.map((r) => ({ model: r.model, micros: toBigInt(r.micros), jobs: toNumber(r.jobs) }));
+      return { totalMicros: byModel.reduce((s, r) => s + r.micros, 0n), jobs: byModel.reduce((s, r) => s + r.jobs, 0), byModel };
+    },
+
     async unitsDisagreements(opts = {}) {
       // Canonical decimals (see canonicalDecimal in money.ts) make string inequality numeric inequality.
       const differs = db
@@ -184,7 +216,7 @@ export function createReports(database: Database, options: ReportsOptions = {}):
       const jobs = await differs
         .selectAll()
         .orderBy('completed_at', 'desc')
-        .orderBy('fal_request_id', 'desc')
+        .orderBy('id', 'desc')
         .limit(Math.max(0, Math.trunc(opts.limit ?? 100)))
         .execute();
       return { count: toNumber(count.n), jobs: jobs.map(toJob) };

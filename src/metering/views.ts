@@ -8,7 +8,7 @@
  * micro-dollars in exports), never as floats.
  */
 import type { ApiKeyView, AdminUsageReportView, UsageReportView } from '../schemas/index.js';
-import type { ExportRow, UsageGroupBy, UsageReport, UsageTotals } from './reports.js';
+import type { ExportRow, UnrecoveredReport, UsageGroupBy, UsageReport, UsageTotals } from './reports.js';
 import type { KeyRecord } from './keys-store.js';
 import { formatUsd } from './money.js';
 
@@ -66,11 +66,16 @@ export function usageReportView(report: UsageReport, e: ReportEcho): UsageReport
   };
 }
 
-export function adminUsageReportView(report: UsageReport, e: ReportEcho): AdminUsageReportView {
+export function adminUsageReportView(report: UsageReport, unrecovered: UnrecoveredReport, e: ReportEcho): AdminUsageReportView {
   return {
     ...echo(e),
     totals: adminAmounts(report.totals),
     data: report.rows.map((r) => ({ group: r.group, ...adminAmounts(r) })),
+    unrecovered: {
+      upstream_cost_usd: formatUsd(unrecovered.totalMicros),
+      jobs: unrecovered.jobs,
+      by_model: unrecovered.byModel.map((m) => ({ model: m.model, upstream_cost_usd: formatUsd(m.micros), jobs: m.jobs })),
+    },
   };
 }
 

@@ -82,13 +82,33 @@ export const usageReportSchema = {
   additionalProperties: false,
 } as const;
 
+const unrecoveredAmounts = {
+  upstream_cost_usd: { type: 'string', pattern: USD_PATTERN, description: 'What fal billed that no caller is charged for.' },
+  jobs: { type: 'integer', minimum: 0, description: 'fal jobs with such a cost.' },
+} as const;
+
 export const adminUsageReportSchema = {
   $schema: DRAFT_07,
   title: 'Admin usage report',
-  description: 'GET /v1/admin/usage: the usage report over every key (or key_id), plus upstream cost and margin.',
+  description:
+    'GET /v1/admin/usage: the usage report over every key (or key_id), plus upstream cost and margin, and the upstream cost no caller is charged for (unrecovered).',
   type: 'object',
   properties: {
     ...reportEcho,
+    unrecovered: {
+      type: 'object',
+      description:
+        'Upstream cost of fal jobs no caller pays for: failed jobs fal billed, jobs of requests answered with an error, jobs fal made on refused submits. Filtered like the report, with from/to applied to when each job ended. Not part of totals, which count settled requests only.',
+      properties: {
+        ...unrecoveredAmounts,
+        by_model: {
+          type: 'array',
+          items: { type: 'object', properties: { model: { type: 'string' }, ...unrecoveredAmounts }, required: ['model', 'upstream_cost_usd', 'jobs'], additionalProperties: false },
+        },
+      },
+      required: ['upstream_cost_usd', 'jobs', 'by_model'],
+      additionalProperties: false,
+    },
     totals: {
       type: 'object',
       properties: { ...callerAmounts, ...upstreamAmounts },
@@ -105,7 +125,7 @@ export const adminUsageReportSchema = {
       },
     },
   },
-  required: [...reportEchoRequired, 'totals', 'data'],
+  required: [...reportEchoRequired, 'totals', 'data', 'unrecovered'],
   additionalProperties: false,
 } as const;
 

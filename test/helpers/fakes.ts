@@ -114,6 +114,7 @@ export function fakeReports(): Reports {
     usage: () => notInFake('Reports.usage'),
     exportRows: () => notInFake('Reports.exportRows'),
     unitsDisagreements: () => notInFake('Reports.unitsDisagreements'),
+    unrecovered: () => notInFake('Reports.unrecovered'),
   };
 }
 

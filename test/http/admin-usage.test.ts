@@ -348,6 +348,33 @@ describeEachDialect('admin keys and usage over HTTP', (ctx) => {
       assert.equal(one.body.key_id, TEST_ID);
     });
 
+    it('shows the upstream cost no caller pays (a failed job fal billed) as unrecovered, in the report and in /metrics', async () => {
+      const created = await request(t.url).post('/v1/admin/keys').set(admin).send({ name: 'unrecovered' });
+      const key = created.body.key as string;
+      const keyId = created.body.id as string;
+      t.emulator.armFault({ kind: 'fail_after_start', status: 422, detail: [{ loc: ['body', 'prompt'], msg: 'refused', type: 'value_error' }], prompt_contains: 'billed refusal' });
+      const res = await request(t.url).post('/v1/images/generations').set(bearer(key)).send({ model: 'alibaba/z-image-turbo', prompt: 'billed refusal' });
+      assert.equal(res.status, 400, JSON.stringify(res.body));
+      const row = await t.service.ledger.getRequest(res.headers['x-request-id'] as string);
+      const bill = t.emulator.billing().find((b) => b.request_id === row?.jobs[0]?.falRequestId);
+      assert.ok(bill && parseUsd(bill.usd) > 0n, 'fal billed the failed job');
+      assert.equal(row?.chargeMicros, 0n, 'the caller was answered with an error: not charged');
+
+      const report = await request(t.url).get('/v1/admin/usage').query({ key_id: keyId }).set(admin);
+      assert.equal(report.status, 200, JSON.stringify(report.body));
+      assert.deepEqual(report.body.unrecovered, {
+        upstream_cost_usd: formatUsd(parseUsd(bill.usd)),
+        jobs: 1,
+        by_model: [{ model: 'alibaba/z-image-turbo', upstream_cost_usd: formatUsd(parseUsd(bill.usd)), jobs: 1 }],
+      });
+      assert.equal(report.body.totals.requests, 0, 'totals count settled requests only');
+
+      const metrics = await request(t.url).get('/metrics');
+      const line = metrics.text.split('\n').find((l) => l.startsWith('gateway_unrecovered_cost_usd{model="alibaba/z-image-turbo"}'));
+      assert.ok(line, metrics.text.slice(0, 500));
+      assert.ok(Number(line.split(' ')[1]) >= Number(bill.usd), 'the gauge reads the ledger (all keys)');
+    });
+
     it('applies from (inclusive) and to (exclusive) to settlement time', async () => {
       const rows = (await request(t.url).get('/v1/admin/usage').query({ from: start, format: 'jsonl' }).set(admin)).text
         .trim()

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { SelectQueryNode, type KyselyPlugin } from 'kysely';
-import { createLedger, jobIdFor } from '../../src/metering/ledger.js';
+import { createLedger, jobIdFor, strayIdFor } from '../../src/metering/ledger.js';
 import { createReports, type Reports } from '../../src/metering/reports.js';
 import { describeEachDialect, type DialectContext } from '../helpers/databases.js';
 import { BEYOND_2_53, keyWithBudget, manualClock, reserveInput } from '../helpers/ledger.js';
@@ -151,5 +151,34 @@ describeEachDialect('reports', (ctx: DialectContext) => {
       break;
     }
     assert.equal(selects, 1);
+  });
+
+  describe('unrecovered', () => {
+    it('counts every billed job no caller pays for, by model, and nothing a settled request charged', async () => {
+      const storage = await fresh();
+      const database = await storage.open();
+      const time = manualClock('2025-02-01T00:00:00.000Z');
+      const ledger = createLedger(database, { clock: time.clock });
+      const key = await keyWithBudget(database, null);
+      const job = (requestId: string, i: number, cost: bigint) => ({ jobId: jobIdFor(requestId, i), images: 1, pixels: 1, unitsEstimate: '1', upstreamCostMicros: cost });
+      // Charged: recovered.
+      await ledger.reserve({ ...reserveInput(key, 100n, 'paid'), model: 'm-1', jobs: 2 });
+      await ledger.closeJob({ jobId: jobIdFor('paid', 1), status: 'failed', upstreamCostMicros: 7n });
+      await ledger.settleJobs({ jobs: [job('paid', 0, 50n)], settle: { requestId: 'paid', chargeMicros: 60n, credits: 1, images: 1 } });
+      // Answered with an error: its completed job's cost is unrecovered.
+      await ledger.reserve({ ...reserveInput(key, 100n, 'refused'), model: 'm-2', jobs: 1 });
+      time.set('2025-02-02T00:00:00.000Z');
+      await ledger.release({ requestId: 'refused', status: 'failed', errorCode: 'upstream_media_error', jobs: [job('refused', 0, 30n)] });
+      // A stray fal made and billed.
+      await ledger.recordStrays({ requestId: 'paid', endpoint: 'e', falRequestIds: ['fal-stray'] });
+      await ledger.completeJob({ jobId: strayIdFor('paid', 'fal-stray'), images: 1, pixels: 1, unitsEstimate: '1', upstreamCostMicros: 11n });
+
+      const reports = createReports(database);
+      const all = await reports.unrecovered();
+      assert.deepEqual(all, { totalMicros: 48n, jobs: 3, byModel: [{ model: 'm-1', micros: 18n, jobs: 2 }, { model: 'm-2', micros: 30n, jobs: 1 }] });
+      assert.equal((await reports.unrecovered({ model: 'm-2' })).totalMicros, 30n);
+      assert.equal((await reports.unrecovered({ from: '2025-02-02T00:00:00.000Z' })).totalMicros, 41n, 'by when each job ended');
+      assert.equal((await ledger.getRequest('paid'))?.upstreamCostMicros, 68n, 'a request’s upstream cost is all its jobs’, strays included');
+    });
   });
 });

@@ -80,7 +80,7 @@ export function usageRouter(deps: UsageRouteDeps): Router {
           keyId: keyId ?? null,
           groupBy: q.group_by ?? null,
         };
-        res.json(view === 'admin' ? adminUsageReportView(report, echo) : usageReportView(report, echo));
+        res.json(view === 'admin' ? adminUsageReportView(report, await deps.reports.unrecovered(filter), echo) : usageReportView(report, echo));
         return;
       }
       await writeAll(
