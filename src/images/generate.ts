@@ -180,7 +180,14 @@ async function finish(deps: ImageServiceDeps, now: () => number, run: Run, outco
   const w = decision.ledger;
   if (caller.answer === 'images') {
     const body = await buildAnswer(deps, now, run, ctx, decision.completed, completed, log);
-    const settled = await settle(deps, req, ctx.requestId, run.pricing, completed, log);
+    let settled: Awaited<ReturnType<typeof settle>>;
+    try {
+      settled = await settle(deps, req, ctx.requestId, run.pricing, completed, log);
+    } catch (err) {
+      // The caller is told 503: those images are never to be charged, so the close is retried until the ledger is back.
+      closeWhenLedgerReturns(log, () => closeUncharged(deps.ledger, req.model, ctx.requestId, run.pricing, { status: 'failed', errorCode: 'metering_unavailable' }, completed));
+      throw err;
+    }
     observeDelivered(deps, run, decision.completed, settled);
     return { body, charge: settled.charge, falRequestIds: decision.completed.map((r) => r.falRequestId) };
   }
@@ -213,6 +220,34 @@ async function buildAnswer(deps: ImageServiceDeps, now: () => number, run: Run, 
     await meter('close', () => closeUncharged(deps.ledger, req.model, ctx.requestId, run.pricing, { status: 'failed', errorCode: 'upstream_media_error' }, completed));
     throw upstreamError('The generated images could not be retrieved from the provider.', { code: 'upstream_media_error', shouldRetry: false });
   }
+}
+
+/** Retries between attempts at closing a request whose answer was an error while the ledger was down. */
+const CLOSE_RETRY_MS = [1_000, 2_000, 5_000, 10_000, 30_000, 60_000];
+const CLOSE_RETRY_FOR_MS = 3_600_000;
+
+/**
+ * A request answered with an error while the ledger could not be written
+ * must still end uncharged once it can be: left open, reconciliation would
+ * take it for a request whose caller left and charge its images. Retried in
+ * the background (timers unref'd, an hour at most); a crash meanwhile
+ * leaves it to reconciliation.
+ */
+function closeWhenLedgerReturns(log: Logger, close: () => Promise<void>): void {
+  const until = Date.now() + CLOSE_RETRY_FOR_MS;
+  const attempt = (n: number): void => {
+    const t = setTimeout(() => {
+      close().then(
+        () => log.info('request closed uncharged once the ledger was back'),
+        (err: unknown) => {
+          if (Date.now() < until) attempt(n + 1);
+          else log.error({ err }, 'gave up closing a request answered while the ledger was down; reconciliation will settle it');
+        },
+      );
+    }, CLOSE_RETRY_MS[Math.min(n, CLOSE_RETRY_MS.length - 1)]);
+    t.unref();
+  };
+  attempt(0);
 }
 
 function observeDelivered(deps: ImageServiceDeps, run: Run, results: readonly FalResult[], settled: { charge: Charge; upstreamCostMicros: bigint }): void {

@@ -1,6 +1,7 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import request from 'supertest';
+import OpenAI from 'openai';
 import { ADMIN_KEY, startTestService, TEST_KEY, type TestService } from '../helpers/service.js';
 
 describe('metering unavailable', () => {
@@ -67,3 +68,35 @@ describe('usage and key routes with the store down', () => {
   });
 });
 
+
+describe('the database lost after fal made the job', () => {
+  let t: TestService;
+  before(async () => {
+    t = await startTestService({}, { latencyMs: 1500 });
+  });
+  after(async () => {
+    await t.close();
+  });
+
+  it('answers 503 with x-should-retry: false, so one openai SDK call (retries on) makes one fal job, never two', async () => {
+    // The SDK's own retries are on: it retries a 503 unless the answer says not to.
+    const client = new OpenAI({ apiKey: TEST_KEY, baseURL: `${t.url}/v1`, maxRetries: 3 });
+    const warm = await client.images.generate({ model: 'alibaba/z-image-turbo', prompt: 'warm up the key' });
+    assert.equal(warm.data?.length, 1);
+    const call = client.images.generate({ model: 'alibaba/z-image-turbo', prompt: 'lost ledger' }).then(
+      () => assert.fail('expected an error'),
+      (e: unknown) => e,
+    );
+    const mine = () => t.emulator.jobs().filter((j) => j.input.prompt === 'lost ledger');
+    for (let i = 0; i < 1500 && mine().length === 0; i++) await new Promise((r) => setTimeout(r, 10));
+    assert.equal(mine().length, 1, 'fal has the job');
+    assert.equal(mine()[0]!.status === 'COMPLETED', false, 'the job is still running when the database goes');
+    await t.service.database.close();
+    const err = await call;
+    assert.ok(err instanceof OpenAI.APIError, String(err));
+    assert.equal(err.status, 503);
+    assert.equal((err.error as { code?: string } | undefined)?.code, 'metering_unavailable');
+    assert.equal(new Headers(err.headers as HeadersInit | undefined).get('x-should-retry'), 'false');
+    assert.equal(mine().length, 1, 'no second fal job: the SDK did not retry');
+  });
+});

@@ -224,6 +224,23 @@ describe('createImageService with a scripted fal', () => {
     assert.equal(err.shouldRetry, false);
   });
 
+  it('the ledger down when the images are ready: 503 without retry, and the request is closed uncharged once the ledger is back', async (t) => {
+    const s = await setup(t, {});
+    s.ledger.settleJobs = async () => Promise.reject(new Error('disk full'));
+    const release = s.ledger.release.bind(s.ledger);
+    let releases = 0;
+    s.ledger.release = async (input) => (++releases === 1 ? Promise.reject(new Error('still down')) : release(input));
+    const c = s.ctx();
+    const err = (await s.images.generate(canonical({}), c).catch((e: unknown) => e)) as ApiError;
+    assert.equal(err.code, 'metering_unavailable');
+    assert.equal(err.shouldRetry, false);
+    for (let i = 0; i < 600 && (await s.ledger.getRequest(c.requestId))?.status !== 'failed'; i++) await new Promise((r) => setTimeout(r, 50));
+    const row = await s.ledger.getRequest(c.requestId);
+    assert.deepEqual([row?.status, row?.chargeMicros, row?.jobs.map((j) => j.status)], ['failed', 0n, ['completed']], 'answered 503: never charged, fal’s cost recorded');
+    assert.ok(row!.upstreamCostMicros > 0n);
+    assert.equal(releases, 2, 'retried after the first failure');
+  });
+
   it('a ledger write failing in one job of a fan-out stops the others, and the answer waits for all of them', async (t) => {
     let waits = 0;
     let ended = 0;
