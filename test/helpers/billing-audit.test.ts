@@ -4,7 +4,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createDatabase } from '../../src/db/index.js';
-import { createLedger } from '../../src/metering/ledger.js';
+import { createLedger, jobIdFor } from '../../src/metering/ledger.js';
 import {
   auditBilling,
   formatAudit,
@@ -212,13 +212,13 @@ describe('billing audit', () => {
         const ledger = createLedger(database);
         const keyId = await keyWithBudget(database, 1_000_000n);
         const base = { keyId, model: 'alibaba/z-image-turbo', endpoint: 'fal-ai/z-image/turbo', maxChargeMicros: 20_000n };
-        assert.deepEqual(await ledger.reserve({ ...base, requestId: 'r-done' }), { ok: true });
-        assert.deepEqual(await ledger.reserve({ ...base, requestId: 'r-open' }), { ok: true });
-        await ledger.recordSubmit({ requestId: 'r-done', falRequestId: 'fal-done', endpoint: base.endpoint });
-        await ledger.recordSubmit({ requestId: 'r-open', falRequestId: 'fal-open', endpoint: base.endpoint });
+        assert.deepEqual(await ledger.reserve({ ...base, requestId: 'r-done', jobs: 1 }), { ok: true });
+        assert.deepEqual(await ledger.reserve({ ...base, requestId: 'r-open', jobs: 1 }), { ok: true });
+        await ledger.recordSubmit({ jobId: jobIdFor('r-done', 0), falRequestId: 'fal-done' });
+        await ledger.recordSubmit({ jobId: jobIdFor('r-open', 0), falRequestId: 'fal-open' });
         await ledger.settleJobs({
-          jobs: [{ falRequestId: 'fal-done', images: 1, pixels: 1024 * 1024, unitsEstimate: '1', unitsFal: '1', upstreamCostMicros: 5_000n }],
-          settle: { requestId: 'r-done', chargeMicros: 6_000n, credits: 12, upstreamCostMicros: 5_000n, images: 1 },
+          jobs: [{ jobId: jobIdFor('r-done', 0), images: 1, pixels: 1024 * 1024, unitsEstimate: '1', unitsFal: '1', upstreamCostMicros: 5_000n }],
+          settle: { requestId: 'r-done', chargeMicros: 6_000n, credits: 12, images: 1 },
         });
 
         const snapshot = await readLedger(database.db);

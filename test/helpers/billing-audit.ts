@@ -16,7 +16,8 @@
  *   charges; no reservation is left held.
  *
  * Everything this file knows about the ledger's tables is in `readLedger`:
- * when the schema changes, that function is the one edit.
+ * when the schema changes, that function is the one edit. Jobs are keyed by
+ * our own id (`<request>/<index>`), fal's id added when submit answered.
  */
 import type { Kysely } from 'kysely';
 import type { DB } from '../../src/db/schema.js';
@@ -24,7 +25,7 @@ import { formatUsd, parseUsd } from '../../src/metering/money.js';
 
 /** A fal job as the ledger holds it. */
 export interface LedgerJob {
-  /** The row's own key (today fal's request id). */
+  /** The row's own key (our job id). */
   id: string;
   /** Every fal id the row carries (submit's id first; a runner retry's beside it). */
   falIds: string[];
@@ -60,20 +61,20 @@ export interface LedgerSnapshot {
 
 // ---- The ledger's tables: the one place that knows them. -------------------
 
-const FINAL_JOB_STATES = new Set(['completed', 'failed', 'cancelled', 'duplicate']);
+const FINAL_JOB_STATES = new Set(['completed', 'failed', 'cancelled', 'refused', 'lost']);
 const HOLDING_REQUEST_STATES = new Set(['reserved', 'submitted']);
 
 /** Reads the whole ledger (a soak's worth of rows) into plain records. */
 export async function readLedger(db: Kysely<DB>): Promise<LedgerSnapshot> {
   const [jobs, requests, keys] = await Promise.all([
-    db.selectFrom('upstream_jobs').select(['fal_request_id', 'request_id', 'status', 'upstream_cost_micros']).execute(),
+    db.selectFrom('upstream_jobs').select(['id', 'fal_request_id', 'fal_other_ids', 'request_id', 'status', 'upstream_cost_micros']).execute(),
     db.selectFrom('requests').select(['id', 'key_id', 'status', 'charge_micros']).execute(),
     db.selectFrom('api_keys').select(['id', 'budget_micros', 'spent_micros', 'reserved_micros']).execute(),
   ]);
   return {
     jobs: jobs.map((j) => ({
-      id: j.fal_request_id,
-      falIds: [j.fal_request_id],
+      id: j.id,
+      falIds: [...(j.fal_request_id ? [j.fal_request_id] : []), ...(j.fal_other_ids ? j.fal_other_ids.split(' ') : [])],
       requestId: j.request_id,
       upstreamCostMicros: BigInt(j.upstream_cost_micros),
       state: j.status,

@@ -96,7 +96,7 @@ describe('the database lost after fal made the job', () => {
     assert.ok(err instanceof OpenAI.APIError, String(err));
     assert.equal(err.status, 503);
     assert.equal((err.error as { code?: string } | undefined)?.code, 'metering_unavailable');
-    assert.equal(new Headers(err.headers as HeadersInit | undefined).get('x-should-retry'), 'false');
+    assert.equal(new Headers(err.headers as ConstructorParameters<typeof Headers>[0]).get('x-should-retry'), 'false');
     assert.equal(mine().length, 1, 'no second fal job: the SDK did not retry');
   });
 });
