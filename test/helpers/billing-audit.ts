@@ -184,6 +184,7 @@ export function auditBilling(ledger: LedgerSnapshot, fal: FalSide | readonly Bil
 }
 
 function auditJobs(ledgerJobs: readonly LedgerJob[], billing: readonly BilledJob[], falJobIds: ReadonlySet<string> | undefined): JobDrift[] {
+  const retryIds = new Set(billing.flatMap((b) => (b.gateway_request_id && b.gateway_request_id !== b.request_id ? [b.gateway_request_id] : [])));
   const out: JobDrift[] = [];
   const byFalId = new Map<string, LedgerJob[]>();
   for (const j of ledgerJobs) {
@@ -206,8 +207,11 @@ function auditJobs(ledgerJobs: readonly LedgerJob[], billing: readonly BilledJob
       out.push({ kind: 'cost_not_billed', jobId: j.id, requestId: j.requestId, ledgerMicros: j.upstreamCostMicros });
     }
     if (!j.final) out.push({ kind: 'job_not_final', jobId: j.id, requestId: j.requestId, state: j.state });
-    // A refused submit's `x-fal-request-id` names no job: a row under it is a phantom.
-    const phantom = falJobIds && j.falIds.find((id) => !falJobIds.has(id));
+    // A refused submit's `x-fal-request-id` names no job: a row under it is a
+    // phantom, unless the ledger closed it as `refused` (fal was asked and
+    // knows no such job). A runner retry's id names the same job as its submit id.
+    const known = (id: string) => falJobIds!.has(id) || retryIds.has(id);
+    const phantom = falJobIds && j.state !== 'refused' && j.falIds.find((id) => !known(id));
     if (phantom) out.push({ kind: 'job_unknown_to_fal', jobId: j.id, requestId: j.requestId, falId: phantom, state: j.state });
   }
   return out;

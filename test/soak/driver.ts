@@ -168,10 +168,14 @@ async function settle(emulatorUrl: string, database: Database, answers: readonly
   const jobsFinal = await until(deadline, async () => (await emulatorJobs(emulatorUrl)).every((j) => j.status === 'COMPLETED'));
   const jobsFinalAt = Date.now();
   const sentAt = new Map(answers.map((a) => [a.requestId, a.sentAt]));
+  // Open jobs fal named (their request may already be closed) are reconciled for their cost on the same rounds.
   const holdsClosed = await until(deadline, async () => {
-    const holding = (await readLedger(database.db)).requests.filter((r) => r.holding);
-    if (holding.length === 0) return true;
-    const latest = Math.max(jobsFinalAt, ...holding.map((r) => (sentAt.get(r.id) ?? jobsFinalAt) + reconcileAfterMs));
+    const ledger = await readLedger(database.db);
+    const holding = ledger.requests.filter((r) => r.holding);
+    const openJobs = ledger.jobs.filter((j) => !j.final && j.falIds.length > 0);
+    if (holding.length === 0 && openJobs.length === 0) return true;
+    const waiting = [...holding.map((r) => r.id), ...openJobs.map((j) => j.requestId)];
+    const latest = Math.max(jobsFinalAt, ...waiting.map((id) => (sentAt.get(id) ?? jobsFinalAt) + reconcileAfterMs));
     return Date.now() > latest + 8_000 ? 'stuck' : false;
   }, 500);
   return { jobsFinal, holdsClosed };
