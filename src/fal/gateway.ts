@@ -2,7 +2,7 @@ import { type QueueStatus } from '@fal-ai/client';
 import { createRedirectFetch, type FetchLike } from './redirect-fetch.js';
 import { FalCallError, type FalPhase } from './errors.js';
 import { FalCall, callError, clientFor } from './fal-call.js';
-import { submitOnce, submitFailure } from './submit-once.js';
+import { submitOnce, submitFailure, submitHeaders, type SubmitSettings } from './submit-once.js';
 import { DEFAULT_MAX_RETRY_AFTER_MS, DEFAULT_RETRY, type RetryPolicy } from './retry.js';
 import { createPollScheduler } from './poll-scheduler.js';
 import type { CompletionHub } from './webhooks.js';
@@ -87,7 +87,7 @@ export interface FalGateway {
   readonly stats: { statusCalls: number; streamCalls: number; streamsOpen: number; webhookWakeups: number };
 }
 
-export interface FalGatewayOptions {
+export interface FalGatewayOptions extends SubmitSettings {
   credentials?: string;
   /** `FAL_BASE_URL`: host-prefixed fal-protocol server (the emulator). */
   baseUrl?: string;
@@ -138,6 +138,7 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
   const pollMaxMs = opts.pollMaxMs ?? 1000;
   const stats = { statusCalls: 0, streamCalls: 0, streamsOpen: 0, webhookWakeups: 0 };
   const maxStreams = opts.maxStatusStreams ?? 256;
+  const headers = submitHeaders(opts);
 
   // Jobs without a status stream or a webhook wait here, each a record in one schedule (see poll-scheduler.ts).
   const polls = createPollScheduler({
@@ -284,7 +285,7 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
 
     async submit(endpoint, input, o = {}) {
       const webhookUrl = o.webhookUrl ?? opts.webhook?.url;
-      return (await call('submit', o.signal, (client, c) => submitOnce(client, c, endpoint, input, webhookUrl))).value;
+      return (await call('submit', o.signal, (client, c) => submitOnce(client, c, endpoint, input, webhookUrl, headers))).value;
     },
 
     async status(endpoint, falRequestId, o = {}) {
