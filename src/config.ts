@@ -46,6 +46,8 @@ export interface Config {
   shutdownGraceMs: number;
   /** Origins allowed by CORS; empty = CORS off. */
   corsOrigins: string[];
+  /** `FAL_STORE_IO=0`: submits say `X-Fal-Store-IO: 0`, keeping inputs and outputs out of fal's request history. */
+  falStoreIo: boolean;
   /** Submit jobs with fal's webhook (needs PUBLIC_BASE_URL reachable by fal). */
   falWebhooks: boolean;
   falJwksUrl: string;
@@ -270,6 +272,7 @@ export function loadConfig(env: Env = process.env): Config {
     databaseAcquireTimeoutMs: int('DATABASE_ACQUIRE_TIMEOUT_MS', 30_000, 100, 600_000),
     sqliteSynchronous: sqliteSync === 'full' ? 'full' : 'normal',
     falWebhooks: bool('FAL_WEBHOOKS', false),
+    falStoreIo: bool('FAL_STORE_IO', true),
     falJwksUrl: url('FAL_JWKS_URL', ['http:', 'https:']) ?? 'https://rest.alpha.fal.ai/.well-known/jwks.json',
     falWebhookGraceMs: int('FAL_WEBHOOK_GRACE_MS', 30_000, 0, 3_600_000),
     statusStreamsMax: int('STATUS_STREAMS_MAX', 256, 0, 100_000),

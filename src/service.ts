@@ -143,6 +143,7 @@ export async function startService(config: Config, overrides: ServiceOverrides =
     credentials: falKey,
     baseUrl: falBaseUrl,
     requestTimeoutMs: config.requestTimeoutMs,
+    storeIo: config.falStoreIo,
     // Calls with small answers skip fetch's per-request garbage, which outlives
     // young collections (src/fal/young-garbage-fetch.ts): status polls repeat for as
     // long as a job waits, and every job submits once (and may cancel).

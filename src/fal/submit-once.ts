@@ -41,6 +41,12 @@ export interface SubmitSettings {
    * (https://docs.fal.ai/documentation/model-apis/common-parameters).
    */
   requestTimeoutMs?: number | undefined;
+  /**
+   * `FAL_STORE_IO`: false sends `X-Fal-Store-IO: 0`, so fal keeps the
+   * inputs and outputs out of its request history; media URLs still work
+   * (https://docs.fal.ai/documentation/model-apis/media-expiration).
+   */
+  storeIo?: boolean | undefined;
 }
 
 /**
@@ -51,6 +57,7 @@ export interface SubmitSettings {
 export function submitHeaders(settings: SubmitSettings): Readonly<Record<string, string>> {
   const headers: Record<string, string> = {};
   if (settings.requestTimeoutMs !== undefined) headers['x-fal-request-timeout'] = String(startTimeoutSeconds(settings.requestTimeoutMs));
+  if (settings.storeIo === false) headers['x-fal-store-io'] = '0';
   return Object.freeze(headers);
 }
 

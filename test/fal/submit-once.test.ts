@@ -5,6 +5,7 @@ import { createFalClient } from '@fal-ai/client';
 import { startEmulator, type Emulator, type FaultSpec } from '../../src/emulator/index.js';
 import { createFalGateway, FalCallError, type FalGateway } from '../../src/fal/gateway.js';
 import { submitHeaders } from '../../src/fal/submit-once.js';
+import { loadConfig } from '../../src/config.js';
 import { createRedirectFetch } from '../../src/fal/redirect-fetch.js';
 
 /**
@@ -186,6 +187,22 @@ describe('every submit carries fal\'s start deadline, from REQUEST_TIMEOUT_MS', 
     assert.deepEqual(submitHeaders({ requestTimeoutMs: 1_500 }), { 'x-fal-request-timeout': '2' });
     assert.deepEqual(submitHeaders({ requestTimeoutMs: 1_000 }), { 'x-fal-request-timeout': '1' });
     assert.deepEqual(submitHeaders({}), {});
+  });
+
+  it('FAL_STORE_IO=0 sends X-Fal-Store-IO: 0 on the submit; fal keeps no payloads of the job', async (t) => {
+    const emu = await startEmulator({ port: 0, host: '127.0.0.1', latencyMs: 20, imageMode: 'cheap' });
+    t.after(() => emu.close());
+    assert.deepEqual(submitHeaders({ storeIo: false }), { 'x-fal-store-io': '0' });
+    assert.deepEqual(submitHeaders({ storeIo: true }), {}, 'storing is fal\'s default: nothing to send');
+    const off = loadConfig({ FAL_STORE_IO: '0' }).falStoreIo;
+    assert.equal(off, false);
+    assert.equal(loadConfig({}).falStoreIo, true);
+    assert.throws(() => loadConfig({ FAL_STORE_IO: 'sometimes' }), /FAL_STORE_IO must be true or false/);
+    const fal = createFalGateway({ credentials: 'k:s', baseUrl: emu.url, storeIo: off });
+    const { falRequestId } = await fal.submit(ENDPOINT, { prompt: 'private', image_size: 'square' });
+    assert.equal(emu.job(falRequestId)!.store_io, false);
+    const kept = await createFalGateway({ credentials: 'k:s', baseUrl: emu.url }).submit(ENDPOINT, { prompt: 'kept', image_size: 'square' });
+    assert.equal(emu.job(kept.falRequestId)!.store_io, undefined);
   });
 
   it('a job left waiting past our deadline expires at fal (504, unbilled) instead of running later', async (t) => {
