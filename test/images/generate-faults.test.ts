@@ -36,7 +36,8 @@ const cases: Case[] = [
   { name: 'submit 403 is our outage', fault: { phase: 'submit', status: 403 }, status: 502, code: 'upstream_auth_failed', ledger: 'failed' },
   { name: 'submit 429 passes retry-after on', fault: { phase: 'submit', status: 429, retry_after: 30, times: 10 }, status: 429, code: 'upstream_rate_limited', retryAfter: '30', shouldRetry: null, ledger: 'failed' },
   { name: 'submit 429 once is absorbed by our one retry layer', fault: { phase: 'submit', status: 429, retry_after: 0, times: 1 }, status: 200, ledger: 'settled' },
-  { name: 'submit 503 (refusal) after our retries', fault: { phase: 'submit', status: 503, retry_after: 30, times: 10 }, status: 502, code: 'upstream_error', shouldRetry: null, ledger: 'failed' },
+  // fal refused before making a job and said X-Fal-Retryable: true: nothing billed, so a retry is invited.
+  { name: 'submit 503 (refusal) after our retries', fault: { phase: 'submit', status: 503, retry_after: 30, times: 10 }, status: 502, code: 'upstream_error', shouldRetry: 'true', ledger: 'failed' },
   // Ambiguous submits: a job may exist, so no retry is invited; the error answer closes the request uncharged.
   { name: 'submit 500 is ambiguous: no retry, never charged', fault: { phase: 'submit', status: 500, times: 10 }, status: 502, shouldRetry: 'false', ledger: 'failed' },
   { name: 'submit 502 is ambiguous', fault: { phase: 'submit', status: 502, times: 10 }, status: 502, shouldRetry: 'false', ledger: 'failed' },
