@@ -7,6 +7,7 @@ import { DEFAULT_MAX_RETRY_AFTER_MS, DEFAULT_RETRY, type RetryPolicy } from './r
 import { createPollScheduler } from './poll-scheduler.js';
 import type { CompletionHub } from './webhooks.js';
 import type { InlineExtraction, InlineImage } from './inline-images.js';
+import { DimensionsError, dimensionsFromUrl, fillDimensions, isSide } from './image-dimensions.js';
 
 export { FalCallError, type FalPhase, type FalErrorKind } from './errors.js';
 
@@ -114,11 +115,15 @@ export interface FalGatewayOptions extends SubmitSettings {
    * than `graceMs`.
    */
   webhook?: { url: string; hub: CompletionHub; graceMs: number };
+  /** Longest the header of an output image without width/height may take to read (default 30 s). */
+  dimensionsTimeoutMs?: number;
   /** Told about every gateway call: phase, seconds (including our retries), and whether it failed. */
   observe?: (phase: FalPhase, seconds: number, failed: boolean) => void;
 }
 
 const STATUSES = new Set(['IN_QUEUE', 'IN_PROGRESS', 'COMPLETED']);
+/** fal's CDN hosts (`v3.fal.media`, `fal.media`, …). */
+const FAL_MEDIA_HOST = /^(?:[a-z0-9-]+\.)*fal\.media$/;
 
 export function createFalGateway(opts: FalGatewayOptions): FalGateway {
   const inner = createRedirectFetch({ baseUrl: opts.baseUrl, fetchImpl: opts.fetchImpl });
@@ -138,6 +143,7 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
   const pollMaxMs = opts.pollMaxMs ?? 1000;
   const stats = { statusCalls: 0, streamCalls: 0, streamsOpen: 0, webhookWakeups: 0 };
   const maxStreams = opts.maxStatusStreams ?? 256;
+  const dimensionsTimeoutMs = opts.dimensionsTimeoutMs ?? 30_000;
   const headers = submitHeaders(opts);
 
   // Jobs without a status stream or a webhook wait here, each a record in one schedule (see poll-scheduler.ts).
@@ -267,9 +273,8 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
       throw badResponse('result', 'result has no images array', c);
     }
     for (const img of output.images) {
-      if (!img || typeof img.url !== 'string' || !Number.isInteger(img.width) || !Number.isInteger(img.height)) {
-        throw badResponse('result', 'result image lacks url/width/height', c);
-      }
+      // Width and height may be missing (optional in fal's types): `sized` reads them from the image.
+      if (!img || typeof img.url !== 'string') throw badResponse('result', 'result image lacks a url', c);
     }
     return {
       falRequestId,
@@ -278,6 +283,45 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
       billableUnits: c.billableUnits ?? null,
       ...(inlineImages ? { inlineImages } : {}),
     };
+  }
+
+  /**
+   * The result with every image's width and height, read from the image
+   * itself where fal left them out: prices depend on them. If they cannot be
+   * read, the job still completed and billed at fal: the error keeps fal's
+   * units and the output (`FalCallError.output`) so the cost is not lost.
+   */
+  async function sized(result: FalResult, signal: AbortSignal | undefined): Promise<FalResult> {
+    const images = result.output.images;
+    if (images.every((img) => isSide(img.width) && isSide(img.height))) return result;
+    const timeout = AbortSignal.timeout(dimensionsTimeoutMs);
+    const fetchImpl = fetchFor('other');
+    try {
+      await fillDimensions(images, result.inlineImages, (url) => {
+        if (!imageUrlAllowed(url)) throw new DimensionsError(`its url is not on fal's media hosts`);
+        return dimensionsFromUrl(url, { fetch: fetchImpl, signal: signal ? AbortSignal.any([signal, timeout]) : timeout });
+      });
+    } catch (err) {
+      if (signal?.aborted) throw abortedError('result', signal);
+      throw new FalCallError(`fal result: ${(err as Error).message}`, {
+        phase: 'result',
+        kind: 'bad_response',
+        status: 200,
+        falRequestId: result.falRequestId,
+        billableUnits: result.billableUnits ?? undefined,
+        output: result.output,
+        cause: err,
+      });
+    }
+    return result;
+  }
+
+  /** Images are read only from fal's media hosts, or from the fal-protocol server FAL_BASE_URL names (every URL goes there). */
+  function imageUrlAllowed(url: string): boolean {
+    if (opts.baseUrl) return URL.canParse(url);
+    if (!URL.canParse(url)) return false;
+    const u = new URL(url);
+    return u.protocol === 'https:' && FAL_MEDIA_HOST.test(u.hostname);
   }
 
   const gateway: FalGateway = {
@@ -316,7 +360,7 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
 
     async result(endpoint, falRequestId, o = {}) {
       const { value, call: c } = await call('result', o.signal, (client, c) => client.queue.result(endpoint, { requestId: falRequestId, abortSignal: c.signal }));
-      return readResult(value.data, c, falRequestId);
+      return sized(readResult(value.data, c, falRequestId), o.signal);
     },
 
     async cancel(endpoint, falRequestId, o = {}) {

@@ -232,9 +232,7 @@ describe('real-fal behaviours through the service', () => {
     await billingTruth('real-fal-retry', res);
   });
 
-  it('output without width/height: answered 200, sized from the image itself', {
-    todo: 'known failure (emulator fault: omit_dimensions): the gateway answers 502 after fal billed; issue 16',
-  }, async () => {
+  it('output without width/height: answered 200, sized from the image itself', async () => {
     t.emulator.armFault({ kind: 'omit_dimensions', prompt_contains: 'real-fal-nodims' });
     const res = await post('real-fal-nodims');
     assert.equal(res.status, 200, JSON.stringify(res.body));
