@@ -4,7 +4,7 @@ import type { AddressInfo } from 'node:net';
 import type { Express } from 'express';
 import type { DestinationStream, Logger } from 'pino';
 import { createLogger, urlPassword } from './logging.js';
-import type { Config } from './config.js';
+import { loraReuseMarginMs, type Config } from './config.js';
 import { createApp } from './app.js';
 import { createFalGateway, type FalGateway } from './fal/gateway.js';
 import { createMedia } from './images/media.js';
@@ -166,7 +166,16 @@ export async function startService(config: Config, overrides: ServiceOverrides =
     maxBytes: config.imageMaxBytes,
     timeoutMs: config.imageFetchTimeoutMs,
   });
-  const loras = createLoraResolver({ loraDir: config.loraDir, maxBytes: config.loraMaxBytes, dataDir: config.dataDir, fal, target: falBaseUrl ?? 'fal', logger });
+  const loras = createLoraResolver({
+    loraDir: config.loraDir,
+    maxBytes: config.loraMaxBytes,
+    dataDir: config.dataDir,
+    fal,
+    target: falBaseUrl ?? 'fal',
+    logger,
+    lifetimeS: config.loraUploadTtlS,
+    reuseMarginMs: loraReuseMarginMs(config),
+  });
   const shutdown = new AbortController();
   // The image service listens once and aborts its live requests itself; other
   // users (readiness checks, tests) may add listeners of their own: no warning cap.

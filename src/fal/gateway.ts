@@ -78,10 +78,13 @@ export interface FalGateway {
   result(endpoint: string, falRequestId: string, opts?: CallOptions): Promise<FalResult>;
   cancel(endpoint: string, falRequestId: string, opts?: CallOptions): Promise<FalCancelOutcome>;
   /**
-   * Stores a file in fal's storage (initiate, then a PUT to the pre-signed
-   * upload URL) and answers its public URL, which fal inputs can reference.
+   * Stores a file in fal's storage and answers its public URL, which fal
+   * inputs can reference. The client's `storage.upload` sends it whole
+   * (initiate, one PUT) or, over 90 MB, in 10 MB parts (initiate-multipart,
+   * the parts, complete). `lifetimeS`: how long fal keeps it (its
+   * `X-Fal-Object-Lifecycle`); unset, the account's default applies.
    */
-  upload(data: Blob | Buffer, contentType: string, fileName: string, opts?: CallOptions): Promise<string>;
+  upload(data: Blob | Buffer, contentType: string, fileName: string, opts?: CallOptions & { lifetimeS?: number }): Promise<string>;
   /** Any HTTP answer from the queue host counts as reachable. */
   ping(opts?: CallOptions): Promise<boolean>;
   /** Counters for metrics and benchmarks. */
@@ -380,7 +383,8 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
     async upload(data, contentType, fileName, o = {}) {
       // The client names the stored file after a File's name, else after the clock.
       const file = new File([data instanceof Blob ? data : new Uint8Array(data)], fileName, { type: contentType });
-      const { value, call: c } = await call('storage', o.signal, (client) => client.storage.upload(file));
+      const lifecycle = o.lifetimeS === undefined ? undefined : { expiresIn: o.lifetimeS };
+      const { value, call: c } = await call('storage', o.signal, (client) => client.storage.upload(file, lifecycle ? { lifecycle } : undefined));
       if (typeof value !== 'string' || !URL.canParse(value)) throw badResponse('storage', 'upload answered no file URL', c);
       return value;
     },
