@@ -239,9 +239,7 @@ describe('real-fal behaviours through the service', () => {
     await billingTruth('real-fal-nodims', res);
   });
 
-  it('content policy: 400 content_policy_violation, no retry invited, fal\'s charge recorded', {
-    todo: 'known failure (emulator fault: content_policy, billed failures): fal bills the refusal; issue 16 maps it to content_policy_violation and records the cost',
-  }, async () => {
+  it('content policy: 400 content_policy_violation, no retry invited, fal\'s charge recorded', async () => {
     t.emulator.armFault({ kind: 'content_policy', prompt_contains: 'real-fal-policy' });
     const res = await post('real-fal-policy');
     assert.equal(res.status, 400, JSON.stringify(res.body));
