@@ -20,6 +20,7 @@ export const INTEGRATION = [
   'test/fuzz/fuzz.test.ts', // 3,000 seeded cases against a service in a child process
   'test/http/rate-limit.test.ts', // two service processes sharing Redis
   'test/images/generate-faults.test.ts', // every upstream fault, deadlines and reconciliation
+  'test/images/loras-uploads.test.ts', // a 95 MB LoRA file through multipart storage, media lifetimes
   'test/main.test.ts', // starts and signals src/main.ts as a process
   'test/metering/crash-recovery.test.ts', // kills service processes mid-request
   'test/metering/ledger.test.ts', // the ledger's whole contract, on SQLite and PostgreSQL

@@ -46,6 +46,8 @@ export interface Config {
   shutdownGraceMs: number;
   /** Origins allowed by CORS; empty = CORS off. */
   corsOrigins: string[];
+  /** `FAL_STORE_IO=0`: submits say `X-Fal-Store-IO: 0`, keeping inputs and outputs out of fal's request history. */
+  falStoreIo: boolean;
   /** Submit jobs with fal's webhook (needs PUBLIC_BASE_URL reachable by fal). */
   falWebhooks: boolean;
   falJwksUrl: string;
@@ -80,6 +82,8 @@ export interface Config {
   loraDir: string | undefined;
   /** Largest local LoRA file we will upload to fal (LORA_MAX_BYTES). */
   loraMaxBytes: number;
+  /** Seconds fal keeps an uploaded LoRA file (LORA_UPLOAD_TTL_S); a cached URL is re-uploaded before then. */
+  loraUploadTtlS: number;
   /** `MODEL_PRICES`: prices by model id or alias, for models without a confirmed one or to replace a published one. */
   modelPrices: ModelPrices;
 }
@@ -139,6 +143,11 @@ function parseModelPrices(raw: string | undefined, problems: string[]): ModelPri
   }
   // fromEntries defines own properties, so a "__proto__" key stays a (refused, unknown) model name rather than a prototype.
   return Object.freeze(Object.fromEntries(entries));
+}
+
+/** How long a cached LoRA URL must still live to be used: fal reads it when the job starts, at most our request deadline after the submit. */
+export function loraReuseMarginMs(config: Pick<Config, 'requestTimeoutMs'>): number {
+  return config.requestTimeoutMs + 60_000;
 }
 
 export function loadConfig(env: Env = process.env): Config {
@@ -270,6 +279,7 @@ export function loadConfig(env: Env = process.env): Config {
     databaseAcquireTimeoutMs: int('DATABASE_ACQUIRE_TIMEOUT_MS', 30_000, 100, 600_000),
     sqliteSynchronous: sqliteSync === 'full' ? 'full' : 'normal',
     falWebhooks: bool('FAL_WEBHOOKS', false),
+    falStoreIo: bool('FAL_STORE_IO', true),
     falJwksUrl: url('FAL_JWKS_URL', ['http:', 'https:']) ?? 'https://rest.alpha.fal.ai/.well-known/jwks.json',
     falWebhookGraceMs: int('FAL_WEBHOOK_GRACE_MS', 30_000, 0, 3_600_000),
     statusStreamsMax: int('STATUS_STREAMS_MAX', 256, 0, 100_000),
@@ -289,11 +299,15 @@ export function loadConfig(env: Env = process.env): Config {
     imageFetchTimeoutMs: int('IMAGE_FETCH_TIMEOUT_MS', 30_000, 100, 600_000),
     loraDir,
     loraMaxBytes: int('LORA_MAX_BYTES', 2 * 1024 ** 3, 1, Number.MAX_SAFE_INTEGER),
+    loraUploadTtlS: int('LORA_UPLOAD_TTL_S', 7 * 86_400, 60, 365 * 86_400),
     modelPrices: parseModelPrices(str('MODEL_PRICES'), problems),
   };
   // By default a request is only reconciled once no live process could still
   // be working on it: our own deadline plus a margin.
   config.reconcileAfterMs = int('RECONCILE_AFTER_MS', config.requestTimeoutMs + 60_000, 0, 7 * 86_400_000);
+  if (config.loraUploadTtlS * 1000 <= loraReuseMarginMs(config)) {
+    problems.push(`LORA_UPLOAD_TTL_S must be longer than REQUEST_TIMEOUT_MS + 60 s (${loraReuseMarginMs(config) / 1000} s): an uploaded LoRA must outlive the job that reads it`);
+  }
   if (config.falWebhooks && !config.publicBaseUrl) problems.push('FAL_WEBHOOKS needs PUBLIC_BASE_URL: the address fal posts job callbacks to');
   if (problems.length > 0) throw new ConfigError(problems);
   return config;

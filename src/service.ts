@@ -4,7 +4,7 @@ import type { AddressInfo } from 'node:net';
 import type { Express } from 'express';
 import type { DestinationStream, Logger } from 'pino';
 import { createLogger, urlPassword } from './logging.js';
-import type { Config } from './config.js';
+import { loraReuseMarginMs, type Config } from './config.js';
 import { createApp } from './app.js';
 import { createFalGateway, type FalGateway } from './fal/gateway.js';
 import { createMedia } from './images/media.js';
@@ -142,6 +142,8 @@ export async function startService(config: Config, overrides: ServiceOverrides =
   const fal = createFalGateway({
     credentials: falKey,
     baseUrl: falBaseUrl,
+    requestTimeoutMs: config.requestTimeoutMs,
+    storeIo: config.falStoreIo,
     // Calls with small answers skip fetch's per-request garbage, which outlives
     // young collections (src/fal/young-garbage-fetch.ts): status polls repeat for as
     // long as a job waits, and every job submits once (and may cancel).
@@ -164,7 +166,16 @@ export async function startService(config: Config, overrides: ServiceOverrides =
     maxBytes: config.imageMaxBytes,
     timeoutMs: config.imageFetchTimeoutMs,
   });
-  const loras = createLoraResolver({ loraDir: config.loraDir, maxBytes: config.loraMaxBytes, dataDir: config.dataDir, fal, target: falBaseUrl ?? 'fal', logger });
+  const loras = createLoraResolver({
+    loraDir: config.loraDir,
+    maxBytes: config.loraMaxBytes,
+    dataDir: config.dataDir,
+    fal,
+    target: falBaseUrl ?? 'fal',
+    logger,
+    lifetimeS: config.loraUploadTtlS,
+    reuseMarginMs: loraReuseMarginMs(config),
+  });
   const shutdown = new AbortController();
   // The image service listens once and aborts its live requests itself; other
   // users (readiness checks, tests) may add listeners of their own: no warning cap.

@@ -91,6 +91,8 @@ export interface JobRecord {
   charge?: Charge;
   webhook?: JobWebhook;
   priority?: string;
+  /** `X-Fal-Store-IO: 0`: fal keeps this job's input and output out of its request history. */
+  store_io?: false;
 }
 
 export interface BillingEntry {
@@ -133,6 +135,8 @@ export interface CreateJobOptions {
   /** `X-Fal-Request-Timeout`, seconds. */
   timeoutS?: number | undefined;
   mediaTtlS?: number | null | undefined;
+  /** False for `X-Fal-Store-IO: 0`. */
+  storeIo?: boolean | undefined;
   faults?: JobFaults;
 }
 
@@ -437,6 +441,7 @@ export function createEngine(opts: EngineOptions): Engine {
       };
       if (o.timeoutS !== undefined) job.start_deadline = now + Math.round(o.timeoutS * 1000);
       if (o.mediaTtlS !== undefined) job.media_ttl_s = o.mediaTtlS;
+      if (o.storeIo === false) job.store_io = false;
       if (f.neverFinish) job.never_finish = true;
       if (f.nsfwIndexes) job.nsfw_indexes = f.nsfwIndexes;
       if (f.ignoreSyncMode) job.ignore_sync_mode = true;

@@ -101,7 +101,11 @@ async function item(ctx: Ctx, job: JobRecord, payloads: boolean): Promise<Record
     status_code: statusCode(job),
     duration: took === undefined ? null : took / 1000,
   };
-  if (payloads) {
+  // A job submitted with `X-Fal-Store-IO: 0` has no stored payloads (fal's media-expiration docs, "Preventing Payload Storage").
+  if (payloads && job.store_io === false) {
+    out.json_input = null;
+    out.json_output = null;
+  } else if (payloads) {
     out.json_input = job.input;
     out.json_output =
       endedAt === undefined ? null : job.outcome === 'ok' ? await composeOutput(ctx, job) : (job.error?.body ?? null);

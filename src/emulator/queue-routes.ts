@@ -263,6 +263,8 @@ async function admit(ctx: Ctx, req: IncomingMessage, res: ServerResponse, route:
     priority: headerValue(req, 'x-fal-queue-priority'),
     timeoutS: timeout.value,
     mediaTtlS: lifecycleSeconds(headerValue(req, 'x-fal-object-lifecycle-preference')),
+    // https://docs.fal.ai/documentation/model-apis/media-expiration ("Preventing Payload Storage"): only "0" turns storage off.
+    storeIo: headerValue(req, 'x-fal-store-io')?.trim() !== '0',
     faults,
   });
   // A committed fault: the job exists (and will bill) but this call fails,

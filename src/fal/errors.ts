@@ -20,10 +20,26 @@ export class FalCallError extends Error {
   readonly ambiguous: boolean;
   /** Jobs fal reported on failed submit attempts: they may exist and bill. */
   readonly strayIds: string[];
-  /** fal's `x-fal-billable-units` on the failed answer (a failed job's bill), verbatim. */
+  /**
+   * fal's name for the error: `X-Fal-Error-Type`, else the body's
+   * `error_type`, else the first `detail` entry's `type` (model errors such
+   * as `content_policy_violation` carry it only there).
+   */
+  readonly errorType: string | undefined;
+  /** fal's `X-Fal-Retryable`: whether sending the same request again may succeed. */
+  readonly retryable: boolean | undefined;
+  /**
+   * fal's `x-fal-billable-units` on this answer, verbatim: a failed job can
+   * bill (a content-policy refusal, a 422 after queueing), and this is what.
+   */
   readonly billableUnits: string | undefined;
+  /**
+   * The output of a result fal answered 200 (so the job completed and
+   * billed) that we could not use, kept so the cost is never lost.
+   */
+  readonly output: unknown;
 
-  constructor(message: string, init: { phase: FalPhase; kind: FalErrorKind; status?: number; body?: unknown; falRequestId?: string; retryAfterS?: number; ambiguous?: boolean; strayIds?: string[]; billableUnits?: string | undefined; cause?: unknown }) {
+  constructor(message: string, init: FalCallErrorInit) {
     super(message, init.cause === undefined ? undefined : { cause: init.cause });
     this.name = 'FalCallError';
     this.phase = init.phase;
@@ -34,7 +50,34 @@ export class FalCallError extends Error {
     this.retryAfterS = init.retryAfterS;
     this.ambiguous = init.ambiguous ?? false;
     this.strayIds = init.strayIds ?? [];
+    this.errorType = init.errorType ?? errorTypeOf(init.body);
+    this.retryable = init.retryable;
     this.billableUnits = init.billableUnits;
+    this.output = init.output;
   }
+}
+
+export interface FalCallErrorInit {
+  phase: FalPhase;
+  kind: FalErrorKind;
+  status?: number | undefined;
+  body?: unknown;
+  falRequestId?: string | undefined;
+  retryAfterS?: number | undefined;
+  ambiguous?: boolean;
+  strayIds?: string[];
+  errorType?: string | undefined;
+  retryable?: boolean | undefined;
+  billableUnits?: string | undefined;
+  output?: unknown;
+  cause?: unknown;
+}
+
+/** The error type an error body names: `error_type` (request errors) or the first `detail[].type` (model errors). */
+export function errorTypeOf(body: unknown): string | undefined {
+  const b = body as { error_type?: unknown; detail?: unknown } | null | undefined;
+  if (typeof b?.error_type === 'string') return b.error_type;
+  const first = Array.isArray(b?.detail) ? (b.detail[0] as { type?: unknown } | undefined) : undefined;
+  return typeof first?.type === 'string' ? first.type : undefined;
 }
 

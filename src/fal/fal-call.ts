@@ -1,6 +1,6 @@
 import { createFalClient, ApiError, type FalClient } from '@fal-ai/client';
 import type { FetchLike } from './redirect-fetch.js';
-import { FalCallError, type FalPhase } from './errors.js';
+import { FalCallError, type FalCallErrorInit, type FalPhase } from './errors.js';
 import { decide, neverSent, parseRetryAfter, type Outcome, type RetryPolicy } from './retry.js';
 import { extractInlineImages, type InlineExtraction } from './inline-images.js';
 
@@ -50,6 +50,9 @@ export class FalCall {
   readonly seenIds: string[] = [];
   billableUnits: string | undefined;
   retryAfterS: number | undefined;
+  /** fal's `X-Fal-Error-Type` and `X-Fal-Retryable` on the last answer. */
+  errorType: string | undefined;
+  retryable: boolean | undefined;
   /** How the last attempt ended (for a submit: whether it may have made a job). */
   last: Outcome | undefined;
   /** The error this call ended with inside its fetch; it wins over whatever the client made of it. */
@@ -124,6 +127,8 @@ export class FalCall {
   private capture(res: Response): void {
     this.status = res.status;
     this.last = { status: res.status, retryAfterS: undefined };
+    // What an earlier attempt said is not what this answer says.
+    this.billableUnits = undefined;
     const id = res.headers.get('x-fal-request-id');
     if (id) {
       this.falRequestId = id;
@@ -132,6 +137,9 @@ export class FalCall {
     }
     const units = res.headers.get('x-fal-billable-units');
     if (units !== null) this.billableUnits = units;
+    this.errorType = res.headers.get('x-fal-error-type') ?? undefined;
+    const retryable = res.headers.get('x-fal-retryable')?.trim().toLowerCase();
+    this.retryable = retryable === 'true' ? true : retryable === 'false' ? false : undefined;
     this.retryAfterS = parseRetryAfter((name) => res.headers.get(name));
     this.last.retryAfterS = this.retryAfterS;
   }
@@ -167,8 +175,11 @@ export class FalCall {
     return new Response(body, { status: res.status, statusText: res.statusText, headers });
   }
 
-  errorInit(kind: FalCallError['kind']): ConstructorParameters<typeof FalCallError>[1] {
-    return { phase: this.phase, kind, status: this.status, falRequestId: this.falRequestId, retryAfterS: this.retryAfterS, billableUnits: this.billableUnits };
+  errorInit(kind: FalCallError['kind']): FalCallErrorInit {
+    const init: FalCallErrorInit = { phase: this.phase, kind, status: this.status, falRequestId: this.falRequestId, retryAfterS: this.retryAfterS, billableUnits: this.billableUnits };
+    // fal's hints describe an answer; a network failure has none.
+    if (kind === 'http') Object.assign(init, { errorType: this.errorType, retryable: this.retryable });
+    return init;
   }
 
   aborted(signal: AbortSignal): FalCallError {

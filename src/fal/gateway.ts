@@ -2,11 +2,12 @@ import { type QueueStatus } from '@fal-ai/client';
 import { createRedirectFetch, type FetchLike } from './redirect-fetch.js';
 import { FalCallError, type FalPhase } from './errors.js';
 import { FalCall, callError, clientFor } from './fal-call.js';
-import { submitOnce, submitFailure } from './submit-once.js';
+import { submitOnce, submitFailure, submitHeaders, type SubmitSettings } from './submit-once.js';
 import { DEFAULT_MAX_RETRY_AFTER_MS, DEFAULT_RETRY, type RetryPolicy } from './retry.js';
 import { createPollScheduler } from './poll-scheduler.js';
 import type { CompletionHub } from './webhooks.js';
 import type { InlineExtraction, InlineImage } from './inline-images.js';
+import { DimensionsError, dimensionsFromUrl, fillDimensions, isSide } from './image-dimensions.js';
 
 export { FalCallError, type FalPhase, type FalErrorKind } from './errors.js';
 
@@ -77,17 +78,20 @@ export interface FalGateway {
   result(endpoint: string, falRequestId: string, opts?: CallOptions): Promise<FalResult>;
   cancel(endpoint: string, falRequestId: string, opts?: CallOptions): Promise<FalCancelOutcome>;
   /**
-   * Stores a file in fal's storage (initiate, then a PUT to the pre-signed
-   * upload URL) and answers its public URL, which fal inputs can reference.
+   * Stores a file in fal's storage and answers its public URL, which fal
+   * inputs can reference. The client's `storage.upload` sends it whole
+   * (initiate, one PUT) or, over 90 MB, in 10 MB parts (initiate-multipart,
+   * the parts, complete). `lifetimeS`: how long fal keeps it (its
+   * `X-Fal-Object-Lifecycle`); unset, the account's default applies.
    */
-  upload(data: Blob | Buffer, contentType: string, fileName: string, opts?: CallOptions): Promise<string>;
+  upload(data: Blob | Buffer, contentType: string, fileName: string, opts?: CallOptions & { lifetimeS?: number }): Promise<string>;
   /** Any HTTP answer from the queue host counts as reachable. */
   ping(opts?: CallOptions): Promise<boolean>;
   /** Counters for metrics and benchmarks. */
   readonly stats: { statusCalls: number; streamCalls: number; streamsOpen: number; webhookWakeups: number };
 }
 
-export interface FalGatewayOptions {
+export interface FalGatewayOptions extends SubmitSettings {
   credentials?: string;
   /** `FAL_BASE_URL`: host-prefixed fal-protocol server (the emulator). */
   baseUrl?: string;
@@ -114,11 +118,15 @@ export interface FalGatewayOptions {
    * than `graceMs`.
    */
   webhook?: { url: string; hub: CompletionHub; graceMs: number };
+  /** Longest the header of an output image without width/height may take to read (default 30 s). */
+  dimensionsTimeoutMs?: number;
   /** Told about every gateway call: phase, seconds (including our retries), and whether it failed. */
   observe?: (phase: FalPhase, seconds: number, failed: boolean) => void;
 }
 
 const STATUSES = new Set(['IN_QUEUE', 'IN_PROGRESS', 'COMPLETED']);
+/** fal's CDN hosts (`v3.fal.media`, `fal.media`, …). */
+const FAL_MEDIA_HOST = /^(?:[a-z0-9-]+\.)*fal\.media$/;
 
 export function createFalGateway(opts: FalGatewayOptions): FalGateway {
   const inner = createRedirectFetch({ baseUrl: opts.baseUrl, fetchImpl: opts.fetchImpl });
@@ -138,6 +146,8 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
   const pollMaxMs = opts.pollMaxMs ?? 1000;
   const stats = { statusCalls: 0, streamCalls: 0, streamsOpen: 0, webhookWakeups: 0 };
   const maxStreams = opts.maxStatusStreams ?? 256;
+  const dimensionsTimeoutMs = opts.dimensionsTimeoutMs ?? 30_000;
+  const headers = submitHeaders(opts);
 
   // Jobs without a status stream or a webhook wait here, each a record in one schedule (see poll-scheduler.ts).
   const polls = createPollScheduler({
@@ -266,9 +276,8 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
       throw badResponse('result', 'result has no images array', c);
     }
     for (const img of output.images) {
-      if (!img || typeof img.url !== 'string' || !Number.isInteger(img.width) || !Number.isInteger(img.height)) {
-        throw badResponse('result', 'result image lacks url/width/height', c);
-      }
+      // Width and height may be missing (optional in fal's types): `sized` reads them from the image.
+      if (!img || typeof img.url !== 'string') throw badResponse('result', 'result image lacks a url', c);
     }
     return {
       falRequestId,
@@ -279,12 +288,51 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
     };
   }
 
+  /**
+   * The result with every image's width and height, read from the image
+   * itself where fal left them out: prices depend on them. If they cannot be
+   * read, the job still completed and billed at fal: the error keeps fal's
+   * units and the output (`FalCallError.output`) so the cost is not lost.
+   */
+  async function sized(result: FalResult, signal: AbortSignal | undefined): Promise<FalResult> {
+    const images = result.output.images;
+    if (images.every((img) => isSide(img.width) && isSide(img.height))) return result;
+    const timeout = AbortSignal.timeout(dimensionsTimeoutMs);
+    const fetchImpl = fetchFor('other');
+    try {
+      await fillDimensions(images, result.inlineImages, (url) => {
+        if (!imageUrlAllowed(url)) throw new DimensionsError(`its url is not on fal's media hosts`);
+        return dimensionsFromUrl(url, { fetch: fetchImpl, signal: signal ? AbortSignal.any([signal, timeout]) : timeout });
+      });
+    } catch (err) {
+      if (signal?.aborted) throw abortedError('result', signal);
+      throw new FalCallError(`fal result: ${(err as Error).message}`, {
+        phase: 'result',
+        kind: 'bad_response',
+        status: 200,
+        falRequestId: result.falRequestId,
+        billableUnits: result.billableUnits ?? undefined,
+        output: result.output,
+        cause: err,
+      });
+    }
+    return result;
+  }
+
+  /** Images are read only from fal's media hosts, or from the fal-protocol server FAL_BASE_URL names (every URL goes there). */
+  function imageUrlAllowed(url: string): boolean {
+    if (opts.baseUrl) return URL.canParse(url);
+    if (!URL.canParse(url)) return false;
+    const u = new URL(url);
+    return u.protocol === 'https:' && FAL_MEDIA_HOST.test(u.hostname);
+  }
+
   const gateway: FalGateway = {
     stats,
 
     async submit(endpoint, input, o = {}) {
       const webhookUrl = o.webhookUrl ?? opts.webhook?.url;
-      return (await call('submit', o.signal, (client, c) => submitOnce(client, c, endpoint, input, webhookUrl))).value;
+      return (await call('submit', o.signal, (client, c) => submitOnce(client, c, endpoint, input, webhookUrl, headers))).value;
     },
 
     async status(endpoint, falRequestId, o = {}) {
@@ -315,7 +363,7 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
 
     async result(endpoint, falRequestId, o = {}) {
       const { value, call: c } = await call('result', o.signal, (client, c) => client.queue.result(endpoint, { requestId: falRequestId, abortSignal: c.signal }));
-      return readResult(value.data, c, falRequestId);
+      return sized(readResult(value.data, c, falRequestId), o.signal);
     },
 
     async cancel(endpoint, falRequestId, o = {}) {
@@ -335,7 +383,8 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
     async upload(data, contentType, fileName, o = {}) {
       // The client names the stored file after a File's name, else after the clock.
       const file = new File([data instanceof Blob ? data : new Uint8Array(data)], fileName, { type: contentType });
-      const { value, call: c } = await call('storage', o.signal, (client) => client.storage.upload(file));
+      const lifecycle = o.lifetimeS === undefined ? undefined : { expiresIn: o.lifetimeS };
+      const { value, call: c } = await call('storage', o.signal, (client) => client.storage.upload(file, lifecycle ? { lifecycle } : undefined));
       if (typeof value !== 'string' || !URL.canParse(value)) throw badResponse('storage', 'upload answered no file URL', c);
       return value;
     },

@@ -31,8 +31,43 @@ export interface Submitted {
   strayIds: string[];
 }
 
+/** What every submit says to fal besides its input, set once per gateway. */
+export interface SubmitSettings {
+  /**
+   * Our own deadline for a request (`REQUEST_TIMEOUT_MS`). Sent as fal's
+   * start deadline, `x-fal-request-timeout`, in whole seconds rounded up: a
+   * job that has not started when we stop waiting for it then expires at fal
+   * (504, unbilled) instead of running and billing after we have answered
+   * (https://docs.fal.ai/documentation/model-apis/common-parameters).
+   */
+  requestTimeoutMs?: number | undefined;
+  /**
+   * `FAL_STORE_IO`: false sends `X-Fal-Store-IO: 0`, so fal keeps the
+   * inputs and outputs out of its request history; media URLs still work
+   * (https://docs.fal.ai/documentation/model-apis/media-expiration).
+   */
+  storeIo?: boolean | undefined;
+}
+
+/**
+ * The headers of every submit, built once. The client's own `startTimeout`
+ * is not used: it refuses anything up to 1 s, while fal takes more than 0.1 s
+ * and REQUEST_TIMEOUT_MS may be 1 s; its `headers` option sends them as given.
+ */
+export function submitHeaders(settings: SubmitSettings): Readonly<Record<string, string>> {
+  const headers: Record<string, string> = {};
+  if (settings.requestTimeoutMs !== undefined) headers['x-fal-request-timeout'] = String(startTimeoutSeconds(settings.requestTimeoutMs));
+  if (settings.storeIo === false) headers['x-fal-store-io'] = '0';
+  return Object.freeze(headers);
+}
+
+/** fal's start deadline for our request deadline: whole seconds, rounded up. */
+export function startTimeoutSeconds(requestTimeoutMs: number): number {
+  return Math.max(1, Math.ceil(requestTimeoutMs / 1000));
+}
+
 /** Sends `input` to `endpoint`'s queue with the client made for `call` (phase `submit`). */
-export async function submitOnce(client: FalClient, call: FalCall, endpoint: string, input: Record<string, unknown>, webhookUrl: string | undefined): Promise<Submitted> {
+export async function submitOnce(client: FalClient, call: FalCall, endpoint: string, input: Record<string, unknown>, webhookUrl: string | undefined, headers: Readonly<Record<string, string>> = {}): Promise<Submitted> {
   // The input is handed over with a null prototype: the client then sends it
   // as it is instead of walking it for files to upload (storage.transformInput,
   // which only descends into objects whose prototype is Object.prototype). Our
@@ -41,7 +76,7 @@ export async function submitOnce(client: FalClient, call: FalCall, endpoint: str
   // submit and are promoted into the old generation: measured with V8's
   // sampling heap profiler over 2,000 waiting jobs, 6.7 KB per job of old
   // space garbage that RSS carries until a full collection.
-  const answer: unknown = await client.queue.submit(endpoint, { input: Object.assign(Object.create(null), input), webhookUrl, abortSignal: call.signal });
+  const answer: unknown = await client.queue.submit(endpoint, { input: Object.assign(Object.create(null), input), webhookUrl, headers, abortSignal: call.signal });
   const id = (answer as { request_id?: unknown } | null)?.request_id;
   if (typeof id !== 'string' || id.length === 0) {
     throw new FalCallError('fal submit: no request_id in the answer', { ...call.errorInit('bad_response'), ambiguous: true, strayIds: [...call.seenIds] });
@@ -72,6 +107,9 @@ export function submitFailure(err: FalCallError, call: FalCall): FalCallError {
     body: err.body,
     falRequestId: own,
     retryAfterS: err.retryAfterS,
+    errorType: err.errorType,
+    retryable: err.retryable,
+    billableUnits: err.billableUnits,
     ambiguous,
     strayIds: call.seenIds.filter((id) => id !== own),
     cause: err.cause,

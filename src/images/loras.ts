@@ -11,6 +11,13 @@
  * outside it. A path that is lexically outside LORA_DIR is refused before the
  * filesystem is touched, so callers cannot probe which files exist elsewhere.
  *
+ * fal's storage expires files (its media lifetime), so each upload asks for
+ * a lifetime of its own (`lifetimeS`, LORA_UPLOAD_TTL_S) and a cached URL is
+ * used only while it will outlive the job it goes into (`reuseMarginMs`:
+ * fal reads the weights when the job starts, up to our request deadline
+ * after the submit); past that the file is uploaded again. Files over 90 MB
+ * go up in parts (the client's multipart storage API).
+ *
  * https URLs and Hugging Face repo ids pass through untouched.
  */
 import { createHash, randomBytes } from 'node:crypto';
@@ -38,6 +45,12 @@ export interface LoraResolverOptions {
   logger: Logger;
   /** Longest one upload may take. */
   uploadTimeoutMs?: number;
+  /** Seconds fal keeps an uploaded file (LORA_UPLOAD_TTL_S); default 7 days. */
+  lifetimeS?: number;
+  /** A cached URL is uploaded again once it has less than this left; default 6 minutes (the default request deadline and a minute). */
+  reuseMarginMs?: number;
+  /** The clock, for tests. */
+  now?: () => number;
 }
 
 export interface LoraResolver {
@@ -57,6 +70,8 @@ interface CacheEntry {
   url: string;
   bytes: number;
   uploaded_at: string;
+  /** When fal deletes the file; entries without it (older caches) are uploaded again. */
+  expires_at?: string;
 }
 
 const CACHE_FILE = 'lora-uploads.json';
@@ -75,9 +90,13 @@ export function createLoraResolver(opts: LoraResolverOptions): LoraResolver {
   const cacheFile = join(opts.dataDir, CACHE_FILE);
   const uploadTimeoutMs = opts.uploadTimeoutMs ?? 300_000;
   const maxBytes = opts.maxBytes ?? 2 * 1024 ** 3;
+  const lifetimeS = opts.lifetimeS ?? 7 * 86_400;
+  const reuseMarginMs = opts.reuseMarginMs ?? 360_000;
+  const now = opts.now ?? Date.now;
   const stats = { uploads: 0, cacheHits: 0 };
-  /** sha256 → fal URL for this target. */
-  const urls = new Map<string, string>();
+  /** sha256 → fal URL for this target, and when fal deletes it (ms since epoch). */
+  const urls = new Map<string, { url: string; expiresAt: number }>();
+  const usable = (known: { expiresAt: number } | undefined): known is { url: string; expiresAt: number } => known !== undefined && known.expiresAt - reuseMarginMs > now();
   /** Every entry on disk, other targets' included, so a rewrite keeps them. */
   let entries: CacheEntry[] = [];
   let loaded: Promise<void> | undefined;
@@ -109,7 +128,10 @@ export function createLoraResolver(opts: LoraResolverOptions): LoraResolver {
   function load(): Promise<void> {
     loaded ??= (async () => {
       entries = await readCache();
-      for (const e of entries) if (e.target === opts.target) urls.set(e.sha256, e.url);
+      for (const e of entries) {
+        const expiresAt = e.expires_at === undefined ? NaN : Date.parse(e.expires_at);
+        if (e.target === opts.target && Number.isFinite(expiresAt)) urls.set(e.sha256, { url: e.url, expiresAt });
+      }
     })();
     return loaded;
   }
@@ -190,9 +212,9 @@ export function createLoraResolver(opts: LoraResolverOptions): LoraResolver {
     }
     await load();
     const known = urls.get(sha);
-    if (known !== undefined) {
+    if (usable(known)) {
       stats.cacheHits++;
-      return known;
+      return known.url;
     }
     const pending = uploading.get(sha);
     if (pending) {
@@ -203,15 +225,19 @@ export function createLoraResolver(opts: LoraResolverOptions): LoraResolver {
     const bytes = info.size;
     const upload = (async () => {
       const timeout = AbortSignal.timeout(uploadTimeoutMs);
+      // Counted from before the upload: fal's clock starts at or after it.
+      const started = now();
       // A Blob backed by the file: the upload streams it from disk, never holding it whole.
       const url = await opts.fal.upload(await openAsBlob(real), 'application/octet-stream', basename(real), {
         signal: signal ? AbortSignal.any([signal, timeout]) : timeout,
+        lifetimeS,
       });
       stats.uploads++;
-      urls.set(hash, url);
+      const expiresAt = started + lifetimeS * 1000;
+      urls.set(hash, { url, expiresAt });
       // The URL is a capability to the weights: it is not logged.
       opts.logger.info({ sha256: hash, bytes, file: basename(real) }, 'LoRA file uploaded to fal storage');
-      await persist({ target: opts.target, sha256: hash, url, bytes, uploaded_at: new Date().toISOString() });
+      await persist({ target: opts.target, sha256: hash, url, bytes, uploaded_at: new Date(started).toISOString(), expires_at: new Date(expiresAt).toISOString() });
       return url;
     })()
       .catch((err: unknown) => {

@@ -35,15 +35,54 @@ function firstDetail(body: unknown): { field: string | null; msg: string } | nul
   };
 }
 
+/** fal's error type for a prompt or image its content checker refused (https://fal.ai/docs/documentation/model-apis/errors). */
+const CONTENT_POLICY = 'content_policy_violation';
+
+/** Statuses of ours an OpenAI SDK resends by itself when told nothing (REFERENCE §2). */
+const SDK_RETRIES = (status: number) => status === 408 || status === 409 || status === 429 || status >= 500;
+
+/** The flagged categories of a content-policy refusal, short words only. */
+function contentCategories(body: unknown): string[] {
+  const detail = (body as { detail?: unknown } | undefined)?.detail;
+  const first = Array.isArray(detail) ? (detail[0] as { categories?: unknown } | undefined) : (body as { categories?: unknown } | undefined);
+  const cats = first?.categories;
+  return Array.isArray(cats) ? cats.filter((c): c is string => typeof c === 'string' && /^[\w -]{1,40}$/.test(c)).slice(0, 10) : [];
+}
+
+/** The caller's field a content-policy refusal points at (`loc`), `prompt` when fal names none. */
+function contentParam(body: unknown, ctx: MapContext): string {
+  const field = firstDetail(body)?.field;
+  return field ? (ctx.fieldOrigins[field] ?? field) : 'prompt';
+}
+
 export function mapFalError(err: FalCallError, ctx: MapContext): ApiError {
   const mapped = map(err, ctx);
-  // Once a job may exist at fal, an SDK's automatic retry would start (and
-  // bill) another one; tell it not to, whatever the status.
-  if (ctx.submitted || err.ambiguous) mapped.shouldRetry = false;
+  if (ctx.submitted || err.ambiguous) {
+    // Once a job may exist at fal, an SDK's automatic retry would start (and
+    // bill) another one; tell it not to, whatever the status.
+    mapped.shouldRetry = false;
+  } else if (err.retryable === true) {
+    // fal refused before making a job and says the same request may succeed.
+    mapped.shouldRetry = true;
+  } else if (err.retryable === false && mapped.status !== 429 && SDK_RETRIES(mapped.status)) {
+    // Nothing billed, but fal says a resend fails the same way (our 502 for its 401, say).
+    // A 429 keeps its retry-after: fal's hint describes the request, not the rate limit.
+    mapped.shouldRetry = false;
+  }
   return mapped;
 }
 
 function map(err: FalCallError, ctx: MapContext): ApiError {
+  if (err.errorType === CONTENT_POLICY) {
+    // fal's `detail` echoes the flagged input: only the categories are passed on.
+    const categories = contentCategories(err.body);
+    const which = categories.length > 0 ? ` (${categories.join(', ')})` : '';
+    return new ApiError(400, `The image provider's content checker refused this request${which}. Change the prompt and try again.`, {
+      type: 'invalid_request_error',
+      code: CONTENT_POLICY,
+      param: contentParam(err.body, ctx),
+    });
+  }
   if (err.kind === 'aborted') {
     if (ctx.abortReason === 'shutdown') return new ApiError(503, 'The service is shutting down.', { type: 'service_unavailable', code: 'shutting_down' });
     return upstreamTimeout();

@@ -73,6 +73,27 @@ test('a completed job is listed with its input and output (expand=payloads), fal
   assert.deepEqual((await list(emu, { endpoint_id: 'fal-ai/flux/dev' })).json, { items: [], next_cursor: null, has_more: false });
 });
 
+test('a job submitted with X-Fal-Store-IO: 0 is listed without its payloads; "1" or no header keeps them', async (t) => {
+  const emu = await emulator(t);
+  const submit = async (prompt: string, storeIo?: string) => {
+    const r = await raw(emu, 'POST', `queue.fal.run/${TURBO}`, { body: { prompt }, ...(storeIo === undefined ? {} : { headers: { 'x-fal-store-io': storeIo } }) });
+    assert.equal(r.status, 200, r.text);
+    return completed(emu, r.json.request_id as string);
+  };
+  const hidden = await submit('not stored', '0');
+  const kept = await submit('stored', '1');
+  const plain = await submit('stored by default');
+  assert.equal(hidden!.store_io, false, 'the emulator records the header');
+  assert.equal(kept!.store_io, undefined);
+  const items = (await list(emu, { endpoint_id: TURBO, expand: 'payloads' })).json.items as any[];
+  const byId = (id: string) => items.find((i) => i.request_id === id);
+  assert.deepEqual([byId(hidden!.request_id).json_input, byId(hidden!.request_id).json_output], [null, null]);
+  assert.equal(byId(hidden!.request_id).status_code, 200, 'the request itself is still listed');
+  assert.deepEqual(byId(kept!.request_id).json_input, { prompt: 'stored' });
+  assert.deepEqual(byId(plain!.request_id).json_input, { prompt: 'stored by default' });
+  assert.equal(byId(plain!.request_id).json_output.prompt, 'stored by default');
+});
+
 test('the start/end window is by sent_at, start inclusive, end exclusive; dates and offsets parse', async (t) => {
   const emu = await emulator(t);
   const a = await submitAndTick(emu, TURBO, { prompt: 'early' });

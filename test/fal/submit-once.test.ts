@@ -4,6 +4,8 @@ import { createServer } from 'node:net';
 import { createFalClient } from '@fal-ai/client';
 import { startEmulator, type Emulator, type FaultSpec } from '../../src/emulator/index.js';
 import { createFalGateway, FalCallError, type FalGateway } from '../../src/fal/gateway.js';
+import { submitHeaders } from '../../src/fal/submit-once.js';
+import { loadConfig } from '../../src/config.js';
 import { createRedirectFetch } from '../../src/fal/redirect-fetch.js';
 
 /**
@@ -176,5 +178,60 @@ describe('a submit is sent once unless fal proves it made no job', () => {
     const jobs = jobsFor(prompt);
     assert.equal(jobs.length, 2, 'maxRetries: 0 notwithstanding');
     assert.ok(jobs.some((j) => j.request_id !== request_id));
+  });
+});
+
+describe('every submit carries fal\'s start deadline, from REQUEST_TIMEOUT_MS', () => {
+  it('x-fal-request-timeout is the request deadline in whole seconds, rounded up', () => {
+    assert.deepEqual(submitHeaders({ requestTimeoutMs: 300_000 }), { 'x-fal-request-timeout': '300' });
+    assert.deepEqual(submitHeaders({ requestTimeoutMs: 1_500 }), { 'x-fal-request-timeout': '2' });
+    assert.deepEqual(submitHeaders({ requestTimeoutMs: 1_000 }), { 'x-fal-request-timeout': '1' });
+    assert.deepEqual(submitHeaders({}), {});
+  });
+
+  it('FAL_STORE_IO=0 sends X-Fal-Store-IO: 0 on the submit; fal keeps no payloads of the job', async (t) => {
+    const emu = await startEmulator({ port: 0, host: '127.0.0.1', latencyMs: 20, imageMode: 'cheap' });
+    t.after(() => emu.close());
+    assert.deepEqual(submitHeaders({ storeIo: false }), { 'x-fal-store-io': '0' });
+    assert.deepEqual(submitHeaders({ storeIo: true }), {}, 'storing is fal\'s default: nothing to send');
+    const off = loadConfig({ FAL_STORE_IO: '0' }).falStoreIo;
+    assert.equal(off, false);
+    assert.equal(loadConfig({}).falStoreIo, true);
+    assert.throws(() => loadConfig({ FAL_STORE_IO: 'sometimes' }), /FAL_STORE_IO must be true or false/);
+    const fal = createFalGateway({ credentials: 'k:s', baseUrl: emu.url, storeIo: off });
+    const { falRequestId } = await fal.submit(ENDPOINT, { prompt: 'private', image_size: 'square' });
+    assert.equal(emu.job(falRequestId)!.store_io, false);
+    const kept = await createFalGateway({ credentials: 'k:s', baseUrl: emu.url }).submit(ENDPOINT, { prompt: 'kept', image_size: 'square' });
+    assert.equal(emu.job(kept.falRequestId)!.store_io, undefined);
+  });
+
+  it('a job left waiting past our deadline expires at fal (504, unbilled) instead of running later', async (t) => {
+    // One runner slot, held by a job that never finishes: the next job waits in fal's queue.
+    const emu = await startEmulator({ port: 0, host: '127.0.0.1', latencyMs: 20, imageMode: 'cheap', concurrency: 1 });
+    t.after(() => emu.close());
+    const fal = createFalGateway({ credentials: 'k:s', baseUrl: emu.url, requestTimeoutMs: 1_500 });
+    emu.armFault({ kind: 'never_finish', prompt_contains: 'holds the slot' });
+    const holder = await fal.submit(ENDPOINT, { prompt: 'holds the slot', image_size: 'square' });
+    const left = await fal.submit(ENDPOINT, { prompt: 'left behind', image_size: 'square' });
+    const job = emu.job(left.falRequestId)!;
+    assert.equal(job.start_deadline! - job.submitted_at, 2_000, 'fal was told 2 s (1.5 s rounded up)');
+
+    // Nobody waits for it; fal ends it once its start deadline passes.
+    const deadline = Date.now() + 30_000;
+    while (emu.job(left.falRequestId)!.status !== 'COMPLETED' && Date.now() < deadline) await new Promise((res) => setTimeout(res, 50));
+    const expired = emu.job(left.falRequestId)!;
+    assert.equal(expired.outcome, 'error');
+    assert.equal(expired.error?.status, 504);
+    assert.equal(expired.started_at, undefined, 'it never ran');
+    const err = await fal.result(ENDPOINT, left.falRequestId).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    assert.ok(err instanceof FalCallError && err.status === 504, String(err));
+
+    // The slot frees up: the expired job stays expired and nothing of it is billed.
+    assert.ok(emu.finishJob(holder.falRequestId));
+    assert.equal(emu.job(left.falRequestId)!.outcome, 'error');
+    assert.deepEqual(emu.billing().filter((b) => b.request_id === left.falRequestId), []);
   });
 });
