@@ -26,6 +26,8 @@ export interface Job {
   jobId: string;
   requestId: string;
   model: PricedModel & { id: string };
+  /** The request asked for prompt expansion (fal bills its fee with every completed job). */
+  promptExpansion: boolean;
   endpoint: string;
   /** Told once a fal job exists or may exist (submit answered, or its outcome unknown). */
   onSubmitted?: (() => void) | undefined;
@@ -122,6 +124,10 @@ async function afterWait(deps: JobRunnerDeps, job: Job, submitted: JobOutcome & 
  * fal's edge), which stays open for reconciliation.
  */
 async function endedAtFal(deps: JobRunnerDeps, endpoint: string, falRequestId: string, fe: FalCallError, log: Log): Promise<Ended | undefined> {
+  // fal answered the result 200: the job completed and billed, but its output is unusable (images we cannot size).
+  if (fe.kind === 'bad_response' && fe.status === 200 && fe.output !== undefined) {
+    return { how: 'failed', billedUnits: fe.billableUnits ?? null, errorType: 'unreadable_output', completedAtFal: true };
+  }
   try {
     const st = await deps.fal.status(endpoint, falRequestId, { signal: AbortSignal.timeout(15_000) });
     if (st.status !== 'COMPLETED' || !st.failed) return undefined;
@@ -139,7 +145,7 @@ async function apply(deps: JobRunnerDeps, job: Job, state: JobOutcome, event: Jo
   const w = t.write;
   if (w?.write === 'record_submit') await ledgerWrite('record submit', () => deps.ledger.recordSubmit({ jobId: job.jobId, falRequestId: w.falRequestId }));
   if (w?.write === 'close_job') {
-    const cost = failedJobCost(job.model, w.billedUnits);
+    const cost = failedJobCost(job.model, w.billedUnits, w.completedAtFal === true && job.promptExpansion);
     if (!cost.known && w.status !== 'refused') logFor(deps, job)('warn', { billable_units: w.billedUnits }, 'fal sent no readable billed units for a job that ended without images; recorded at $0');
     await ledgerWrite('close job', () => deps.ledger.closeJob({ jobId: job.jobId, status: w.status, upstreamCostMicros: cost.micros, unitsFal: cost.unitsFal, errorCode: w.errorCode }));
   }

@@ -37,8 +37,10 @@ export interface FalFailure {
 export interface Ended {
   readonly how: 'failed' | 'cancelled';
   readonly billedUnits: string | null;
-  /** fal's `error_type`, when it said. */
+  /** fal's `error_type`, when it said (or ours, when fal completed the job and we could not use its output). */
   readonly errorType?: string | undefined;
+  /** fal completed the job and billed it as a success, but its output could not be used: priced with any prompt-expansion fee. */
+  readonly completedAtFal?: boolean | undefined;
 }
 
 export type JobState<R, E extends FalFailure = FalFailure> =
@@ -79,7 +81,14 @@ export type CancelOutcome<R> = { readonly result: R } | { readonly ended: Ended 
 /** The ledger write that records a transition. */
 export type JobWrite =
   | { readonly write: 'record_submit'; readonly falRequestId: string }
-  | { readonly write: 'close_job'; readonly status: 'failed' | 'cancelled' | 'refused'; readonly billedUnits: string | null; readonly errorCode: string };
+  | {
+      readonly write: 'close_job';
+      readonly status: 'failed' | 'cancelled' | 'refused';
+      readonly billedUnits: string | null;
+      readonly errorCode: string;
+      /** Priced as a completed job (prompt-expansion fee included). */
+      readonly completedAtFal?: true;
+    };
 
 export interface Transition<R, E extends FalFailure = FalFailure> {
   readonly state: JobState<R, E>;
@@ -124,7 +133,8 @@ export function nextJobState<R, E extends FalFailure>(state: JobState<R, E>, eve
 
 function closed<R, E extends FalFailure>(falRequestId: string, error: E, ended: Ended): Transition<R, E> {
   const state: JobState<R, E> = ended.how === 'failed' ? { at: 'failed', falRequestId, error, ended } : { at: 'cancelled', falRequestId, error, ended };
-  return { state, write: { write: 'close_job', status: ended.how, billedUnits: ended.billedUnits, errorCode: ended.errorType ?? failureCode(error) } };
+  const write: JobWrite = { write: 'close_job', status: ended.how, billedUnits: ended.billedUnits, errorCode: ended.errorType ?? failureCode(error), ...(ended.completedAtFal ? { completedAtFal: true as const } : {}) };
+  return { state, write };
 }
 
 function expect<R, E extends FalFailure, A extends JobState<R, E>['at']>(state: JobState<R, E>, at: A, event: JobEvent<R, E>): Extract<JobState<R, E>, { at: A }> {

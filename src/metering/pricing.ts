@@ -297,13 +297,15 @@ export function upstreamCost(
 }
 
 /**
- * What fal billed for a job that ended without images: its reported units ×
- * the rate, with no prompt-expansion fee (fal bills failures by units only).
+ * What fal billed for a job that ended without images we could use: its
+ * reported units × the rate. A failed job carries no prompt-expansion fee
+ * (fal bills failures by units only); a job fal completed (whose output we
+ * could not read) does, when the request asked for expansion.
  * fal sends `x-fal-billable-units` on a failed job's answer; when it sent
  * none (or one we cannot read) the cost is unknown and recorded as 0, with
  * `known: false` so the caller can log it.
  */
-export function failedJobCost(model: PricedModel, falBillableUnits: string | null | undefined): { micros: bigint; unitsFal: string | null; known: boolean } {
+export function failedJobCost(model: PricedModel, falBillableUnits: string | null | undefined, expansionFee = false): { micros: bigint; unitsFal: string | null; known: boolean } {
   if (falBillableUnits === null || falBillableUnits === undefined) return { micros: 0n, unitsFal: null, known: false };
   let units: Ratio;
   try {
@@ -311,5 +313,5 @@ export function failedJobCost(model: PricedModel, falBillableUnits: string | nul
   } catch {
     return { micros: 0n, unitsFal: null, known: false };
   }
-  return { micros: costOfUnits(model.pricing, units, false), unitsFal: formatDecimal(units), known: true };
+  return { micros: costOfUnits(model.pricing, units, expansionFee), unitsFal: formatDecimal(units), known: true };
 }

@@ -57,7 +57,7 @@ export interface Reconciler {
 /** What fal says became of one job. */
 type Verdict =
   | { kind: 'completed'; job: CompletedJob }
-  | { kind: 'ended'; how: 'failed' | 'cancelled'; billedUnits: string | null; errorType: string | undefined }
+  | { kind: 'ended'; how: 'failed' | 'cancelled'; billedUnits: string | null; errorType: string | undefined; completedAtFal?: boolean }
   /** fal knows no such job (a refused submit's id): nothing ran, nothing billed. */
   | { kind: 'absent' }
   | { kind: 'running' }
@@ -77,6 +77,10 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
       const r = await deps.fal.result(job.endpoint, id, { signal: AbortSignal.timeout(60_000) });
       return { kind: 'completed', job: { jobId: job.id, falRequestId: id, otherFalId: r.otherFalId, images: r.output.images.map((i) => ({ width: i.width, height: i.height })), billableUnits: r.billableUnits } };
     } catch (err) {
+      // fal answered 200, so the job completed and billed, but its output cannot be used (images we cannot size).
+      if (err instanceof FalCallError && err.phase === 'result' && err.kind === 'bad_response' && err.status === 200 && err.output !== undefined) {
+        return { kind: 'ended', how: 'failed', billedUnits: err.billableUnits ?? null, errorType: 'unreadable_output', completedAtFal: true };
+      }
       if (err instanceof FalCallError && err.kind === 'http') {
         if (err.phase === 'status' && err.status === 404) return { kind: 'absent' };
         if (err.phase === 'result' && failed) {
@@ -97,7 +101,7 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
       return true;
     }
     if (v.kind === 'ended') {
-      const cost = failedJobCost(model, v.billedUnits);
+      const cost = failedJobCost(model, v.billedUnits, v.completedAtFal === true && pricing.promptExpansion);
       await deps.ledger.closeJob({ jobId: job.id, status: v.how, upstreamCostMicros: cost.micros, unitsFal: cost.unitsFal, errorCode: v.errorType ?? 'job_failed' });
       return true;
     }
