@@ -161,7 +161,9 @@ async function createJobsIdempotencyAndOutbox(db: Kysely<any>, dialect: Database
  * and another id fal reports for the same job (its runner retry) is kept
  * beside it. Jobs fal made on refused submit attempts are `stray` rows:
  * their cost is recorded, never charged. Every job's cost is recorded,
- * failed ones included (fal bills some failures).
+ * failed ones included (fal bills some failures). A job's input hash is
+ * written with the row, so a submit whose answer was lost can be found in
+ * fal's request listing by its input.
  */
 async function rebuildJobsKeyedByOurId(db: Kysely<any>): Promise<void> {
   await db.schema
@@ -171,6 +173,7 @@ async function rebuildJobsKeyedByOurId(db: Kysely<any>): Promise<void> {
     .addColumn('kind', 'text', (c) => c.notNull().defaultTo('job'))
     .addColumn('fal_request_id', 'text', (c) => c.unique())
     .addColumn('fal_other_ids', 'text')
+    .addColumn('input_hash', 'text')
     .addColumn('endpoint', 'text', (c) => c.notNull())
     .addColumn('status', 'text', (c) => c.notNull())
     .addColumn('images', 'bigint', (c) => c.notNull().defaultTo(0))

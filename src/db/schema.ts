@@ -83,6 +83,13 @@ export interface UpstreamJobsTable {
   fal_request_id: string | null;
   /** Other ids fal reported for this job (a runner retry), space-separated. */
   fal_other_ids: string | null;
+  /**
+   * What identifies the job's input at fal: the hex SHA-256 of the canonical
+   * JSON of the exact input submitted (src/metering/lost-submits.ts). How a
+   * submit whose answer was lost is found in fal's request listing; null
+   * for strays.
+   */
+  input_hash: string | null;
   endpoint: string;
   status: JobStatus;
   images: Int64WithDefault;

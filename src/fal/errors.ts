@@ -4,7 +4,7 @@
  * client does.
  */
 
-export type FalPhase = 'submit' | 'status' | 'stream' | 'result' | 'cancel' | 'storage' | 'other';
+export type FalPhase = 'submit' | 'status' | 'stream' | 'result' | 'cancel' | 'storage' | 'listing' | 'other';
 
 export type FalErrorKind = 'http' | 'network' | 'aborted' | 'bad_response';
 

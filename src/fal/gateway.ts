@@ -8,8 +8,10 @@ import { createPollScheduler } from './poll-scheduler.js';
 import type { CompletionHub } from './webhooks.js';
 import type { InlineExtraction, InlineImage } from './inline-images.js';
 import { DimensionsError, dimensionsFromUrl, fillDimensions, isSide } from './image-dimensions.js';
+import { listRequests, type FalListedRequest, type ListingWindow } from './request-listing.js';
 
 export { FalCallError, type FalPhase, type FalErrorKind } from './errors.js';
+export type { FalListedRequest, ListingWindow } from './request-listing.js';
 
 /**
  * The only module that talks to fal. Everything above it sees plain data and
@@ -85,6 +87,11 @@ export interface FalGateway {
    * `X-Fal-Object-Lifecycle`); unset, the account's default applies.
    */
   upload(data: Blob | Buffer, contentType: string, fileName: string, opts?: CallOptions & { lifetimeS?: number }): Promise<string>;
+  /**
+   * Every request fal lists for `endpoint` sent within `window`, with its
+   * input: how a submit whose answer was lost is found (request-listing.ts).
+   */
+  listRequests(endpoint: string, window: ListingWindow, opts?: CallOptions): Promise<FalListedRequest[]>;
   /** Any HTTP answer from the queue host counts as reachable. */
   ping(opts?: CallOptions): Promise<boolean>;
   /** Counters for metrics and benchmarks. */
@@ -387,6 +394,10 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
       const { value, call: c } = await call('storage', o.signal, (client) => client.storage.upload(file, lifecycle ? { lifecycle } : undefined));
       if (typeof value !== 'string' || !URL.canParse(value)) throw badResponse('storage', 'upload answered no file URL', c);
       return value;
+    },
+
+    async listRequests(endpoint, window, o = {}) {
+      return (await call('listing', o.signal, (_client, c) => listRequests(c, opts.credentials, endpoint, window))).value;
     },
 
     async ping(o = {}) {

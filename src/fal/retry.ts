@@ -18,8 +18,9 @@ import type { FalPhase } from './errors.js';
  * - submit: only an outcome that proves fal made no job is sent again
  *   (`provesNoJob`); anything else could bill twice (src/fal/submit-once.ts).
  * - every other phase: 429, 500, 502, 503 and 504 answers and network failures,
- *   a result whose body broke off included. Reading a status or a result
- *   changes nothing at fal, and a repeated cancel is the same cancel.
+ *   a result whose body broke off included. Reading a status, a result or
+ *   the request listing changes nothing at fal, and a repeated cancel is the
+ *   same cancel.
  * - the wait is `retry-after` when fal sends one, else exponential backoff
  *   with ±25 % jitter (so many waiting jobs do not retry in step); a wait
  *   longer than the cap is not waited: the caller gets fal's answer, with
@@ -41,6 +42,8 @@ export const DEFAULT_RETRY: Readonly<Record<FalPhase, RetryPolicy>> = {
   result: { attempts: 4, baseDelayMs: 100, maxDelayMs: 1000 },
   cancel: { attempts: 2, baseDelayMs: 100, maxDelayMs: 500 },
   storage: { attempts: 3, baseDelayMs: 200, maxDelayMs: 2000 },
+  // fal's request listing (Platform API): a read, and a failed one is tried again next reconciliation round.
+  listing: { attempts: 4, baseDelayMs: 200, maxDelayMs: 2000 },
   other: { attempts: 1, baseDelayMs: 0, maxDelayMs: 0 },
 };
 

@@ -3,6 +3,7 @@ import { ApiError, insufficientQuota, serviceUnavailable, upstreamError } from '
 import type { FalGateway, FalJobStatus, FalResult } from '../fal/gateway.js';
 import { decideRequest } from '../metering/job-state.js';
 import { jobIdFor, type Ledger } from '../metering/ledger.js';
+import { inputHash } from '../metering/lost-submits.js';
 import { formatUsd, type Markup } from '../metering/money.js';
 import { callerChargeForJobs, maxCharge, splitIntoJobs, type Charge } from '../metering/pricing.js';
 import { closeUncharged, encodePricing, settleCompleted, type BillingEvents, type CompletedJob } from '../metering/settlement.js';
@@ -132,10 +133,12 @@ async function prepare(deps: ImageServiceDeps, canonical: CanonicalRequest, ctx:
   const falInput = deps.loras ? await deps.loras.resolve(canonical.falInput, stop.signal) : canonical.falInput;
   const req = falInput === canonical.falInput ? canonical : { ...canonical, falInput };
   const pricing = { promptExpansion: req.promptExpansion, markup: deps.markup };
-  await reserve(deps, req, ctx, encodePricing(pricing));
+  const baseSeed = baseSeedFor(req);
+  // Each job's input is hashed onto its row and dropped: runJobs builds the same inputs again (same seed), so none is held through the reservation.
+  await reserve(deps, req, ctx, encodePricing(pricing), jobInputs(req, baseSeed).map(inputHash));
   // The deadline bounds the fal work: a LoRA upload and the reservation before it are not part of it.
   stop.startDeadline(deps.requestTimeoutMs);
-  return { req, pricing, baseSeed: baseSeedFor(req), startedAt: performance.now() };
+  return { req, pricing, baseSeed, startedAt: performance.now() };
 }
 
 /**
@@ -260,7 +263,7 @@ function observeDelivered(deps: ImageServiceDeps, run: Run, results: readonly Fa
   m.upstreamCostUsd.inc({ model }, Number(formatUsd(settled.upstreamCostMicros)));
 }
 
-async function reserve(deps: ImageServiceDeps, req: CanonicalRequest, ctx: GenerateContext, pricing: string): Promise<void> {
+async function reserve(deps: ImageServiceDeps, req: CanonicalRequest, ctx: GenerateContext, pricing: string, inputHashes: string[]): Promise<void> {
   const maxChargeMicros = maxCharge(req, deps.markup);
   const reserved = await meter('reserve', () =>
     deps.ledger.reserve({
@@ -272,7 +275,8 @@ async function reserve(deps: ImageServiceDeps, req: CanonicalRequest, ctx: Gener
       maxChargeMicros,
       pricing,
       idempotencyKey: ctx.idempotencyKey ?? null,
-      jobs: splitIntoJobs(req.numImages, req.model.maxImagesPerJob).length,
+      jobs: inputHashes.length,
+      inputHashes,
     }),
   );
   if (reserved.ok) return;

@@ -45,7 +45,7 @@ const CANCEL_CONFIRM_MS = 2_000;
  * never learn of. It runs to its answer, bounded by this, and a job it made
  * is then cancelled through fal.
  */
-const SUBMIT_TIMEOUT_MS = 60_000;
+export const SUBMIT_TIMEOUT_MS = 60_000;
 
 /** Ledger writes failing on the way: the caller is told metering is unavailable, never served unmetered. */
 export class MeteringUnavailable extends Error {

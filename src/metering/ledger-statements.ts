@@ -54,8 +54,8 @@ function openingStatements() {
         .returning('id'),
     ),
     // Every job's row is written with its reservation, before its submit leaves.
-    insertJob: prepared((q: Kysely<DB>, p: { id: string; requestId: string; endpoint: string; at: string }) =>
-      q.insertInto('upstream_jobs').values({ id: p.id, request_id: p.requestId, endpoint: p.endpoint, kind: 'job', status: 'submitting', created_at: p.at }),
+    insertJob: prepared((q: Kysely<DB>, p: { id: string; requestId: string; endpoint: string; inputHash: string | null; at: string }) =>
+      q.insertInto('upstream_jobs').values({ id: p.id, request_id: p.requestId, endpoint: p.endpoint, input_hash: p.inputHash, kind: 'job', status: 'submitting', created_at: p.at }),
     ),
     recordSubmit: prepared((q: Kysely<DB>, p: { id: string; falRequestId: string }) =>
       q

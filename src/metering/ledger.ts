@@ -41,6 +41,12 @@ export interface ReserveInput {
   idempotencyKey?: string | null | undefined;
   /** How many fal jobs the request makes: each gets its row (`jobIdFor`) in the reservation's transaction. */
   jobs?: number | undefined;
+  /**
+   * Each job's input hash, in job order (`inputHash` in lost-submits.ts):
+   * written on its row, so a submit whose answer is lost can be found in
+   * fal's request listing. When given, one per job.
+   */
+  inputHashes?: readonly string[] | undefined;
 }
 
 /** Our id of a request's i-th fal job. */
@@ -146,6 +152,14 @@ export interface Ledger {
    * open `stray` rows, whose cost reconciliation records and nobody is charged.
    */
   recordStrays(input: { requestId: string; endpoint: string; falRequestIds: readonly string[] }): Promise<void>;
+  /**
+   * Jobs still `submitting` with no fal id, created before `createdBefore`,
+   * oldest first: submits whose answer never came, which reconciliation
+   * looks for in fal's request listing.
+   */
+  listLostSubmits(options?: { createdBefore?: TimeInput | undefined; limit?: number | undefined }): Promise<JobRecord[]>;
+  /** Which of these fal ids a job row already holds (as the id submit answered, or another id fal reported). */
+  knownFalIds(falRequestIds: readonly string[]): Promise<Set<string>>;
   /** Jobs not final yet that fal named, created before `createdBefore`, oldest first: what job reconciliation asks fal about. */
   listOpenJobs(options?: { createdBefore?: TimeInput | undefined; limit?: number | undefined }): Promise<JobRecord[]>;
   settle(input: SettleInput): Promise<SettleResult>;
@@ -227,6 +241,27 @@ export function createLedger(database: Database, options: LedgerOptions = {}): L
       return (await rows.orderBy('created_at').orderBy('id').limit(opts.limit ?? 1000).execute()).map(toJob);
     },
 
+    async listLostSubmits(opts = {}) {
+      let rows = db.selectFrom('upstream_jobs').selectAll().where('status', '=', 'submitting').where('fal_request_id', 'is', null).where('kind', '=', 'job');
+      if (opts.createdBefore !== undefined) rows = rows.where('created_at', '<', toIsoTimestamp(opts.createdBefore));
+      return (await rows.orderBy('created_at').orderBy('id').limit(opts.limit ?? 1000).execute()).map(toJob);
+    },
+
+    async knownFalIds(ids) {
+      const known = new Set<string>();
+      // Few ids at a time: only listing items whose input matched a lost submit are asked about.
+      for (let i = 0; i < ids.length; i += 100) {
+        const chunk = ids.slice(i, i + 100);
+        const rows = await db
+          .selectFrom('upstream_jobs')
+          .select(['fal_request_id', 'fal_other_ids'])
+          .where((eb) => eb.or([eb('fal_request_id', 'in', chunk), ...chunk.map((id) => eb('fal_other_ids', 'like', `%${id}%`))]))
+          .execute();
+        for (const r of rows) for (const id of [r.fal_request_id, ...(r.fal_other_ids?.split(' ') ?? [])]) if (id && chunk.includes(id)) known.add(id);
+      }
+      return known;
+    },
+
     async listOrphaned() {
       const rows = await db.selectFrom('requests').selectAll().where('status', '=', 'orphaned').orderBy('created_at').orderBy('id').execute();
       return withJobs(db, rows);
@@ -244,6 +279,7 @@ export function createLedger(database: Database, options: LedgerOptions = {}): L
 async function reserve(db: Kysely<DB>, q: LedgerStatements, input: ReserveInput, now: () => string): Promise<ReserveResult> {
   const amount = input.maxChargeMicros;
   if (amount < 0n) throw new RangeError('maxChargeMicros must not be negative');
+  if (input.inputHashes && input.inputHashes.length !== (input.jobs ?? 0)) throw new RangeError(`inputHashes has ${input.inputHashes.length} entries for ${input.jobs ?? 0} jobs`);
   try {
     return await db.transaction().execute((trx) => reserveIn(trx, q, input, now()));
   } catch (error) {
@@ -277,7 +313,9 @@ async function reserveIn(trx: Transaction<DB>, q: LedgerStatements, input: Reser
   if (inserted.rows.length === 0) return { ok: false, reason: 'request_id_taken' };
   const held = await q.hold.run(trx, { amount, keyId: input.keyId });
   if (held.rows.length > 0) {
-    for (let i = 0; i < (input.jobs ?? 0); i++) await q.insertJob.run(trx, { id: jobIdFor(input.requestId, i), requestId: input.requestId, endpoint: input.endpoint, at });
+    for (let i = 0; i < (input.jobs ?? 0); i++) {
+      await q.insertJob.run(trx, { id: jobIdFor(input.requestId, i), requestId: input.requestId, endpoint: input.endpoint, inputHash: input.inputHashes?.[i] ?? null, at });
+    }
     return { ok: true };
   }
   // Refused: the request row goes again in the same transaction, so the

@@ -4,6 +4,8 @@ import type { ModelEntry, ModelRegistry } from '../models/registry.js';
 import type { JobRecord, Ledger, RequestWithJobs } from './ledger.js';
 import type { Markup } from './money.js';
 import { failedJobCost } from './pricing.js';
+import { SUBMIT_TIMEOUT_MS } from '../images/job-runner.js';
+import { groupByWindow, inputHash, judgeLostSubmit, submitWindow, type ListedInput } from './lost-submits.js';
 import { completions, decodePricing, settleCompleted, type BillingEvents, type CompletedJob } from './settlement.js';
 
 /**
@@ -16,8 +18,12 @@ import { completions, decodePricing, settleCompleted, type BillingEvents, type C
  *   the images are the caller's) or released;
  * - open jobs of closed requests (a request answered with an error, jobs fal
  *   named on refused submit attempts): their cost is recorded, never charged.
- * A request whose submit never answered (a job row with no fal id) is marked
- * orphaned: its hold goes back, and it stays reported.
+ * Before both, submits whose answer never came (a job row still
+ * `submitting`, no fal id) are looked for in fal's request listing
+ * (lost-submits.ts): found, the job takes fal's id and the passes below
+ * settle it like any job; fal listing nothing once the submit's window has
+ * closed, it is closed `refused` at $0. A request with such a job stays open
+ * (its hold kept) until the search ends, or gives up after `giveUpAfterMs`.
  *
  * Only rows older than `olderThanMs` are touched, so that with several
  * processes sharing a database one never reconciles another's live request.
@@ -36,6 +42,10 @@ export interface ReconcileReport {
   abandoned: string[];
   /** Jobs of closed requests whose end (and cost) this round recorded. */
   jobsClosed: string[];
+  /** Lost submits found in fal's request listing: the job now has fal's id. */
+  lostFound: string[];
+  /** Lost submits fal's listing shows no request for: closed `refused`, $0. */
+  lostAbsent: string[];
 }
 
 export interface ReconcilerDeps {
@@ -48,6 +58,8 @@ export interface ReconcilerDeps {
   giveUpAfterMs?: number;
   /** Set when the billing webhook is on (see settleCompleted). */
   billingEvents?: BillingEvents | undefined;
+  /** How long a submit may take before it gives up (the job runner's SUBMIT_TIMEOUT_MS): the end of a lost submit's window. */
+  submitTimeoutMs?: number;
 }
 
 export interface Reconciler {
@@ -66,6 +78,7 @@ type Verdict =
 export function createReconciler(deps: ReconcilerDeps): Reconciler {
   const now = deps.now ?? Date.now;
   const giveUpAfterMs = deps.giveUpAfterMs ?? 24 * 3600_000;
+  const lostSubmitDeps = { ...deps, now, giveUpAfterMs, submitTimeoutMs: deps.submitTimeoutMs ?? SUBMIT_TIMEOUT_MS };
 
   async function askFal(job: JobRecord): Promise<Verdict> {
     const id = job.falRequestId!;
@@ -116,10 +129,10 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
     const log = deps.logger.child({ request_id: r.id });
     const model = deps.registry.lookup(r.model);
     const jobs = r.jobs.filter((j) => j.kind === 'job');
-    if (jobs.length === 0 || jobs.some((j) => j.falRequestId === null && j.status === 'submitting')) {
+    if (jobs.length === 0) {
       await deps.ledger.markOrphaned(r.id);
       report.orphaned.push(r.id);
-      log.error({ model: r.model, key_id: r.keyId }, 'reconcile: a submit of the request never answered (crash or lost answer); marked orphaned');
+      log.error({ model: r.model, key_id: r.keyId }, 'reconcile: a request with no job row; marked orphaned');
       return;
     }
     if (!model) {
@@ -128,7 +141,8 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
       return;
     }
     const pricing = decodePricing(r.pricing, deps.markup);
-    const verdicts = await Promise.all(jobs.map((j) => (j.status === 'submitted' || j.status === 'completed' ? askFal(j) : Promise.resolve<Verdict>({ kind: 'absent' }))));
+    // A submit still unanswered is being looked for in fal's listing (findLostSubmits): unknown until that search ends.
+    const verdicts = await Promise.all(jobs.map((j) => (j.status === 'submitted' || j.status === 'completed' ? askFal(j) : Promise.resolve<Verdict>({ kind: j.status === 'submitting' ? 'unknown' : 'absent' }))));
     for (let i = 0; i < jobs.length; i++) if (jobs[i]!.status === 'submitted') await record(jobs[i]!, verdicts[i]!, model, pricing, true);
     if (verdicts.some((v) => v.kind === 'running')) {
       report.running.push(r.id);
@@ -174,8 +188,13 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
 
   return {
     async run(opts = {}) {
-      const report: ReconcileReport = { examined: 0, settled: [], released: [], orphaned: [], running: [], unresolved: [], abandoned: [], jobsClosed: [] };
+      const report: ReconcileReport = { examined: 0, settled: [], released: [], orphaned: [], running: [], unresolved: [], abandoned: [], jobsClosed: [], lostFound: [], lostAbsent: [] };
       const cutoff = new Date(now() - (opts.olderThanMs ?? 0));
+      try {
+        await findLostSubmits(lostSubmitDeps, cutoff, report);
+      } catch (err) {
+        deps.logger.error({ err }, 'reconcile: the search for lost submits failed');
+      }
       const open = await deps.ledger.listOpen({ createdBefore: cutoff });
       report.examined = open.length;
       const openIds = new Set(open.map((r) => r.id));
@@ -198,4 +217,68 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
       return report;
     },
   };
+}
+
+interface LostSubmitDeps {
+  ledger: Ledger;
+  fal: FalGateway;
+  logger: Logger;
+  now: () => number;
+  giveUpAfterMs: number;
+  submitTimeoutMs: number;
+}
+
+/**
+ * Submits whose answer never came, looked for in fal's request listing
+ * (lost-submits.ts): one listing per endpoint and overlapping windows. A
+ * listing that fails is tried again next round; a job that cannot be told
+ * (fal stored no inputs, X-Fal-Store-IO: 0) stays open until `giveUpAfterMs`,
+ * then is closed `lost`.
+ */
+async function findLostSubmits(deps: LostSubmitDeps, cutoff: Date, report: ReconcileReport): Promise<void> {
+  const lost = await deps.ledger.listLostSubmits({ createdBefore: cutoff });
+  const jobs = lost.map((job) => ({ job, endpoint: job.endpoint, window: submitWindow(Date.parse(job.createdAt), deps.submitTimeoutMs) }));
+  for (const group of groupByWindow(jobs)) {
+    let items: ListedInput[];
+    try {
+      // Each input is hashed as it comes and dropped: only ids, times and hashes are kept.
+      items = (await deps.fal.listRequests(group.endpoint, group.window, { signal: AbortSignal.timeout(120_000) })).map((i) => ({ requestId: i.requestId, sentAtMs: i.sentAtMs, inputHash: i.input === null ? null : inputHash(i.input) }));
+    } catch (err) {
+      deps.logger.warn({ endpoint: group.endpoint, jobs: group.jobs.map((j) => j.job.id), err: (err as Error).message }, 'reconcile: fal’s request listing failed; lost submits are looked for again next round');
+      for (const { job } of group.jobs) await giveUpIfStale(deps, job, 'listing_failed');
+      continue;
+    }
+    const hashes = new Set(group.jobs.map((j) => j.job.inputHash));
+    // The ledger is asked only about the requests that could be ours: a matching input, or none stored.
+    const taken = await deps.ledger.knownFalIds(items.filter((i) => i.inputHash === null || hashes.has(i.inputHash)).map((i) => i.requestId));
+    for (const { job, window } of group.jobs) {
+      const verdict = judgeLostSubmit({ inputHash: job.inputHash, createdAtMs: Date.parse(job.createdAt) }, items, taken, window, deps.now());
+      const log = deps.logger.child({ request_id: job.requestId, job_id: job.id });
+      try {
+        if (verdict.kind === 'found') {
+          taken.add(verdict.falRequestId);
+          // If the submit's own answer is recorded meanwhile, it is the same id (the listing excluded every id held): a no-op.
+          await deps.ledger.recordSubmit({ jobId: job.id, falRequestId: verdict.falRequestId });
+          report.lostFound.push(job.id);
+          log.warn({ fal_request_id: verdict.falRequestId }, 'reconcile: a submit whose answer was lost made a job at fal; recorded under fal’s id');
+        } else if (verdict.kind === 'absent') {
+          await deps.ledger.closeJob({ jobId: job.id, status: 'refused', upstreamCostMicros: 0n, errorCode: 'not_listed_at_fal' });
+          report.lostAbsent.push(job.id);
+          log.info('reconcile: fal lists no request for a submit whose answer was lost; closed refused at $0');
+        } else if (verdict.kind === 'unmatchable') {
+          log.warn({ unreadable: verdict.unreadable, has_hash: job.inputHash !== null }, 'reconcile: a lost submit cannot be matched in fal’s listing (inputs not stored); left open');
+          await giveUpIfStale(deps, job, 'unmatchable');
+        }
+      } catch (err) {
+        log.error({ err }, 'reconcile: failed on a lost submit');
+      }
+    }
+  }
+}
+
+/** A lost submit unresolved for longer than `giveUpAfterMs` is closed `lost` at $0, as other jobs fal never resolved. */
+async function giveUpIfStale(deps: LostSubmitDeps, job: JobRecord, why: string): Promise<void> {
+  if (deps.now() - Date.parse(job.createdAt) <= deps.giveUpAfterMs) return;
+  const out = await deps.ledger.closeJob({ jobId: job.id, status: 'lost', upstreamCostMicros: 0n, errorCode: 'unresolved_upstream' });
+  if (out.changed) deps.logger.error({ request_id: job.requestId, job_id: job.id, why }, 'reconcile: gave up looking for a lost submit at fal; its cost is unknown');
 }

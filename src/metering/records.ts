@@ -38,6 +38,8 @@ export interface JobRecord {
   falRequestId: string | null;
   /** Other ids fal reported for the job (its runner retry). */
   otherFalIds: string[];
+  /** The hash of the input submitted (see lost-submits.ts); null for strays and rows written before it was kept. */
+  inputHash: string | null;
   endpoint: string;
   status: JobStatus;
   images: number;
@@ -82,6 +84,7 @@ export function toJob(row: Selectable<UpstreamJobsTable>): JobRecord {
     kind: row.kind,
     falRequestId: row.fal_request_id,
     otherFalIds: row.fal_other_ids ? row.fal_other_ids.split(' ') : [],
+    inputHash: row.input_hash,
     endpoint: row.endpoint,
     status: row.status,
     images: toNumber(row.images),

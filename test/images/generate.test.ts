@@ -63,6 +63,9 @@ function fakeFal(script: Script): FalGateway & { submitted: Array<Record<string,
     async upload() {
       throw new Error('not used');
     },
+    async listRequests() {
+      throw new Error('not used');
+    },
     async ping() {
       return true;
     },

@@ -15,8 +15,8 @@ import { TEST_KEY } from '../helpers/service.js';
  * SIGKILL the service with jobs in flight, start it again on the same data,
  * and show that nothing fal billed is lost: every billed job is in the ledger
  * with fal's units and cost, every reconciled request is charged on its
- * images, and a request killed before fal answered its submit is listed as
- * an orphan.
+ * images, and a request killed before fal answered its submit is found in
+ * fal's request listing by its input and settled like the others.
  */
 
 const root = new URL('../../', import.meta.url).pathname;
@@ -78,12 +78,12 @@ describe('crash recovery', () => {
     await rm(dataDir, { recursive: true, force: true });
   });
 
-  it('reconciles every job fal billed after a SIGKILL, and lists orphans', async () => {
+  it('reconciles every job fal billed after a SIGKILL, the one whose submit never answered included', async () => {
     const env = { FAL_BASE_URL: emulator.url, FAL_KEY: 'k', API_KEYS: TEST_KEY, DATA_DIR: dataDir, RECONCILE_AFTER_MS: '0', RECONCILE_INTERVAL_MS: '0' };
     const first = await startServiceProcess(env);
     procs.push(first);
     // One submit is held by the emulator so that the kill lands between
-    // sending it and learning its fal id: that request must become an orphan.
+    // sending it and learning its fal id: only fal's listing can name its job.
     emulator.armFault({ phase: 'submit', kind: 'delay', delay_ms: 5000, prompt_contains: 'held' });
     const prompts = ['crash a', 'crash b', 'crash c', 'crash d', 'held submit'];
     const inflight = prompts.map((prompt, i) =>
@@ -111,15 +111,16 @@ describe('crash recovery', () => {
     const second = await startServiceProcess(env);
     procs.push(second);
     const line = await until(() => second.lines.find((l) => l.msg === 'reconciled open requests'), 60_000, 'start-up reconciliation');
-    const report = line.reconcile as { settled: string[]; orphaned: string[] };
-    assert.equal(report.settled.length, 4);
-    assert.equal(report.orphaned.length, 1);
+    const report = line.reconcile as { settled: string[]; orphaned: string[]; lostFound: string[] };
+    assert.equal(report.lostFound.length, 1, 'the held submit’s job was found in fal’s listing');
+    assert.equal(report.settled.length, 5);
+    assert.equal(report.orphaned.length, 0);
 
     const ledger = createLedger(database);
     const jobs = await database.db.selectFrom('upstream_jobs').selectAll().execute();
     const byFalId = new Map(jobs.map((j) => [j.fal_request_id, j]));
     const billedInLedger = emulator.billing().filter((b) => byFalId.has(b.request_id));
-    assert.equal(billedInLedger.length, 4, 'every job whose fal id we saved is accounted for');
+    assert.equal(billedInLedger.length, 5, 'every job fal billed is accounted for');
     for (const b of billedInLedger) {
       const j = byFalId.get(b.request_id)!;
       assert.equal(j.status, 'completed');
@@ -128,19 +129,18 @@ describe('crash recovery', () => {
     }
     // Caller charges follow the images fal returned, at markup 1.0 equal to fal's cost here.
     const settled = await database.db.selectFrom('requests').selectAll().where('status', '=', 'settled').execute();
-    assert.equal(settled.length, 4);
+    assert.equal(settled.length, 5);
     for (const r of settled) {
       assert.ok(r.charge_micros > 0n);
       assert.equal(r.charge_micros, r.upstream_cost_micros);
       assert.equal(r.credits, r.charge_micros * 2n);
     }
-    const orphans = await ledger.listOrphaned();
-    assert.equal(orphans.length, 1);
-    assert.deepEqual(orphans[0]!.jobs.map((j) => [j.status, j.falRequestId]), [['submitting', null]], 'its job row was written before the submit left');
-    // The one billed job we never learnt the id of is exactly the orphan's.
-    const unknown = emulator.billing().filter((b) => !byFalId.has(b.request_id));
-    assert.equal(unknown.length, 1);
-    assert.equal(emulator.job(unknown[0]!.request_id)?.input.prompt, 'held submit');
+    assert.equal((await ledger.listOrphaned()).length, 0);
+    // The held submit's job row, written before the submit left, took the id fal lists for its input.
+    const held = emulator.jobs().find((j) => j.input.prompt === 'held submit')!;
+    const heldRow = byFalId.get(held.request_id);
+    assert.ok(heldRow, 'the held submit’s job is in the ledger under fal’s id');
+    assert.equal(heldRow.id, report.lostFound[0]);
     const keys = await database.db.selectFrom('api_keys').selectAll().execute();
     assert.equal(keys.reduce((s, k) => s + k.reserved_micros, 0n), 0n, 'no reservation is left held');
 

@@ -1,0 +1,172 @@
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import request from 'supertest';
+import { startTestService, TEST_KEY, type TestService } from '../helpers/service.js';
+import { createFalGateway, type FalGateway } from '../../src/fal/gateway.js';
+import { createReconciler, type ReconcileReport } from '../../src/metering/reconcile.js';
+import { jobIdFor } from '../../src/metering/ledger.js';
+import { inputHash } from '../../src/metering/lost-submits.js';
+import { parseMarkup, parseUsd } from '../../src/metering/money.js';
+
+/**
+ * Reconciliation of submits whose answer was lost, through the real service,
+ * emulator, gateway and ledger: fal's request listing finds the job (it is
+ * then settled from what fal says) or shows nothing (the job is released at
+ * $0). Rounds run with a clock moved past each submit's window; the
+ * service's own reconciler never touches these young rows.
+ */
+
+const MODEL = 'alibaba/z-image-turbo';
+const LATER_MS = 10 * 60_000;
+
+describe('reconcile: lost submits', () => {
+  let t: TestService;
+  before(async () => {
+    t = await startTestService();
+  });
+  after(async () => {
+    await t.close();
+  });
+
+  /** A reconciler whose clock is `aheadMs` in the future: windows of rows written now are closed. */
+  const reconcile = (opts: { aheadMs?: number; fal?: FalGateway; giveUpAfterMs?: number } = {}): Promise<ReconcileReport> =>
+    createReconciler({
+      ledger: t.service.ledger,
+      fal: opts.fal ?? t.service.fal,
+      registry: t.service.registry,
+      markup: parseMarkup('1'),
+      logger: t.service.logger,
+      now: () => Date.now() + (opts.aheadMs ?? LATER_MS),
+      ...(opts.giveUpAfterMs !== undefined ? { giveUpAfterMs: opts.giveUpAfterMs } : {}),
+    }).run();
+
+  const post = (tag: string) =>
+    request(t.url).post('/v1/images/generations').set('Authorization', `Bearer ${TEST_KEY}`).send({ model: MODEL, prompt: `${tag} a quiet harbour`, image_size: 'square' });
+
+  /** A request reserved as the service does, whose one job's submit never answered (no answer written: the caller is gone). */
+  async function openRequestWithLostSubmit(input: Record<string, unknown>): Promise<{ requestId: string; jobId: string }> {
+    const requestId = `req-lost-${Math.random().toString(36).slice(2)}`;
+    const model = t.service.registry.lookup(MODEL)!;
+    const reserved = await t.service.ledger.reserve({ requestId, keyId: await keyId(), model: MODEL, endpoint: model.endpoint, maxChargeMicros: 1_000_000n, jobs: 1, inputHashes: [inputHash(input)] });
+    assert.deepEqual(reserved, { ok: true });
+    return { requestId, jobId: jobIdFor(requestId, 0) };
+  }
+
+  async function keyId(): Promise<string> {
+    const row = await t.service.database.db.selectFrom('api_keys').select('id').executeTakeFirstOrThrow();
+    return row.id;
+  }
+
+  it('the listing shows nothing once the window is closed: the job is released, refused at $0', async () => {
+    t.emulator.armFault({ phase: 'submit', kind: 'reset', prompt_contains: 'lost-none', times: 10 });
+    const res = await post('lost-none');
+    assert.equal(res.status, 502);
+    assert.equal(res.headers['x-should-retry'], 'false');
+    const id = res.headers['x-request-id'] as string;
+    assert.equal((await t.service.ledger.getRequest(id))?.jobs[0]?.status, 'submitting', 'the submit’s outcome is unknown');
+    assert.equal(t.emulator.jobs().filter((j) => String(j.input.prompt).includes('lost-none')).length, 0, 'fal made no job');
+
+    const pending = await reconcile({ aheadMs: 0 });
+    assert.ok(!pending.lostAbsent.includes(jobIdFor(id, 0)), 'not released while a submit may still be on its way');
+    assert.equal((await t.service.ledger.getRequest(id))?.jobs[0]?.status, 'submitting');
+
+    const report = await reconcile();
+    assert.ok(report.lostAbsent.includes(jobIdFor(id, 0)));
+    const row = await t.service.ledger.getRequest(id);
+    assert.equal(row?.jobs[0]?.status, 'refused');
+    assert.equal(row?.jobs[0]?.errorCode, 'not_listed_at_fal');
+    assert.equal(row?.jobs[0]?.upstreamCostMicros, 0n);
+    assert.equal(row?.upstreamCostMicros, 0n);
+    assert.equal(row?.chargeMicros, 0n);
+  });
+
+  it('an open request (no answer written) whose lost submit fal made: found by its input, settled on fal’s bill', async () => {
+    const model = t.service.registry.lookup(MODEL)!;
+    const input = { prompt: 'lost-open a quiet harbour', image_size: 'square', num_images: 1, sync_mode: false };
+    const { requestId, jobId } = await openRequestWithLostSubmit(input);
+    // The submit reached fal; its answer never reached the ledger.
+    const { falRequestId } = await t.service.fal.submit(model.endpoint, { ...input });
+    await t.service.fal.waitForCompletion(model.endpoint, falRequestId);
+
+    const report = await reconcile();
+    assert.ok(report.lostFound.includes(jobId));
+    assert.ok(report.settled.includes(requestId));
+    const row = await t.service.ledger.getRequest(requestId);
+    const billed = t.emulator.billing().find((b) => b.request_id === falRequestId)!;
+    assert.equal(row?.jobs[0]?.falRequestId, falRequestId);
+    assert.equal(row?.jobs[0]?.status, 'completed');
+    assert.equal(row?.upstreamCostMicros, parseUsd(billed.usd), 'upstream cost equals what fal billed');
+    assert.equal(row?.status, 'settled');
+    assert.ok((row?.chargeMicros ?? 0n) > 0n, 'no answer was written: the images are the caller’s');
+  });
+
+  it('a listed request whose id the ledger already holds is not taken for a lost submit with the same input', async () => {
+    const model = t.service.registry.lookup(MODEL)!;
+    const input = { prompt: 'lost-twin a quiet harbour', image_size: 'square', num_images: 1, sync_mode: false };
+    // The first request's submit answered: its job holds fal's id.
+    const first = await openRequestWithLostSubmit(input);
+    const { falRequestId } = await t.service.fal.submit(model.endpoint, { ...input });
+    await t.service.ledger.recordSubmit({ jobId: first.jobId, falRequestId });
+    // The second, same input, never reached fal.
+    const second = await openRequestWithLostSubmit(input);
+
+    const report = await reconcile();
+    assert.ok(report.lostAbsent.includes(second.jobId));
+    assert.ok(!report.lostFound.includes(second.jobId));
+    assert.equal((await t.service.ledger.getRequest(second.requestId))?.jobs[0]?.status, 'refused');
+    assert.equal((await t.service.ledger.getRequest(first.requestId))?.jobs[0]?.falRequestId, falRequestId);
+  });
+
+  it('a listing that fails is tried again next round; the job stays open until it answers', async () => {
+    const input = { prompt: 'lost-flaky a quiet harbour', image_size: 'square', num_images: 1, sync_mode: false };
+    const { requestId, jobId } = await openRequestWithLostSubmit(input);
+    const down = createFalGateway({
+      credentials: 'fal-test-key',
+      baseUrl: t.emulator.url,
+      retry: { listing: { attempts: 2, baseDelayMs: 1, maxDelayMs: 1 } },
+      fetchImpl: async (input, init) => {
+        const url = typeof input === 'string' ? input : input instanceof URL ? input.href : input.url;
+        return url.includes('/api.fal.ai/') ? new Response('{"detail":"unavailable"}', { status: 503, headers: { 'content-type': 'application/json' } }) : fetch(input, init);
+      },
+    });
+    const failed = await reconcile({ fal: down });
+    assert.ok(!failed.lostAbsent.includes(jobId) && !failed.lostFound.includes(jobId));
+    const row = await t.service.ledger.getRequest(requestId);
+    assert.equal(row?.jobs[0]?.status, 'submitting');
+    assert.equal(row?.status, 'reserved', 'the hold is kept while fal cannot say');
+
+    const next = await reconcile();
+    assert.ok(next.lostAbsent.includes(jobId));
+    assert.equal((await t.service.ledger.getRequest(requestId))?.jobs[0]?.status, 'refused');
+  });
+});
+
+describe('reconcile: lost submits when fal stores no inputs (X-Fal-Store-IO: 0)', () => {
+  let t: TestService;
+  before(async () => {
+    t = await startTestService({ FAL_STORE_IO: 'false' });
+  });
+  after(async () => {
+    await t.close();
+  });
+
+  it('the job cannot be matched: left open, then given up as lost after giveUpAfterMs', async () => {
+    t.emulator.armFault({ phase: 'submit', kind: 'reset', commit: true, prompt_contains: 'lost-hidden' });
+    const res = await request(t.url).post('/v1/images/generations').set('Authorization', `Bearer ${TEST_KEY}`).send({ model: MODEL, prompt: 'lost-hidden a quiet harbour', image_size: 'square' });
+    assert.equal(res.headers['x-should-retry'], 'false');
+    const id = res.headers['x-request-id'] as string;
+    const job = t.emulator.jobs().find((j) => String(j.input.prompt).includes('lost-hidden'));
+    assert.ok(job, 'fal made the job');
+    const run = (giveUpAfterMs: number) =>
+      createReconciler({ ledger: t.service.ledger, fal: t.service.fal, registry: t.service.registry, markup: parseMarkup('1'), logger: t.service.logger, now: () => Date.now() + LATER_MS, giveUpAfterMs }).run();
+
+    const kept = await run(24 * 3600_000);
+    assert.ok(!kept.lostAbsent.includes(jobIdFor(id, 0)), 'an unreadable listing is no proof that fal made nothing');
+    assert.equal((await t.service.ledger.getRequest(id))?.jobs[0]?.status, 'submitting');
+
+    await run(LATER_MS / 2);
+    const row = await t.service.ledger.getRequest(id);
+    assert.equal(row?.jobs[0]?.status, 'lost');
+    assert.equal(row?.jobs[0]?.errorCode, 'unresolved_upstream');
+  });
+});
