@@ -13,10 +13,11 @@
  *
  * Reservations: a request in `reserved` or `submitted` holds `reserved_micros`
  * on its key. Settling, releasing or orphaning gives the hold back; settling
- * adds the charge to `spent_micros`. An orphan (submit sent, answer lost)
- * keeps its row for reporting but not its hold: the caller is not charged
- * for what we cannot show was delivered, unless reconciliation later finds
- * the job and settles it.
+ * adds the charge to `spent_micros`. An orphan (a request reconciliation
+ * found with no job row to ask fal about) keeps its row for reporting but
+ * not its hold. A submit whose answer was lost is not an orphan: its job row
+ * is looked for in fal's request listing (reconcile.ts) and its request
+ * keeps its hold until that search ends.
  */
 import { sql, type Kysely, type Transaction } from 'kysely';
 import { ledgerStatements, HOLDING, type LedgerStatements } from './ledger-statements.js';
