@@ -32,11 +32,11 @@ export function inputHash(input: unknown): string {
 }
 
 /**
- * How far fal's clock and ours may disagree: the window starts this long
- * before the job's row was written and ends this long after its submit's
- * timeout.
+ * How far fal's clock (its `sent_at`) and ours may disagree, both kept by
+ * NTP: the window starts this long before the job's row was written and
+ * ends this long after its submit's timeout.
  */
-export const CLOCK_SKEW_MS = 60_000;
+export const CLOCK_SKEW_MS = 5_000;
 
 export interface SubmitWindow {
   /** Inclusive, ms since the epoch. */

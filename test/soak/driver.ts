@@ -16,6 +16,8 @@ import type { Database, DatabaseDialect } from '../../src/db/index.js';
 import { auditLedger, readLedger, type AuditReport, type BilledJob, type CallerAnswer } from '../helpers/billing-audit.js';
 import { createStorage, serviceEnv, type TestStorage } from '../helpers/databases.js';
 import { planSoak, type SoakRequest } from './scenarios.js';
+import { SUBMIT_TIMEOUT_MS } from '../../src/images/job-runner.js';
+import { CLOCK_SKEW_MS } from '../../src/metering/lost-submits.js';
 import { runLoad, type Answer, type Target } from './load.js';
 
 export interface SoakOptions {
@@ -163,6 +165,9 @@ async function startRig(o: SoakOptions, logDir: string, children: NodeChild[], t
  * that and a few rounds (one a second), a hold still open is one the service
  * will not close, and waiting longer proves nothing.
  */
+/** A lost submit's window (src/metering/lost-submits.ts): the submit timeout and the clock skew after its row. */
+const LOST_SUBMIT_WINDOW_MS = SUBMIT_TIMEOUT_MS + CLOCK_SKEW_MS;
+
 async function settle(emulatorUrl: string, database: Database, answers: readonly Answer[], reconcileAfterMs: number, deadline: number) {
   await finishNeverFinishing(emulatorUrl);
   const jobsFinal = await until(deadline, async () => (await emulatorJobs(emulatorUrl)).every((j) => j.status === 'COMPLETED'));
@@ -173,9 +178,12 @@ async function settle(emulatorUrl: string, database: Database, answers: readonly
     const ledger = await readLedger(database.db);
     const holding = ledger.requests.filter((r) => r.holding);
     const openJobs = ledger.jobs.filter((j) => !j.final && j.falIds.length > 0);
-    if (holding.length === 0 && openJobs.length === 0) return true;
+    // A submit whose answer was lost is looked for in fal's listing; it is released only once its window has closed.
+    const lostSubmits = ledger.jobs.filter((j) => !j.final && j.falIds.length === 0);
+    if (holding.length === 0 && openJobs.length === 0 && lostSubmits.length === 0) return true;
     const waiting = [...holding.map((r) => r.id), ...openJobs.map((j) => j.requestId)];
-    const latest = Math.max(jobsFinalAt, ...waiting.map((id) => (sentAt.get(id) ?? jobsFinalAt) + reconcileAfterMs));
+    const lostWindowEnd = lostSubmits.map((j) => (sentAt.get(j.requestId) ?? jobsFinalAt) + Math.max(reconcileAfterMs, LOST_SUBMIT_WINDOW_MS));
+    const latest = Math.max(jobsFinalAt, ...waiting.map((id) => (sentAt.get(id) ?? jobsFinalAt) + reconcileAfterMs), ...lostWindowEnd);
     return Date.now() > latest + 8_000 ? 'stuck' : false;
   }, 500);
   return { jobsFinal, holdsClosed };
