@@ -2,6 +2,7 @@ import type { Logger } from 'pino';
 import { ApiError } from '../errors.js';
 import { FalCallError, type FalGateway, type FalJobStatus, type FalResult } from '../fal/gateway.js';
 import type { Ledger } from '../metering/ledger.js';
+import { SUBMIT_TIMEOUT_MS } from '../fal/submit-once.js';
 import { nextJobState, type CancelOutcome, type Ended, type JobEvent, type JobState } from '../metering/job-state.js';
 import { failedJobCost, type PricedModel } from '../metering/pricing.js';
 import type { Metrics } from '../metrics.js';
@@ -39,13 +40,6 @@ export type JobOutcome = JobState<FalResult, FalCallError>;
 
 /** How long we wait for fal to confirm a cancel before leaving it to reconciliation. */
 const CANCEL_CONFIRM_MS = 2_000;
-/**
- * A submit is never cut by the request's stop (a sibling's failure, the
- * caller leaving, the deadline): cut in flight it may have made a job we
- * never learn of. It runs to its answer, bounded by this, and a job it made
- * is then cancelled through fal.
- */
-export const SUBMIT_TIMEOUT_MS = 60_000;
 
 /** Ledger writes failing on the way: the caller is told metering is unavailable, never served unmetered. */
 export class MeteringUnavailable extends Error {

@@ -4,7 +4,7 @@ import type { ModelEntry, ModelRegistry } from '../models/registry.js';
 import type { JobRecord, Ledger, RequestWithJobs } from './ledger.js';
 import type { Markup } from './money.js';
 import { failedJobCost } from './pricing.js';
-import { SUBMIT_TIMEOUT_MS } from '../images/job-runner.js';
+import { SUBMIT_TIMEOUT_MS } from '../fal/submit-once.js';
 import { groupByWindow, inputHash, judgeLostSubmit, submitWindow, type ListedInput } from './lost-submits.js';
 import { completions, decodePricing, settleCompleted, type BillingEvents, type CompletedJob } from './settlement.js';
 

@@ -16,7 +16,7 @@ import type { Database, DatabaseDialect } from '../../src/db/index.js';
 import { auditLedger, readLedger, type AuditReport, type BilledJob, type CallerAnswer } from '../helpers/billing-audit.js';
 import { createStorage, serviceEnv, type TestStorage } from '../helpers/databases.js';
 import { planSoak, type SoakRequest } from './scenarios.js';
-import { SUBMIT_TIMEOUT_MS } from '../../src/images/job-runner.js';
+import { SUBMIT_TIMEOUT_MS } from '../../src/fal/submit-once.js';
 import { CLOCK_SKEW_MS } from '../../src/metering/lost-submits.js';
 import { runLoad, type Answer, type Target } from './load.js';
 
