@@ -8,6 +8,7 @@ import { isAbsolute, resolve } from 'node:path';
 import { normalizeHostPattern } from './images/outbound.js';
 import type { ModelPriceOverride, ModelPrices } from './models/prices.js';
 import { PRICE_ROUNDINGS, PRICE_UNITS } from './metering/pricing.js';
+import { DEFAULT_LEASE_EXPIRY_MS, DEFAULT_LEASE_RENEW_MS } from './metering/leases.js';
 
 export interface Config {
   port: number;
@@ -40,6 +41,10 @@ export interface Config {
   reconcileAfterMs: number;
   /** How often to look for open requests; 0 = only at start-up. */
   reconcileIntervalMs: number;
+  /** How often this process renews its lease (src/metering/leases.ts). */
+  leaseRenewMs: number;
+  /** How long after its last renewal a lease expires: a dead process's requests are settled after this. */
+  leaseExpiryMs: number;
   /** Image requests one process works on at once; beyond it, 429. */
   maxInFlight: number;
   /** On SIGTERM: how long in-flight requests may take to finish. */
@@ -289,6 +294,8 @@ export function loadConfig(env: Env = process.env): Config {
     shutdownGraceMs: int('SHUTDOWN_GRACE_MS', 30_000, 0, 3_600_000),
     corsOrigins: (str('CORS_ORIGINS') ?? '').split(',').map((o) => o.trim()).filter(Boolean),
     reconcileIntervalMs: int('RECONCILE_INTERVAL_MS', 60_000, 0, 86_400_000),
+    leaseRenewMs: int('LEASE_RENEW_MS', DEFAULT_LEASE_RENEW_MS, 100, 60_000),
+    leaseExpiryMs: int('LEASE_EXPIRY_MS', DEFAULT_LEASE_EXPIRY_MS, 1_000, 600_000),
     emulatorLatencyMs: str('EMULATOR_LATENCY_MS') === undefined ? undefined : int('EMULATOR_LATENCY_MS', 0, 0, 3_600_000),
     emulatorImageMode: imageMode as Config['emulatorImageMode'],
     defaultRpmLimit: int('DEFAULT_RPM_LIMIT', 600, 0, 1_000_000),
@@ -307,6 +314,9 @@ export function loadConfig(env: Env = process.env): Config {
   config.reconcileAfterMs = int('RECONCILE_AFTER_MS', config.requestTimeoutMs + 60_000, 0, 7 * 86_400_000);
   if (config.loraUploadTtlS * 1000 <= loraReuseMarginMs(config)) {
     problems.push(`LORA_UPLOAD_TTL_S must be longer than REQUEST_TIMEOUT_MS + 60 s (${loraReuseMarginMs(config) / 1000} s): an uploaded LoRA must outlive the job that reads it`);
+  }
+  if (config.leaseRenewMs * 2 > config.leaseExpiryMs) {
+    problems.push(`LEASE_RENEW_MS (${config.leaseRenewMs}) must be at most half of LEASE_EXPIRY_MS (${config.leaseExpiryMs}): one late renewal must not let a live process's lease expire`);
   }
   if (config.falWebhooks && !config.publicBaseUrl) problems.push('FAL_WEBHOOKS needs PUBLIC_BASE_URL: the address fal posts job callbacks to');
   if (problems.length > 0) throw new ConfigError(problems);

@@ -29,6 +29,7 @@ import { createCompletionRelay } from './fal/completion-relay.js';
 import { createCompletionHub, createWebhookVerifier, type WebhookVerifier } from './fal/webhooks.js';
 import { FAL_WEBHOOK_PATH } from './http/routes/fal-webhook.js';
 import { createReconciler, type Reconciler, type ReconcileReport } from './metering/reconcile.js';
+import { createLeaseStore, holdLease } from './metering/lease-store.js';
 import { createOutboxStore } from './metering/outbox-store.js';
 import { createBillingWebhookWorker, type BillingWebhookWorker } from './metering/billing-webhook.js';
 import { createKeyRateLimiter, type KeyRateLimiter } from './http/rate-limit.js';
@@ -105,7 +106,10 @@ export async function startService(config: Config, overrides: ServiceOverrides =
     poolSize: config.databasePoolSize,
     connectTimeoutMs: config.databaseAcquireTimeoutMs,
   });
-  const ledger = createLedger(database);
+  // Taken before the first request is reserved: every request names it (src/metering/leases.ts).
+  const leaseStore = createLeaseStore(database);
+  const lease = await holdLease(leaseStore, { logger, renewMs: config.leaseRenewMs, expiryMs: config.leaseExpiryMs });
+  const ledger = createLedger(database, { leaseId: lease.id });
   const reports = createReports(database);
   const keys = createKeysStore(database);
   const billingWebhook: BillingWebhookWorker | undefined = config.billingWebhookUrl
@@ -194,14 +198,16 @@ export async function startService(config: Config, overrides: ServiceOverrides =
     metrics,
   });
 
-  const reconciler = createReconciler({ ledger, fal, registry, markup, logger, billingEvents: billingWebhook });
+  const reconciler = createReconciler({ ledger, fal, registry, markup, logger, billingEvents: billingWebhook, leases: { store: leaseStore, ownLeaseId: lease.id } });
   let reconciling: Promise<ReconcileReport | undefined> | undefined;
+  let leaseWatch: NodeJS.Timeout | undefined;
   const reconcile = (): Promise<ReconcileReport | undefined> => {
     // One round at a time; a slow fal must not pile rounds up.
     reconciling ??= reconciler
       .run({ olderThanMs: config.reconcileAfterMs })
       .then((report) => {
         if (report.examined > 0 || report.lostFound.length > 0 || report.lostAbsent.length > 0) logger.info({ reconcile: { ...report, examined: report.examined } }, 'reconciled open requests');
+        watchLease(report.nextLeaseExpiryMs);
         return report;
       })
       .catch((err: unknown) => {
@@ -212,6 +218,19 @@ export async function startService(config: Config, overrides: ServiceOverrides =
         reconciling = undefined;
       });
     return reconciling;
+  };
+  // Another process's open requests are settled as soon as its lease expires,
+  // should it be dead (a restart after a crash finds its old lease still live
+  // for up to LEASE_EXPIRY_MS): a round then, unless the interval's comes first.
+  const watchLease = (expiresAtMs: number | undefined): void => {
+    if (expiresAtMs === undefined || shuttingDown || leaseWatch) return;
+    const waitMs = Math.max(0, expiresAtMs - Date.now()) + LEASE_EXPIRY_MARGIN_MS;
+    if (config.reconcileIntervalMs > 0 && waitMs >= config.reconcileIntervalMs) return;
+    leaseWatch = setTimeout(() => {
+      leaseWatch = undefined;
+      if (!shuttingDown) void reconcile();
+    }, waitMs);
+    leaseWatch.unref();
   };
 
   const rateLimiter = createKeyRateLimiter({
@@ -298,6 +317,7 @@ export async function startService(config: Config, overrides: ServiceOverrides =
         // left to the next start's reconciliation) so they still get answered.
         shuttingDown = true;
         if (timer) clearInterval(timer);
+        if (leaseWatch) clearTimeout(leaseWatch);
         const drained = new Promise<void>((resolve) => server.close(() => resolve()));
         server.closeIdleConnections();
         const graceOver = await Promise.race([drained.then(() => false), delay(config.shutdownGraceMs).then(() => true)]);
@@ -308,6 +328,8 @@ export async function startService(config: Config, overrides: ServiceOverrides =
         }
         shutdown.abort();
         await reconciling;
+        // Every request this process took is answered: whatever it left open is anyone's to settle now.
+        await lease.release().catch((err: unknown) => logger.warn({ err }, 'lease: could not release it; it expires on its own'));
         if (billingWebhook) {
           // Every settled request has its event committed by now; send what
           // is due so a clean restart does not delay billing, but never hold
@@ -335,6 +357,9 @@ const ABORT_DRAIN_MS = 15_000;
 function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms).unref());
 }
+
+/** After another process's lease expires: room for a renewal already on its way. */
+const LEASE_EXPIRY_MARGIN_MS = 250;
 
 /** How long shutdown spends delivering due billing events before leaving them for the next start. */
 const BILLING_FLUSH_MS = 5_000;

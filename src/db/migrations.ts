@@ -18,6 +18,7 @@ export function migrations(dialect: DatabaseDialect): Record<string, Migration> 
     '0002_job_ledger': {
       async up(db: Kysely<any>) {
         await rebuildJobsKeyedByOurId(db);
+        await createLeases(db);
       },
     },
   };
@@ -209,6 +210,26 @@ async function rebuildJobsKeyedByOurId(db: Kysely<any>): Promise<void> {
     .columns(['status', 'created_at'])
     .where(sql.ref('status'), 'in', sql`('submitting', 'submitted')`)
     .execute();
+}
+
+/**
+ * 0002, leases: each service process holds a row it renews (src/metering/leases.ts);
+ * a request names the lease of the process that took it, so reconciliation
+ * can tell a dead owner's request (settled at once) from a live one's (never).
+ */
+async function createLeases(db: Kysely<any>): Promise<void> {
+  await db.schema
+    .createTable('leases')
+    .addColumn('id', 'text', (c) => c.primaryKey())
+    .addColumn('host', 'text', (c) => c.notNull())
+    .addColumn('pid', 'bigint', (c) => c.notNull())
+    .addColumn('started_at', 'text', (c) => c.notNull())
+    .addColumn('heartbeat_at', 'text', (c) => c.notNull())
+    .addColumn('expires_at', 'text', (c) => c.notNull())
+    .execute();
+  // No foreign key: a lease row is deleted when its process shuts down, and its requests keep the id.
+  await db.schema.alterTable('requests').addColumn('lease_id', 'text').execute();
+  await db.schema.createIndex('requests_lease').on('requests').columns(['lease_id', 'status']).execute();
 }
 
 class InCodeMigrationProvider implements MigrationProvider {

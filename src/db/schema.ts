@@ -72,6 +72,8 @@ export interface RequestsTable {
   idempotency_key: string | null;
   created_at: string;
   settled_at: string | null;
+  /** The lease of the process that took the request (leases.id); null on rows written without one. */
+  lease_id: ColumnType<string | null, string | null | undefined, string | null>;
 }
 
 export interface UpstreamJobsTable {
@@ -129,7 +131,18 @@ export interface OutboxTable {
   last_error: string | null;
 }
 
+/** A service process's claim to be alive (src/metering/leases.ts); host and pid are for operators. */
+export interface LeasesTable {
+  id: string;
+  host: string;
+  pid: Int64;
+  started_at: string;
+  heartbeat_at: string;
+  expires_at: string;
+}
+
 export interface DB {
+  leases: LeasesTable;
   api_keys: ApiKeysTable;
   requests: RequestsTable;
   upstream_jobs: UpstreamJobsTable;

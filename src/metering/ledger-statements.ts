@@ -37,6 +37,7 @@ function openingStatements() {
           reserved_micros: p.reserved_micros,
           idempotency_key: p.idempotency_key,
           created_at: p.created_at,
+          lease_id: p.lease_id,
         })
         .onConflict((oc) => oc.column('id').doNothing())
         .returning('id'),

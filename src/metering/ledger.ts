@@ -26,6 +26,8 @@ import { OPEN_JOB, type DB } from '../db/schema.js';
 import { systemClock, toBigInt, toIsoTimestamp, toNumber, type Clock, type TimeInput } from '../db/values.js';
 import { canonicalDecimal } from './money.js';
 import { enqueueOutboxEvent, type OutboxEventInput } from './outbox-store.js';
+import { inScope } from './lease-store.js';
+import type { ReconcileScope } from './leases.js';
 import { jobOrThrow, requestOrThrow, toJob, toRequest, withJobs, type JobRecord, type RequestRecord, type RequestWithJobs } from './records.js';
 
 export { UnknownJobError, UnknownRequestError, type JobRecord, type RequestRecord, type RequestWithJobs } from './records.js';
@@ -158,11 +160,11 @@ export interface Ledger {
    * oldest first: submits whose answer never came, which reconciliation
    * looks for in fal's request listing.
    */
-  listLostSubmits(options?: { createdBefore?: TimeInput | undefined; limit?: number | undefined }): Promise<JobRecord[]>;
+  listLostSubmits(options?: ListOpenOptions): Promise<JobRecord[]>;
   /** Which of these fal ids a job row already holds (as the id submit answered, or another id fal reported). */
   knownFalIds(falRequestIds: readonly string[]): Promise<Set<string>>;
   /** Jobs not final yet that fal named, created before `createdBefore`, oldest first: what job reconciliation asks fal about. */
-  listOpenJobs(options?: { createdBefore?: TimeInput | undefined; limit?: number | undefined }): Promise<JobRecord[]>;
+  listOpenJobs(options?: ListOpenOptions): Promise<JobRecord[]>;
   settle(input: SettleInput): Promise<SettleResult>;
   /** completeJob for each job, then settle, in one transaction. */
   settleJobs(input: { jobs: readonly CompleteJobInput[]; settle: SettleInput }): Promise<{ jobs: CompleteJobResult[]; settlement: SettleResult }>;
@@ -170,7 +172,7 @@ export interface Ledger {
   /** Submit outcome unknown: the hold is returned, the row kept and reported. Returns false if the request was not open. */
   markOrphaned(requestId: string): Promise<boolean>;
   /** Requests still holding a reservation, with their jobs, oldest first: what start-up reconciliation works through. */
-  listOpen(options?: { createdBefore?: TimeInput | undefined }): Promise<RequestWithJobs[]>;
+  listOpen(options?: Omit<ListOpenOptions, 'limit'>): Promise<RequestWithJobs[]>;
   listOrphaned(): Promise<RequestWithJobs[]>;
   getRequest(requestId: string): Promise<RequestWithJobs | null>;
 }
@@ -184,6 +186,19 @@ export class UnknownKeyError extends Error {
 
 export interface LedgerOptions {
   clock?: Clock | undefined;
+  /** The lease of the process writing (leases.ts): every request it reserves names it. */
+  leaseId?: string | undefined;
+}
+
+/**
+ * What reconciliation may list: rows created before `createdBefore`, or,
+ * with a `scope`, the rows its lease rule allows (leases.ts), which then
+ * replaces `createdBefore`.
+ */
+export interface ListOpenOptions {
+  createdBefore?: TimeInput | undefined;
+  scope?: ReconcileScope | undefined;
+  limit?: number | undefined;
 }
 
 export function createLedger(database: Database, options: LedgerOptions = {}): Ledger {
@@ -195,7 +210,7 @@ export function createLedger(database: Database, options: LedgerOptions = {}): L
   const write = <T>(work: (trx: Transaction<DB>) => Promise<T>): Promise<T> => db.transaction().execute(work);
 
   return {
-    reserve: (input) => reserve(db, q, input, now),
+    reserve: (input) => reserve(db, q, input, now, options.leaseId ?? null),
     recordSubmit: (input) => write((trx) => recordSubmit(trx, q, input)),
     completeJob: (input) =>
       write(async (trx) => {
@@ -231,21 +246,20 @@ export function createLedger(database: Database, options: LedgerOptions = {}): L
 
     async listOpen(opts = {}) {
       let rows = db.selectFrom('requests').selectAll().where('status', 'in', HOLDING);
-      if (opts.createdBefore !== undefined) rows = rows.where('created_at', '<', toIsoTimestamp(opts.createdBefore));
+      if (opts.scope) rows = rows.where((eb) => inScope(eb, opts.scope!, 'lease_id', 'created_at'));
+      else if (opts.createdBefore !== undefined) rows = rows.where('created_at', '<', toIsoTimestamp(opts.createdBefore));
       return withJobs(db, await rows.orderBy('created_at').orderBy('id').execute());
     },
 
     async listOpenJobs(opts = {}) {
-      // A job with no fal id cannot be asked about by id (issue 17's lost-submit search finds those).
-      let rows = db.selectFrom('upstream_jobs').selectAll().where('status', 'in', OPEN_JOB).where('fal_request_id', 'is not', null);
-      if (opts.createdBefore !== undefined) rows = rows.where('created_at', '<', toIsoTimestamp(opts.createdBefore));
-      return (await rows.orderBy('created_at').orderBy('id').limit(opts.limit ?? 1000).execute()).map(toJob);
+      // A job with no fal id cannot be asked about by id (the lost-submit search finds those).
+      const rows = await openJobs(db, opts).where('upstream_jobs.status', 'in', OPEN_JOB).where('upstream_jobs.fal_request_id', 'is not', null).execute();
+      return rows.map(toJob);
     },
 
     async listLostSubmits(opts = {}) {
-      let rows = db.selectFrom('upstream_jobs').selectAll().where('status', '=', 'submitting').where('fal_request_id', 'is', null).where('kind', '=', 'job');
-      if (opts.createdBefore !== undefined) rows = rows.where('created_at', '<', toIsoTimestamp(opts.createdBefore));
-      return (await rows.orderBy('created_at').orderBy('id').limit(opts.limit ?? 1000).execute()).map(toJob);
+      const rows = await openJobs(db, opts).where('upstream_jobs.status', '=', 'submitting').where('upstream_jobs.fal_request_id', 'is', null).where('upstream_jobs.kind', '=', 'job').execute();
+      return rows.map(toJob);
     },
 
     async knownFalIds(ids) {
@@ -277,12 +291,20 @@ export function createLedger(database: Database, options: LedgerOptions = {}): L
   };
 }
 
-async function reserve(db: Kysely<DB>, q: LedgerStatements, input: ReserveInput, now: () => string): Promise<ReserveResult> {
+/** Jobs reconciliation may list, oldest first; the lease rule reads their request's owner. */
+function openJobs(db: Kysely<DB>, opts: ListOpenOptions) {
+  let rows = db.selectFrom('upstream_jobs').innerJoin('requests', 'requests.id', 'upstream_jobs.request_id').selectAll('upstream_jobs');
+  if (opts.scope) rows = rows.where((eb) => inScope(eb, opts.scope!, 'requests.lease_id', 'upstream_jobs.created_at'));
+  else if (opts.createdBefore !== undefined) rows = rows.where('upstream_jobs.created_at', '<', toIsoTimestamp(opts.createdBefore));
+  return rows.orderBy('upstream_jobs.created_at').orderBy('upstream_jobs.id').limit(opts.limit ?? 1000);
+}
+
+async function reserve(db: Kysely<DB>, q: LedgerStatements, input: ReserveInput, now: () => string, leaseId: string | null): Promise<ReserveResult> {
   const amount = input.maxChargeMicros;
   if (amount < 0n) throw new RangeError('maxChargeMicros must not be negative');
   if (input.inputHashes && input.inputHashes.length !== (input.jobs ?? 0)) throw new RangeError(`inputHashes has ${input.inputHashes.length} entries for ${input.jobs ?? 0} jobs`);
   try {
-    return await db.transaction().execute((trx) => reserveIn(trx, q, input, now()));
+    return await db.transaction().execute((trx) => reserveIn(trx, q, input, now(), leaseId));
   } catch (error) {
     // A key with no row fails the request insert on its foreign key, in
     // each dialect's own words; say what it means.
@@ -294,7 +316,7 @@ async function reserve(db: Kysely<DB>, q: LedgerStatements, input: ReserveInput,
   }
 }
 
-async function reserveIn(trx: Transaction<DB>, q: LedgerStatements, input: ReserveInput, at: string): Promise<ReserveResult> {
+async function reserveIn(trx: Transaction<DB>, q: LedgerStatements, input: ReserveInput, at: string, leaseId: string | null): Promise<ReserveResult> {
   const amount = input.maxChargeMicros;
   // The request row first, the key row last: on PostgreSQL the key's row
   // lock is then held only from the hold to the commit, and every request of
@@ -310,6 +332,7 @@ async function reserveIn(trx: Transaction<DB>, q: LedgerStatements, input: Reser
     reserved_micros: amount,
     idempotency_key: input.idempotencyKey ?? null,
     created_at: at,
+    lease_id: leaseId,
   });
   if (inserted.rows.length === 0) return { ok: false, reason: 'request_id_taken' };
   const held = await q.hold.run(trx, { amount, keyId: input.keyId });

@@ -1,11 +1,13 @@
 import type { Logger } from 'pino';
 import { FalCallError, type FalGateway } from '../fal/gateway.js';
 import type { ModelEntry, ModelRegistry } from '../models/registry.js';
-import type { JobRecord, Ledger, RequestWithJobs } from './ledger.js';
+import type { JobRecord, Ledger, ListOpenOptions, RequestWithJobs } from './ledger.js';
 import type { Markup } from './money.js';
 import { failedJobCost } from './pricing.js';
 import { SUBMIT_TIMEOUT_MS } from '../fal/submit-once.js';
 import { groupByWindow, inputHash, judgeLostSubmit, submitWindow, type ListedInput } from './lost-submits.js';
+import type { LeaseStore } from './lease-store.js';
+import { nextForeignExpiry, reconcileScope, type ReconcileScope } from './leases.js';
 import { completions, decodePricing, settleCompleted, type BillingEvents, type CompletedJob } from './settlement.js';
 
 /**
@@ -25,8 +27,10 @@ import { completions, decodePricing, settleCompleted, type BillingEvents, type C
  * closed, it is closed `refused` at $0. A request with such a job stays open
  * (its hold kept) until the search ends, or gives up after `giveUpAfterMs`.
  *
- * Only rows older than `olderThanMs` are touched, so that with several
- * processes sharing a database one never reconciles another's live request.
+ * Which rows a round touches is the lease rule (leases.ts): those of a
+ * dead owner at once, the process's own (and lease-less ones) once older than
+ * `olderThanMs`, another live process's never. Without `leases`, only rows
+ * older than `olderThanMs` are touched.
  */
 
 export interface ReconcileReport {
@@ -46,6 +50,11 @@ export interface ReconcileReport {
   lostFound: string[];
   /** Lost submits fal's listing shows no request for: closed `refused`, $0. */
   lostAbsent: string[];
+  /**
+   * When the earliest live lease of another process that owns open requests
+   * expires (epoch ms): if that process is dead, a round then settles them.
+   */
+  nextLeaseExpiryMs?: number | undefined;
 }
 
 export interface ReconcilerDeps {
@@ -60,6 +69,8 @@ export interface ReconcilerDeps {
   billingEvents?: BillingEvents | undefined;
   /** How long a submit may take before it gives up (the job runner's SUBMIT_TIMEOUT_MS): the end of a lost submit's window. */
   submitTimeoutMs?: number;
+  /** The process's lease and the table of all of them: which rows a round may touch (leases.ts). */
+  leases?: { store: LeaseStore; ownLeaseId: string } | undefined;
 }
 
 export interface Reconciler {
@@ -189,13 +200,23 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
   return {
     async run(opts = {}) {
       const report: ReconcileReport = { examined: 0, settled: [], released: [], orphaned: [], running: [], unresolved: [], abandoned: [], jobsClosed: [], lostFound: [], lostAbsent: [] };
-      const cutoff = new Date(now() - (opts.olderThanMs ?? 0));
+      const olderThanMs = opts.olderThanMs ?? 0;
+      const nowMs = now();
+      let scope: ReconcileScope | undefined;
+      if (deps.leases) {
+        const { store, ownLeaseId } = deps.leases;
+        const leases = await store.list();
+        scope = reconcileScope({ ownLeaseId, leases, nowMs, olderThanMs });
+        const owners = await store.ownersOfOpenRequests(scope.live.filter((id) => id !== ownLeaseId));
+        report.nextLeaseExpiryMs = nextForeignExpiry(leases, owners, ownLeaseId, nowMs);
+      }
+      const which = { createdBefore: new Date(nowMs - olderThanMs), scope };
       try {
-        await findLostSubmits(lostSubmitDeps, cutoff, report);
+        await findLostSubmits(lostSubmitDeps, which, report);
       } catch (err) {
         deps.logger.error({ err }, 'reconcile: the search for lost submits failed');
       }
-      const open = await deps.ledger.listOpen({ createdBefore: cutoff });
+      const open = await deps.ledger.listOpen(which);
       report.examined = open.length;
       const openIds = new Set(open.map((r) => r.id));
       for (const r of open) {
@@ -206,7 +227,7 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
           deps.logger.error({ err, request_id: r.id }, 'reconcile: failed on a request');
         }
       }
-      for (const job of await deps.ledger.listOpenJobs({ createdBefore: cutoff })) {
+      for (const job of await deps.ledger.listOpenJobs(which)) {
         if (openIds.has(job.requestId) && job.kind === 'job') continue;
         try {
           await reconcileJob(job, report);
@@ -235,8 +256,8 @@ interface LostSubmitDeps {
  * (fal stored no inputs, X-Fal-Store-IO: 0) stays open until `giveUpAfterMs`,
  * then is closed `lost`.
  */
-async function findLostSubmits(deps: LostSubmitDeps, cutoff: Date, report: ReconcileReport): Promise<void> {
-  const lost = await deps.ledger.listLostSubmits({ createdBefore: cutoff });
+async function findLostSubmits(deps: LostSubmitDeps, which: ListOpenOptions, report: ReconcileReport): Promise<void> {
+  const lost = await deps.ledger.listLostSubmits(which);
   const jobs = lost.map((job) => ({ job, endpoint: job.endpoint, window: submitWindow(Date.parse(job.createdAt), deps.submitTimeoutMs) }));
   for (const group of groupByWindow(jobs)) {
     let items: ListedInput[];

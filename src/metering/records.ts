@@ -27,6 +27,8 @@ export interface RequestRecord {
   createdAt: string;
   /** When the request was settled, released or failed. */
   settledAt: string | null;
+  /** The lease of the process that took it (see leases.ts); null when it was taken without one. */
+  leaseId: string | null;
 }
 
 export interface JobRecord {
@@ -74,6 +76,7 @@ export function toRequest(row: Selectable<RequestsTable>): RequestRecord {
     idempotencyKey: row.idempotency_key,
     createdAt: row.created_at,
     settledAt: row.settled_at,
+    leaseId: row.lease_id ?? null,
   };
 }
 

@@ -9,7 +9,7 @@ import pg from 'pg';
 import { createDatabase, migrations, toIsoTimestamp, type Database, type DB } from '../../src/db/index.js';
 import { describeEachDialect, POSTGRES_URL, runInProcesses } from '../helpers/databases.js';
 
-const TABLES = ['api_keys', 'idempotency', 'outbox', 'requests', 'upstream_jobs'];
+const TABLES = ['api_keys', 'idempotency', 'leases', 'outbox', 'requests', 'upstream_jobs'];
 const ALL_MIGRATIONS = Object.keys(migrations('sqlite'));
 
 describe('createDatabase', () => {
