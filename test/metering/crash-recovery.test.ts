@@ -17,6 +17,12 @@ import { TEST_KEY } from '../helpers/service.js';
  * with fal's units and cost, every reconciled request is charged on its
  * images, and a request killed before fal answered its submit is found in
  * fal's request listing by its input and settled like the others.
+ *
+ * Reconciliation runs on its defaults (RECONCILE_AFTER_MS is
+ * REQUEST_TIMEOUT_MS + 60 s, RECONCILE_INTERVAL_MS 60 s): the dead process's
+ * requests are settled because its lease expired (src/metering/leases.ts),
+ * which neither the age rule nor the interval's first round could do before
+ * the deadline below.
  */
 
 const root = new URL('../../', import.meta.url).pathname;
@@ -78,8 +84,8 @@ describe('crash recovery', () => {
     await rm(dataDir, { recursive: true, force: true });
   });
 
-  it('reconciles every job fal billed after a SIGKILL, the one whose submit never answered included', async () => {
-    const env = { FAL_BASE_URL: emulator.url, FAL_KEY: 'k', API_KEYS: TEST_KEY, DATA_DIR: dataDir, RECONCILE_AFTER_MS: '0', RECONCILE_INTERVAL_MS: '0' };
+  it('reconciles every job fal billed after a SIGKILL, the one whose submit never answered included', async (t) => {
+    const env = { FAL_BASE_URL: emulator.url, FAL_KEY: 'k', API_KEYS: TEST_KEY, DATA_DIR: dataDir };
     const first = await startServiceProcess(env);
     procs.push(first);
     // One submit is held by the emulator so that the kill lands between
@@ -110,7 +116,11 @@ describe('crash recovery', () => {
 
     const second = await startServiceProcess(env);
     procs.push(second);
-    const line = await until(() => second.lines.find((l) => l.msg === 'reconciled open requests'), 60_000, 'start-up reconciliation');
+    const restartedAt = Date.now();
+    // Under the interval's first round (60 s), so only the lease rule can have settled them.
+    const line = await until(() => second.lines.find((l) => l.msg === 'reconciled open requests'), 50_000, 'the dead process’s requests to be reconciled');
+    const holdsClosedAfterMs = Date.now() - restartedAt;
+    t.diagnostic(`holds closed ${holdsClosedAfterMs} ms after the restart (lease expiry 10 s)`);
     const report = line.reconcile as { settled: string[]; orphaned: string[]; lostFound: string[] };
     assert.equal(report.lostFound.length, 1, 'the held submit’s job was found in fal’s listing');
     assert.equal(report.settled.length, 5);
@@ -144,7 +154,14 @@ describe('crash recovery', () => {
     const keys = await database.db.selectFrom('api_keys').selectAll().execute();
     assert.equal(keys.reduce((s, k) => s + k.reserved_micros, 0n), 0n, 'no reservation is left held');
 
+    // The dead process's lease expired where it stood; the live one's is released on a graceful stop.
+    const leases = await database.db.selectFrom('leases').selectAll().execute();
+    assert.equal(leases.length, 2);
+    const firstLease = settled[0]!.lease_id;
+    assert.ok(settled.every((r) => r.lease_id === firstLease), 'every request names the lease of the process that took it');
+    assert.ok(leases.find((l) => l.id === firstLease)!.expires_at < new Date().toISOString());
     second.child.kill('SIGTERM');
     await second.exited;
+    assert.deepEqual((await database.db.selectFrom('leases').select('id').execute()).map((l) => l.id), [firstLease]);
   });
 });

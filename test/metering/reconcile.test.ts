@@ -4,7 +4,8 @@ import request from 'supertest';
 import { startTestService, TEST_KEY, type TestService } from '../helpers/service.js';
 import { createFalGateway, type FalGateway } from '../../src/fal/gateway.js';
 import { createReconciler, type ReconcileReport } from '../../src/metering/reconcile.js';
-import { jobIdFor } from '../../src/metering/ledger.js';
+import { createLedger, jobIdFor } from '../../src/metering/ledger.js';
+import { createLeaseStore } from '../../src/metering/lease-store.js';
 import { inputHash } from '../../src/metering/lost-submits.js';
 import { parseMarkup, parseUsd } from '../../src/metering/money.js';
 
@@ -168,5 +169,68 @@ describe('reconcile: lost submits when fal stores no inputs (X-Fal-Store-IO: 0)'
     const row = await t.service.ledger.getRequest(id);
     assert.equal(row?.jobs[0]?.status, 'lost');
     assert.equal(row?.jobs[0]?.errorCode, 'unresolved_upstream');
+  });
+});
+
+describe('reconcile: leases', () => {
+  let t: TestService;
+  before(async () => {
+    t = await startTestService();
+  });
+  after(async () => {
+    await t.close();
+  });
+
+  /** A reconciler holding the service's own lease, its clock `aheadMs` in the future. */
+  const reconcile = (ownLeaseId: string, aheadMs = 0): Promise<ReconcileReport> =>
+    createReconciler({
+      ledger: t.service.ledger,
+      fal: t.service.fal,
+      registry: t.service.registry,
+      markup: parseMarkup('1'),
+      logger: t.service.logger,
+      now: () => Date.now() + aheadMs,
+      leases: { store: createLeaseStore(t.service.database), ownLeaseId },
+    }).run({ olderThanMs: 3_600_000 });
+
+  /** A request of `leaseId`'s process whose one job fal does not know (reconciled, it is released). */
+  async function openRequest(leaseId: string | undefined): Promise<string> {
+    const requestId = `req-lease-${Math.random().toString(36).slice(2)}`;
+    const model = t.service.registry.lookup(MODEL)!;
+    const keyId = (await t.service.keys.create({ name: 'lease test', budgetMicros: null })).record.id;
+    const ledger = createLedger(t.service.database, { leaseId });
+    assert.deepEqual(await ledger.reserve({ requestId, keyId, model: MODEL, endpoint: model.endpoint, maxChargeMicros: 1_000n, jobs: 1 }), { ok: true });
+    await ledger.recordSubmit({ jobId: jobIdFor(requestId, 0), falRequestId: `unknown-${requestId}` });
+    return requestId;
+  }
+
+  it('a live peer’s request waits for its lease to expire, then is settled at once; the own young request is left alone', async () => {
+    const store = createLeaseStore(t.service.database);
+    const peer = await store.acquire({ id: `peer-${Math.random()}`, host: 'elsewhere', pid: 1, expiryMs: 10_000 });
+    const own = await store.acquire({ id: `own-${Math.random()}`, host: 'here', pid: 2, expiryMs: 3_600_000 });
+    const peers = await openRequest(peer.id);
+    const mine = await openRequest(own.id);
+
+    const live = await reconcile(own.id);
+    assert.equal(live.examined, 0, 'neither is touched: the peer is live, the own request young');
+    assert.equal(live.nextLeaseExpiryMs, peer.expiresAtMs, 'the round says when to look again');
+    assert.equal((await t.service.ledger.getRequest(peers))?.status, 'submitted');
+
+    const expired = await reconcile(own.id, 10_001);
+    assert.deepEqual(expired.released, [peers], 'fal knows no such job: released');
+    assert.equal(expired.nextLeaseExpiryMs, undefined);
+    assert.equal((await t.service.ledger.getRequest(peers))?.status, 'failed');
+    assert.equal((await t.service.ledger.getRequest(mine))?.status, 'submitted');
+  });
+
+  it('a request whose lease was released (a graceful stop) is anyone’s at once; a lease-less young one is not', async () => {
+    const store = createLeaseStore(t.service.database);
+    const gone = await store.acquire({ id: `gone-${Math.random()}`, host: 'elsewhere', pid: 1, expiryMs: 10_000 });
+    const orphan = await openRequest(gone.id);
+    const leaseless = await openRequest(undefined);
+    await store.release(gone.id);
+    const report = await reconcile(`own-${Math.random()}`);
+    assert.deepEqual(report.released, [orphan]);
+    assert.equal((await t.service.ledger.getRequest(leaseless))?.status, 'submitted');
   });
 });
