@@ -1,7 +1,8 @@
 /**
  * The usage ledger: one request row per caller request (reserved before fal
  * is called, settled after) and one upstream-job row per fal job. Reports
- * over these rows live in src/metering/reports.ts.
+ * over these rows live in src/metering/reports.ts; the writes to one job's row in
+ * src/metering/ledger-jobs.ts.
  *
  * Every write is one Kysely transaction (`db.transaction().execute`), on
  * SQLite and PostgreSQL alike. Every amount moves between a request row and
@@ -24,12 +25,14 @@ import { ledgerStatements, HOLDING, type LedgerStatements } from './ledger-state
 import type { Database } from '../db/database.js';
 import { OPEN_JOB, type DB } from '../db/schema.js';
 import { systemClock, toBigInt, toIsoTimestamp, toNumber, type Clock, type TimeInput } from '../db/values.js';
-import { canonicalDecimal } from './money.js';
 import { enqueueOutboxEvent, type OutboxEventInput } from './outbox-store.js';
 import { inScope } from './lease-store.js';
 import type { ReconcileScope } from './leases.js';
-import { jobOrThrow, requestOrThrow, toJob, toRequest, withJobs, type JobRecord, type RequestRecord, type RequestWithJobs } from './records.js';
+import { requestOrThrow, toJob, toRequest, withJobs, type JobRecord, type RequestRecord, type RequestWithJobs } from './records.js';
 
+import { closeJob, completeJob, jobIdFor, recordStrays, recordSubmit, type CloseJobInput, type CompleteJobInput, type CompleteJobResult } from './ledger-jobs.js';
+
+export { jobIdFor, strayIdFor, type CloseJobInput, type CompleteJobInput, type CompleteJobResult } from './ledger-jobs.js';
 export { UnknownJobError, UnknownRequestError, type JobRecord, type RequestRecord, type RequestWithJobs } from './records.js';
 
 export interface ReserveInput {
@@ -52,16 +55,6 @@ export interface ReserveInput {
   inputHashes?: readonly string[] | undefined;
 }
 
-/** Our id of a request's i-th fal job. */
-export function jobIdFor(requestId: string, index: number): string {
-  return `${requestId}/${index}`;
-}
-
-/** Our id of a job fal made on a refused submit attempt of a request. */
-export function strayIdFor(requestId: string, falRequestId: string): string {
-  return `${requestId}/stray/${falRequestId}`;
-}
-
 export type ReserveResult =
   | { ok: true }
   | {
@@ -73,28 +66,6 @@ export type ReserveResult =
     }
   /** A caller-chosen request id (x-request-id) that already names a request; nothing was held. */
   | { ok: false; reason: 'request_id_taken' };
-
-export interface CompleteJobInput {
-  /** Our job id (`jobIdFor`, or a stray's). */
-  jobId: string;
-  /** Another id fal reported for this job (its runner retry), kept beside the one submit answered. */
-  otherFalId?: string | null | undefined;
-  images: number;
-  pixels: number;
-  /** Our estimate of fal's billed quantity, as a decimal. */
-  unitsEstimate: string | number | bigint;
-  /** fal's `x-fal-billable-units`, when it sent one. */
-  unitsFal?: string | number | bigint | null | undefined;
-  upstreamCostMicros: bigint;
-}
-
-export interface CompleteJobResult {
-  job: JobRecord;
-  /** False when the job was already completed (a repeat). */
-  changed: boolean;
-  /** fal reported a quantity that is not numerically equal to our estimate. */
-  unitsMismatch: boolean;
-}
 
 export interface SettleInput {
   requestId: string;
@@ -126,16 +97,6 @@ export interface ReleaseInput {
   errorCode?: string | null | undefined;
   /** Completed jobs to record with their cost in the same transaction: upstream cost the caller is not charged for. */
   jobs?: readonly CompleteJobInput[] | undefined;
-}
-
-/** A job fal said ended without images, or that we stop asking about. */
-export interface CloseJobInput {
-  jobId: string;
-  status: 'failed' | 'cancelled' | 'refused' | 'lost';
-  /** What fal billed for it (its units priced), 0 when nothing. */
-  upstreamCostMicros: bigint;
-  unitsFal?: string | null | undefined;
-  errorCode?: string | null | undefined;
 }
 
 export interface ReleaseResult {
@@ -356,40 +317,6 @@ async function reserveIn(trx: Transaction<DB>, q: LedgerStatements, input: Reser
   };
 }
 
-async function recordSubmit(trx: Transaction<DB>, q: LedgerStatements, input: { jobId: string; falRequestId: string }): Promise<JobRecord> {
-  const [row] = (await q.recordSubmit.run(trx, { id: input.jobId, falRequestId: input.falRequestId })).rows;
-  if (!row) {
-    const existing = await jobOrThrow(trx, input.jobId);
-    if (existing.falRequestId !== input.falRequestId) {
-      throw new Error(`job ${input.jobId} already has fal request ${existing.falRequestId ?? '(none)'} and state ${existing.status}, not ${input.falRequestId}`);
-    }
-    return existing;
-  }
-  await q.markSubmitted.run(trx, { requestId: row.request_id });
-  return toJob(row);
-}
-
-async function completeJob(trx: Transaction<DB>, q: LedgerStatements, input: CompleteJobInput, at: string): Promise<CompleteJobResult> {
-  const values = {
-    id: input.jobId,
-    otherIds: input.otherFalId ?? null,
-    images: toNumber(input.images),
-    pixels: toNumber(input.pixels),
-    unitsEstimate: canonicalDecimal(input.unitsEstimate),
-    unitsFal: input.unitsFal === null || input.unitsFal === undefined ? null : canonicalDecimal(input.unitsFal),
-    cost: toBigInt(input.upstreamCostMicros),
-    at,
-  };
-  const row = (await q.completeJob.run(trx, values)).rows[0];
-  // Unchanged (a repeat): report the row as it stands.
-  const job = row ? toJob(row) : await jobOrThrow(trx, input.jobId);
-  return {
-    job,
-    changed: row !== undefined,
-    unitsMismatch: job.unitsFal !== null && job.unitsEstimate !== null && job.unitsFal !== job.unitsEstimate,
-  };
-}
-
 async function settle(trx: Transaction<DB>, q: LedgerStatements, input: SettleInput, at: string, clock: Clock): Promise<SettleResult> {
   const charge = toBigInt(input.chargeMicros);
   if (charge < 0n) throw new RangeError('chargeMicros must not be negative');
@@ -424,35 +351,6 @@ async function settle(trx: Transaction<DB>, q: LedgerStatements, input: SettleIn
     await enqueueOutboxEvent(trx, { eventId, type, payload: body, keyId: request.keyId }, clock);
   }
   return { settled: true, request };
-}
-
-async function closeJob(trx: Transaction<DB>, input: CloseJobInput, at: string): Promise<{ changed: boolean; job: JobRecord }> {
-  const cost = toBigInt(input.upstreamCostMicros);
-  if (cost < 0n) throw new RangeError('upstreamCostMicros must not be negative');
-  const row = await trx
-    .updateTable('upstream_jobs')
-    .set({
-      status: input.status,
-      upstream_cost_micros: cost,
-      units_fal: input.unitsFal === null || input.unitsFal === undefined ? null : canonicalDecimal(input.unitsFal),
-      error_code: input.errorCode ?? null,
-      completed_at: at,
-    })
-    .where('id', '=', input.jobId)
-    .where('status', 'in', OPEN_JOB)
-    .returningAll()
-    .executeTakeFirst();
-  return { changed: row !== undefined, job: row ? toJob(row) : await jobOrThrow(trx, input.jobId) };
-}
-
-async function recordStrays(trx: Transaction<DB>, input: { requestId: string; endpoint: string; falRequestIds: readonly string[] }, at: string): Promise<void> {
-  for (const falRequestId of input.falRequestIds) {
-    await trx
-      .insertInto('upstream_jobs')
-      .values({ id: strayIdFor(input.requestId, falRequestId), request_id: input.requestId, kind: 'stray', fal_request_id: falRequestId, endpoint: input.endpoint, status: 'submitted', created_at: at })
-      .onConflict((oc) => oc.doNothing())
-      .execute();
-  }
 }
 
 async function release(trx: Transaction<DB>, input: ReleaseInput, at: string): Promise<ReleaseResult> {

@@ -1,0 +1,117 @@
+/**
+ * The ledger's writes to one fal job's row (src/metering/ledger.ts runs each
+ * inside its Kysely transaction): fal's id added when submit answers, the
+ * job completed or closed at what fal billed, strays recorded. Each is a
+ * conditional UPDATE on the row's current state, so a repeat changes nothing.
+ */
+import type { Transaction } from 'kysely';
+import { OPEN_JOB, type DB } from '../db/schema.js';
+import { toBigInt, toNumber } from '../db/values.js';
+import type { LedgerStatements } from './ledger-statements.js';
+import { canonicalDecimal } from './money.js';
+import { jobOrThrow, toJob, type JobRecord } from './records.js';
+
+/** Our id of a request's i-th fal job. */
+export function jobIdFor(requestId: string, index: number): string {
+  return `${requestId}/${index}`;
+}
+
+/** Our id of a job fal made on a refused submit attempt of a request. */
+export function strayIdFor(requestId: string, falRequestId: string): string {
+  return `${requestId}/stray/${falRequestId}`;
+}
+
+export interface CompleteJobInput {
+  /** Our job id (`jobIdFor`, or a stray's). */
+  jobId: string;
+  /** Another id fal reported for this job (its runner retry), kept beside the one submit answered. */
+  otherFalId?: string | null | undefined;
+  images: number;
+  pixels: number;
+  /** Our estimate of fal's billed quantity, as a decimal. */
+  unitsEstimate: string | number | bigint;
+  /** fal's `x-fal-billable-units`, when it sent one. */
+  unitsFal?: string | number | bigint | null | undefined;
+  upstreamCostMicros: bigint;
+}
+
+export interface CompleteJobResult {
+  job: JobRecord;
+  /** False when the job was already completed (a repeat). */
+  changed: boolean;
+  /** fal reported a quantity that is not numerically equal to our estimate. */
+  unitsMismatch: boolean;
+}
+
+/** A job fal said ended without images, or that we stop asking about. */
+export interface CloseJobInput {
+  jobId: string;
+  status: 'failed' | 'cancelled' | 'refused' | 'lost';
+  /** What fal billed for it (its units priced), 0 when nothing. */
+  upstreamCostMicros: bigint;
+  unitsFal?: string | null | undefined;
+  errorCode?: string | null | undefined;
+}
+
+export async function recordSubmit(trx: Transaction<DB>, q: LedgerStatements, input: { jobId: string; falRequestId: string }): Promise<JobRecord> {
+  const [row] = (await q.recordSubmit.run(trx, { id: input.jobId, falRequestId: input.falRequestId })).rows;
+  if (!row) {
+    const existing = await jobOrThrow(trx, input.jobId);
+    if (existing.falRequestId !== input.falRequestId) {
+      throw new Error(`job ${input.jobId} already has fal request ${existing.falRequestId ?? '(none)'} and state ${existing.status}, not ${input.falRequestId}`);
+    }
+    return existing;
+  }
+  await q.markSubmitted.run(trx, { requestId: row.request_id });
+  return toJob(row);
+}
+
+export async function completeJob(trx: Transaction<DB>, q: LedgerStatements, input: CompleteJobInput, at: string): Promise<CompleteJobResult> {
+  const values = {
+    id: input.jobId,
+    otherIds: input.otherFalId ?? null,
+    images: toNumber(input.images),
+    pixels: toNumber(input.pixels),
+    unitsEstimate: canonicalDecimal(input.unitsEstimate),
+    unitsFal: input.unitsFal === null || input.unitsFal === undefined ? null : canonicalDecimal(input.unitsFal),
+    cost: toBigInt(input.upstreamCostMicros),
+    at,
+  };
+  const row = (await q.completeJob.run(trx, values)).rows[0];
+  // Unchanged (a repeat): report the row as it stands.
+  const job = row ? toJob(row) : await jobOrThrow(trx, input.jobId);
+  return {
+    job,
+    changed: row !== undefined,
+    unitsMismatch: job.unitsFal !== null && job.unitsEstimate !== null && job.unitsFal !== job.unitsEstimate,
+  };
+}
+
+export async function closeJob(trx: Transaction<DB>, input: CloseJobInput, at: string): Promise<{ changed: boolean; job: JobRecord }> {
+  const cost = toBigInt(input.upstreamCostMicros);
+  if (cost < 0n) throw new RangeError('upstreamCostMicros must not be negative');
+  const row = await trx
+    .updateTable('upstream_jobs')
+    .set({
+      status: input.status,
+      upstream_cost_micros: cost,
+      units_fal: input.unitsFal === null || input.unitsFal === undefined ? null : canonicalDecimal(input.unitsFal),
+      error_code: input.errorCode ?? null,
+      completed_at: at,
+    })
+    .where('id', '=', input.jobId)
+    .where('status', 'in', OPEN_JOB)
+    .returningAll()
+    .executeTakeFirst();
+  return { changed: row !== undefined, job: row ? toJob(row) : await jobOrThrow(trx, input.jobId) };
+}
+
+export async function recordStrays(trx: Transaction<DB>, input: { requestId: string; endpoint: string; falRequestIds: readonly string[] }, at: string): Promise<void> {
+  for (const falRequestId of input.falRequestIds) {
+    await trx
+      .insertInto('upstream_jobs')
+      .values({ id: strayIdFor(input.requestId, falRequestId), request_id: input.requestId, kind: 'stray', fal_request_id: falRequestId, endpoint: input.endpoint, status: 'submitted', created_at: at })
+      .onConflict((oc) => oc.doNothing())
+      .execute();
+  }
+}
