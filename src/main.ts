@@ -1,9 +1,11 @@
 import { pathToFileURL } from 'node:url';
 import { loadConfig, ConfigError } from './config.js';
 import { startService, type Service } from './service.js';
+import { optimizeForSize } from './optimize-for-size.js';
 
 /** Process concerns only: configuration, start, banner, signals. */
 export async function runServer(env: Record<string, string | undefined> = process.env): Promise<void> {
+  optimizeForSize();
   let config;
   try {
     config = loadConfig(env);

@@ -16,7 +16,7 @@
  * - RSS: the kernel's resident set at the plateau minus at idle.
  * - live: the V8 heap after full collections (what the test guards).
  *
- *   npx tsx bench/probes/waiting-garbage.ts [--jobs=2000] [--mode=polling|webhook] [--plateau=10]
+ *   npx tsx bench/probes/waiting-garbage.ts [--jobs=2000] [--mode=polling|webhook] [--plateau=10] [--node-args='--flag ...']
  */
 import { fork } from 'node:child_process';
 import { once } from 'node:events';
@@ -32,7 +32,7 @@ import { createInterface } from 'node:readline';
 import { startEmulator } from '../../src/emulator/index.js';
 
 const { values: args } = parseArgs({
-  options: { jobs: { type: 'string', default: '2000' }, mode: { type: 'string', default: 'polling' }, plateau: { type: 'string', default: '10' } },
+  options: { jobs: { type: 'string', default: '2000' }, mode: { type: 'string', default: 'polling' }, plateau: { type: 'string', default: '10' }, 'node-args': { type: 'string', default: '' } },
 });
 const JOBS = Number(args.jobs);
 const mode = args.mode as 'polling' | 'webhook';
@@ -74,7 +74,7 @@ const env: Record<string, string> = {
   RECONCILE_INTERVAL_MS: '0',
   ...(mode === 'polling' ? { STATUS_STREAMS_MAX: '0' } : { FAL_WEBHOOKS: 'true', PUBLIC_BASE_URL: `http://127.0.0.1:${port}`, FAL_WEBHOOK_GRACE_MS: '600000' }),
 };
-const child = fork(FIXTURE, { env, execArgv: ['--expose-gc', '--trace-gc-nvp', '--import', 'tsx'], stdio: ['ignore', 'pipe', 'inherit', 'ipc'] });
+const child = fork(FIXTURE, { env, execArgv: [...args['node-args']!.split(' ').filter(Boolean), '--expose-gc', '--trace-gc-nvp', '--import', 'tsx'], stdio: ['ignore', 'pipe', 'inherit', 'ipc'] });
 let promoted = 0;
 createInterface({ input: child.stdout! }).on('line', (line) => {
   const m = / gc=s .* promoted=(\d+) /.exec(line);

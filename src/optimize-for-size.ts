@@ -1,0 +1,32 @@
+import { setFlagsFromString } from 'node:v8';
+
+/**
+ * Runs the service's V8 heap in its memory-saving mode (`--optimize-for-size`,
+ * set at start by `src/main.ts`): the old generation is collected when it
+ * has grown by a small factor rather than doubled, and the young generation
+ * is shrunk when idle. A departure from Node's defaults, kept for the figure
+ * below; the service is otherwise run as Node runs it.
+ *
+ * Why: thousands of image requests wait for fal at once, and each one's
+ * submit (body, validation, ledger rows, the fal client's request and
+ * answer) lives long enough to be promoted out of the young generation:
+ * about 23 KiB per job, of which about 12 KiB stays live while it waits.
+ * On Node's defaults the rest stays in the old generation, garbage that
+ * no full collection reclaims while the jobs wait, and it is what the
+ * process's RSS settles at.
+ *
+ * Figure (bench/probes/waiting-garbage.ts, 4,000 jobs in polling mode, Node
+ * 20, 2 vCPUs): RSS per waiting job 22.4–25.4 KiB on the defaults against
+ * 16.9 KiB in this mode (old-space in use 13–15 KiB against 11.6–11.9 KiB,
+ * live heap 11.8 KiB either way); bench/README.md has the full waiting
+ * benchmark and the CPU it costs. test/optimize-for-size.test.ts fails when
+ * the mode stops reducing the old generation.
+ *
+ * Set at run time rather than on the command line: `NODE_OPTIONS` does not
+ * accept this flag, and V8 reads it whenever it sizes the heap, so setting
+ * it before the service starts has its effect on the old generation while
+ * the young generation keeps the size it was configured with at start.
+ */
+export function optimizeForSize(): void {
+  setFlagsFromString('--optimize-for-size');
+}
