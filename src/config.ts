@@ -35,6 +35,10 @@ export interface Config {
   idempotencyTtlS: number;
   billingWebhookUrl: string | undefined;
   billingWebhookSecret: string | undefined;
+  /** Signs the `/v1/files/...` image URLs; unset on a single process, one is kept under DATA_DIR. */
+  fileUrlSecret: string | undefined;
+  /** How long an image URL served from our origin stays readable. */
+  fileUrlTtlS: number;
   /** The longest wait between two delivery attempts of one billing event. */
   billingWebhookMaxBackoffMs: number;
   /** Open requests older than this are reconciled with fal (start-up and periodically). */
@@ -222,6 +226,8 @@ export function loadConfig(env: Env = process.env): Config {
   const billingWebhookUrl = url('BILLING_WEBHOOK_URL', ['http:', 'https:']);
   const billingWebhookSecret = str('BILLING_WEBHOOK_SECRET');
   if (billingWebhookUrl && !billingWebhookSecret) problems.push('BILLING_WEBHOOK_URL needs BILLING_WEBHOOK_SECRET to sign events');
+  const fileUrlSecret = str('FILE_URL_SECRET');
+  if (fileUrlSecret !== undefined && fileUrlSecret.length < 32) problems.push('FILE_URL_SECRET must be at least 32 characters: it signs every image URL served from this origin');
   const whsec = billingWebhookSecret?.startsWith('whsec_') ? billingWebhookSecret.slice(6) : undefined;
   if (whsec !== undefined && !(/^[A-Za-z0-9+/]+={0,2}$/.test(whsec) && whsec.length % 4 === 0)) {
     // Never echo the value: it is a secret.
@@ -278,6 +284,8 @@ export function loadConfig(env: Env = process.env): Config {
     idempotencyTtlS: int('IDEMPOTENCY_TTL_S', 86_400, 1, 30 * 86_400),
     billingWebhookUrl,
     billingWebhookSecret,
+    fileUrlSecret,
+    fileUrlTtlS: int('FILE_URL_TTL_S', 86_400, 60, 30 * 86_400),
     billingWebhookMaxBackoffMs: int('BILLING_WEBHOOK_MAX_BACKOFF_MS', 3_600_000, 10, 7 * 86_400_000),
     reconcileAfterMs: 0,
     databasePoolSize: int('DATABASE_POOL_SIZE', 20, 1, 1000),
@@ -317,6 +325,9 @@ export function loadConfig(env: Env = process.env): Config {
   }
   if (config.leaseRenewMs * 2 > config.leaseExpiryMs) {
     problems.push(`LEASE_RENEW_MS (${config.leaseRenewMs}) must be at most half of LEASE_EXPIRY_MS (${config.leaseExpiryMs}): one late renewal must not let a live process's lease expire`);
+  }
+  if (config.databaseUrl && !config.fileUrlSecret && (config.falBaseUrl || config.embeddedEmulator)) {
+    problems.push('DATABASE_URL with images served from this origin (FAL_BASE_URL or the bundled emulator) needs FILE_URL_SECRET: every replica must verify the image URLs another one signed');
   }
   if (config.falWebhooks && !config.publicBaseUrl) problems.push('FAL_WEBHOOKS needs PUBLIC_BASE_URL: the address fal posts job callbacks to');
   if (problems.length > 0) throw new ConfigError(problems);

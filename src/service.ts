@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { setMaxListeners } from 'node:events';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -8,6 +9,7 @@ import { loraReuseMarginMs, type Config } from './config.js';
 import { createApp } from './app.js';
 import { createFalGateway, type FalGateway } from './fal/gateway.js';
 import { createMedia } from './images/media.js';
+import { createFileUrls, loadOrCreateFileUrlSecret } from './images/file-urls.js';
 import { createImageService } from './images/generate.js';
 import { createLoraResolver } from './images/loras.js';
 import { modelCatalog, type ModelRegistry } from './models/registry.js';
@@ -166,6 +168,8 @@ export async function startService(config: Config, overrides: ServiceOverrides =
   }
   const media = createMedia({
     falBaseUrl,
+    // Without a proxied fal-protocol server no URL of ours is ever signed.
+    fileUrls: createFileUrls({ secret: config.fileUrlSecret ?? (falBaseUrl ? await loadOrCreateFileUrlSecret(config.dataDir) : randomBytes(32)), ttlS: config.fileUrlTtlS }),
     allowedHosts: config.imageHostsAllowed,
     maxBytes: config.imageMaxBytes,
     timeoutMs: config.imageFetchTimeoutMs,

@@ -30,6 +30,8 @@ export function serviceEnv(emulatorUrl: string, dataDir: string, extra: Record<s
     DATA_DIR: dataDir,
     DEFAULT_RPM_LIMIT: '0',
     LOG_LEVEL: 'info',
+    // Replicas on one PostgreSQL verify each other's image URLs with it.
+    FILE_URL_SECRET: 'bench-file-url-secret-shared-by-replicas',
     ...extra,
   };
 }

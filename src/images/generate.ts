@@ -216,7 +216,7 @@ async function buildAnswer(deps: ImageServiceDeps, now: () => number, run: Run, 
   try {
     // The charge is known before settling: the answer carries it.
     const charge = callerChargeForJobs(req.model, completed.map((j) => j.images), run.pricing.promptExpansion, run.pricing.markup);
-    return await imagesResponse({ req, results, charge, baseSeed: run.baseSeed, nowMs: now(), publicBaseUrl: ctx.publicBaseUrl }, deps.media);
+    return await imagesResponse({ req, results, charge, baseSeed: run.baseSeed, nowMs: now(), publicBaseUrl: ctx.publicBaseUrl, tenant: ctx.keyId }, deps.media);
   } catch (err) {
     if (!(err instanceof MediaError)) throw err;
     log.error({ err: err.message }, 'could not deliver images');

@@ -9,6 +9,7 @@
  */
 import { createImageHostPolicy, RefusedUrlError, type Resolve } from './outbound.js';
 import type { Base64Parts } from './b64-item.js';
+import type { FileUrls, SignedFile } from './file-urls.js';
 
 export interface MediaOptions {
   /** The fal-protocol server whose media we proxy (FAL_BASE_URL / the emulator). */
@@ -22,6 +23,8 @@ export interface MediaOptions {
   allowedHosts?: readonly string[] | undefined;
   /** Host resolution for the private-address check; tests inject one. */
   resolve?: Resolve;
+  /** Signs and verifies the `/v1/files/...` URLs handed to callers (file-urls.ts). */
+  fileUrls: FileUrls;
 }
 
 /** fal's media hosts, as the first path segment under the emulator's addressing. */
@@ -35,8 +38,8 @@ export class MediaError extends Error {
 }
 
 export interface Media {
-  /** The URL we hand the caller for an image fal returned. */
-  toClientUrl(falUrl: string, publicBaseUrl: string): string;
+  /** The URL we hand the caller (API key `tenant`) for an image fal returned. */
+  toClientUrl(falUrl: string, publicBaseUrl: string, tenant: string): string;
   /**
    * Bare base64 (no `data:` prefix) for an image fal returned: a string when
    * fal sent a data URI (a slice of it, no copy) and Buffers when it had to be
@@ -44,8 +47,12 @@ export interface Media {
    * reads either as text.
    */
   base64(falUrl: string, signal?: AbortSignal): Promise<string | Base64Parts>;
-  /** For GET /v1/files/<rest>: the upstream URL to proxy, or null if not ours to serve. */
-  proxyTarget(rest: string): string | null;
+  /**
+   * For GET /v1/files/<rest>?<query>: the upstream URL to proxy and what the
+   * URL's signature proved, or null if it is not ours to serve (not a media
+   * path, or the signature is missing, altered or expired).
+   */
+  proxyTarget(rest: string, query: Record<string, unknown>): { url: string; signed: SignedFile } | null;
 }
 
 export function createMedia(opts: MediaOptions): Media {
@@ -55,20 +62,22 @@ export function createMedia(opts: MediaOptions): Media {
   const timeoutMs = opts.timeoutMs ?? 30_000;
   const hosts = createImageHostPolicy({ allowed: opts.allowedHosts, falBaseUrl: base, resolve: opts.resolve });
 
-  function proxyTarget(rest: string): string | null {
-    if (!base) return null;
+  function mediaPath(rest: string): boolean {
     const host = rest.split('/', 1)[0] ?? '';
-    if (!MEDIA_HOST.test(host) || rest.includes('..') || rest.includes('\\')) return null;
-    return `${base}/${rest}`;
+    return base !== undefined && MEDIA_HOST.test(host) && !rest.includes('..') && !rest.includes('\\');
   }
 
   return {
-    proxyTarget,
+    proxyTarget(rest, query) {
+      if (!mediaPath(rest)) return null;
+      const signed = opts.fileUrls.verify(rest, query);
+      return signed ? { url: `${base}/${rest}`, signed } : null;
+    },
 
-    toClientUrl(falUrl, publicBaseUrl) {
+    toClientUrl(falUrl, publicBaseUrl, tenant) {
       if (base && falUrl.startsWith(`${base}/`)) {
         const rest = falUrl.slice(base.length + 1);
-        if (proxyTarget(rest)) return `${publicBaseUrl.replace(/\/+$/, '')}/v1/files/${rest}`;
+        if (mediaPath(rest)) return `${publicBaseUrl.replace(/\/+$/, '')}/v1/files/${rest}?${opts.fileUrls.sign(rest, tenant)}`;
       }
       return falUrl;
     },

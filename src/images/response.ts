@@ -19,6 +19,8 @@ export interface ResponseInput {
   baseSeed: number | undefined;
   nowMs: number;
   publicBaseUrl: string;
+  /** The API key's id: the tenant our own image URLs are signed for. */
+  tenant: string;
 }
 
 export async function imagesResponse(input: ResponseInput, media: Media): Promise<ImagesResponse> {
@@ -52,7 +54,7 @@ async function imageItems(input: ResponseInput, media: Media): Promise<ImageItem
   if (req.responseFormat === 'b64_json') {
     return Promise.all(results.flatMap((r) => r.output.images.map(async (i) => b64Item(r.inlineImages?.get(i.url) ?? (await media.base64(i.url))))));
   }
-  return results.flatMap((r) => r.output.images.map((i) => ({ url: media.toClientUrl(inlineAsUrl(r, i.url), input.publicBaseUrl) })));
+  return results.flatMap((r) => r.output.images.map((i) => ({ url: media.toClientUrl(inlineAsUrl(r, i.url), input.publicBaseUrl, input.tenant) })));
 }
 
 /** fal sent an image inline although we asked for a URL (no sync_mode): the caller gets the data URI fal sent. */

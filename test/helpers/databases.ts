@@ -112,8 +112,11 @@ export async function serviceEnv(storage: TestStorage): Promise<Record<string, s
   await storage.open();
   const url = new URL(databaseUrl);
   url.searchParams.set('options', `-c search_path=${schema}`);
-  return { DATABASE_URL: url.toString() };
+  return { DATABASE_URL: url.toString(), FILE_URL_SECRET: TEST_FILE_URL_SECRET };
 }
+
+/** What every replica of a test deployment on PostgreSQL shares to verify each other's image URLs. */
+export const TEST_FILE_URL_SECRET = 'test-file-url-secret-shared-by-replicas';
 
 export function createStorage(dialect: DatabaseDialect): Promise<TestStorage> {
   return dialect === 'sqlite' ? createSqliteStorage() : createPostgresStorage();

@@ -263,7 +263,7 @@ describe('database password', () => {
     // The local server trusts loopback, so the password is carried but never checked.
     const url = new URL(env.DATABASE_URL!);
     url.password = DB_PASSWORD;
-    const t = await startTestService({ LOG_LEVEL: 'trace', DATABASE_URL: url.toString() });
+    const t = await startTestService({ LOG_LEVEL: 'trace', DATABASE_URL: url.toString(), FILE_URL_SECRET: 'x'.repeat(32) });
     try {
       assert.equal((await request(t.url).post('/v1/images/generations').set('Authorization', `Bearer ${t.key}`).send(gen())).status, 200);
       assert.equal((await request(t.url).get('/readyz')).status, 200);

@@ -41,7 +41,8 @@ describe('security headers and CORS', () => {
     assert.equal(ok.status, 200);
     assertSecurityHeaders(ok, 'success');
 
-    const image = await request(t.url).get(new URL(ok.body.data[0].url).pathname);
+    const signed = new URL(ok.body.data[0].url);
+    const image = await request(t.url).get(`${signed.pathname}${signed.search}`);
     assert.equal(image.status, 200);
     assertSecurityHeaders(image, 'proxied image');
 

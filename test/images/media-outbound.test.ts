@@ -3,9 +3,12 @@ import assert from 'node:assert/strict';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { b64Item } from '../../src/images/b64-item.js';
+import { createFileUrls } from '../../src/images/file-urls.js';
 import { createMedia, MediaError, type Media } from '../../src/images/media.js';
 import { isPrivateAddress, normalizeHostPattern } from '../../src/images/outbound.js';
 import { loadConfig, ConfigError } from '../../src/config.js';
+
+const fileUrls = createFileUrls({ secret: 'test-secret-test-secret-test-secret', ttlS: 3600 });
 
 /**
  * The b64_json download path treats the image URL as hostile: only listed
@@ -141,7 +144,7 @@ describe('outbound image fetches: default allow list (fal media hosts + the FAL_
   for (const [what, url, pattern] of cases) {
     it(`refuses ${what}: ${url}`, async () => {
       const stub = stubFetch();
-      const media = createMedia({ falBaseUrl: base, fetchImpl: stub.fetchImpl, resolve });
+      const media = createMedia({ fileUrls, falBaseUrl: base, fetchImpl: stub.fetchImpl, resolve });
       await refused(media, url, pattern);
       assert.deepEqual(stub.urls, [], 'nothing was fetched');
     });
@@ -149,23 +152,23 @@ describe('outbound image fetches: default allow list (fal media hosts + the FAL_
 
   it('fetches a public fal media host over https', async () => {
     const stub = stubFetch();
-    const media = createMedia({ falBaseUrl: base, fetchImpl: stub.fetchImpl, resolve });
+    const media = createMedia({ fileUrls, falBaseUrl: base, fetchImpl: stub.fetchImpl, resolve });
     assert.equal(b64Item(await media.base64('https://v3.fal.media/files/x.png')).b64_json, PNG.toString('base64'));
     assert.equal(b64Item(await media.base64('https://fal.media/files/y.png')).b64_json, PNG.toString('base64'));
     assert.deepEqual(stub.urls, ['https://v3.fal.media/files/x.png', 'https://fal.media/files/y.png']);
   });
 
   it('fetches from the fal base origin over http, though it is loopback', async () => {
-    const media = createMedia({ falBaseUrl: base, resolve });
+    const media = createMedia({ fileUrls, falBaseUrl: base, resolve });
     assert.equal(b64Item(await media.base64(`${base}/ok.png`)).b64_json, PNG.toString('base64'));
   });
 
   it('refuses a data URI that is not base64', async () => {
-    await refused(createMedia({ falBaseUrl: base }), 'data:image/png,abc', /not base64/);
+    await refused(createMedia({ fileUrls, falBaseUrl: base }), 'data:image/png,abc', /not base64/);
   });
 
   it('resolves names with the system resolver when none is injected (localhost is loopback)', async () => {
-    const media = createMedia({ falBaseUrl: base, allowedHosts: ['localhost'] });
+    const media = createMedia({ fileUrls, falBaseUrl: base, allowedHosts: ['localhost'] });
     await refused(media, 'https://localhost/x.png', /resolves to a private, loopback or link-local address/);
   });
 });
@@ -175,7 +178,7 @@ describe('outbound image fetches: an explicit IMAGE_HOSTS_ALLOWED', () => {
 
   it('allows a listed public IP literal, and a listed name', async () => {
     const stub = stubFetch();
-    const media = createMedia({ falBaseUrl: base, allowedHosts: allowed, fetchImpl: stub.fetchImpl, resolve: async () => ['93.184.216.40'] });
+    const media = createMedia({ fileUrls, falBaseUrl: base, allowedHosts: allowed, fetchImpl: stub.fetchImpl, resolve: async () => ['93.184.216.40'] });
     b64Item(await media.base64('https://93.184.216.34/x.png')).b64_json;
     b64Item(await media.base64('https://cdn.example.com/x.png')).b64_json;
     assert.equal(stub.urls.length, 2);
@@ -183,7 +186,7 @@ describe('outbound image fetches: an explicit IMAGE_HOSTS_ALLOWED', () => {
 
   it('refuses a listed private IP literal, an unlisted public IP, and the unlisted fal base origin', async () => {
     const stub = stubFetch();
-    const media = createMedia({ falBaseUrl: base, allowedHosts: allowed, fetchImpl: stub.fetchImpl, resolve });
+    const media = createMedia({ fileUrls, falBaseUrl: base, allowedHosts: allowed, fetchImpl: stub.fetchImpl, resolve });
     await refused(media, 'https://10.1.2.3/x.png', /private/);
     await refused(media, 'https://93.184.216.99/x.png', /not in IMAGE_HOSTS_ALLOWED/);
     await refused(media, `${base}/ok.png`, /host 127\.0\.0\.1 is not in IMAGE_HOSTS_ALLOWED/);
@@ -191,7 +194,7 @@ describe('outbound image fetches: an explicit IMAGE_HOSTS_ALLOWED', () => {
   });
 
   it('keeps the fal base exemption when its host is listed', async () => {
-    const media = createMedia({ falBaseUrl: base, allowedHosts: ['127.0.0.1'], resolve });
+    const media = createMedia({ fileUrls, falBaseUrl: base, allowedHosts: ['127.0.0.1'], resolve });
     assert.equal(b64Item(await media.base64(`${base}/ok.png`)).b64_json, PNG.toString('base64'));
     // The same literal on another origin is not the fal base: https and the private check apply.
     await refused(media, 'https://127.0.0.1/x.png', /private/);
@@ -214,14 +217,14 @@ describe('outbound image fetches: an explicit IMAGE_HOSTS_ALLOWED', () => {
 
 describe('outbound image fetches: redirects, size and time', () => {
   it('follows no redirect: to the metadata IP, to a private address, not even to itself', async () => {
-    const media = createMedia({ falBaseUrl: base, resolve });
+    const media = createMedia({ fileUrls, falBaseUrl: base, resolve });
     await refused(media, `${base}/redirect-metadata`, /redirect \(HTTP 302\); redirects are not followed/);
     await refused(media, `${base}/redirect-private`, /HTTP 307/);
     await refused(media, `${base}/redirect-self`, /HTTP 301/);
   });
 
   it('refuses a body whose declared length is over the cap, and one that streams past it', async () => {
-    const media = createMedia({ falBaseUrl: base, maxBytes: 1024, resolve });
+    const media = createMedia({ fileUrls, falBaseUrl: base, maxBytes: 1024, resolve });
     await refused(media, `${base}/big-declared`, /larger than 1024 bytes/);
     await refused(media, `${base}/big-chunked`, /larger than 1024 bytes/);
     // Under the cap is fine.
@@ -229,7 +232,7 @@ describe('outbound image fetches: redirects, size and time', () => {
   });
 
   it('gives up on a body (or headers) slower than the time cap', async () => {
-    const media = createMedia({ falBaseUrl: base, timeoutMs: 300, resolve });
+    const media = createMedia({ fileUrls, falBaseUrl: base, timeoutMs: 300, resolve });
     const started = Date.now();
     await refused(media, `${base}/slow-body`, /did not finish within 300 ms/);
     await refused(media, `${base}/slow-headers`, /did not finish within 300 ms/);
@@ -237,9 +240,9 @@ describe('outbound image fetches: redirects, size and time', () => {
   });
 
   it('turns an HTTP error and a connection failure into MediaError (never a 500)', async () => {
-    const media = createMedia({ falBaseUrl: base, resolve });
+    const media = createMedia({ fileUrls, falBaseUrl: base, resolve });
     await refused(media, `${base}/500`, /HTTP 500/);
-    const closed = createMedia({ falBaseUrl: 'http://127.0.0.1:1', resolve });
+    const closed = createMedia({ fileUrls, falBaseUrl: 'http://127.0.0.1:1', resolve });
     await refused(closed, 'http://127.0.0.1:1/x.png', /image download failed/);
   });
 });

@@ -138,6 +138,7 @@ describeEachDialect('billing webhook through the service', ({ dialect, fresh }) 
       const url = new URL(storage.options.databaseUrl!);
       url.searchParams.set('options', `-c search_path=${storage.options.schema!}`);
       env.DATABASE_URL = url.toString();
+      env.FILE_URL_SECRET = 'x'.repeat(32);
     }
     const receiver = billingReceiver(3);
     await receiver.reserve();
