@@ -1,136 +1,29 @@
 /**
- * Composition and addressing. A request meant for `https://<host>/<path>`
- * arrives as `/<host>/<path>` (the `FAL_BASE_URL` contract, see
- * src/fal/redirect-fetch.ts) or, fal-proxy style, on any path with the real
- * URL in `x-fal-target-url`. URLs the emulator hands out itself
- * (`<publicUrl>/v3.fal.media/...`) may come back through a redirecting fetch
- * as `/<emulator host>/v3.fal.media/...`; that self-prefix is stripped.
+ * Composition: the emulator's parts (job engine, faults, storage, images,
+ * webhooks, state file) wired into one context and served over HTTP.
+ * Addressing and dispatch are in routing.ts.
  */
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { admin, jobView } from './admin-routes.js';
-import { parseKinder, type Kinder } from './behaviours.js';
-import type { Ctx, EmulatorLogger, JobListener, Route } from './context.js';
-import { endpointTable, ENDPOINTS, type EndpointSpec } from './endpoints.js';
-import {
-  createFaultBook,
-  FaultSpecError,
-  normalizeFault,
-  type ArmedFault,
-  type FaultPhase,
-  type FaultSpec,
-} from './faults.js';
-import { headerValue, sendJson } from './http.js';
-import { createImageCache, parseImageToken, type ImageMode } from './images.js';
-import { createEngine, type BillingEntry, type JobRecord } from './jobs.js';
-import { media, rest } from './media-routes.js';
+import { jobView } from './admin-routes.js';
+import { parseKinder } from './behaviours.js';
+import type { Ctx, EmulatorLogger, JobListener } from './context.js';
+import { endpointTable, ENDPOINTS } from './endpoints.js';
+import { createFaultBook } from './faults.js';
+import { sendJson } from './http.js';
+import { createImageCache, parseImageToken } from './images.js';
+import { createEngine, type JobRecord } from './jobs.js';
 import { webhookBody } from './output.js';
-import {
-  DEFAULT_PRICES_FILE,
-  loadPriceTable,
-  missingPrices,
-  PriceTableError,
-  sumUsd,
-  type PriceTable,
-} from './pricing.js';
-import { platform } from './platform-routes.js';
-import { parseRequestRoute, requestRoute, run, submit } from './queue-routes.js';
+import { DEFAULT_PRICES_FILE, loadPriceTable, missingPrices, PriceTableError, sumUsd, type PriceTable } from './pricing.js';
+import { createDispatch, headerFaults, mediaSegments, type Addressing } from './routing.js';
 import { createStateWriter, readState, type StateWriter } from './state.js';
 import { createFileStore } from './storage.js';
-import {
-  createSigner,
-  createWebhookSender,
-  DEFAULT_WEBHOOK_RETRY,
-  type DeliveryAttempt,
-  type Jwk,
-  type WebhookRetryOptions,
-} from './webhooks.js';
+import { createSigner, createWebhookSender, DEFAULT_WEBHOOK_RETRY } from './webhooks.js';
+import type { Emulator, EmulatorOptions } from './types.js';
 
-export interface EmulatorOptions {
-  /** 0 (default) picks a free port. */
-  port?: number;
-  /** Default 127.0.0.1. */
-  host?: string;
-  /** Total queue + inference time per job; default 50 ms (a quarter of it queued). */
-  latencyMs?: number;
-  /** "entropy" (default): per-image content with realistic sizes; "cheap": one cached image per size and format. */
-  imageMode?: ImageMode;
-  /** A price table object; wins over pricesFile. */
-  prices?: PriceTable;
-  /** Default: the emulator's own src/emulator/prices.json. */
-  pricesFile?: string;
-  /** Persist jobs, billing and the webhook key here (atomic, debounced writes) and reload them on start. */
-  stateFile?: string;
-  /** Debounce for state writes; default 100 ms. */
-  stateDebounceMs?: number;
-  /** When set, only `Authorization: Key <emulatorKey>` is accepted. */
-  emulatorKey?: string;
-  /** Base of image and file URLs; default the emulator's own URL. */
-  publicUrl?: string;
-  logger?: EmulatorLogger;
-  /** Webhook retry policy; default 11 attempts, 1 s doubling, 15 s timeout. */
-  webhookRetry?: Partial<WebhookRetryOptions>;
-  /** The `X-Fal-Webhook-User-Id` sent with webhooks; default "emulator-user". */
-  webhookUserId?: string;
-  /** Endpoint table; default ENDPOINTS. */
-  endpoints?: readonly EndpointSpec[];
-  /** Bytes of rendered images kept in memory; default 256 MiB. */
-  imageCacheBytes?: number;
-  /** Bytes of uploaded files kept in memory; default 512 MiB. */
-  storageBytes?: number;
-  /** Completed jobs beyond this are forgotten, oldest first; default 100000. */
-  maxJobs?: number;
-  /** Largest image the emulator renders, in pixels; default 16777216 (4096×4096). */
-  maxRenderPixels?: number;
-  /** Interval of status-stream updates while a job waits; default 10 s. */
-  streamHeartbeatMs?: number;
-  /** Jobs running at once (fal's per-account concurrency limit); the rest wait IN_QUEUE. Default 10. */
-  concurrency?: number;
-  /** Seconds output media stays downloadable; default 3600. `null` (or kinder `media_never_expires`): forever. */
-  mediaTtlS?: number | null;
-  /** Real-fal behaviours to turn off, by name (see behaviours.ts); a test that needs one says so. */
-  kinder?: readonly Kinder[];
-}
-
-export interface Emulator {
-  /** `http://127.0.0.1:PORT`, no trailing slash. */
-  readonly url: string;
-  readonly port: number;
-  readonly host: string;
-  readonly publicUrl: string;
-  /** Closes the server, every socket and every timer; flushes the state file. */
-  close(): Promise<void>;
-  /** Forgets jobs, billing, faults, uploads and webhook deliveries; restores the configured price table. */
-  reset(): void;
-  billing(): BillingEntry[];
-  /** Sum of billing usd, decimal string. */
-  billingTotal(): string;
-  armFault(spec: FaultSpec | FaultSpec[]): ArmedFault[];
-  faults(): ArmedFault[];
-  clearFaults(): void;
-  jobs(): Array<JobRecord & { queue_position: number }>;
-  job(requestId: string): (JobRecord & { queue_position: number }) | undefined;
-  /** Completes a job now (e.g. one held by never_finish). */
-  finishJob(requestId: string): boolean;
-  prices(): PriceTable;
-  /** Replaces (or merges into) the price table; throws if a served endpoint would be left unpriced. */
-  setPrices(table: PriceTable, opts?: { merge?: boolean }): void;
-  webhookDeliveries(): DeliveryAttempt[];
-  jwks(): { keys: Jwk[] };
-  /** HTTP calls seen per phase (submit, status, stream, result, cancel, run, upload, files, platform, admin). */
-  stats(): Record<string, number>;
-  /** Waits for pending state-file writes. */
-  flush(): Promise<void>;
-}
+export type { Emulator, EmulatorOptions } from './types.js';
 
 const SILENT: EmulatorLogger = { info() {}, warn() {}, error() {}, debug() {} };
-const MEDIA_HOSTS = new Set(['v3.fal.media', 'v3b.fal.media', 'v2.fal.media', 'fal.media']);
-const REST_HOSTS = new Set(['rest.fal.ai', 'rest.alpha.fal.ai']);
-/** fal's Platform API (request listing). */
-const PLATFORM_HOST = 'api.fal.ai';
-const FAULT_HEADER = 'x-emulator-fault';
-
-type Normalized = ReturnType<typeof normalizeFault>;
 
 function zeroCalls(): Ctx['calls'] {
   return { submit: 0, status: 0, stream: 0, result: 0, cancel: 0, run: 0, upload: 0, files: 0, platform: 0, admin: 0 };
@@ -166,8 +59,6 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
   let writer: StateWriter | undefined;
   let calls = zeroCalls();
   let publicUrl = '';
-  // Requests carrying an `x-emulator-fault` header, parsed once.
-  const headerFaults = new WeakMap<IncomingMessage, Normalized[]>();
 
   const persist = () => writer?.schedule();
 
@@ -235,7 +126,7 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
     },
     publicUrl: () => publicUrl,
     mediaMissing(url) {
-      const segs = mediaSegments(url);
+      const segs = mediaSegments(url, addressing);
       if (!segs) return false;
       const [files, first, second] = segs;
       if (files !== 'files' || first === undefined || second === undefined) return true;
@@ -324,120 +215,8 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
   }
 
   const host = opts.host ?? '127.0.0.1';
-  let selfHosts = new Set<string>();
-  let prefix: string[] = [];
-  /** The path under a CDN host, for a URL that names this emulator's CDN; undefined for any other URL. */
-  function mediaSegments(url: string): string[] | undefined {
-    let u: URL;
-    try {
-      u = new URL(url);
-    } catch {
-      return undefined;
-    }
-    let segs = u.pathname.split('/').filter((s) => s !== '');
-    if (MEDIA_HOSTS.has(u.host.toLowerCase())) return segs;
-    if (!selfHosts.has(u.host.toLowerCase())) return undefined;
-    if (prefix.length > 0 && prefix.every((p, k) => segs[k] === p)) segs = segs.slice(prefix.length);
-    const first = segs.shift()?.toLowerCase();
-    return first !== undefined && MEDIA_HOSTS.has(first) ? segs : undefined;
-  }
-
-  const dispatch = async (req: IncomingMessage, res: ServerResponse) => {
-    let hostName: string;
-    let pathname: string;
-    let search: string;
-    const target = headerValue(req, 'x-fal-target-url');
-    if (target) {
-      let u: URL;
-      try {
-        u = new URL(target);
-      } catch {
-        sendJson(res, 400, { detail: 'x-fal-target-url is not a URL' });
-        return;
-      }
-      hostName = u.host;
-      pathname = u.pathname;
-      search = u.search;
-    } else {
-      const raw = req.url ?? '/';
-      const q = raw.indexOf('?');
-      pathname = q < 0 ? raw : raw.slice(0, q);
-      search = q < 0 ? '' : raw.slice(q);
-      hostName = '';
-    }
-    let segs: string[];
-    try {
-      segs = pathname
-        .split('/')
-        .filter((s) => s !== '')
-        .map((s) => decodeURIComponent(s));
-    } catch {
-      sendJson(res, 400, { detail: 'Malformed URL path' });
-      return;
-    }
-    if (hostName) segs.unshift(hostName);
-    const ownHost = headerValue(req, 'host')?.toLowerCase();
-    for (let i = 0; i < 4; i++) {
-      const first = segs[0]?.toLowerCase();
-      if (first !== undefined && (selfHosts.has(first) || first === ownHost)) {
-        segs.shift();
-      } else if (prefix.length > 0 && prefix.every((p, k) => segs[k] === p)) {
-        segs = segs.slice(prefix.length);
-      } else {
-        break;
-      }
-    }
-    const siteHost = (segs.shift() ?? '').toLowerCase();
-    const route: Route = { segments: segs, query: new URLSearchParams(search) };
-
-    if (siteHost === '_emulator') {
-      await admin(ctx, req, res, route);
-      return;
-    }
-    const faultHeader = headerValue(req, FAULT_HEADER);
-    if (faultHeader) {
-      try {
-        const raw: unknown = JSON.parse(faultHeader);
-        const list = Array.isArray(raw) ? raw : [raw];
-        // The header names faults for this call; the phase defaults to the one it hits.
-        headerFaults.set(
-          req,
-          list.map((f) => normalizeFault(f, phaseOf(siteHost, route, req.method))),
-        );
-      } catch (err) {
-        const msg = err instanceof FaultSpecError ? err.message : 'not JSON';
-        sendJson(res, 400, { detail: `invalid ${FAULT_HEADER} header: ${msg}` });
-        return;
-      }
-    }
-    if (siteHost === 'queue.fal.run') {
-      const r = parseRequestRoute(route.segments);
-      if (r) await requestRoute(ctx, req, res, r, route);
-      else if (req.method === 'POST') await submit(ctx, req, res, route);
-      else sendJson(res, 405, { detail: 'Method Not Allowed' }, { allow: 'POST' });
-      return;
-    }
-    if (siteHost === 'fal.run') {
-      if (req.method === 'POST') await run(ctx, req, res, route);
-      else sendJson(res, 405, { detail: 'Method Not Allowed' }, { allow: 'POST' });
-      return;
-    }
-    if (MEDIA_HOSTS.has(siteHost)) {
-      await media(ctx, req, res, route);
-      return;
-    }
-    if (REST_HOSTS.has(siteHost)) {
-      await rest(ctx, req, res, route);
-      return;
-    }
-    if (siteHost === PLATFORM_HOST) {
-      await platform(ctx, req, res, route);
-      return;
-    }
-    sendJson(res, 404, {
-      detail: `The fal emulator serves host-prefixed paths such as /queue.fal.run/<endpoint>; no route for /${[siteHost, ...segs].join('/')}`,
-    });
-  };
+  const addressing: Addressing = { selfHosts: new Set(), prefix: [] };
+  const dispatch = createDispatch(ctx, addressing);
 
   const server: Server = createServer((req, res) => {
     dispatch(req, res).catch((err: unknown) => {
@@ -460,8 +239,8 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
   const url = `http://${urlHost}:${port}`;
   publicUrl = (opts.publicUrl ?? url).replace(/\/+$/, '');
   const pub = new URL(publicUrl);
-  selfHosts = new Set([`${urlHost}:${port}`, `127.0.0.1:${port}`, `localhost:${port}`, pub.host.toLowerCase()]);
-  prefix = pub.pathname.split('/').filter((s) => s !== '');
+  addressing.selfHosts = new Set([`${urlHost}:${port}`, `127.0.0.1:${port}`, `localhost:${port}`, pub.host.toLowerCase()]);
+  addressing.prefix = pub.pathname.split('/').filter((s) => s !== '');
   logger.info({ url, publicUrl, imageMode: ctx.options.imageMode, latencyMs: ctx.options.latencyMs }, 'fal emulator listening');
 
   let closing: Promise<void> | undefined;
@@ -504,14 +283,4 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
       await writer?.flush();
     },
   };
-}
-
-/** The phase a request hits, for header faults that do not name one. */
-function phaseOf(siteHost: string, route: Route, method: string | undefined): FaultPhase | undefined {
-  if (siteHost === 'fal.run') return 'run';
-  if (MEDIA_HOSTS.has(siteHost) || REST_HOSTS.has(siteHost)) return 'upload';
-  if (siteHost !== 'queue.fal.run') return undefined;
-  const r = parseRequestRoute(route.segments);
-  if (!r) return method === 'POST' ? 'submit' : undefined;
-  return r.action === 'unknown' ? undefined : r.action;
 }
