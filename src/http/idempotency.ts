@@ -172,7 +172,7 @@ function recoveredReply(found: Exclude<Recovered, { state: 'in_progress' | 'not_
       headers: usage(found.charge),
     });
   } else if (found.state === 'charged_unreadable') {
-    err = new ApiError(502, `The request under this Idempotency-Key completed after its caller was gone and was charged $${found.charge.usd}, but the image provider no longer holds its images. A retry with this key returns this answer and is not charged again.`, {
+    err = new ApiError(502, `The request under this Idempotency-Key completed and was charged $${found.charge.usd}, but its answer was never stored and the image provider no longer holds its images. A retry with this key returns this answer and is not charged again.`, {
       type: 'upstream_error',
       code: 'idempotent_result_gone',
       shouldRetry: false,
