@@ -12,6 +12,7 @@ import { createMedia } from './images/media.js';
 import { createFileUrls, loadOrCreateFileUrlSecret } from './images/file-urls.js';
 import { createImageService } from './images/generate.js';
 import { createLoraResolver } from './images/loras.js';
+import { createAnswerRecovery } from './images/recover-answer.js';
 import { modelCatalog, type ModelRegistry } from './models/registry.js';
 import { createServedModelRegistry } from './models/prices.js';
 import { formatUsd, parseMarkup } from './metering/money.js';
@@ -265,7 +266,13 @@ export async function startService(config: Config, overrides: ServiceOverrides =
     maxInFlight: config.maxInFlight,
     corsOrigins: config.corsOrigins,
     logPrompts: config.logPrompts,
-    idempotency: { store: createIdempotencyStore(database), ttlS: config.idempotencyTtlS, waitMs: config.requestTimeoutMs + 5_000 },
+    idempotency: {
+      store: createIdempotencyStore(database),
+      ttlS: config.idempotencyTtlS,
+      waitMs: config.requestTimeoutMs + 5_000,
+      leaseId: lease.id,
+      recovery: createAnswerRecovery({ ledger, leases: leaseStore, reconciler, fal, media, reconcileAfterMs: config.reconcileAfterMs, logger }),
+    },
     isShuttingDown: () => shuttingDown,
     rateLimit: { limiter: rateLimiter, defaultRpm: config.defaultRpmLimit },
     streamKeepAliveMs: config.streamKeepAliveMs,

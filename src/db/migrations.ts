@@ -21,6 +21,11 @@ export function migrations(dialect: DatabaseDialect): Record<string, Migration> 
         await createLeases(db);
       },
     },
+    '0003_idempotency_lease': {
+      async up(db: Kysely<any>) {
+        await addIdempotencyLease(db);
+      },
+    },
   };
 }
 
@@ -230,6 +235,16 @@ async function createLeases(db: Kysely<any>): Promise<void> {
   // No foreign key: a lease row is deleted when its process shuts down, and its requests keep the id.
   await db.schema.alterTable('requests').addColumn('lease_id', 'text').execute();
   await db.schema.createIndex('requests_lease').on('requests').columns(['lease_id', 'status']).execute();
+}
+
+/**
+ * 0003: an `Idempotency-Key` claim names the lease of the process that will
+ * write its answer (null once no process will: its caller left), so a retry
+ * can tell a claim still being answered from one whose process died
+ * (src/images/recover-answer.ts).
+ */
+async function addIdempotencyLease(db: Kysely<any>): Promise<void> {
+  await db.schema.alterTable('idempotency').addColumn('lease_id', 'text').execute();
 }
 
 class InCodeMigrationProvider implements MigrationProvider {

@@ -116,6 +116,12 @@ export interface IdempotencyTable {
   request_id: string;
   created_at: string;
   expires_at: string;
+  /**
+   * The lease of the process that will write the answer of a running claim
+   * (leases.id); null when none will (its caller left before an answer, or
+   * the claim was made without a lease): its request's ledger row decides.
+   */
+  lease_id: ColumnType<string | null, string | null | undefined, string | null>;
 }
 
 export interface OutboxTable {

@@ -1,14 +1,21 @@
 import { createHash } from 'node:crypto';
 import { ApiError, errorResponse, invalidRequest } from '../errors.js';
-import type { IdempotencyStore } from '../metering/idempotency-store.js';
+import type { GenerateOutcome } from '../images/generate.js';
+import type { AnswerRecovery, Recovered } from '../images/recover-answer.js';
+import type { IdempotencyStore, RunningClaim } from '../metering/idempotency-store.js';
+import type { Charge } from '../metering/pricing.js';
 
 /**
  * `Idempotency-Key`, scoped per API key. A repeat with an equal body gets the
  * stored answer (no new fal job, no new charge); a repeat while the first is
- * still running waits for it; a different body is a 422. Failures before
- * anything was sent to fal (validation, budget) are not stored, so a corrected
- * retry can reuse the key; errors after a job was submitted are, because a
- * fresh attempt would start (and bill) another job.
+ * still running on a live process waits for it, then gets 409 with
+ * `retry-after`; a different body is a 422. Failures before anything was
+ * sent to fal (validation, budget) are not stored, so a corrected retry can
+ * reuse the key; errors after a job was submitted are, because a fresh
+ * attempt would start (and bill) another job. When no live process will
+ * answer (its process died, or its caller left first), the request's ledger
+ * row answers a repeat (src/images/recover-answer.ts), reconciled at once if
+ * its process is dead.
  */
 
 export interface Reply {
@@ -23,6 +30,10 @@ export interface IdempotencyOptions {
   /** How long a repeat waits for the first request before giving up with a 409. */
   waitMs: number;
   pollMs?: number;
+  /** This process's lease: its claims name it, so a repeat can tell when the process died. */
+  leaseId?: string | undefined;
+  /** Answers a repeat from the ledger when no live process will (the route binds it to the request: `IdempotencyScope.recover`). */
+  recovery?: AnswerRecovery | undefined;
 }
 
 const KEY_SHAPE = /^[\x21-\x7e]{1,255}$/;
@@ -52,16 +63,59 @@ export interface IdempotentRun {
   submitted: boolean;
 }
 
-export async function withIdempotency(
-  opts: IdempotencyOptions,
-  scope: { keyId: string; idemKey: string; requestId: string; body: unknown },
-  work: (run: IdempotentRun) => Promise<Reply>,
-): Promise<Reply> {
+export interface IdempotencyScope {
+  keyId: string;
+  idemKey: string;
+  requestId: string;
+  body: unknown;
+  /**
+   * Whether the caller has left. An error is then never stored (nobody saw
+   * it, and the request may yet be charged for images that complete): the
+   * claim is detached, and its request's ledger row answers a retry.
+   */
+  callerGone?: () => boolean;
+  /** What became of a claim no live process will answer (src/images/recover-answer.ts); absent, a retry only waits. */
+  recover?: (claim: RunningClaim) => Promise<Recovered>;
+  /** The headers of a 200 answer, for one `recover` rebuilt. */
+  okHeaders?: (outcome: GenerateOutcome) => Record<string, string>;
+  /** The retry's own caller leaving ends its wait. */
+  signal?: AbortSignal;
+}
+
+export async function withIdempotency(opts: IdempotencyOptions, scope: IdempotencyScope, work: (run: IdempotentRun) => Promise<Reply>): Promise<Reply> {
+  const claimed = await claim(opts, scope);
+  if (claimed !== 'new') return claimed;
+  const key = { keyId: scope.keyId, idemKey: scope.idemKey, requestId: scope.requestId };
+  const run: IdempotentRun = { submitted: false };
+  let reply: Reply;
+  try {
+    reply = await work(run);
+  } catch (err) {
+    if (!run.submitted) {
+      await opts.store.abandon(key);
+      throw err;
+    }
+    if (scope.callerGone?.()) {
+      await opts.store.detach(key);
+      throw err;
+    }
+    const e = errorResponse(err);
+    reply = { status: e.status, headers: e.headers, body: e.body };
+  }
+  await opts.store.complete({ ...key, statusCode: reply.status, response: { headers: reply.headers, body: reply.body } });
+  return reply;
+}
+
+/**
+ * Claims the key ('new'), or answers for the request that holds it: its
+ * stored answer, or what its ledger row says once no live process will
+ * answer (stored then, when final). Waits while it runs, up to `waitMs`.
+ */
+async function claim(opts: IdempotencyOptions, scope: IdempotencyScope): Promise<Reply | 'new'> {
   const hash = bodyHash(scope.body);
-  const begin = () => opts.store.begin({ keyId: scope.keyId, idemKey: scope.idemKey, bodyHash: hash, requestId: scope.requestId, ttlS: opts.ttlS });
   const deadline = Date.now() + opts.waitMs;
   for (;;) {
-    const state = await begin();
+    const state = await opts.store.begin({ keyId: scope.keyId, idemKey: scope.idemKey, bodyHash: hash, requestId: scope.requestId, ttlS: opts.ttlS, leaseId: opts.leaseId });
     if (state.state === 'mismatch') {
       throw new ApiError(422, 'This Idempotency-Key was already used with a different request body.', {
         type: 'invalid_request_error',
@@ -71,10 +125,21 @@ export async function withIdempotency(
     }
     if (state.state === 'done') {
       const stored = state.response as { headers?: Record<string, string>; body?: unknown };
-      return { status: state.statusCode, headers: { ...(stored.headers ?? {}), 'idempotent-replayed': 'true' }, body: stored.body };
+      return replayed({ status: state.statusCode, headers: stored.headers ?? {}, body: stored.body });
     }
-    if (state.state === 'new') break;
-    if (Date.now() > deadline) {
+    if (state.state === 'new') return 'new';
+    const found = scope.recover ? await scope.recover({ requestId: state.requestId, leaseId: state.leaseId }) : undefined;
+    if (found?.state === 'not_started') {
+      // Nothing was reserved or sent under the dead claim: this request does the work.
+      if (await opts.store.takeOver({ keyId: scope.keyId, idemKey: scope.idemKey, fromRequestId: state.requestId, requestId: scope.requestId, leaseId: opts.leaseId, ttlS: opts.ttlS })) return 'new';
+      continue;
+    }
+    if (found && found.state !== 'in_progress') {
+      const { reply, final } = recoveredReply(found, scope.okHeaders);
+      if (final) await opts.store.complete({ keyId: scope.keyId, idemKey: scope.idemKey, requestId: state.requestId, statusCode: reply.status, response: { headers: reply.headers, body: reply.body } });
+      return replayed(reply);
+    }
+    if (Date.now() > deadline || scope.signal?.aborted) {
       throw new ApiError(409, 'A request with this Idempotency-Key is still in progress.', {
         type: 'conflict_error',
         code: 'idempotency_key_in_progress',
@@ -82,27 +147,44 @@ export async function withIdempotency(
         retryAfterS: 1,
       });
     }
-    await new Promise((r) => setTimeout(r, opts.pollMs ?? 100));
+    await new Promise((r) => setTimeout(r, opts.pollMs ?? 250));
   }
+}
 
-  const run: IdempotentRun = { submitted: false };
-  let reply: Reply;
-  try {
-    reply = await work(run);
-  } catch (err) {
-    if (!run.submitted) {
-      await opts.store.abandon({ keyId: scope.keyId, idemKey: scope.idemKey, requestId: scope.requestId });
-      throw err;
-    }
-    const e = errorResponse(err);
-    reply = { status: e.status, headers: e.headers, body: e.body };
+function replayed(reply: Reply): Reply {
+  return { ...reply, headers: { ...reply.headers, 'idempotent-replayed': 'true' } };
+}
+
+/**
+ * The answer for a request no process answered, from its ledger row; `final`
+ * answers are stored under the key. None invites a retry that could bill:
+ * the key stays bound to the request.
+ */
+function recoveredReply(found: Exclude<Recovered, { state: 'in_progress' | 'not_started' }>, okHeaders: IdempotencyScope['okHeaders']): { reply: Reply; final: boolean } {
+  if (found.state === 'charged') return { reply: { status: 200, headers: okHeaders?.(found.outcome) ?? {}, body: found.outcome.body }, final: true };
+  const usage = (charge: Charge) => ({ 'x-usage-cost-usd': charge.usd, 'x-usage-credits': String(charge.credits) });
+  let err: ApiError;
+  if (found.state === 'charged_unreadable' && !found.final) {
+    err = new ApiError(503, `The request under this Idempotency-Key completed and was charged $${found.charge.usd}, but its images cannot be fetched from the image provider right now. Retry with the same Idempotency-Key: it is not charged again.`, {
+      type: 'service_unavailable',
+      code: 'idempotent_result_unavailable',
+      retryAfterS: 5,
+      headers: usage(found.charge),
+    });
+  } else if (found.state === 'charged_unreadable') {
+    err = new ApiError(502, `The request under this Idempotency-Key completed and was charged $${found.charge.usd}, but its answer was never stored and the image provider no longer holds its images. A retry with this key returns this answer and is not charged again.`, {
+      type: 'upstream_error',
+      code: 'idempotent_result_gone',
+      shouldRetry: false,
+      headers: usage(found.charge),
+    });
+  } else {
+    err = new ApiError(502, 'The request under this Idempotency-Key ended without images before it was answered, and was not charged. A retry with this key returns this answer; send a new Idempotency-Key to try again.', {
+      type: 'upstream_error',
+      code: 'idempotent_request_failed',
+      shouldRetry: false,
+    });
   }
-  await opts.store.complete({
-    keyId: scope.keyId,
-    idemKey: scope.idemKey,
-    requestId: scope.requestId,
-    statusCode: reply.status,
-    response: { headers: reply.headers, body: reply.body },
-  });
-  return reply;
+  const e = errorResponse(err);
+  return { reply: { status: e.status, headers: e.headers, body: e.body }, final: found.state === 'closed' || found.final };
 }

@@ -2,7 +2,10 @@
  * `Idempotency-Key` records, scoped per API key. The first request with a key
  * claims it by inserting the row; every later one (in this process or
  * another) reads what the first left: still running, its stored response, or
- * a different body.
+ * a different body. A running claim names the lease of the process that
+ * will answer it (leases.ts): when that lease is dead, or the claim was
+ * detached because its caller left, nobody will store an answer, and the
+ * request's ledger row says what became of it (src/images/recover-answer.ts).
  */
 import type { Kysely } from 'kysely';
 import type { Database } from '../db/database.js';
@@ -17,13 +20,22 @@ export interface BeginInput {
   /** Our request id for the request that would do the work. */
   requestId: string;
   ttlS: number;
+  /** The claiming process's lease; undefined for a process without one. */
+  leaseId?: string | undefined;
+}
+
+/** A running claim, as a later request with the same key finds it. */
+export interface RunningClaim {
+  requestId: string;
+  /** The lease of the process that will store its answer; null when no process will. */
+  leaseId: string | null;
 }
 
 export type BeginResult =
   /** This caller owns the key: do the work, then `complete` (or `abandon`). */
   | { state: 'new' }
-  /** Another request with this key is still at work; wait and ask again. */
-  | { state: 'running'; requestId: string }
+  /** Another request with this key is still at work (or was, until its process died): wait, or look it up. */
+  | ({ state: 'running' } & RunningClaim)
   /** Answer with the stored response. */
   | { state: 'done'; statusCode: number; response: unknown; requestId: string }
   /** Same key, different body. */
@@ -48,6 +60,18 @@ export interface IdempotencyStore {
    * failure), so a corrected retry with the same key starts afresh.
    */
   abandon(input: { keyId: string; idemKey: string; requestId?: string | undefined }): Promise<boolean>;
+  /**
+   * Marks a running claim as one no process will answer (its caller left
+   * before an answer was written): its request's ledger row decides what a
+   * retry gets. Returns false if there was no such running claim.
+   */
+  detach(input: { keyId: string; idemKey: string; requestId: string }): Promise<boolean>;
+  /**
+   * Hands a running claim whose request never reached the ledger (its process
+   * died first) to a new request, if it still names `fromRequestId`: of
+   * several retries racing for it, exactly one wins.
+   */
+  takeOver(input: { keyId: string; idemKey: string; fromRequestId: string; requestId: string; leaseId?: string | undefined; ttlS: number }): Promise<boolean>;
   /** Deletes expired records; returns how many. */
   purgeExpired(): Promise<number>;
 }
@@ -60,6 +84,33 @@ export function createIdempotencyStore(database: Database, options: { clock?: Cl
 
   return {
     begin: (input) => begin(db, clock, input),
+
+    async detach({ keyId, idemKey, requestId }) {
+      const done = await db
+        .updateTable('idempotency')
+        .set({ lease_id: null })
+        .where('key_id', '=', keyId)
+        .where('idem_key', '=', idemKey)
+        .where('state', '=', 'running')
+        .where('request_id', '=', requestId)
+        .returning('key_id')
+        .executeTakeFirst();
+      return done !== undefined;
+    },
+
+    async takeOver({ keyId, idemKey, fromRequestId, requestId, leaseId, ttlS }) {
+      const nowDate = clock();
+      const taken = await db
+        .updateTable('idempotency')
+        .set({ request_id: requestId, lease_id: leaseId ?? null, created_at: toIsoTimestamp(nowDate), expires_at: toIsoTimestamp(nowDate.getTime() + ttlS * 1000) })
+        .where('key_id', '=', keyId)
+        .where('idem_key', '=', idemKey)
+        .where('state', '=', 'running')
+        .where('request_id', '=', fromRequestId)
+        .returning('key_id')
+        .executeTakeFirst();
+      return taken !== undefined;
+    },
 
     async complete({ keyId, idemKey, statusCode, response, requestId }) {
       let q = db
@@ -95,7 +146,7 @@ export function createIdempotencyStore(database: Database, options: { clock?: Cl
 }
 
 /** `IdempotencyStore.begin`: claims the key, or answers what its owner left. */
-async function begin(db: Kysely<DB>, clock: Clock, { keyId, idemKey, bodyHash, requestId, ttlS }: BeginInput): Promise<BeginResult> {
+async function begin(db: Kysely<DB>, clock: Clock, { keyId, idemKey, bodyHash, requestId, ttlS, leaseId }: BeginInput): Promise<BeginResult> {
   if (!(ttlS > 0)) throw new RangeError('ttlS must be positive');
   // Each pass either claims the key or reads a row that someone else
   // claimed; it repeats only when that row vanished or expired under us.
@@ -113,6 +164,7 @@ async function begin(db: Kysely<DB>, clock: Clock, { keyId, idemKey, bodyHash, r
         request_id: requestId,
         created_at: now,
         expires_at: expiresAt,
+        lease_id: leaseId ?? null,
       })
       .onConflict((oc) => oc.columns(['key_id', 'idem_key']).doNothing())
       .returning('key_id')
@@ -140,6 +192,7 @@ async function begin(db: Kysely<DB>, clock: Clock, { keyId, idemKey, bodyHash, r
           request_id: requestId,
           created_at: now,
           expires_at: expiresAt,
+          lease_id: leaseId ?? null,
         })
         .where('key_id', '=', keyId)
         .where('idem_key', '=', idemKey)
@@ -152,7 +205,7 @@ async function begin(db: Kysely<DB>, clock: Clock, { keyId, idemKey, bodyHash, r
     }
 
     if (row.body_hash !== bodyHash) return { state: 'mismatch' };
-    if (row.state === 'running') return { state: 'running', requestId: row.request_id };
+    if (row.state === 'running') return { state: 'running', requestId: row.request_id, leaseId: row.lease_id ?? null };
     return {
       state: 'done',
       statusCode: toNumber(row.status_code),

@@ -7,7 +7,8 @@ import { failedJobCost } from './pricing.js';
 import { SUBMIT_TIMEOUT_MS } from '../fal/submit-once.js';
 import { groupByWindow, inputHash, judgeLostSubmit, submitWindow, type ListedInput } from './lost-submits.js';
 import type { LeaseStore } from './lease-store.js';
-import { nextForeignExpiry, reconcileScope, type ReconcileScope } from './leases.js';
+import { mayReconcile, nextForeignExpiry, reconcileScope, type ReconcileScope } from './leases.js';
+import { HOLDING } from './ledger-statements.js';
 import { completions, decodePricing, settleCompleted, type BillingEvents, type CompletedJob } from './settlement.js';
 
 /**
@@ -75,6 +76,14 @@ export interface ReconcilerDeps {
 
 export interface Reconciler {
   run(opts?: { olderThanMs?: number }): Promise<ReconcileReport>;
+  /**
+   * One request, at once, when the lease rule lets this process touch it
+   * (an Idempotency-Key retry asks for its request once the process that
+   * took it is dead). Answers false when the request is not open or the
+   * rule forbids it. A lost submit among its jobs is left to the rounds,
+   * whose search lists a window of fal's requests.
+   */
+  reconcileOne(requestId: string, opts?: { olderThanMs?: number }): Promise<boolean>;
 }
 
 /** What fal says became of one job. */
@@ -236,6 +245,17 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
         }
       }
       return report;
+    },
+
+    async reconcileOne(requestId, opts = {}) {
+      const r = await deps.ledger.getRequest(requestId);
+      if (!r || !HOLDING.includes(r.status) || !deps.leases) return false;
+      const scope = reconcileScope({ ownLeaseId: deps.leases.ownLeaseId, leases: await deps.leases.store.list(), nowMs: now(), olderThanMs: opts.olderThanMs ?? 0 });
+      if (!mayReconcile(r, scope)) return false;
+      const report: ReconcileReport = { examined: 1, settled: [], released: [], orphaned: [], running: [], unresolved: [], abandoned: [], jobsClosed: [], lostFound: [], lostAbsent: [] };
+      await reconcileRequest(r, report);
+      if (report.settled.length + report.released.length + report.abandoned.length > 0) deps.logger.info({ request_id: requestId, reconcile: report }, 'reconciled a request on its Idempotency-Key retry');
+      return true;
     },
   };
 }

@@ -124,30 +124,42 @@ export function fakeReports(): Reports {
  * mismatch. No expiry: a unit test lives for milliseconds.
  */
 export function memoryIdempotencyStore(): IdempotencyStore {
-  type Row = { bodyHash: string; requestId: string; done?: { statusCode: number; response: unknown } };
+  type Row = { bodyHash: string; requestId: string; leaseId: string | null; done?: { statusCode: number; response: unknown } };
   const rows = new Map<string, Row>();
   const id = (keyId: string, idemKey: string) => `${keyId}\u0000${idemKey}`;
+  const running = (keyId: string, idemKey: string, requestId: string | undefined) => {
+    const row = rows.get(id(keyId, idemKey));
+    return !row || row.done || (requestId !== undefined && row.requestId !== requestId) ? undefined : row;
+  };
   return {
-    async begin({ keyId, idemKey, bodyHash, requestId }): Promise<BeginResult> {
+    async begin({ keyId, idemKey, bodyHash, requestId, leaseId }): Promise<BeginResult> {
       const row = rows.get(id(keyId, idemKey));
       if (!row) {
-        rows.set(id(keyId, idemKey), { bodyHash, requestId });
+        rows.set(id(keyId, idemKey), { bodyHash, requestId, leaseId: leaseId ?? null });
         return { state: 'new' };
       }
       if (row.bodyHash !== bodyHash) return { state: 'mismatch' };
       if (row.done) return { state: 'done', statusCode: row.done.statusCode, response: row.done.response, requestId: row.requestId };
-      return { state: 'running', requestId: row.requestId };
+      return { state: 'running', requestId: row.requestId, leaseId: row.leaseId };
     },
     async complete({ keyId, idemKey, statusCode, response, requestId }) {
-      const row = rows.get(id(keyId, idemKey));
-      if (!row || row.done || (requestId !== undefined && row.requestId !== requestId)) return false;
+      const row = running(keyId, idemKey, requestId);
+      if (!row) return false;
       row.done = { statusCode, response };
       return true;
     },
     async abandon({ keyId, idemKey, requestId }) {
-      const row = rows.get(id(keyId, idemKey));
-      if (!row || row.done || (requestId !== undefined && row.requestId !== requestId)) return false;
-      return rows.delete(id(keyId, idemKey));
+      return running(keyId, idemKey, requestId) ? rows.delete(id(keyId, idemKey)) : false;
+    },
+    async detach({ keyId, idemKey, requestId }) {
+      const row = running(keyId, idemKey, requestId);
+      if (row) row.leaseId = null;
+      return row !== undefined;
+    },
+    async takeOver({ keyId, idemKey, fromRequestId, requestId, leaseId }) {
+      const row = running(keyId, idemKey, fromRequestId);
+      if (row) Object.assign(row, { requestId, leaseId: leaseId ?? null });
+      return row !== undefined;
     },
     purgeExpired: async () => 0,
   };

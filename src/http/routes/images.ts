@@ -5,7 +5,7 @@ import type { GenerateContext, GenerateOutcome, ImageService } from '../../image
 import { completedEvents, progressEvent } from '../../images/stream-events.js';
 import { invalidRequest } from '../../errors.js';
 import type { Principal } from '../auth.js';
-import { parseIdempotencyKey, withIdempotency, type IdempotencyOptions } from '../idempotency.js';
+import { parseIdempotencyKey, withIdempotency, type IdempotencyOptions, type IdempotencyScope } from '../idempotency.js';
 import { sseStream } from '../sse.js';
 import { sendImagesJson } from '../images-json.js';
 import { requestController } from '../waiting-requests.js';
@@ -61,7 +61,18 @@ export function imagesHandler(deps: ImagesRouteDeps): (req: Request, res: Respon
       return;
     }
     const principal = res.locals.principal as Principal;
-    const reply = await withIdempotency(deps.idempotency, { keyId: principal.keyId, idemKey, requestId: ctx.requestId, body: req.body }, async (run) => {
+    const recovery = deps.idempotency.recovery;
+    const scope: IdempotencyScope = {
+      keyId: principal.keyId,
+      idemKey,
+      requestId: ctx.requestId,
+      body: req.body,
+      callerGone: () => res.destroyed,
+      recover: recovery && ((claim) => recovery.recover(claim, canonical, ctx.publicBaseUrl)),
+      okHeaders: usageHeaders,
+      signal: ctx.controller?.signal,
+    };
+    const reply = await withIdempotency(deps.idempotency, scope, async (run) => {
       const outcome = await deps.images.generate(canonical, { ...ctx, onSubmitted: () => (run.submitted = true) });
       res.locals.falRequestId = outcome.falRequestIds[0];
       return { status: 200, headers: usageHeaders(outcome), body: outcome.body };
