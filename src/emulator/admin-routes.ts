@@ -23,83 +23,81 @@ async function jsonBody(req: IncomingMessage, res: ServerResponse): Promise<{ ok
   return parsed;
 }
 
+type AdminRoute = (ctx: Ctx, req: IncomingMessage, res: ServerResponse, route: Route) => void | Promise<void>;
+
+const health: AdminRoute = (ctx, _req, res) =>
+  sendJson(res, 200, {
+    status: 'ok',
+    uptime_s: Math.round((Date.now() - ctx.started) / 1000),
+    jobs: ctx.engine.list().length,
+    pending_webhooks: ctx.webhooks.pending(),
+    image_mode: ctx.options.imageMode,
+    latency_ms: ctx.options.latencyMs,
+    public_url: ctx.publicUrl(),
+    concurrency: Number.isFinite(ctx.options.concurrency) ? ctx.options.concurrency : null,
+    running: ctx.engine.running,
+    media_ttl_s: ctx.options.mediaTtlS,
+    kinder: [...ctx.options.kinder],
+  });
+
+const armFaults: AdminRoute = async (ctx, req, res) => {
+  const body = await jsonBody(req, res);
+  if (!body.ok) return;
+  try {
+    sendJson(res, 201, { faults: ctx.faults.arm(body.value) });
+  } catch (err) {
+    if (!(err instanceof FaultSpecError)) throw err;
+    sendJson(res, 400, { detail: err.message });
+  }
+};
+
+const setPrices: AdminRoute = async (ctx, req, res, route) => {
+  const body = await jsonBody(req, res);
+  if (!body.ok) return;
+  try {
+    ctx.setPrices(parsePriceTable(body.value), route.query.get('merge') === '1' || route.query.get('merge') === 'true');
+  } catch (err) {
+    if (!(err instanceof PriceTableError)) throw err;
+    sendJson(res, 400, { detail: err.message });
+    return;
+  }
+  sendJson(res, 200, ctx.prices());
+};
+
+/** `<method> <path under /_emulator/>` → its handler. */
+const ROUTES: Record<string, AdminRoute> = {
+  'GET health': health,
+  'GET billing': (ctx, _req, res) => {
+    const entries = ctx.engine.billing();
+    sendJson(res, 200, { entries, total_usd: sumUsd(entries.map((e) => e.usd)) });
+  },
+  'POST reset': (ctx, _req, res) => {
+    ctx.reset();
+    sendJson(res, 200, { status: 'reset' });
+  },
+  'GET faults': (ctx, _req, res) => sendJson(res, 200, { faults: ctx.faults.list() }),
+  'POST faults': armFaults,
+  'DELETE faults': (ctx, _req, res) => {
+    ctx.faults.clear();
+    sendJson(res, 200, { faults: [] });
+  },
+  'GET jobs': (ctx, _req, res) => sendJson(res, 200, { jobs: ctx.engine.list().map((j) => jobView(ctx, j.request_id)) }),
+  'GET prices': (ctx, _req, res) => sendJson(res, 200, ctx.prices()),
+  'POST prices': setPrices,
+  'GET webhooks': (ctx, _req, res) => sendJson(res, 200, { deliveries: ctx.webhooks.deliveries() }),
+  'GET jwks.json': (ctx, _req, res) => sendJson(res, 200, ctx.signer.jwks),
+  'GET .well-known/jwks.json': (ctx, _req, res) => sendJson(res, 200, ctx.signer.jwks),
+  'GET stats': (ctx, _req, res) => sendJson(res, 200, { calls: { ...ctx.calls } }),
+};
+
 export async function admin(ctx: Ctx, req: IncomingMessage, res: ServerResponse, route: Route): Promise<void> {
   ctx.calls.admin += 1;
   const path = route.segments.join('/');
   const method = req.method ?? 'GET';
-  const key = `${method} ${path}`;
-  switch (key) {
-    case 'GET health':
-      sendJson(res, 200, {
-        status: 'ok',
-        uptime_s: Math.round((Date.now() - ctx.started) / 1000),
-        jobs: ctx.engine.list().length,
-        pending_webhooks: ctx.webhooks.pending(),
-        image_mode: ctx.options.imageMode,
-        latency_ms: ctx.options.latencyMs,
-        public_url: ctx.publicUrl(),
-        concurrency: Number.isFinite(ctx.options.concurrency) ? ctx.options.concurrency : null,
-        running: ctx.engine.running,
-        media_ttl_s: ctx.options.mediaTtlS,
-        kinder: [...ctx.options.kinder],
-      });
-      return;
-    case 'GET billing': {
-      const entries = ctx.engine.billing();
-      sendJson(res, 200, { entries, total_usd: sumUsd(entries.map((e) => e.usd)) });
-      return;
-    }
-    case 'POST reset':
-      ctx.reset();
-      sendJson(res, 200, { status: 'reset' });
-      return;
-    case 'GET faults':
-      sendJson(res, 200, { faults: ctx.faults.list() });
-      return;
-    case 'POST faults': {
-      const body = await jsonBody(req, res);
-      if (!body.ok) return;
-      try {
-        sendJson(res, 201, { faults: ctx.faults.arm(body.value) });
-      } catch (err) {
-        if (!(err instanceof FaultSpecError)) throw err;
-        sendJson(res, 400, { detail: err.message });
-      }
-      return;
-    }
-    case 'DELETE faults':
-      ctx.faults.clear();
-      sendJson(res, 200, { faults: [] });
-      return;
-    case 'GET jobs':
-      sendJson(res, 200, { jobs: ctx.engine.list().map((j) => jobView(ctx, j.request_id)) });
-      return;
-    case 'GET prices':
-      sendJson(res, 200, ctx.prices());
-      return;
-    case 'POST prices': {
-      const body = await jsonBody(req, res);
-      if (!body.ok) return;
-      try {
-        ctx.setPrices(parsePriceTable(body.value), route.query.get('merge') === '1' || route.query.get('merge') === 'true');
-      } catch (err) {
-        if (!(err instanceof PriceTableError)) throw err;
-        sendJson(res, 400, { detail: err.message });
-        return;
-      }
-      sendJson(res, 200, ctx.prices());
-      return;
-    }
-    case 'GET webhooks':
-      sendJson(res, 200, { deliveries: ctx.webhooks.deliveries() });
-      return;
-    case 'GET jwks.json':
-    case 'GET .well-known/jwks.json':
-      sendJson(res, 200, ctx.signer.jwks);
-      return;
-    case 'GET stats':
-      sendJson(res, 200, { calls: { ...ctx.calls } });
-      return;
+  const handler = Object.hasOwn(ROUTES, `${method} ${path}`) ? ROUTES[`${method} ${path}`] : undefined;
+  if (handler) {
+    await handler(ctx, req, res, route);
+    return;
   }
   const jobRoute = /^jobs\/([^/]+)(\/finish)?$/.exec(path);
   if (jobRoute) {

@@ -6,13 +6,13 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { jobView } from './admin-routes.js';
-import { parseKinder } from './behaviours.js';
+import { parseKinder, type Kinder } from './behaviours.js';
 import type { Ctx, EmulatorLogger, JobListener } from './context.js';
 import { endpointTable, ENDPOINTS } from './endpoints.js';
 import { createFaultBook } from './faults.js';
 import { sendJson } from './http.js';
 import { createImageCache, parseImageToken } from './images.js';
-import { createEngine, type JobRecord } from './jobs.js';
+import { createEngine, type Engine, type JobRecord } from './jobs.js';
 import { webhookBody } from './output.js';
 import { DEFAULT_PRICES_FILE, loadPriceTable, missingPrices, PriceTableError, sumUsd, type PriceTable } from './pricing.js';
 import { createDispatch, headerFaults, mediaSegments, type Addressing } from './routing.js';
@@ -111,19 +111,7 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
     webhooks,
     logger,
     started: Date.now(),
-    options: {
-      latencyMs: opts.latencyMs ?? 50,
-      imageMode: opts.imageMode ?? 'entropy',
-      emulatorKey: opts.emulatorKey,
-      maxRenderPixels: opts.maxRenderPixels ?? 4096 * 4096,
-      streamHeartbeatMs: opts.streamHeartbeatMs ?? 10000,
-      lateValidation: !kinder.has('submit_validation'),
-      mediaTtlS,
-      concurrency,
-      kinder,
-      jsonBodyLimit: 50 * 1024 * 1024,
-      uploadLimit: 100 * 1024 * 1024,
-    },
+    options: contextOptions(opts, kinder, concurrency, mediaTtlS),
     publicUrl: () => publicUrl,
     mediaMissing(url) {
       const segs = mediaSegments(url, addressing);
@@ -193,52 +181,17 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
     persist,
   };
 
-  if (opts.stateFile) {
-    if (state) {
-      engine.restore(state.jobs, state.billing, state.seq);
-      for (const job of engine.list()) if (job.status === 'COMPLETED') deliverWebhook(job);
-    }
-    writer = createStateWriter(
-      opts.stateFile,
-      () => ({
-        version: 1,
-        saved_at: new Date().toISOString(),
-        seq: engine.seq,
-        webhook_private_key_pem: signer.privateKeyPem,
-        jobs: engine.list(),
-        billing: engine.billing(),
-      }),
-      opts.stateDebounceMs ?? 100,
-      (err) => logger.error({ err }, 'emulator could not write its state file'),
-    );
-    persist();
-  }
+  if (opts.stateFile) writer = attachStateFile(opts.stateFile, state, engine, signer, deliverWebhook, opts.stateDebounceMs ?? 100, logger);
+  persist();
 
   const host = opts.host ?? '127.0.0.1';
   const addressing: Addressing = { selfHosts: new Set(), prefix: [] };
   const dispatch = createDispatch(ctx, addressing);
 
-  const server: Server = createServer((req, res) => {
-    dispatch(req, res).catch((err: unknown) => {
-      logger.error({ err, url: req.url }, 'emulator request failed');
-      if (!res.headersSent) sendJson(res, 500, { detail: 'Internal emulator error' });
-      else res.destroy();
-    });
-  });
-  server.keepAliveTimeout = 65000;
-
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(opts.port ?? 0, host, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
-  const port = (server.address() as AddressInfo).port;
-  const urlHost = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host.includes(':') ? `[${host}]` : host;
-  const url = `http://${urlHost}:${port}`;
+  const { server, url, port } = await listen(opts.port ?? 0, host, dispatch, logger);
   publicUrl = (opts.publicUrl ?? url).replace(/\/+$/, '');
   const pub = new URL(publicUrl);
+  const urlHost = new URL(url).host.replace(/:\d+$/, '');
   addressing.selfHosts = new Set([`${urlHost}:${port}`, `127.0.0.1:${port}`, `localhost:${port}`, pub.host.toLowerCase()]);
   addressing.prefix = pub.pathname.split('/').filter((s) => s !== '');
   logger.info({ url, publicUrl, imageMode: ctx.options.imageMode, latencyMs: ctx.options.latencyMs }, 'fal emulator listening');
@@ -283,4 +236,71 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
       await writer?.flush();
     },
   };
+}
+
+/** Serves `dispatch` on host:port; a handler's failure is a 500 (or a cut connection once the answer has started). */
+async function listen(port: number, host: string, dispatch: ReturnType<typeof createDispatch>, logger: EmulatorLogger): Promise<{ server: Server; url: string; port: number }> {
+  const server: Server = createServer((req, res) => {
+    dispatch(req, res).catch((err: unknown) => {
+      logger.error({ err, url: req.url }, 'emulator request failed');
+      if (!res.headersSent) sendJson(res, 500, { detail: 'Internal emulator error' });
+      else res.destroy();
+    });
+  });
+  server.keepAliveTimeout = 65000;
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const bound = (server.address() as AddressInfo).port;
+  const urlHost = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host.includes(':') ? `[${host}]` : host;
+  return { server, url: `http://${urlHost}:${bound}`, port: bound };
+}
+
+function contextOptions(opts: EmulatorOptions, kinder: ReadonlySet<Kinder>, concurrency: number, mediaTtlS: number | null): Ctx['options'] {
+  return {
+    latencyMs: opts.latencyMs ?? 50,
+    imageMode: opts.imageMode ?? 'entropy',
+    emulatorKey: opts.emulatorKey,
+    maxRenderPixels: opts.maxRenderPixels ?? 4096 * 4096,
+    streamHeartbeatMs: opts.streamHeartbeatMs ?? 10000,
+    lateValidation: !kinder.has('submit_validation'),
+    mediaTtlS,
+    concurrency,
+    kinder,
+    jsonBodyLimit: 50 * 1024 * 1024,
+    uploadLimit: 100 * 1024 * 1024,
+  };
+}
+
+/** Restores jobs and billing from the state file (re-sending the webhooks of completed jobs) and keeps it written. */
+function attachStateFile(
+  file: string,
+  state: ReturnType<typeof readState>,
+  engine: Engine,
+  signer: ReturnType<typeof createSigner>,
+  deliverWebhook: (job: JobRecord) => void,
+  debounceMs: number,
+  logger: EmulatorLogger,
+): StateWriter {
+  if (state) {
+    engine.restore(state.jobs, state.billing, state.seq);
+    for (const job of engine.list()) if (job.status === 'COMPLETED') deliverWebhook(job);
+  }
+  return createStateWriter(
+    file,
+    () => ({
+      version: 1,
+      saved_at: new Date().toISOString(),
+      seq: engine.seq,
+      webhook_private_key_pem: signer.privateKeyPem,
+      jobs: engine.list(),
+      billing: engine.billing(),
+    }),
+    debounceMs,
+    (err) => logger.error({ err }, 'emulator could not write its state file'),
+  );
 }

@@ -131,69 +131,78 @@ function validateValue(rule: Rule, value: unknown, loc: Loc, errors: FieldError[
         return undefined;
       }
       return value;
-    case 'image_size': {
-      if (typeof value === 'string') {
-        if (!rule.presets.includes(value)) {
-          errors.push({
-            loc,
-            msg: `unexpected value; permitted: ${rule.presets.map((e) => `'${e}'`).join(', ')}`,
-            type: 'value_error.const',
-            ctx: { given: value, permitted: [...rule.presets] },
-          });
-        }
-        return value;
-      }
-      const dim: IntegerRule = { type: 'integer', default: 512 };
-      if (rule.minimum !== undefined) dim.minimum = rule.minimum;
-      if (rule.maximum !== undefined) dim.maximum = rule.maximum;
-      if (rule.exclusiveMinimum !== undefined) dim.exclusiveMinimum = rule.exclusiveMinimum;
-      return validateValue({ type: 'object', properties: { width: dim, height: dim } }, value, loc, errors);
-    }
-    case 'array': {
-      if (!Array.isArray(value)) {
-        errors.push({ loc, msg: 'value is not a valid list', type: 'type_error.list' });
-        return undefined;
-      }
-      if (rule.maxItems !== undefined && value.length > rule.maxItems) {
-        errors.push({
-          loc,
-          msg: `ensure this value has at most ${rule.maxItems} items`,
-          type: 'value_error.list.max_items',
-          ctx: { limit_value: rule.maxItems },
-        });
-      }
-      if (rule.minItems !== undefined && value.length < rule.minItems) {
-        errors.push({
-          loc,
-          msg: `ensure this value has at least ${rule.minItems} items`,
-          type: 'value_error.list.min_items',
-          ctx: { limit_value: rule.minItems },
-        });
-      }
-      return value.map((item, i) => validateValue(rule.items, item, [...loc, i], errors));
-    }
-    case 'object': {
-      if (!isPlainObject(value)) {
-        errors.push({ loc, msg: 'value is not a valid dict', type: 'type_error.dict' });
-        return undefined;
-      }
-      const out: Record<string, unknown> = {};
-      for (const [name, sub] of Object.entries(rule.properties)) {
-        const v = value[name];
-        // pydantic treats an explicit null on an optional field as "not given".
-        if (v === undefined || v === null) {
-          if (rule.required?.includes(name)) {
-            errors.push({ loc: [...loc, name], msg: 'field required', type: 'value_error.missing' });
-          } else if ('default' in sub && sub.default !== undefined) {
-            out[name] = sub.default;
-          }
-          continue;
-        }
-        out[name] = validateValue(sub, v, [...loc, name], errors);
-      }
-      return out;
-    }
+    case 'image_size':
+      return validateImageSize(rule, value, loc, errors);
+    case 'array':
+      return validateArray(rule, value, loc, errors);
+    case 'object':
+      return validateObject(rule, value, loc, errors);
   }
+}
+
+function validateImageSize(rule: Extract<Rule, { type: 'image_size' }>, value: unknown, loc: Loc, errors: FieldError[]): unknown {
+  if (typeof value === 'string') {
+    if (!rule.presets.includes(value)) {
+      errors.push({
+        loc,
+        msg: `unexpected value; permitted: ${rule.presets.map((e) => `'${e}'`).join(', ')}`,
+        type: 'value_error.const',
+        ctx: { given: value, permitted: [...rule.presets] },
+      });
+    }
+    return value;
+  }
+  const dim: IntegerRule = { type: 'integer', default: 512 };
+  if (rule.minimum !== undefined) dim.minimum = rule.minimum;
+  if (rule.maximum !== undefined) dim.maximum = rule.maximum;
+  if (rule.exclusiveMinimum !== undefined) dim.exclusiveMinimum = rule.exclusiveMinimum;
+  return validateValue({ type: 'object', properties: { width: dim, height: dim } }, value, loc, errors);
+}
+
+function validateArray(rule: Extract<Rule, { type: 'array' }>, value: unknown, loc: Loc, errors: FieldError[]): unknown {
+  if (!Array.isArray(value)) {
+    errors.push({ loc, msg: 'value is not a valid list', type: 'type_error.list' });
+    return undefined;
+  }
+  if (rule.maxItems !== undefined && value.length > rule.maxItems) {
+    errors.push({
+      loc,
+      msg: `ensure this value has at most ${rule.maxItems} items`,
+      type: 'value_error.list.max_items',
+      ctx: { limit_value: rule.maxItems },
+    });
+  }
+  if (rule.minItems !== undefined && value.length < rule.minItems) {
+    errors.push({
+      loc,
+      msg: `ensure this value has at least ${rule.minItems} items`,
+      type: 'value_error.list.min_items',
+      ctx: { limit_value: rule.minItems },
+    });
+  }
+  return value.map((item, i) => validateValue(rule.items, item, [...loc, i], errors));
+}
+
+function validateObject(rule: Extract<Rule, { type: 'object' }>, value: unknown, loc: Loc, errors: FieldError[]): unknown {
+  if (!isPlainObject(value)) {
+    errors.push({ loc, msg: 'value is not a valid dict', type: 'type_error.dict' });
+    return undefined;
+  }
+  const out: Record<string, unknown> = {};
+  for (const [name, sub] of Object.entries(rule.properties)) {
+    const v = value[name];
+    // pydantic treats an explicit null on an optional field as "not given".
+    if (v === undefined || v === null) {
+      if (rule.required?.includes(name)) {
+        errors.push({ loc: [...loc, name], msg: 'field required', type: 'value_error.missing' });
+      } else if ('default' in sub && sub.default !== undefined) {
+        out[name] = sub.default;
+      }
+      continue;
+    }
+    out[name] = validateValue(sub, v, [...loc, name], errors);
+  }
+  return out;
 }
 
 /** Validates a request body; `value` holds the input with defaults applied. */
