@@ -30,6 +30,8 @@ export interface Config {
   priceMarkup: string;
   logLevel: string;
   logPrompts: boolean;
+  /** STRICT_PARAMS: OpenAI hints a model does not act on are refused (400) instead of ignored and declared. */
+  strictParams: boolean;
   dataDir: string;
   databaseUrl: string | undefined;
   idempotencyTtlS: number;
@@ -273,6 +275,7 @@ export function loadConfig(env: Env = process.env): Config {
     priceMarkup: markup,
     logLevel,
     logPrompts: bool('LOG_PROMPTS', false),
+    strictParams: bool('STRICT_PARAMS', false),
     dataDir: str('DATA_DIR') ?? './data',
     databaseUrl,
     idempotencyTtlS: int('IDEMPOTENCY_TTL_S', 86_400, 1, 30 * 86_400),
