@@ -158,7 +158,7 @@ export function normalizeRequest(registry: ModelRegistry, body: unknown, opts: N
 
   const name = Object.hasOwn(body, 'model') ? body['model'] : undefined;
   const model = typeof name === 'string' ? registry.lookup(name) : undefined;
-  if (!model) throw modelNotFound(name);
+  if (!model) throw modelNotFound(name, registry.list().map((m) => m.id));
 
   rejectUnknownFields(registry, model, body);
   const validate = registry.validators(model).body;

@@ -497,4 +497,10 @@ describe('model lookup comes first: 404 whatever else is wrong', () => {
       assert.equal(e.param, 'model');
     });
   }
+  it("names the models served, so a client's default (dall-e-3) tells the caller what to send", () => {
+    assert.equal(
+      rejection({ model: 'dall-e-3', prompt: 'x' }).message,
+      `The model "dall-e-3" does not exist. This service serves: ${TURBO}, ${LORA} (GET /v1/models lists them).`,
+    );
+  });
 });
