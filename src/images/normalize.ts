@@ -126,6 +126,18 @@ function sizeFromOpenAi(registry: ModelRegistry, model: ModelEntry, size: string
   return dims;
 }
 
+/** The size asked for in either dialect (the same size given in both must agree), else the model's default. */
+function imageSizeOf(registry: ModelRegistry, model: ModelEntry, req: ImageRequestFields): ImageSizeValue {
+  if (req.size == null || req.size === 'auto') return req.image_size ?? model.defaults.image_size;
+  const dims = sizeFromOpenAi(registry, model, req.size);
+  if (req.image_size === undefined) return dims;
+  const given = pixelsOf(req.image_size);
+  if (given.width !== dims.width || given.height !== dims.height) {
+    throw invalidRequest(`size ${showValue(req.size)} and image_size ${describeSize(req.image_size)} disagree; send one of them`, 'size');
+  }
+  return req.image_size;
+}
+
 /**
  * Class 3 of the field policy, read from the table: each hint the caller sent
  * is ignored and listed, or refused under STRICT_PARAMS. A hint that changes
@@ -186,21 +198,7 @@ export function normalizeRequest(registry: ModelRegistry, body: unknown, opts: N
   }
   const numImages = n ?? req.num_images ?? model.defaults.num_images;
 
-  let imageSize: ImageSizeValue = req.image_size ?? model.defaults.image_size;
-  if (req.size != null && req.size !== 'auto') {
-    const dims = sizeFromOpenAi(registry, model, req.size);
-    if (req.image_size !== undefined) {
-      const given = pixelsOf(req.image_size);
-      if (given.width !== dims.width || given.height !== dims.height) {
-        throw invalidRequest(
-          `size ${showValue(req.size)} and image_size ${describeSize(req.image_size)} disagree; send one of them`,
-          'size',
-        );
-      }
-    } else {
-      imageSize = dims;
-    }
-  }
+  const imageSize = imageSizeOf(registry, model, req);
 
   const stream = req.stream === true;
   // OpenAI's stream events carry only base64; quietly answering a "url" caller
