@@ -27,6 +27,7 @@ export const INTEGRATION = [
   'test/metering/ledger.test.ts', // the ledger's whole contract, on SQLite and PostgreSQL
   'test/replicas.test.ts', // two replicas sharing PostgreSQL
   'test/scripts/probe-fal.test.ts', // the whole probe against the emulator
+  'test/sdk/clients-doc.test.ts', // runs each snippet of docs/clients.md in its own Node process
   'test/soak/fault-soak.test.ts', // every emulator fault, a SIGKILL and a restart, then the billing audit, on both databases
   'test/web/pages.test.ts', // the pages in headless Chromium
 ];

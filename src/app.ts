@@ -56,6 +56,8 @@ export interface AppDeps {
   rateLimit: RateLimitOptions;
   /** STREAM_KEEPALIVE_MS: keep-alive comments on streamed image answers; default 15 s. */
   streamKeepAliveMs?: number;
+  /** STRICT_PARAMS: hints the model does not act on are refused instead of ignored. */
+  strictParams?: boolean;
 }
 
 /**
@@ -77,7 +79,7 @@ export function createApp(deps: AppDeps): Express {
   // relax two directives for themselves (routes/web.ts).
   addSecurityHeadersOnWrite(app.response);
   if (deps.corsOrigins.length > 0) {
-    app.use(cors({ origin: deps.corsOrigins, allowedHeaders: ['authorization', 'content-type', 'idempotency-key', 'x-request-id'], exposedHeaders: ['x-request-id', 'x-usage-cost-usd', 'x-usage-credits', 'retry-after'] }));
+    app.use(cors({ origin: deps.corsOrigins, allowedHeaders: ['authorization', 'content-type', 'idempotency-key', 'x-request-id'], exposedHeaders: ['x-request-id', 'x-usage-cost-usd', 'x-usage-credits', 'x-ignored-params', 'retry-after'] }));
   }
   const auth = requireKey(deps.authenticate);
   const refuseWhenStopping = refuseWhenShuttingDown(isShuttingDown);
@@ -100,6 +102,7 @@ export function createApp(deps: AppDeps): Express {
         publicBaseUrl: deps.publicBaseUrl,
         idempotency: deps.idempotency,
         streamKeepAliveMs: deps.streamKeepAliveMs ?? 15_000,
+        strictParams: deps.strictParams ?? false,
       }),
       writeError,
     ),

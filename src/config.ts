@@ -29,7 +29,11 @@ export interface Config {
   /** Exact decimal string, e.g. "1.05". */
   priceMarkup: string;
   logLevel: string;
+  /** LOG_FORMAT: `auto` (for people on a terminal, JSON otherwise), `json` or `pretty`. */
+  logFormat: 'auto' | 'json' | 'pretty';
   logPrompts: boolean;
+  /** STRICT_PARAMS: OpenAI hints a model does not act on are refused (400) instead of ignored and declared. */
+  strictParams: boolean;
   dataDir: string;
   databaseUrl: string | undefined;
   idempotencyTtlS: number;
@@ -223,6 +227,8 @@ export function loadConfig(env: Env = process.env): Config {
   if (!['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].includes(logLevel)) {
     problems.push(`LOG_LEVEL must be one of fatal, error, warn, info, debug, trace, silent (got ${JSON.stringify(logLevel)})`);
   }
+  const logFormat = str('LOG_FORMAT') ?? 'auto';
+  if (!['auto', 'json', 'pretty'].includes(logFormat)) problems.push(`LOG_FORMAT must be one of auto, json, pretty (got ${JSON.stringify(logFormat)})`);
   const billingWebhookUrl = url('BILLING_WEBHOOK_URL', ['http:', 'https:']);
   const billingWebhookSecret = str('BILLING_WEBHOOK_SECRET');
   if (billingWebhookUrl && !billingWebhookSecret) problems.push('BILLING_WEBHOOK_URL needs BILLING_WEBHOOK_SECRET to sign events');
@@ -278,7 +284,9 @@ export function loadConfig(env: Env = process.env): Config {
     maxBodyBytes: int('MAX_BODY_BYTES', 1_048_576, 1_024, 104_857_600),
     priceMarkup: markup,
     logLevel,
+    logFormat: logFormat as Config['logFormat'],
     logPrompts: bool('LOG_PROMPTS', false),
+    strictParams: bool('STRICT_PARAMS', false),
     dataDir: str('DATA_DIR') ?? './data',
     databaseUrl,
     idempotencyTtlS: int('IDEMPOTENCY_TTL_S', 86_400, 1, 30 * 86_400),

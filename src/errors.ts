@@ -73,13 +73,18 @@ export function notFound(message: string, code = 'not_found', param: string | nu
   return new ApiError(404, message, { type: 'invalid_request_error', code, param });
 }
 
-export function modelNotFound(model: unknown): ApiError {
+/** Models named in a 404; more are summed up, and GET /v1/models lists them all. */
+const MODELS_NAMED_MAX = 20;
+
+/**
+ * Model names are matched exactly, so a client's default (`dall-e-3`) is
+ * refused; the message names what is served so the caller can pick one.
+ */
+export function modelNotFound(model: unknown, served: readonly string[] = []): ApiError {
   const shown = typeof model === 'string' ? JSON.stringify(model.slice(0, 200)) : 'missing';
-  return notFound(
-    `The model ${shown} does not exist. GET /v1/models lists the models this service serves.`,
-    'model_not_found',
-    'model',
-  );
+  const names = served.slice(0, MODELS_NAMED_MAX).join(', ') + (served.length > MODELS_NAMED_MAX ? ` and ${served.length - MODELS_NAMED_MAX} more` : '');
+  const which = served.length > 0 ? ` This service serves: ${names} (GET /v1/models lists them).` : ' GET /v1/models lists the models this service serves.';
+  return notFound(`The model ${shown} does not exist.${which}`, 'model_not_found', 'model');
 }
 
 export function rateLimited(message: string, retryAfterS: number, code = 'rate_limit_exceeded', headers?: Record<string, string>): ApiError {

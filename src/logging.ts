@@ -14,6 +14,7 @@
  *    took to get there (an error message quoting a URL, say).
  */
 import pino, { type DestinationStream, type Logger } from 'pino';
+import pretty from 'pino-pretty';
 
 export const REDACTED = '[redacted]';
 
@@ -115,4 +116,29 @@ export function createLogger(opts: LoggerOptions): Logger {
  */
 export function fixedFieldsLogger(logger: Logger): Logger {
   return logger.child({}, { redact: { paths: [], censor: REDACTED } });
+}
+
+/**
+ * `auto` prints for people on a terminal and JSON lines everywhere else (a
+ * pipe, a file, a log collector), so `npm start` is readable and a deployment
+ * still ships JSON.
+ */
+export function logFormatFor(setting: 'auto' | 'json' | 'pretty', isTty: boolean): 'json' | 'pretty' {
+  return setting === 'auto' ? (isTty ? 'pretty' : 'json') : setting;
+}
+
+/**
+ * pino-pretty as the logger's destination, in this thread and synchronous,
+ * so its lines and the banner (written to stdout directly) keep their order.
+ * It is fed the final JSON line, after the secrets hook of createLogger, so a
+ * person sees nothing the JSON line would not have carried.
+ */
+export function prettyDestination(opts: { destination?: NodeJS.WritableStream; colorize?: boolean } = {}): DestinationStream {
+  return pretty({
+    sync: true,
+    destination: opts.destination ?? 1,
+    ...(opts.colorize === undefined ? {} : { colorize: opts.colorize }),
+    translateTime: 'SYS:HH:MM:ss.l',
+    ignore: 'pid,hostname',
+  });
 }

@@ -1,5 +1,6 @@
 import { pathToFileURL } from 'node:url';
 import { loadConfig, ConfigError } from './config.js';
+import { logFormatFor, prettyDestination } from './logging.js';
 import { startService, type Service } from './service.js';
 import { optimizeForSize } from './optimize-for-size.js';
 
@@ -39,7 +40,8 @@ export async function runServer(env: Record<string, string | undefined> = proces
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
 
-  service = await startService(config);
+  const pretty = logFormatFor(config.logFormat, process.stdout.isTTY === true) === 'pretty';
+  service = await startService(config, pretty ? { logDestination: prettyDestination() } : {});
   process.stdout.write(banner(service));
   if (stopRequested) stop(stopRequested);
 }

@@ -276,6 +276,7 @@ export async function startService(config: Config, overrides: ServiceOverrides =
     isShuttingDown: () => shuttingDown,
     rateLimit: { limiter: rateLimiter, defaultRpm: config.defaultRpmLimit },
     streamKeepAliveMs: config.streamKeepAliveMs,
+    strictParams: config.strictParams,
     readiness: [
       { name: 'upstream', check: () => fal.ping({ signal: AbortSignal.timeout(2000) }) },
       { name: 'storage', check: () => database.ping().then(() => true) },

@@ -295,6 +295,33 @@ describe('app: the images route', () => {
   });
 });
 
+describe('app: the field policy on the images route', () => {
+  it('hints reach the use case as ignoredParams and are declared in x-ignored-params; honoured fields are not', async () => {
+    const images = fakeImageService();
+    const res = await request(fakeApp({ images })).post('/v1/images/generations').set(auth).send({ model: MODEL, prompt: 'a kite', style: 'vivid', n: 1, quality: 'standard', background: null });
+    assert.equal(res.status, 200);
+    assert.equal(res.headers['x-ignored-params'], 'style, quality');
+    assert.deepEqual(images.calls[0]!.req.ignoredParams, ['style', 'quality']);
+    const plain = await request(fakeApp()).post('/v1/images/generations').set(auth).send({ model: MODEL, prompt: 'a kite', n: 1 });
+    assert.equal(plain.headers['x-ignored-params'], undefined);
+  });
+
+  it('with strictParams the same request is a 400 naming the first hint, and the use case is never called', async () => {
+    const images = fakeImageService();
+    const res = await request(fakeApp({ images, strictParams: true })).post('/v1/images/generations').set(auth).send({ model: MODEL, prompt: 'a kite', style: 'vivid', quality: 'standard' });
+    assert.equal(res.status, 400);
+    const e = errorOf(res);
+    assert.equal(e.param, 'style');
+    assert.equal(e.code, 'unsupported_parameter');
+    assert.equal(images.calls.length, 0);
+  });
+
+  it('CORS lets a browser read x-ignored-params', async () => {
+    const res = await request(fakeApp({ corsOrigins: ['https://app.example.test'] })).post('/v1/images/generations').set(auth).set('Origin', 'https://app.example.test').send({ model: MODEL, prompt: 'a kite', quality: 'hd' });
+    assert.match(String(res.headers['access-control-expose-headers']), /x-ignored-params/);
+  });
+});
+
 describe('app: stream: true', () => {
   const b64Outcome = () =>
     cannedOutcome({

@@ -78,6 +78,53 @@ describe('main', () => {
     }
   });
 
+  it('log lines are for people on a terminal and JSON through a pipe; the banner is the same in both', async () => {
+    // A fresh data directory for each start, so each migrates and logs it.
+    const env = { PORT: '0', API_KEYS: TEST_KEY, DATA_DIR: join(dataDir, 'log-format-pipe'), RECONCILE_INTERVAL_MS: '0' };
+    const bannerOf = (text: string) => text.slice(text.indexOf('fal images gateway listening')).split('\n\n').slice(0, 2).join('\n\n').replace(/127\.0\.0\.1:\d+/g, 'HOST');
+
+    const piped = spawnMain(env);
+    let pipedText: string;
+    try {
+      await piped.url;
+    } finally {
+      piped.child.kill('SIGTERM');
+      assert.equal(await piped.exit, 0);
+      pipedText = piped.out.join('\n');
+    }
+    const logLines = piped.out.filter((l) => l.startsWith('{'));
+    assert.ok(logLines.length >= 2, pipedText);
+    for (const l of logLines) assert.equal(typeof (JSON.parse(l) as { msg?: unknown }).msg, 'string');
+
+    // `script` gives the process a pseudo-terminal, as a shell running `npm start` does; Ctrl-C through it is the SIGINT a person sends.
+    const tty = spawn('script', ['-qec', `exec ${process.execPath} --import tsx src/main.ts`, '/dev/null'], {
+      cwd: root,
+      env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', TERM: 'dumb', ...env, DATA_DIR: join(dataDir, 'log-format-tty') },
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    let ttyText = '';
+    const exit = new Promise<number | string | null>((r) => tty.once('exit', (code, signal) => r(code ?? signal)));
+    const listening = new Promise<void>((resolve, reject) => {
+      const onData = (c: Buffer) => {
+        ttyText += c.toString('utf8').replace(/\r/g, '');
+        if (/listening on http:\/\/\S+\n/.test(ttyText)) resolve();
+      };
+      tty.stdout!.on('data', onData);
+      tty.stderr!.on('data', onData);
+      void exit.then(() => reject(new Error(`exited before listening:\n${ttyText}`)));
+    });
+    try {
+      await listening;
+    } finally {
+      tty.stdin!.write('\x03');
+      assert.equal(await exit, 0, ttyText);
+    }
+    assert.match(ttyText, /^\[\d\d:\d\d:\d\d\.\d{3}\] INFO: database migrated\n {4}migrations: \[/m);
+    assert.match(ttyText, /INFO: shutting down\n {4}signal: "SIGINT"/);
+    assert.doesNotMatch(ttyText, /^\{"level"/m, 'no JSON line on a terminal');
+    assert.equal(bannerOf(ttyText), bannerOf(pipedText));
+  });
+
   it('refuses a bad configuration with every problem listed, exit 2', async () => {
     const p = spawnMain({ PORT: 'eighty', PRICE_MARKUP: '-1', DATABASE_URL: 'mysql://x' });
     assert.equal(await p.exit, 2);

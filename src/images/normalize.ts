@@ -4,14 +4,16 @@
  * input. Order matters and is part of the contract: the body must be an
  * object, then the model is looked up (so an unknown model is a 404 whatever
  * else is wrong), then the model's own schema, then the checks that span
- * fields. Nothing is clamped or dropped: every value either reaches fal, is
- * consumed here with a meaning, or is refused with a 400 naming the field.
+ * fields. Nothing is clamped or dropped silently: every value reaches fal, is
+ * consumed here with a meaning, is refused with a 400 naming the field, or is
+ * a hint the field policy (src/schemas/fields.ts, FIELD_RULES) lets through
+ * and the caller is told was ignored.
  */
 import { invalidRequest, modelNotFound } from '../errors.js';
 import type { ModelEntry, ModelRegistry } from '../models/registry.js';
 import { PINNED_FIELDS } from '../models/registry.js';
 import { describeValidationErrors, showValue } from '../schemas/describe-error.js';
-import { IMAGE_SIZE_PRESET_PIXELS, openAiImageFields, type ImageSizePreset } from '../schemas/fields.js';
+import { fieldRule, IMAGE_SIZE_PRESET_PIXELS, type ImageSizePreset } from '../schemas/fields.js';
 import type { ImageRequestFields, ImageSizeValue, OutputFormat, ResponseFormat } from '../schemas/image-request.js';
 
 export interface CanonicalRequest {
@@ -39,10 +41,14 @@ export interface CanonicalRequest {
    * (`size`).
    */
   sentFields: readonly string[];
+  /** The hints the caller sent that the model does not act on (class 3 of the field policy), in the order sent. */
+  ignoredParams: readonly string[];
 }
 
-/** Fields this layer consumes; everything else the schema allowed is a fal field and goes to fal as sent. */
-const CONSUMED_FIELDS: ReadonlySet<string> = new Set(['model', 'provider', ...Object.keys(openAiImageFields)]);
+export interface NormalizeOptions {
+  /** STRICT_PARAMS: hints (class 3 of the field policy) are refused with a 400 instead of ignored. */
+  strictParams?: boolean;
+}
 
 /** Longest unknown field name echoed as the error's param; a longer one is not worth a client's memory. */
 const SHOWN_NAME_MAX = 100;
@@ -120,12 +126,51 @@ function sizeFromOpenAi(registry: ModelRegistry, model: ModelEntry, size: string
   return dims;
 }
 
-export function normalizeRequest(registry: ModelRegistry, body: unknown): CanonicalRequest {
+/** The size asked for in either dialect (the same size given in both must agree), else the model's default. */
+function imageSizeOf(registry: ModelRegistry, model: ModelEntry, req: ImageRequestFields): ImageSizeValue {
+  if (req.size == null || req.size === 'auto') return req.image_size ?? model.defaults.image_size;
+  const dims = sizeFromOpenAi(registry, model, req.size);
+  if (req.image_size === undefined) return dims;
+  const given = pixelsOf(req.image_size);
+  if (given.width !== dims.width || given.height !== dims.height) {
+    throw invalidRequest(`size ${showValue(req.size)} and image_size ${describeSize(req.image_size)} disagree; send one of them`, 'size');
+  }
+  return req.image_size;
+}
+
+/**
+ * Class 3 of the field policy, read from the table: each hint the caller sent
+ * is ignored and listed, or refused under STRICT_PARAMS. A hint that changes
+ * what a stream delivers is honoured or refused there instead.
+ */
+function ignoredHints(model: ModelEntry, body: Record<string, unknown>, stream: boolean, strict: boolean): string[] {
+  const ignored: string[] = [];
+  for (const [key, value] of Object.entries(body)) {
+    const rule = fieldRule(model.requestSchema.properties, key);
+    if (rule?.role !== 'hint' || value === null) continue;
+    if (stream && rule.onStream) {
+      if (rule.onStream.honoured.includes(value)) continue;
+      throw invalidRequest(`${key} ${showValue(value)} is not supported by ${model.id} with stream: true: ${rule.onStream.refusedBecause}`, key);
+    }
+    if (strict) {
+      throw invalidRequest(
+        `${key} ${showValue(value)} is not supported by ${model.id}: ${rule.ignoredBecause ?? 'the model does not act on it'}. ` +
+          `This service refuses such hints (STRICT_PARAMS=true); leave ${key} out or send null.`,
+        key,
+        'unsupported_parameter',
+      );
+    }
+    ignored.push(key);
+  }
+  return ignored;
+}
+
+export function normalizeRequest(registry: ModelRegistry, body: unknown, opts: NormalizeOptions = {}): CanonicalRequest {
   if (!isPlainObject(body)) throw invalidRequest('The request body must be a JSON object.', null);
 
   const name = Object.hasOwn(body, 'model') ? body['model'] : undefined;
   const model = typeof name === 'string' ? registry.lookup(name) : undefined;
-  if (!model) throw modelNotFound(name);
+  if (!model) throw modelNotFound(name, registry.list().map((m) => m.id));
 
   rejectUnknownFields(registry, model, body);
   const validate = registry.validators(model).body;
@@ -153,21 +198,7 @@ export function normalizeRequest(registry: ModelRegistry, body: unknown): Canoni
   }
   const numImages = n ?? req.num_images ?? model.defaults.num_images;
 
-  let imageSize: ImageSizeValue = req.image_size ?? model.defaults.image_size;
-  if (req.size != null && req.size !== 'auto') {
-    const dims = sizeFromOpenAi(registry, model, req.size);
-    if (req.image_size !== undefined) {
-      const given = pixelsOf(req.image_size);
-      if (given.width !== dims.width || given.height !== dims.height) {
-        throw invalidRequest(
-          `size ${showValue(req.size)} and image_size ${describeSize(req.image_size)} disagree; send one of them`,
-          'size',
-        );
-      }
-    } else {
-      imageSize = dims;
-    }
-  }
+  const imageSize = imageSizeOf(registry, model, req);
 
   const stream = req.stream === true;
   // OpenAI's stream events carry only base64; quietly answering a "url" caller
@@ -175,6 +206,7 @@ export function normalizeRequest(registry: ModelRegistry, body: unknown): Canoni
   if (stream && req.response_format === 'url') {
     throw invalidRequest('response_format "url" cannot be streamed: stream events carry the image as b64_json. Leave response_format out (or send "b64_json"), or send stream false.', 'response_format');
   }
+  const ignoredParams = ignoredHints(model, body, stream, opts.strictParams === true);
 
   const outputFormat = req.output_format ?? model.defaults.output_format;
   const pinned: Record<string, unknown> = {
@@ -190,8 +222,8 @@ export function normalizeRequest(registry: ModelRegistry, body: unknown): Canoni
     if (Object.hasOwn(model.requestSchema.properties, field)) falInput[field] = structuredClone(pinned[field]);
   }
   for (const [key, value] of Object.entries(body)) {
-    // null is only valid on OpenAI-nullable fields, where it means "not given".
-    if (CONSUMED_FIELDS.has(key) || Object.hasOwn(falInput, key) || value === null) continue;
+    // Only the model's own fields reach fal; null is only valid on OpenAI-nullable fields, where it means "not given".
+    if (fieldRule(model.requestSchema.properties, key) || Object.hasOwn(falInput, key) || value === null) continue;
     falInput[key] = structuredClone(value);
   }
 
@@ -207,5 +239,6 @@ export function normalizeRequest(registry: ModelRegistry, body: unknown): Canoni
     user: req.user,
     // An array, not a Set: the request keeps it for as long as its job waits, and it is read once, on an error.
     sentFields: Object.keys(body),
+    ignoredParams,
   };
 }

@@ -40,6 +40,7 @@ export async function imagesResponse(input: ResponseInput, media: Media): Promis
       images: images.map((i, k) => ({ width: i.width, height: i.height, content_type: i.content_type, has_nsfw_concept: nsfw[k] === true })),
       fal_request_id: falIds[0]!,
       fal_request_ids: falIds,
+      ...(req.ignoredParams.length > 0 ? { ignored_params: [...req.ignoredParams] } : {}),
     },
   };
 }

@@ -66,6 +66,193 @@ export const PATTERN_HINTS: Readonly<Record<string, string>> = {
     'or a file under this server\'s LORA_DIR ("/absolute/path" or "./relative/to/LORA_DIR"); http:, file: and ".." are not accepted',
 };
 
+/**
+ * The field policy: what happens to each field a request may carry, in three
+ * classes (docs/clients.md#field-policy says the same in words).
+ *
+ * 1. Honoured. A model's own fal fields (src/schemas/request-builder.ts)
+ *    reach fal as sent; the fields in the table below with role `mapped` are
+ *    consumed by the normalizer with a meaning (`n` is `num_images`, `size`
+ *    is `image_size`…) and never sent to fal as such.
+ * 2. Refused with a 400 naming the field: a value the field's schema does not
+ *    accept, and a field no schema of the model has. Everything that would
+ *    change what is billed or delivered (count, size, format, content, LoRAs)
+ *    is held here by the schemas, never passed over.
+ * 3. Role `hint`: OpenAI presentation hints that no model here acts on and
+ *    that change neither the price nor the images' count, size or format.
+ *    They are accepted and declared back to the caller (`meta.ignored_params`
+ *    and `x-ignored-params`), so nothing is dropped silently; with
+ *    `STRICT_PARAMS=true` they are refused instead. `null` means "not given"
+ *    on every OpenAI field, as in OpenAI's API, and is never declared.
+ *
+ * The normalizer interprets this table and has no knowledge of any field in
+ * it. A model that can honour one of these names declares it among its own
+ * fal fields, and its definition then replaces the table's (for that model the
+ * field is class 1).
+ */
+export type FieldRole = 'mapped' | 'hint';
+
+export interface RequestFieldRule<S extends object = object> {
+  readonly role: FieldRole;
+  /** What the field accepts. A value outside it is refused (class 2). */
+  readonly schema: S;
+  /** Why a value the schema refuses cannot be served, for the 400's message. */
+  readonly refusedBecause?: string;
+  /** A hint's reason for changing nothing, for a STRICT_PARAMS refusal and the docs. */
+  readonly ignoredBecause?: string;
+  /**
+   * A hint that changes what is delivered on a stream (`stream: true`): there
+   * only these values are accepted, and honoured; any other is refused.
+   */
+  readonly onStream?: { readonly honoured: readonly unknown[]; readonly refusedBecause: string };
+}
+
+function rule<const S extends object>(r: RequestFieldRule<S>): RequestFieldRule<S> & { readonly schema: S } {
+  return r;
+}
+
+export const FIELD_RULES = {
+  model: rule({ role: 'mapped', schema: { type: 'string', description: 'The model id (or one of its declared aliases), matched exactly.' } }),
+  provider: rule({
+    role: 'mapped',
+    schema: {
+      type: 'string',
+      pattern: PROVIDER_PATTERN,
+      description:
+        'aimlapi routing hint, case-insensitive. "fal" and "auto" are accepted; "alibaba" is refused because this service only routes to fal. Never sent to fal.',
+    },
+  }),
+  n: rule({
+    role: 'mapped',
+    schema: {
+      type: ['integer', 'null'],
+      minimum: 1,
+      maximum: 10,
+      description: "OpenAI name for num_images, up to OpenAI's limit of 10: beyond the model's per-job maximum the request is split into parallel fal jobs.",
+    },
+  }),
+  size: rule({
+    role: 'mapped',
+    schema: {
+      type: ['string', 'null'],
+      pattern: SIZE_PATTERN,
+      description: 'OpenAI name for image_size: "auto" (the default size) or "WIDTHxHEIGHT", held to the same side limits as image_size\'s {width, height}.',
+    },
+  }),
+  response_format: rule({ role: 'mapped', schema: { enum: ['url', 'b64_json', null], description: 'url (default) or b64_json (bare base64).' } }),
+  user: rule({ role: 'mapped', schema: { type: 'string', maxLength: 256, description: 'Your end-user id; kept with the usage record, never sent to fal.' } }),
+  quality: rule({
+    role: 'hint',
+    schema: {
+      enum: ['auto', 'standard', 'hd', 'low', 'medium', 'high', null],
+      description:
+        "OpenAI's quality tier. Accepted and ignored (listed in meta.ignored_params): the model has no quality tiers, and fal prices by megapixel, so it never changes the price. Refused when the service runs with STRICT_PARAMS=true.",
+    },
+    ignoredBecause: 'this model has no quality tiers (num_inference_steps trades speed for detail), and the price is per megapixel whatever the quality',
+  }),
+  style: rule({
+    role: 'hint',
+    schema: {
+      enum: ['vivid', 'natural', null],
+      description: "DALL-E 3's style. Accepted and ignored (listed in meta.ignored_params): describe the style in the prompt. Refused when the service runs with STRICT_PARAMS=true.",
+    },
+    ignoredBecause: 'this model has no style control; describe the style in the prompt',
+  }),
+  background: rule({
+    role: 'hint',
+    schema: {
+      enum: ['auto', null],
+      description:
+        'Only "auto", accepted and ignored (listed in meta.ignored_params). "transparent" and "opaque" are refused: the model has no background control, so either would promise something it cannot deliver.',
+    },
+    refusedBecause: 'this model has no background control, so it cannot promise a transparent or an opaque background; send "auto" or leave background out',
+    ignoredBecause: 'this model has no background control',
+  }),
+  moderation: rule({
+    role: 'hint',
+    schema: {
+      enum: ['auto', 'low', null],
+      description:
+        "OpenAI's moderation level. Accepted and ignored (listed in meta.ignored_params): enable_safety_checker is what controls NSFW flagging here. Refused when the service runs with STRICT_PARAMS=true.",
+    },
+    ignoredBecause: 'moderation cannot be changed here; enable_safety_checker controls NSFW flagging',
+  }),
+  output_compression: rule({
+    role: 'hint',
+    schema: {
+      type: ['integer', 'null'],
+      minimum: 0,
+      maximum: 100,
+      description: 'OpenAI\'s compression level, 0 to 100. Accepted and ignored (listed in meta.ignored_params) by models that cannot set it. Refused when the service runs with STRICT_PARAMS=true.',
+    },
+    ignoredBecause: 'the compression level cannot be chosen for this model; output_format chooses the format',
+  }),
+  partial_images: rule({
+    role: 'hint',
+    schema: {
+      type: ['integer', 'null'],
+      minimum: 0,
+      maximum: 3,
+      description:
+        'OpenAI\'s partial images of a stream, 0 to 3. Without stream it changes nothing: accepted and ignored (listed in meta.ignored_params), refused when the service runs with STRICT_PARAMS=true. With stream: true only 0 is accepted (no partial images are made).',
+    },
+    ignoredBecause: 'partial images are only sent on a stream (stream: true)',
+    onStream: { honoured: [0], refusedBecause: 'this model makes no partial images; send 0 or leave partial_images out' },
+  }),
+  stream: rule({
+    role: 'mapped',
+    schema: {
+      type: ['boolean', 'null'],
+      description:
+        'true: answer with Server-Sent Events (progress while fal works, then one image_generation.completed event per image, ' +
+        'always base64; response_format "url" is refused). Not combinable with Idempotency-Key.',
+    },
+  }),
+} as const;
+
+export type FieldName = keyof typeof FIELD_RULES;
+
+type SchemasOf<T> = { readonly [K in keyof T]: T[K] extends { readonly schema: infer S } ? S : never };
+
+function schemasOf<const T extends Record<string, { readonly schema: object }>>(rules: T): SchemasOf<T> {
+  return Object.fromEntries(Object.entries(rules).map(([k, r]) => [k, r.schema])) as SchemasOf<T>;
+}
+
+export const providerField = FIELD_RULES.provider.schema;
+
+/** OpenAI's images API fields, in the order they are documented; each is its table entry's schema. */
+export const openAiImageFields = schemasOf({
+  n: FIELD_RULES.n,
+  size: FIELD_RULES.size,
+  response_format: FIELD_RULES.response_format,
+  user: FIELD_RULES.user,
+  quality: FIELD_RULES.quality,
+  style: FIELD_RULES.style,
+  background: FIELD_RULES.background,
+  moderation: FIELD_RULES.moderation,
+  output_compression: FIELD_RULES.output_compression,
+  partial_images: FIELD_RULES.partial_images,
+  stream: FIELD_RULES.stream,
+});
+
+/** Why a field refuses a value its schema does not accept, for the 400's message. Keyed by the top-level field name. */
+export const UNSUPPORTED_VALUE_REASONS: Readonly<Record<string, string>> = Object.fromEntries(
+  Object.entries(FIELD_RULES as Record<string, RequestFieldRule>).flatMap(([k, r]) => (r.refusedBecause ? [[k, r.refusedBecause]] : [])),
+);
+
+/**
+ * The table's rule for `field` on a model whose request schema is
+ * `properties`, or undefined when the field is the model's own (a fal field,
+ * honoured as sent). The table applies exactly where the model's schema
+ * carries the table's own definition, so a model that redefines a name takes
+ * it over.
+ */
+export function fieldRule(properties: Readonly<Record<string, object>>, field: string): RequestFieldRule | undefined {
+  if (!Object.hasOwn(FIELD_RULES, field)) return undefined;
+  const r = (FIELD_RULES as Record<string, RequestFieldRule>)[field]!;
+  return properties[field] === r.schema ? r : undefined;
+}
+
 const imageSide = { type: 'integer', minimum: 512, maximum: 2048, multipleOf: 32 } as const;
 
 /** The object form of `image_size`; `size: "WxH"` is checked against this too. */
@@ -82,10 +269,7 @@ export const customImageSizeField = {
  * definitions here that mean the same on every model (seed, prompt…).
  */
 export const falImageFields = {
-  model: {
-    type: 'string',
-    description: 'The model id (or one of its declared aliases), matched exactly.',
-  },
+  model: FIELD_RULES.model.schema,
   prompt: {
     type: 'string',
     minLength: 1,
@@ -115,13 +299,6 @@ export const falImageFields = {
   acceleration: { type: 'string', enum: ['none', 'regular', 'high'], description: 'Speed/quality trade-off. Default regular.' },
 } as const;
 
-export const providerField = {
-  type: 'string',
-  pattern: PROVIDER_PATTERN,
-  description:
-    'aimlapi routing hint, case-insensitive. "fal" and "auto" are accepted; "alibaba" is refused because this service only routes to fal. Never sent to fal.',
-} as const;
-
 export const lorasField = {
   type: 'array',
   maxItems: 3,
@@ -144,50 +321,3 @@ export const lorasField = {
     additionalProperties: false,
   },
 } as const;
-
-/**
- * OpenAI's images API fields. Each is nullable, as in OpenAI's API, and null
- * means "not given". The ones this model family cannot act on accept only
- * the values that change nothing, so routers that always send them keep
- * working while a request that asks for something we cannot do is refused.
- */
-export const openAiImageFields = {
-  n: {
-    type: ['integer', 'null'],
-    minimum: 1,
-    maximum: 10,
-    description: "OpenAI name for num_images, up to OpenAI's limit of 10: beyond the model's per-job maximum the request is split into parallel fal jobs.",
-  },
-  size: {
-    type: ['string', 'null'],
-    pattern: SIZE_PATTERN,
-    description: 'OpenAI name for image_size: "auto" (the default size) or "WIDTHxHEIGHT", held to the same side limits as image_size\'s {width, height}.',
-  },
-  response_format: { enum: ['url', 'b64_json', null], description: 'url (default) or b64_json (bare base64).' },
-  user: { type: 'string', maxLength: 256, description: 'Your end-user id; kept with the usage record, never sent to fal.' },
-  quality: { enum: ['auto', 'standard', null], description: 'Accepted for compatibility: only auto or standard.' },
-  style: { enum: [null], description: 'Accepted for compatibility: only null.' },
-  background: { enum: ['auto', 'opaque', null], description: 'Accepted for compatibility: only auto or opaque.' },
-  moderation: { enum: ['auto', null], description: 'Accepted for compatibility: only auto.' },
-  output_compression: { enum: [100, null], description: 'Accepted for compatibility: only 100.' },
-  partial_images: { enum: [0, null], description: 'Accepted for compatibility: only 0.' },
-  stream: {
-    type: ['boolean', 'null'],
-    description:
-      'true: answer with Server-Sent Events (progress while fal works, then one image_generation.completed event per image, ' +
-      'always base64; response_format "url" is refused). Not combinable with Idempotency-Key.',
-  },
-} as const;
-
-/**
- * Why a compatibility field refuses a value, for the 400's message. Keyed by
- * the top-level field name.
- */
-export const UNSUPPORTED_VALUE_REASONS: Readonly<Record<string, string>> = {
-  quality: 'this model has no quality tiers; use num_inference_steps to trade speed for detail',
-  style: 'this model has no style control; describe the style in the prompt',
-  background: 'this model renders opaque images only; transparent backgrounds are not supported',
-  moderation: 'moderation cannot be relaxed; use enable_safety_checker to control NSFW flagging',
-  output_compression: 'the compression level cannot be chosen for this model',
-  partial_images: 'partial images are not produced by this model',
-};

@@ -77,6 +77,16 @@ export const imagesResponseSchema = {
           minItems: 1,
           description: 'Every fal job of the request, in the order of their images (n above the model’s per-job maximum fans out into several jobs).',
         },
+        ignored_params: {
+          type: 'array',
+          items: { type: 'string' },
+          minItems: 1,
+          uniqueItems: true,
+          description:
+            'Present when the request carried OpenAI hints the model does not act on (quality, style, background "auto", moderation, ' +
+            'output_compression, partial_images without stream): their names, in the order sent. They changed neither the images nor the price. ' +
+            'The x-ignored-params header carries the same list.',
+        },
       },
       required: ['usage', 'seed', 'images', 'fal_request_id', 'fal_request_ids'],
       additionalProperties: false,

@@ -27,7 +27,9 @@ export function imageRequestSchema<const F extends Record<string, object>>(spec:
     title: spec.title,
     description: spec.description,
     type: 'object',
-    properties: { model: falImageFields.model, prompt: falImageFields.prompt, ...spec.fields, ...openAiImageFields },
+    // The model's own fields are spread again last: a model that can honour one of OpenAI's names
+    // (output_compression, say) declares it, and its definition replaces the field policy's (./fields.ts).
+    properties: { model: falImageFields.model, prompt: falImageFields.prompt, ...spec.fields, ...openAiImageFields, ...spec.fields },
     required: ['model', 'prompt'],
     additionalProperties: false,
   } as const;

@@ -276,13 +276,14 @@ export function validRequest(r: Rng): { body: Obj; images: number } {
     o.set('loras', items);
   }
   if (r.chance(0.2)) o.set('user', r.pick(['user-1', 'ユーザー', 'u'.repeat(256), '', 'a\u0000b']));
-  if (r.chance(0.1)) o.set('quality', r.pick(['auto', 'standard', null]));
-  if (r.chance(0.1)) o.set('background', r.pick(['auto', 'opaque', null]));
-  if (r.chance(0.1)) o.set('moderation', r.pick(['auto', null]));
-  if (r.chance(0.1)) o.set('output_compression', r.pick([100, null]));
-  if (r.chance(0.1)) o.set('partial_images', r.pick([0, null]));
+  // OpenAI's hints (class 3 of the field policy): accepted, and declared back.
+  if (r.chance(0.1)) o.set('quality', r.pick(['auto', 'standard', 'hd', 'low', 'medium', 'high', null]));
+  if (r.chance(0.1)) o.set('background', r.pick(['auto', null]));
+  if (r.chance(0.1)) o.set('moderation', r.pick(['auto', 'low', null]));
+  if (r.chance(0.1)) o.set('output_compression', r.pick([0, 55, 100, null]));
+  if (r.chance(0.1)) o.set('partial_images', r.pick([0, 3, null]));
   if (r.chance(0.1)) o.set('stream', r.pick([false, null]));
-  if (r.chance(0.05)) o.set('style', null);
+  if (r.chance(0.05)) o.set('style', r.pick(['vivid', 'natural', null]));
   r.shuffle(o.entries);
   return { body: o, images };
 }

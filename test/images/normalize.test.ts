@@ -3,7 +3,8 @@ import assert from 'node:assert/strict';
 import { ApiError } from '../../src/errors.js';
 import { normalizeRequest, type CanonicalRequest } from '../../src/images/normalize.js';
 import { createModelRegistry, zImageTurbo, zImageTurboLora } from '../../src/models/index.js';
-import { IMAGE_SIZE_PRESET_PIXELS, IMAGE_SIZE_PRESETS } from '../../src/schemas/fields.js';
+import { falImageFields, FIELD_RULES, IMAGE_SIZE_PRESET_PIXELS, IMAGE_SIZE_PRESETS } from '../../src/schemas/fields.js';
+import { imageRequestSchema } from '../../src/schemas/request-builder.js';
 
 // The Z-Image Turbo pair alone, so messages naming "the other models" stay about this family; the whole catalog is test/models/catalog.test.ts.
 const registry = createModelRegistry([zImageTurbo, zImageTurboLora]);
@@ -17,9 +18,9 @@ function normalize(body: unknown): CanonicalRequest {
   return normalizeRequest(registry, body);
 }
 
-function rejection(body: unknown): ApiError {
+function rejection(body: unknown, strictParams = false): ApiError {
   try {
-    normalize(body);
+    normalizeRequest(registry, body, { strictParams });
   } catch (e) {
     if (e instanceof ApiError) return e;
     throw e;
@@ -99,7 +100,7 @@ describe('required and optional params', () => {
         user: 'end-user-7',
         quality: 'auto',
         style: null,
-        background: 'opaque',
+        background: 'auto',
         moderation: 'auto',
         output_compression: 100,
         partial_images: 0,
@@ -120,6 +121,7 @@ describe('required and optional params', () => {
     assert.equal(c.responseFormat, 'b64_json');
     assert.equal(c.outputFormat, 'jpeg');
     assert.equal(c.user, 'end-user-7');
+    assert.deepEqual(c.ignoredParams, ['quality', 'background', 'moderation', 'output_compression', 'partial_images']);
   });
 
   it('records which fields the caller sent, for mapping fal errors back to them', () => {
@@ -204,14 +206,14 @@ describe('the same setting in both dialects', () => {
   }
 });
 
-describe('values that change nothing are accepted and not sent', () => {
+describe('values that change nothing are accepted, not sent and not declared', () => {
   const neutral: Array<[string, unknown[]]> = [
-    ['quality', ['auto', 'standard', null]],
+    ['quality', [null]],
     ['style', [null]],
-    ['background', ['auto', 'opaque', null]],
-    ['moderation', ['auto', null]],
-    ['output_compression', [100, null]],
-    ['partial_images', [0, null]],
+    ['background', [null]],
+    ['moderation', [null]],
+    ['output_compression', [null]],
+    ['partial_images', [null]],
     ['stream', [false, null]],
     ['response_format', ['url', null]],
     ['output_format', [null]],
@@ -223,10 +225,82 @@ describe('values that change nothing are accepted and not sent', () => {
         const c = normalize(turbo({ [field]: value }));
         assert.equal(field in c.falInput && field !== 'output_format', false);
         assert.deepEqual(c.falInput, normalize(turbo()).falInput);
+        assert.deepEqual(c.ignoredParams, []);
       });
     }
   }
 });
+
+/**
+ * Class 3 of the field policy: the hints of issue 20's list. LangChain's
+ * DallEAPIWrapper sends style "vivid" and quality "standard" on every call;
+ * each was a 400 before the policy existed.
+ */
+describe('hints: accepted, not sent, declared; refused under STRICT_PARAMS', () => {
+  const hints: Array<[string, unknown[]]> = [
+    ['style', ['vivid', 'natural']],
+    ['quality', ['standard', 'hd', 'low', 'medium', 'high', 'auto']],
+    ['background', ['auto']],
+    ['moderation', ['auto', 'low']],
+    ['output_compression', [0, 80, 100]],
+    ['partial_images', [0, 2, 3]],
+  ];
+  it('covers every hint of the table', () => {
+    const table = Object.entries(FIELD_RULES).filter(([, r]) => r.role === 'hint').map(([k]) => k).sort();
+    assert.deepEqual(hints.map(([f]) => f).sort(), table);
+  });
+  for (const [field, values] of hints) {
+    for (const value of values) {
+      it(`${field}: ${JSON.stringify(value)} is ignored and declared`, () => {
+        const c = normalize(turbo({ [field]: value }));
+        assert.deepEqual(c.falInput, normalize(turbo()).falInput);
+        assert.deepEqual(c.ignoredParams, [field]);
+      });
+      it(`${field}: ${JSON.stringify(value)} is a 400 naming it under STRICT_PARAMS`, () => {
+        const e = rejection(turbo({ [field]: value }), true);
+        assert.equal(e.status, 400);
+        assert.equal(e.param, field);
+        assert.equal(e.code, 'unsupported_parameter');
+        assert.match(e.message, new RegExp(`^${field} ${JSON.stringify(value)} is not supported by alibaba/z-image-turbo: .*STRICT_PARAMS=true.*leave ${field} out or send null`));
+      });
+    }
+  }
+  it('lists several hints in the order sent, on every model', () => {
+    assert.deepEqual(normalize(lora({ quality: 'hd', n: 2, style: 'vivid', moderation: 'low' })).ignoredParams, ['quality', 'style', 'moderation']);
+  });
+  it('STRICT_PARAMS leaves null and the honoured fields alone', () => {
+    const c = normalizeRequest(registry, turbo({ quality: null, style: null, n: 2, size: '1024x1024', response_format: 'b64_json', user: 'u' }), { strictParams: true });
+    assert.equal(c.numImages, 2);
+    assert.deepEqual(c.ignoredParams, []);
+  });
+  it('partial_images 0 on a stream is honoured (no partial images), not declared', () => {
+    assert.deepEqual(normalize(turbo({ stream: true, partial_images: 0 })).ignoredParams, []);
+    assert.deepEqual(normalizeRequest(registry, turbo({ stream: true, partial_images: 0 }), { strictParams: true }).ignoredParams, []);
+  });
+  it('a model that declares one of the names as its own field takes it to fal (class 1)', () => {
+    const schema = imageRequestSchema({
+      title: 'test',
+      description: 'Z-Image Turbo with a compression setting',
+      fields: { ...falImageFields, output_compression: { type: 'integer', minimum: 1, maximum: 100 } },
+    });
+    const model = { ...zImageTurbo, id: 'test/compressing', aliases: [], requestSchema: schema };
+    const r = createModelRegistry([model]);
+    const c = normalizeRequest(r, { model: 'test/compressing', prompt: 'x', output_compression: 80, quality: 'hd' }, { strictParams: false });
+    assert.equal(c.falInput['output_compression'], 80);
+    assert.deepEqual(c.ignoredParams, ['quality']);
+    assert.equal(rejectionIn(r, { model: 'test/compressing', prompt: 'x', output_compression: 0 }).param, 'output_compression');
+  });
+});
+
+function rejectionIn(r: ReturnType<typeof createModelRegistry>, body: unknown): ApiError {
+  try {
+    normalizeRequest(r, body);
+  } catch (e) {
+    if (e instanceof ApiError) return e;
+    throw e;
+  }
+  assert.fail(`expected a rejection of ${JSON.stringify(body)}`);
+}
 
 describe('stream', () => {
   it('true streams base64 and stays out of the fal input', () => {
@@ -340,14 +414,15 @@ describe('rejections name the param and say why', () => {
     ['user a number', turbo({ user: 12 }), 'user', /user must be a string \(got 12\)/],
     ['user too long', turbo({ user: 'u'.repeat(257) }), 'user', /user must be at most 256 characters long \(got 257\)/],
     // values the model cannot honour
-    ['background transparent', turbo({ background: 'transparent' }), 'background', /background "transparent" is not supported by alibaba\/z-image-turbo: .*transparent backgrounds are not supported/],
-    ['quality hd', turbo({ quality: 'hd' }), 'quality', /quality "hd" is not supported by alibaba\/z-image-turbo: .*Accepted: "auto", "standard" or null/],
-    ['quality high', turbo({ quality: 'high' }), 'quality', /quality "high" is not supported/],
-    ['style vivid', turbo({ style: 'vivid' }), 'style', /style "vivid" is not supported by alibaba\/z-image-turbo: this model has no style control/],
-    ['style natural', lora({ style: 'natural' }), 'style', /style "natural" is not supported by alibaba\/z-image-turbo-lora/],
-    ['moderation low', turbo({ moderation: 'low' }), 'moderation', /moderation "low" is not supported.*enable_safety_checker/],
-    ['output_compression 80', turbo({ output_compression: 80 }), 'output_compression', /output_compression 80 is not supported/],
-    ['partial_images 2', turbo({ partial_images: 2 }), 'partial_images', /partial_images 2 is not supported/],
+    ['background transparent', turbo({ background: 'transparent' }), 'background', /^background "transparent" is not supported by alibaba\/z-image-turbo: this model has no background control, .*Accepted: "auto" or null$/],
+    ['background opaque', lora({ background: 'opaque' }), 'background', /^background "opaque" is not supported by alibaba\/z-image-turbo-lora: this model has no background control/],
+    ['quality ultra', turbo({ quality: 'ultra' }), 'quality', /quality must be one of "auto", "standard", "hd", "low", "medium", "high" or null \(got "ultra"\)/],
+    ['style a number', turbo({ style: 1 }), 'style', /style must be one of "vivid", "natural" or null \(got 1\)/],
+    ['moderation high', turbo({ moderation: 'high' }), 'moderation', /moderation must be one of "auto", "low" or null/],
+    ['output_compression 101', turbo({ output_compression: 101 }), 'output_compression', /^output_compression must be at most 100 \(got 101\)$/],
+    ['output_compression a string', turbo({ output_compression: '80' }), 'output_compression', /output_compression must be an integer or null/],
+    ['partial_images 4', turbo({ partial_images: 4 }), 'partial_images', /^partial_images must be at most 3 \(got 4\)$/],
+    ['partial_images 2 on a stream', turbo({ partial_images: 2, stream: true }), 'partial_images', /^partial_images 2 is not supported by alibaba\/z-image-turbo with stream: true: this model makes no partial images/],
     ['stream a string', turbo({ stream: 'yes' }), 'stream', /stream must be/],
     ['stream with response_format url', turbo({ stream: true, response_format: 'url' }), 'response_format', /response_format "url" cannot be streamed.*b64_json/],
     // provider
@@ -422,4 +497,10 @@ describe('model lookup comes first: 404 whatever else is wrong', () => {
       assert.equal(e.param, 'model');
     });
   }
+  it("names the models served, so a client's default (dall-e-3) tells the caller what to send", () => {
+    assert.equal(
+      rejection({ model: 'dall-e-3', prompt: 'x' }).message,
+      `The model "dall-e-3" does not exist. This service serves: ${TURBO}, ${LORA} (GET /v1/models lists them).`,
+    );
+  });
 });

@@ -102,7 +102,7 @@ const CASES: ModelCase[] = [
       },
       {
         name: 'OpenAI dialect',
-        body: { prompt: PROMPT, n: 3, size: '2048x512', response_format: 'b64_json', quality: 'auto', background: 'opaque', user: 'u-1' },
+        body: { prompt: PROMPT, n: 3, size: '2048x512', response_format: 'b64_json', quality: 'auto', background: 'auto', user: 'u-1' },
         fal: { prompt: PROMPT, image_size: { width: 2048, height: 512 }, num_images: 3, output_format: 'png', enable_safety_checker: true },
         numImages: 3,
         size: [2048, 512],

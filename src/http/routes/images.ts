@@ -17,6 +17,8 @@ export interface ImagesRouteDeps {
   idempotency: IdempotencyOptions;
   /** Interval of keep-alive comments on a streamed answer. */
   streamKeepAliveMs: number;
+  /** STRICT_PARAMS: refuse the hints a model does not act on. */
+  strictParams: boolean;
 }
 
 /** The origin the caller reached us on, unless PUBLIC_BASE_URL says otherwise. */
@@ -38,7 +40,9 @@ export function imagesHandler(deps: ImagesRouteDeps): (req: Request, res: Respon
   return async (req, res) => {
     const idemKey = parseIdempotencyKey(req.get('idempotency-key'));
     // Validation comes first: a request that fails it is never stored under its key.
-    const canonical = normalizeRequest(deps.registry, req.body);
+    const canonical = normalizeRequest(deps.registry, req.body, { strictParams: deps.strictParams });
+    // Set before anything is written, so a JSON answer, a stream and an error all declare the ignored hints.
+    if (canonical.ignoredParams.length > 0) res.set('x-ignored-params', canonical.ignoredParams.join(', '));
     res.locals.model = canonical.model.id;
     res.locals.prompt = canonical.falInput['prompt'];
     const ctx: GenerateContext = {
