@@ -187,7 +187,10 @@ describe('stream: true (Server-Sent Events)', () => {
   });
 
   it('a caller who leaves mid-job gets the fal job cancelled and is not billed', async () => {
-    t.emulator.armFault({ kind: 'never_finish', prompt_contains: 'abandoned kite' });
+    // Held in fal's queue for far longer than the test runs (a queued job is
+    // what a cancel removes; a running one runs on, as on fal), so the cancel
+    // finds it queued however slow the machine is.
+    t.emulator.armFault({ kind: 'latency', latency_ms: 3_600_000, queue_ms: 3_600_000, prompt_contains: 'abandoned kite' });
     const id = rid();
     const stream = await client.images.generate({ model: MODEL, prompt: 'abandoned kite', stream: true }, { headers: { 'x-request-id': id } });
     for await (const ev of stream) {
