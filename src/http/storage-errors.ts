@@ -23,6 +23,6 @@ export function storageBacked(handler: Handler): Handler {
   };
 }
 
-export function storageError(err: unknown): ApiError {
+function storageError(err: unknown): ApiError {
   return isStorageUnavailable(err) ? storageUnavailable(err) : storageFailed(err);
 }
