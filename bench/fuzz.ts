@@ -3,7 +3,10 @@
  * (test/fuzz/) over at least 100,000 cases, with the service's memory
  * sampled every second, and the figures written to bench/README.md.
  *
- *   npx tsx bench/fuzz.ts [--cases 100000] [--seed N] [--concurrency 8] [--no-write]
+ *   npx tsx bench/fuzz.ts [--cases 100000] [--seed N] [--concurrency 8] [--database-url postgres://...] [--no-write]
+ *
+ * The service stores on SQLite unless --database-url names a PostgreSQL
+ * database (its tables are created there if missing).
  *
  * The cases run in ten batches. Between batches nothing is in flight, so the
  * service process is collected (--expose-gc) and sampled: heap after GC that
@@ -14,6 +17,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { redactDatabaseUrl } from '../src/db/index.js';
 import { describeMachine } from './lib/machine.js';
 import { table } from './lib/markdown.js';
 import {
@@ -33,15 +37,17 @@ const { values } = parseArgs({
     seed: { type: 'string' },
     concurrency: { type: 'string', default: '8' },
     batches: { type: 'string', default: '10' },
+    'database-url': { type: 'string' },
     'no-write': { type: 'boolean', default: false },
   },
 });
+const DATABASE_URL = values['database-url'];
 const CASES = Number(values.cases);
 const SEED = values.seed !== undefined ? Number(values.seed) >>> 0 : (Date.now() ^ (process.pid << 16)) >>> 0;
 const CONCURRENCY = Number(values.concurrency);
 const BATCHES = Math.max(1, Math.min(Number(values.batches), CASES));
 if (!Number.isInteger(CASES) || CASES < 1 || !Number.isInteger(CONCURRENCY) || CONCURRENCY < 1) {
-  console.error('usage: npx tsx bench/fuzz.ts [--cases N] [--seed N] [--concurrency N] [--batches N] [--no-write]');
+  console.error('usage: npx tsx bench/fuzz.ts [--cases N] [--seed N] [--concurrency N] [--batches N] [--database-url URL] [--no-write]');
   process.exit(2);
 }
 
@@ -54,8 +60,9 @@ const signedMib = (bytes: number) => `${bytes >= 0 ? '+' : '−'}${mib(Math.abs(
 
 async function main(): Promise<number> {
   const machine = describeMachine();
-  console.log(`fuzz bench: seed ${SEED}, ${CASES} cases, concurrency ${CONCURRENCY}, ${machine.nproc} CPUs, node ${machine.node}, load ${machine.loadAverage}`);
-  const target = await startFuzzTarget({ exposeGc: true });
+  const database = DATABASE_URL ? `PostgreSQL at ${redactDatabaseUrl(DATABASE_URL)}` : 'SQLite';
+  console.log(`fuzz bench: seed ${SEED}, ${CASES} cases, concurrency ${CONCURRENCY}, ${database}, ${machine.nproc} CPUs, node ${machine.node}, load ${machine.loadAverage}`);
+  const target = await startFuzzTarget({ exposeGc: true, databaseUrl: DATABASE_URL });
   const checkpoints: Array<{ cases: number; sample: MemorySample }> = [];
   const statuses = new Map<string, number>();
   const failures: Failure[] = [];
@@ -133,11 +140,11 @@ async function main(): Promise<number> {
     console.log(`\nresult: ${result}${problems.length ? `\n${problems.join('\n')}` : ''}`);
 
     if (!values['no-write']) {
-      const command = `npx tsx bench/fuzz.ts --cases ${CASES} --seed ${SEED}${CONCURRENCY !== 8 ? ` --concurrency ${CONCURRENCY}` : ''}`;
+      const command = `npx tsx bench/fuzz.ts --cases ${CASES} --seed ${SEED}${CONCURRENCY !== 8 ? ` --concurrency ${CONCURRENCY}` : ''}${DATABASE_URL ? ` --database-url ${redactDatabaseUrl(DATABASE_URL)}` : ''}`;
       const section = [
         BEGIN,
         '',
-        `Run of ${machine.date.slice(0, 10)}: \`${command}\``,
+        `Run of ${machine.date.slice(0, 10)} on ${DATABASE_URL ? 'PostgreSQL' : 'SQLite'}: \`${command}\``,
         '',
         `Machine: ${machine.nproc} CPUs (\`nproc\`), ${machine.cpuModel}, ${machine.memoryGiB} GiB, ${machine.kernel}, node ${machine.node}; ` +
           `load average ${machine.loadAverage} at the start and ${loadAfter} at the end (a shared machine: other work ran alongside).`,
@@ -197,10 +204,11 @@ const SECTION_HEAD = `## Hostile input: the seeded fuzzer at length
 The fuzz test (\`test/fuzz/\`, a few thousand cases in \`npm test\`) at benchmark length: mutated requests for both
 models (wrong types, huge, negative and fractional numbers, NaN-like strings, unicode and control characters,
 \`__proto__\`/\`constructor\`/\`prototype\` keys, deep nesting, long prompts, 10 MB bodies and compression bombs, truncated
-JSON, wrong content types and encodings, odd and duplicate headers, wrong methods, odd paths, raw protocol garbage)
-plus about 5% valid requests. The invariant: never a 5xx, a hang-up or a crash; every error exactly
-\`{"error":{"message","type","param","code"}}\` with \`x-request-id\`; valid requests 200 with their images; a 400's
-\`param\` names something the caller sent; no prototype pollution in the service process.
+JSON, wrong content types and encodings, odd and duplicate headers, wrong methods, odd paths, raw protocol garbage,
+text no database can store (NUL, unpaired surrogates) in every string field of every route) plus about 5% valid
+requests. The invariant: never a 5xx, a hang-up or a crash; every error exactly
+\`{"error":{"message","type","param","code"}}\` with \`x-request-id\`; valid requests 200 with their images; unstorable
+text a 4xx; a 400's \`param\` names something the caller sent; no prototype pollution in the service process.
 
 \`\`\`sh
 npx tsx bench/fuzz.ts                     # 100,000 cases, a new seed; rewrites the generated section below

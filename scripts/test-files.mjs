@@ -17,7 +17,7 @@ export const INTEGRATION = [
   'test/cli/cli.test.ts', // spawns the CLI and a service process
   'test/db/database.test.ts', // migrations and pools, on SQLite and PostgreSQL
   'test/emulator/storage.test.ts', // multipart uploads of large files
-  'test/fuzz/fuzz.test.ts', // 3,000 seeded cases against a service in a child process
+  'test/fuzz/fuzz.test.ts', // 3,000 seeded cases against a service in a child process, on SQLite and on PostgreSQL
   'test/http/idempotency-crash.test.ts', // SIGKILLs a service process mid-request, restarts it, on SQLite and PostgreSQL
   'test/http/rate-limit.test.ts', // two service processes sharing Redis
   'test/images/generate-faults.test.ts', // every upstream fault, deadlines and reconciliation

@@ -108,9 +108,9 @@ export function serviceUnavailable(message: string, retryAfterS?: number, code =
 }
 
 /**
- * The usage or key store failed under a route that only reads or manages
- * them: the caller can retry, so it is a 503 with a retry hint rather than
- * the generic 500. The cause is kept for the log, never sent.
+ * The usage or key store cannot be reached under a route that only reads or
+ * manages them: the caller can retry, so it is a 503 with a retry hint
+ * rather than the generic 500. The cause is kept for the log, never sent.
  */
 export function storageUnavailable(cause: unknown): ApiError {
   return new ApiError(503, 'Usage and key data are unavailable right now; try again shortly.', {
@@ -119,6 +119,17 @@ export function storageUnavailable(cause: unknown): ApiError {
     retryAfterS: 5,
     cause,
   });
+}
+
+const INTERNAL_ERROR_MESSAGE = 'The server had an error while processing your request.';
+
+/**
+ * Storage answered but refused what it was given (src/db/errors.ts tells the
+ * two apart): a fault of ours, so a generic 500, and the same request would
+ * fail the same way, so no retry is invited. The cause is kept for the log.
+ */
+export function storageFailed(cause: unknown): ApiError {
+  return new ApiError(500, INTERNAL_ERROR_MESSAGE, { type: 'server_error', code: 'internal_error', shouldRetry: false, cause });
 }
 
 export interface ErrorResponse {
@@ -134,7 +145,7 @@ export interface ErrorResponse {
 export function errorResponse(err: unknown): ErrorResponse {
   const e = err instanceof ApiError
     ? err
-    : new ApiError(500, 'The server had an error while processing your request.', { type: 'server_error', code: 'internal_error' });
+    : new ApiError(500, INTERNAL_ERROR_MESSAGE, { type: 'server_error', code: 'internal_error' });
   const headers: Record<string, string> = { ...e.headers };
   if (e.retryAfterS !== undefined) {
     const s = Math.max(0, e.retryAfterS);

@@ -107,18 +107,34 @@ describe('app: authentication comes before the body', () => {
     assert.equal(errorOf(res).code, 'invalid_api_key');
   });
 
-  it('a key store that fails is a 503 auth_unavailable, never a pass', async () => {
+  it('a key store that cannot be reached is a 503 auth_unavailable, never a pass', async () => {
     const images = fakeImageService();
     const app = fakeApp({
       images,
       authenticate: async () => {
-        throw new Error('database down');
+        throw Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:5432'), { code: 'ECONNREFUSED' });
       },
     });
     const res = await request(app).post('/v1/images/generations').set(auth).send({ model: MODEL, prompt: 'a kite' });
     assert.equal(res.status, 503);
     assert.equal(errorOf(res).code, 'auth_unavailable');
     assert.equal(res.headers['retry-after'], '5');
+    assert.equal(images.calls.length, 0);
+  });
+
+  it('a key store that answers with an error is our 500, never a pass, and no retry is invited', async () => {
+    const images = fakeImageService();
+    const app = fakeApp({
+      images,
+      authenticate: async () => {
+        throw Object.assign(new Error('relation "api_keys" does not exist'), { code: '42P01' });
+      },
+    });
+    const res = await request(app).post('/v1/images/generations').set(auth).send({ model: MODEL, prompt: 'a kite' });
+    assert.equal(res.status, 500);
+    assert.equal(errorOf(res).code, 'internal_error');
+    assert.equal(res.headers['retry-after'], undefined);
+    assert.equal(res.headers['x-should-retry'], 'false');
     assert.equal(images.calls.length, 0);
   });
 });

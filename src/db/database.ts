@@ -137,6 +137,11 @@ async function openPostgres(url: string, options: DatabaseOptions): Promise<Data
   // An idle client losing its connection emits 'error' on the pool; unhandled,
   // that would crash the process instead of failing the next query.
   pool.on('error', (error) => options.logger?.warn({ err: error }, 'idle PostgreSQL connection failed'));
+  // A client in use has no pool listener: its connection lost mid-transaction
+  // would be an unhandled 'error' event, a crash. The query in flight fails
+  // on its own (storage unavailable, src/db/errors.ts) and the pool drops the
+  // client when it is released.
+  pool.on('connect', (client) => client.on('error', (error) => options.logger?.warn({ err: error }, 'PostgreSQL connection lost while in use')));
 
   const dialect: Dialect = new PostgresDialect({ pool });
   const db = new Kysely<DB>({ dialect });

@@ -1,5 +1,6 @@
 import type { RequestHandler } from 'express';
-import { forbidden, serviceUnavailable, unauthorized } from '../errors.js';
+import { isStorageUnavailable } from '../db/errors.js';
+import { ApiError, forbidden, storageFailed, unauthorized } from '../errors.js';
 
 import type { Principal } from '../metering/auth.js';
 
@@ -16,9 +17,10 @@ export function requireKey(authenticate: Authenticate): RequestHandler {
     let principal: Principal | null;
     try {
       principal = await authenticate(m[1]!);
-    } catch {
-      // Key storage is down: refuse (never let a request through unchecked).
-      throw serviceUnavailable('API key verification is unavailable; the request was not processed.', 5, 'auth_unavailable');
+    } catch (err) {
+      // Never let a request through unchecked: storage down is a retryable 503, storage refusing the lookup our 500.
+      if (!isStorageUnavailable(err)) throw storageFailed(err);
+      throw new ApiError(503, 'API key verification is unavailable; the request was not processed.', { type: 'service_unavailable', code: 'auth_unavailable', retryAfterS: 5, cause: err });
     }
     if (!principal) throw unauthorized('Invalid API key.');
     res.locals.principal = principal;

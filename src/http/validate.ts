@@ -1,12 +1,13 @@
-import type { ValidateFunction } from 'ajv';
 import { invalidRequest } from '../errors.js';
 import { describeValidationErrors } from '../schemas/describe-error.js';
-import { ajv } from '../schemas/ajv.js';
+import { compileInput } from '../schemas/ajv.js';
 
 /**
- * Ajv validators for the bodies and query strings of the admin and usage
- * routes, turning the first failure into our one 400 shape with the field
- * named in `param`. The image route has its own, per-model validators.
+ * Ajv validators for the bodies, query strings and path parameters of the
+ * admin and usage routes, turning the first failure into our one 400 shape
+ * with the field named in `param`. The image route has its own, per-model
+ * validators. All are compiled for caller input (compileInput), so every
+ * string is held to storable text.
  */
 
 
@@ -16,7 +17,7 @@ function isPlainObject(v: unknown): v is Record<string, unknown> {
 
 /** Compiles `schema` once; the returned function throws a 400 or returns the value typed. */
 export function bodyValidator<T>(schema: object): (body: unknown) => T {
-  const validate = ajv.compile(schema) as ValidateFunction<T>;
+  const validate = compileInput<T>(schema);
   return (body) => {
     if (!isPlainObject(body)) throw invalidRequest('The request body must be a JSON object.', null);
     if (validate(body)) return body;
@@ -26,7 +27,7 @@ export function bodyValidator<T>(schema: object): (body: unknown) => T {
 }
 
 export function queryValidator<T>(schema: object & { properties: object }): (query: unknown) => T {
-  const validate = ajv.compile(schema) as ValidateFunction<T>;
+  const validate = compileInput<T>(schema);
   const accepted = Object.keys(schema.properties).join(', ');
   return (query) => {
     const q = isPlainObject(query) ? query : {};
@@ -40,5 +41,16 @@ export function queryValidator<T>(schema: object & { properties: object }): (que
       throw invalidRequest(`The query parameter ${f.param} was given more than once.`, f.param);
     }
     throw invalidRequest(`Query parameter ${f.message}`, f.param);
+  };
+}
+
+/** The route's own parameters (`/v1/admin/keys/:id`), as the router decoded them. */
+export function pathValidator<T>(schema: object): (params: unknown) => T {
+  const validate = compileInput<T>(schema);
+  return (params) => {
+    const p = isPlainObject(params) ? params : {};
+    if (validate(p)) return p;
+    const f = describeValidationErrors(validate.errors);
+    throw invalidRequest(`Path parameter ${f.message}`, f.param);
   };
 }

@@ -1,5 +1,6 @@
 import type { Logger } from 'pino';
-import { ApiError, insufficientQuota, serviceUnavailable, upstreamError } from '../errors.js';
+import { isStorageUnavailable } from '../db/errors.js';
+import { ApiError, insufficientQuota, serviceUnavailable, storageFailed, upstreamError } from '../errors.js';
 import type { FalGateway, FalJobStatus, FalResult } from '../fal/gateway.js';
 import { decideRequest } from '../metering/job-state.js';
 import { jobIdFor, type Ledger } from '../metering/ledger.js';
@@ -100,6 +101,7 @@ export function createImageService(deps: ImageServiceDeps): ImageService {
       } catch (err) {
         if (!(err instanceof MeteringUnavailable)) throw err;
         deps.logger.error({ err: err.cause, what: err.what, request_id: ctx.requestId }, 'ledger write failed');
+        if (!isStorageUnavailable(err.cause)) throw storageFailed(err.cause);
         throw meteringUnavailable(err.what !== 'reserve');
       } finally {
         stop.dispose();
@@ -325,9 +327,10 @@ async function settle(deps: ImageServiceDeps, req: CanonicalRequest, requestId: 
 }
 
 /**
- * Fail closed: what cannot be metered is never served. Once a fal job may
- * exist (`jobsMayExist`), a retry could start another billable one, so none
- * is invited.
+ * Fail closed: what cannot be metered is never served. A ledger that cannot
+ * be reached is this 503; one that refused the write is storageFailed's 500.
+ * Once a fal job may exist (`jobsMayExist`), a retry could start another
+ * billable one, so none is invited.
  */
 function meteringUnavailable(jobsMayExist: boolean): ApiError {
   if (!jobsMayExist) return serviceUnavailable('Usage metering is unavailable; the request was not processed.', 5, 'metering_unavailable');

@@ -6,7 +6,7 @@
  * no case folding, so a name can never route to a model it does not name.
  */
 import type { ErrorObject, ValidateFunction } from 'ajv';
-import { ajv } from '../schemas/ajv.js';
+import { compileInput } from '../schemas/ajv.js';
 import { validatePricing, type ModelPricing, type PriceRounding } from '../metering/pricing.js';
 import { IMAGE_SIZE_PRESET_PIXELS } from '../schemas/fields.js';
 import type { ImageSizeValue, OutputFormat } from '../schemas/image-request.js';
@@ -217,8 +217,8 @@ export function createModelRegistry(entries: readonly ModelEntry[]): ModelRegist
     try {
       const imageSizeSchema = raw.requestSchema.properties['image_size'];
       compiled = {
-        body: ajv.compile(raw.requestSchema),
-        imageSize: imageSizeSchema === undefined ? undefined : ajv.compile(imageSizeSchema),
+        body: compileInput(raw.requestSchema),
+        imageSize: imageSizeSchema === undefined ? undefined : compileInput(imageSizeSchema),
       };
     } catch (err) {
       fail(where, `requestSchema does not compile: ${(err as Error).message}`);

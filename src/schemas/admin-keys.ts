@@ -64,6 +64,14 @@ export const updateKeyRequestSchema = {
   additionalProperties: false,
 } as const;
 
+/** The `{id}` of `/v1/admin/keys/{id}`, checked like a body; not published (openapi.yaml lists the parameter). */
+export const keyPathSchema = {
+  type: 'object',
+  properties: { id: { type: 'string', minLength: 1 } },
+  required: ['id'],
+  additionalProperties: false,
+} as const;
+
 const usdAmount = (description: string) => ({ type: 'string', pattern: USD_PATTERN, description }) as const;
 
 const keyProperties = {
@@ -140,6 +148,7 @@ export const apiKeyListSchema = {
 
 export type CreateKeyRequest = FromSchema<typeof createKeyRequestSchema>;
 export type UpdateKeyRequest = FromSchema<typeof updateKeyRequestSchema>;
+export type KeyPath = FromSchema<typeof keyPathSchema>;
 export type ApiKeyView = FromSchema<typeof apiKeySchema>;
 export type CreatedApiKeyView = FromSchema<typeof createdApiKeySchema>;
 export type ApiKeyList = FromSchema<typeof apiKeyListSchema>;

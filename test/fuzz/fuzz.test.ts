@@ -1,5 +1,6 @@
-import { describe, it, before, after } from 'node:test';
+import { it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { describeEachDialect, serviceEnv } from '../helpers/databases.js';
 import { describeFailure, runFuzz, smallestFailure, startFuzzTarget, summarizeFailures, type FuzzTarget } from './harness.js';
 
 /**
@@ -7,27 +8,29 @@ import { describeFailure, runFuzz, smallestFailure, startFuzzTarget, summarizeFa
  * emulator (in a child process, so a crash shows as an exit); the long run is
  * bench/fuzz.ts. A new seed every run widens the search over time: the seed
  * is printed, FUZZ_SEED replays a run, FUZZ_FIRST with FUZZ_CASES=1 one case.
+ * The same cases run on SQLite and on PostgreSQL: what the databases can
+ * store differs, the answers must not.
  */
 const SEED = process.env.FUZZ_SEED ? Number(process.env.FUZZ_SEED) : (Date.now() ^ (process.pid << 16)) >>> 0;
 const CASES = process.env.FUZZ_CASES ? Number(process.env.FUZZ_CASES) : 3000;
 const FIRST = process.env.FUZZ_FIRST ? Number(process.env.FUZZ_FIRST) : 0;
 
-describe('fuzz: hostile input never breaks the service', { timeout: 300_000 }, () => {
+describeEachDialect('fuzz: hostile input never breaks the service', (ctx) => {
   let target: FuzzTarget;
   before(async () => {
-    target = await startFuzzTarget();
+    target = await startFuzzTarget({ databaseUrl: (await serviceEnv(await ctx.storage())).DATABASE_URL });
   });
   after(async () => {
     await target?.stop();
   });
 
-  it(`${CASES} seeded cases`, async (ctx) => {
-    ctx.diagnostic(`FUZZ_SEED=${SEED} FUZZ_FIRST=${FIRST} FUZZ_CASES=${CASES}`);
-    console.log(`fuzz: seed ${SEED}, cases ${FIRST}..${FIRST + CASES - 1}`);
+  it(`${CASES} seeded cases`, { timeout: 300_000 }, async (t) => {
+    t.diagnostic(`FUZZ_SEED=${SEED} FUZZ_FIRST=${FIRST} FUZZ_CASES=${CASES}`);
+    console.log(`fuzz (${ctx.dialect}): seed ${SEED}, cases ${FIRST}..${FIRST + CASES - 1}`);
     const report = await runFuzz({ url: target.url, seed: SEED, first: FIRST, cases: CASES, concurrency: 8, gen: target.gen });
     const histogram = [...report.statuses].sort().map(([s, n]) => `${s}:${n}`).join(' ');
     console.log(
-      `fuzz: ${CASES} cases in ${(report.elapsedMs / 1000).toFixed(1)} s (${Math.round(CASES / (report.elapsedMs / 1000))}/s), ` +
+      `fuzz (${ctx.dialect}): ${CASES} cases in ${(report.elapsedMs / 1000).toFixed(1)} s (${Math.round(CASES / (report.elapsedMs / 1000))}/s), ` +
         `slowest ${Math.round(report.maxMs)} ms; statuses ${histogram}`,
     );
 
@@ -38,7 +41,7 @@ describe('fuzz: hostile input never breaks the service', { timeout: 300_000 }, (
       if (report.failureCount > 0) {
         const smallest = await smallestFailure(target.url, report.failures);
         problems.push(
-          `${report.failureCount} of ${CASES} cases broke the invariant (seed ${SEED}):\n${summarizeFailures(report.failures)}`,
+          `${report.failureCount} of ${CASES} cases broke the invariant (seed ${SEED}, ${ctx.dialect}):\n${summarizeFailures(report.failures)}`,
           `smallest failing case:\n${describeFailure(SEED, smallest!)}`,
         );
       }

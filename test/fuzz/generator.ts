@@ -124,8 +124,12 @@ export interface FuzzCase {
   path: string;
   headers: Record<string, string | string[]>;
   body: Buffer | string | undefined;
-  /** A request the service must answer 200 with the images asked for. */
-  expect?: 'valid';
+  /**
+   * `valid`: the service must answer 200 with the images asked for.
+   * `refused`: the request carries text no database can store as sent; the
+   * service must answer it with a 4xx, having stored nothing.
+   */
+  expect?: 'valid' | 'refused';
   /** Images a valid request asks for. */
   images?: number;
   /**
@@ -175,8 +179,8 @@ const PROMPTS: readonly string[] = [
   '  leading and trailing spaces  ',
   'tabs\tand\nnewlines\r\nin the prompt',
   'bell \u0007 and escape \u001b[31m red',
-  'a NUL \u0000 inside',
-  'a lone surrogate \ud800 here',
+  'noncharacters \uffff\ufffe and the last code point \u{10ffff}',
+  'a pair 🙂 and a BOM \ufeff inside',
   'right-to-left \u202e override \u202c and zero\u200bwidth',
   '<script>alert(1)</script> a cat',
   "'; DROP TABLE usage; -- a dog",
@@ -275,7 +279,7 @@ export function validRequest(r: Rng): { body: Obj; images: number } {
     }
     o.set('loras', items);
   }
-  if (r.chance(0.2)) o.set('user', r.pick(['user-1', 'ユーザー', 'u'.repeat(256), '', 'a\u0000b']));
+  if (r.chance(0.2)) o.set('user', r.pick(['user-1', 'ユーザー', 'u'.repeat(256), '', 'a\u0001b', '\u{1f600}'.repeat(128)]));
   // OpenAI's hints (class 3 of the field policy): accepted, and declared back.
   if (r.chance(0.1)) o.set('quality', r.pick(['auto', 'standard', 'hd', 'low', 'medium', 'high', null]));
   if (r.chance(0.1)) o.set('background', r.pick(['auto', null]));
@@ -616,7 +620,7 @@ const ODD_PATHS: readonly string[] = [
 
 const USAGE_PARAMS: readonly string[] = ['from', 'to', 'model', 'key_id', 'group_by', 'format', 'unknown', `__proto__[${POLLUTION_MARK}]`, 'constructor[prototype]', 'from[]', ''];
 const USAGE_VALUES: readonly string[] = [
-  '2025-01-01', '2025-01-01T00:00:00Z', '2025-13-45', '9999999999999', '-1', '', 'NaN', '%ZZ', '%00', 'x'.repeat(300), 'day', 'model', 'key', 'json',
+  '2025-01-01', '2025-01-01T00:00:00Z', '2025-13-45', '9999999999999', '-1', '', 'NaN', '%ZZ', '%00', 'a%00b', '%ED%A0%80', '%C0%80', 'x'.repeat(300), 'day', 'model', 'key', 'json',
   'csv', 'jsonl', 'xml', TURBO, '1970-01-01T00:00:00.000Z', '+275760-09-13T00:00:00.000Z', '2025-01-01T00:00:00+99:99', '%F0%9F%99%82', '__proto__',
 ];
 
@@ -661,8 +665,11 @@ function rawRequest(r: Rng, opts: GeneratorOptions): { label: string; raw: Buffe
       return { label: kind, method: 'POST', path: IMAGES_PATH, raw: base([post, ...std, 'Transfer-Encoding: chunked'], `zz\r\n${body}\r\n0\r\n\r\n`) };
     case 'ctl_in_header':
       return { label: kind, method: 'POST', path: IMAGES_PATH, raw: base([post, ...std, 'X-Fuzz: a\u0001b', `Content-Length: ${len}`]) };
-    case 'nul_in_header':
-      return { label: kind, method: 'POST', path: IMAGES_PATH, raw: base([post, ...std, 'X-Fuzz: a\u0000b', `Content-Length: ${len}`]) };
+    case 'nul_in_header': {
+      // The headers whose values are stored (Idempotency-Key, x-request-id) among them.
+      const name = r.pick(['X-Fuzz', 'Idempotency-Key', 'X-Request-Id', 'User-Agent']);
+      return { label: `${kind}:${name}`, method: 'POST', path: IMAGES_PATH, raw: base([post, ...std, `${name}: a\u0000b`, `Content-Length: ${len}`]) };
+    }
     case 'bad_header_name':
       return { label: kind, method: 'POST', path: IMAGES_PATH, raw: base([post, ...std, r.pick(['X Fuzz: 1', 'X-Fü: 1', ': empty', 'X-(): 1']), `Content-Length: ${len}`]) };
     case 'bare_lf':
@@ -717,6 +724,102 @@ function rawRequest(r: Rng, opts: GeneratorOptions): { label: string; raw: Buffe
   }
 }
 
+// ---------------------------------------------------------------- unstorable text
+
+/**
+ * Text no database stores as sent: U+0000 (PostgreSQL refuses it) and
+ * unpaired UTF-16 surrogates (no UTF-8 form; the drivers store U+FFFD). A
+ * high surrogate inserted inside a pair leaves two lone halves.
+ */
+const UNSTORABLE_PIECES: readonly string[] = ['\u0000', '\u0000\u0000', '\ud800', '\udbff', '\udc00', '\udfff', '\udc00\ud800', '\ud83d', '\ude00', '\u0000\ud800'];
+
+/** `base` with unstorable text somewhere in it: alone, at either end, or inside. */
+export function withUnstorable(r: Rng, base: string, pieces: readonly string[] = UNSTORABLE_PIECES): string {
+  const piece = r.pick(pieces);
+  switch (r.pick(['alone', 'start', 'end', 'inside'] as const)) {
+    case 'alone':
+      return piece;
+    case 'start':
+      return piece + base;
+    case 'end':
+      return base + piece;
+    case 'inside': {
+      const at = r.int(0, base.length);
+      return base.slice(0, at) + piece + base.slice(at);
+    }
+  }
+}
+
+/** Every string field of the image route, each with a value the field would otherwise take. */
+const IMAGE_TEXT_FIELDS: ReadonlyArray<readonly [string, (r: Rng) => string]> = [
+  ['prompt', (r) => r.pick(PROMPTS.filter((p) => p.length < 4000))],
+  ['model', () => TURBO],
+  ['user', () => 'user-1'],
+  ['size', () => '1024x768'],
+  ['image_size', () => 'square_hd'],
+  ['provider', () => 'fal'],
+  ['acceleration', () => 'regular'],
+  ['output_format', () => 'png'],
+  ['response_format', () => 'url'],
+  ['quality', () => 'auto'],
+  ['background', () => 'auto'],
+  ['moderation', () => 'auto'],
+  ['negative_prompt', () => 'blurry'],
+  ['loras', (r) => r.pick(LORA_PATHS)],
+];
+
+/** Every string field of the admin and usage routes; query and path values are percent-encoded, so only NUL survives decoding. */
+const USAGE_TEXT_PARAMS: ReadonlyArray<readonly [string, string]> = [
+  ['from', '2025-01-01'], ['to', '2025-01-01T00:00:00Z'], ['model', TURBO], ['key_id', 'static-00000000'], ['group_by', 'day'], ['format', 'csv'],
+];
+const NUL_PIECES: readonly string[] = ['\u0000', '\u0000\u0000'];
+
+/** A request on any route with unstorable text in one of its string fields: always a 4xx. */
+function unstorableCase(r: Rng, base: Obj, opts: GeneratorOptions): Omit<FuzzCase, 'index'> {
+  const user = { authorization: `Bearer ${opts.userKey}`, 'content-type': 'application/json' };
+  const admin = { authorization: `Bearer ${opts.adminKey}`, 'content-type': 'application/json' };
+  const expect = 'refused' as const;
+  const route = r.weighted([
+    [6, 'images'],
+    [2, 'create_key'],
+    [2, 'patch_key'],
+    [2, 'usage'],
+    [1, 'key_path'],
+  ] as const);
+  switch (route) {
+    case 'images': {
+      const [field, value] = r.pick(IMAGE_TEXT_FIELDS);
+      const text = withUnstorable(r, value(r));
+      if (field === 'loras') {
+        base.set('model', LORA);
+        base.set('loras', [obj({ path: text })]);
+      } else {
+        base.set(field, text);
+      }
+      return { label: `unstorable:images.${field}`, method: 'POST', path: IMAGES_PATH, headers: user, body: toJson(base), expect };
+    }
+    case 'create_key':
+    case 'patch_key': {
+      const body = keyBody(r);
+      const field = r.pick(['name', 'name', 'budget_usd', 'role']);
+      body.set(field, withUnstorable(r, field === 'name' ? 'ci key' : field === 'role' ? 'user' : '12.500000'));
+      const path = route === 'create_key' ? '/v1/admin/keys' : `/v1/admin/keys/${r.pick(['static-00000000', 'key_missing'])}`;
+      return { label: `unstorable:${route}.${field}`, method: route === 'create_key' ? 'POST' : 'PATCH', path, headers: admin, body: toJson(body), expect };
+    }
+    case 'usage': {
+      const [param, value] = r.pick(USAGE_TEXT_PARAMS);
+      const mine = r.chance(0.5);
+      const path = `${mine ? '/v1/usage' : '/v1/admin/usage'}?${param}=${encodeURIComponent(withUnstorable(r, value, NUL_PIECES))}`;
+      return { label: `unstorable:usage.${param}`, method: 'GET', path, headers: { authorization: (mine ? user : admin).authorization }, body: undefined, expect };
+    }
+    case 'key_path': {
+      const id = encodeURIComponent(withUnstorable(r, 'static-00000000', NUL_PIECES));
+      const method = r.pick(['GET', 'PATCH', 'DELETE']);
+      return { label: `unstorable:key_path.${method}`, method, path: `/v1/admin/keys/${id}`, headers: admin, body: method === 'PATCH' ? '{"enabled":true}' : undefined, expect };
+    }
+  }
+}
+
 // ---------------------------------------------------------------- the case generator
 
 function imagesHeaders(opts: GeneratorOptions): Record<string, string | string[]> {
@@ -732,11 +835,12 @@ function applyBodyMutations(r: Rng, body: Obj, count: number): string[] {
   return labels;
 }
 
-type Kind = 'valid' | 'body' | 'text' | 'headers' | 'route' | 'big' | 'other_routes' | 'raw';
+type Kind = 'valid' | 'body' | 'text' | 'headers' | 'route' | 'big' | 'other_routes' | 'unstorable' | 'raw';
 
 const KINDS: ReadonlyArray<readonly [number, Kind]> = [
   [5, 'valid'],
-  [44, 'body'],
+  [38, 'body'],
+  [6, 'unstorable'],
   [14, 'text'],
   [16, 'headers'],
   [9, 'route'],
@@ -803,7 +907,7 @@ export function generateCase(seed: number, index: number, opts: GeneratorOptions
     case 'other_routes': {
       const which = r.pick(['usage', 'admin_usage', 'create_key', 'patch_key', 'delete_key', 'get_key', 'list_keys_as_user'] as const);
       const admin = { authorization: `Bearer ${opts.adminKey}`, 'content-type': 'application/json' };
-      const id = r.pick(['static-00000000', 'key_missing', '__proto__', 'constructor', '%ZZ', 'x'.repeat(300), '%00', 'é']);
+      const id = r.pick(['static-00000000', 'key_missing', '__proto__', 'constructor', '%ZZ', 'x'.repeat(300), '%00', 'a%00b', '%ED%A0%80', 'é']);
       switch (which) {
         case 'usage':
           return { index, label: 'usage', method: 'GET', path: `/v1/usage${usageQuery(r)}`, headers: { authorization: headers['authorization']! }, body: undefined };
@@ -822,6 +926,9 @@ export function generateCase(seed: number, index: number, opts: GeneratorOptions
       }
       break;
     }
+
+    case 'unstorable':
+      return { index, ...unstorableCase(r, base.body, opts) };
 
     case 'raw': {
       const raw = rawRequest(r, opts);

@@ -4,8 +4,9 @@
  *
  * The invariant: never a 5xx, never a hang, every response carries
  * `x-request-id`, every error is exactly `{"error":{"message","type","param","code"}}`,
- * valid requests get 200 with the images they asked for, and a 400's `param`
- * names something the caller actually sent (a top-level body field, a query
+ * valid requests get 200 with the images they asked for, requests carrying
+ * text no database can store get a 4xx, and a 400's `param` names something
+ * the caller actually sent (a top-level body field, a query or path
  * parameter or a header), or is null, or is `model`/`prompt` when missing.
  */
 import { spawn } from 'node:child_process';
@@ -179,7 +180,10 @@ function sentBodyText(c: FuzzCase): string | undefined {
   return text.replace(/^\ufeff/, '');
 }
 
-/** Every name the caller sent: top-level body fields, query parameters, headers. */
+/** Routes with a named parameter in their path, which a 400 may name. */
+const PATH_PARAMS: ReadonlyArray<readonly [RegExp, string]> = [[/^\/v1\/admin\/keys\/[^/?#]+/, 'id']];
+
+/** Every name the caller sent: top-level body fields, query parameters, path parameters, headers. */
 export function sentNames(c: FuzzCase): { body: Set<string>; other: Set<string> } {
   const body = new Set<string>();
   const text = sentBodyText(c);
@@ -205,6 +209,7 @@ export function sentNames(c: FuzzCase): { body: Set<string>; other: Set<string> 
     }
   }
   for (const name of Object.keys(c.headers)) other.add(name.toLowerCase());
+  for (const [pattern, name] of PATH_PARAMS) if (pattern.test(c.path)) other.add(name);
   return { body, other };
 }
 
@@ -251,6 +256,9 @@ export function judge(c: FuzzCase, o: Outcome): string[] {
     }
   }
 
+  if (c.expect === 'refused' && (o.status < 400 || o.status >= 500)) {
+    v.push(`unstorable text answered ${o.status}, not a 4xx: ${o.body.subarray(0, 200).toString('utf8')}`);
+  }
   if (c.expect === 'valid') {
     if (o.status !== 200) v.push(`valid request answered ${o.status}: ${o.body.subarray(0, 300).toString('utf8')}`);
     else v.push(...imagesProblems(o, c.images ?? 1));
@@ -515,13 +523,13 @@ export interface FuzzTarget {
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 
-/** Starts test/fuzz/target.ts (a real service and emulator) in a child process. */
-export async function startFuzzTarget(opts: { maxBodyBytes?: number; exposeGc?: boolean } = {}): Promise<FuzzTarget> {
+/** Starts test/fuzz/target.ts (a real service and emulator) in a child process, on SQLite unless given a PostgreSQL URL. */
+export async function startFuzzTarget(opts: { maxBodyBytes?: number; exposeGc?: boolean; databaseUrl?: string | undefined } = {}): Promise<FuzzTarget> {
   const args = ['--import', 'tsx', ...(opts.exposeGc ? ['--expose-gc'] : []), fileURLToPath(new URL('./target.ts', import.meta.url))];
   const child = spawn(process.execPath, args, {
     cwd: ROOT,
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-    env: { ...process.env, FUZZ_MAX_BODY_BYTES: String(opts.maxBodyBytes ?? 1024 * 1024) },
+    env: { ...process.env, FUZZ_MAX_BODY_BYTES: String(opts.maxBodyBytes ?? 1024 * 1024), FUZZ_DATABASE_URL: opts.databaseUrl ?? '' },
   });
   const memory: MemorySample[] = [];
   const waiters = new Map<string, Array<(msg: Record<string, unknown>) => void>>();

@@ -14,9 +14,12 @@ import { pollutionProbe } from './harness.js';
 const send = (msg: unknown) => process.send?.(msg);
 const maxBodyBytes = process.env.FUZZ_MAX_BODY_BYTES ?? String(1024 * 1024);
 
+// PostgreSQL when the harness passes one (FUZZ_DATABASE_URL); SQLite under a temporary DATA_DIR otherwise.
+const database: Record<string, string> = process.env.FUZZ_DATABASE_URL ? { DATABASE_URL: process.env.FUZZ_DATABASE_URL } : {};
+
 const t = await startTestService(
   // Rate limits are the load suite's subject; here they would only turn valid requests into 429s.
-  { LOG_LEVEL: 'warn', MAX_BODY_BYTES: maxBodyBytes, DEFAULT_RPM_LIMIT: '0' },
+  { LOG_LEVEL: 'warn', MAX_BODY_BYTES: maxBodyBytes, DEFAULT_RPM_LIMIT: '0', ...database },
   { imageMode: 'cheap', latencyMs: 5 },
 );
 // Taken once the service is up and before any fuzz request, so only the run can dirty it.

@@ -80,6 +80,11 @@ const media: Media = {
 
 const registry = createServedModelRegistry({ catalog: modelCatalog, prices: {} });
 
+/** What better-sqlite3 throws when the disk is full: storage unavailable (src/db/errors.ts). */
+function diskFull(): Error {
+  return Object.assign(new Error('database or disk is full'), { code: 'SQLITE_FULL' });
+}
+
 async function setup(t: { after(fn: () => Promise<void>): void }, script: Script, requestTimeoutMs = 60_000) {
   const dir = await mkdtemp(join(tmpdir(), 'gw-generate-'));
   const database: Database = await createDatabase({ dataDir: dir, logger: pino({ level: 'silent' }) });
@@ -220,7 +225,7 @@ describe('createImageService with a scripted fal', () => {
 
   it('the ledger failing after fal made the job: 503 metering_unavailable, and no retry invited (it would start another billable job)', async (t) => {
     const s = await setup(t, {});
-    s.ledger.settleJobs = async () => Promise.reject(new Error('disk full'));
+    s.ledger.settleJobs = async () => Promise.reject(diskFull());
     const err = (await s.images.generate(canonical({}), s.ctx()).catch((e: unknown) => e)) as ApiError;
     assert.equal(err.status, 503);
     assert.equal(err.code, 'metering_unavailable');
@@ -229,10 +234,10 @@ describe('createImageService with a scripted fal', () => {
 
   it('the ledger down when the images are ready: 503 without retry, and the request is closed uncharged once the ledger is back', async (t) => {
     const s = await setup(t, {});
-    s.ledger.settleJobs = async () => Promise.reject(new Error('disk full'));
+    s.ledger.settleJobs = async () => Promise.reject(diskFull());
     const release = s.ledger.release.bind(s.ledger);
     let releases = 0;
-    s.ledger.release = async (input) => (++releases === 1 ? Promise.reject(new Error('still down')) : release(input));
+    s.ledger.release = async (input) => (++releases === 1 ? Promise.reject(diskFull()) : release(input));
     const c = s.ctx();
     const err = (await s.images.generate(canonical({}), c).catch((e: unknown) => e)) as ApiError;
     assert.equal(err.code, 'metering_unavailable');
@@ -258,7 +263,7 @@ describe('createImageService with a scripted fal', () => {
         }),
       submit: async (_input, n) => ({ falRequestId: `fal-${n}`, strayIds: n === 1 ? ['stray-1'] : [] }),
     });
-    s.ledger.recordStrays = async () => Promise.reject(new Error('disk full'));
+    s.ledger.recordStrays = async () => Promise.reject(diskFull());
     const err = (await s.images.generate(canonical({ n: 6 }), s.ctx()).catch((e: unknown) => e)) as ApiError;
     assert.equal(err.code, 'metering_unavailable');
     assert.equal(err.shouldRetry, false);
@@ -266,9 +271,24 @@ describe('createImageService with a scripted fal', () => {
     assert.equal(s.fal.cancelled.length, s.fal.submitted.length - 1, 'every other job was cancelled at fal');
   });
 
+  it('the ledger refusing the reservation (not unavailable): our 500, no retry invited, nothing submitted', async (t) => {
+    const s = await setup(t, {});
+    s.ledger.reserve = async () => Promise.reject(Object.assign(new Error('invalid byte sequence for encoding "UTF8": 0x00'), { code: '22021' }));
+    const err = (await s.images.generate(canonical({}), s.ctx()).catch((e: unknown) => e)) as ApiError;
+    assert.deepEqual([err.status, err.code, err.retryAfterS, err.shouldRetry], [500, 'internal_error', undefined, false]);
+    assert.equal(s.fal.submitted.length, 0);
+  });
+
+  it('the ledger refusing a write after fal made the job: our 500, no retry invited', async (t) => {
+    const s = await setup(t, {});
+    s.ledger.settleJobs = async () => Promise.reject(Object.assign(new Error('UNIQUE constraint failed: requests.id'), { code: 'SQLITE_CONSTRAINT_PRIMARYKEY' }));
+    const err = (await s.images.generate(canonical({}), s.ctx()).catch((e: unknown) => e)) as ApiError;
+    assert.deepEqual([err.status, err.code, err.shouldRetry], [500, 'internal_error', false]);
+  });
+
   it('the ledger unavailable: 503 metering_unavailable, nothing submitted', async (t) => {
     const s = await setup(t, {});
-    s.ledger.reserve = async () => Promise.reject(new Error('disk full'));
+    s.ledger.reserve = async () => Promise.reject(diskFull());
     const err = (await s.images.generate(canonical({}), s.ctx()).catch((e: unknown) => e)) as ApiError;
     assert.equal(err.status, 503);
     assert.equal(err.code, 'metering_unavailable');

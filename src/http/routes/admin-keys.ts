@@ -5,13 +5,15 @@ import { MoneyError, parseUsd } from '../../metering/money.js';
 import { keyView } from '../../metering/views.js';
 import {
   createKeyRequestSchema,
+  keyPathSchema,
   updateKeyRequestSchema,
   type CreateKeyRequest,
+  type KeyPath,
   type UpdateKeyRequest,
 } from '../../schemas/index.js';
 import { storageBacked } from '../storage-errors.js';
 import { jsonBody } from '../body.js';
-import { bodyValidator } from '../validate.js';
+import { bodyValidator, pathValidator } from '../validate.js';
 
 export interface AdminKeysRouteDeps {
   keys: KeysStore;
@@ -20,6 +22,7 @@ export interface AdminKeysRouteDeps {
 
 const validateCreate = bodyValidator<CreateKeyRequest>(createKeyRequestSchema);
 const validateUpdate = bodyValidator<UpdateKeyRequest>(updateKeyRequestSchema);
+const validatePath = pathValidator<KeyPath>(keyPathSchema);
 
 /** The schema let a number or a string through; this is where "exactly" is enforced. */
 function budgetMicros(value: number | string | null): bigint | null {
@@ -51,9 +54,8 @@ function refuseStatic(k: KeyRecord): void {
   }
 }
 
-/** Typed loosely by Express when handlers are spread in; the route pattern guarantees one segment. */
 function idOf(req: Request): string {
-  return String(req.params['id']);
+  return validatePath(req.params).id;
 }
 
 function noStore(res: Response): Response {
