@@ -19,6 +19,7 @@ export interface Metrics {
   refusals: Counter<'reason'>;
   unitsDisagreements: Counter<'model'>;
   rateLimitFailOpen: Counter;
+  rateLimitStoreUp: Gauge;
   unrecoveredCostUsd: Gauge<'model'>;
   /** Where the unrecovered-cost gauge reads the ledger at scrape time (set once the ledger's reports exist). */
   ledgerReads: { unrecovered?: () => Promise<ReadonlyArray<{ model: string; usd: string }>> };
@@ -75,5 +76,6 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}): Metrics 
     refusals: new Counter({ name: 'gateway_refusals_total', help: 'Requests refused before fal: rate limit, budget, in-flight cap.', labelNames: ['reason'], registers: r }),
     unitsDisagreements: new Counter({ name: 'gateway_units_disagreements_total', help: 'Jobs where fal billed a different quantity than our estimate.', labelNames: ['model'], registers: r }),
     rateLimitFailOpen: new Counter({ name: 'gateway_rate_limit_fail_open_total', help: 'Requests let through because the rate-limit store was unreachable.', registers: r }),
+    rateLimitStoreUp: new Gauge({ name: 'gateway_rate_limit_store_up', help: 'Whether the rate-limit store answered when last used or checked (1) or not (0); always 1 in process.', registers: r }),
   };
 }

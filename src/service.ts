@@ -237,11 +237,14 @@ export async function startService(config: Config, overrides: ServiceOverrides =
     logger,
     redisUrl: config.redisUrl,
     keyPrefix: config.redisKeyPrefix,
+    failClosed: config.rateLimitFailClosed,
     onFailOpen: () => metrics.rateLimitFailOpen.inc(),
+    onFailClosed: () => metrics.refusals.inc({ reason: 'rate_limiter_unavailable' }),
     onRefused: () => metrics.refusals.inc({ reason: 'rate_limit' }),
+    onStoreState: (up) => metrics.rateLimitStoreUp.set(up ? 1 : 0),
   });
   // Bounded by the client's connect timeout; a Redis that is down leaves
-  // limits failing open, it never stops the service from starting.
+  // limits failing open (or closed), it never stops the service from starting.
   await rateLimiter.ready();
   await relay?.ready();
 
@@ -268,6 +271,8 @@ export async function startService(config: Config, overrides: ServiceOverrides =
     readiness: [
       { name: 'upstream', check: () => fal.ping({ signal: AbortSignal.timeout(2000) }) },
       { name: 'storage', check: () => database.ping().then(() => true) },
+      // Failing open the process still serves (degraded); failing closed it cannot serve image requests.
+      ...(rateLimiter.store === 'redis' ? [{ name: 'rate_limiter', check: () => rateLimiter.check(), required: config.rateLimitFailClosed }] : []),
     ],
   });
 
