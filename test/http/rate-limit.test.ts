@@ -432,6 +432,8 @@ await describeWithRedis('per-key rate limits, two processes sharing Redis', () =
       REDIS_KEY_PREFIX: prefix,
       DEFAULT_RPM_LIMIT: '5',
       LOG_LEVEL: 'warn',
+      // Stopped with SIGTERM at the end: no balancer to wait for.
+      SHUTDOWN_MIN_DRAIN_MS: '0',
     };
     // One after the other: both run the same migrations on one SQLite file.
     children.push(await startServiceProcess(env));
