@@ -50,17 +50,7 @@ export const ALL_ANSWERED = 'allAnswered';
 
 export function createHttpServer(app: RequestListener, logger?: Logger, opts: HttpServerOptions = {}): HttpServer {
   const writeError = createErrorWriter(logger ?? pino({ level: 'silent' }));
-  const limits = opts.limits;
-  const timeouts = limits
-    ? {
-        headersTimeout: limits.headersTimeoutMs,
-        requestTimeout: limits.bodyTimeoutMs,
-        // Node looks for expired requests on this interval (30 s by default), so a
-        // timeout of seconds would otherwise be enforced half a minute late.
-        connectionsCheckingInterval: Math.min(1_000, Math.max(50, Math.floor(limits.headersTimeoutMs / 4))),
-      }
-    : {};
-  const server = createServer({ requireHostHeader: false, ...timeouts, ...appClasses(app) }, (req, res) => {
+  const server = createServer({ requireHostHeader: false, ...timeoutOptions(opts.limits), ...appClasses(app) }, (req, res) => {
     if (req.httpVersion === '1.1' && req.headers.host === undefined) {
       const id = newRequestId();
       logger?.info({ request_id: id, status: 400, error_code: 'missing_host' }, 'request without Host refused');
@@ -99,17 +89,7 @@ export function createHttpServer(app: RequestListener, logger?: Logger, opts: Ht
     server.emit('request', req, res);
   });
 
-  if (limits) server.maxConnections = limits.maxConnections;
-  let lastDropWarning = -Infinity;
-  let droppedSinceWarning = 0;
-  server.on('drop', () => {
-    opts.onRefused?.('max_connections');
-    droppedSinceWarning += 1;
-    if (Date.now() - lastDropWarning < DROP_WARNING_INTERVAL_MS) return;
-    lastDropWarning = Date.now();
-    logger?.warn({ max_connections: server.maxConnections, dropped: droppedSinceWarning }, 'connection cap reached: new connections are closed unanswered');
-    droppedSinceWarning = 0;
-  });
+  if (opts.limits) capConnections(server, opts.limits.maxConnections, opts.onRefused, logger);
 
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
     if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') opts.onRefused?.('request_timeout');
@@ -135,6 +115,32 @@ export function createHttpServer(app: RequestListener, logger?: Logger, opts: Ht
     writeErrorToSocket(socket, new ApiError(status, message, { type: 'invalid_request_error', code }), { ...RAW_HEADERS, 'x-request-id': id }, head);
   });
   return server as HttpServer;
+}
+
+function timeoutOptions(limits: ConnectionLimits | undefined): { headersTimeout?: number; requestTimeout?: number; connectionsCheckingInterval?: number } {
+  if (!limits) return {};
+  return {
+    headersTimeout: limits.headersTimeoutMs,
+    requestTimeout: limits.bodyTimeoutMs,
+    // Node looks for expired requests on this interval (30 s by default), so a
+    // timeout of seconds would otherwise be enforced half a minute late.
+    connectionsCheckingInterval: Math.min(1_000, Math.max(50, Math.floor(limits.headersTimeoutMs / 4))),
+  };
+}
+
+/** Node closes a connection past the cap before any byte is read: counted, and warned of at most once a minute. */
+function capConnections(server: Server, max: number, onRefused: HttpServerOptions['onRefused'], logger: Logger | undefined): void {
+  server.maxConnections = max;
+  let lastWarning = -Infinity;
+  let dropped = 0;
+  server.on('drop', () => {
+    onRefused?.('max_connections');
+    dropped += 1;
+    if (Date.now() - lastWarning < DROP_WARNING_INTERVAL_MS) return;
+    lastWarning = Date.now();
+    logger?.warn({ max_connections: max, dropped }, 'connection cap reached: new connections are closed unanswered');
+    dropped = 0;
+  });
 }
 
 const OPEN_RESPONSES = Symbol('openResponses');

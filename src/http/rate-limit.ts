@@ -83,38 +83,14 @@ export function createKeyRateLimiter(opts: KeyRateLimiterOptions): KeyRateLimite
   let closing = false;
   if (redis) {
     // Without an 'error' listener ioredis prints every reconnect failure to stderr.
-    redis.on('error', (err: Error) => {
-      if (!closing) health.down(err.message);
-    });
-    redis.on('close', () => {
-      if (!closing) health.down('connection closed');
-    });
+    redis.on('error', (err: Error) => !closing && health.down(err.message));
+    redis.on('close', () => !closing && health.down('connection closed'));
     redis.on('ready', () => health.up());
   } else {
     health.up();
   }
-  const connecting = redis
-    ? redis.connect().then(
-        () => undefined,
-        () => undefined,
-      )
-    : Promise.resolve();
-
-  // A limiter holds one `points` value, and keys differ in their limit: one
-  // limiter per distinct limit, its value in the key prefix so a key whose
-  // limit changes starts a fresh window instead of inheriting a wrong count.
-  const limiters = new Map<number, RateLimiterAbstract>();
-  const limiterFor = (limit: number): RateLimiterAbstract => {
-    let l = limiters.get(limit);
-    if (!l) {
-      const base = { points: limit, duration: windowS, keyPrefix: `${prefix}:rpm${limit}` };
-      l = redis
-        ? new RateLimiterRedis({ ...base, storeClient: redis, rejectIfRedisNotReady: true })
-        : new RateLimiterMemory(base);
-      limiters.set(limit, l);
-    }
-    return l;
-  };
+  const connecting = redis ? redis.connect().then(() => undefined, () => undefined) : Promise.resolve();
+  const limiterFor = limitersByLimit(redis, windowS, prefix);
 
   return {
     store: redis ? 'redis' : 'memory',
@@ -169,6 +145,24 @@ export function createKeyRateLimiter(opts: KeyRateLimiterOptions): KeyRateLimite
       }
       redis.disconnect();
     },
+  };
+}
+
+/**
+ * A limiter holds one `points` value, and keys differ in their limit: one
+ * limiter per distinct limit, its value in the key prefix so a key whose
+ * limit changes starts a fresh window instead of inheriting a wrong count.
+ */
+function limitersByLimit(redis: Redis | undefined, windowS: number, prefix: string): (limit: number) => RateLimiterAbstract {
+  const limiters = new Map<number, RateLimiterAbstract>();
+  return (limit) => {
+    let l = limiters.get(limit);
+    if (!l) {
+      const base = { points: limit, duration: windowS, keyPrefix: `${prefix}:rpm${limit}` };
+      l = redis ? new RateLimiterRedis({ ...base, storeClient: redis, rejectIfRedisNotReady: true }) : new RateLimiterMemory(base);
+      limiters.set(limit, l);
+    }
+    return l;
   };
 }
 
