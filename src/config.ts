@@ -99,6 +99,17 @@ export interface Config {
   loraUploadTtlS: number;
   /** `MODEL_PRICES`: prices by model id or alias, for models without a confirmed one or to replace a published one. */
   modelPrices: ModelPrices;
+  // Serving limits, drain and limiter policy (docs/OPERATIONS.md).
+  /** On SIGTERM: how long the process keeps listening (answering 503) before it closes, whatever is in flight. */
+  shutdownMinDrainMs: number;
+  /** Longest a client may take to send a request's headers (and a fresh connection its first request). */
+  headersTimeoutMs: number;
+  /** Longest a client may take to send a whole request, body included; answers are not limited by it. */
+  bodyTimeoutMs: number;
+  /** Connections one process holds at once; above `maxInFlight`, so a request past that cap is answered 429, not reset. */
+  maxConnections: number;
+  /** `RATE_LIMIT_FAIL_CLOSED`: when the limiter's store fails, answer 503 instead of serving uncounted. */
+  rateLimitFailClosed: boolean;
 }
 
 export class ConfigError extends Error {
@@ -324,7 +335,21 @@ export function loadConfig(env: Env = process.env): Config {
     loraMaxBytes: int('LORA_MAX_BYTES', 2 * 1024 ** 3, 1, Number.MAX_SAFE_INTEGER),
     loraUploadTtlS: int('LORA_UPLOAD_TTL_S', 7 * 86_400, 60, 365 * 86_400),
     modelPrices: parseModelPrices(str('MODEL_PRICES'), problems),
+    shutdownMinDrainMs: int('SHUTDOWN_MIN_DRAIN_MS', 5_000, 0, 600_000),
+    headersTimeoutMs: int('HEADERS_TIMEOUT_MS', 10_000, 100, 600_000),
+    bodyTimeoutMs: int('BODY_TIMEOUT_MS', 30_000, 100, 3_600_000),
+    maxConnections: 0,
+    rateLimitFailClosed: bool('RATE_LIMIT_FAIL_CLOSED', false),
   };
+  // Room above MAX_IN_FLIGHT for the connections that are not image requests in
+  // progress: idle keep-alive, health checks, scrapes, and requests being refused.
+  config.maxConnections = int('MAX_CONNECTIONS', Math.max(2 * config.maxInFlight, config.maxInFlight + 100), 1, 10_000_000);
+  if (config.maxConnections <= config.maxInFlight) {
+    problems.push(`MAX_CONNECTIONS (${config.maxConnections}) must be greater than MAX_IN_FLIGHT (${config.maxInFlight}): at the connection cap a request is reset instead of answered 429`);
+  }
+  if (config.bodyTimeoutMs < config.headersTimeoutMs) {
+    problems.push(`BODY_TIMEOUT_MS (${config.bodyTimeoutMs}) must be at least HEADERS_TIMEOUT_MS (${config.headersTimeoutMs}): the whole request includes its headers`);
+  }
   // By default a request is only reconciled once no live process could still
   // be working on it: our own deadline plus a margin.
   config.reconcileAfterMs = int('RECONCILE_AFTER_MS', config.requestTimeoutMs + 60_000, 0, 7 * 86_400_000);

@@ -23,13 +23,21 @@ export async function runServer(env: Record<string, string | undefined> = proces
   let service: Service | undefined;
   let stopRequested: string | undefined;
   let stopping = false;
+  // SIGTERM or SIGINT: drain (SHUTDOWN_MIN_DRAIN_MS listening with /readyz at
+  // 503, in-flight requests finish), then exit. A second signal ends the
+  // minimum drain at once; in-flight requests still get their grace period.
   const stop = (signal: string) => {
     stopRequested ??= signal;
-    if (!service || stopping) return;
+    if (!service) return;
+    if (stopping) {
+      service.logger.info({ signal }, 'second signal: ending the drain');
+      void service.close();
+      return;
+    }
     stopping = true;
     const s = service;
     s.logger.info({ signal }, 'shutting down');
-    s.close().then(
+    s.close({ minDrainMs: config.shutdownMinDrainMs }).then(
       () => process.exit(0),
       (err) => {
         s.logger.error({ err }, 'shutdown failed');

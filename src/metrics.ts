@@ -19,6 +19,7 @@ export interface Metrics {
   refusals: Counter<'reason'>;
   unitsDisagreements: Counter<'model'>;
   rateLimitFailOpen: Counter;
+  rateLimitStoreUp: Gauge;
   unrecoveredCostUsd: Gauge<'model'>;
   /** Where the unrecovered-cost gauge reads the ledger at scrape time (set once the ledger's reports exist). */
   ledgerReads: { unrecovered?: () => Promise<ReadonlyArray<{ model: string; usd: string }>> };
@@ -72,8 +73,9 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}): Metrics 
     imagesDelivered: new Counter({ name: 'gateway_images_delivered_total', help: 'Images returned to callers.', labelNames: ['model'], registers: r }),
     callerChargeUsd: new Counter({ name: 'gateway_caller_charge_usd_total', help: 'What callers were charged, USD.', labelNames: ['model'], registers: r }),
     upstreamCostUsd: new Counter({ name: 'gateway_upstream_cost_usd_total', help: 'What fal billed us, USD.', labelNames: ['model'], registers: r }),
-    refusals: new Counter({ name: 'gateway_refusals_total', help: 'Requests refused before fal: rate limit, budget, in-flight cap.', labelNames: ['reason'], registers: r }),
+    refusals: new Counter({ name: 'gateway_refusals_total', help: 'Requests refused before fal, by reason (rate_limit, budget, in_flight, rate_limiter_unavailable, request_timeout, max_connections...).', labelNames: ['reason'], registers: r }),
     unitsDisagreements: new Counter({ name: 'gateway_units_disagreements_total', help: 'Jobs where fal billed a different quantity than our estimate.', labelNames: ['model'], registers: r }),
     rateLimitFailOpen: new Counter({ name: 'gateway_rate_limit_fail_open_total', help: 'Requests let through because the rate-limit store was unreachable.', registers: r }),
+    rateLimitStoreUp: new Gauge({ name: 'gateway_rate_limit_store_up', help: 'Whether the rate-limit store answered when last used or checked (1) or not (0); always 1 in process.', registers: r }),
   };
 }

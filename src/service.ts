@@ -37,6 +37,7 @@ import { createOutboxStore } from './metering/outbox-store.js';
 import { createBillingWebhookWorker, type BillingWebhookWorker } from './metering/billing-webhook.js';
 import { createKeyRateLimiter, type KeyRateLimiter } from './http/rate-limit.js';
 import { createHttpServer } from './http/http-server.js';
+import { drainServer } from './http/shutdown.js';
 
 /**
  * The composition root: builds every part from the configuration and wires
@@ -64,8 +65,13 @@ export interface Service {
   rateLimiter: KeyRateLimiter;
   /** The reconciliation started with the service (it does not delay listening). */
   startupReconcile: Promise<ReconcileReport | undefined>;
-  /** Stops accepting, lets in-flight requests finish, closes everything. */
-  close(): Promise<void>;
+  /**
+   * Refuses new requests (and /readyz) with 503 at once, keeps listening for
+   * at least `minDrainMs` (default 0), lets in-flight requests finish within
+   * SHUTDOWN_GRACE_MS, then closes everything. A second call ends the minimum
+   * drain early and returns the same promise.
+   */
+  close(opts?: { minDrainMs?: number }): Promise<void>;
 }
 
 export interface ServiceOverrides {
@@ -242,11 +248,14 @@ export async function startService(config: Config, overrides: ServiceOverrides =
     logger,
     redisUrl: config.redisUrl,
     keyPrefix: config.redisKeyPrefix,
+    failClosed: config.rateLimitFailClosed,
     onFailOpen: () => metrics.rateLimitFailOpen.inc(),
+    onFailClosed: () => metrics.refusals.inc({ reason: 'rate_limiter_unavailable' }),
     onRefused: () => metrics.refusals.inc({ reason: 'rate_limit' }),
+    onStoreState: (up) => metrics.rateLimitStoreUp.set(up ? 1 : 0),
   });
   // Bounded by the client's connect timeout; a Redis that is down leaves
-  // limits failing open, it never stops the service from starting.
+  // limits failing open (or closed), it never stops the service from starting.
   await rateLimiter.ready();
   await relay?.ready();
 
@@ -280,14 +289,17 @@ export async function startService(config: Config, overrides: ServiceOverrides =
     readiness: [
       { name: 'upstream', check: () => fal.ping({ signal: AbortSignal.timeout(2000) }) },
       { name: 'storage', check: () => database.ping().then(() => true) },
+      // Failing open the process still serves (degraded); failing closed it cannot serve image requests.
+      ...(rateLimiter.store === 'redis' ? [{ name: 'rate_limiter', check: () => rateLimiter.check(), required: config.rateLimitFailClosed }] : []),
     ],
   });
 
-  const server = createHttpServer(app, logger);
-  // Image jobs take seconds to minutes: Node's default 5-minute request
-  // timeout must not cut a job that our own deadline still allows.
-  server.requestTimeout = config.requestTimeoutMs + 30_000;
-  server.headersTimeout = 60_000;
+  // The timeouts bound how long a client may take to send its request; the
+  // answer (a job of minutes) is bounded by REQUEST_TIMEOUT_MS instead.
+  const server = createHttpServer(app, logger, {
+    limits: { headersTimeoutMs: config.headersTimeoutMs, bodyTimeoutMs: config.bodyTimeoutMs, maxConnections: config.maxConnections },
+    onRefused: (reason) => metrics.refusals.inc({ reason }),
+  });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     // Node's default accept backlog (511) overflowed under 1,000 simultaneous
@@ -304,6 +316,8 @@ export async function startService(config: Config, overrides: ServiceOverrides =
   timer?.unref();
 
   let closing: Promise<void> | undefined;
+  let endMinDrain = (): void => {};
+  const minDrainCut = new Promise<void>((resolve) => (endMinDrain = resolve));
   return {
     app,
     server,
@@ -321,8 +335,12 @@ export async function startService(config: Config, overrides: ServiceOverrides =
     reconciler,
     rateLimiter,
     startupReconcile,
-    close() {
-      closing ??= (async () => {
+    close(opts = {}) {
+      if (closing) {
+        endMinDrain();
+        return closing;
+      }
+      closing = (async () => {
         // Graceful: /readyz turns 503 and new requests are refused at once;
         // requests in flight get SHUTDOWN_GRACE_MS to finish (and be billed).
         // Past it, their fal waits are aborted (the jobs are cancelled, or
@@ -330,14 +348,18 @@ export async function startService(config: Config, overrides: ServiceOverrides =
         shuttingDown = true;
         if (timer) clearInterval(timer);
         if (leaseWatch) clearTimeout(leaseWatch);
-        const drained = new Promise<void>((resolve) => server.close(() => resolve()));
-        server.closeIdleConnections();
-        const graceOver = await Promise.race([drained.then(() => false), delay(config.shutdownGraceMs).then(() => true)]);
-        if (graceOver) {
-          logger.warn({ grace_ms: config.shutdownGraceMs }, 'shutdown grace period over; aborting requests still in flight');
-          shutdown.abort();
-          if (await Promise.race([drained.then(() => false), delay(ABORT_DRAIN_MS).then(() => true)])) server.closeAllConnections();
-        }
+        const minDrainMs = opts.minDrainMs ?? 0;
+        if (minDrainMs > 0) logger.info({ min_drain_ms: minDrainMs, grace_ms: config.shutdownGraceMs }, 'draining: /readyz and new requests answer 503 while the port stays open');
+        await drainServer(server, {
+          minDrainMs,
+          minDrainCut,
+          graceMs: config.shutdownGraceMs,
+          abortDrainMs: ABORT_DRAIN_MS,
+          onGraceOver: () => {
+            logger.warn({ grace_ms: config.shutdownGraceMs }, 'shutdown grace period over; aborting requests still in flight');
+            shutdown.abort();
+          },
+        });
         shutdown.abort();
         await reconciling;
         // Every request this process took is answered: whatever it left open is anyone's to settle now.
@@ -363,12 +385,8 @@ export async function startService(config: Config, overrides: ServiceOverrides =
 /** fal calls answered with a small JSON body that is read whole (results and status streams are read as they arrive). */
 const BUFFERED_PHASES: ReadonlySet<FalPhase> = new Set<FalPhase>(['submit', 'status', 'cancel']);
 
-/** After the grace period: how long aborted requests get to send their error before sockets are cut. */
+/** Once the port is closed: how long answers still being written (aborted requests' errors) get before sockets are cut. */
 const ABORT_DRAIN_MS = 15_000;
-
-function delay(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms).unref());
-}
 
 /** After another process's lease expires: room for a renewal already on its way. */
 const LEASE_EXPIRY_MARGIN_MS = 250;

@@ -16,7 +16,8 @@ const root = new URL('../', import.meta.url).pathname;
 function spawnMain(env: Record<string, string>): { child: ChildProcess; out: string[]; exit: Promise<number | string | null>; url: Promise<string> } {
   const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
     cwd: root,
-    env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', PORT: '0', ...env },
+    // No minimum drain unless a test asks: most tests here signal the process and wait for its exit.
+    env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', PORT: '0', SHUTDOWN_MIN_DRAIN_MS: '0', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const out: string[] = [];
@@ -126,12 +127,22 @@ describe('main', () => {
   });
 
   it('refuses a bad configuration with every problem listed, exit 2', async () => {
-    const p = spawnMain({ PORT: 'eighty', PRICE_MARKUP: '-1', DATABASE_URL: 'mysql://x' });
+    const p = spawnMain({
+      PORT: 'eighty',
+      PRICE_MARKUP: '-1',
+      DATABASE_URL: 'mysql://x',
+      MAX_IN_FLIGHT: '100',
+      MAX_CONNECTIONS: '100',
+      HEADERS_TIMEOUT_MS: '20000',
+      BODY_TIMEOUT_MS: '10000',
+    });
     assert.equal(await p.exit, 2);
     const text = p.out.join('\n');
     assert.match(text, /PORT must be an integer/);
     assert.match(text, /PRICE_MARKUP must be a positive decimal/);
     assert.match(text, /DATABASE_URL must be a postgres/);
+    assert.match(text, /MAX_CONNECTIONS \(100\) must be greater than MAX_IN_FLIGHT \(100\)/);
+    assert.match(text, /BODY_TIMEOUT_MS \(10000\) must be at least HEADERS_TIMEOUT_MS \(20000\)/);
   });
 
   describe('SIGTERM under load', () => {
@@ -145,7 +156,15 @@ describe('main', () => {
 
     it('stops taking requests, answers and bills every accepted one, exits 0', async () => {
       const dir = join(dataDir, 'sigterm');
-      const p = spawnMain({ DATA_DIR: dir, FAL_BASE_URL: emulator.url, FAL_KEY: 'k', API_KEYS: TEST_KEY, SHUTDOWN_GRACE_MS: '10000', RECONCILE_INTERVAL_MS: '0' });
+      const p = spawnMain({
+        DATA_DIR: dir,
+        FAL_BASE_URL: emulator.url,
+        FAL_KEY: 'k',
+        API_KEYS: TEST_KEY,
+        SHUTDOWN_GRACE_MS: '10000',
+        SHUTDOWN_MIN_DRAIN_MS: '3000',
+        RECONCILE_INTERVAL_MS: '0',
+      });
       const url = await p.url;
       const send = (i: number) =>
         fetch(`${url}/v1/images/generations`, {
@@ -153,8 +172,13 @@ describe('main', () => {
           headers: { authorization: `Bearer ${TEST_KEY}`, 'content-type': 'application/json' },
           body: JSON.stringify({ model: 'alibaba/z-image-turbo', prompt: `drain ${i}`, image_size: 'square' }),
         }).then(
-          async (r) => ({ status: r.status, body: (await r.json()) as { meta?: { usage: { cost_usd: string } } }, id: r.headers.get('x-request-id') }),
-          () => ({ status: 0, body: {}, id: null }),
+          async (r) => ({
+            status: r.status,
+            body: (await r.json()) as { meta?: { usage: { cost_usd: string } }; error?: { code: string } },
+            id: r.headers.get('x-request-id'),
+            retryAfter: r.headers.get('retry-after'),
+          }),
+          () => ({ status: 0, body: {} as { error?: { code: string } }, id: null, retryAfter: null }),
         );
       const accepted = Array.from({ length: 12 }, (_, i) => send(i));
       // SIGTERM once every request is at fal.
@@ -163,7 +187,9 @@ describe('main', () => {
       p.child.kill('SIGTERM');
       await new Promise((r) => setTimeout(r, 100));
       const late = await send(99);
-      assert.ok(late.status === 0 || late.status === 503, `a request after SIGTERM is refused (got ${late.status})`);
+      assert.equal(late.status, 503, 'a request after SIGTERM is answered (still listening), and refused');
+      assert.equal(late.body.error?.code, 'shutting_down');
+      assert.ok(Number(late.retryAfter) >= 1, `retry-after ${late.retryAfter}`);
       const results = await Promise.all(accepted);
       assert.deepEqual(results.map((r) => r.status), Array(12).fill(200), 'every accepted request answered');
       assert.equal(await p.exit, 0);
@@ -177,6 +203,65 @@ describe('main', () => {
       } finally {
         await database.close();
       }
+    });
+  });
+
+  describe('SIGTERM with nothing in flight: the drain a load balancer sees', () => {
+    let emulator: Emulator;
+    before(async () => {
+      emulator = await startEmulator({ port: 0, latencyMs: 20 });
+    });
+    after(async () => {
+      await emulator.close();
+    });
+
+    const start = (name: string, env: Record<string, string>) =>
+      spawnMain({ DATA_DIR: join(dataDir, name), FAL_BASE_URL: emulator.url, FAL_KEY: 'k', API_KEYS: TEST_KEY, RECONCILE_INTERVAL_MS: '0', ...env });
+    const image = (url: string) =>
+      fetch(`${url}/v1/images/generations`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${TEST_KEY}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ model: 'alibaba/z-image-turbo', prompt: 'during the drain', image_size: 'square' }),
+      });
+
+    it('keeps listening for SHUTDOWN_MIN_DRAIN_MS: /readyz 503 at once, image requests 503 shutting_down with retry-after, then exit 0', async () => {
+      const p = start('min-drain', { SHUTDOWN_MIN_DRAIN_MS: '3000', SHUTDOWN_GRACE_MS: '10000' });
+      const url = await p.url;
+      assert.equal((await fetch(`${url}/readyz`)).status, 200);
+      const signalled = Date.now();
+      p.child.kill('SIGTERM');
+      // The signal takes a moment to arrive: the first answers may still say ready. From the first
+      // 503 on, the drain has begun and lasts three seconds: for one second every answer is a 503,
+      // none a refused connection.
+      const seen: Array<{ status: number; body: { status?: string } }> = [];
+      let drainSeenAt: number | undefined;
+      while (drainSeenAt === undefined || Date.now() - drainSeenAt < 1_000) {
+        const res = await fetch(`${url}/readyz`);
+        seen.push({ status: res.status, body: (await res.json()) as { status?: string } });
+        if (res.status === 503) drainSeenAt ??= Date.now();
+        else assert.equal(drainSeenAt, undefined, `ready again after the drain began: ${JSON.stringify(seen)}`);
+        assert.ok(Date.now() - signalled < 20_000, 'the drain never showed on /readyz');
+      }
+      const draining = seen.slice(seen.findIndex((r) => r.status === 503));
+      assert.ok(draining.length > 1 && draining.every((r) => r.status === 503 && r.body.status === 'shutting_down'), JSON.stringify(seen));
+      const refused = await image(url);
+      assert.equal(refused.status, 503);
+      assert.equal(((await refused.json()) as { error: { code: string } }).error.code, 'shutting_down');
+      assert.ok(Number(refused.headers.get('retry-after')) >= 1);
+      assert.equal(await p.exit, 0);
+      const drainedMs = Date.now() - signalled;
+      assert.ok(drainedMs >= 3_000, `exited ${drainedMs} ms after SIGTERM, before the minimum drain`);
+      assert.equal(emulator.jobs().length, 0, 'nothing refused reached fal');
+    });
+
+    it('a second signal ends the minimum drain at once', async () => {
+      const p = start('second-signal', { SHUTDOWN_MIN_DRAIN_MS: '600000' });
+      const url = await p.url;
+      p.child.kill('SIGINT');
+      for (let i = 0; i < 200 && (await fetch(`${url}/readyz`)).status !== 503; i++) await new Promise((r) => setTimeout(r, 25));
+      assert.equal((await fetch(`${url}/readyz`)).status, 503, 'draining');
+      p.child.kill('SIGINT');
+      assert.equal(await p.exit, 0, 'exited well before the ten-minute drain (the test would time out)');
     });
   });
 });

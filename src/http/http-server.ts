@@ -24,9 +24,33 @@ import { securityHeaderValues } from './security-headers.js';
  *   client's following request. The expectation is ignored instead (RFC 9110
  *   lets a server do so) and the request is served like any other.
  */
-export function createHttpServer(app: RequestListener, logger?: Logger): Server {
+export interface ConnectionLimits {
+  /** Longest a client may take to send a request's headers; a fresh connection's clock starts when it opens. */
+  headersTimeoutMs: number;
+  /** Longest a client may take to send a whole request, body included. Answers are not limited by it. */
+  bodyTimeoutMs: number;
+  /** Connections held at once; past it a new connection is closed unanswered (Node's `maxConnections`). */
+  maxConnections: number;
+}
+
+export interface HttpServerOptions {
+  /** Without them, Node's defaults (minutes) apply. */
+  limits?: ConnectionLimits;
+  /** Counts what the server turns away before Express sees it. */
+  onRefused?: (reason: 'request_timeout' | 'max_connections') => void;
+}
+
+/** Node's server, counting the requests it has not finished answering (for the shutdown drain). */
+export interface HttpServer extends Server {
+  readonly requestsInProgress: number;
+}
+
+/** Emitted by an HttpServer each time its last request in progress is answered. */
+export const ALL_ANSWERED = 'allAnswered';
+
+export function createHttpServer(app: RequestListener, logger?: Logger, opts: HttpServerOptions = {}): HttpServer {
   const writeError = createErrorWriter(logger ?? pino({ level: 'silent' }));
-  const server = createServer({ requireHostHeader: false, ...appClasses(app) }, (req, res) => {
+  const server = createServer({ requireHostHeader: false, ...timeoutOptions(opts.limits), ...appClasses(app) }, (req, res) => {
     if (req.httpVersion === '1.1' && req.headers.host === undefined) {
       const id = newRequestId();
       logger?.info({ request_id: id, status: 400, error_code: 'missing_host' }, 'request without Host refused');
@@ -44,20 +68,31 @@ export function createHttpServer(app: RequestListener, logger?: Logger): Server 
   // The responses open on a connection hang off the socket itself: nearly
   // always one, kept bare; a Set only when requests are pipelined. One shared
   // 'close' listener, so a request waiting for minutes holds no closure here.
+  let inProgress = 0;
+  function answered(this: ServerResponse): void {
+    forgetResponse.call(this);
+    inProgress -= 1;
+    if (inProgress === 0) server.emit(ALL_ANSWERED);
+  }
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
     const socket = req.socket as Duplex & { [OPEN_RESPONSES]?: ServerResponse | Set<ServerResponse> };
     const open = socket[OPEN_RESPONSES];
     if (open === undefined) socket[OPEN_RESPONSES] = res;
     else if (open instanceof Set) open.add(res);
     else socket[OPEN_RESPONSES] = new Set([open, res]);
-    res.on('close', forgetResponse);
+    inProgress += 1;
+    res.on('close', answered);
   });
+  Object.defineProperty(server, 'requestsInProgress', { get: () => inProgress });
 
   server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
     server.emit('request', req, res);
   });
 
+  if (opts.limits) capConnections(server, opts.limits.maxConnections, opts.onRefused, logger);
+
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
+    if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') opts.onRefused?.('request_timeout');
     const open = (socket as { [OPEN_RESPONSES]?: ServerResponse | Set<ServerResponse> })[OPEN_RESPONSES];
     const started = open instanceof Set ? [...open].some((res) => res.headersSent) : open?.headersSent === true;
     if (err.code === 'ECONNRESET' || !socket.writable || started) {
@@ -79,10 +114,39 @@ export function createHttpServer(app: RequestListener, logger?: Logger): Server 
     const head = (err as { rawPacket?: Buffer }).rawPacket?.subarray(0, 5).toString('latin1') === 'HEAD ';
     writeErrorToSocket(socket, new ApiError(status, message, { type: 'invalid_request_error', code }), { ...RAW_HEADERS, 'x-request-id': id }, head);
   });
-  return server;
+  return server as HttpServer;
+}
+
+function timeoutOptions(limits: ConnectionLimits | undefined): { headersTimeout?: number; requestTimeout?: number; connectionsCheckingInterval?: number } {
+  if (!limits) return {};
+  return {
+    headersTimeout: limits.headersTimeoutMs,
+    requestTimeout: limits.bodyTimeoutMs,
+    // Node looks for expired requests on this interval (30 s by default), so a
+    // timeout of seconds would otherwise be enforced half a minute late.
+    connectionsCheckingInterval: Math.min(1_000, Math.max(50, Math.floor(limits.headersTimeoutMs / 4))),
+  };
+}
+
+/** Node closes a connection past the cap before any byte is read: counted, and warned of at most once a minute. */
+function capConnections(server: Server, max: number, onRefused: HttpServerOptions['onRefused'], logger: Logger | undefined): void {
+  server.maxConnections = max;
+  let lastWarning = -Infinity;
+  let dropped = 0;
+  server.on('drop', () => {
+    onRefused?.('max_connections');
+    dropped += 1;
+    if (Date.now() - lastWarning < DROP_WARNING_INTERVAL_MS) return;
+    lastWarning = Date.now();
+    logger?.warn({ max_connections: max, dropped }, 'connection cap reached: new connections are closed unanswered');
+    dropped = 0;
+  });
 }
 
 const OPEN_RESPONSES = Symbol('openResponses');
+
+/** At most one warning a minute while connections are being dropped at the cap. */
+const DROP_WARNING_INTERVAL_MS = 60_000;
 
 function forgetResponse(this: ServerResponse): void {
   const socket = this.req.socket as Duplex & { [OPEN_RESPONSES]?: ServerResponse | Set<ServerResponse> };

@@ -204,7 +204,7 @@ describe('CLI: serve and emulator', () => {
   it('serve starts the gateway as npm start does and stops on SIGTERM', async () => {
     const dataDir = await mkdtemp(join(tmpdir(), 'gw-cli-serve-'));
     try {
-      await runUntilListening(['serve'], { PORT: '0', DATA_DIR: dataDir, API_KEYS: TEST_KEY, LOG_LEVEL: 'silent' }, /gateway listening on (http:\/\/\S+)/, '/healthz');
+      await runUntilListening(['serve'], { PORT: '0', DATA_DIR: dataDir, API_KEYS: TEST_KEY, LOG_LEVEL: 'silent', SHUTDOWN_MIN_DRAIN_MS: '0' }, /gateway listening on (http:\/\/\S+)/, '/healthz');
     } finally {
       await rm(dataDir, { recursive: true, force: true });
     }

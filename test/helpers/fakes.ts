@@ -169,8 +169,9 @@ export function memoryIdempotencyStore(): IdempotencyStore {
 export function fakeRateLimiter(): KeyRateLimiter {
   return {
     store: 'memory',
-    stats: { failOpen: 0, refused: 0 },
+    stats: { failOpen: 0, failClosed: 0, refused: 0 },
     take: () => notInFake('KeyRateLimiter.take'),
+    check: async () => true,
     ready: async () => undefined,
     close: async () => undefined,
   };

@@ -7,7 +7,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { createServer } from 'node:net';
+import { connect, createServer, type Socket } from 'node:net';
 import { describe, it } from 'node:test';
 import { Redis } from 'ioredis';
 import type { Availability } from './databases.js';
@@ -163,4 +163,65 @@ function redactRedisUrl(url: string): string {
   } catch {
     return '(unparseable URL)';
   }
+}
+
+export interface RedisProxy {
+  /** A redis:// URL that reaches REDIS_URL through the proxy. */
+  url: string;
+  /** Redis "goes away": open connections are reset and new ones are closed as soon as they are accepted. */
+  cut(): void;
+  /** Redis is back: new connections are passed through again. */
+  restore(): void;
+  close(): Promise<void>;
+}
+
+/**
+ * A TCP proxy on a free loopback port in front of the shared Redis, so a
+ * test can take Redis away from one service and give it back without
+ * touching the Redis every other suite uses.
+ */
+export async function startRedisProxy(): Promise<RedisProxy> {
+  const target = new URL(REDIS_URL);
+  const open = new Set<Socket>();
+  let passing = true;
+  const track = (s: Socket): void => {
+    open.add(s);
+    s.on('error', () => {});
+    s.once('close', () => open.delete(s));
+  };
+  const server = createServer((client) => {
+    track(client);
+    if (!passing) {
+      client.destroy();
+      return;
+    }
+    const upstream = connect(Number(target.port || 6379), target.hostname);
+    track(upstream);
+    client.pipe(upstream).pipe(client);
+    client.once('close', () => upstream.destroy());
+    upstream.once('close', () => client.destroy());
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => resolve());
+  });
+  const port = (server.address() as { port: number }).port;
+  const url = new URL(REDIS_URL);
+  url.hostname = '127.0.0.1';
+  url.port = String(port);
+  return {
+    url: url.toString(),
+    cut() {
+      passing = false;
+      for (const s of open) s.destroy();
+    },
+    restore() {
+      passing = true;
+    },
+    async close() {
+      passing = false;
+      for (const s of open) s.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
 }

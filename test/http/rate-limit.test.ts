@@ -14,9 +14,11 @@ import {
   deleteRedisKeys,
   REDIS_URL,
   startOwnRedis,
+  startRedisProxy,
   testRedisClient,
   uniqueRedisPrefix,
   type OwnRedis,
+  type RedisProxy,
 } from '../helpers/redis.js';
 import { startEmulator, type Emulator } from '../../src/emulator/index.js';
 import { formatResetDuration } from '../../src/http/rate-limit.js';
@@ -159,7 +161,7 @@ describe('per-key rate limits, Redis down', () => {
     await t.close();
   });
 
-  it('starts without waiting on Redis, lets requests through, warns once and counts each fail-open', async () => {
+  it('starts without waiting on Redis, lets requests through, warns once, counts each fail-open and reports itself degraded', async () => {
     assert.ok(startedInMs < 5_000, `start-up took ${startedInMs} ms`);
     assert.equal(t.service.rateLimiter.store, 'redis');
     const before = t.service.rateLimiter.stats.failOpen;
@@ -172,9 +174,11 @@ describe('per-key rate limits, Redis down', () => {
     assert.equal(t.service.rateLimiter.stats.failOpen, before + 4);
     assert.equal(t.service.rateLimiter.stats.refused, 0);
     assert.match(await t.service.metrics.registry.metrics(), /gateway_rate_limit_fail_open_total 4\b/);
-    const failOpenWarnings = t.logs.filter((l) => l.level === 40 && String(l.msg).includes('failing open'));
-    assert.equal(failOpenWarnings.length, 1, 'one warning per interval, not one per request');
-    assert.ok(t.logs.some((l) => l.level === 40 && String(l.msg).includes('Redis unreachable')));
+    assert.deepEqual(outageLines(t), { warnings: 1, recoveries: 0 }, 'one warning for the outage, not one per request or reconnect');
+    const ready = await readyz(t.url);
+    assert.equal(ready.status, 200);
+    assert.equal(ready.body.status, 'degraded');
+    assert.deepEqual(ready.body.degraded, ['rate_limiter']);
     // The Redis URL may hold a password: it is never logged.
     assert.ok(!JSON.stringify(t.logs).includes('redis://'));
   });
@@ -229,7 +233,130 @@ describeWithRedisServer('per-key rate limits, Redis failing while the service ru
       assert.ok(dead.ms < 5_000, `took ${dead.ms} ms`);
     }
     assert.equal(t.service.rateLimiter.stats.failOpen, 4);
-    assert.equal(t.logs.filter((l) => l.level === 40 && String(l.msg).includes('failing open')).length, 1);
+    // Two outages (frozen, then dead), each one warning; the first one's end said so.
+    assert.deepEqual(outageLines(t), { warnings: 2, recoveries: 1 });
+  });
+});
+
+/** The limiter's outage log lines: one warning when it starts, one info when it ends. */
+function outageLines(t: TestService): { warnings: number; recoveries: number } {
+  const mine = t.logs.filter((l) => /rate.limit/i.test(String(l.msg)));
+  return { warnings: mine.filter((l) => l.level === 40).length, recoveries: mine.filter((l) => l.level === 30 && /again/.test(String(l.msg))).length };
+}
+
+async function readyz(url: string): Promise<{ status: number; body: { status: string; checks: Record<string, boolean>; degraded?: string[] } }> {
+  const res = await fetch(`${url}/readyz`);
+  return { status: res.status, body: (await res.json()) as { status: string; checks: Record<string, boolean>; degraded?: string[] } };
+}
+
+/** Polls /readyz until `accept` holds; generous deadline, the client reconnects with back-off. */
+async function readyzUntil(url: string, accept: (r: Awaited<ReturnType<typeof readyz>>) => boolean): Promise<Awaited<ReturnType<typeof readyz>>> {
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    const r = await readyz(url);
+    if (accept(r)) return r;
+    if (Date.now() > deadline) throw new Error(`/readyz never reached the expected state; last: ${r.status} ${JSON.stringify(r.body)}`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+await describeWithRedis('per-key rate limits, Redis lost and back (fail open, the default)', () => {
+  const prefix = uniqueRedisPrefix('rl-outage');
+  let proxy: RedisProxy;
+  let t: TestService;
+  before(async () => {
+    proxy = await startRedisProxy();
+    t = await startTestService({ REDIS_URL: proxy.url, REDIS_KEY_PREFIX: prefix, DEFAULT_RPM_LIMIT: '2' }, { imageMode: 'cheap' });
+  });
+  after(async () => {
+    await t?.close();
+    await proxy?.close();
+    await deleteRedisKeys(prefix);
+  });
+
+  it('reports the limiter degraded on /readyz (still 200), counts fail-opens in /metrics, warns once per outage and says when it is back', async () => {
+    const healthy = await readyz(t.url);
+    assert.equal(healthy.status, 200, JSON.stringify(healthy.body));
+    assert.equal(healthy.body.status, 'ready');
+    assert.equal(healthy.body.checks.rate_limiter, true);
+
+    proxy.cut();
+    const { key } = await t.service.keys.create({ name: 'one a minute', rpmLimit: 1 });
+    for (let i = 0; i < 4; i++) {
+      const res = await generate(t.url, key, `rl-outage ${i}`);
+      assert.equal(res.status, 200, JSON.stringify(res.body));
+      assert.equal(res.headers['x-ratelimit-limit-requests'], undefined, 'no limit is reported while none is counted');
+    }
+    const degraded = await readyz(t.url);
+    assert.equal(degraded.status, 200, 'failing open, the process still serves: a balancer must keep it');
+    assert.equal(degraded.body.status, 'degraded');
+    assert.equal(degraded.body.checks.rate_limiter, false);
+    assert.deepEqual(degraded.body.degraded, ['rate_limiter']);
+    assert.equal(degraded.body.checks.storage, true);
+    const metrics = await (await fetch(`${t.url}/metrics`)).text();
+    assert.match(metrics, /^gateway_rate_limit_fail_open_total 4$/m);
+    assert.match(metrics, /^gateway_rate_limit_store_up 0$/m);
+    assert.deepEqual(outageLines(t), { warnings: 1, recoveries: 0 }, 'one warning for the whole outage, however many requests');
+
+    proxy.restore();
+    const back = await readyzUntil(t.url, (r) => r.body.status === 'ready');
+    assert.equal(back.status, 200);
+    assert.equal(back.body.checks.rate_limiter, true);
+    assert.deepEqual(outageLines(t), { warnings: 1, recoveries: 1 });
+    assert.match(await (await fetch(`${t.url}/metrics`)).text(), /^gateway_rate_limit_store_up 1$/m);
+    // Enforced again: the key's one request of the minute, then 429.
+    const other = await t.service.keys.create({ name: 'after the outage', rpmLimit: 1 });
+    assert.equal((await generate(t.url, other.key, 'rl-outage back 1')).status, 200);
+    assert.equal((await generate(t.url, other.key, 'rl-outage back 2')).status, 429);
+
+    // A second outage is a second warning.
+    proxy.cut();
+    assert.equal((await generate(t.url, other.key, 'rl-outage again')).status, 200);
+    assert.equal((await readyz(t.url)).body.status, 'degraded');
+    assert.deepEqual(outageLines(t), { warnings: 2, recoveries: 1 });
+    assert.ok(!JSON.stringify(t.logs).includes('redis://'), 'the Redis URL may hold a password: never logged');
+  });
+});
+
+await describeWithRedis('per-key rate limits, Redis lost, RATE_LIMIT_FAIL_CLOSED=true', () => {
+  const prefix = uniqueRedisPrefix('rl-closed');
+  let proxy: RedisProxy;
+  let t: TestService;
+  before(async () => {
+    proxy = await startRedisProxy();
+    t = await startTestService({ REDIS_URL: proxy.url, REDIS_KEY_PREFIX: prefix, DEFAULT_RPM_LIMIT: '100', RATE_LIMIT_FAIL_CLOSED: 'true' }, { imageMode: 'cheap' });
+  });
+  after(async () => {
+    await t?.close();
+    await proxy?.close();
+    await deleteRedisKeys(prefix);
+  });
+
+  it('answers 503 rate_limiter_unavailable with retry-after, sends nothing to fal, and /readyz is 503 until Redis is back', async () => {
+    assert.equal((await generate(t.url, TEST_KEY, 'rl-closed before')).status, 200);
+    proxy.cut();
+    const jobsBefore = t.emulator.jobs().length;
+    for (let i = 0; i < 2; i++) {
+      const res = await generate(t.url, TEST_KEY, `rl-closed ${i}`);
+      assert.equal(res.status, 503, JSON.stringify(res.body));
+      assert.equal(res.body.error.code, 'rate_limiter_unavailable');
+      assert.equal(res.body.error.type, 'service_unavailable');
+      assert.ok(Number(res.headers['retry-after']) >= 1, `retry-after ${res.headers['retry-after']}`);
+    }
+    assert.equal(t.emulator.jobs().length, jobsBefore, 'refused before fal');
+    const notReady = await readyz(t.url);
+    assert.equal(notReady.status, 503, 'unable to serve image requests: out of the balancer');
+    assert.equal(notReady.body.status, 'not_ready');
+    assert.equal(notReady.body.checks.rate_limiter, false);
+    const metrics = await (await fetch(`${t.url}/metrics`)).text();
+    assert.match(metrics, /^gateway_refusals_total\{reason="rate_limiter_unavailable"\} 2$/m);
+    assert.match(metrics, /^gateway_rate_limit_fail_open_total 0$/m);
+    assert.deepEqual(outageLines(t), { warnings: 1, recoveries: 0 });
+
+    proxy.restore();
+    await readyzUntil(t.url, (r) => r.status === 200 && r.body.status === 'ready');
+    assert.equal((await generate(t.url, TEST_KEY, 'rl-closed after')).status, 200);
+    assert.deepEqual(outageLines(t), { warnings: 1, recoveries: 1 });
   });
 });
 
@@ -305,6 +432,8 @@ await describeWithRedis('per-key rate limits, two processes sharing Redis', () =
       REDIS_KEY_PREFIX: prefix,
       DEFAULT_RPM_LIMIT: '5',
       LOG_LEVEL: 'warn',
+      // Stopped with SIGTERM at the end: no balancer to wait for.
+      SHUTDOWN_MIN_DRAIN_MS: '0',
     };
     // One after the other: both run the same migrations on one SQLite file.
     children.push(await startServiceProcess(env));

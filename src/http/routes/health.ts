@@ -3,6 +3,12 @@ import { Router } from 'express';
 export interface ReadinessCheck {
   name: string;
   check: () => Promise<boolean>;
+  /**
+   * Default true: failing makes the process not ready (503). A check that is
+   * not required only marks it `degraded`: it still serves, with less (the
+   * rate limiter failing open), and a balancer should keep sending to it.
+   */
+  required?: boolean;
 }
 
 /** `/healthz`: the process answers. `/readyz`: it can do useful work now. */
@@ -18,9 +24,12 @@ export function healthRouter(checks: ReadinessCheck[], isShuttingDown: () => boo
         results[c.name] = await c.check().catch(() => false);
       }),
     );
+    const failed = checks.filter((c) => !results[c.name]);
+    const degraded = failed.filter((c) => c.required === false).map((c) => c.name);
     const shuttingDown = isShuttingDown();
-    const ready = !shuttingDown && Object.values(results).every(Boolean);
-    res.status(ready ? 200 : 503).json({ status: ready ? 'ready' : shuttingDown ? 'shutting_down' : 'not_ready', checks: results });
+    const ready = !shuttingDown && failed.length === degraded.length;
+    const status = shuttingDown ? 'shutting_down' : !ready ? 'not_ready' : degraded.length > 0 ? 'degraded' : 'ready';
+    res.status(ready ? 200 : 503).json({ status, checks: results, ...(degraded.length > 0 ? { degraded } : {}) });
   });
   return router;
 }
