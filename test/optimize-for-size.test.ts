@@ -7,7 +7,7 @@ import { promisify } from 'node:util';
 /**
  * Guards the departure in src/optimize-for-size.ts: the memory mode must keep
  * reclaiming promoted garbage (its old generation committed about a
- * quarter of the default's on this workload, 39–41 MB against 145–147 MB), and the process entry must set it.
+ * quarter to a third of the default's on this workload, 34–40 MB against 128–129 MB), and the process entry must set it.
  */
 
 const run = promisify(execFile);
