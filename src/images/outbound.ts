@@ -5,7 +5,7 @@
  * make us read cloud metadata or internal services and hand the bytes back to
  * the caller as "an image".
  *
- * The rules (README, "Security"):
+ * The rules (docs/SECURITY.md, "Image downloads"):
  * - the host must be on the allow list (`IMAGE_HOSTS_ALLOWED`: hostnames,
  *   `*.suffix` wildcards, IP literals), default fal's media hosts plus the
  *   `FAL_BASE_URL` origin;

@@ -2,7 +2,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadConfig } from '../../src/config.js';
-import { startService, type Service } from '../../src/service.js';
+import { startService, type Service, type ServiceOverrides } from '../../src/service.js';
 import { startEmulator, type Emulator, type EmulatorOptions } from '../../src/emulator/index.js';
 
 export const TEST_KEY = 'sk-test-0123456789abcdef';
@@ -27,8 +27,13 @@ export interface TestService {
 /**
  * `emulatorOptions` configures the emulator the helper starts; pass
  * `{ use: emulator }` instead to wire an emulator the test owns (and closes).
+ * `registry` replaces the catalog's models (a test that adds one).
  */
-export async function startTestService(env: Record<string, string> = {}, emulatorOptions: EmulatorOptions | { use: Emulator } = {}): Promise<TestService> {
+export async function startTestService(
+  env: Record<string, string> = {},
+  emulatorOptions: EmulatorOptions | { use: Emulator } = {},
+  overrides: Pick<ServiceOverrides, 'registry'> = {},
+): Promise<TestService> {
   const owned = !('use' in emulatorOptions);
   const emulator = 'use' in emulatorOptions ? emulatorOptions.use : await startEmulator({ port: 0, latencyMs: 20, ...emulatorOptions });
   const dataDir = await mkdtemp(join(tmpdir(), 'gw-test-'));
@@ -44,7 +49,7 @@ export async function startTestService(env: Record<string, string> = {}, emulato
     DATA_DIR: dataDir,
     ...env,
   });
-  const service = await startService(config, { logDestination, emulator });
+  const service = await startService(config, { ...overrides, logDestination, emulator });
   return {
     service,
     emulator,

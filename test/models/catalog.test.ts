@@ -1,8 +1,11 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { DEFAULT_PRICES_FILE, ENDPOINTS, loadPriceTable } from '../../src/emulator/index.js';
+import { EMITTED_SCHEMAS } from '../../src/schemas/index.js';
 import { ApiError } from '../../src/errors.js';
 import { normalizeRequest } from '../../src/images/normalize.js';
-import { createModelRegistry, modelCatalog, priceCatalog, type ModelEntry } from '../../src/models/index.js';
+import { createModelRegistry, modelCatalog, PINNED_FIELDS, priceCatalog, type ModelEntry } from '../../src/models/index.js';
 import { callerCharge, maxCharge } from '../../src/metering/pricing.js';
 import { parseMarkup } from '../../src/metering/money.js';
 import { describeModel } from '../../src/models/describe.js';
@@ -249,12 +252,30 @@ const CASES: ModelCase[] = [
 ];
 
 describe('the catalog', () => {
-  it('has a case here for every served model', () => {
-    assert.deepEqual(
-      CASES.map((c) => c.id).sort(),
-      registry.list().map((m) => m.id).filter((id) => id !== 'alibaba/z-image-turbo-lora').sort(),
-    );
-  });
+  const published = new Map(EMITTED_SCHEMAS.map((s) => [s.schema, s.file]));
+  const openapi = readFileSync(new URL('../../openapi.yaml', import.meta.url), 'utf8');
+  const emulatorPrices = loadPriceTable(DEFAULT_PRICES_FILE);
+
+  // What any model must satisfy, checked for every entry so that a new one needs no row of its own here.
+  for (const m of registry.list()) {
+    it(`${m.id}: a prompt alone becomes fal's input with every price-deciding field pinned from its defaults`, () => {
+      const r = normalizeRequest(registry, { model: m.id, prompt: PROMPT });
+      const pinned = PINNED_FIELDS.filter((f) => Object.hasOwn(m.requestSchema.properties, f));
+      assert.deepEqual(r.falInput, { prompt: PROMPT, ...Object.fromEntries(pinned.map((f) => [f, m.defaults[f]])) });
+      assert.ok(maxCharge({ model: m, numImages: 1, size: r.size, promptExpansion: false }, x1) > 0n, 'a default image costs something');
+    });
+
+    it(`${m.id}: its request schema is published in schemas/ and openapi.yaml`, () => {
+      const file = published.get(m.requestSchema);
+      assert.ok(file, 'list the schema in EMITTED_SCHEMAS (src/schemas/index.ts) and run npx tsx scripts/emit-schemas.ts');
+      assert.ok(openapi.includes(`'./schemas/${file}'`), `reference ./schemas/${file} from the request body of openapi.yaml`);
+    });
+
+    it(`${m.id}: the emulator serves ${m.endpoint} at a price`, () => {
+      assert.ok(ENDPOINTS.some((e) => e.id === m.endpoint), 'add the endpoint to ENDPOINTS (src/emulator/endpoints.ts)');
+      assert.ok(emulatorPrices.endpoints[m.endpoint], 'add its row to src/emulator/prices.json');
+    });
+  }
 
   it('prices every model without a confirmed price only through configuration', () => {
     assert.deepEqual(priceCatalog(modelCatalog, {}).unserved.map((m) => m.id), ['alibaba/z-image-base', 'alibaba/z-image-base-lora']);

@@ -4,6 +4,10 @@ import request from 'supertest';
 import sharp from 'sharp';
 import { startTestService, TEST_KEY, type TestService } from '../helpers/service.js';
 import { assertMatchesSchema } from '../helpers/schemas.js';
+import { createServedModelRegistry, modelCatalog, type ModelEntry } from '../../src/models/index.js';
+import { falImageFields } from '../../src/schemas/fields.js';
+import { imageRequestSchema, imageSizeField, inferenceStepsField, numImagesField, outputFormatField } from '../../src/schemas/request-builder.js';
+import { DEFAULT_PRICES_FILE, ENDPOINTS, loadPriceTable, type PriceTable } from '../../src/emulator/index.js';
 
 /**
  * Every catalog model end to end: the service (Z-Image Base priced through
@@ -184,4 +188,92 @@ describe('every catalog model through the service and the emulator', () => {
       }
     });
   }
+});
+
+/**
+ * docs/MODELS.md's three steps for adding a model, taken in this test only:
+ * (1) the entry, its schema composed in place from the shared fields;
+ * (2) the entry listed with the catalog; (3) the emulator given fal's
+ * endpoint and its price row. Nothing else is written for it: the service
+ * then validates, fans out, prices and lists it like any catalog model.
+ */
+describe('a model added as one entry', () => {
+  const endpoint = 'acme-ai/sketch';
+  // Step 1: the entry.
+  const sketch: ModelEntry = {
+    id: 'acme/sketch',
+    aliases: [endpoint],
+    endpoint,
+    ownedBy: 'acme',
+    created: 1767225600,
+    description: 'A test-only model: 2 images per fal job, sides 256 to 1024.',
+    requestSchema: imageRequestSchema({
+      title: 'acme/sketch image generation request',
+      description: 'Body of POST /v1/images/generations for acme/sketch (acme-ai/sketch).',
+      fields: {
+        image_size: imageSizeField({ minSide: 256, maxSide: 1024, multipleOf: 64, defaultPreset: 'square' }),
+        num_images: numImagesField(2),
+        num_inference_steps: inferenceStepsField(1, 20, 10),
+        seed: falImageFields.seed,
+        output_format: outputFormatField(['png', 'jpeg'], 'png'),
+        enable_safety_checker: falImageFields.enable_safety_checker,
+      },
+    }),
+    maxImagesPerJob: 2,
+    maxImagesPerRequest: 10,
+    defaults: { image_size: 'square', num_images: 1, num_inference_steps: 10, output_format: 'png', enable_safety_checker: true },
+    pricing: { unit: 'megapixel', rateUsd: '0.04', megapixelPixels: 1_048_576, rounding: 'ceil_per_image' },
+  };
+  // Step 2: listed with the catalog.
+  const catalog = [...modelCatalog, sketch];
+  // Step 3: the emulator's copy of fal serves the endpoint (FLUX.1 [dev]'s input rules) at its price.
+  const falInputRules = ENDPOINTS.find((e) => e.id === 'fal-ai/flux/dev')!.input;
+  const table = loadPriceTable(DEFAULT_PRICES_FILE);
+  const prices = {
+    ...table,
+    endpoints: { ...table.endpoints, [endpoint]: { unit: 'megapixel', usd_per_unit: '0.04', megapixel_pixels: 1_048_576, rounding: 'ceil_per_image' } },
+  } satisfies PriceTable;
+
+  let t: TestService;
+  before(async () => {
+    t = await startTestService(
+      {},
+      { endpoints: [...ENDPOINTS, { id: endpoint, priceKey: endpoint, input: falInputRules }], prices },
+      { registry: createServedModelRegistry({ catalog, prices: {} }) },
+    );
+  });
+  after(async () => {
+    await t.close();
+  });
+
+  it('serves it: n above the per-job maximum fans out, each image is priced by the entry', async () => {
+    const res = await request(t.url).post('/v1/images/generations').set(auth).send({ model: 'acme/sketch', prompt: 'a kite', n: 3, size: '512x512' });
+    assert.equal(res.status, 200, JSON.stringify(res.body));
+    assertMatchesSchema('images', res.body);
+    assert.equal(res.body.data.length, 3);
+    for (const item of res.body.data) assert.deepEqual(await decode(item), ['png', 512, 512]);
+    // 3 images of 0.25 MP, each rounded up to 1 MP, at $0.04.
+    assert.equal(res.body.meta.usage.cost_usd, '0.120000');
+    const jobs = t.emulator.jobs().filter((j) => j.endpoint === endpoint);
+    assert.deepEqual(jobs.map((j) => j.input['num_images']).sort(), [1, 2]);
+    assert.deepEqual(jobs[0]!.input['image_size'], { width: 512, height: 512 });
+  });
+
+  it('holds requests to its own schema', async () => {
+    const res = await request(t.url).post('/v1/images/generations').set(auth).send({ model: endpoint, prompt: 'a kite', size: '1536x1536' });
+    assert.equal(res.status, 400);
+    assert.equal(res.body.error.param, 'size');
+  });
+
+  it('lists it with its limits and price', async () => {
+    const res = await request(t.url).get('/v1/models/acme/sketch').set(auth);
+    assert.equal(res.status, 200, JSON.stringify(res.body));
+    assert.equal(res.body.id, 'acme/sketch');
+    assert.equal(res.body.endpoint, endpoint);
+    assert.deepEqual(
+      [res.body.limits.max_images_per_job, res.body.limits.min_side, res.body.limits.max_side, res.body.limits.max_inference_steps],
+      [2, 256, 1024, 20],
+    );
+    assert.equal(res.body.pricing.usd_per_unit, '0.04');
+  });
 });
