@@ -16,7 +16,7 @@
  * - RSS: the kernel's resident set at the plateau minus at idle.
  * - live: the V8 heap after full collections (what the test guards).
  *
- *   npx tsx bench/probes/waiting-garbage.ts [--jobs=2000] [--mode=polling|webhook] [--plateau=10] [--node-args='--flag ...']
+ *   [V8_DEFAULTS=1] npx tsx bench/probes/waiting-garbage.ts [--jobs=2000] [--mode=polling|webhook] [--plateau=10] [--node-args='--flag ...']
  */
 import { fork } from 'node:child_process';
 import { once } from 'node:events';
@@ -51,6 +51,12 @@ async function freePort(): Promise<number> {
   return port;
 }
 
+/** User + system CPU seconds of a process so far. */
+function cpuOf(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
 function rssOf(pid: number): number {
   const m = /^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
   return Number(m![1]) * 1024;
@@ -72,6 +78,8 @@ const env: Record<string, string> = {
   DEFAULT_RPM_LIMIT: '0',
   REQUEST_TIMEOUT_MS: '600000',
   RECONCILE_INTERVAL_MS: '0',
+  // V8_DEFAULTS=1: the service on Node's heap defaults, without src/optimize-for-size.ts.
+  ...(process.env.V8_DEFAULTS ? { V8_DEFAULTS: process.env.V8_DEFAULTS } : {}),
   ...(mode === 'polling' ? { STATUS_STREAMS_MAX: '0' } : { FAL_WEBHOOKS: 'true', PUBLIC_BASE_URL: `http://127.0.0.1:${port}`, FAL_WEBHOOK_GRACE_MS: '600000' }),
 };
 const child = fork(FIXTURE, { env, execArgv: [...args['node-args']!.split(' ').filter(Boolean), '--expose-gc', '--trace-gc-nvp', '--import', 'tsx'], stdio: ['ignore', 'pipe', 'inherit', 'ipc'] });
@@ -117,6 +125,7 @@ try {
   if (sample && mode === 'webhook') await ask({ sample: 'start' }, 'sampling');
   emulator.armFault({ kind: 'never_finish', times: JOBS });
   promoted = 0;
+  const cpu0 = cpuOf(child.pid!);
   const t0 = performance.now();
   let sent = 0;
   while (sent < JOBS) {
@@ -126,6 +135,7 @@ try {
   }
   while (held() < JOBS) await sleep(50);
   const rampS = (performance.now() - t0) / 1000;
+  const rampCpuMs = ((cpuOf(child.pid!) - cpu0) * 1000) / JOBS;
   await sleep(500);
   const rampPromoted = promoted;
   promoted = 0;
@@ -144,7 +154,7 @@ try {
   const live1 = await ask<number>({ measure: true }, 'heapUsed');
   const per = (b: number) => `${(b / JOBS / 1024).toFixed(1)} KiB`;
   console.log(
-    `${mode} ${JOBS} jobs (ramp ${rampS.toFixed(1)} s, load ${readFileSync('/proc/loadavg', 'utf8').split(' ')[0]}): ` +
+    `${mode} ${JOBS} jobs (ramp ${rampS.toFixed(1)} s, ${rampCpuMs.toFixed(2)} ms CPU/job, load ${readFileSync('/proc/loadavg', 'utf8').split(' ')[0]}): ` +
       `promoted ${per(rampPromoted)}, promoted/s ${(plateauPromotedPerS / JOBS).toFixed(0)} B, old used ${per(old1 - old0)}, RSS ${per(rss1 - rss0)}, live ${per(live1 - live0)}`,
   );
 } finally {
