@@ -8,7 +8,7 @@ import { loraReuseMarginMs, type Config } from './config.js';
 import { createApp } from './app.js';
 import { createFalGateway, type FalGateway } from './fal/gateway.js';
 import { createMedia } from './images/media.js';
-import { createImageService } from './images/generate.js';
+import { createImageService, type ImageService } from './images/generate.js';
 import { createLoraResolver } from './images/loras.js';
 import { modelCatalog, type ModelRegistry } from './models/registry.js';
 import { createServedModelRegistry } from './models/prices.js';
@@ -29,6 +29,8 @@ import { createCompletionRelay } from './fal/completion-relay.js';
 import { createCompletionHub, createWebhookVerifier, type WebhookVerifier } from './fal/webhooks.js';
 import { FAL_WEBHOOK_PATH } from './http/routes/fal-webhook.js';
 import { createReconciler, type Reconciler, type ReconcileReport } from './metering/reconcile.js';
+import { createPendingCloses } from './metering/pending-closes.js';
+import { join } from 'node:path';
 import { createLeaseStore, holdLease } from './metering/lease-store.js';
 import { createOutboxStore } from './metering/outbox-store.js';
 import { createBillingWebhookWorker, type BillingWebhookWorker } from './metering/billing-webhook.js';
@@ -57,6 +59,8 @@ export interface Service {
   emulator: Emulator | undefined;
   generatedKey: GeneratedKey | undefined;
   reconciler: Reconciler;
+  /** The use case; `inFlight` says which requests this process is working on. */
+  images: ImageService;
   /** Per-key request limits; `stats` counts refusals and fail-opens. */
   rateLimiter: KeyRateLimiter;
   /** The reconciliation started with the service (it does not delay listening). */
@@ -185,9 +189,12 @@ export async function startService(config: Config, overrides: ServiceOverrides =
   // users (readiness checks, tests) may add listeners of their own: no warning cap.
   setMaxListeners(0, shutdown.signal);
   let shuttingDown = false;
+  const pendingCloses = createPendingCloses(join(config.dataDir, 'pending-closes'));
   const images = createImageService({
     fal,
     ledger,
+    lease,
+    pendingCloses,
     media,
     markup,
     requestTimeoutMs: config.requestTimeoutMs,
@@ -198,7 +205,18 @@ export async function startService(config: Config, overrides: ServiceOverrides =
     metrics,
   });
 
-  const reconciler = createReconciler({ ledger, fal, registry, markup, logger, billingEvents: billingWebhook, leases: { store: leaseStore, ownLeaseId: lease.id } });
+  const reconciler = createReconciler({
+    ledger,
+    fal,
+    registry,
+    markup,
+    logger,
+    billingEvents: billingWebhook,
+    giveUpAfterMs: config.jobGiveUpMs,
+    leases: { store: leaseStore, ownLeaseId: lease.id, valid: lease.valid },
+    inFlight: images.inFlight,
+    pendingCloses,
+  });
   let reconciling: Promise<ReconcileReport | undefined> | undefined;
   let leaseWatch: NodeJS.Timeout | undefined;
   const reconcile = (): Promise<ReconcileReport | undefined> => {
@@ -206,7 +224,7 @@ export async function startService(config: Config, overrides: ServiceOverrides =
     reconciling ??= reconciler
       .run({ olderThanMs: config.reconcileAfterMs })
       .then((report) => {
-        if (report.examined > 0 || report.lostFound.length > 0 || report.lostAbsent.length > 0) logger.info({ reconcile: { ...report, examined: report.examined } }, 'reconciled open requests');
+        if (report.examined > 0 || report.lostFound.length > 0 || report.lostAbsent.length > 0 || report.pendingClosed.length > 0 || report.jobsClosed.length > 0) logger.info({ reconcile: { ...report, examined: report.examined } }, 'reconciled open requests');
         watchLease(report.nextLeaseExpiryMs);
         return report;
       })
@@ -307,6 +325,7 @@ export async function startService(config: Config, overrides: ServiceOverrides =
     emulator,
     generatedKey,
     reconciler,
+    images,
     rateLimiter,
     startupReconcile,
     close() {

@@ -21,6 +21,11 @@ export function migrations(dialect: DatabaseDialect): Record<string, Migration> 
         await createLeases(db);
       },
     },
+    '0003_job_give_up': {
+      async up(db: Kysely<any>) {
+        await addGiveUpColumns(db);
+      },
+    },
   };
 }
 
@@ -230,6 +235,18 @@ async function createLeases(db: Kysely<any>): Promise<void> {
   // No foreign key: a lease row is deleted when its process shuts down, and its requests keep the id.
   await db.schema.alterTable('requests').addColumn('lease_id', 'text').execute();
   await db.schema.createIndex('requests_lease').on('requests').columns(['lease_id', 'status']).execute();
+}
+
+/**
+ * 0003: what a job given up as `lost` keeps (src/metering/reconcile.ts): fal's
+ * last word about it, and a cost that is our estimate when fal reported
+ * none. Every job row gets, at reservation, the upstream cost it would have
+ * if it completed as asked: the estimate a give-up records.
+ */
+async function addGiveUpColumns(db: Kysely<any>): Promise<void> {
+  await db.schema.alterTable('upstream_jobs').addColumn('estimate_micros', 'bigint').execute();
+  await db.schema.alterTable('upstream_jobs').addColumn('cost_estimated', 'bigint', (c) => c.notNull().defaultTo(0)).execute();
+  await db.schema.alterTable('upstream_jobs').addColumn('fal_last_word', 'text').execute();
 }
 
 class InCodeMigrationProvider implements MigrationProvider {

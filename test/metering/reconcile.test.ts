@@ -168,7 +168,11 @@ describe('reconcile: lost submits when fal stores no inputs (X-Fal-Store-IO: 0)'
     await run(LATER_MS / 2);
     const row = await t.service.ledger.getRequest(id);
     assert.equal(row?.jobs[0]?.status, 'lost');
-    assert.equal(row?.jobs[0]?.errorCode, 'unresolved_upstream');
+    assert.equal(row?.jobs[0]?.errorCode, 'gave_up');
+    assert.match(row?.jobs[0]?.falLastWord ?? '', /listing unmatchable/);
+    // fal reported no cost for it: recorded at the job's estimate, marked as one, which is what fal billed for the job it made.
+    assert.equal(row?.jobs[0]?.costEstimated, true);
+    assert.equal(row?.jobs[0]?.upstreamCostMicros, parseUsd(t.emulator.billing().find((b) => b.request_id === job.request_id)!.usd));
   });
 });
 
@@ -181,10 +185,10 @@ describe('reconcile: leases', () => {
     await t.close();
   });
 
-  /** A reconciler holding the service's own lease, its clock `aheadMs` in the future. */
+  /** A reconciler of the process holding `ownLeaseId` (its ledger writes under that lease), its clock `aheadMs` in the future. */
   const reconcile = (ownLeaseId: string, aheadMs = 0): Promise<ReconcileReport> =>
     createReconciler({
-      ledger: t.service.ledger,
+      ledger: createLedger(t.service.database, { leaseId: ownLeaseId }),
       fal: t.service.fal,
       registry: t.service.registry,
       markup: parseMarkup('1'),
