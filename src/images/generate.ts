@@ -236,6 +236,7 @@ async function answerImages(deps: FinishDeps, now: () => number, run: Run, ctx: 
       throw meteringUnavailable(true);
     }
     if (settled.request.chargeMicros !== settled.charge.micros) log.error({ charge_micros: String(settled.request.chargeMicros), answered_micros: String(settled.charge.micros) }, 'another process settled the request at another charge');
+    else log.info('another process settled the request first, at the same charge');
   }
   observeDelivered(deps, run, results, settled);
   return { body, charge: settled.charge, falRequestIds: results.map((r) => r.falRequestId) };

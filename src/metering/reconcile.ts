@@ -193,7 +193,8 @@ async function reconcileRequest(ctx: Ctx, r: RequestWithJobs, report: ReconcileR
     return;
   }
   if (decision.write === 'close') {
-    await ctx.ledger.release({ requestId: r.id, status: 'failed', errorCode: decision.errorCode });
+    // Closed meanwhile by the process answering it (or another round): nothing to report.
+    if (!(await ctx.ledger.release({ requestId: r.id, status: 'failed', errorCode: decision.errorCode })).released) return;
     (decision.errorCode === GAVE_UP ? report.abandoned : report.released).push(r.id);
     if (decision.errorCode === GAVE_UP) log.error({ model: r.model }, 'reconcile: gave up on a request fal never resolved; released without charge');
     return;
@@ -201,6 +202,7 @@ async function reconcileRequest(ctx: Ctx, r: RequestWithJobs, report: ReconcileR
   // No answer was written for this request: the images fal completed are the caller's.
   const completed = steps.flatMap((s) => (s.completed ? [s.completed] : []));
   const out = await settleCompleted(ctx.ledger, model, r.id, pricing, completed, { billingEvents: ctx.billingEvents });
+  if (!out.settled) return;
   report.settled.push(r.id);
   log.info({ charge_usd: out.charge.usd, jobs: completed.length }, 'reconcile: settled a request fal completed');
 }
