@@ -167,9 +167,11 @@ export async function holdLease(store: LeaseStore, options: { logger: Logger; re
  */
 export function inScope(eb: ExpressionBuilder<any, any>, scope: ReconcileScope, lease: string, createdAt: string): Expression<SqlBool> {
   const own = scope.ownLeaseId;
-  const ownOrNone = own === undefined ? eb(lease, 'is', null) : eb.or([eb(lease, 'is', null), eb(lease, '=', own)]);
+  const leaseless = eb.and([eb(lease, 'is', null), eb(createdAt, '<', scope.createdBefore)]);
   const deadOwner = [eb(lease, 'is not', null)];
   if (own !== undefined) deadOwner.push(eb(lease, '<>', own));
   if (scope.live.length > 0) deadOwner.push(eb(lease, 'not in', [...scope.live]));
-  return eb.or([eb.and([eb(createdAt, '<', scope.createdBefore), ownOrNone]), eb.and(deadOwner)]);
+  const either = [leaseless, eb.and(deadOwner)];
+  if (own !== undefined) either.push(eb.and([eb(lease, '=', own), eb(createdAt, '<', scope.ownCreatedBefore)]));
+  return eb.or(either);
 }

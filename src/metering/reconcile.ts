@@ -33,9 +33,9 @@ import { closeUncharged, decodePricing, settleCompleted, type BillingEvents, typ
  * estimate marked as one, and its request's hold is released.
  *
  * Which rows a round touches is the lease rule (leases.ts): those of a
- * dead owner at once, the process's own (and lease-less ones) once older than
- * `olderThanMs` and not in flight in this process, another live process's
- * never. A dead owner's request is first taken over (its `lease_id` becomes
+ * dead owner at once, the process's own at once unless it is working on
+ * them (`inFlight`; without it, once older than `olderThanMs`), lease-less
+ * ones once older than `olderThanMs`, another live process's never. A dead owner's request is first taken over (its `lease_id` becomes
  * this process's lease, in one conditional write): should the owner be
  * alive after all, its own writes to the request then fail instead of
  * racing this round (ledger.ts). Without `leases`, only rows older than
@@ -160,7 +160,8 @@ async function roundScope(ctx: Ctx, olderThanMs: number, report: ReconcileReport
   if (ctx.leases) {
     const { store, ownLeaseId } = ctx.leases;
     const leases = await store.list();
-    scope = reconcileScope({ ownLeaseId, leases, nowMs, olderThanMs });
+    // Knowing what it is working on, the process takes every other request of its own at once.
+    scope = reconcileScope({ ownLeaseId, leases, nowMs, olderThanMs, ownOlderThanMs: ctx.inFlight ? 0 : olderThanMs });
     for (const l of leases) if (l.expiresAtMs <= nowMs) expired.set(l.id, l.expiresAtMs);
     const owners = await store.ownersOfOpenRequests(scope.live.filter((id) => id !== ownLeaseId));
     report.nextLeaseExpiryMs = nextForeignExpiry(leases, owners, ownLeaseId, nowMs);

@@ -227,6 +227,31 @@ describe('reconcile: leases', () => {
     assert.equal((await t.service.ledger.getRequest(mine))?.status, 'submitted');
   });
 
+  it('a dead owner’s lost submit is settled once its lease expiry (and the clock skew) has passed, not a submit timeout after its row', async () => {
+    const store = createLeaseStore(t.service.database);
+    const dead = await store.acquire({ id: `dead-${Math.random()}`, host: 'elsewhere', pid: 1, expiryMs: 1_000 });
+    const model = t.service.registry.lookup(MODEL)!;
+    const keyId = (await t.service.keys.create({ name: 'lost window', budgetMicros: null })).record.id;
+    const reserveLost = async (leaseId: string | undefined) => {
+      const requestId = `req-window-${Math.random().toString(36).slice(2)}`;
+      const input = { prompt: `${requestId} never sent`, image_size: 'square', num_images: 1, sync_mode: false };
+      await createLedger(t.service.database, { leaseId }).reserve({ requestId, keyId, model: MODEL, endpoint: model.endpoint, maxChargeMicros: 1_000n, jobs: 1, inputHashes: [inputHash(input)] });
+      return requestId;
+    };
+    // A lease whose row is gone gives no expiry: its requests are anyone's, but its submits' windows are the whole submit timeout.
+    const gone = await store.acquire({ id: `gone-${Math.random()}`, host: 'elsewhere', pid: 2, expiryMs: 1_000 });
+    const ofDead = await reserveLost(dead.id);
+    const ofGone = await reserveLost(gone.id);
+    await store.release(gone.id);
+    // 10 s on: the dead lease ran out 9 s ago, more than the skew; the other submit could still be on its way (60 s).
+    const report = await reconcile(`own-${Math.random()}`, 10_000);
+    assert.ok(report.lostAbsent.includes(jobIdFor(ofDead, 0)), JSON.stringify(report));
+    assert.equal((await t.service.ledger.getRequest(ofDead))?.status, 'failed', 'released: fal made no job');
+    assert.ok(!report.lostAbsent.includes(jobIdFor(ofGone, 0)));
+    assert.equal((await t.service.ledger.getRequest(ofGone))?.jobs[0]?.status, 'submitting');
+    assert.ok(report.adopted.includes(ofGone), 'looked at: its owner is gone');
+  });
+
   it('a request whose lease was released (a graceful stop) is anyone’s at once; a lease-less young one is not', async () => {
     const store = createLeaseStore(t.service.database);
     const gone = await store.acquire({ id: `gone-${Math.random()}`, host: 'elsewhere', pid: 1, expiryMs: 10_000 });
