@@ -83,6 +83,8 @@ describe('reconciliation gives up on jobs fal never resolves', () => {
     assert.ok(job.upstreamCostMicros > 0n);
     assert.equal(row.chargeMicros, 0n, 'answered 504: never charged');
     assert.equal(await keyReserved(), 0n, 'no hold is left');
+    const unrecovered = await t.service.reports.unrecovered({ model: MODEL });
+    assert.ok(unrecovered.estimatedMicros >= job.upstreamCostMicros, 'the usage report shows it as an estimate');
 
     // fal's side ends it at last: what it bills is what the estimate said.
     t.emulator.finishJob(falJob('forever-ignored').request_id);
