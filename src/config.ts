@@ -330,11 +330,7 @@ export function loadConfig(env: Env = process.env): Config {
   // be working on it: our own deadline plus a margin.
   config.reconcileAfterMs = int('RECONCILE_AFTER_MS', config.requestTimeoutMs + 60_000, 0, 7 * 86_400_000);
   config.jobGiveUpMs = int('JOB_GIVE_UP_MS', Math.max(DEFAULT_GIVE_UP_AFTER_MS, giveUpFloorMs(config) + 60_000), 1_000, 7 * 86_400_000);
-  if (config.jobGiveUpMs <= giveUpFloorMs(config)) {
-    problems.push(
-      `JOB_GIVE_UP_MS (${config.jobGiveUpMs}) must be more than REQUEST_TIMEOUT_MS + LEASE_EXPIRY_MS (${giveUpFloorMs(config)}): a job is given up only once no live process can still be waiting on it`,
-    );
-  }
+  if (config.jobGiveUpMs <= giveUpFloorMs(config)) problems.push(`JOB_GIVE_UP_MS (${config.jobGiveUpMs}) must be more than REQUEST_TIMEOUT_MS + LEASE_EXPIRY_MS (${giveUpFloorMs(config)}): a job is given up only once no live process can still be waiting on it`);
   if (config.loraUploadTtlS * 1000 <= loraReuseMarginMs(config)) {
     problems.push(`LORA_UPLOAD_TTL_S must be longer than REQUEST_TIMEOUT_MS + 60 s (${loraReuseMarginMs(config) / 1000} s): an uploaded LoRA must outlive the job that reads it`);
   }

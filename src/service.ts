@@ -205,18 +205,8 @@ export async function startService(config: Config, overrides: ServiceOverrides =
     metrics,
   });
 
-  const reconciler = createReconciler({
-    ledger,
-    fal,
-    registry,
-    markup,
-    logger,
-    billingEvents: billingWebhook,
-    giveUpAfterMs: config.jobGiveUpMs,
-    leases: { store: leaseStore, ownLeaseId: lease.id, valid: lease.valid },
-    inFlight: images.inFlight,
-    pendingCloses,
-  });
+  const leases = { store: leaseStore, ownLeaseId: lease.id, valid: lease.valid };
+  const reconciler = createReconciler({ ledger, fal, registry, markup, logger, billingEvents: billingWebhook, giveUpAfterMs: config.jobGiveUpMs, leases, inFlight: images.inFlight, pendingCloses });
   let reconciling: Promise<ReconcileReport | undefined> | undefined;
   let leaseWatch: NodeJS.Timeout | undefined;
   const reconcile = (): Promise<ReconcileReport | undefined> => {

@@ -23,6 +23,8 @@ export interface LostSubmitDeps {
   now: () => number;
   giveUpAfterMs: number;
   submitTimeoutMs: number;
+  /** Requests this process is working on: their submits are not lost, whatever their age (a resend may be under way). */
+  inFlight?: ((requestId: string) => boolean) | undefined;
 }
 
 export interface LostSubmitReport {
@@ -37,7 +39,7 @@ export interface LostSubmitReport {
  * request they own has its window end there (`submitWindow`).
  */
 export async function findLostSubmits(deps: LostSubmitDeps, which: ListOpenOptions, expiredLeases: ReadonlyMap<string, number>, report: LostSubmitReport): Promise<void> {
-  const lost = await deps.ledger.listLostSubmits(which);
+  const lost = (await deps.ledger.listLostSubmits(which)).filter((job) => !deps.inFlight?.(job.requestId));
   const jobs = lost.map((job) => ({
     job,
     endpoint: job.endpoint,

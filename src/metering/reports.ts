@@ -199,12 +199,7 @@ export function createReports(database: Database, options: ReportsOptions = {}):
       if (filter.model !== undefined) q = q.where('r.model', '=', filter.model);
       if (filter.keyId !== undefined) q = q.where('r.key_id', '=', filter.keyId);
       const rows = await q
-        .select([
-          'r.model as model',
-          sql<bigint>`sum(j.upstream_cost_micros)`.as('micros'),
-          sql<bigint>`sum(case when j.cost_estimated = 1 then j.upstream_cost_micros else 0 end)`.as('estimated'),
-          sql<bigint>`count(*)`.as('jobs'),
-        ])
+        .select(['r.model as model', sql<bigint>`sum(j.upstream_cost_micros)`.as('micros'), sql<bigint>`sum(case when j.cost_estimated = 1 then j.upstream_cost_micros else 0 end)`.as('estimated'), sql<bigint>`count(*)`.as('jobs')])
         .groupBy('r.model')
         .orderBy('r.model')
         .execute();

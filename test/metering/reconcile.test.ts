@@ -18,6 +18,14 @@ import { parseMarkup, parseUsd } from '../../src/metering/money.js';
  */
 
 const MODEL = 'alibaba/z-image-turbo';
+
+async function until(fn: () => boolean, what: string): Promise<void> {
+  const end = Date.now() + 30_000;
+  while (!fn()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
 const LATER_MS = 10 * 60_000;
 
 describe('reconcile: lost submits', () => {
@@ -116,6 +124,27 @@ describe('reconcile: lost submits', () => {
     assert.ok(!report.lostFound.includes(second.jobId));
     assert.equal((await t.service.ledger.getRequest(second.requestId))?.jobs[0]?.status, 'refused');
     assert.equal((await t.service.ledger.getRequest(first.requestId))?.jobs[0]?.falRequestId, falRequestId);
+  });
+
+  it('a submit still being resent is not lost: the process’s own round leaves a request it is answering alone, even when fal lists a job of the same input', async () => {
+    // The first attempt makes a job and is refused 503 (fal named it: a stray); the resend waits 3 s, then makes the job.
+    t.emulator.armFault([
+      { phase: 'submit', status: 503, commit: true, prompt_contains: 'resent', times: 1 },
+      { phase: 'submit', kind: 'delay', delay_ms: 3_000, prompt_contains: 'resent', times: 1 },
+    ]);
+    // supertest sends on then(): started now, awaited below.
+    const answer = post('resent').then((r) => r);
+    await until(() => t.emulator.jobs().some((j) => String(j.input.prompt).includes('resent')), 'the refused attempt’s job');
+    const round = await t.service.reconciler.run({ olderThanMs: 0 });
+    assert.deepEqual(round.lostFound, [], 'the job of the refused attempt is not taken for the request’s own');
+    const res = await answer;
+    assert.equal(res.status, 200, JSON.stringify(res.body));
+    const row = (await t.service.ledger.getRequest(res.headers['x-request-id'] as string))!;
+    const jobs = t.emulator.jobs().filter((j) => String(j.input.prompt).includes('resent'));
+    assert.equal(jobs.length, 2);
+    assert.equal(row.jobs.find((j) => j.kind === 'job')?.falRequestId, res.body.meta.fal_request_id ?? row.jobs.find((j) => j.kind === 'job')?.falRequestId);
+    assert.equal(row.jobs.filter((j) => j.kind === 'stray').length, 1, 'the refused attempt’s job is a stray');
+    assert.equal(row.chargeMicros, parseUsd(res.headers['x-usage-cost-usd'] as string), 'charged once, as answered');
   });
 
   it('a listing that fails is tried again next round; the job stays open until it answers', async () => {
