@@ -25,6 +25,7 @@ export const INTEGRATION = [
   'test/main.test.ts', // starts and signals src/main.ts as a process
   'test/metering/crash-recovery.test.ts', // kills service processes mid-request
   'test/metering/ledger.test.ts', // the ledger's whole contract, on SQLite and PostgreSQL
+  'test/metering/reconcile-job.test.ts', // waits out real give-up deadlines (JOB_GIVE_UP_MS) through the service
   'test/replicas.test.ts', // two replicas sharing PostgreSQL
   'test/scripts/probe-fal.test.ts', // the whole probe against the emulator
   'test/sdk/clients-doc.test.ts', // runs each snippet of docs/clients.md in its own Node process

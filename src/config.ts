@@ -9,6 +9,7 @@ import { normalizeHostPattern } from './images/outbound.js';
 import type { ModelPriceOverride, ModelPrices } from './models/prices.js';
 import { PRICE_ROUNDINGS, PRICE_UNITS } from './metering/pricing.js';
 import { DEFAULT_LEASE_EXPIRY_MS, DEFAULT_LEASE_RENEW_MS } from './metering/leases.js';
+import { DEFAULT_GIVE_UP_AFTER_MS } from './metering/job-state.js';
 
 export interface Config {
   port: number;
@@ -53,6 +54,12 @@ export interface Config {
   leaseRenewMs: number;
   /** How long after its last renewal a lease expires: a dead process's requests are settled after this. */
   leaseExpiryMs: number;
+  /**
+   * How old a job fal never resolved (still running after a cancel, or its
+   * status and result failing) may get before reconciliation gives it up as
+   * `lost` and releases its request's hold (JOB_GIVE_UP_MS).
+   */
+  jobGiveUpMs: number;
   /** Image requests one process works on at once; beyond it, 429. */
   maxInFlight: number;
   /** On SIGTERM: how long in-flight requests may take to finish. */
@@ -167,6 +174,15 @@ function parseModelPrices(raw: string | undefined, problems: string[]): ModelPri
   }
   // fromEntries defines own properties, so a "__proto__" key stays a (refused, unknown) model name rather than a prototype.
   return Object.freeze(Object.fromEntries(entries));
+}
+
+/**
+ * The earliest a job may be given up: its request's deadline has passed on
+ * whichever process took it, and that process's lease (were it dead) has
+ * expired, so reconciliation is the only one still asking fal about it.
+ */
+export function giveUpFloorMs(config: Pick<Config, 'requestTimeoutMs' | 'leaseExpiryMs'>): number {
+  return config.requestTimeoutMs + config.leaseExpiryMs;
 }
 
 /** How long a cached LoRA URL must still live to be used: fal reads it when the job starts, at most our request deadline after the submit. */
@@ -323,6 +339,7 @@ export function loadConfig(env: Env = process.env): Config {
     reconcileIntervalMs: int('RECONCILE_INTERVAL_MS', 60_000, 0, 86_400_000),
     leaseRenewMs: int('LEASE_RENEW_MS', DEFAULT_LEASE_RENEW_MS, 100, 60_000),
     leaseExpiryMs: int('LEASE_EXPIRY_MS', DEFAULT_LEASE_EXPIRY_MS, 1_000, 600_000),
+    jobGiveUpMs: 0,
     emulatorLatencyMs: str('EMULATOR_LATENCY_MS') === undefined ? undefined : int('EMULATOR_LATENCY_MS', 0, 0, 3_600_000),
     emulatorImageMode: imageMode as Config['emulatorImageMode'],
     defaultRpmLimit: int('DEFAULT_RPM_LIMIT', 600, 0, 1_000_000),
@@ -353,6 +370,8 @@ export function loadConfig(env: Env = process.env): Config {
   // By default a request is only reconciled once no live process could still
   // be working on it: our own deadline plus a margin.
   config.reconcileAfterMs = int('RECONCILE_AFTER_MS', config.requestTimeoutMs + 60_000, 0, 7 * 86_400_000);
+  config.jobGiveUpMs = int('JOB_GIVE_UP_MS', Math.max(DEFAULT_GIVE_UP_AFTER_MS, giveUpFloorMs(config) + 60_000), 1_000, 7 * 86_400_000);
+  if (config.jobGiveUpMs <= giveUpFloorMs(config)) problems.push(`JOB_GIVE_UP_MS (${config.jobGiveUpMs}) must be more than REQUEST_TIMEOUT_MS + LEASE_EXPIRY_MS (${giveUpFloorMs(config)}): a job is given up only once no live process can still be waiting on it`);
   if (config.loraUploadTtlS * 1000 <= loraReuseMarginMs(config)) {
     problems.push(`LORA_UPLOAD_TTL_S must be longer than REQUEST_TIMEOUT_MS + 60 s (${loraReuseMarginMs(config) / 1000} s): an uploaded LoRA must outlive the job that reads it`);
   }

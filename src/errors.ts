@@ -159,3 +159,15 @@ export function errorResponse(err: unknown): ErrorResponse {
     body: { error: { message: e.message, type: e.type, param: e.param, code: e.code } },
   };
 }
+
+/**
+ * No answer may be written: the request now belongs to another process,
+ * which settles it as one whose caller got no answer (src/metering/leases.ts).
+ * The error writer closes the connection without a response.
+ */
+export class AnswerWithheld extends Error {
+  constructor(readonly requestId: string, readonly owner: string | null) {
+    super(`request ${requestId} was taken over by lease ${owner ?? '(none)'}; no answer is written`);
+    this.name = 'AnswerWithheld';
+  }
+}

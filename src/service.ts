@@ -10,7 +10,7 @@ import { createApp } from './app.js';
 import { createFalGateway, type FalGateway } from './fal/gateway.js';
 import { createMedia } from './images/media.js';
 import { createFileUrls, loadOrCreateFileUrlSecret } from './images/file-urls.js';
-import { createImageService } from './images/generate.js';
+import { createImageService, type ImageService } from './images/generate.js';
 import { createLoraResolver } from './images/loras.js';
 import { createAnswerRecovery } from './images/recover-answer.js';
 import { modelCatalog, type ModelRegistry } from './models/registry.js';
@@ -32,6 +32,8 @@ import { createCompletionRelay } from './fal/completion-relay.js';
 import { createCompletionHub, createWebhookVerifier, type WebhookVerifier } from './fal/webhooks.js';
 import { FAL_WEBHOOK_PATH } from './http/routes/fal-webhook.js';
 import { createReconciler, type Reconciler, type ReconcileReport } from './metering/reconcile.js';
+import { createPendingCloses } from './metering/pending-closes.js';
+import { join } from 'node:path';
 import { createLeaseStore, holdLease } from './metering/lease-store.js';
 import { createOutboxStore } from './metering/outbox-store.js';
 import { createBillingWebhookWorker, type BillingWebhookWorker } from './metering/billing-webhook.js';
@@ -61,6 +63,8 @@ export interface Service {
   emulator: Emulator | undefined;
   generatedKey: GeneratedKey | undefined;
   reconciler: Reconciler;
+  /** The use case; `inFlight` says which requests this process is working on. */
+  images: ImageService;
   /** Per-key request limits; `stats` counts refusals and fail-opens. */
   rateLimiter: KeyRateLimiter;
   /** The reconciliation started with the service (it does not delay listening). */
@@ -196,9 +200,12 @@ export async function startService(config: Config, overrides: ServiceOverrides =
   // users (readiness checks, tests) may add listeners of their own: no warning cap.
   setMaxListeners(0, shutdown.signal);
   let shuttingDown = false;
+  const pendingCloses = createPendingCloses(join(config.dataDir, 'pending-closes'));
   const images = createImageService({
     fal,
     ledger,
+    lease,
+    pendingCloses,
     media,
     markup,
     requestTimeoutMs: config.requestTimeoutMs,
@@ -209,7 +216,8 @@ export async function startService(config: Config, overrides: ServiceOverrides =
     metrics,
   });
 
-  const reconciler = createReconciler({ ledger, fal, registry, markup, logger, billingEvents: billingWebhook, leases: { store: leaseStore, ownLeaseId: lease.id } });
+  const leases = { store: leaseStore, ownLeaseId: lease.id, valid: lease.valid };
+  const reconciler = createReconciler({ ledger, fal, registry, markup, logger, billingEvents: billingWebhook, giveUpAfterMs: config.jobGiveUpMs, leases, inFlight: images.inFlight, pendingCloses });
   let reconciling: Promise<ReconcileReport | undefined> | undefined;
   let leaseWatch: NodeJS.Timeout | undefined;
   const reconcile = (): Promise<ReconcileReport | undefined> => {
@@ -217,7 +225,7 @@ export async function startService(config: Config, overrides: ServiceOverrides =
     reconciling ??= reconciler
       .run({ olderThanMs: config.reconcileAfterMs })
       .then((report) => {
-        if (report.examined > 0 || report.lostFound.length > 0 || report.lostAbsent.length > 0) logger.info({ reconcile: { ...report, examined: report.examined } }, 'reconciled open requests');
+        if (report.examined > 0 || report.lostFound.length > 0 || report.lostAbsent.length > 0 || report.pendingClosed.length > 0 || report.jobsClosed.length > 0) logger.info({ reconcile: { ...report, examined: report.examined } }, 'reconciled open requests');
         watchLease(report.nextLeaseExpiryMs);
         return report;
       })
@@ -333,6 +341,7 @@ export async function startService(config: Config, overrides: ServiceOverrides =
     emulator,
     generatedKey,
     reconciler,
+    images,
     rateLimiter,
     startupReconcile,
     close(opts = {}) {

@@ -26,6 +26,11 @@ export function migrations(dialect: DatabaseDialect): Record<string, Migration> 
         await addIdempotencyLease(db);
       },
     },
+    '0004_job_give_up': {
+      async up(db: Kysely<any>) {
+        await addGiveUpColumns(db);
+      },
+    },
   };
 }
 
@@ -245,6 +250,18 @@ async function createLeases(db: Kysely<any>): Promise<void> {
  */
 async function addIdempotencyLease(db: Kysely<any>): Promise<void> {
   await db.schema.alterTable('idempotency').addColumn('lease_id', 'text').execute();
+}
+
+/**
+ * 0004: what a job given up as `lost` keeps (src/metering/reconcile.ts): fal's
+ * last word about it, and a cost that is our estimate when fal reported
+ * none. Every job row gets, at reservation, the upstream cost it would have
+ * if it completed as asked: the estimate a give-up records.
+ */
+async function addGiveUpColumns(db: Kysely<any>): Promise<void> {
+  await db.schema.alterTable('upstream_jobs').addColumn('estimate_micros', 'bigint').execute();
+  await db.schema.alterTable('upstream_jobs').addColumn('cost_estimated', 'bigint', (c) => c.notNull().defaultTo(0)).execute();
+  await db.schema.alterTable('upstream_jobs').addColumn('fal_last_word', 'text').execute();
 }
 
 class InCodeMigrationProvider implements MigrationProvider {

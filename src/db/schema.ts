@@ -104,6 +104,12 @@ export interface UpstreamJobsTable {
   error_code: string | null;
   created_at: string;
   completed_at: string | null;
+  /** The upstream cost the job would have if it completed as asked, priced at reservation; null for strays. */
+  estimate_micros: ColumnType<bigint | null, bigint | number | null | undefined, bigint | number | null>;
+  /** 1 when `upstream_cost_micros` is our estimate, not a cost fal reported (a completed job without billed units, a job given up). */
+  cost_estimated: Int64WithDefault;
+  /** fal's last answer about a job given up as `lost` (its status, or the error it answered). */
+  fal_last_word: ColumnType<string | null, string | null | undefined, string | null>;
 }
 
 export interface IdempotencyTable {

@@ -1,15 +1,16 @@
 import type { ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
-import { ApiError, errorResponse } from '../errors.js';
+import { AnswerWithheld, ApiError, errorResponse } from '../errors.js';
 
 /**
  * The one place an error becomes an answer, whatever state the response is
  * in: the error JSON (errors.ts shapes it) while nothing was sent; an SSE
  * `error` event on a stream that started (the openai SDK throws on any event
  * whose data has an `error` key, with its message); a cut connection when a
- * body was under way; and raw bytes on a socket the HTTP parser refused,
- * which never became a request. Unexpected errors and 5xx answers are logged
+ * body was under way, or when no answer may be written (`AnswerWithheld`);
+ * and raw bytes on a socket the HTTP parser refused, which never became a
+ * request. Unexpected errors and 5xx answers are logged
  * here, once.
  */
 export interface ErrorWriter {
@@ -18,6 +19,12 @@ export interface ErrorWriter {
 
 export function createErrorWriter(logger: Logger): ErrorWriter {
   return (err, res) => {
+    if (err instanceof AnswerWithheld) {
+      // Its new owner bills it as a request nobody answered; an answer here would contradict that bill.
+      logger.error({ request_id: err.requestId, owner_lease_id: err.owner }, 'request taken over by another process; connection closed without an answer');
+      res.destroy();
+      return;
+    }
     const out = errorResponse(err);
     const locals = (res as { locals?: Record<string, unknown> }).locals;
     if (locals) locals.errorCode = out.body.error.code;

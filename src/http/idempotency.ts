@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { ApiError, errorResponse, invalidRequest } from '../errors.js';
+import { AnswerWithheld, ApiError, errorResponse, invalidRequest } from '../errors.js';
 import type { GenerateOutcome } from '../images/generate.js';
 import type { AnswerRecovery, Recovered } from '../images/recover-answer.js';
 import type { IdempotencyStore, RunningClaim } from '../metering/idempotency-store.js';
@@ -95,7 +95,9 @@ export async function withIdempotency(opts: IdempotencyOptions, scope: Idempoten
       await opts.store.abandon(key);
       throw err;
     }
-    if (scope.callerGone?.()) {
+    // No answer will be written here (the caller left, or the request's new
+    // owner bills it as unanswered): a retry reads what the ledger says.
+    if (scope.callerGone?.() || err instanceof AnswerWithheld) {
       await opts.store.detach(key);
       throw err;
     }

@@ -1,13 +1,15 @@
 import type { Logger } from 'pino';
 import { isStorageUnavailable } from '../db/errors.js';
 import { ApiError, insufficientQuota, serviceUnavailable, storageFailed, upstreamError } from '../errors.js';
+import type { PendingCloses } from '../metering/pending-closes.js';
+import { InFlight, closeUnchargedNow, closeLater, closedBy, type ClosingDeps } from './closing.js';
 import type { FalGateway, FalJobStatus, FalResult } from '../fal/gateway.js';
 import { decideRequest } from '../metering/job-state.js';
 import { jobIdFor, type Ledger } from '../metering/ledger.js';
 import { inputHash } from '../metering/lost-submits.js';
 import { formatUsd, type Markup } from '../metering/money.js';
-import { callerChargeForJobs, maxCharge, splitIntoJobs, type Charge } from '../metering/pricing.js';
-import { closeUncharged, encodePricing, settleCompleted, type BillingEvents, type CompletedJob } from '../metering/settlement.js';
+import { callerChargeForJobs, jobEstimates, maxCharge, splitIntoJobs, type Charge } from '../metering/pricing.js';
+import { encodePricing, settleCompleted, type BillingEvents, type CompletedJob } from '../metering/settlement.js';
 import type { Metrics } from '../metrics.js';
 import type { ImagesResponse } from '../schemas/images-response.js';
 import { MeteringUnavailable, runJob, type JobOutcome } from './job-runner.js';
@@ -16,6 +18,7 @@ import { MediaError, type Media } from './media.js';
 import type { CanonicalRequest } from './normalize.js';
 import { RequestStop, Shutdown } from './request-stop.js';
 import { imagesResponse } from './response.js';
+import { progressReporter } from './progress.js';
 import { mapFalError } from './upstream-errors.js';
 
 /**
@@ -80,10 +83,16 @@ export interface ImageServiceDeps {
   billingEvents?: BillingEvents | undefined;
   /** Turns local LoRA paths into fal storage URLs (uploading once); absent = inputs go to fal as they are. */
   loras?: LoraResolver;
+  /** This process's lease (src/metering/lease-store.ts): no request is taken while it is not known live. */
+  lease?: { readonly id: string; valid(): boolean } | undefined;
+  /** Where closes the ledger could not take wait (src/metering/pending-closes.ts). */
+  pendingCloses?: PendingCloses | undefined;
 }
 
 export interface ImageService {
   generate(req: CanonicalRequest, ctx: GenerateContext): Promise<GenerateOutcome>;
+  /** Whether this process is working on the request (answering it, or closing it in the background): reconciliation leaves it alone. */
+  inFlight(requestId: string): boolean;
 }
 
 /** fal fields whose name differs from what an OpenAI caller may have sent. */
@@ -92,12 +101,16 @@ const OPENAI_ALIASES: Record<string, string> = { num_images: 'n', image_size: 's
 export function createImageService(deps: ImageServiceDeps): ImageService {
   const now = deps.now ?? Date.now;
   const shutdown = new Shutdown(deps.shutdownSignal);
+  const inFlight = new InFlight();
+  const closing: ClosingDeps = { ledger: deps.ledger, inFlight, leaseId: deps.lease?.id, pendingCloses: deps.pendingCloses };
   return {
     async generate(req, ctx) {
       deps.metrics?.jobsInFlight.inc();
+      // Before the reservation: no reconciliation round of this process may take the request for a leftover.
+      inFlight.enter(ctx.requestId);
       const stop = new RequestStop(ctx.controller, shutdown);
       try {
-        return await generate(deps, now, req, ctx, stop);
+        return await generate(deps, closing, now, req, ctx, stop);
       } catch (err) {
         if (!(err instanceof MeteringUnavailable)) throw err;
         deps.logger.error({ err: err.cause, what: err.what, request_id: ctx.requestId }, 'ledger write failed');
@@ -105,9 +118,11 @@ export function createImageService(deps: ImageServiceDeps): ImageService {
         throw meteringUnavailable(err.what !== 'reserve');
       } finally {
         stop.dispose();
+        inFlight.leave(ctx.requestId);
         deps.metrics?.jobsInFlight.dec();
       }
     },
+    inFlight: (requestId) => inFlight.has(requestId),
   };
 }
 
@@ -124,9 +139,9 @@ interface Run {
  * thousands at once) only this small frame and the job runner's are
  * suspended, not the locals of preparing and finishing.
  */
-async function generate(deps: ImageServiceDeps, now: () => number, canonical: CanonicalRequest, ctx: GenerateContext, stop: RequestStop): Promise<GenerateOutcome> {
+async function generate(deps: ImageServiceDeps, closing: ClosingDeps, now: () => number, canonical: CanonicalRequest, ctx: GenerateContext, stop: RequestStop): Promise<GenerateOutcome> {
   const run = await prepare(deps, canonical, ctx, stop);
-  return finish(deps, now, run, await runJobs(deps, run, ctx, stop), ctx, stop);
+  return finish({ ...deps, closing }, now, run, await runJobs(deps, run, ctx, stop), ctx, stop);
 }
 
 /** LoRA uploads, the reservation and the deadline. */
@@ -170,12 +185,15 @@ async function runJobs(deps: ImageServiceDeps, run: Run, ctx: GenerateContext, s
   }
 }
 
+/** The use case's dependencies once the request is under way: the closing rules of closing.ts beside them. */
+type FinishDeps = ImageServiceDeps & { closing: ClosingDeps };
+
 /**
  * Every job has a state: the job-state rules decide the answer and the
  * request's ledger row. Images are charged only once their answer is built:
  * a request answered with an error is closed uncharged, whatever fal billed.
  */
-async function finish(deps: ImageServiceDeps, now: () => number, run: Run, outcomes: JobOutcome[], ctx: GenerateContext, stop: RequestStop): Promise<GenerateOutcome> {
+async function finish(deps: FinishDeps, now: () => number, run: Run, outcomes: JobOutcome[], ctx: GenerateContext, stop: RequestStop): Promise<GenerateOutcome> {
   const { req } = run;
   const log = deps.logger.child({ request_id: ctx.requestId, model: req.model.id });
   const decision = decideRequest(outcomes, stop.reason());
@@ -183,25 +201,65 @@ async function finish(deps: ImageServiceDeps, now: () => number, run: Run, outco
   const completed = outcomes.flatMap((o, i) => (o.at === 'completed' ? [completedJob(o.result, jobIdFor(ctx.requestId, i))] : []));
   const caller = decision.caller;
   const w = decision.ledger;
-  if (caller.answer === 'images') {
-    const body = await buildAnswer(deps, now, run, ctx, decision.completed, completed, log);
-    let settled: Awaited<ReturnType<typeof settle>>;
-    try {
-      settled = await settle(deps, req, ctx.requestId, run.pricing, completed, log);
-    } catch (err) {
-      // The caller is told 503: those images are never to be charged, so the close is retried until the ledger is back.
-      closeWhenLedgerReturns(log, () => closeUncharged(deps.ledger, req.model, ctx.requestId, run.pricing, { status: 'failed', errorCode: 'metering_unavailable' }, completed));
-      throw err;
+  if (caller.answer === 'images') return answerImages(deps, now, run, ctx, decision.completed, completed, log);
+  if (w.write === 'settle') {
+    // No answer is written (the caller left): a settle that changed nothing only needs to know it was not taken over.
+    const s = await settle(deps, req, ctx.requestId, run.pricing, completed, log);
+    if (!s.settled) closedBy(s.request, deps.closing, log);
+  } else if (w.write === 'close') {
+    const how = await closeUnchargedNow(deps.closing, { requestId: ctx.requestId, model: req.model, pricing: run.pricing, close: w, jobs: completed }, log);
+    if (how === 'settled_elsewhere') {
+      const answer = await answerChargedElsewhere(deps, now, run, ctx, decision.completed, completed, log);
+      if (answer) return answer;
     }
-    observeDelivered(deps, run, decision.completed, settled);
-    return { body, charge: settled.charge, falRequestIds: decision.completed.map((r) => r.falRequestId) };
   }
-  if (w.write === 'settle') await settle(deps, req, ctx.requestId, run.pricing, completed, log);
-  else if (w.write === 'close') await meter('close', () => closeUncharged(deps.ledger, req.model, ctx.requestId, run.pricing, w, completed));
   if (caller.answer === 'metering_unavailable') throw meteringUnavailable(true);
   // Only a failure needs to know which name the caller gave each field.
   const fieldOrigins = Object.fromEntries(Object.keys(req.falInput).map((f) => [f, OPENAI_ALIASES[f] && req.sentFields.includes(OPENAI_ALIASES[f]!) ? OPENAI_ALIASES[f]! : f]));
   throw mapFalError(caller.error, { submitted: !caller.retrySafe, fieldOrigins, abortReason: stop.reason() });
+}
+
+/** Every job completed: the images are answered once their charge is committed. */
+async function answerImages(deps: FinishDeps, now: () => number, run: Run, ctx: GenerateContext, results: readonly FalResult[], completed: readonly CompletedJob[], log: Logger): Promise<GenerateOutcome> {
+  const { req } = run;
+  const body = await buildAnswer(deps, now, run, ctx, results, completed, log);
+  let settled: Awaited<ReturnType<typeof settle>>;
+  try {
+    settled = await settle(deps, req, ctx.requestId, run.pricing, completed, log);
+  } catch (err) {
+    // The caller is told 503: those images are never to be charged, so the close is kept and retried until the ledger is back.
+    await closeLater(deps.closing, { requestId: ctx.requestId, model: req.model, pricing: run.pricing, close: { status: 'failed', errorCode: 'metering_unavailable' }, jobs: completed }, log);
+    throw err;
+  }
+  if (!settled.settled) {
+    // Settled first by a reconciliation that took the caller for gone: the same jobs, so the same charge, unless closed uncharged.
+    if (closedBy(settled.request, deps.closing, log) === 'closed') {
+      log.error({ status: settled.request.status }, 'another process closed the request uncharged before its images were charged; they are not delivered');
+      throw meteringUnavailable(true);
+    }
+    if (settled.request.chargeMicros !== settled.charge.micros) log.error({ charge_micros: String(settled.request.chargeMicros), answered_micros: String(settled.charge.micros) }, 'another process settled the request at another charge');
+    else log.info('another process settled the request first, at the same charge');
+  }
+  observeDelivered(deps, run, results, settled);
+  return { body, charge: settled.charge, falRequestIds: results.map((r) => r.falRequestId) };
+}
+
+/**
+ * The request was to be answered with an error, but another process (a
+ * reconciliation that took the caller for gone) had already settled it on
+ * fal's completed jobs. When that charge is exactly the completed images
+ * in hand, they are the answer: a caller charged is a caller answered 200.
+ */
+async function answerChargedElsewhere(deps: FinishDeps, now: () => number, run: Run, ctx: GenerateContext, results: readonly FalResult[], completed: readonly CompletedJob[], log: Logger): Promise<GenerateOutcome | undefined> {
+  const row = await deps.ledger.getRequest(ctx.requestId);
+  const charge = callerChargeForJobs(run.req.model, completed.map((j) => j.images), run.pricing.promptExpansion, run.pricing.markup);
+  if (completed.length === 0 || row?.chargeMicros !== charge.micros) {
+    log.error({ charge_micros: String(row?.chargeMicros) }, 'another process charged a request this process answers with an error');
+    return undefined;
+  }
+  log.warn('another process settled the request on its completed jobs first; answered with those images');
+  const body = await buildAnswer(deps, now, run, ctx, results, completed, log);
+  return { body, charge, falRequestIds: results.map((r) => r.falRequestId) };
 }
 
 function completedJob(r: FalResult, jobId: string): CompletedJob {
@@ -213,7 +271,7 @@ function completedJob(r: FalResult, jobId: string): CompletedJob {
  * delivered the request is closed uncharged (fal's cost recorded) and the
  * caller told not to retry: fal billed the jobs.
  */
-async function buildAnswer(deps: ImageServiceDeps, now: () => number, run: Run, ctx: GenerateContext, results: readonly FalResult[], completed: readonly CompletedJob[], log: Logger): Promise<ImagesResponseBody> {
+async function buildAnswer(deps: FinishDeps, now: () => number, run: Run, ctx: GenerateContext, results: readonly FalResult[], completed: readonly CompletedJob[], log: Logger): Promise<ImagesResponseBody> {
   const { req } = run;
   try {
     // The charge is known before settling: the answer carries it.
@@ -222,37 +280,9 @@ async function buildAnswer(deps: ImageServiceDeps, now: () => number, run: Run, 
   } catch (err) {
     if (!(err instanceof MediaError)) throw err;
     log.error({ err: err.message }, 'could not deliver images');
-    await meter('close', () => closeUncharged(deps.ledger, req.model, ctx.requestId, run.pricing, { status: 'failed', errorCode: 'upstream_media_error' }, completed));
+    await closeUnchargedNow(deps.closing, { requestId: ctx.requestId, model: req.model, pricing: run.pricing, close: { status: 'failed', errorCode: 'upstream_media_error' }, jobs: completed }, log);
     throw upstreamError('The generated images could not be retrieved from the provider.', { code: 'upstream_media_error', shouldRetry: false });
   }
-}
-
-/** Retries between attempts at closing a request whose answer was an error while the ledger was down. */
-const CLOSE_RETRY_MS = [1_000, 2_000, 5_000, 10_000, 30_000, 60_000];
-const CLOSE_RETRY_FOR_MS = 3_600_000;
-
-/**
- * A request answered with an error while the ledger could not be written
- * must still end uncharged once it can be: left open, reconciliation would
- * take it for a request whose caller left and charge its images. Retried in
- * the background (timers unref'd, an hour at most); a crash meanwhile
- * leaves it to reconciliation.
- */
-function closeWhenLedgerReturns(log: Logger, close: () => Promise<void>): void {
-  const until = Date.now() + CLOSE_RETRY_FOR_MS;
-  const attempt = (n: number): void => {
-    const t = setTimeout(() => {
-      close().then(
-        () => log.info('request closed uncharged once the ledger was back'),
-        (err: unknown) => {
-          if (Date.now() < until) attempt(n + 1);
-          else log.error({ err }, 'gave up closing a request answered while the ledger was down; reconciliation will settle it');
-        },
-      );
-    }, CLOSE_RETRY_MS[Math.min(n, CLOSE_RETRY_MS.length - 1)]);
-    t.unref();
-  };
-  attempt(0);
 }
 
 function observeDelivered(deps: ImageServiceDeps, run: Run, results: readonly FalResult[], settled: { charge: Charge; upstreamCostMicros: bigint }): void {
@@ -266,6 +296,8 @@ function observeDelivered(deps: ImageServiceDeps, run: Run, results: readonly Fa
 }
 
 async function reserve(deps: ImageServiceDeps, req: CanonicalRequest, ctx: GenerateContext, pricing: string, inputHashes: string[]): Promise<void> {
+  // A request taken under a lease others may think expired would be settled by them while this process works on it.
+  if (deps.lease && !deps.lease.valid()) throw serviceUnavailable('This replica cannot renew its lease on the usage ledger; nothing was done. Try again shortly.', 1, 'lease_expired');
   const maxChargeMicros = maxCharge(req, deps.markup);
   const reserved = await meter('reserve', () =>
     deps.ledger.reserve({
@@ -279,6 +311,7 @@ async function reserve(deps: ImageServiceDeps, req: CanonicalRequest, ctx: Gener
       idempotencyKey: ctx.idempotencyKey ?? null,
       jobs: inputHashes.length,
       inputHashes,
+      estimates: jobEstimates(req),
     }),
   );
   if (reserved.ok) return;
@@ -344,30 +377,6 @@ async function meter<T>(what: string, fn: () => Promise<T>): Promise<T> {
   } catch (err) {
     throw new MeteringUnavailable(what, err);
   }
-}
-
-const PROGRESS_STATUS = { IN_QUEUE: 'queued', IN_PROGRESS: 'in_progress', COMPLETED: 'completed' } as const;
-const PROGRESS_RANK = { queued: 0, in_progress: 1, completed: 2 } as const;
-
-/**
- * fal repeats a job's state on every poll and stream tick; a listener hears
- * only changes, and never a step back (a late poll answering IN_QUEUE after
- * the stream said IN_PROGRESS). A listener that throws must not fail a job
- * that is being billed.
- */
-function progressReporter(listener: (p: GenerateProgress) => void, log: Logger) {
-  const last: Array<GenerateProgress | undefined> = [];
-  return (jobIndex: number, st: FalJobStatus, jobCount: number): void => {
-    const p: GenerateProgress = { jobIndex, jobCount, status: PROGRESS_STATUS[st.status], queuePosition: st.queuePosition ?? null };
-    const prev = last[jobIndex];
-    if (prev && (PROGRESS_RANK[p.status] < PROGRESS_RANK[prev.status] || (prev.status === p.status && (p.queuePosition === null || p.queuePosition === prev.queuePosition)))) return;
-    last[jobIndex] = p;
-    try {
-      listener(p);
-    } catch (err) {
-      log.warn({ err }, 'progress listener failed');
-    }
-  };
 }
 
 /** fal seeds are positive integers; keep derived ones in range by wrapping. */

@@ -83,11 +83,14 @@ export type JobWrite =
   | { readonly write: 'record_submit'; readonly falRequestId: string }
   | {
       readonly write: 'close_job';
-      readonly status: 'failed' | 'cancelled' | 'refused';
+      readonly status: 'failed' | 'cancelled' | 'refused' | 'lost';
+      /** What fal billed; null when it reported nothing (a `lost` job is then recorded at its estimate, marked as one). */
       readonly billedUnits: string | null;
       readonly errorCode: string;
       /** Priced as a completed job (prompt-expansion fee included). */
       readonly completedAtFal?: true;
+      /** A job given up: fal's last answer about it. */
+      readonly lastWord?: string;
     };
 
 export interface Transition<R, E extends FalFailure = FalFailure> {
@@ -205,4 +208,87 @@ function requestCode(err: FalFailure, stopped: StopReason | undefined): string {
 
 function failureCode(err: FalFailure): string {
   return err.phase === 'submit' ? `submit_${err.status ?? err.kind}` : `job_failed_${err.status ?? err.kind}`;
+}
+
+/**
+ * Reconciliation (reconcile.ts) holds jobs whose end nobody saw: it looks at
+ * fal each round (status, then the result or, for a job nobody will
+ * receive, a cancel) and applies these rules until every job is final.
+ */
+
+/** What one look at fal said about a job still open in the ledger. */
+export type FalLook =
+  /** fal returned the job's result. */
+  | { readonly seen: 'completed' }
+  /** fal's status says the job ended without images, billed `ended.billedUnits`. */
+  | { readonly seen: 'ended'; readonly ended: Ended }
+  /** fal knows no job under this id (404 on its status): nothing ran, nothing billed. */
+  | { readonly seen: 'absent' }
+  /** Still queued or running at fal. */
+  | { readonly seen: 'waiting'; readonly status: 'IN_QUEUE' | 'IN_PROGRESS' }
+  /** fal could not say (5xx, unreachable, an unreadable answer, a listing that failed or cannot be matched); the units its answer carried, if any. */
+  | { readonly seen: 'unreadable'; readonly lastWord: string; readonly billedUnits: string | null };
+
+export interface LookContext {
+  /** The job is older than the give-up deadline (JOB_GIVE_UP_MS): reconciliation stops waiting for fal. */
+  readonly pastDeadline: boolean;
+  /** Nobody can receive the job's images (its request was answered with an error or closed): a job still running is cancelled. */
+  readonly imagesUnwanted: boolean;
+}
+
+export type LookStep =
+  /** Record fal's result: with the request's settlement when it is still open, as cost only otherwise. */
+  | { readonly step: 'complete' }
+  /** fal's word ends the job. */
+  | { readonly step: 'close'; readonly write: JobWrite & { write: 'close_job' } }
+  /** Look again next round, after a cancel at fal when `cancel`. */
+  | { readonly step: 'wait'; readonly cancel: boolean }
+  /**
+   * Stop waiting: `cancel` at fal first (the caller of `afterLook` looks once
+   * more, and fal's word then wins), else record the job `lost` with fal's
+   * last word and what fal billed, or our estimate when it reported nothing.
+   */
+  | { readonly step: 'give_up'; readonly cancel: boolean; readonly write: JobWrite & { write: 'close_job' } };
+
+export const GAVE_UP = 'gave_up';
+
+/**
+ * How long a job may stay unresolved before it is given up, when
+ * JOB_GIVE_UP_MS is not set (config.ts raises it for long request
+ * deadlines): an image job fal still runs half an hour after its submit is
+ * not coming back, and its request's hold is returned.
+ */
+export const DEFAULT_GIVE_UP_AFTER_MS = 30 * 60_000;
+
+export function afterLook(look: FalLook, ctx: LookContext): LookStep {
+  switch (look.seen) {
+    case 'completed':
+      return { step: 'complete' };
+    case 'ended': {
+      const e = look.ended;
+      return { step: 'close', write: { write: 'close_job', status: e.how, billedUnits: e.billedUnits, errorCode: e.errorType ?? 'job_failed', ...(e.completedAtFal ? { completedAtFal: true as const } : {}) } };
+    }
+    case 'absent':
+      return { step: 'close', write: { write: 'close_job', status: 'refused', billedUnits: '0', errorCode: 'not_found_at_fal' } };
+    case 'waiting':
+      if (!ctx.pastDeadline) return { step: 'wait', cancel: ctx.imagesUnwanted };
+      return { step: 'give_up', cancel: true, write: { write: 'close_job', status: 'lost', billedUnits: null, errorCode: GAVE_UP, lastWord: look.status } };
+    case 'unreadable':
+      if (!ctx.pastDeadline) return { step: 'wait', cancel: false };
+      return { step: 'give_up', cancel: false, write: { write: 'close_job', status: 'lost', billedUnits: look.billedUnits, errorCode: GAVE_UP, lastWord: look.lastWord } };
+  }
+}
+
+/** A request reconciliation holds open: each job's state after this round. */
+export type ReconciledJob = 'completed' | 'ended' | 'lost' | 'open';
+
+/**
+ * An open request is one whose caller got no answer: once every job is
+ * final it is settled on the completed ones (the images are the caller's),
+ * or closed uncharged when none completed; while any job is open it waits.
+ */
+export function decideReconciled(jobs: readonly ReconciledJob[]): { readonly write: 'settle' } | { readonly write: 'close'; readonly errorCode: string } | { readonly write: 'wait' } {
+  if (jobs.includes('open')) return { write: 'wait' };
+  if (jobs.includes('completed')) return { write: 'settle' };
+  return { write: 'close', errorCode: jobs.includes('lost') ? GAVE_UP : 'job_failed' };
 }

@@ -34,6 +34,12 @@ export interface LeaseStore {
   list(): Promise<LeaseRecord[]>;
   /** Which of these leases own a request still holding its reservation. */
   ownersOfOpenRequests(leaseIds: readonly string[]): Promise<Set<string>>;
+  /**
+   * Deletes expired leases no open request names (a dead process's row, once
+   * its requests are settled): the ids they leave on closed requests are
+   * only history. Answers how many went.
+   */
+  sweep(): Promise<number>;
 }
 
 export function createLeaseStore(database: Database, options: { clock?: Clock | undefined } = {}): LeaseStore {
@@ -68,6 +74,15 @@ export function createLeaseStore(database: Database, options: { clock?: Clock | 
       const rows = await db.selectFrom('leases').selectAll().orderBy('started_at').orderBy('id').execute();
       return rows.map((r) => ({ id: r.id, host: r.host, pid: Number(r.pid), startedAt: r.started_at, heartbeatAt: r.heartbeat_at, expiresAtMs: Date.parse(r.expires_at) }));
     },
+    async sweep() {
+      const now = toIsoTimestamp(clock());
+      const gone = await db
+        .deleteFrom('leases')
+        .where('expires_at', '<=', now)
+        .where((eb) => eb.not(eb.exists(eb.selectFrom('requests').select('requests.id').whereRef('requests.lease_id', '=', 'leases.id').where('requests.status', 'in', HOLDING))))
+        .executeTakeFirst();
+      return Number(gone.numDeletedRows);
+    },
     async ownersOfOpenRequests(leaseIds) {
       if (leaseIds.length === 0) return new Set();
       const rows = await db.selectFrom('requests').select('lease_id').distinct().where('status', 'in', HOLDING).where('lease_id', 'in', [...leaseIds]).execute();
@@ -79,6 +94,14 @@ export function createLeaseStore(database: Database, options: { clock?: Clock | 
 
 export interface HeldLease {
   readonly id: string;
+  /**
+   * Whether the lease is known live by this process's own clock: renewed
+   * less than its expiry ago, with one renewal interval to spare. While it
+   * is not, the process takes no request and reconciles nothing: other
+   * processes may take its requests over (reconcile.ts), and its writes to
+   * those then change nothing (ledger.ts).
+   */
+  valid(): boolean;
   /** Stops renewing and deletes the row. Call once the process's requests are finished. */
   release(): Promise<void>;
 }
@@ -86,24 +109,39 @@ export interface HeldLease {
 /**
  * Takes a new lease for this process and renews it every `renewMs` until
  * released. A renewal that fails (the database is down) is logged and
- * tried again at the next tick; one that finds the lease had lapsed is
- * logged as an error, since another process may have settled this one's
- * requests while it was still working on them.
+ * tried again at the next tick; once renewals have failed past the expiry,
+ * the lease is no longer valid and that is logged as an error, once. A
+ * renewal that finds the lease had lapsed is logged as an error too:
+ * another process may have taken this one's requests over meanwhile.
  */
-export async function holdLease(store: LeaseStore, options: { logger: Logger; renewMs?: number | undefined; expiryMs?: number | undefined }): Promise<HeldLease> {
+export async function holdLease(store: LeaseStore, options: { logger: Logger; renewMs?: number | undefined; expiryMs?: number | undefined; now?: () => number }): Promise<HeldLease> {
   const renewMs = options.renewMs ?? DEFAULT_LEASE_RENEW_MS;
   const expiryMs = options.expiryMs ?? DEFAULT_LEASE_EXPIRY_MS;
+  const now = options.now ?? Date.now;
   const me = { id: randomUUID(), host: hostname(), pid: process.pid, expiryMs };
+  let liveUntil = now() + expiryMs;
   await store.acquire(me);
   const log = options.logger.child({ lease_id: me.id });
+  let expiredLogged = false;
+  const valid = (): boolean => now() < liveUntil - renewMs;
   let renewing: Promise<void> | undefined;
   const tick = (): void => {
+    // Counted from before the call: the row's expiry is at least this late.
+    const sent = now();
     renewing ??= store
       .renew(me)
       .then((was) => {
-        if (was !== 'renewed') log.error({ was, expiry_ms: expiryMs }, 'lease: renewed a lease that had lapsed; other processes may have reconciled this process’s requests');
+        liveUntil = sent + expiryMs;
+        if (was !== 'renewed') log.error({ was, expiry_ms: expiryMs }, 'lease: renewed a lease that had lapsed; other processes may have taken over this process’s requests, whose late writes then change nothing');
+        else if (expiredLogged) log.warn('lease: renewed again; taking requests again');
+        expiredLogged = false;
       })
-      .catch((err: unknown) => log.warn({ err }, 'lease: renewal failed; trying again'))
+      .catch((err: unknown) => {
+        if (!valid() && !expiredLogged) {
+          expiredLogged = true;
+          log.error({ err, expiry_ms: expiryMs }, 'lease: renewals keep failing and the lease has expired; this process takes no new requests and reconciles nothing until a renewal succeeds; other processes may take over its open requests');
+        } else log.warn({ err }, 'lease: renewal failed; trying again');
+      })
       .finally(() => (renewing = undefined));
   };
   const timer = setInterval(tick, renewMs);
@@ -111,6 +149,7 @@ export async function holdLease(store: LeaseStore, options: { logger: Logger; re
   let released: Promise<void> | undefined;
   return {
     id: me.id,
+    valid,
     release() {
       released ??= (async () => {
         clearInterval(timer);
@@ -128,9 +167,11 @@ export async function holdLease(store: LeaseStore, options: { logger: Logger; re
  */
 export function inScope(eb: ExpressionBuilder<any, any>, scope: ReconcileScope, lease: string, createdAt: string): Expression<SqlBool> {
   const own = scope.ownLeaseId;
-  const ownOrNone = own === undefined ? eb(lease, 'is', null) : eb.or([eb(lease, 'is', null), eb(lease, '=', own)]);
+  const leaseless = eb.and([eb(lease, 'is', null), eb(createdAt, '<', scope.createdBefore)]);
   const deadOwner = [eb(lease, 'is not', null)];
   if (own !== undefined) deadOwner.push(eb(lease, '<>', own));
   if (scope.live.length > 0) deadOwner.push(eb(lease, 'not in', [...scope.live]));
-  return eb.or([eb.and([eb(createdAt, '<', scope.createdBefore), ownOrNone]), eb.and(deadOwner)]);
+  const either = [leaseless, eb.and(deadOwner)];
+  if (own !== undefined) either.push(eb.and([eb(lease, '=', own), eb(createdAt, '<', scope.ownCreatedBefore)]));
+  return eb.or(either);
 }

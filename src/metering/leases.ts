@@ -9,7 +9,10 @@
  *   by any process: nobody else can be working on it;
  * - a request of the process's own lease is touched once older than
  *   `olderThanMs` (RECONCILE_AFTER_MS): its own deadline has passed, so only
- *   a leftover can still be open (a caller that left with a job running);
+ *   a leftover can still be open (a caller that left with a job running).
+ *   A process that knows which requests it is working on (the image
+ *   service's in-flight set) touches every other one of its own at once
+ *   (`ownOlderThanMs` 0): a request it took over, or one whose caller left;
  * - a request written without a lease is touched by age alone, as before
  *   leases: its owner cannot be known, so it may still be live;
  * - a request of another process's live lease is never touched.
@@ -31,17 +34,20 @@ export interface LeaseRow {
 
 /** What one reconciliation round may touch, computed once per round. */
 export interface ReconcileScope {
-  /** ISO timestamp: own and lease-less rows created before it are touched. */
+  /** ISO timestamp: lease-less rows created before it are touched. */
   createdBefore: string;
+  /** ISO timestamp: own rows created before it are touched. */
+  ownCreatedBefore: string;
   /** The reconciling process's own lease; undefined for a reconciler without one. */
   ownLeaseId: string | undefined;
   /** Leases live at the start of the round (the own lease included when live). */
   live: readonly string[];
 }
 
-export function reconcileScope(input: { ownLeaseId: string | undefined; leases: readonly LeaseRow[]; nowMs: number; olderThanMs: number }): ReconcileScope {
+export function reconcileScope(input: { ownLeaseId: string | undefined; leases: readonly LeaseRow[]; nowMs: number; olderThanMs: number; ownOlderThanMs?: number | undefined }): ReconcileScope {
   return {
     createdBefore: new Date(input.nowMs - input.olderThanMs).toISOString(),
+    ownCreatedBefore: new Date(input.nowMs - (input.ownOlderThanMs ?? input.olderThanMs)).toISOString(),
     ownLeaseId: input.ownLeaseId,
     live: input.leases.filter((l) => l.expiresAtMs > input.nowMs).map((l) => l.id),
   };
@@ -49,7 +55,8 @@ export function reconcileScope(input: { ownLeaseId: string | undefined; leases: 
 
 /** The rule above, for one request (its owner's lease and when it was taken). */
 export function mayReconcile(row: { leaseId: string | null; createdAt: string }, scope: ReconcileScope): boolean {
-  if (row.leaseId === null || row.leaseId === scope.ownLeaseId) return row.createdAt < scope.createdBefore;
+  if (row.leaseId === null) return row.createdAt < scope.createdBefore;
+  if (row.leaseId === scope.ownLeaseId) return row.createdAt < scope.ownCreatedBefore;
   return !scope.live.includes(row.leaseId);
 }
 

@@ -51,6 +51,10 @@ export interface CloseJobInput {
   upstreamCostMicros: bigint;
   unitsFal?: string | null | undefined;
   errorCode?: string | null | undefined;
+  /** `upstreamCostMicros` is our estimate (fal reported no cost for a job given up). */
+  costEstimated?: boolean | undefined;
+  /** fal's last answer about the job, when it is given up. */
+  falLastWord?: string | null | undefined;
 }
 
 export async function recordSubmit(trx: Transaction<DB>, q: LedgerStatements, input: { jobId: string; falRequestId: string }): Promise<JobRecord> {
@@ -75,6 +79,8 @@ export async function completeJob(trx: Transaction<DB>, q: LedgerStatements, inp
     unitsEstimate: canonicalDecimal(input.unitsEstimate),
     unitsFal: input.unitsFal === null || input.unitsFal === undefined ? null : canonicalDecimal(input.unitsFal),
     cost: toBigInt(input.upstreamCostMicros),
+    // fal's units are the cost's source when it sent them; without them it is our estimate.
+    estimated: input.unitsFal === null || input.unitsFal === undefined ? 1 : 0,
     at,
   };
   const row = (await q.completeJob.run(trx, values)).rows[0];
@@ -97,6 +103,8 @@ export async function closeJob(trx: Transaction<DB>, input: CloseJobInput, at: s
       upstream_cost_micros: cost,
       units_fal: input.unitsFal === null || input.unitsFal === undefined ? null : canonicalDecimal(input.unitsFal),
       error_code: input.errorCode ?? null,
+      cost_estimated: input.costEstimated ? 1 : 0,
+      fal_last_word: input.falLastWord ?? null,
       completed_at: at,
     })
     .where('id', '=', input.jobId)

@@ -12,12 +12,23 @@ export const HOLDING: RequestStatus[] = ['reserved', 'submitted'];
  * ledger's Kysely transaction like any other query; the ledger's other
  * statements are built where they run.
  */
-export function ledgerStatements() {
-  return { ...openingStatements(), ...closingStatements() };
+export function ledgerStatements(ownLeaseId?: string) {
+  return { ...openingStatements(), ...closingStatements(ownLeaseId) };
+}
+
+/**
+ * A request's closing writes, by a process that holds a lease, touch only a
+ * request it owns (or one written without a lease): once another process
+ * has taken the request over (reconcile.ts), the first one's late writes
+ * change nothing.
+ */
+export function ownedBy<Q extends { where: (...args: any[]) => Q }>(q: Q, ownLeaseId: string | undefined): Q {
+  if (ownLeaseId === undefined) return q;
+  return q.where((eb: any) => eb.or([eb('lease_id', 'is', null), eb('lease_id', '=', ownLeaseId)]));
 }
 
 
-type JobValues = { images: number; pixels: number; unitsEstimate: string; unitsFal: string | null; cost: bigint; at: string; id: string; otherIds: string | null };
+type JobValues = { images: number; pixels: number; unitsEstimate: string; unitsFal: string | null; cost: bigint; estimated: number; at: string; id: string; otherIds: string | null };
 type SettleValues = { requestId: string; charge: bigint; credits: bigint; images: number; at: string };
 
 /** reserve and recordSubmit. */
@@ -55,8 +66,8 @@ function openingStatements() {
         .returning('id'),
     ),
     // Every job's row is written with its reservation, before its submit leaves.
-    insertJob: prepared((q: Kysely<DB>, p: { id: string; requestId: string; endpoint: string; inputHash: string | null; at: string }) =>
-      q.insertInto('upstream_jobs').values({ id: p.id, request_id: p.requestId, endpoint: p.endpoint, input_hash: p.inputHash, kind: 'job', status: 'submitting', created_at: p.at }),
+    insertJob: prepared((q: Kysely<DB>, p: { id: string; requestId: string; endpoint: string; inputHash: string | null; estimate: bigint | null; at: string }) =>
+      q.insertInto('upstream_jobs').values({ id: p.id, request_id: p.requestId, endpoint: p.endpoint, input_hash: p.inputHash, estimate_micros: p.estimate, kind: 'job', status: 'submitting', created_at: p.at }),
     ),
     recordSubmit: prepared((q: Kysely<DB>, p: { id: string; falRequestId: string }) =>
       q
@@ -75,7 +86,7 @@ function openingStatements() {
 }
 
 /** completeJob and settle (settleJobs is both). */
-function closingStatements() {
+function closingStatements(ownLeaseId: string | undefined) {
   return {
     // A result from fal is a fact and overrides an earlier guess (a cancel
     // can lose the race with completion; a job given up as lost may turn up).
@@ -88,8 +99,10 @@ function closingStatements() {
           units_estimate: p.unitsEstimate,
           units_fal: p.unitsFal,
           upstream_cost_micros: p.cost,
+          cost_estimated: p.estimated,
           fal_other_ids: p.otherIds,
           error_code: null,
+          fal_last_word: null,
           completed_at: p.at,
           status: 'completed',
         })
@@ -98,20 +111,24 @@ function closingStatements() {
         .returningAll(),
     ),
     settleHolding: prepared((q: Kysely<DB>, p: SettleValues) =>
-      q
-        .updateTable('requests')
-        .set({ status: 'settled', charge_micros: p.charge, credits: p.credits, images: p.images, error_code: null, settled_at: p.at })
-        .where('id', '=', p.requestId)
-        .where('status', 'in', HOLDING)
-        .returningAll(),
+      ownedBy(
+        q
+          .updateTable('requests')
+          .set({ status: 'settled', charge_micros: p.charge, credits: p.credits, images: p.images, error_code: null, settled_at: p.at })
+          .where('id', '=', p.requestId)
+          .where('status', 'in', HOLDING),
+        ownLeaseId,
+      ).returningAll(),
     ),
     settleOrphan: prepared((q: Kysely<DB>, p: SettleValues) =>
-      q
-        .updateTable('requests')
-        .set({ status: 'settled', charge_micros: p.charge, credits: p.credits, images: p.images, error_code: null, settled_at: p.at })
-        .where('id', '=', p.requestId)
-        .where('status', '=', 'orphaned')
-        .returningAll(),
+      ownedBy(
+        q
+          .updateTable('requests')
+          .set({ status: 'settled', charge_micros: p.charge, credits: p.credits, images: p.images, error_code: null, settled_at: p.at })
+          .where('id', '=', p.requestId)
+          .where('status', '=', 'orphaned'),
+        ownLeaseId,
+      ).returningAll(),
     ),
     // A request's upstream cost is the sum of its jobs' (failed ones and strays included), refreshed after every job write.
     refreshCost: prepared((q: Kysely<DB>, p: { requestId: string }) =>

@@ -20,19 +20,20 @@
  * is looked for in fal's request listing (reconcile.ts) and its request
  * keeps its hold until that search ends.
  */
-import { sql, type Kysely, type Transaction } from 'kysely';
+import type { Kysely, Transaction } from 'kysely';
 import { ledgerStatements, HOLDING, type LedgerStatements } from './ledger-statements.js';
 import type { Database } from '../db/database.js';
 import { OPEN_JOB, type DB } from '../db/schema.js';
-import { systemClock, toBigInt, toIsoTimestamp, toNumber, type Clock, type TimeInput } from '../db/values.js';
-import { enqueueOutboxEvent, type OutboxEventInput } from './outbox-store.js';
+import { systemClock, toBigInt, toIsoTimestamp, type Clock, type TimeInput } from '../db/values.js';
 import { inScope } from './lease-store.js';
 import type { ReconcileScope } from './leases.js';
-import { requestOrThrow, toJob, toRequest, withJobs, type JobRecord, type RequestRecord, type RequestWithJobs } from './records.js';
+import { toJob, withJobs, type JobRecord, type RequestWithJobs } from './records.js';
 
+import { adopt, markOrphaned, release, settle, type ReleaseInput, type ReleaseResult, type SettleInput, type SettleResult } from './ledger-requests.js';
 import { closeJob, completeJob, jobIdFor, recordStrays, recordSubmit, type CloseJobInput, type CompleteJobInput, type CompleteJobResult } from './ledger-jobs.js';
 
 export { jobIdFor, strayIdFor, type CloseJobInput, type CompleteJobInput, type CompleteJobResult } from './ledger-jobs.js';
+export type { ReleaseInput, ReleaseResult, SettleInput, SettleOutboxEvent, SettleResult } from './ledger-requests.js';
 export { UnknownJobError, UnknownRequestError, type JobRecord, type RequestRecord, type RequestWithJobs } from './records.js';
 
 export interface ReserveInput {
@@ -53,6 +54,8 @@ export interface ReserveInput {
    * fal's request listing. When given, one per job.
    */
   inputHashes?: readonly string[] | undefined;
+  /** Each job's upstream cost if it completes as asked (`jobEstimates`), in job order: what a give-up records when fal reports none. */
+  estimates?: readonly bigint[] | undefined;
 }
 
 export type ReserveResult =
@@ -67,42 +70,6 @@ export type ReserveResult =
   /** A caller-chosen request id (x-request-id) that already names a request; nothing was held. */
   | { ok: false; reason: 'request_id_taken' };
 
-export interface SettleInput {
-  requestId: string;
-  chargeMicros: bigint;
-  credits: bigint | number;
-  images: number;
-  /** The billing event, written in the same transaction as the charge. */
-  outboxEvent?: SettleOutboxEvent | undefined;
-}
-
-export interface SettleOutboxEvent extends Omit<OutboxEventInput, 'keyId' | 'payload'> {
-  /**
-   * The event body, or a function that makes it from the request row as
-   * settled: inside the transaction, so the event carries exactly the
-   * `settled_at`, key and charge the ledger holds, with no second read.
-   */
-  payload: unknown;
-}
-
-export interface SettleResult {
-  /** True when this call settled the request; false when it was already closed (nothing changed). */
-  settled: boolean;
-  request: RequestRecord;
-}
-
-export interface ReleaseInput {
-  requestId: string;
-  status: 'released' | 'failed';
-  errorCode?: string | null | undefined;
-  /** Completed jobs to record with their cost in the same transaction: upstream cost the caller is not charged for. */
-  jobs?: readonly CompleteJobInput[] | undefined;
-}
-
-export interface ReleaseResult {
-  released: boolean;
-  request: RequestRecord;
-}
 
 export interface Ledger {
   reserve(input: ReserveInput): Promise<ReserveResult>;
@@ -121,7 +88,7 @@ export interface Ledger {
    * oldest first: submits whose answer never came, which reconciliation
    * looks for in fal's request listing.
    */
-  listLostSubmits(options?: ListOpenOptions): Promise<JobRecord[]>;
+  listLostSubmits(options?: ListOpenOptions): Promise<Array<JobRecord & { leaseId: string | null }>>;
   /** Which of these fal ids a job row already holds (as the id submit answered, or another id fal reported). */
   knownFalIds(falRequestIds: readonly string[]): Promise<Set<string>>;
   /** Jobs not final yet that fal named, created before `createdBefore`, oldest first: what job reconciliation asks fal about. */
@@ -130,6 +97,14 @@ export interface Ledger {
   /** completeJob for each job, then settle, in one transaction. */
   settleJobs(input: { jobs: readonly CompleteJobInput[]; settle: SettleInput }): Promise<{ jobs: CompleteJobResult[]; settlement: SettleResult }>;
   release(input: ReleaseInput): Promise<ReleaseResult>;
+  /**
+   * Takes over a request whose owner's lease expired or is gone: its
+   * `lease_id` becomes `toLeaseId`, only while it still holds its
+   * reservation, still names `fromLeaseId`, and that lease is not live (all
+   * in one statement). True when taken; the old owner's later settle or
+   * release of it then changes nothing.
+   */
+  adopt(input: { requestId: string; fromLeaseId: string; toLeaseId: string; at?: TimeInput | undefined }): Promise<boolean>;
   /** Submit outcome unknown: the hold is returned, the row kept and reported. Returns false if the request was not open. */
   markOrphaned(requestId: string): Promise<boolean>;
   /** Requests still holding a reservation, with their jobs, oldest first: what start-up reconciliation works through. */
@@ -164,7 +139,8 @@ export interface ListOpenOptions {
 
 export function createLedger(database: Database, options: LedgerOptions = {}): Ledger {
   const db = database.db;
-  const q = ledgerStatements();
+  const own = options.leaseId;
+  const q = ledgerStatements(own);
   const clock = options.clock ?? systemClock;
   /** Taken inside each transaction, so on SQLite (one writer at a time) stamps follow commit order. */
   const now = (): string => toIsoTimestamp(clock());
@@ -201,9 +177,11 @@ export function createLedger(database: Database, options: LedgerOptions = {}): L
       write(async (trx) => {
         for (const job of input.jobs ?? []) await completeJob(trx, q, job, now());
         if ((input.jobs ?? []).length > 0) await q.refreshCost.run(trx, { requestId: input.requestId });
-        return release(trx, input, now());
+        return release(trx, input, now(), own);
       }),
-    markOrphaned: (requestId) => write((trx) => markOrphaned(trx, requestId)),
+    markOrphaned: (requestId) => write((trx) => markOrphaned(trx, requestId, own)),
+    // The reconciling round's clock, which decided the owner's lease had expired.
+    adopt: (input) => adopt(db, input, input.at === undefined ? now() : toIsoTimestamp(input.at)),
 
     async listOpen(opts = {}) {
       let rows = db.selectFrom('requests').selectAll().where('status', 'in', HOLDING);
@@ -218,10 +196,7 @@ export function createLedger(database: Database, options: LedgerOptions = {}): L
       return rows.map(toJob);
     },
 
-    async listLostSubmits(opts = {}) {
-      const rows = await openJobs(db, opts).where('upstream_jobs.status', '=', 'submitting').where('upstream_jobs.fal_request_id', 'is', null).where('upstream_jobs.kind', '=', 'job').execute();
-      return rows.map(toJob);
-    },
+    listLostSubmits: (opts = {}) => lostSubmits(db, opts),
 
     async knownFalIds(ids) {
       const known = new Set<string>();
@@ -252,6 +227,17 @@ export function createLedger(database: Database, options: LedgerOptions = {}): L
   };
 }
 
+/** Jobs still `submitting` with no fal id, with their request's owner: its lease bounds when the submit can have left (lost-submits.ts). */
+async function lostSubmits(db: Kysely<DB>, opts: ListOpenOptions): Promise<Array<JobRecord & { leaseId: string | null }>> {
+  const rows = await openJobs(db, opts)
+    .select('requests.lease_id as request_lease_id')
+    .where('upstream_jobs.status', '=', 'submitting')
+    .where('upstream_jobs.fal_request_id', 'is', null)
+    .where('upstream_jobs.kind', '=', 'job')
+    .execute();
+  return rows.map((r) => ({ ...toJob(r), leaseId: r.request_lease_id ?? null }));
+}
+
 /** Jobs reconciliation may list, oldest first; the lease rule reads their request's owner. */
 function openJobs(db: Kysely<DB>, opts: ListOpenOptions) {
   let rows = db.selectFrom('upstream_jobs').innerJoin('requests', 'requests.id', 'upstream_jobs.request_id').selectAll('upstream_jobs');
@@ -264,6 +250,7 @@ async function reserve(db: Kysely<DB>, q: LedgerStatements, input: ReserveInput,
   const amount = input.maxChargeMicros;
   if (amount < 0n) throw new RangeError('maxChargeMicros must not be negative');
   if (input.inputHashes && input.inputHashes.length !== (input.jobs ?? 0)) throw new RangeError(`inputHashes has ${input.inputHashes.length} entries for ${input.jobs ?? 0} jobs`);
+  if (input.estimates && input.estimates.length !== (input.jobs ?? 0)) throw new RangeError(`estimates has ${input.estimates.length} entries for ${input.jobs ?? 0} jobs`);
   try {
     return await db.transaction().execute((trx) => reserveIn(trx, q, input, now(), leaseId));
   } catch (error) {
@@ -299,7 +286,7 @@ async function reserveIn(trx: Transaction<DB>, q: LedgerStatements, input: Reser
   const held = await q.hold.run(trx, { amount, keyId: input.keyId });
   if (held.rows.length > 0) {
     for (let i = 0; i < (input.jobs ?? 0); i++) {
-      await q.insertJob.run(trx, { id: jobIdFor(input.requestId, i), requestId: input.requestId, endpoint: input.endpoint, inputHash: input.inputHashes?.[i] ?? null, at });
+      await q.insertJob.run(trx, { id: jobIdFor(input.requestId, i), requestId: input.requestId, endpoint: input.endpoint, inputHash: input.inputHashes?.[i] ?? null, estimate: input.estimates?.[i] ?? null, at });
     }
     return { ok: true };
   }
@@ -315,79 +302,4 @@ async function reserveIn(trx: Transaction<DB>, q: LedgerStatements, input: Reser
     spentMicros: toBigInt(key.spent_micros),
     reservedMicros: toBigInt(key.reserved_micros),
   };
-}
-
-async function settle(trx: Transaction<DB>, q: LedgerStatements, input: SettleInput, at: string, clock: Clock): Promise<SettleResult> {
-  const charge = toBigInt(input.chargeMicros);
-  if (charge < 0n) throw new RangeError('chargeMicros must not be negative');
-  const values = {
-    requestId: input.requestId,
-    charge,
-    credits: toBigInt(input.credits),
-    images: toNumber(input.images),
-    at,
-  };
-  await q.refreshCost.run(trx, { requestId: input.requestId });
-  let hold: bigint;
-  let row = (await q.settleHolding.run(trx, values)).rows[0];
-  if (row) {
-    hold = toBigInt(row.reserved_micros);
-  } else {
-    row = (await q.settleOrphan.run(trx, values)).rows[0];
-    if (!row) return { settled: false, request: await requestOrThrow(trx, input.requestId) };
-    // An orphan gave its hold back when it was orphaned.
-    hold = 0n;
-  }
-  // The row as settled: the key update below does not touch it.
-  const request = toRequest(row);
-  // The key row is updated before the outbox insert on purpose: its row
-  // lock orders concurrent settles of one key, so outbox sequence numbers of
-  // a key are assigned in commit order and per-key delivery order cannot be
-  // overtaken by a transaction that committed later.
-  await q.chargeKey.run(trx, { keyId: request.keyId, hold, charge });
-  if (input.outboxEvent) {
-    const { eventId, type, payload } = input.outboxEvent;
-    const body: unknown = typeof payload === 'function' ? (payload as (r: RequestRecord) => unknown)(request) : payload;
-    await enqueueOutboxEvent(trx, { eventId, type, payload: body, keyId: request.keyId }, clock);
-  }
-  return { settled: true, request };
-}
-
-async function release(trx: Transaction<DB>, input: ReleaseInput, at: string): Promise<ReleaseResult> {
-  const closed = trx
-    .updateTable('requests')
-    .set({ status: input.status, error_code: input.errorCode ?? null, settled_at: at })
-    .where('id', '=', input.requestId);
-  const fromHolding = await closed.where('status', 'in', HOLDING).returning(['key_id', 'reserved_micros']).executeTakeFirst();
-  if (fromHolding) {
-    await returnHold(trx, fromHolding.key_id, toBigInt(fromHolding.reserved_micros));
-    return { released: true, request: await requestOrThrow(trx, input.requestId) };
-  }
-  // An orphan resolved as not billed: close it; its hold is already back.
-  const fromOrphan = await closed.where('status', '=', 'orphaned').returning('id').executeTakeFirst();
-  return { released: fromOrphan !== undefined, request: await requestOrThrow(trx, input.requestId) };
-}
-
-async function markOrphaned(trx: Transaction<DB>, requestId: string): Promise<boolean> {
-  const row = await trx
-    .updateTable('requests')
-    .set({ status: 'orphaned', error_code: 'orphaned' })
-    .where('id', '=', requestId)
-    .where('status', 'in', HOLDING)
-    .returning(['key_id', 'reserved_micros'])
-    .executeTakeFirst();
-  if (!row) {
-    await requestOrThrow(trx, requestId);
-    return false;
-  }
-  await returnHold(trx, row.key_id, toBigInt(row.reserved_micros));
-  return true;
-}
-
-async function returnHold(trx: Transaction<DB>, keyId: string, hold: bigint): Promise<void> {
-  await trx
-    .updateTable('api_keys')
-    .set({ reserved_micros: sql<bigint>`reserved_micros - ${hold}` })
-    .where('id', '=', keyId)
-    .execute();
 }

@@ -47,10 +47,15 @@ export interface SubmitWindow {
 
 /**
  * When fal can have received a job's submit: the row is written before the
- * submit leaves, and the submit gives up after `submitTimeoutMs`.
+ * submit leaves, and the submit gives up after `submitTimeoutMs`. A process
+ * sends nothing once its lease has expired (it died, or it stops submitting
+ * when it cannot renew: lease-store.ts), so for a request whose owner's
+ * lease expired at `ownerExpiredAtMs` the window ends there: a dead
+ * process's lost submit is settled as soon as its lease runs out.
  */
-export function submitWindow(createdAtMs: number, submitTimeoutMs: number): SubmitWindow {
-  return { start: createdAtMs - CLOCK_SKEW_MS, end: createdAtMs + submitTimeoutMs + CLOCK_SKEW_MS };
+export function submitWindow(createdAtMs: number, submitTimeoutMs: number, ownerExpiredAtMs?: number): SubmitWindow {
+  const lastSend = Math.min(createdAtMs + submitTimeoutMs, ownerExpiredAtMs ?? Number.POSITIVE_INFINITY);
+  return { start: createdAtMs - CLOCK_SKEW_MS, end: Math.max(createdAtMs, lastSend) + CLOCK_SKEW_MS };
 }
 
 /** A request fal lists, reduced to what matching needs: its input hashed (null when fal stored no input). */

@@ -232,6 +232,17 @@ export function maxCharge(request: ChargeableRequest, markup: Markup): bigint {
 }
 
 /**
+ * What each of the request's fal jobs would cost upstream if it completed as
+ * asked: written on each job's row at reservation, the estimate recorded
+ * for a job given up without fal ever reporting its cost.
+ */
+export function jobEstimates(request: ChargeableRequest): bigint[] {
+  return splitIntoJobs(request.numImages, request.model.maxImagesPerJob ?? request.numImages).map(
+    (k) => upstreamEstimate(request.model, Array.from({ length: k }, () => request.size), request.promptExpansion).micros,
+  );
+}
+
+/**
  * What fal should bill us for one completed job, from the entry's mirror of
  * fal's price table; the ledger records it beside fal's own
  * `x-fal-billable-units`. `units` covers the images (or the request) only;

@@ -52,6 +52,12 @@ export interface JobRecord {
   errorCode: string | null;
   createdAt: string;
   completedAt: string | null;
+  /** What the job would cost fal's way if it completed as asked (priced at reservation); null for strays. */
+  estimateMicros: bigint | null;
+  /** `upstreamCostMicros` is our estimate, not a cost fal reported. */
+  costEstimated: boolean;
+  /** fal's last answer about a job given up as `lost`. */
+  falLastWord: string | null;
 }
 
 export interface RequestWithJobs extends RequestRecord {
@@ -98,6 +104,9 @@ export function toJob(row: Selectable<UpstreamJobsTable>): JobRecord {
     errorCode: row.error_code,
     createdAt: row.created_at,
     completedAt: row.completed_at,
+    estimateMicros: row.estimate_micros === null || row.estimate_micros === undefined ? null : toBigInt(row.estimate_micros),
+    costEstimated: toBigInt(row.cost_estimated ?? 0n) === 1n,
+    falLastWord: row.fal_last_word ?? null,
   };
 }
 

@@ -103,8 +103,10 @@ export interface UnitsDisagreements {
  */
 export interface UnrecoveredReport {
   totalMicros: bigint;
+  /** Of `totalMicros`, our estimate for jobs fal reported no cost for (given up as `lost`, or completed without billed units). */
+  estimatedMicros: bigint;
   jobs: number;
-  byModel: Array<{ model: string; micros: bigint; jobs: number }>;
+  byModel: Array<{ model: string; micros: bigint; estimatedMicros: bigint; jobs: number }>;
 }
 
 export interface Reports {
@@ -197,12 +199,12 @@ export function createReports(database: Database, options: ReportsOptions = {}):
       if (filter.model !== undefined) q = q.where('r.model', '=', filter.model);
       if (filter.keyId !== undefined) q = q.where('r.key_id', '=', filter.keyId);
       const rows = await q
-        .select(['r.model as model', sql<bigint>`sum(j.upstream_cost_micros)`.as('micros'), sql<bigint>`count(*)`.as('jobs')])
+        .select(['r.model as model', sql<bigint>`sum(j.upstream_cost_micros)`.as('micros'), sql<bigint>`sum(case when j.cost_estimated = 1 then j.upstream_cost_micros else 0 end)`.as('estimated'), sql<bigint>`count(*)`.as('jobs')])
         .groupBy('r.model')
         .orderBy('r.model')
         .execute();
-      const byModel = rows.map((r) => ({ model: r.model, micros: toBigInt(r.micros), jobs: toNumber(r.jobs) }));
-      return { totalMicros: byModel.reduce((s, r) => s + r.micros, 0n), jobs: byModel.reduce((s, r) => s + r.jobs, 0), byModel };
+      const byModel = rows.map((r) => ({ model: r.model, micros: toBigInt(r.micros), estimatedMicros: toBigInt(r.estimated), jobs: toNumber(r.jobs) }));
+      return { totalMicros: byModel.reduce((s, r) => s + r.micros, 0n), estimatedMicros: byModel.reduce((s, r) => s + r.estimatedMicros, 0n), jobs: byModel.reduce((s, r) => s + r.jobs, 0), byModel };
     },
 
     async unitsDisagreements(opts = {}) {

@@ -1,4 +1,4 @@
-import type { Ledger, RequestRecord } from './ledger.js';
+import type { Ledger, ReleaseResult, RequestRecord } from './ledger.js';
 import { callerChargeForJobs, upstreamCost, type Charge, type PricedModel } from './pricing.js';
 import { formatDecimal, formatUsd, parseMarkup, type Markup } from './money.js';
 import type { UsageSettledData } from '../schemas/usage-settled-event.js';
@@ -40,6 +40,10 @@ export interface CompletedJob {
 }
 
 export interface SettlementOutcome {
+  /** False when the request was already closed, or belongs to another process now: this call changed nothing. */
+  settled: boolean;
+  /** The request's row after the call. */
+  request: RequestRecord;
   charge: Charge;
   upstreamCostMicros: bigint;
   /** fal ids whose billed quantity differs from our estimate. */
@@ -116,8 +120,8 @@ export async function closeUncharged(
   pricing: RequestPricing,
   close: { status: 'released' | 'failed'; errorCode: string },
   jobs: readonly CompletedJob[],
-): Promise<void> {
-  await ledger.release({ requestId, status: close.status, errorCode: close.errorCode, jobs: completions(model, pricing, jobs) });
+): Promise<ReleaseResult> {
+  return ledger.release({ requestId, status: close.status, errorCode: close.errorCode, jobs: completions(model, pricing, jobs) });
 }
 
 /**
@@ -159,5 +163,5 @@ export async function settleCompleted(
     done.unitsMismatch ? [{ falRequestId: rows[i]!.falRequestId, unitsEstimate: rows[i]!.unitsEstimate, unitsFal: rows[i]!.unitsFal }] : [],
   );
   if (result.settlement.settled) events?.kick();
-  return { charge, upstreamCostMicros: upstreamMicros, disagreements };
+  return { settled: result.settlement.settled, request: result.settlement.request, charge, upstreamCostMicros: upstreamMicros, disagreements };
 }

@@ -73,8 +73,9 @@ export function adminUsageReportView(report: UsageReport, unrecovered: Unrecover
     data: report.rows.map((r) => ({ group: r.group, ...adminAmounts(r) })),
     unrecovered: {
       upstream_cost_usd: formatUsd(unrecovered.totalMicros),
+      estimated_usd: formatUsd(unrecovered.estimatedMicros),
       jobs: unrecovered.jobs,
-      by_model: unrecovered.byModel.map((m) => ({ model: m.model, upstream_cost_usd: formatUsd(m.micros), jobs: m.jobs })),
+      by_model: unrecovered.byModel.map((m) => ({ model: m.model, upstream_cost_usd: formatUsd(m.micros), estimated_usd: formatUsd(m.estimatedMicros), jobs: m.jobs })),
     },
   };
 }

@@ -84,6 +84,11 @@ export const usageReportSchema = {
 
 const unrecoveredAmounts = {
   upstream_cost_usd: { type: 'string', pattern: USD_PATTERN, description: 'What fal billed that no caller is charged for.' },
+  estimated_usd: {
+    type: 'string',
+    pattern: USD_PATTERN,
+    description: 'Of upstream_cost_usd, our estimate for jobs fal reported no cost for: jobs given up as lost (fal never said what became of them), or completed without billed units.',
+  },
   jobs: { type: 'integer', minimum: 0, description: 'fal jobs with such a cost.' },
 } as const;
 
@@ -103,10 +108,10 @@ export const adminUsageReportSchema = {
         ...unrecoveredAmounts,
         by_model: {
           type: 'array',
-          items: { type: 'object', properties: { model: { type: 'string' }, ...unrecoveredAmounts }, required: ['model', 'upstream_cost_usd', 'jobs'], additionalProperties: false },
+          items: { type: 'object', properties: { model: { type: 'string' }, ...unrecoveredAmounts }, required: ['model', 'upstream_cost_usd', 'estimated_usd', 'jobs'], additionalProperties: false },
         },
       },
-      required: ['upstream_cost_usd', 'jobs', 'by_model'],
+      required: ['upstream_cost_usd', 'estimated_usd', 'jobs', 'by_model'],
       additionalProperties: false,
     },
     totals: {

@@ -75,6 +75,7 @@ export function fakeImageService(behaviour: FakeBehaviour | ((req: CanonicalRequ
       if ('error' in b) throw b.error;
       return b.outcome;
     },
+    inFlight: () => false,
   };
 }
 

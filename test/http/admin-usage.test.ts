@@ -364,8 +364,9 @@ describeEachDialect('admin keys and usage over HTTP', (ctx) => {
       assert.equal(report.status, 200, JSON.stringify(report.body));
       assert.deepEqual(report.body.unrecovered, {
         upstream_cost_usd: formatUsd(parseUsd(bill.usd)),
+        estimated_usd: '0.000000',
         jobs: 1,
-        by_model: [{ model: 'alibaba/z-image-turbo', upstream_cost_usd: formatUsd(parseUsd(bill.usd)), jobs: 1 }],
+        by_model: [{ model: 'alibaba/z-image-turbo', upstream_cost_usd: formatUsd(parseUsd(bill.usd)), estimated_usd: '0.000000', jobs: 1 }],
       });
       assert.equal(report.body.totals.requests, 0, 'totals count settled requests only');
 

@@ -1,6 +1,6 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { decideRequest, nextJobState, type Ended, type FalFailure, type JobEvent, type JobState, type StopReason } from '../../src/metering/job-state.js';
+import { afterLook, decideReconciled, decideRequest, nextJobState, type Ended, type FalFailure, type FalLook, type JobEvent, type JobState, type LookContext, type ReconciledJob, type StopReason } from '../../src/metering/job-state.js';
 
 /**
  * The billing decisions as data: no fal, no ledger, no clock. One row per
@@ -86,4 +86,43 @@ describe('decideRequest: the jobs’ states → the request row, the caller’s 
   it('a request decided with a job still waiting is a bug', () => {
     assert.throws(() => decideRequest([submitted], undefined), /still submitted/);
   });
+});
+
+describe('afterLook: what reconciliation does with what fal said of a job it holds open', () => {
+  const young: LookContext = { pastDeadline: false, imagesUnwanted: false };
+  const unwanted: LookContext = { pastDeadline: false, imagesUnwanted: true };
+  const late: LookContext = { pastDeadline: true, imagesUnwanted: false };
+  const lateUnwanted: LookContext = { pastDeadline: true, imagesUnwanted: true };
+  const running: FalLook = { seen: 'waiting', status: 'IN_PROGRESS' };
+  const failing: FalLook = { seen: 'unreadable', lastWord: 'result 503', billedUnits: null };
+  const table: Array<[string, FalLook, LookContext, unknown]> = [
+    ['fal returned the result: recorded (settled with an open request, as cost of a closed one)', { seen: 'completed' }, young, { step: 'complete' }],
+    ['fal returned the result after the deadline: still fal’s word, recorded', { seen: 'completed' }, late, { step: 'complete' }],
+    ['fal says the job ended with an error: closed at what it billed', { seen: 'ended', ended: ended('failed', '1', 'validation_error') }, young, { step: 'close', write: { write: 'close_job', status: 'failed', billedUnits: '1', errorCode: 'validation_error' } }],
+    ['a cancel fal finally honoured: closed cancelled', { seen: 'ended', ended: ended('cancelled', '0', 'client_cancelled') }, late, { step: 'close', write: { write: 'close_job', status: 'cancelled', billedUnits: '0', errorCode: 'client_cancelled' } }],
+    ['fal knows no job under the id: refused, $0', { seen: 'absent' }, young, { step: 'close', write: { write: 'close_job', status: 'refused', billedUnits: '0', errorCode: 'not_found_at_fal' } }],
+    ['still running, caller gone with the request open: wait, its images are the caller’s', running, young, { step: 'wait', cancel: false }],
+    ['still running, nobody will receive it (request closed): cancel at fal, look again next round', running, unwanted, { step: 'wait', cancel: true }],
+    ['running past the deadline (fal ignored the cancel): cancel once more, then lost at the estimate', running, late, { step: 'give_up', cancel: true, write: { write: 'close_job', status: 'lost', billedUnits: null, errorCode: 'gave_up', lastWord: 'IN_PROGRESS' } }],
+    ['queued past the deadline: the same', { seen: 'waiting', status: 'IN_QUEUE' }, lateUnwanted, { step: 'give_up', cancel: true, write: { write: 'close_job', status: 'lost', billedUnits: null, errorCode: 'gave_up', lastWord: 'IN_QUEUE' } }],
+    ['status or result failing 5xx: wait (no cancel: fal’s answers are what fails)', failing, young, { step: 'wait', cancel: false }],
+    ['failing 5xx past the deadline: lost, fal’s last word kept, at the estimate', failing, late, { step: 'give_up', cancel: false, write: { write: 'close_job', status: 'lost', billedUnits: null, errorCode: 'gave_up', lastWord: 'result 503' } }],
+    ['failing past the deadline, the failed answer carried units: lost at what fal billed', { seen: 'unreadable', lastWord: 'result 500', billedUnits: '1' }, late, { step: 'give_up', cancel: false, write: { write: 'close_job', status: 'lost', billedUnits: '1', errorCode: 'gave_up', lastWord: 'result 500' } }],
+  ];
+  for (const [name, look, ctx, step] of table) {
+    it(name, () => assert.deepEqual(afterLook(look, ctx), step));
+  }
+});
+
+describe('decideReconciled: an open request (no answer was written) once its jobs have been looked at', () => {
+  const table: Array<[string, ReconciledJob[], unknown]> = [
+    ['a job still open: the hold is kept, looked at again next round', ['completed', 'open'], { write: 'wait' }],
+    ['every job completed: settled, the images are the caller’s', ['completed', 'completed'], { write: 'settle' }],
+    ['one completed, one given up: settled on the completed one; the lost one is cost only', ['completed', 'lost'], { write: 'settle' }],
+    ['nothing completed, fal ended them: closed uncharged', ['ended', 'ended'], { write: 'close', errorCode: 'job_failed' }],
+    ['nothing completed, a job given up: closed uncharged as given up, the hold returned', ['ended', 'lost'], { write: 'close', errorCode: 'gave_up' }],
+  ];
+  for (const [name, jobs, write] of table) {
+    it(name, () => assert.deepEqual(decideReconciled(jobs), write));
+  }
 });

@@ -69,6 +69,78 @@ describeEachDialect('lease store', (ctx: DialectContext) => {
     });
   });
 
+  describe('a lease lost', () => {
+    it('holdLease: renewals failing past the expiry make the lease invalid (logged once), a renewal that works makes it valid again', async () => {
+      const database = await ctx.open();
+      const real = createLeaseStore(database);
+      let down = false;
+      const store = { ...real, renew: (l: Parameters<typeof real.renew>[0]) => (down ? Promise.reject(new Error('database unreachable')) : real.renew(l)) };
+      let clock = 1_000_000;
+      const lines: Array<{ level: number; msg: string }> = [];
+      const logger = pino({ level: 'info' }, { write: (l: string) => void lines.push(JSON.parse(l) as { level: number; msg: string }) });
+      const held = await holdLease(store, { logger, renewMs: 20, expiryMs: 1_000, now: () => clock });
+      assert.equal(held.valid(), true);
+      down = true;
+      clock += 990;
+      assert.equal(held.valid(), false, 'within one renewal of the expiry, by its own clock, it is no longer trusted');
+      const failed = () => lines.filter((l) => /lease has expired/.test(l.msg)).length;
+      await until(async () => (failed() > 0 ? true : undefined), 'the expiry to be logged');
+      await new Promise((r) => setTimeout(r, 100));
+      assert.equal(failed(), 1, 'logged once, not at every failed renewal');
+      down = false;
+      await until(async () => (held.valid() ? true : undefined), 'a renewal to succeed');
+      assert.ok(lines.some((l) => /renewed again/.test(l.msg)));
+      await held.release();
+    });
+
+    it('adopt: a request moves to another lease only while its owner’s lease is not live; the old owner’s settle then changes nothing', async () => {
+      const database = await ctx.open();
+      const time = manualClock('2026-12-07T12:00:00.000Z');
+      const store = createLeaseStore(database, { clock: time.clock });
+      const a = uid('owner');
+      await store.acquire(lease(a));
+      const keyId = await keyWithBudget(database, 1_000n);
+      const owner = createLedger(database, { leaseId: a, clock: time.clock });
+      const adopter = createLedger(database, { leaseId: 'adopter', clock: time.clock });
+      const id = uid('req');
+      await owner.reserve(reserveInput(keyId, 100n, id));
+      assert.equal(await adopter.adopt({ requestId: id, fromLeaseId: a, toLeaseId: 'adopter' }), false, 'the owner’s lease is live');
+      time.set('2026-12-07T12:00:11.000Z');
+      assert.equal(await adopter.adopt({ requestId: id, fromLeaseId: a, toLeaseId: 'adopter' }), true);
+      assert.equal(await adopter.adopt({ requestId: id, fromLeaseId: a, toLeaseId: 'third' }), false, 'taken once');
+      const late = await owner.settle({ requestId: id, chargeMicros: 60n, credits: 120, images: 1 });
+      assert.equal(late.settled, false, 'the old owner’s write changes nothing');
+      assert.equal(late.request.leaseId, 'adopter');
+      assert.equal((await owner.release({ requestId: id, status: 'failed' })).released, false);
+      const done = await adopter.settle({ requestId: id, chargeMicros: 60n, credits: 120, images: 1 });
+      assert.equal(done.settled, true);
+      const key = await database.db.selectFrom('api_keys').select(['spent_micros', 'reserved_micros']).where('id', '=', keyId).executeTakeFirstOrThrow();
+      assert.deepEqual([BigInt(key.spent_micros), BigInt(key.reserved_micros)], [60n, 0n]);
+    });
+
+    it('sweep: an expired lease goes once no open request names it; a live one, or one still owning an open request, stays', async () => {
+      const database = await ctx.open();
+      const time = manualClock('2026-12-07T12:00:00.000Z');
+      const store = createLeaseStore(database, { clock: time.clock });
+      const [idle, owning, live] = [uid('idle'), uid('owning'), uid('live')];
+      for (const id of [idle, owning]) await store.acquire(lease(id));
+      const keyId = await keyWithBudget(database, null);
+      const req = uid('req');
+      await createLedger(database, { leaseId: owning }).reserve(reserveInput(keyId, 10n, req));
+      const closed = uid('req');
+      const idleLedger = createLedger(database, { leaseId: idle });
+      await idleLedger.reserve(reserveInput(keyId, 10n, closed));
+      await idleLedger.release({ requestId: closed, status: 'released' });
+      time.set('2026-12-07T12:00:30.000Z');
+      await store.acquire(lease(live));
+      await store.sweep();
+      const left = new Set((await store.list()).map((l) => l.id));
+      assert.equal(left.has(idle), false, 'expired, and only a closed request names it');
+      assert.equal(left.has(owning), true, 'an open request still names it: its expiry bounds that request’s lost submits');
+      assert.equal(left.has(live), true);
+    });
+  });
+
   describe('requests name their lease', () => {
     it('reserve writes the ledger’s lease on the request; a ledger without one writes none', async () => {
       const database = await ctx.open();
@@ -128,6 +200,12 @@ describeEachDialect('lease store', (ctx: DialectContext) => {
       const lost = (await ledger.listLostSubmits({ scope })).filter((j) => mine.has(j.requestId));
       assert.deepEqual(lost.map((j) => j.requestId).sort(), expected);
       assert.ok(lost.every((j) => j.id.endsWith('/1')));
+
+      // A process that knows what it is working on takes its own young request too.
+      const eager = reconcileScope({ ownLeaseId: own, leases: await store.list(), nowMs: time.clock().getTime(), olderThanMs: 60_000, ownOlderThanMs: 0 });
+      const eagerExpected = rows.filter((r) => mayReconcile(r, eager)).map((r) => r.id).sort();
+      assert.equal(eagerExpected.length, 7, 'and the own young one');
+      assert.deepEqual((await ledger.listOpen({ scope: eager })).map((r) => r.id).filter((id) => mine.has(id)).sort(), eagerExpected);
     });
   });
 });

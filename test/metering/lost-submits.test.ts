@@ -63,6 +63,12 @@ describe('submitWindow and groupByWindow', () => {
     assert.deepEqual(submitWindow(T0, TIMEOUT), { start: T0 - CLOCK_SKEW_MS, end: T0 + TIMEOUT + CLOCK_SKEW_MS });
   });
 
+  it('a dead owner sent nothing after its lease expired: the window ends there (and the skew after it)', () => {
+    assert.deepEqual(submitWindow(T0, TIMEOUT, T0 + 8_000), { start: T0 - CLOCK_SKEW_MS, end: T0 + 8_000 + CLOCK_SKEW_MS });
+    assert.deepEqual(submitWindow(T0, TIMEOUT, T0 + TIMEOUT + 30_000), submitWindow(T0, TIMEOUT), 'an expiry after the submit timeout changes nothing');
+    assert.deepEqual(submitWindow(T0, TIMEOUT, T0 - 1_000), { start: T0 - CLOCK_SKEW_MS, end: T0 + CLOCK_SKEW_MS }, 'never before the row');
+  });
+
   it('one listing per endpoint and overlapping windows', () => {
     const j = (id: string, endpoint: string, at: number) => ({ id, endpoint, window: submitWindow(at, TIMEOUT) });
     const groups = groupByWindow([j('a', 'e1', T0), j('b', 'e1', T0 + 30_000), j('c', 'e1', T0 + 3_600_000), j('d', 'e2', T0)]);

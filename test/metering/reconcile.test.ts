@@ -18,6 +18,14 @@ import { parseMarkup, parseUsd } from '../../src/metering/money.js';
  */
 
 const MODEL = 'alibaba/z-image-turbo';
+
+async function until(fn: () => boolean, what: string): Promise<void> {
+  const end = Date.now() + 30_000;
+  while (!fn()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
 const LATER_MS = 10 * 60_000;
 
 describe('reconcile: lost submits', () => {
@@ -118,6 +126,27 @@ describe('reconcile: lost submits', () => {
     assert.equal((await t.service.ledger.getRequest(first.requestId))?.jobs[0]?.falRequestId, falRequestId);
   });
 
+  it('a submit still being resent is not lost: the process’s own round leaves a request it is answering alone, even when fal lists a job of the same input', async () => {
+    // The first attempt makes a job and is refused 503 (fal named it: a stray); the resend waits 3 s, then makes the job.
+    t.emulator.armFault([
+      { phase: 'submit', status: 503, commit: true, prompt_contains: 'resent', times: 1 },
+      { phase: 'submit', kind: 'delay', delay_ms: 3_000, prompt_contains: 'resent', times: 1 },
+    ]);
+    // supertest sends on then(): started now, awaited below.
+    const answer = post('resent').then((r) => r);
+    await until(() => t.emulator.jobs().some((j) => String(j.input.prompt).includes('resent')), 'the refused attempt’s job');
+    const round = await t.service.reconciler.run({ olderThanMs: 0 });
+    assert.deepEqual(round.lostFound, [], 'the job of the refused attempt is not taken for the request’s own');
+    const res = await answer;
+    assert.equal(res.status, 200, JSON.stringify(res.body));
+    const row = (await t.service.ledger.getRequest(res.headers['x-request-id'] as string))!;
+    const jobs = t.emulator.jobs().filter((j) => String(j.input.prompt).includes('resent'));
+    assert.equal(jobs.length, 2);
+    assert.equal(row.jobs.find((j) => j.kind === 'job')?.falRequestId, res.body.meta.fal_request_id ?? row.jobs.find((j) => j.kind === 'job')?.falRequestId);
+    assert.equal(row.jobs.filter((j) => j.kind === 'stray').length, 1, 'the refused attempt’s job is a stray');
+    assert.equal(row.chargeMicros, parseUsd(res.headers['x-usage-cost-usd'] as string), 'charged once, as answered');
+  });
+
   it('a listing that fails is tried again next round; the job stays open until it answers', async () => {
     const input = { prompt: 'lost-flaky a quiet harbour', image_size: 'square', num_images: 1, sync_mode: false };
     const { requestId, jobId } = await openRequestWithLostSubmit(input);
@@ -168,7 +197,11 @@ describe('reconcile: lost submits when fal stores no inputs (X-Fal-Store-IO: 0)'
     await run(LATER_MS / 2);
     const row = await t.service.ledger.getRequest(id);
     assert.equal(row?.jobs[0]?.status, 'lost');
-    assert.equal(row?.jobs[0]?.errorCode, 'unresolved_upstream');
+    assert.equal(row?.jobs[0]?.errorCode, 'gave_up');
+    assert.match(row?.jobs[0]?.falLastWord ?? '', /listing unmatchable/);
+    // fal reported no cost for it: recorded at the job's estimate, marked as one, which is what fal billed for the job it made.
+    assert.equal(row?.jobs[0]?.costEstimated, true);
+    assert.equal(row?.jobs[0]?.upstreamCostMicros, parseUsd(t.emulator.billing().find((b) => b.request_id === job.request_id)!.usd));
   });
 });
 
@@ -181,10 +214,10 @@ describe('reconcile: leases', () => {
     await t.close();
   });
 
-  /** A reconciler holding the service's own lease, its clock `aheadMs` in the future. */
+  /** A reconciler of the process holding `ownLeaseId` (its ledger writes under that lease), its clock `aheadMs` in the future. */
   const reconcile = (ownLeaseId: string, aheadMs = 0): Promise<ReconcileReport> =>
     createReconciler({
-      ledger: t.service.ledger,
+      ledger: createLedger(t.service.database, { leaseId: ownLeaseId }),
       fal: t.service.fal,
       registry: t.service.registry,
       markup: parseMarkup('1'),
@@ -221,6 +254,31 @@ describe('reconcile: leases', () => {
     assert.equal(expired.nextLeaseExpiryMs, undefined);
     assert.equal((await t.service.ledger.getRequest(peers))?.status, 'failed');
     assert.equal((await t.service.ledger.getRequest(mine))?.status, 'submitted');
+  });
+
+  it('a dead owner’s lost submit is settled once its lease expiry (and the clock skew) has passed, not a submit timeout after its row', async () => {
+    const store = createLeaseStore(t.service.database);
+    const dead = await store.acquire({ id: `dead-${Math.random()}`, host: 'elsewhere', pid: 1, expiryMs: 1_000 });
+    const model = t.service.registry.lookup(MODEL)!;
+    const keyId = (await t.service.keys.create({ name: 'lost window', budgetMicros: null })).record.id;
+    const reserveLost = async (leaseId: string | undefined) => {
+      const requestId = `req-window-${Math.random().toString(36).slice(2)}`;
+      const input = { prompt: `${requestId} never sent`, image_size: 'square', num_images: 1, sync_mode: false };
+      await createLedger(t.service.database, { leaseId }).reserve({ requestId, keyId, model: MODEL, endpoint: model.endpoint, maxChargeMicros: 1_000n, jobs: 1, inputHashes: [inputHash(input)] });
+      return requestId;
+    };
+    // A lease whose row is gone gives no expiry: its requests are anyone's, but its submits' windows are the whole submit timeout.
+    const gone = await store.acquire({ id: `gone-${Math.random()}`, host: 'elsewhere', pid: 2, expiryMs: 1_000 });
+    const ofDead = await reserveLost(dead.id);
+    const ofGone = await reserveLost(gone.id);
+    await store.release(gone.id);
+    // 10 s on: the dead lease ran out 9 s ago, more than the skew; the other submit could still be on its way (60 s).
+    const report = await reconcile(`own-${Math.random()}`, 10_000);
+    assert.ok(report.lostAbsent.includes(jobIdFor(ofDead, 0)), JSON.stringify(report));
+    assert.equal((await t.service.ledger.getRequest(ofDead))?.status, 'failed', 'released: fal made no job');
+    assert.ok(!report.lostAbsent.includes(jobIdFor(ofGone, 0)));
+    assert.equal((await t.service.ledger.getRequest(ofGone))?.jobs[0]?.status, 'submitting');
+    assert.ok(report.adopted.includes(ofGone), 'looked at: its owner is gone');
   });
 
   it('a request whose lease was released (a graceful stop) is anyone’s at once; a lease-less young one is not', async () => {

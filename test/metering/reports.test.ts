@@ -171,11 +171,12 @@ describeEachDialect('reports', (ctx: DialectContext) => {
       await ledger.release({ requestId: 'refused', status: 'failed', errorCode: 'upstream_media_error', jobs: [job('refused', 0, 30n)] });
       // A stray fal made and billed.
       await ledger.recordStrays({ requestId: 'paid', endpoint: 'e', falRequestIds: ['fal-stray'] });
-      await ledger.completeJob({ jobId: strayIdFor('paid', 'fal-stray'), images: 1, pixels: 1, unitsEstimate: '1', upstreamCostMicros: 11n });
+      await ledger.completeJob({ jobId: strayIdFor('paid', 'fal-stray'), images: 1, pixels: 1, unitsEstimate: '1', unitsFal: '1', upstreamCostMicros: 11n });
 
       const reports = createReports(database);
       const all = await reports.unrecovered();
-      assert.deepEqual(all, { totalMicros: 48n, jobs: 3, byModel: [{ model: 'm-1', micros: 18n, jobs: 2 }, { model: 'm-2', micros: 30n, jobs: 1 }] });
+      // The refused request's job came without fal's units: its cost is our estimate, and said to be one.
+      assert.deepEqual(all, { totalMicros: 48n, estimatedMicros: 30n, jobs: 3, byModel: [{ model: 'm-1', micros: 18n, estimatedMicros: 0n, jobs: 2 }, { model: 'm-2', micros: 30n, estimatedMicros: 30n, jobs: 1 }] });
       assert.equal((await reports.unrecovered({ model: 'm-2' })).totalMicros, 30n);
       assert.equal((await reports.unrecovered({ from: '2025-02-02T00:00:00.000Z' })).totalMicros, 41n, 'by when each job ended');
       assert.equal((await ledger.getRequest('paid'))?.upstreamCostMicros, 68n, 'a request’s upstream cost is all its jobs’, strays included');

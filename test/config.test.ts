@@ -1,0 +1,24 @@
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { ConfigError, loadConfig } from '../src/config.js';
+
+/** JOB_GIVE_UP_MS: when reconciliation stops waiting for fal (docs/BILLING.md, "Giving up"). */
+describe('config: JOB_GIVE_UP_MS', () => {
+  const base = { FAL_KEY: 'k', API_KEYS: 'sk-config-test-0123456789' };
+
+  it('defaults to half an hour', () => {
+    assert.equal(loadConfig(base).jobGiveUpMs, 30 * 60_000);
+  });
+
+  it('defaults above REQUEST_TIMEOUT_MS + LEASE_EXPIRY_MS when the deadline is long', () => {
+    assert.equal(loadConfig({ ...base, REQUEST_TIMEOUT_MS: '3600000' }).jobGiveUpMs, 3_600_000 + 10_000 + 60_000);
+  });
+
+  it('refuses a give-up before a live process could have stopped waiting on the job', () => {
+    assert.throws(
+      () => loadConfig({ ...base, REQUEST_TIMEOUT_MS: '60000', JOB_GIVE_UP_MS: '70000' }),
+      (err: unknown) => err instanceof ConfigError && err.problems.some((p) => p.startsWith('JOB_GIVE_UP_MS (70000) must be more than REQUEST_TIMEOUT_MS + LEASE_EXPIRY_MS (70000)')),
+    );
+    assert.equal(loadConfig({ ...base, REQUEST_TIMEOUT_MS: '60000', JOB_GIVE_UP_MS: '70001' }).jobGiveUpMs, 70_001);
+  });
+});
