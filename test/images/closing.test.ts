@@ -16,6 +16,9 @@ import { createPendingCloses } from '../../src/metering/pending-closes.js';
 import { createReconciler } from '../../src/metering/reconcile.js';
 import { settleCompleted } from '../../src/metering/settlement.js';
 
+/** What the database driver throws when the ledger cannot be reached (src/db/errors.ts counts it as unavailable). */
+const unreachable = () => Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:5432'), { code: 'ECONNREFUSED' });
+
 /**
  * How a request's row is closed when the close does not simply go through
  * (src/images/closing.ts), through the real service, @fal-ai/client and the
@@ -102,8 +105,8 @@ describe('closing a request', () => {
       let down = false;
       const failing: Ledger = {
         ...s.ledger,
-        settleJobs: (input) => (down ? Promise.reject(new Error('database unreachable')) : s.ledger.settleJobs(input)),
-        release: (input) => (down ? Promise.reject(new Error('database unreachable')) : s.ledger.release(input)),
+        settleJobs: (input) => (down ? Promise.reject(unreachable()) : s.ledger.settleJobs(input)),
+        release: (input) => (down ? Promise.reject(unreachable()) : s.ledger.release(input)),
         recordSubmit: async (input) => {
           const out = await s.ledger.recordSubmit(input);
           down = true;
