@@ -48,8 +48,10 @@ export function createFileUrls(opts: FileUrlOptions): FileUrls {
       if (!/^\d{1,12}$/.test(expires) || !/^[A-Za-z0-9_-]{43}$/.test(signature)) return null;
       const expiresAt = Number(expires);
       if (expiresAt * 1000 <= now()) return null;
-      const given = Buffer.from(signature, 'base64url');
-      const expected = mac(path, tenant, expiresAt);
+      // Compared as text: base64url's last character carries 2 unused bits, so
+      // decoding would let 4 spellings of one signature through.
+      const given = Buffer.from(signature, 'latin1');
+      const expected = Buffer.from(mac(path, tenant, expiresAt).toString('base64url'), 'latin1');
       return given.length === expected.length && timingSafeEqual(given, expected) ? { tenant, expiresAt } : null;
     },
   };

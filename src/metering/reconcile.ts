@@ -166,6 +166,10 @@ async function runRound(ctx: Ctx, olderThanMs: number): Promise<ReconcileReport>
   for (const job of await ctx.ledger.listOpenJobs(which)) {
     if ((openIds.has(job.requestId) && job.kind === 'job') || ctx.inFlight?.(job.requestId)) continue;
     try {
+      // A request taken after the open requests were listed is open, not
+      // closed: its jobs are someone's live work, never to be cancelled here.
+      // A closed request never reopens, so one look now settles it.
+      if (job.kind === 'job' && (await stillOpen(ctx, job.requestId))) continue;
       await reconcileJob(ctx, job, report);
     } catch (err) {
       ctx.logger.error({ err, job_id: job.id }, 'reconcile: failed on a job');
@@ -173,6 +177,11 @@ async function runRound(ctx: Ctx, olderThanMs: number): Promise<ReconcileReport>
   }
   if (ctx.leases) report.leasesRemoved = await ctx.leases.store.sweep().catch(() => 0);
   return report;
+}
+
+async function stillOpen(ctx: Ctx, requestId: string): Promise<boolean> {
+  const r = await ctx.ledger.getRequest(requestId);
+  return r !== null && HOLDING.includes(r.status);
 }
 
 /** Which rows the round may list (the lease rule), and when each expired lease ran out. */
