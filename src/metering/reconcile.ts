@@ -126,7 +126,8 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
 async function reconcileOne(ctx: Ctx, requestId: string, olderThanMs: number): Promise<boolean> {
   const r = await ctx.ledger.getRequest(requestId);
   if (!r || !HOLDING.includes(r.status) || !ctx.leases || ctx.inFlight?.(requestId)) return false;
-  const scope = reconcileScope({ ownLeaseId: ctx.leases.ownLeaseId, leases: await ctx.leases.store.list(), nowMs: ctx.now(), olderThanMs });
+  // The round's rule: a process that knows what it is working on takes any other request of its own at once.
+  const scope = reconcileScope({ ownLeaseId: ctx.leases.ownLeaseId, leases: await ctx.leases.store.list(), nowMs: ctx.now(), olderThanMs, ownOlderThanMs: ctx.inFlight ? 0 : olderThanMs });
   if (!mayReconcile(r, scope)) return false;
   const report = { ...emptyReport(), examined: 1 };
   if (await adopt(ctx, r, report)) await reconcileRequest(ctx, r, report);

@@ -15,7 +15,7 @@ const send = (msg: unknown) => process.send?.(msg);
 const maxBodyBytes = process.env.FUZZ_MAX_BODY_BYTES ?? String(1024 * 1024);
 
 // PostgreSQL when the harness passes one (FUZZ_DATABASE_URL); SQLite under a temporary DATA_DIR otherwise.
-const database: Record<string, string> = process.env.FUZZ_DATABASE_URL ? { DATABASE_URL: process.env.FUZZ_DATABASE_URL } : {};
+const database: Record<string, string> = process.env.FUZZ_DATABASE_URL ? { DATABASE_URL: process.env.FUZZ_DATABASE_URL, FILE_URL_SECRET: 'fuzz-target-file-url-secret-0123456789' } : {};
 
 const t = await startTestService(
   // Rate limits are the load suite's subject; here they would only turn valid requests into 429s.
