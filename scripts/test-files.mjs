@@ -16,10 +16,14 @@ export const root = new URL('..', import.meta.url).pathname;
 export const INTEGRATION = [
   'test/cli/cli.test.ts', // spawns the CLI and a service process
   'test/db/database.test.ts', // migrations and pools, on SQLite and PostgreSQL
+  'test/db/migrations.test.ts', // migrations beside other clients' schema churn on PostgreSQL; its retries run out under heavy load
+  'test/emulator/behaviours.test.ts', // real-fal behaviours that wait out queue times, media lifetimes and deadlines
   'test/emulator/storage.test.ts', // multipart uploads of large files
   'test/fuzz/fuzz.test.ts', // 3,000 seeded cases against a service in a child process, on SQLite and on PostgreSQL
+  'test/http/http-server.test.ts', // slow-header and slow-body clients held for the configured seconds
   'test/http/idempotency-crash.test.ts', // SIGKILLs a service process mid-request, restarts it, on SQLite and PostgreSQL
   'test/http/rate-limit.test.ts', // two service processes sharing Redis
+  'test/http/secrets-in-logs.test.ts', // services at trace level on both databases, every log line searched
   'test/images/generate-faults.test.ts', // every upstream fault, deadlines and reconciliation
   'test/images/loras-uploads.test.ts', // a 95 MB LoRA file through multipart storage, media lifetimes
   'test/main.test.ts', // starts and signals src/main.ts as a process
