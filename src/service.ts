@@ -1,9 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { setMaxListeners } from 'node:events';
-import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import type { Express } from 'express';
-import type { DestinationStream, Logger } from 'pino';
 import { createLogger, urlPassword } from './logging.js';
 import { loraReuseMarginMs, type Config } from './config.js';
 import { createApp } from './app.js';
@@ -16,13 +13,13 @@ import { createAnswerRecovery } from './images/recover-answer.js';
 import { modelCatalog, type ModelRegistry } from './models/registry.js';
 import { createServedModelRegistry } from './models/prices.js';
 import { formatUsd, parseMarkup } from './metering/money.js';
-import { createDatabase, type Database } from './db/index.js';
+import { createDatabase } from './db/index.js';
 import { createLedger, type Ledger } from './metering/ledger.js';
-import { createReports, type Reports } from './metering/reports.js';
-import { createKeysStore, type KeysStore } from './metering/keys-store.js';
+import { createReports } from './metering/reports.js';
+import { createKeysStore } from './metering/keys-store.js';
 import { createIdempotencyStore } from './metering/idempotency-store.js';
-import { createAuthenticator, loadOrCreateGeneratedKey, type GeneratedKey } from './metering/auth.js';
-import { startEmulator, type Emulator } from './emulator/index.js';
+import { createAuthenticator, loadOrCreateGeneratedKey } from './metering/auth.js';
+import { startEmulator } from './emulator/index.js';
 import { createMetrics, type Metrics } from './metrics.js';
 import { Agent, fetch as undiciFetch } from 'undici';
 import { createRedirectFetch, type FetchLike } from './fal/redirect-fetch.js';
@@ -37,7 +34,7 @@ import { join } from 'node:path';
 import { createLeaseStore, holdLease } from './metering/lease-store.js';
 import { createOutboxStore } from './metering/outbox-store.js';
 import { createBillingWebhookWorker, type BillingWebhookWorker } from './metering/billing-webhook.js';
-import { createKeyRateLimiter, type KeyRateLimiter } from './http/rate-limit.js';
+import { createKeyRateLimiter } from './http/rate-limit.js';
 import { createHttpServer } from './http/http-server.js';
 import { drainServer } from './http/shutdown.js';
 
@@ -47,46 +44,9 @@ import { drainServer } from './http/shutdown.js';
  * banner); tests build a service the same way with overrides.
  */
 
-export interface Service {
-  app: Express;
-  server: Server;
-  url: string;
-  logger: Logger;
-  fal: FalGateway;
-  ledger: Ledger;
-  /** Usage reports and exports over the ledger's rows. */
-  reports: Reports;
-  keys: KeysStore;
-  database: Database;
-  registry: ModelRegistry;
-  metrics: Metrics;
-  emulator: Emulator | undefined;
-  generatedKey: GeneratedKey | undefined;
-  reconciler: Reconciler;
-  /** The use case; `inFlight` says which requests this process is working on. */
-  images: ImageService;
-  /** Per-key request limits; `stats` counts refusals and fail-opens. */
-  rateLimiter: KeyRateLimiter;
-  /** The reconciliation started with the service (it does not delay listening). */
-  startupReconcile: Promise<ReconcileReport | undefined>;
-  /**
-   * Refuses new requests (and /readyz) with 503 at once, keeps listening for
-   * at least `minDrainMs` (default 0), lets in-flight requests finish within
-   * SHUTDOWN_GRACE_MS, then closes everything. A second call ends the minimum
-   * drain early and returns the same promise.
-   */
-  close(opts?: { minDrainMs?: number }): Promise<void>;
-}
+import type { Service, ServiceOverrides } from './service-types.js';
 
-export interface ServiceOverrides {
-  logger?: Logger;
-  /** Where the service's own logger writes (tests capture lines); ignored when `logger` is given. */
-  logDestination?: DestinationStream;
-  /** Reuse an emulator the caller started (tests) instead of the embedded one. */
-  emulator?: Emulator;
-  registry?: ModelRegistry;
-  metrics?: Metrics;
-}
+export type { Service, ServiceOverrides } from './service-types.js';
 
 export async function startService(config: Config, overrides: ServiceOverrides = {}): Promise<Service> {
   const logger =
