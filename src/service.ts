@@ -249,6 +249,7 @@ export async function startService(config: Config, overrides: ServiceOverrides =
       waitMs: config.requestTimeoutMs + 5_000,
       leaseId: lease.id,
       recovery: createAnswerRecovery({ ledger, leases: leaseStore, reconciler, fal, media, reconcileAfterMs: config.reconcileAfterMs, logger }),
+      logger,
     },
     isShuttingDown: () => shuttingDown,
     rateLimit: { limiter: rateLimiter, defaultRpm: config.defaultRpmLimit },

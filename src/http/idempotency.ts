@@ -34,6 +34,8 @@ export interface IdempotencyOptions {
   leaseId?: string | undefined;
   /** Answers a repeat from the ledger when no live process will (the route binds it to the request: `IdempotencyScope.recover`). */
   recovery?: AnswerRecovery | undefined;
+  /** Told when an answer could not be stored; the answer is still sent (see `store`). */
+  logger?: { warn(obj: object, msg: string): void } | undefined;
 }
 
 const KEY_SHAPE = /^[\x21-\x7e]{1,255}$/;
@@ -104,8 +106,22 @@ export async function withIdempotency(opts: IdempotencyOptions, scope: Idempoten
     const e = errorResponse(err);
     reply = { status: e.status, headers: e.headers, body: e.body };
   }
-  await opts.store.complete({ ...key, statusCode: reply.status, response: { headers: reply.headers, body: reply.body } });
+  await store(opts, { ...key, statusCode: reply.status, response: { headers: reply.headers, body: reply.body } });
   return reply;
+}
+
+/**
+ * Stores a finished answer for repeats. Failing to store it never replaces
+ * the answer: by now the request may be charged, and an error would invite
+ * a retry. The claim stays open, so a repeat is answered from the request's
+ * ledger row (`claim`), charged once.
+ */
+async function store(opts: IdempotencyOptions, done: Parameters<IdempotencyStore['complete']>[0]): Promise<void> {
+  try {
+    await opts.store.complete(done);
+  } catch (err) {
+    opts.logger?.warn({ err, requestId: done.requestId, status: done.statusCode }, 'idempotency: the answer was sent but not stored; a repeat is answered from the ledger');
+  }
 }
 
 /**
@@ -138,7 +154,7 @@ async function claim(opts: IdempotencyOptions, scope: IdempotencyScope): Promise
     }
     if (found && found.state !== 'in_progress') {
       const { reply, final } = recoveredReply(found, scope.okHeaders);
-      if (final) await opts.store.complete({ keyId: scope.keyId, idemKey: scope.idemKey, requestId: state.requestId, statusCode: reply.status, response: { headers: reply.headers, body: reply.body } });
+      if (final) await store(opts, { keyId: scope.keyId, idemKey: scope.idemKey, requestId: state.requestId, statusCode: reply.status, response: { headers: reply.headers, body: reply.body } });
       return replayed(reply);
     }
     if (Date.now() > deadline || scope.signal?.aborted) {

@@ -276,6 +276,26 @@ describe('withIdempotency while the claim runs on a live process', () => {
     assert.ok(asked >= 2, 'the claim was looked up on every poll');
   });
 
+  it('an answer that cannot be stored is still sent, and its claim stays open for the ledger to answer a repeat', async () => {
+    const memory = memoryIdempotencyStore();
+    const store = { ...memory, complete: async () => { throw new Error('database is locked'); } };
+    const warnings: object[] = [];
+    const b = { prompt: 'z' };
+    const reply = await withIdempotency(
+      { store, ttlS: 60, waitMs: 60, leaseId: 'mine', logger: { warn: (obj) => warnings.push(obj) } },
+      { keyId: 'k', idemKey: 'i', requestId: 'r1', body: b },
+      async (run) => {
+        run.submitted = true;
+        return { status: 200, headers: { 'x-charged-usd': '0.005' }, body: { data: [{ url: 'u' }] } };
+      },
+    );
+    assert.equal(reply.status, 200);
+    assert.deepEqual(reply.body, { data: [{ url: 'u' }] });
+    assert.equal(warnings.length, 1);
+    assert.equal((warnings[0] as { requestId: string }).requestId, 'r1');
+    assert.deepEqual(await memory.begin({ keyId: 'k', idemKey: 'i', bodyHash: bodyHash(b), requestId: 'r2', ttlS: 60 }), { state: 'running', requestId: 'r1', leaseId: 'mine' });
+  });
+
   it('an error after submission whose caller left is not stored: the claim is detached for the ledger to answer', async () => {
     const store = memoryIdempotencyStore();
     const b = { prompt: 'y' };
