@@ -1,76 +1,134 @@
 import { randomBytes } from 'node:crypto';
 import { setMaxListeners } from 'node:events';
 import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
+import type { Express } from 'express';
+import type { Logger } from 'pino';
+import { Agent, fetch as undiciFetch } from 'undici';
 import { createLogger, urlPassword } from './logging.js';
 import { loraReuseMarginMs, type Config } from './config.js';
 import { createApp } from './app.js';
 import { createFalGateway, type FalGateway } from './fal/gateway.js';
-import { createMedia } from './images/media.js';
+import { createMedia, type Media } from './images/media.js';
 import { createFileUrls, loadOrCreateFileUrlSecret } from './images/file-urls.js';
 import { createImageService, type ImageService } from './images/generate.js';
 import { createLoraResolver } from './images/loras.js';
 import { createAnswerRecovery } from './images/recover-answer.js';
 import { modelCatalog, type ModelRegistry } from './models/registry.js';
 import { createServedModelRegistry } from './models/prices.js';
-import { formatUsd, parseMarkup } from './metering/money.js';
+import { formatUsd, parseMarkup, type Markup } from './metering/money.js';
 import { createDatabase } from './db/index.js';
-import { createLedger, type Ledger } from './metering/ledger.js';
+import { createLedger } from './metering/ledger.js';
 import { createReports } from './metering/reports.js';
 import { createKeysStore } from './metering/keys-store.js';
 import { createIdempotencyStore } from './metering/idempotency-store.js';
 import { createAuthenticator, loadOrCreateGeneratedKey } from './metering/auth.js';
-import { startEmulator } from './emulator/index.js';
+import { startEmulator, type Emulator } from './emulator/index.js';
 import { createMetrics, type Metrics } from './metrics.js';
-import { Agent, fetch as undiciFetch } from 'undici';
 import { createRedirectFetch, type FetchLike } from './fal/redirect-fetch.js';
 import { createYoungGarbageFetch } from './fal/young-garbage-fetch.js';
 import type { FalPhase } from './fal/errors.js';
-import { createCompletionRelay } from './fal/completion-relay.js';
-import { createCompletionHub, createWebhookVerifier, type WebhookVerifier } from './fal/webhooks.js';
+import { createCompletionRelay, type CompletionRelay } from './fal/completion-relay.js';
+import { createCompletionHub, createWebhookVerifier, type CompletionHub, type WebhookVerifier } from './fal/webhooks.js';
 import { FAL_WEBHOOK_PATH } from './http/routes/fal-webhook.js';
-import { createReconciler, type Reconciler, type ReconcileReport } from './metering/reconcile.js';
+import { createReconciler, type Reconciler } from './metering/reconcile.js';
+import { createReconcileSchedule, type ReconcileSchedule } from './metering/reconcile-schedule.js';
 import { createPendingCloses } from './metering/pending-closes.js';
-import { join } from 'node:path';
 import { createLeaseStore, holdLease } from './metering/lease-store.js';
 import { createOutboxStore } from './metering/outbox-store.js';
 import { createBillingWebhookWorker, type BillingWebhookWorker } from './metering/billing-webhook.js';
-import { createKeyRateLimiter } from './http/rate-limit.js';
-import { createHttpServer } from './http/http-server.js';
+import { createKeyRateLimiter, type KeyRateLimiter } from './http/rate-limit.js';
+import { createHttpServer, type HttpServer } from './http/http-server.js';
 import { drainServer } from './http/shutdown.js';
-
-/**
- * The composition root: builds every part from the configuration and wires
- * them through factories. `main.ts` adds only process concerns (signals,
- * banner); tests build a service the same way with overrides.
- */
-
 import type { Service, ServiceOverrides } from './service-types.js';
 
 export type { Service, ServiceOverrides } from './service-types.js';
 
+/**
+ * The composition root: builds every part from the configuration and wires
+ * them through factories. `main.ts` adds only process concerns (signals,
+ * banner); tests build a service the same way with overrides. Each step
+ * below builds one room's parts from the configuration and the parts built
+ * before it; `startService` reads as their order.
+ */
 export async function startService(config: Config, overrides: ServiceOverrides = {}): Promise<Service> {
-  const logger =
-    overrides.logger ??
-    createLogger({
-      level: config.logLevel,
-      secrets: [config.falKey, ...config.apiKeys, config.adminApiKey, config.billingWebhookSecret, urlPassword(config.databaseUrl), urlPassword(config.redisUrl)],
-      destination: overrides.logDestination,
-    });
+  const logger = overrides.logger ?? createServiceLogger(config, overrides);
   const registry = overrides.registry ?? createServedModelRegistry({ catalog: modelCatalog, prices: config.modelPrices, log: logger });
   const markup = parseMarkup(config.priceMarkup);
+  const upstream = await startUpstream(config, overrides.emulator);
+  const storage = await openStorage(config, logger);
+  const metrics = overrides.metrics ?? createMetrics();
+  metrics.ledgerReads.unrecovered = async () => (await storage.reports.unrecovered()).byModel.map((m) => ({ model: m.model, usd: formatUsd(m.micros) }));
+  const falParts = createFal(config, upstream, metrics, logger);
+  const lifecycle = { shuttingDown: false, shutdown: new AbortController() };
+  // The image service listens once and aborts its live requests itself; other
+  // users (readiness checks, tests) may add listeners of their own: no warning cap.
+  setMaxListeners(0, lifecycle.shutdown.signal);
+  const media = await createServiceMedia(config, upstream.falBaseUrl);
+  const pendingCloses = createPendingCloses(join(config.dataDir, 'pending-closes'));
+  const images = createImages(config, { ...storage, ...falParts, falBaseUrl: upstream.falBaseUrl, media, markup, logger, metrics, pendingCloses, shutdownSignal: lifecycle.shutdown.signal });
+  const reconciler = createReconciler({
+    ledger: storage.ledger,
+    fal: falParts.fal,
+    registry,
+    markup,
+    logger,
+    billingEvents: storage.billingWebhook,
+    pendingCloses,
+    giveUpAfterMs: config.jobGiveUpMs,
+    leases: { store: storage.leaseStore, ownLeaseId: storage.lease.id, valid: storage.lease.valid },
+    inFlight: images.inFlight,
+  });
+  const schedule = createReconcileSchedule({ reconciler, logger, olderThanMs: config.reconcileAfterMs, intervalMs: config.reconcileIntervalMs });
+  const rateLimiter = createRateLimiter(config, logger, metrics);
+  // Bounded by the client's connect timeout; a Redis that is down leaves
+  // limits failing open (or closed), it never stops the service from starting.
+  await rateLimiter.ready();
+  await falParts.relay?.ready();
+  const app = createServiceApp(config, { ...storage, ...falParts, logger, registry, images, media, metrics, markup, reconciler, rateLimiter, lifecycle });
+  const { server, url } = await listen(app, config, logger, metrics);
+  storage.billingWebhook?.start();
+  const startupReconcile = schedule.start();
+  const close = closeService(config, { ...storage, ...upstream, ...falParts, logger, server, rateLimiter, schedule, lifecycle });
+  const { database, ledger, reports, keys, generatedKey } = storage;
+  return { app, server, url, logger, fal: falParts.fal, ledger, reports, keys, database, registry, metrics, emulator: upstream.emulator, generatedKey, reconciler, images, rateLimiter, startupReconcile, close };
+}
 
-  let emulator = overrides.emulator;
-  let ownEmulator = false;
-  if (!emulator && config.embeddedEmulator) {
-    emulator = await startEmulator({ port: 0, latencyMs: config.emulatorLatencyMs, imageMode: config.emulatorImageMode });
-    ownEmulator = true;
-  }
-  const falBaseUrl = emulator ? emulator.url : config.falBaseUrl;
-  const falKey = config.falKey ?? (emulator ? 'emulator' : undefined);
+type Storage = Awaited<ReturnType<typeof openStorage>>;
+type Upstream = Awaited<ReturnType<typeof startUpstream>>;
+type FalParts = ReturnType<typeof createFal>;
+/** What shutdown changes: read by the app (503s) and by the image service (aborted waits). */
+interface Lifecycle {
+  shuttingDown: boolean;
+  shutdown: AbortController;
+}
 
-  // A burst of requests queues for pool connections; waiting up to the acquire
-  // timeout beats answering 503 after the 5 s connect timeout (measured: 648 of
-  // 1,000 simultaneous requests failed that way with a pool of 10).
+function createServiceLogger(config: Config, overrides: ServiceOverrides): Logger {
+  return createLogger({
+    level: config.logLevel,
+    secrets: [config.falKey, ...config.apiKeys, config.adminApiKey, config.billingWebhookSecret, urlPassword(config.databaseUrl), urlPassword(config.redisUrl)],
+    destination: overrides.logDestination,
+  });
+}
+
+/** The fal-protocol server to talk to: the caller's emulator, the embedded one, FAL_BASE_URL, or real fal. */
+async function startUpstream(config: Config, given: Emulator | undefined) {
+  const ownEmulator = !given && config.embeddedEmulator;
+  const emulator = ownEmulator ? await startEmulator({ port: 0, latencyMs: config.emulatorLatencyMs, imageMode: config.emulatorImageMode }) : given;
+  return {
+    emulator,
+    falBaseUrl: emulator ? emulator.url : config.falBaseUrl,
+    falKey: config.falKey ?? (emulator ? 'emulator' : undefined),
+    closeEmulator: async (): Promise<void> => {
+      if (ownEmulator) await emulator!.close();
+    },
+  };
+}
+
+/** The database and every store over it, this process's lease, and the billing webhook's outbox worker. */
+async function openStorage(config: Config, logger: Logger) {
+  // A burst of requests queues for pool connections: waiting up to the
+  // acquire timeout beats answering 503 once the connect timeout passes.
   const database = await createDatabase({
     databaseUrl: config.databaseUrl,
     dataDir: config.dataDir,
@@ -82,8 +140,6 @@ export async function startService(config: Config, overrides: ServiceOverrides =
   // Taken before the first request is reserved: every request names it (src/metering/leases.ts).
   const leaseStore = createLeaseStore(database);
   const lease = await holdLease(leaseStore, { logger, renewMs: config.leaseRenewMs, expiryMs: config.leaseExpiryMs });
-  const ledger = createLedger(database, { leaseId: lease.id });
-  const reports = createReports(database);
   const keys = createKeysStore(database);
   const billingWebhook: BillingWebhookWorker | undefined = config.billingWebhookUrl
     ? createBillingWebhookWorker({
@@ -95,15 +151,13 @@ export async function startService(config: Config, overrides: ServiceOverrides =
       })
     : undefined;
   const generatedKey = config.apiKeys.length === 0 && !config.adminApiKey ? await loadOrCreateGeneratedKey(config.dataDir) : undefined;
-  const authenticate = createAuthenticator({
-    keys,
-    staticKeys: config.apiKeys,
-    adminKey: config.adminApiKey,
-    generatedKeyHash: generatedKey?.sha256,
-  });
+  const authenticate = createAuthenticator({ keys, staticKeys: config.apiKeys, adminKey: config.adminApiKey, generatedKeyHash: generatedKey?.sha256 });
+  const ledger = createLedger(database, { leaseId: lease.id });
+  return { database, leaseStore, lease, ledger, reports: createReports(database), keys, billingWebhook, generatedKey, authenticate };
+}
 
-  const metrics = overrides.metrics ?? createMetrics();
-  metrics.ledgerReads.unrecovered = async () => (await reports.unrecovered()).byModel.map((m) => ({ model: m.model, usd: formatUsd(m.micros) }));
+/** The fal gateway over two connection pools, and fal's webhooks when FAL_WEBHOOKS is on. */
+function createFal(config: Config, upstream: Upstream, metrics: Metrics, logger: Logger) {
   // Separate pools: status streams hold a connection each for a whole job;
   // everything else shares a bounded keep-alive pool, so thousands of
   // waiting jobs never mean thousands of sockets to fal.
@@ -111,14 +165,20 @@ export async function startService(config: Config, overrides: ServiceOverrides =
   const streamPool = new Agent({ connections: config.statusStreamsMax || 1, keepAliveTimeout: 30_000, bodyTimeout: 0 });
   const viaPool = (pool: Agent): FetchLike => (input, init) => undiciFetch(input as string, { ...(init as object), dispatcher: pool }) as unknown as Promise<Response>;
   // With Redis, replicas pass on callbacks that reached the wrong one (src/fal/completion-relay.ts).
-  const relay =
+  const relay: CompletionRelay | undefined =
     config.falWebhooks && config.redisUrl
       ? createCompletionRelay({ hub: createCompletionHub(), redisUrl: config.redisUrl, channel: `${config.redisKeyPrefix}:fal-completions`, logger })
       : undefined;
-  const falWebhooks = config.falWebhooks ? { hub: relay ?? createCompletionHub(), verifier: undefined as unknown as WebhookVerifier } : undefined;
+  const falWebhooks: { hub: CompletionHub; verifier: WebhookVerifier } | undefined = config.falWebhooks
+    ? {
+        hub: relay ?? createCompletionHub(),
+        // fal's JWKS is fetched like any fal traffic, so FAL_BASE_URL redirects it too (the emulator serves one).
+        verifier: createWebhookVerifier({ jwksUrl: config.falJwksUrl, fetchImpl: createRedirectFetch({ baseUrl: upstream.falBaseUrl, fetchImpl: viaPool(shortPool) }) }),
+      }
+    : undefined;
   const fal = createFalGateway({
-    credentials: falKey,
-    baseUrl: falBaseUrl,
+    credentials: upstream.falKey,
+    baseUrl: upstream.falBaseUrl,
     requestTimeoutMs: config.requestTimeoutMs,
     storeIo: config.falStoreIo,
     // Calls with small answers skip fetch's per-request garbage, which outlives
@@ -133,86 +193,46 @@ export async function startService(config: Config, overrides: ServiceOverrides =
       if (phase === 'status' || phase === 'stream') metrics.upstreamStatusRequests.inc();
     },
   });
-  if (falWebhooks) {
-    // fal's JWKS is fetched like any fal traffic, so FAL_BASE_URL redirects it too (the emulator serves one).
-    falWebhooks.verifier = createWebhookVerifier({ jwksUrl: config.falJwksUrl, fetchImpl: createRedirectFetch({ baseUrl: falBaseUrl, fetchImpl: viaPool(shortPool) }) });
-  }
-  const media = createMedia({
+  const closePools = (): Promise<void> => Promise.all([shortPool.close(), streamPool.close()]).then(() => {}, () => {});
+  return { fal, relay, falWebhooks, closePools };
+}
+
+/** Image bytes in and out: downloads from fal and the image URLs this origin signs. */
+async function createServiceMedia(config: Config, falBaseUrl: string | undefined): Promise<Media> {
+  // Without a proxied fal-protocol server no URL of ours is ever signed.
+  const secret = config.fileUrlSecret ?? (falBaseUrl ? await loadOrCreateFileUrlSecret(config.dataDir) : randomBytes(32));
+  return createMedia({
     falBaseUrl,
-    // Without a proxied fal-protocol server no URL of ours is ever signed.
-    fileUrls: createFileUrls({ secret: config.fileUrlSecret ?? (falBaseUrl ? await loadOrCreateFileUrlSecret(config.dataDir) : randomBytes(32)), ttlS: config.fileUrlTtlS }),
+    fileUrls: createFileUrls({ secret, ttlS: config.fileUrlTtlS }),
     allowedHosts: config.imageHostsAllowed,
     maxBytes: config.imageMaxBytes,
     timeoutMs: config.imageFetchTimeoutMs,
   });
+}
+
+type ImageParts = Pick<Storage, 'ledger' | 'lease' | 'billingWebhook'> &
+  Pick<FalParts, 'fal'> &
+  Pick<Upstream, 'falBaseUrl'> &
+  Pick<Parameters<typeof createImageService>[0], 'media' | 'markup' | 'logger' | 'metrics' | 'pendingCloses' | 'shutdownSignal'>;
+
+/** The use case, with the LoRA files it may upload to fal. */
+function createImages(config: Config, p: ImageParts): ImageService {
   const loras = createLoraResolver({
     loraDir: config.loraDir,
     maxBytes: config.loraMaxBytes,
     dataDir: config.dataDir,
-    fal,
-    target: falBaseUrl ?? 'fal',
-    logger,
+    fal: p.fal,
+    target: p.falBaseUrl ?? 'fal',
+    logger: p.logger,
     lifetimeS: config.loraUploadTtlS,
     reuseMarginMs: loraReuseMarginMs(config),
   });
-  const shutdown = new AbortController();
-  // The image service listens once and aborts its live requests itself; other
-  // users (readiness checks, tests) may add listeners of their own: no warning cap.
-  setMaxListeners(0, shutdown.signal);
-  let shuttingDown = false;
-  const pendingCloses = createPendingCloses(join(config.dataDir, 'pending-closes'));
-  const images = createImageService({
-    fal,
-    ledger,
-    lease,
-    pendingCloses,
-    media,
-    markup,
-    requestTimeoutMs: config.requestTimeoutMs,
-    logger,
-    shutdownSignal: shutdown.signal,
-    billingEvents: billingWebhook,
-    loras,
-    metrics,
-  });
+  const { fal, ledger, lease, pendingCloses, media, markup, logger, shutdownSignal, metrics } = p;
+  return createImageService({ fal, ledger, lease, pendingCloses, media, markup, requestTimeoutMs: config.requestTimeoutMs, logger, shutdownSignal, billingEvents: p.billingWebhook, loras, metrics });
+}
 
-  const leases = { store: leaseStore, ownLeaseId: lease.id, valid: lease.valid };
-  const reconciler = createReconciler({ ledger, fal, registry, markup, logger, billingEvents: billingWebhook, giveUpAfterMs: config.jobGiveUpMs, leases, inFlight: images.inFlight, pendingCloses });
-  let reconciling: Promise<ReconcileReport | undefined> | undefined;
-  let leaseWatch: NodeJS.Timeout | undefined;
-  const reconcile = (): Promise<ReconcileReport | undefined> => {
-    // One round at a time; a slow fal must not pile rounds up.
-    reconciling ??= reconciler
-      .run({ olderThanMs: config.reconcileAfterMs })
-      .then((report) => {
-        if (report.examined > 0 || report.lostFound.length > 0 || report.lostAbsent.length > 0 || report.pendingClosed.length > 0 || report.jobsClosed.length > 0) logger.info({ reconcile: { ...report, examined: report.examined } }, 'reconciled open requests');
-        watchLease(report.nextLeaseExpiryMs);
-        return report;
-      })
-      .catch((err: unknown) => {
-        logger.error({ err }, 'reconciliation failed');
-        return undefined;
-      })
-      .finally(() => {
-        reconciling = undefined;
-      });
-    return reconciling;
-  };
-  // Another process's open requests are settled as soon as its lease expires,
-  // should it be dead (a restart after a crash finds its old lease still live
-  // for up to LEASE_EXPIRY_MS): a round then, unless the interval's comes first.
-  const watchLease = (expiresAtMs: number | undefined): void => {
-    if (expiresAtMs === undefined || shuttingDown || leaseWatch) return;
-    const waitMs = Math.max(0, expiresAtMs - Date.now()) + LEASE_EXPIRY_MARGIN_MS;
-    if (config.reconcileIntervalMs > 0 && waitMs >= config.reconcileIntervalMs) return;
-    leaseWatch = setTimeout(() => {
-      leaseWatch = undefined;
-      if (!shuttingDown) void reconcile();
-    }, waitMs);
-    leaseWatch.unref();
-  };
-
-  const rateLimiter = createKeyRateLimiter({
+function createRateLimiter(config: Config, logger: Logger, metrics: Metrics): KeyRateLimiter {
+  return createKeyRateLimiter({
     logger,
     redisUrl: config.redisUrl,
     keyPrefix: config.redisKeyPrefix,
@@ -222,12 +242,23 @@ export async function startService(config: Config, overrides: ServiceOverrides =
     onRefused: () => metrics.refusals.inc({ reason: 'rate_limit' }),
     onStoreState: (up) => metrics.rateLimitStoreUp.set(up ? 1 : 0),
   });
-  // Bounded by the client's connect timeout; a Redis that is down leaves
-  // limits failing open (or closed), it never stops the service from starting.
-  await rateLimiter.ready();
-  await relay?.ready();
+}
 
-  const app = createApp({
+interface AppParts extends Storage, Pick<FalParts, 'fal' | 'falWebhooks'> {
+  logger: Logger;
+  registry: ModelRegistry;
+  images: ImageService;
+  media: Media;
+  metrics: Metrics;
+  markup: Markup;
+  reconciler: Reconciler;
+  rateLimiter: KeyRateLimiter;
+  lifecycle: Lifecycle;
+}
+
+function createServiceApp(config: Config, p: AppParts): Express {
+  const { logger, registry, images, media, authenticate, keys, reports, metrics, markup, falWebhooks, ledger, fal, rateLimiter, database } = p;
+  return createApp({
     logger,
     registry,
     images,
@@ -235,11 +266,11 @@ export async function startService(config: Config, overrides: ServiceOverrides =
     authenticate,
     keys,
     reports,
-    maxBodyBytes: config.maxBodyBytes,
-    publicBaseUrl: config.publicBaseUrl,
     metrics,
     markup,
     falWebhooks,
+    maxBodyBytes: config.maxBodyBytes,
+    publicBaseUrl: config.publicBaseUrl,
     maxInFlight: config.maxInFlight,
     corsOrigins: config.corsOrigins,
     logPrompts: config.logPrompts,
@@ -247,11 +278,11 @@ export async function startService(config: Config, overrides: ServiceOverrides =
       store: createIdempotencyStore(database),
       ttlS: config.idempotencyTtlS,
       waitMs: config.requestTimeoutMs + 5_000,
-      leaseId: lease.id,
-      recovery: createAnswerRecovery({ ledger, leases: leaseStore, reconciler, fal, media, reconcileAfterMs: config.reconcileAfterMs, logger }),
+      leaseId: p.lease.id,
+      recovery: createAnswerRecovery({ ledger, leases: p.leaseStore, reconciler: p.reconciler, fal, media, reconcileAfterMs: config.reconcileAfterMs, logger }),
       logger,
     },
-    isShuttingDown: () => shuttingDown,
+    isShuttingDown: () => p.lifecycle.shuttingDown,
     rateLimit: { limiter: rateLimiter, defaultRpm: config.defaultRpmLimit },
     streamKeepAliveMs: config.streamKeepAliveMs,
     strictParams: config.strictParams,
@@ -262,7 +293,9 @@ export async function startService(config: Config, overrides: ServiceOverrides =
       ...(rateLimiter.store === 'redis' ? [{ name: 'rate_limiter', check: () => rateLimiter.check(), required: config.rateLimitFailClosed }] : []),
     ],
   });
+}
 
+async function listen(app: Express, config: Config, logger: Logger, metrics: Metrics): Promise<{ server: HttpServer; url: string }> {
   // The timeouts bound how long a client may take to send its request; the
   // answer (a job of minutes) is bounded by REQUEST_TIMEOUT_MS instead.
   const server = createHttpServer(app, logger, {
@@ -271,84 +304,70 @@ export async function startService(config: Config, overrides: ServiceOverrides =
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    // Node's default accept backlog (511) overflowed under 1,000 simultaneous
-    // connections (the kernel dropped them); the kernel caps this at somaxconn.
+    // Node's default accept backlog (511) drops connections under a burst of
+    // simultaneous clients; the kernel caps this at somaxconn.
     server.listen({ port: config.port, host: config.host, backlog: 4096 }, () => resolve());
   });
   const addr = server.address() as AddressInfo;
   const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
-  const url = `http://${host}:${addr.port}`;
+  return { server, url: `http://${host}:${addr.port}` };
+}
 
-  billingWebhook?.start();
-  const startupReconcile = reconcile();
-  const timer = config.reconcileIntervalMs > 0 ? setInterval(() => void reconcile(), config.reconcileIntervalMs) : undefined;
-  timer?.unref();
+interface CloseParts extends Storage, Pick<Upstream, 'closeEmulator'>, Pick<FalParts, 'relay' | 'closePools'> {
+  logger: Logger;
+  server: HttpServer;
+  rateLimiter: KeyRateLimiter;
+  schedule: ReconcileSchedule;
+  lifecycle: Lifecycle;
+}
 
+/** `Service.close`: the first call drains and closes; a later one ends the minimum drain early and returns the same promise. */
+function closeService(config: Config, p: CloseParts): Service['close'] {
   let closing: Promise<void> | undefined;
   let endMinDrain = (): void => {};
   const minDrainCut = new Promise<void>((resolve) => (endMinDrain = resolve));
-  return {
-    app,
-    server,
-    url,
-    logger,
-    fal,
-    ledger,
-    reports,
-    keys,
-    database,
-    registry,
-    metrics,
-    emulator,
-    generatedKey,
-    reconciler,
-    images,
-    rateLimiter,
-    startupReconcile,
-    close(opts = {}) {
-      if (closing) {
-        endMinDrain();
-        return closing;
-      }
-      closing = (async () => {
-        // Graceful: /readyz turns 503 and new requests are refused at once;
-        // requests in flight get SHUTDOWN_GRACE_MS to finish (and be billed).
-        // Past it, their fal waits are aborted (the jobs are cancelled, or
-        // left to the next start's reconciliation) so they still get answered.
-        shuttingDown = true;
-        if (timer) clearInterval(timer);
-        if (leaseWatch) clearTimeout(leaseWatch);
-        const minDrainMs = opts.minDrainMs ?? 0;
-        if (minDrainMs > 0) logger.info({ min_drain_ms: minDrainMs, grace_ms: config.shutdownGraceMs }, 'draining: /readyz and new requests answer 503 while the port stays open');
-        await drainServer(server, {
-          minDrainMs,
-          minDrainCut,
-          graceMs: config.shutdownGraceMs,
-          abortDrainMs: ABORT_DRAIN_MS,
-          onGraceOver: () => {
-            logger.warn({ grace_ms: config.shutdownGraceMs }, 'shutdown grace period over; aborting requests still in flight');
-            shutdown.abort();
-          },
-        });
-        shutdown.abort();
-        await reconciling;
-        // Every request this process took is answered: whatever it left open is anyone's to settle now.
-        await lease.release().catch((err: unknown) => logger.warn({ err }, 'lease: could not release it; it expires on its own'));
-        if (billingWebhook) {
-          // Every settled request has its event committed by now; send what
-          // is due so a clean restart does not delay billing, but never hold
-          // shutdown hostage to a receiver that is down.
-          await billingWebhook.flush(BILLING_FLUSH_MS);
-          await billingWebhook.stop();
-        }
-        await rateLimiter.close();
-        await relay?.close();
-        await database.close();
-        await Promise.all([shortPool.close(), streamPool.close()]).catch(() => {});
-        if (ownEmulator) await emulator!.close();
-      })();
+  return (opts = {}) => {
+    if (closing) {
+      endMinDrain();
       return closing;
-    },
+    }
+    closing = (async () => {
+      // Graceful: /readyz turns 503 and new requests are refused at once;
+      // requests in flight get SHUTDOWN_GRACE_MS to finish (and be billed).
+      // Past it, their fal waits are aborted (the jobs are cancelled, or
+      // left to the next start's reconciliation) so they still get answered.
+      p.lifecycle.shuttingDown = true;
+      const lastRound = p.schedule.stop();
+      const minDrainMs = opts.minDrainMs ?? 0;
+      if (minDrainMs > 0) p.logger.info({ min_drain_ms: minDrainMs, grace_ms: config.shutdownGraceMs }, 'draining: /readyz and new requests answer 503 while the port stays open');
+      await drainServer(p.server, {
+        minDrainMs,
+        minDrainCut,
+        graceMs: config.shutdownGraceMs,
+        abortDrainMs: ABORT_DRAIN_MS,
+        onGraceOver: () => {
+          p.logger.warn({ grace_ms: config.shutdownGraceMs }, 'shutdown grace period over; aborting requests still in flight');
+          p.lifecycle.shutdown.abort();
+        },
+      });
+      p.lifecycle.shutdown.abort();
+      await lastRound;
+      // Every request this process took is answered: whatever it left open is anyone's to settle now.
+      await p.lease.release().catch((err: unknown) => p.logger.warn({ err }, 'lease: could not release it; it expires on its own'));
+      if (p.billingWebhook) {
+        // Every settled request has its event committed by now; send what
+        // is due so a clean restart does not delay billing, but never hold
+        // shutdown hostage to a receiver that is down.
+        await p.billingWebhook.flush(BILLING_FLUSH_MS);
+        await p.billingWebhook.stop();
+      }
+      await p.rateLimiter.close();
+      await p.relay?.close();
+      await p.database.close();
+      await p.closePools();
+      await p.closeEmulator();
+    })();
+    return closing;
   };
 }
 
@@ -357,9 +376,6 @@ const BUFFERED_PHASES: ReadonlySet<FalPhase> = new Set<FalPhase>(['submit', 'sta
 
 /** Once the port is closed: how long answers still being written (aborted requests' errors) get before sockets are cut. */
 const ABORT_DRAIN_MS = 15_000;
-
-/** After another process's lease expires: room for a renewal already on its way. */
-const LEASE_EXPIRY_MARGIN_MS = 250;
 
 /** How long shutdown spends delivering due billing events before leaving them for the next start. */
 const BILLING_FLUSH_MS = 5_000;
