@@ -21,6 +21,8 @@ export interface ServerConfig {
   headersTimeoutMs: number;
   /** Longest a client may take to send a whole request, body included; answers are not limited by it. */
   bodyTimeoutMs: number;
+  /** HEAP_OPTIMIZE_FOR_SIZE: V8's memory-saving heap mode (src/optimize-for-size.ts), less memory per waiting job for more CPU per submit. */
+  heapOptimizeForSize: boolean;
 }
 
 /** Who may call. */

@@ -79,6 +79,7 @@ function readServer(r: EnvReader): ServerConfig {
     strictParams: r.bool('STRICT_PARAMS', false),
     headersTimeoutMs: r.int('HEADERS_TIMEOUT_MS', 10_000, 100, 600_000),
     bodyTimeoutMs: r.int('BODY_TIMEOUT_MS', 30_000, 100, 3_600_000),
+    heapOptimizeForSize: r.bool('HEAP_OPTIMIZE_FOR_SIZE', true),
   };
   if (server.bodyTimeoutMs < server.headersTimeoutMs) {
     r.problems.push(`BODY_TIMEOUT_MS (${server.bodyTimeoutMs}) must be at least HEADERS_TIMEOUT_MS (${server.headersTimeoutMs}): the whole request includes its headers`);

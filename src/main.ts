@@ -6,7 +6,6 @@ import { optimizeForSize } from './optimize-for-size.js';
 
 /** Process concerns only: configuration, start, banner, signals. */
 export async function runServer(env: Record<string, string | undefined> = process.env): Promise<void> {
-  optimizeForSize();
   let config;
   try {
     config = loadConfig(env);
@@ -17,6 +16,8 @@ export async function runServer(env: Record<string, string | undefined> = proces
     }
     throw err;
   }
+  // Before the service allocates anything: the mode sizes the old generation as it grows.
+  if (config.heapOptimizeForSize) optimizeForSize();
 
   // Signals are handled from the first moment: a SIGTERM that arrives while
   // we start (or right after the banner) must still shut down cleanly.

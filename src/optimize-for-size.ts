@@ -2,7 +2,7 @@ import { setFlagsFromString } from 'node:v8';
 
 /**
  * Runs the service's V8 heap in its memory-saving mode (`--optimize-for-size`,
- * set at start by `src/main.ts`): the old generation is collected when it
+ * set at start by `src/main.ts` unless `HEAP_OPTIMIZE_FOR_SIZE=false`): the old generation is collected when it
  * has grown by a small factor rather than doubled, and the young generation
  * is shrunk when idle. A departure from Node's defaults, kept for the figure
  * below; the service is otherwise run as Node runs it.

@@ -22,3 +22,21 @@ describe('config: JOB_GIVE_UP_MS', () => {
     assert.equal(loadConfig({ ...base, REQUEST_TIMEOUT_MS: '60000', JOB_GIVE_UP_MS: '70001' }).jobGiveUpMs, 70_001);
   });
 });
+
+/** HEAP_OPTIMIZE_FOR_SIZE: the memory-saving heap mode src/main.ts sets (src/optimize-for-size.ts). */
+describe('config: HEAP_OPTIMIZE_FOR_SIZE', () => {
+  const base = { FAL_KEY: 'k', API_KEYS: 'sk-config-test-0123456789' };
+
+  it('is on unless turned off', () => {
+    assert.equal(loadConfig(base).heapOptimizeForSize, true);
+    assert.equal(loadConfig({ ...base, HEAP_OPTIMIZE_FOR_SIZE: 'false' }).heapOptimizeForSize, false);
+    assert.equal(loadConfig({ ...base, HEAP_OPTIMIZE_FOR_SIZE: '0' }).heapOptimizeForSize, false);
+  });
+
+  it('refuses a value that is not a boolean, naming the variable', () => {
+    assert.throws(
+      () => loadConfig({ ...base, HEAP_OPTIMIZE_FOR_SIZE: 'maybe' }),
+      (err: unknown) => err instanceof ConfigError && err.problems.some((p) => p.includes('HEAP_OPTIMIZE_FOR_SIZE')),
+    );
+  });
+});

@@ -25,9 +25,9 @@ describe('optimize-for-size', () => {
     assert.ok(on.oldCommitted * 2 < off.oldCommitted, `old generation committed: ${on.oldCommitted} B in the mode, ${off.oldCommitted} B on the defaults`);
   });
 
-  it('is set by the process entry before the service starts', async () => {
+  it("is set by the process entry, unless HEAP_OPTIMIZE_FOR_SIZE is false, before the service starts", async () => {
     const main = await readFile(new URL('../src/main.ts', import.meta.url), 'utf8');
     const body = main.slice(main.indexOf('export async function runServer'));
-    assert.ok(body.indexOf('optimizeForSize()') >= 0 && body.indexOf('optimizeForSize()') < body.indexOf('startService('), 'runServer calls optimizeForSize() before startService()');
+    assert.ok(body.indexOf('if (config.heapOptimizeForSize) optimizeForSize()') >= 0 && body.indexOf('optimizeForSize()') < body.indexOf('startService('), 'runServer calls optimizeForSize() before startService(), when the setting is on');
   });
 });
