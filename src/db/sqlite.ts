@@ -238,8 +238,8 @@ export class GatewaySqliteDialect implements Dialect {
 }
 
 /**
- * Kysely's SQLite driver prepares every query afresh; for the handful of
- * statements the ledger runs per request that was a fifth of its CPU time.
+ * Kysely's SQLite driver prepares every query afresh, a cost paid again for
+ * the same handful of statements on every request the ledger writes.
  * Statements are reusable in better-sqlite3, so keep them by SQL text (a busy
  * one, still being iterated, is never shared).
  */

@@ -8,9 +8,9 @@ import { extractInlineImages, type InlineExtraction } from './inline-images.js';
  * One fal call (a status poll, a result, a submit, an upload...), and the
  * `fetch` that `@fal-ai/client` makes it with. Each call gets a client of its
  * own (`clientFor`), built around this call's `fetch`, so every header fal
- * answers lands on the call that asked, with no lookup: a client costs
- * ~1.5 KB and ~1 µs to build (measured with createFalClient 1.10.1, 10,000
- * of them), and lives as long as its call.
+ * answers lands on the call that asked, with no lookup: a client is small
+ * and quick to build next to the call it serves, and lives as long as its
+ * call.
  *
  * What the call's fetch does that the client cannot:
  * 1. Reads fal's headers (`x-fal-request-id`, `x-fal-billable-units`,

@@ -3,9 +3,9 @@ import type { FalJobStatus } from './gateway.js';
 /**
  * Status polling for every job that waits without a status stream or a
  * webhook, as one schedule: each waiting job is a record in a queue, not a
- * loop of its own. A loop per job kept, for minutes, an async frame, a
+ * loop of its own. A loop per job would keep, for minutes, an async frame, a
  * promise per await, a sleep timer and a place in the rate limiter's queue;
- * with 10,000 jobs waiting that was most of the process.
+ * with thousands of jobs waiting that would be most of the process.
  *
  * Per job: poll at once, then after `firstDelayMs`, growing ×1.5 up to
  * `maxDelayMs`; across all jobs at most `ratePerSecond` polls a second

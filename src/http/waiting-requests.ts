@@ -8,7 +8,7 @@ import { securityHeaderValues } from './security-headers.js';
  * Every rule this service follows to keep a waiting request small, in one
  * place. An image request may wait minutes for fal, thousands at once, so
  * what each one holds while it waits is the service's memory (target: under
- * 20 KB per waiting job, issue 6; bench/waiting.ts measures it at 10,000 jobs
+ * 20 KB per waiting job; bench/waiting.ts measures it at 10,000 jobs
  * and test/http/waiting-requests.test.ts guards it at 1,000). Express and
  * Node used as designed held more than that target allows; each rule below
  * says what it saves, measured with heap snapshots of 1,000 waiting jobs
@@ -22,12 +22,11 @@ import { securityHeaderValues } from './security-headers.js';
  * Rule 1, ~1.7 KB per request. Express gives every request and response its
  * app's prototypes with Object.setPrototypeOf, and V8 then gives each of them
  * a map (hidden class) of its own; property lookups on them can never be
- * cached either (service CPU per GET /v1/models at concurrency 1: ~400 µs
- * with the swap, ~230 µs without). Node can build the objects from classes
+ * cached either, which costs CPU on every request. Node can build the objects from classes
  * whose prototypes already are the app's, which turns Express's swap into a
  * no-op. The prototypes keep every property Express put on them and the same
  * chain (Express's request and response, then Node's), so instanceof and
- * every getter behave as before. Pass the result to `http.createServer`.
+ * every getter behave as Express defines them. Pass the result to `http.createServer`.
  */
 export function appClasses(app: RequestListener): { IncomingMessage?: typeof IncomingMessage; ServerResponse?: typeof ServerResponse } {
   const a = app as RequestListener & { request?: object; response?: object; [CLASSES]?: ReturnType<typeof appClasses> };

@@ -8,7 +8,7 @@
  * The item still reads as an ordinary `{ b64_json: string }`: the getter
  * builds the string on demand (each time; nothing keeps it), so code that
  * needs the text (the stream events, the idempotency store, JSON.stringify,
- * tests) gets exactly the same value as before, at the cost of that copy.
+ * tests) gets exactly the string a plain item would hold, at the cost of that copy.
  */
 
 const PARTS = Symbol('b64 parts');

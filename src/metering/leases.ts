@@ -13,8 +13,8 @@
  *   A process that knows which requests it is working on (the image
  *   service's in-flight set) touches every other one of its own at once
  *   (`ownOlderThanMs` 0): a request it took over, or one whose caller left;
- * - a request written without a lease is touched by age alone, as before
- *   leases: its owner cannot be known, so it may still be live;
+ * - a request row without a lease is touched by age alone: its owner
+ *   cannot be known, so it may still be live;
  * - a request of another process's live lease is never touched.
  *
  * Expiry compares one host's clock with another's: it assumes clocks agree
