@@ -327,6 +327,7 @@ describe('completed events', () => {
       usage: { credits_used: credits, tokens_used: credits, cost_usd: costUsd },
       seed: 1,
       images: [],
+      request_id: 'req_s',
       fal_request_id: 'f',
       fal_request_ids: ['f'],
     },
