@@ -34,9 +34,8 @@ import { mapFalError } from './upstream-errors.js';
  */
 
 export interface GenerateContext {
-  /** Ours: the ledger row's id. */
+  /** Ours, the ledger row's id; `clientRequestId` is the caller's `x-request-id`, a label unique within its key. */
   requestId: string;
-  /** The caller's `x-request-id`, a label unique within its key. */
   clientRequestId?: string | undefined;
   keyId: string;
   /**
@@ -170,7 +169,7 @@ async function runJobs(deps: ImageServiceDeps, run: Run, ctx: GenerateContext, s
   const { id: model, endpoint } = run.req.model;
   const inputs = jobInputs(run.req, run.baseSeed);
   const count = inputs.length;
-  const progress = ctx.onProgress ? progressReporter(ctx.onProgress, deps.logger.child(requestLogFields(ctx, model))) : undefined;
+  const progress = ctx.onProgress ? progressReporter(ctx.onProgress, deps.logger.child({ request_id: ctx.requestId, client_request_id: ctx.clientRequestId, model })) : undefined;
   const jobs = inputs.map((input, i) =>
     runJob(
       deps,
@@ -198,7 +197,7 @@ type FinishDeps = ImageServiceDeps & { closing: ClosingDeps };
  */
 async function finish(deps: FinishDeps, now: () => number, run: Run, outcomes: JobOutcome[], ctx: GenerateContext, stop: RequestStop): Promise<GenerateOutcome> {
   const { req } = run;
-  const log = deps.logger.child(requestLogFields(ctx, req.model.id));
+  const log = deps.logger.child({ request_id: ctx.requestId, client_request_id: ctx.clientRequestId, model: req.model.id });
   const decision = decideRequest(outcomes, stop.reason());
   // The completed jobs, in job order as `decision.completed` lists them, each under its ledger id.
   const completed = outcomes.flatMap((o, i) => (o.at === 'completed' ? [completedJob(o.result, jobIdFor(ctx.requestId, i))] : []));
@@ -331,11 +330,6 @@ async function reserve(deps: ImageServiceDeps, req: CanonicalRequest, ctx: Gener
   throw insufficientQuota(
     `This request may cost up to $${formatUsd(maxChargeMicros)}, which would exceed the key's budget ($${formatUsd(reserved.budgetMicros ?? 0n)} total, $${formatUsd(reserved.spentMicros)} spent, $${formatUsd(reserved.reservedMicros)} reserved by requests in flight).`,
   );
-}
-
-/** What every log line of a request carries: both its ids. */
-function requestLogFields(ctx: GenerateContext, model: string): Record<string, string | undefined> {
-  return { request_id: ctx.requestId, client_request_id: ctx.clientRequestId, model };
 }
 
 /** The fal input of each job: n above the model's per-job maximum is split, each job with a seed of its own. */
