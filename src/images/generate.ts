@@ -173,7 +173,7 @@ async function runJobs(deps: ImageServiceDeps, run: Run, ctx: GenerateContext, s
   const jobs = inputs.map((input, i) =>
     runJob(
       deps,
-      { jobId: jobIdFor(ctx.requestId, i), requestId: ctx.requestId, model: run.req.model, promptExpansion: run.req.promptExpansion, endpoint, onSubmitted: ctx.onSubmitted, onStatus: progress && ((st: FalJobStatus) => progress(i, st, count)) },
+      { jobId: jobIdFor(ctx.requestId, i), requestId: ctx.requestId, clientRequestId: ctx.clientRequestId, model: run.req.model, promptExpansion: run.req.promptExpansion, endpoint, onSubmitted: ctx.onSubmitted, onStatus: progress && ((st: FalJobStatus) => progress(i, st, count)) },
       input,
       stop,
     ),
