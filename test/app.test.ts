@@ -60,13 +60,17 @@ describe('app: request ids', () => {
     assert.equal(new Set(answers.map((r) => r.headers['x-request-id'])).size, answers.length, 'one id per request');
   });
 
-  it('a plain incoming x-request-id is echoed and handed to the use case; one shaped like an API key is not', async () => {
+  it('a plain incoming x-request-id is echoed and handed to the use case as the caller\'s label beside our id; one shaped like an API key is not', async () => {
     const images = fakeImageService();
     const app = fakeApp({ images });
     const echoed = await request(app).post('/v1/images/generations').set(auth).set('x-request-id', 'client-id-0001').send({ model: MODEL, prompt: 'a kite' });
     assert.equal(echoed.status, 200);
     assert.equal(echoed.headers['x-request-id'], 'client-id-0001');
-    assert.equal(images.calls[0]!.ctx.requestId, 'client-id-0001');
+    assert.equal(images.calls[0]!.ctx.clientRequestId, 'client-id-0001');
+    assert.match(images.calls[0]!.ctx.requestId, REQUEST_ID, 'the ledger id is ours, never the caller\'s');
+    const unlabelled = await request(app).post('/v1/images/generations').set(auth).send({ model: MODEL, prompt: 'a kite' });
+    assert.equal(unlabelled.headers['x-request-id'], images.calls[1]!.ctx.requestId, 'without a label the header carries our id');
+    assert.equal(images.calls[1]!.ctx.clientRequestId, undefined);
     const replaced = await request(app).get('/healthz').set('x-request-id', USER_KEY);
     assert.match(String(replaced.headers['x-request-id']), REQUEST_ID);
   });

@@ -31,6 +31,11 @@ export function migrations(dialect: DatabaseDialect): Record<string, Migration> 
         await addGiveUpColumns(db);
       },
     },
+    '0005_client_request_id': {
+      async up(db: Kysely<any>) {
+        await addClientRequestId(db, dialect);
+      },
+    },
   };
 }
 
@@ -262,6 +267,29 @@ async function addGiveUpColumns(db: Kysely<any>): Promise<void> {
   await db.schema.alterTable('upstream_jobs').addColumn('estimate_micros', 'bigint').execute();
   await db.schema.alterTable('upstream_jobs').addColumn('cost_estimated', 'bigint', (c) => c.notNull().defaultTo(0)).execute();
   await db.schema.alterTable('upstream_jobs').addColumn('fal_last_word', 'text').execute();
+}
+
+/**
+ * 0005: the caller's `x-request-id` is a label scoped to its key
+ * (`client_request_id`, unique per key); `requests.id` is always ours. A
+ * label global to all keys let one key learn (by a 409) that another had
+ * used an id, and claim ids another would send.
+ *
+ * Existing rows keep their id, which jobs, idempotency records and billing
+ * events already name. Whether an id came from the caller is knowable only
+ * by its shape: ours are exactly `req_` + 32 lowercase hex digits
+ * (newRequestId in src/http/request-id.ts), so every other id was a
+ * caller's and becomes its row's label too, and the caller's key keeps the
+ * 409 on reusing it. An id of our shape is left without a label: almost
+ * always ours, which the caller never chose; a caller who sent one of
+ * exactly that shape can send it once more under its key without a 409.
+ */
+async function addClientRequestId(db: Kysely<any>, dialect: DatabaseDialect): Promise<void> {
+  await db.schema.alterTable('requests').addColumn('client_request_id', 'text').execute();
+  const ours = dialect === 'postgres' ? sql`id ~ '^req_[0-9a-f]{32}$'` : sql.raw(`id glob 'req_${'[0-9a-f]'.repeat(32)}'`);
+  await sql`update requests set client_request_id = id where not (${ours})`.execute(db);
+  // Rows without a label (null) never collide: both databases treat nulls in a unique index as distinct.
+  await db.schema.createIndex('requests_key_client_id').on('requests').columns(['key_id', 'client_request_id']).unique().execute();
 }
 
 class InCodeMigrationProvider implements MigrationProvider {

@@ -55,7 +55,10 @@ export interface ApiKeysTable {
 }
 
 export interface RequestsTable {
+  /** Ours, always (newRequestId); what jobs, idempotency records and billing events name. */
   id: string;
+  /** The caller's `x-request-id`: a label unique per key (key_id, client_request_id); null when none was sent. */
+  client_request_id: ColumnType<string | null, string | null | undefined, string | null>;
   key_id: string;
   model: string;
   endpoint: string;

@@ -8,7 +8,7 @@ import type { AddressInfo } from 'node:net';
 import { jobView } from './admin-routes.js';
 import { parseKinder, type Kinder } from './behaviours.js';
 import type { Ctx, EmulatorLogger, JobListener } from './context.js';
-import { endpointTable, ENDPOINTS } from './endpoints.js';
+import { endpointTable, ENDPOINTS, Z_IMAGE_TURBO_MAX_PIXELS } from './endpoints.js';
 import { createFaultBook } from './faults.js';
 import { sendJson } from './http.js';
 import { createImageCache, parseImageToken } from './images.js';
@@ -260,12 +260,22 @@ async function listen(port: number, host: string, dispatch: ReturnType<typeof cr
   return { server, url: `http://${urlHost}:${bound}`, port: bound };
 }
 
+/**
+ * The emulator-only render limit's default: the largest image fal publishes a
+ * bound for among the endpoints served (Z-Image Turbo's 4 MP), which is also
+ * the largest any gateway model asks for (2048 × 2048). Endpoints that
+ * publish no bound of their own (fal's generic ImageSize allows 14142 a side)
+ * are held to it, so no request or crafted file URL makes the emulator
+ * allocate more.
+ */
+export const DEFAULT_MAX_RENDER_PIXELS = Z_IMAGE_TURBO_MAX_PIXELS;
+
 function contextOptions(opts: EmulatorOptions, kinder: ReadonlySet<Kinder>, concurrency: number, mediaTtlS: number | null): Ctx['options'] {
   return {
     latencyMs: opts.latencyMs ?? 50,
     imageMode: opts.imageMode ?? 'entropy',
     emulatorKey: opts.emulatorKey,
-    maxRenderPixels: opts.maxRenderPixels ?? 4096 * 4096,
+    maxRenderPixels: opts.maxRenderPixels ?? DEFAULT_MAX_RENDER_PIXELS,
     streamHeartbeatMs: opts.streamHeartbeatMs ?? 10000,
     lateValidation: !kinder.has('submit_validation'),
     mediaTtlS,

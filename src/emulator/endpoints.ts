@@ -9,7 +9,7 @@
  * enable_safety_checker, enable_prompt_expansion) from the validated input.
  */
 import { IMAGE_SIZE_PRESETS } from './images.js';
-import type { ObjectRule, Rule } from './validate.js';
+import { largestImage, type ObjectRule, type Rule } from './validate.js';
 
 export interface EndpointSpec {
   id: string;
@@ -21,14 +21,26 @@ export interface EndpointSpec {
 const PRESETS = Object.keys(IMAGE_SIZE_PRESETS);
 const ACCELERATION = ['none', 'regular', 'high'] as const;
 
-/** fal's generic ImageSize: width/height > 0, at most 14142. */
-const imageSize = (def = 'landscape_4_3', bounds: { minimum?: number; maximum?: number } = {}): Rule => ({
+/** fal's generic ImageSize: width/height > 0, at most 14142; some endpoints publish a megapixel bound too. */
+const imageSize = (def = 'landscape_4_3', bounds: { minimum?: number; maximum?: number; maxPixels?: number } = {}): Rule => ({
   type: 'image_size',
   presets: PRESETS,
   default: def,
   ...(bounds.minimum === undefined ? { exclusiveMinimum: 0 } : { minimum: bounds.minimum }),
   maximum: bounds.maximum ?? 14142,
+  ...(bounds.maxPixels === undefined ? {} : { maxPixels: bounds.maxPixels }),
 });
+
+/**
+ * Z-Image Turbo's resolution limit: "Max Resolution: 4 megapixels"
+ * (https://fal.ai/docs/model-api-reference/image-generation-api/z-image-turbo);
+ * the LoRA endpoint runs the same model
+ * (https://fal.ai/docs/model-api-reference/image-generation-api/z-image-turbo-lora).
+ * fal does not say whether a megapixel is 10^6 or 2^20 pixels
+ * (REFERENCE.md §4): 4 × 2^20 = 2048 × 2048, the largest size the gateway's
+ * Z-Image Turbo models accept (src/schemas/image-request.ts).
+ */
+export const Z_IMAGE_TURBO_MAX_PIXELS = 2048 * 2048;
 
 const loras: Rule = {
   type: 'array',
@@ -64,6 +76,7 @@ const PNG_JPEG_WEBP = ['jpeg', 'png', 'webp'] as const;
 
 const zImageTurbo: Record<string, Rule> = {
   ...common({ steps: { minimum: 1, maximum: 8, default: 8 }, formats: PNG_JPEG_WEBP, defaultFormat: 'png', acceleration: 'regular' }),
+  image_size: imageSize('landscape_4_3', { maxPixels: Z_IMAGE_TURBO_MAX_PIXELS }),
   enable_prompt_expansion: { type: 'boolean', default: false },
 };
 
@@ -110,4 +123,16 @@ export const ENDPOINTS: readonly EndpointSpec[] = [
 
 export function endpointTable(list: readonly EndpointSpec[] = ENDPOINTS): Map<string, EndpointSpec> {
   return new Map(list.map((e) => [e.id, e]));
+}
+
+const LARGEST_PRESET = Math.max(...Object.values(IMAGE_SIZE_PRESETS).map((p) => p.width * p.height));
+
+/** The most pixels an image of any of these endpoints can have, by their image_size rules. */
+export function largestImagePixels(endpoints: Iterable<EndpointSpec>): number {
+  let most = 0;
+  for (const e of endpoints) {
+    const rule = e.input.properties['image_size'];
+    most = Math.max(most, rule?.type === 'image_size' ? largestImage(rule, LARGEST_PRESET) : LARGEST_PRESET);
+  }
+  return most;
 }

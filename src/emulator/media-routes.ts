@@ -9,6 +9,7 @@ import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Ctx, Route } from './context.js';
 import { BodyTooLargeError, headerValue, lifecycleSeconds, parseJsonBody, readBody, sendBytes, sendJson } from './http.js';
+import { largestImagePixels } from './endpoints.js';
 import { CONTENT_TYPES, parseImageToken } from './images.js';
 import { answerFault, authorize } from './queue-routes.js';
 import { MAX_PART_NUMBER } from './storage.js';
@@ -40,7 +41,8 @@ export async function media(ctx: Ctx, req: IncomingMessage, res: ServerResponse,
   if (first === 'emulated') {
     const spec = parseImageToken(second);
     const expired = spec?.expiresAt !== undefined && spec.expiresAt * 1000 <= Date.now();
-    if (!spec || expired || spec.width * spec.height > ctx.options.maxRenderPixels) {
+    // A size no endpoint would make (or beyond the render limit) is refused before any work: token URLs are unsigned.
+    if (!spec || expired || spec.width * spec.height > renderable(ctx)) {
       sendJson(res, 404, { detail: 'File not found' });
       return;
     }
@@ -54,6 +56,15 @@ export async function media(ctx: Ctx, req: IncomingMessage, res: ServerResponse,
     return;
   }
   sendBytes(res, 200, file.data, file.contentType, { 'cache-control': IMMUTABLE }, head);
+}
+
+const largestByEndpoints = new WeakMap<Ctx['endpoints'], number>();
+
+/** The largest image the emulator serves: what its endpoints accept, within `maxRenderPixels`. */
+function renderable(ctx: Ctx): number {
+  let most = largestByEndpoints.get(ctx.endpoints);
+  if (most === undefined) largestByEndpoints.set(ctx.endpoints, (most = largestImagePixels(ctx.endpoints.values())));
+  return Math.min(most, ctx.options.maxRenderPixels);
 }
 
 async function upload(ctx: Ctx, req: IncomingMessage, res: ServerResponse, token: string): Promise<void> {

@@ -42,7 +42,7 @@ export interface EmulatorOptions {
   storageBytes?: number;
   /** Completed jobs beyond this are forgotten, oldest first; default 100000. */
   maxJobs?: number;
-  /** Largest image the emulator renders, in pixels; default 16777216 (4096×4096). */
+  /** Largest image the emulator renders, in pixels; default 4194304 (2048×2048, DEFAULT_MAX_RENDER_PIXELS). */
   maxRenderPixels?: number;
   /** Interval of status-stream updates while a job waits; default 10 s. */
   streamHeartbeatMs?: number;

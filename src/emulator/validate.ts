@@ -38,6 +38,8 @@ export interface ImageSizeRule {
   minimum?: number;
   maximum?: number;
   exclusiveMinimum?: number;
+  /** Bound on width × height of an explicit size, where the endpoint publishes one (a megapixel limit). */
+  maxPixels?: number;
 }
 export interface ArrayRule {
   type: 'array';
@@ -156,7 +158,23 @@ function validateImageSize(rule: Extract<Rule, { type: 'image_size' }>, value: u
   if (rule.minimum !== undefined) dim.minimum = rule.minimum;
   if (rule.maximum !== undefined) dim.maximum = rule.maximum;
   if (rule.exclusiveMinimum !== undefined) dim.exclusiveMinimum = rule.exclusiveMinimum;
-  return validateValue({ type: 'object', properties: { width: dim, height: dim } }, value, loc, errors);
+  const before = errors.length;
+  const size = validateValue({ type: 'object', properties: { width: dim, height: dim } }, value, loc, errors) as { width: number; height: number } | undefined;
+  if (errors.length === before && size && rule.maxPixels !== undefined && size.width * size.height > rule.maxPixels) {
+    errors.push({
+      loc,
+      msg: `ensure width × height is less than or equal to ${rule.maxPixels} pixels`,
+      type: 'value_error.number.not_le',
+      ctx: { limit_value: rule.maxPixels },
+    });
+  }
+  return size;
+}
+
+/** The largest image (width × height) a size rule lets through. */
+export function largestImage(rule: ImageSizeRule, presetPixels: number): number {
+  const side = rule.maximum ?? Infinity;
+  return Math.max(presetPixels, Math.min(rule.maxPixels ?? Infinity, side * side));
 }
 
 function validateArray(rule: Extract<Rule, { type: 'array' }>, value: unknown, loc: Loc, errors: FieldError[]): unknown {

@@ -27,6 +27,7 @@ export function accessLog(logger: Logger, metrics?: Metrics, opts: { logPrompts?
     logger.info(
       {
         request_id: res.locals.requestId,
+        client_request_id: res.locals.clientRequestId,
         fal_request_id: res.locals.falRequestId,
         key_id: principal?.keyId,
         model: res.locals.model,

@@ -29,7 +29,7 @@ export function createErrorWriter(logger: Logger): ErrorWriter {
     const locals = (res as { locals?: Record<string, unknown> }).locals;
     if (locals) locals.errorCode = out.body.error.code;
     const streamed = res.headersSent && isEventStream(res);
-    if (!(err instanceof ApiError) || out.status >= 500) logger.error({ err, request_id: locals?.requestId }, streamed ? 'streamed request failed' : 'request failed');
+    if (!(err instanceof ApiError) || out.status >= 500) logger.error({ err, request_id: locals?.requestId, client_request_id: locals?.clientRequestId }, streamed ? 'streamed request failed' : 'request failed');
     if (res.headersSent) {
       if (streamed && !res.writableEnded && !res.destroyed) {
         res.end(`event: error\ndata: ${JSON.stringify(out.body)}\n\n`);

@@ -14,13 +14,22 @@ export function newRequestId(): string {
   return `req_${randomUUID().replace(/-/g, '')}`;
 }
 
+/**
+ * Every request gets our id, unique across keys, which keys its ledger row
+ * and billing event. A caller's `x-request-id` is only its label for the
+ * request, unique within its key (the ledger refuses a key's second use),
+ * and is what the `x-request-id` answer header echoes, so clients keep
+ * correlating on what they sent; without one the header carries our id.
+ * Our id is in the body's `meta.request_id` either way.
+ */
 export function requestId(): RequestHandler {
   return (req, res, next) => {
     const incoming = req.get('x-request-id');
-    const id = incoming && SANE_ID.test(incoming) ? incoming : newRequestId();
+    const label = incoming && SANE_ID.test(incoming) ? incoming : undefined;
+    const id = newRequestId();
     // Replaces Express's dictionary-mode locals (nothing is on it yet): see waiting-requests.ts.
-    res.locals = new RequestLocals(id) as unknown as typeof res.locals;
-    res.setHeader('x-request-id', id);
+    res.locals = new RequestLocals(id, label) as unknown as typeof res.locals;
+    res.setHeader('x-request-id', label ?? id);
     next();
   };
 }

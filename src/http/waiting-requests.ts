@@ -84,7 +84,11 @@ export class RequestLocals {
   startedAt = 0;
   /** Aborted when the caller leaves before its answer (see `callerSignal`). */
   caller: AbortController | undefined = undefined;
-  constructor(readonly requestId: string) {}
+  /** `requestId` is ours; `clientRequestId` the caller's `x-request-id`, if it sent a usable one. */
+  constructor(
+    readonly requestId: string,
+    readonly clientRequestId: string | undefined = undefined,
+  ) {}
 }
 
 /**

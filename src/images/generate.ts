@@ -34,7 +34,9 @@ import { mapFalError } from './upstream-errors.js';
  */
 
 export interface GenerateContext {
+  /** Ours, the ledger row's id; `clientRequestId` is the caller's `x-request-id`, a label unique within its key. */
   requestId: string;
+  clientRequestId?: string | undefined;
   keyId: string;
   /**
    * The request's AbortController: the caller's side aborts it when the caller
@@ -113,7 +115,7 @@ export function createImageService(deps: ImageServiceDeps): ImageService {
         return await generate(deps, closing, now, req, ctx, stop);
       } catch (err) {
         if (!(err instanceof MeteringUnavailable)) throw err;
-        deps.logger.error({ err: err.cause, what: err.what, request_id: ctx.requestId }, 'ledger write failed');
+        deps.logger.error({ err: err.cause, what: err.what, request_id: ctx.requestId, client_request_id: ctx.clientRequestId }, 'ledger write failed');
         if (!isStorageUnavailable(err.cause)) throw storageFailed(err.cause);
         throw meteringUnavailable(err.what !== 'reserve');
       } finally {
@@ -167,11 +169,11 @@ async function runJobs(deps: ImageServiceDeps, run: Run, ctx: GenerateContext, s
   const { id: model, endpoint } = run.req.model;
   const inputs = jobInputs(run.req, run.baseSeed);
   const count = inputs.length;
-  const progress = ctx.onProgress ? progressReporter(ctx.onProgress, deps.logger.child({ request_id: ctx.requestId, model })) : undefined;
+  const progress = ctx.onProgress ? progressReporter(ctx.onProgress, deps.logger.child({ request_id: ctx.requestId, client_request_id: ctx.clientRequestId, model })) : undefined;
   const jobs = inputs.map((input, i) =>
     runJob(
       deps,
-      { jobId: jobIdFor(ctx.requestId, i), requestId: ctx.requestId, model: run.req.model, promptExpansion: run.req.promptExpansion, endpoint, onSubmitted: ctx.onSubmitted, onStatus: progress && ((st: FalJobStatus) => progress(i, st, count)) },
+      { jobId: jobIdFor(ctx.requestId, i), requestId: ctx.requestId, clientRequestId: ctx.clientRequestId, model: run.req.model, promptExpansion: run.req.promptExpansion, endpoint, onSubmitted: ctx.onSubmitted, onStatus: progress && ((st: FalJobStatus) => progress(i, st, count)) },
       input,
       stop,
     ),
@@ -195,7 +197,7 @@ type FinishDeps = ImageServiceDeps & { closing: ClosingDeps };
  */
 async function finish(deps: FinishDeps, now: () => number, run: Run, outcomes: JobOutcome[], ctx: GenerateContext, stop: RequestStop): Promise<GenerateOutcome> {
   const { req } = run;
-  const log = deps.logger.child({ request_id: ctx.requestId, model: req.model.id });
+  const log = deps.logger.child({ request_id: ctx.requestId, client_request_id: ctx.clientRequestId, model: req.model.id });
   const decision = decideRequest(outcomes, stop.reason());
   // The completed jobs, in job order as `decision.completed` lists them, each under its ledger id.
   const completed = outcomes.flatMap((o, i) => (o.at === 'completed' ? [completedJob(o.result, jobIdFor(ctx.requestId, i))] : []));
@@ -276,7 +278,7 @@ async function buildAnswer(deps: FinishDeps, now: () => number, run: Run, ctx: G
   try {
     // The charge is known before settling: the answer carries it.
     const charge = callerChargeForJobs(req.model, completed.map((j) => j.images), run.pricing.promptExpansion, run.pricing.markup);
-    return await imagesResponse({ req, results, charge, baseSeed: run.baseSeed, nowMs: now(), publicBaseUrl: ctx.publicBaseUrl, tenant: ctx.keyId }, deps.media);
+    return await imagesResponse({ req, results, charge, baseSeed: run.baseSeed, nowMs: now(), publicBaseUrl: ctx.publicBaseUrl, tenant: ctx.keyId, requestId: ctx.requestId }, deps.media);
   } catch (err) {
     if (!(err instanceof MediaError)) throw err;
     log.error({ err: err.message }, 'could not deliver images');
@@ -302,6 +304,7 @@ async function reserve(deps: ImageServiceDeps, req: CanonicalRequest, ctx: Gener
   const reserved = await meter('reserve', () =>
     deps.ledger.reserve({
       requestId: ctx.requestId,
+      clientRequestId: ctx.clientRequestId ?? null,
       keyId: ctx.keyId,
       model: req.model.id,
       endpoint: req.model.endpoint,
@@ -316,8 +319,8 @@ async function reserve(deps: ImageServiceDeps, req: CanonicalRequest, ctx: Gener
   );
   if (reserved.ok) return;
   if (reserved.reason === 'request_id_taken') {
-    // The id keys the usage row and the billing event a receiver de-duplicates on: two requests can never share it.
-    throw new ApiError(409, `The x-request-id ${JSON.stringify(ctx.requestId)} was already used for another request; send a new one, or none.`, {
+    // Only this key's own requests can take its label: another key's never show here.
+    throw new ApiError(409, `The x-request-id ${JSON.stringify(ctx.clientRequestId)} was already used for another request of this key; send a new one, or none.`, {
       type: 'conflict_error',
       code: 'request_id_reused',
       param: 'x-request-id',

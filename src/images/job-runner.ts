@@ -26,6 +26,8 @@ export interface Job {
   /** Our id of the job: its ledger row, written with the reservation. */
   jobId: string;
   requestId: string;
+  /** The caller's `x-request-id`, logged beside ours. */
+  clientRequestId?: string | undefined;
   model: PricedModel & { id: string };
   /** The request asked for prompt expansion (fal bills its fee with every completed job). */
   promptExpansion: boolean;
@@ -147,7 +149,7 @@ async function apply(deps: JobRunnerDeps, job: Job, state: JobOutcome, event: Jo
 }
 
 function logFor(deps: JobRunnerDeps, job: Job): Log {
-  return (level, obj, msg) => deps.logger[level]({ request_id: job.requestId, job_id: job.jobId, model: job.model.id, ...obj }, msg);
+  return (level, obj, msg) => deps.logger[level]({ request_id: job.requestId, client_request_id: job.clientRequestId, job_id: job.jobId, model: job.model.id, ...obj }, msg);
 }
 
 type Log = (level: 'debug' | 'info' | 'warn' | 'error', obj: object, msg: string) => void;

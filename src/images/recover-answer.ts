@@ -96,7 +96,7 @@ export function createAnswerRecovery(deps: AnswerRecoveryDeps): AnswerRecovery {
     try {
       results = await Promise.all(jobs.map((j) => deps.fal.result(j.endpoint, j.falRequestId!, { signal: AbortSignal.timeout(RESULT_TIMEOUT_MS) })));
       const seed = req.falInput['seed'];
-      const body = await imagesResponse({ req, results, charge, baseSeed: typeof seed === 'number' ? seed : undefined, nowMs: Date.parse(r.settledAt ?? r.createdAt), publicBaseUrl, tenant: r.keyId }, deps.media);
+      const body = await imagesResponse({ req, results, charge, baseSeed: typeof seed === 'number' ? seed : undefined, nowMs: Date.parse(r.settledAt ?? r.createdAt), publicBaseUrl, tenant: r.keyId, requestId: r.id }, deps.media);
       return { state: 'charged', outcome: { body, charge, falRequestIds: results.map((x) => x.falRequestId) } };
     } catch (err) {
       // fal no longer knows the job: its images are gone for good. Anything else may pass.

@@ -21,6 +21,8 @@ export interface ResponseInput {
   publicBaseUrl: string;
   /** The API key's id: the tenant our own image URLs are signed for. */
   tenant: string;
+  /** Ours (the ledger row's id), which the `x-request-id` header does not carry when the caller sent its own. */
+  requestId: string;
 }
 
 export async function imagesResponse(input: ResponseInput, media: Media): Promise<ImagesResponse> {
@@ -38,6 +40,7 @@ export async function imagesResponse(input: ResponseInput, media: Media): Promis
       usage: { credits_used: charge.credits, tokens_used: charge.credits, cost_usd: charge.usd },
       seed: input.baseSeed ?? (typeof firstSeed === 'number' ? firstSeed : null),
       images: images.map((i, k) => ({ width: i.width, height: i.height, content_type: i.content_type, has_nsfw_concept: nsfw[k] === true })),
+      request_id: input.requestId,
       fal_request_id: falIds[0]!,
       fal_request_ids: falIds,
       ...(req.ignoredParams.length > 0 ? { ignored_params: [...req.ignoredParams] } : {}),

@@ -39,6 +39,7 @@ function openingStatements() {
         .insertInto('requests')
         .values({
           id: p.id,
+          client_request_id: p.client_request_id ?? null,
           key_id: p.key_id,
           model: p.model,
           endpoint: p.endpoint,
@@ -50,7 +51,10 @@ function openingStatements() {
           created_at: p.created_at,
           lease_id: p.lease_id,
         })
-        .onConflict((oc) => oc.column('id').doNothing())
+        // The target names the per-key label's unique index only: a label the
+        // key already used inserts nothing (and returns no row), while any
+        // other conflict (our own id) still fails the statement.
+        .onConflict((oc) => oc.columns(['key_id', 'client_request_id']).doNothing())
         .returning('id'),
     ),
     // The budget check and the hold are one statement: under concurrency

@@ -37,7 +37,10 @@ export type { ReleaseInput, ReleaseResult, SettleInput, SettleOutboxEvent, Settl
 export { UnknownJobError, UnknownRequestError, type JobRecord, type RequestRecord, type RequestWithJobs } from './records.js';
 
 export interface ReserveInput {
+  /** Ours, unique across keys (newRequestId): the row's primary key. */
   requestId: string;
+  /** The caller's `x-request-id`, a label unique within `keyId`; a second request of the key with it is refused. */
+  clientRequestId?: string | null | undefined;
   keyId: string;
   model: string;
   endpoint: string;
@@ -67,7 +70,7 @@ export type ReserveResult =
       spentMicros: bigint;
       reservedMicros: bigint;
     }
-  /** A caller-chosen request id (x-request-id) that already names a request; nothing was held. */
+  /** The key already has a request labelled with this `clientRequestId`; nothing was held. */
   | { ok: false; reason: 'request_id_taken' };
 
 
@@ -110,7 +113,10 @@ export interface Ledger {
   /** Requests still holding a reservation, with their jobs, oldest first: what start-up reconciliation works through. */
   listOpen(options?: Omit<ListOpenOptions, 'limit'>): Promise<RequestWithJobs[]>;
   listOrphaned(): Promise<RequestWithJobs[]>;
+  /** By our id. */
   getRequest(requestId: string): Promise<RequestWithJobs | null>;
+  /** By the caller's `x-request-id`, which names a request only within its key. */
+  getRequestByClientId(keyId: string, clientRequestId: string): Promise<RequestWithJobs | null>;
 }
 
 export class UnknownKeyError extends Error {
@@ -220,9 +226,12 @@ export function createLedger(database: Database, options: LedgerOptions = {}): L
 
     async getRequest(requestId) {
       const row = await db.selectFrom('requests').selectAll().where('id', '=', requestId).executeTakeFirst();
-      if (!row) return null;
-      const [out] = await withJobs(db, [row]);
-      return out ?? null;
+      return row ? ((await withJobs(db, [row]))[0] ?? null) : null;
+    },
+
+    async getRequestByClientId(keyId, clientRequestId) {
+      const row = await db.selectFrom('requests').selectAll().where('key_id', '=', keyId).where('client_request_id', '=', clientRequestId).executeTakeFirst();
+      return row ? ((await withJobs(db, [row]))[0] ?? null) : null;
     },
   };
 }
@@ -271,6 +280,7 @@ async function reserveIn(trx: Transaction<DB>, q: LedgerStatements, input: Reser
   // one key queues on that lock, so its length bounds a key's throughput.
   const inserted = await q.insertRequest.run(trx, {
     id: input.requestId,
+    client_request_id: input.clientRequestId ?? null,
     key_id: input.keyId,
     model: input.model,
     endpoint: input.endpoint,
@@ -282,6 +292,7 @@ async function reserveIn(trx: Transaction<DB>, q: LedgerStatements, input: Reser
     created_at: at,
     lease_id: leaseId,
   });
+  // Only the (key, label) index is a conflict the insert skips; our own id colliding is an error.
   if (inserted.rows.length === 0) return { ok: false, reason: 'request_id_taken' };
   const held = await q.hold.run(trx, { amount, keyId: input.keyId });
   if (held.rows.length > 0) {
@@ -291,7 +302,7 @@ async function reserveIn(trx: Transaction<DB>, q: LedgerStatements, input: Reser
     return { ok: true };
   }
   // Refused: the request row goes again in the same transaction, so the
-  // attempt commits nothing and the request id stays free.
+  // attempt commits nothing and the caller's label stays free.
   await trx.deleteFrom('requests').where('id', '=', input.requestId).execute();
   const key = await trx.selectFrom('api_keys').select(['budget_micros', 'spent_micros', 'reserved_micros']).where('id', '=', input.keyId).executeTakeFirst();
   if (!key) throw new UnknownKeyError(input.keyId);

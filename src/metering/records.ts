@@ -9,7 +9,10 @@ import type { DB, JobKind, JobStatus, RequestStatus, RequestsTable, UpstreamJobs
 import { toBigInt, toNumber } from '../db/values.js';
 
 export interface RequestRecord {
+  /** Ours (newRequestId): unique across every key. */
   id: string;
+  /** The caller's `x-request-id`, unique only within its key; null when none was sent. */
+  clientRequestId: string | null;
   keyId: string;
   model: string;
   endpoint: string;
@@ -67,6 +70,7 @@ export interface RequestWithJobs extends RequestRecord {
 export function toRequest(row: Selectable<RequestsTable>): RequestRecord {
   return {
     id: row.id,
+    clientRequestId: row.client_request_id ?? null,
     keyId: row.key_id,
     model: row.model,
     endpoint: row.endpoint,

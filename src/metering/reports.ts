@@ -48,8 +48,10 @@ export interface UsageReport {
  * documented export columns, in `EXPORT_COLUMNS` order.
  */
 export interface ExportRow {
-  /** Our request id (also the `x-request-id` the caller saw). */
+  /** Our request id, unique across keys. */
   request_id: string;
+  /** The `x-request-id` the caller sent, unique only within its key; null when none. */
+  client_request_id: string | null;
   key_id: string;
   /** The public model id the caller asked for. */
   model: string;
@@ -73,6 +75,7 @@ export interface ExportRow {
 
 export const EXPORT_COLUMNS = [
   'request_id',
+  'client_request_id',
   'key_id',
   'model',
   'endpoint',
@@ -264,6 +267,7 @@ function toTotals(row: {
 function toExportRow(row: Selectable<RequestsTable>): ExportRow {
   return {
     request_id: row.id,
+    client_request_id: row.client_request_id ?? null,
     key_id: row.key_id,
     model: row.model,
     endpoint: row.endpoint,

@@ -65,8 +65,10 @@ export const USAGE_SETTLED = 'usage.settled';
 
 /**
  * The event id of a request's settlement: the same on every attempt and in
- * every process, so a receiver can de-duplicate on it. Request ids may come
- * from the caller's `x-request-id`, which allows `.`; Standard Webhooks
+ * every process, so a receiver can de-duplicate on it. It is built from our
+ * request id, unique across keys (never the caller's `x-request-id`, which
+ * is unique only within its key); a row reserved before migration 0005 may
+ * still carry a caller's id, which allows `.`. Standard Webhooks
  * signs `<id>.<timestamp>.<body>`, so a dot in the id would let one signed
  * string be split two ways. `~` never occurs in a request id, which keeps the
  * mapping one-to-one.
@@ -79,6 +81,7 @@ export function billingEventId(requestId: string): string {
 export function usageSettledData(request: RequestRecord, falRequestIds: readonly string[]): UsageSettledData {
   return {
     request_id: request.id,
+    client_request_id: request.clientRequestId,
     key_id: request.keyId,
     model: request.model,
     user: request.user,

@@ -88,6 +88,7 @@ export function adminUsageReportView(report: UsageReport, unrecovered: Unrecover
  */
 export const CALLER_EXPORT_COLUMNS = [
   'request_id',
+  'client_request_id',
   'key_id',
   'model',
   'endpoint',
@@ -118,6 +119,7 @@ export function exportColumns(view: ExportView): readonly string[] {
 function cells(row: ExportRow, view: ExportView): Cell[] {
   const caller: Cell[] = [
     row.request_id,
+    row.client_request_id,
     row.key_id,
     row.model,
     row.endpoint,

@@ -70,6 +70,12 @@ export const imagesResponseSchema = {
             additionalProperties: false,
           },
         },
+        request_id: {
+          type: 'string',
+          description:
+            'Our id for this request: unique across every key, the id of its usage row and billing event. The x-request-id header ' +
+            'echoes what the caller sent there (a label unique only within its key), or carries this id when nothing was sent.',
+        },
         fal_request_id: { type: 'string', description: "fal's id of the (first) job that made these images." },
         fal_request_ids: {
           type: 'array',
@@ -88,7 +94,7 @@ export const imagesResponseSchema = {
             'The x-ignored-params header carries the same list.',
         },
       },
-      required: ['usage', 'seed', 'images', 'fal_request_id', 'fal_request_ids'],
+      required: ['usage', 'seed', 'images', 'request_id', 'fal_request_id', 'fal_request_ids'],
       additionalProperties: false,
     },
   },

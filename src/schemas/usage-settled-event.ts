@@ -19,14 +19,23 @@ export const usageSettledEventSchema = {
     id: {
       type: 'string',
       pattern: '^evt_[^.]+$',
-      description: 'The event id (equal to the webhook-id header): evt_ followed by the request id with any "." replaced by "~". Stable across retries.',
+      description: 'The event id (equal to the webhook-id header): evt_ followed by our request id (data.request_id) with any "." replaced by "~". Stable across retries.',
     },
     type: { type: 'string', const: 'usage.settled' },
     timestamp: { type: 'string', pattern: ISO_UTC, description: 'When the event was recorded: in the same transaction as the charge.' },
     data: {
       type: 'object',
       properties: {
-        request_id: { type: 'string', description: 'Our request id (the x-request-id the caller saw; the usage export row of the same id).' },
+        request_id: {
+          type: 'string',
+          description:
+            "Our request id: unique across every key, the event's id and the usage export row of the same id. De-duplicate and join on this one.",
+        },
+        client_request_id: {
+          type: ['string', 'null'],
+          description:
+            "The x-request-id the caller sent with the request (null when none): its own label, unique only within key_id, so two keys may send the same one. For showing the caller; never a key on its own.",
+        },
         key_id: { type: 'string', description: 'The API key charged.' },
         model: { type: 'string', description: 'The public model id the caller asked for.' },
         user: { type: ['string', 'null'], description: "The caller's OpenAI `user` field, if sent." },
@@ -41,7 +50,7 @@ export const usageSettledEventSchema = {
         created_at: { type: 'string', pattern: ISO_UTC, description: 'When the request was received (reserved).' },
         settled_at: { type: 'string', pattern: ISO_UTC, description: 'When the charge was committed; usage ranges and exports use this time.' },
       },
-      required: ['request_id', 'key_id', 'model', 'user', 'images', 'fal_request_ids', 'charge_usd', 'credits', 'created_at', 'settled_at'],
+      required: ['request_id', 'client_request_id', 'key_id', 'model', 'user', 'images', 'fal_request_ids', 'charge_usd', 'credits', 'created_at', 'settled_at'],
       additionalProperties: false,
     },
   },

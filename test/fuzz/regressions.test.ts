@@ -5,6 +5,7 @@ import { gzipSync } from 'node:zlib';
 import { startTestService, TEST_KEY, type TestService } from '../helpers/service.js';
 import { createAgent, judge, send, targetOf, type Outcome } from './harness.js';
 import { IMAGES_PATH, type FuzzCase } from './generator.js';
+import { requestRow } from '../helpers/requests.js';
 
 /**
  * One fixed case for each bug the fuzzer found, so each stays fixed whatever
@@ -139,7 +140,7 @@ describe('fuzz regressions', () => {
     const again = await run({ method: 'POST', path: IMAGES_PATH, headers, body });
     assert.equal(again.status, 409);
     assert.deepEqual(errorOf(again), { ...errorOf(again), code: 'request_id_reused', param: 'x-request-id' });
-    const rows = await t.service.ledger.getRequest(headers['x-request-id']);
+    const rows = await requestRow(t.service, headers['x-request-id']);
     assert.equal(rows?.status, 'settled', 'the first request keeps its row');
   });
 });

@@ -39,6 +39,8 @@ export interface LedgerJob {
 
 export interface LedgerRequest {
   id: string;
+  /** The caller's `x-request-id` (unique only within its key); null when none was sent. */
+  clientRequestId?: string | null;
   keyId: string;
   state: string;
   chargeMicros: bigint;
@@ -68,7 +70,7 @@ const HOLDING_REQUEST_STATES = new Set(['reserved', 'submitted']);
 export async function readLedger(db: Kysely<DB>): Promise<LedgerSnapshot> {
   const [jobs, requests, keys] = await Promise.all([
     db.selectFrom('upstream_jobs').select(['id', 'fal_request_id', 'fal_other_ids', 'request_id', 'status', 'upstream_cost_micros']).execute(),
-    db.selectFrom('requests').select(['id', 'key_id', 'status', 'charge_micros']).execute(),
+    db.selectFrom('requests').select(['id', 'client_request_id', 'key_id', 'status', 'charge_micros']).execute(),
     db.selectFrom('api_keys').select(['id', 'budget_micros', 'spent_micros', 'reserved_micros']).execute(),
   ]);
   return {
@@ -82,6 +84,7 @@ export async function readLedger(db: Kysely<DB>): Promise<LedgerSnapshot> {
     })),
     requests: requests.map((r) => ({
       id: r.id,
+      clientRequestId: r.client_request_id,
       keyId: r.key_id,
       state: r.status,
       chargeMicros: BigInt(r.charge_micros),
@@ -107,7 +110,7 @@ export interface BilledJob {
 
 /** What one caller request got back. */
 export interface CallerAnswer {
-  /** Our request id (the `x-request-id` the caller sent and the answer echoed). */
+  /** The answer's `x-request-id`: the label the caller sent, or our request id when it sent none. */
   requestId: string;
   /** The HTTP status answered; null when no answer was written (the caller left, the connection died). */
   status: number | null;
@@ -219,7 +222,8 @@ function auditJobs(ledgerJobs: readonly LedgerJob[], billing: readonly BilledJob
 
 function auditRequests(rows: readonly LedgerRequest[], answers: readonly CallerAnswer[]): RequestDrift[] {
   const out: RequestDrift[] = [];
-  const byId = new Map(rows.map((r) => [r.id, r]));
+  // An answer names its request by the caller's label when one was sent (labels here are unique across keys), else by our id.
+  const byId = new Map(rows.flatMap((r) => [[r.id, r] as const, ...(r.clientRequestId ? [[r.clientRequestId, r] as const] : [])]));
   for (const a of answers) {
     const row = byId.get(a.requestId);
     if (a.status === 200) {

@@ -43,6 +43,7 @@ export function cannedOutcome(overrides: Partial<GenerateOutcome> = {}): Generat
         usage: { credits_used: 10_000, tokens_used: 10_000, cost_usd: '0.005000' },
         seed: 42,
         images: [{ width: 1024, height: 1024, content_type: 'image/png', has_nsfw_concept: false }],
+        request_id: 'req_00000000000000000000000000000001',
         fal_request_id: 'fal-req-1',
         fal_request_ids: ['fal-req-1'],
       },

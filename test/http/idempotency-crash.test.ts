@@ -124,11 +124,12 @@ describeEachDialect('SIGKILL with an Idempotency-Key request in flight', ({ dial
       assert.equal(emulator.jobs().length, jobCount, 'the retries started no fal job');
 
       const rows = await readLedger(database.db);
-      assert.deepEqual(rows.requests.filter((r) => r.id.includes('retry')), [], 'a retry reserves nothing');
-      const idemRow = rows.requests.find((r) => r.id === `${dialect}-killed-idem`);
+      // Rows are keyed by our ids; each keeps the x-request-id this test sent as its label.
+      assert.deepEqual(rows.requests.filter((r) => (r.clientRequestId ?? '').includes('retry')), [], 'a retry reserves nothing');
+      const idemRow = rows.requests.find((r) => r.clientRequestId === `${dialect}-killed-idem`);
       assert.equal(idemRow?.state, 'settled');
       const answers: CallerAnswer[] = [
-        ...killed.filter((s) => s.requestId !== idemRow.id).map((s) => ({ requestId: s.requestId, status: null })),
+        ...killed.filter((s) => s.requestId !== idemRow.clientRequestId).map((s) => ({ requestId: s.requestId, status: null })),
         { requestId: idemRow.id, status: 200, costUsd: res.headers.get('x-usage-cost-usd') },
         ...lived.map((s, i) => {
           const a = livedAnswers[i]!;

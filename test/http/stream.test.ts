@@ -10,6 +10,7 @@ import { completedEvents } from '../../src/images/stream-events.js';
 import type { CanonicalRequest } from '../../src/images/normalize.js';
 import type { ImagesResponseBody } from '../../src/images/generate.js';
 import { parseUsd } from '../../src/metering/money.js';
+import { requestRow } from '../helpers/requests.js';
 
 /** Every event shape a streamed answer may carry; the SDK types only OpenAI's own. */
 interface StreamEvent {
@@ -99,7 +100,7 @@ describe('stream: true (Server-Sent Events)', () => {
     assert.equal(completed.reduce((s, c) => s + parseUsd(c.usage!.cost_usd), 0n), parseUsd(total));
     assert.equal(completed.reduce((s, c) => s + c.usage!.credits_used, 0), completed[1]!.meta!.usage.credits_used);
 
-    const row = await t.service.ledger.getRequest(id);
+    const row = await requestRow(t.service, id);
     assert.equal(row?.status, 'settled');
     assert.equal(row?.chargeMicros, parseUsd(total));
 
@@ -108,7 +109,7 @@ describe('stream: true (Server-Sent Events)', () => {
       .set('Authorization', `Bearer ${TEST_KEY}`)
       .send({ model: MODEL, prompt: 'two plain kites', n: 2, size: '768x512', response_format: 'b64_json' });
     assert.equal(plain.status, 200);
-    const plainRow = await t.service.ledger.getRequest(plain.headers['x-request-id'] as string);
+    const plainRow = await requestRow(t.service, plain.headers['x-request-id'] as string);
     assert.equal(row?.chargeMicros, plainRow?.chargeMicros);
     assert.equal(row?.upstreamCostMicros, plainRow?.upstreamCostMicros);
     assert.equal(total, plain.body.meta.usage.cost_usd);
@@ -165,7 +166,7 @@ describe('stream: true (Server-Sent Events)', () => {
     );
     assert.ok(seen.includes('image_generation.progress'), 'the stream had started');
     assert.ok(!seen.includes('image_generation.completed'));
-    const row = await t.service.ledger.getRequest(id);
+    const row = await requestRow(t.service, id);
     assert.equal(row?.status, 'failed');
     assert.equal(row?.chargeMicros, 0n);
   });
@@ -199,11 +200,11 @@ describe('stream: true (Server-Sent Events)', () => {
     }
     let falId: string | undefined;
     await until('the job to be cancelled at the emulator', async () => {
-      falId = (await t.service.ledger.getRequest(id))?.jobs[0]?.falRequestId ?? undefined;
+      falId = (await requestRow(t.service, id))?.jobs[0]?.falRequestId ?? undefined;
       return falId !== undefined && t.emulator.job(falId)?.outcome === 'cancelled';
     });
-    await until('the reservation to be released', async () => (await t.service.ledger.getRequest(id))?.status === 'released');
-    const row = await t.service.ledger.getRequest(id);
+    await until('the reservation to be released', async () => (await requestRow(t.service, id))?.status === 'released');
+    const row = await requestRow(t.service, id);
     assert.equal(row?.chargeMicros, 0n);
     assert.equal(row?.jobs[0]?.status, 'cancelled');
     assert.ok(!t.emulator.billing().some((b) => b.request_id === falId), 'fal billed nothing');
@@ -220,8 +221,8 @@ describe('stream: true (Server-Sent Events)', () => {
     for await (const ev of stream) {
       if (ev.type === ('image_generation.progress' as string)) break;
     }
-    await until('the request to settle', async () => (await t.service.ledger.getRequest(id))?.status === 'settled');
-    const row = await t.service.ledger.getRequest(id);
+    await until('the request to settle', async () => (await requestRow(t.service, id))?.status === 'settled');
+    const row = await requestRow(t.service, id);
     const falId = row?.jobs[0]?.falRequestId;
     assert.equal(t.emulator.job(falId!)?.outcome, 'ok');
     // 512×512 is one megapixel's worth at $0.005.
@@ -248,7 +249,7 @@ describe('stream: true (Server-Sent Events)', () => {
     assert.deepEqual([meta.format, meta.width, meta.height], ['jpeg', 512, 512]);
     const last = completed[5]!.meta!;
     assert.equal(last.fal_request_ids.length, 2);
-    const row = await t.service.ledger.getRequest(id);
+    const row = await requestRow(t.service, id);
     assert.equal(row?.status, 'settled');
     assert.equal(row?.jobs.length, 2);
     assert.equal(row?.chargeMicros, parseUsd(last.usage.cost_usd));
@@ -327,6 +328,7 @@ describe('completed events', () => {
       usage: { credits_used: credits, tokens_used: credits, cost_usd: costUsd },
       seed: 1,
       images: [],
+      request_id: 'req_s',
       fal_request_id: 'f',
       fal_request_ids: ['f'],
     },

@@ -25,12 +25,14 @@ describe('tenant isolation', () => {
   let a: Tenant;
   let b: Tenant;
   const results = new Map<string, { requestIds: string[]; falIds: string[]; micros: bigint }>();
+  /** x-request-id labels a tenant sent: its own data, in its own export, whatever string it chose. */
+  const labelsSent = new Map<string, string[]>();
 
   const generate = (key: string, extra: Record<string, string> = {}, b2: object = body) =>
     request(t.url).post('/v1/images/generations').set(bearer(key)).set(extra).send(b2);
   const record = (tenant: Tenant, res: request.Response) => {
     const r = results.get(tenant.id) ?? { requestIds: [], falIds: [], micros: 0n };
-    r.requestIds.push(res.headers['x-request-id'] as string);
+    r.requestIds.push(res.body.meta.request_id as string);
     r.falIds.push(res.body.meta.fal_request_id as string);
     r.micros += parseUsd(res.body.meta.usage.cost_usd as string);
     results.set(tenant.id, r);
@@ -80,13 +82,23 @@ describe('tenant isolation', () => {
     assert.equal(replay.body.meta.fal_request_id, first.body.meta.fal_request_id);
   });
 
-  it("a request id cannot be reused to touch another tenant's usage row", async () => {
+  it("another tenant's request id is no oracle and no block: A sending B's id gets a request of its own, B's row untouched", async () => {
     const bRequest = results.get(b.id)!.requestIds[0]!;
+    const before = await t.service.ledger.getRequest(bRequest);
+    assert.equal(before?.keyId, b.id);
     const res = await generate(a.key, { 'x-request-id': bRequest });
-    assert.equal(res.status, 409, res.text);
-    assert.equal(res.body.error.param, 'x-request-id');
-    const row = await t.service.ledger.getRequest(bRequest);
-    assert.equal(row?.keyId, b.id, "B's row is untouched");
+    assert.equal(res.status, 200, res.text);
+    labelsSent.set(a.id, [bRequest]);
+    assert.equal(res.headers['x-request-id'], bRequest, 'echoed as A sent it');
+    record(a, res);
+    const mine = await t.service.ledger.getRequestByClientId(a.id, bRequest);
+    assert.equal(mine?.keyId, a.id);
+    assert.equal(mine?.id, res.body.meta.request_id, 'the ledger id is ours, in meta');
+    assert.notEqual(mine?.id, bRequest);
+    assert.deepEqual(await t.service.ledger.getRequest(bRequest), before, "B's row is untouched");
+    const again = await generate(a.key, { 'x-request-id': bRequest });
+    assert.equal(again.status, 409, 'A reusing its own label is refused as before');
+    assert.equal(again.body.error.code, 'request_id_reused');
   });
 
   it("spending: B's exhausted budget refuses B only; A's spend never lands on B's budget", async () => {
@@ -136,7 +148,8 @@ describe('tenant isolation', () => {
         assert.equal(res.status, 200);
         const text = res.text;
         for (const id of results.get(me.id)!.requestIds) assert.ok(text.includes(id), `${format}: own row ${id}`);
-        for (const id of [...results.get(them.id)!.requestIds, ...results.get(them.id)!.falIds, them.id]) {
+        const chosen = new Set(labelsSent.get(me.id) ?? []);
+        for (const id of [...results.get(them.id)!.requestIds, ...results.get(them.id)!.falIds, them.id].filter((x) => !chosen.has(x))) {
           assert.ok(!text.includes(id), `${format}: no trace of the other tenant (${id})`);
         }
         assert.ok(!/upstream|margin/.test(text.split(/\r?\n/, 1)[0] ?? ''), 'no operator columns');

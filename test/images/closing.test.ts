@@ -15,6 +15,7 @@ import { parseMarkup, parseUsd } from '../../src/metering/money.js';
 import { createPendingCloses } from '../../src/metering/pending-closes.js';
 import { createReconciler } from '../../src/metering/reconcile.js';
 import { settleCompleted } from '../../src/metering/settlement.js';
+import { requestRow } from '../helpers/requests.js';
 
 /** What the database driver throws when the ledger cannot be reached (src/db/errors.ts counts it as unavailable). */
 const unreachable = () => Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:5432'), { code: 'ECONNREFUSED' });
@@ -70,26 +71,27 @@ describe('closing a request', () => {
     );
     const job = await until(() => falJob('taken-over')?.status === 'IN_PROGRESS' && falJob('taken-over'), 'the job to run');
     // This process's renewals stop reaching the database (as when it is unreachable): its lease expires there.
-    const owner = (await s.ledger.getRequest('req-taken-over'))!.leaseId!;
+    const taken = (await requestRow(s, 'req-taken-over'))!;
+    const owner = taken.leaseId!;
     await s.database.db.updateTable('leases').set({ expires_at: new Date(Date.now() - 1_000).toISOString() }).where('id', '=', owner).execute();
     const store = createLeaseStore(s.database);
     const peer = await store.acquire({ id: `peer-${Math.random()}`, host: 'elsewhere', pid: 2, expiryMs: 60_000 });
     const peerRound = () =>
       createReconciler({ ledger: createLedger(s.database, { leaseId: peer.id }), fal: s.fal, registry: s.registry, markup: parseMarkup('1'), logger: s.logger, leases: { store, ownLeaseId: peer.id }, inFlight: () => false }).run({ olderThanMs: 3_600_000 });
     const first = await peerRound();
-    assert.deepEqual(first.adopted, ['req-taken-over']);
-    assert.deepEqual(first.running, ['req-taken-over'], 'still running at fal');
+    assert.deepEqual(first.adopted, [taken.id]);
+    assert.deepEqual(first.running, [taken.id], 'still running at fal');
 
     t.emulator.finishJob(job.request_id);
     assert.match(String(await answer), /^no answer/, 'the connection is closed without an answer');
     assert.ok(t.logs.some((l) => String(l.msg).startsWith('lease lost: another process took this request over')));
-    const untouched = (await s.ledger.getRequest('req-taken-over'))!;
+    const untouched = (await requestRow(s, 'req-taken-over'))!;
     assert.equal(untouched.status, 'submitted', 'the old owner wrote nothing');
     assert.equal(untouched.leaseId, peer.id);
 
     const second = await peerRound();
-    assert.deepEqual(second.settled, ['req-taken-over']);
-    const row = (await s.ledger.getRequest('req-taken-over'))!;
+    assert.deepEqual(second.settled, [taken.id]);
+    const row = (await requestRow(s, 'req-taken-over'))!;
     const billed = t.emulator.billing().find((b) => b.request_id === job.request_id)!;
     assert.equal(row.upstreamCostMicros, parseUsd(billed.usd));
     assert.ok(row.chargeMicros > 0n, 'no answer was written: charged for the images fal completed, once');
@@ -120,13 +122,13 @@ describe('closing a request', () => {
       assert.equal((await readdir(dir)).length, 1, 'the close is on disk before the caller is answered');
       assert.equal(images.inFlight('req-ledger-lost'), true, 'retried in the background meanwhile');
       // The process dies here. The request is still open: left alone, a round would take its caller for gone and charge it.
-      const open = (await s.ledger.getRequest('req-ledger-lost'))!;
+      const open = (await requestRow(s, 'req-ledger-lost'))!;
       assert.equal(open.status, 'submitted');
       assert.equal(open.jobs[0]!.status, 'submitted');
 
       const report = await createReconciler({ ledger: s.ledger, fal: s.fal, registry: s.registry, markup: parseMarkup('1'), logger: s.logger, pendingCloses: pending }).run({ olderThanMs: 0 });
       assert.deepEqual(report.pendingClosed, ['req-ledger-lost']);
-      const row = (await s.ledger.getRequest('req-ledger-lost'))!;
+      const row = (await requestRow(s, 'req-ledger-lost'))!;
       assert.equal(row.status, 'failed');
       assert.equal(row.errorCode, 'metering_unavailable');
       assert.equal(row.chargeMicros, 0n, 'answered 503: never charged');
@@ -154,13 +156,13 @@ describe('closing a request', () => {
     });
     // While this process waits on both results, the job that completed is settled elsewhere.
     await until(() => (t.emulator.stats().result ?? 0) >= resultsBefore + 2 || undefined, 'both results to be asked for');
-    const row = (await s.ledger.getRequest('req-elsewhere'))!;
+    const row = (await requestRow(s, 'req-elsewhere'))!;
     const done = t.emulator.jobs().filter((j) => String(j.input.prompt).includes('elsewhere') && j.outcome === 'ok');
     assert.equal(done.length, 1);
     const model = s.registry.lookup(MODEL)!;
     const r = await s.fal.result(model.endpoint, done[0]!.request_id);
     const jobId = row.jobs.find((j) => j.falRequestId === done[0]!.request_id)!.id;
-    const elsewhere = await settleCompleted(s.ledger, model, 'req-elsewhere', { promptExpansion: false, markup: parseMarkup('1') }, [{ jobId, falRequestId: r.falRequestId, images: r.output.images.map((i) => ({ width: i.width, height: i.height })), billableUnits: r.billableUnits }]);
+    const elsewhere = await settleCompleted(s.ledger, model, row.id, { promptExpansion: false, markup: parseMarkup('1') }, [{ jobId, falRequestId: r.falRequestId, images: r.output.images.map((i) => ({ width: i.width, height: i.height })), billableUnits: r.billableUnits }]);
     assert.equal(elsewhere.settled, true, 'settled here first, as a reconciliation that took the caller for gone would');
 
     const res = await answer;
@@ -168,7 +170,7 @@ describe('closing a request', () => {
     assert.equal(res.status, 200, JSON.stringify(body));
     assert.equal(body.data.length, r.output.images.length, 'the completed job’s images');
     assert.equal(parseUsd(res.headers.get('x-usage-cost-usd')!), elsewhere.charge.micros);
-    assert.equal((await s.ledger.getRequest('req-elsewhere'))!.chargeMicros, elsewhere.charge.micros, 'charged once, what the answer says');
+    assert.equal((await requestRow(s, 'req-elsewhere'))!.chargeMicros, elsewhere.charge.micros, 'charged once, what the answer says');
   });
 
   it('a process whose lease is not known live takes no request: 503, nothing reserved, nothing sent to fal', async () => {
@@ -178,7 +180,7 @@ describe('closing a request', () => {
     const keyId = (await s.keys.create({ name: 'lapsed', budgetMicros: null })).record.id;
     const jobsBefore = t.emulator.jobs().length;
     await assert.rejects(images.generate(canonical, { requestId: 'req-lease-invalid', keyId, publicBaseUrl: 'http://gw' }), (err: unknown) => err instanceof ApiError && err.status === 503 && err.code === 'lease_expired');
-    assert.equal(await s.ledger.getRequest('req-lease-invalid'), null);
+    assert.equal(await requestRow(s, 'req-lease-invalid'), null);
     assert.equal(t.emulator.jobs().length, jobsBefore);
   });
 });

@@ -5,6 +5,7 @@ import request from 'supertest';
 import { RequestStop, Shutdown } from '../../src/images/request-stop.js';
 import { parseUsd } from '../../src/metering/money.js';
 import { startTestService, TEST_KEY } from '../helpers/service.js';
+import { requestRow } from '../helpers/requests.js';
 
 /**
  * Why a request's fal work stops, on the request's one AbortController
@@ -140,7 +141,8 @@ describe('shutdown aborts waiting jobs', () => {
         assert.equal(d.emulator.jobs()[0]?.outcome, 'cancelled');
         assert.equal(d.emulator.billing().length, 0);
         const cancelLine = d.logs.find((l) => l.msg === 'fal job cancel');
-        assert.equal(cancelLine?.request_id, `req_shutdown_${mode}_0001`);
+        assert.equal(cancelLine?.client_request_id, `req_shutdown_${mode}_0001`);
+        assert.match(String(cancelLine?.request_id), /^req_[0-9a-f]{32}$/, 'ours beside the caller’s');
         assert.equal(cancelLine?.model, 'alibaba/z-image-turbo');
       } finally {
         if (!closed) await d.close();
@@ -173,7 +175,7 @@ describe('shutdown on real fal', () => {
       const again = await startTestService({ DATA_DIR: d.dataDir }, { use: d.emulator });
       try {
         await again.service.reconciler.run({ olderThanMs: 0 });
-        const row = await again.service.ledger.getRequest(res.headers['x-request-id'] as string);
+        const row = await requestRow(again.service, res.headers['x-request-id'] as string);
         assert.equal(row?.upstreamCostMicros, billed);
       } finally {
         await again.close();

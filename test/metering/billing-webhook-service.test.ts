@@ -113,7 +113,8 @@ async function waitFor(what: string, check: () => Promise<boolean> | boolean, ti
   }
 }
 
-async function generate(url: string, key: string, requestId?: string): Promise<{ requestId: string; falRequestId: string; cost: string }> {
+/** `requestId` is ours (meta.request_id); `label` what the answer's x-request-id carried (the caller's, when it sent one). */
+async function generate(url: string, key: string, requestId?: string): Promise<{ requestId: string; label: string; falRequestId: string; cost: string }> {
   const res = await fetch(`${url}/v1/images/generations`, {
     method: 'POST',
     headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json', ...(requestId ? { 'x-request-id': requestId } : {}) },
@@ -122,7 +123,8 @@ async function generate(url: string, key: string, requestId?: string): Promise<{
   });
   const text = await res.text();
   assert.equal(res.status, 200, text);
-  return { requestId: res.headers.get('x-request-id')!, falRequestId: res.headers.get('x-fal-request-id')!, cost: res.headers.get('x-usage-cost-usd')! };
+  const ours = (JSON.parse(text) as { meta: { request_id: string } }).meta.request_id;
+  return { requestId: ours, label: res.headers.get('x-request-id')!, falRequestId: res.headers.get('x-fal-request-id')!, cost: res.headers.get('x-usage-cost-usd')! };
 }
 
 describeEachDialect('billing webhook through the service', ({ dialect, fresh }) => {
@@ -150,7 +152,7 @@ describeEachDialect('billing webhook through the service', ({ dialect, fresh }) 
       await Promise.all(
         [TEST_KEY, OTHER_KEY].map(async (key) => {
           for (let i = 0; i < 4; i++) {
-            // One caller-chosen request id with dots: its event id must not contain any.
+            // One caller-chosen request id with dots: a label only; the event id is built from ours.
             const id = key === OTHER_KEY && i === 1 ? `billing.e2e.${dialect}.${Date.now()}` : undefined;
             perKey[key]!.push(await generate(t.url, key, id));
           }
@@ -187,8 +189,11 @@ describeEachDialect('billing webhook through the service', ({ dialect, fresh }) 
         assert.equal(bodies.size, 1, `${id} was always sent with the same body`);
         assert.equal(JSON.parse([...bodies][0]!).id, id);
       }
-      const dotted = sent.find((s) => s.requestId.includes('.'))!;
-      assert.ok(ids.has(`evt_${dotted.requestId.replaceAll('.', '~')}`));
+      const dotted = sent.find((s) => s.label.includes('.'))!;
+      assert.notEqual(dotted.requestId, dotted.label);
+      assert.ok(ids.has(billingEventId(dotted.requestId)));
+      const dottedEvent = JSON.parse(deliveries.find((d) => d.id === billingEventId(dotted.requestId))!.body) as { data: Record<string, unknown> };
+      assert.equal(dottedEvent.data['client_request_id'], dotted.label, 'the event carries the caller’s label beside our id');
       assert.ok([...ids].every((id) => !id.includes('.')));
 
       // Per key: once an event arrived, no earlier event of that key came again, and first arrivals are in settlement order.
@@ -211,6 +216,7 @@ describeEachDialect('billing webhook through the service', ({ dialect, fresh }) 
         assert.equal(event.type, 'usage.settled');
         assert.deepEqual(event.data, {
           request_id: row.request_id,
+          client_request_id: s.label === s.requestId ? null : s.label,
           key_id: row.key_id,
           model: 'alibaba/z-image-turbo',
           user: null,

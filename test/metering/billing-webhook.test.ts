@@ -343,7 +343,7 @@ describeEachDialect('billing webhook worker', ({ fresh }) => {
     let kicks = 0;
     const billingEvents = { kick: () => void kicks++ };
     const settle = async (requestId: string, on: boolean) => {
-      await ledger.reserve({ requestId, keyId: key.id, model: model.id, endpoint: model.endpoint, user: 'cust.7', maxChargeMicros: 100_000n, jobs: 1 });
+      await ledger.reserve({ requestId, clientRequestId: `label-${requestId}`, keyId: key.id, model: model.id, endpoint: model.endpoint, user: 'cust.7', maxChargeMicros: 100_000n, jobs: 1 });
       await ledger.recordSubmit({ jobId: jobIdFor(requestId, 0), falRequestId: `fal-${requestId}` });
       const jobs = [{ jobId: jobIdFor(requestId, 0), falRequestId: `fal-${requestId}`, images: [{ width: 1024, height: 1024 }, { width: 2048, height: 1024 }], billableUnits: null }];
       return settleCompleted(ledger, model, requestId, pricing, jobs, on ? { billingEvents } : {});
@@ -359,6 +359,7 @@ describeEachDialect('billing webhook worker', ({ fresh }) => {
     assert.equal(event.type, 'usage.settled');
     assert.deepEqual(event.payload, {
       request_id: 'trace.0001.a',
+      client_request_id: 'label-trace.0001.a',
       key_id: key.id,
       model: 'alibaba/z-image-turbo',
       user: 'cust.7',

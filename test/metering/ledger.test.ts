@@ -78,13 +78,31 @@ describeEachDialect('ledger', (ctx: DialectContext) => {
       await assert.rejects(ledger.reserve(reserveInput('no-such-key', 1n)), UnknownKeyError);
     });
 
-    it('refuses a request id that is taken (a reused x-request-id) and rolls its hold back', async () => {
+    it("refuses a label (x-request-id) the key already used and rolls its hold back; another key's same label is its own", async () => {
+      const database = await open();
+      const ledger = createLedger(database);
+      const keyId = await keyWithBudget(database, 1000n);
+      const otherKey = await keyWithBudget(database, 1000n);
+      const label = uid('trace');
+      const first = uid('req');
+      assert.deepEqual(await ledger.reserve({ ...reserveInput(keyId, 100n, first), clientRequestId: label }), { ok: true });
+      assert.deepEqual(await ledger.reserve({ ...reserveInput(keyId, 100n), clientRequestId: label }), { ok: false, reason: 'request_id_taken' });
+      assert.deepEqual(await keyState(database, keyId), { spent: 0n, reserved: 100n });
+      const other = uid('req');
+      assert.deepEqual(await ledger.reserve({ ...reserveInput(otherKey, 100n, other), clientRequestId: label }), { ok: true });
+      assert.equal((await ledger.getRequestByClientId(keyId, label))?.id, first);
+      assert.equal((await ledger.getRequestByClientId(otherKey, label))?.id, other);
+      assert.equal((await ledger.getRequest(other))?.clientRequestId, label);
+    });
+
+    it('never takes our own id twice: that conflict is an error, not a reused label', async () => {
       const database = await open();
       const ledger = createLedger(database);
       const keyId = await keyWithBudget(database, 1000n);
       const requestId = uid('req');
       await ledger.reserve(reserveInput(keyId, 100n, requestId));
-      assert.deepEqual(await ledger.reserve(reserveInput(keyId, 100n, requestId)), { ok: false, reason: 'request_id_taken' });
+      await assert.rejects(ledger.reserve({ ...reserveInput(keyId, 100n, requestId), clientRequestId: uid('trace') }));
+      await assert.rejects(ledger.reserve(reserveInput(keyId, 100n, requestId)));
       assert.deepEqual(await keyState(database, keyId), { spent: 0n, reserved: 100n });
     });
 

@@ -5,6 +5,7 @@ import { startTestService, TEST_KEY, type TestService } from '../helpers/service
 import { createLedger, jobIdFor } from '../../src/metering/ledger.js';
 import { parseMarkup, parseUsd } from '../../src/metering/money.js';
 import { createReconciler } from '../../src/metering/reconcile.js';
+import { requestRow } from '../helpers/requests.js';
 
 /**
  * Every job reaches a final state: the give-up paths of reconciliation
@@ -44,13 +45,13 @@ describe('reconciliation gives up on jobs fal never resolves', () => {
   const round = () => t.service.reconciler.run({ olderThanMs: 0 });
   /** A round as if run within the job's first second: before its give-up deadline, whatever the machine's speed. */
   const earlyRound = async (requestId: string) => {
-    const created = Date.parse((await t.service.ledger.getRequest(requestId))!.jobs[0]!.createdAt);
+    const created = Date.parse((await requestRow(t.service, requestId))!.jobs[0]!.createdAt);
     const s = t.service;
     return createReconciler({ ledger: s.ledger, fal: s.fal, registry: s.registry, markup: parseMarkup('1'), logger: s.logger, giveUpAfterMs: GIVE_UP_MS, now: () => created + 1_000 }).run();
   };
   /** Waits until the request's job is past the give-up deadline. */
   const pastDeadline = async (requestId: string) => {
-    const created = Date.parse((await t.service.ledger.getRequest(requestId))!.jobs[0]!.createdAt);
+    const created = Date.parse((await requestRow(t.service, requestId))!.jobs[0]!.createdAt);
     await new Promise((r) => setTimeout(r, Math.max(0, created + GIVE_UP_MS + 50 - Date.now())));
   };
   const keyReserved = async () => (await t.service.database.db.selectFrom('api_keys').select(['reserved_micros']).execute()).reduce((s, k) => s + BigInt(k.reserved_micros), 0n);
@@ -63,18 +64,18 @@ describe('reconciliation gives up on jobs fal never resolves', () => {
     const res = await post('forever-ignored');
     assert.equal(res.status, 504, JSON.stringify(res.body));
     const id = res.headers['x-request-id'] as string;
-    assert.equal((await t.service.ledger.getRequest(id))?.jobs[0]?.status, 'submitted', 'fal may still run it: open');
+    assert.equal((await requestRow(t.service, id))?.jobs[0]?.status, 'submitted', 'fal may still run it: open');
 
     const cancelsBefore = t.emulator.stats().cancel ?? 0;
     const early = await earlyRound(id);
     assert.ok(!early.jobsClosed.includes(jobIdFor(id, 0)));
     assert.ok((t.emulator.stats().cancel ?? 0) > cancelsBefore, 'nobody will receive its images: fal is asked to cancel it');
-    assert.equal((await t.service.ledger.getRequest(id))?.jobs[0]?.status, 'submitted');
+    assert.equal((await requestRow(t.service, id))?.jobs[0]?.status, 'submitted');
 
     await pastDeadline(id);
     const late = await round();
     assert.ok(late.jobsClosed.includes(jobIdFor(id, 0)), JSON.stringify(late));
-    const row = (await t.service.ledger.getRequest(id))!;
+    const row = (await requestRow(t.service, id))!;
     const job = row.jobs[0]!;
     assert.equal(job.status, 'lost');
     assert.equal(job.errorCode, 'gave_up');
@@ -103,7 +104,7 @@ describe('reconciliation gives up on jobs fal never resolves', () => {
     t.emulator.finishJob(falJob('late-ignored').request_id);
     const report = await round();
     assert.ok(report.jobsClosed.includes(jobIdFor(id, 0)));
-    const row = (await t.service.ledger.getRequest(id))!;
+    const row = (await requestRow(t.service, id))!;
     const billed = t.emulator.billing().find((b) => b.request_id === row.jobs[0]!.falRequestId)!;
     assert.equal(row.jobs[0]!.status, 'completed');
     assert.equal(row.jobs[0]!.costEstimated, false);
@@ -124,18 +125,19 @@ describe('reconciliation gives up on jobs fal never resolves', () => {
     controller.abort();
     await answer;
     // The runner cancels (fal only signals a running job), cannot confirm it, and leaves the request open: no answer was written.
-    await until(async () => !t.service.images.inFlight('req-forever-gone'), 'the request to be let go');
-    const open = (await t.service.ledger.getRequest('req-forever-gone'))!;
+    const id = (await requestRow(t.service, 'req-forever-gone'))!.id;
+    await until(async () => !t.service.images.inFlight(id), 'the request to be let go');
+    const open = (await requestRow(t.service, 'req-forever-gone'))!;
     assert.equal(open.status, 'submitted', 'held while fal may still complete it for the caller');
     assert.ok((await keyReserved()) > 0n);
 
     const early = await earlyRound('req-forever-gone');
-    assert.ok(early.running.includes('req-forever-gone'));
-    assert.equal((await t.service.ledger.getRequest('req-forever-gone'))?.status, 'submitted');
+    assert.ok(early.running.includes(id));
+    assert.equal((await requestRow(t.service, 'req-forever-gone'))?.status, 'submitted');
     await pastDeadline('req-forever-gone');
     const late = await round();
-    assert.deepEqual(late.abandoned, ['req-forever-gone']);
-    const row = (await t.service.ledger.getRequest('req-forever-gone'))!;
+    assert.deepEqual(late.abandoned, [id]);
+    const row = (await requestRow(t.service, 'req-forever-gone'))!;
     assert.equal(row.status, 'failed');
     assert.equal(row.errorCode, 'gave_up');
     assert.equal(row.chargeMicros, 0n);
@@ -159,11 +161,11 @@ describe('reconciliation gives up on jobs fal never resolves', () => {
 
     const early = await earlyRound(requestId);
     assert.ok(early.unresolved.includes(requestId), JSON.stringify(early));
-    assert.equal((await t.service.ledger.getRequest(requestId))?.status, 'submitted');
+    assert.equal((await requestRow(t.service, requestId))?.status, 'submitted');
     await pastDeadline(requestId);
     const late = await round();
     assert.deepEqual(late.abandoned, [requestId]);
-    const row = (await t.service.ledger.getRequest(requestId))!;
+    const row = (await requestRow(t.service, requestId))!;
     assert.equal(row.status, 'failed');
     assert.equal(row.jobs[0]!.status, 'lost');
     assert.equal(row.jobs[0]!.falLastWord, 'result 500');

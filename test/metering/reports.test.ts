@@ -101,6 +101,7 @@ describeEachDialect('reports', (ctx: DialectContext) => {
       assert.deepEqual(all.map((r) => r.request_id), ['u-0', 'u-1', 'u-2', 'u-3']);
       assert.deepEqual(all[2], {
         request_id: 'u-2',
+        client_request_id: null,
         key_id: all[2]!.key_id,
         model: 'm-1',
         endpoint: 'fal-ai/z-image/turbo',

@@ -78,6 +78,7 @@ describe('images-response.json', () => {
       usage: { credits_used: 10500, tokens_used: 10500, cost_usd: '0.005250' },
       seed: 42,
       images: [{ width: 1024, height: 768, content_type: 'image/png', has_nsfw_concept: false }],
+      request_id: 'req_5b0c2f6a9d3e4f1a8b7c6d5e4f3a2b1c',
       fal_request_id: 'req-1',
       fal_request_ids: ['req-1'],
     },

@@ -176,14 +176,17 @@ async function settle(emulatorUrl: string, database: Database, answers: readonly
   // Open jobs fal named (their request may already be closed) are reconciled for their cost on the same rounds.
   const holdsClosed = await until(deadline, async () => {
     const ledger = await readLedger(database.db);
+    // Rows are keyed by our ids; the plan knows each request by the x-request-id label it sent.
+    const labelOf = new Map(ledger.requests.map((r) => [r.id, r.clientRequestId ?? r.id]));
+    const sentOf = (id: string) => sentAt.get(labelOf.get(id) ?? id);
     const holding = ledger.requests.filter((r) => r.holding);
     const openJobs = ledger.jobs.filter((j) => !j.final && j.falIds.length > 0);
     // A submit whose answer was lost is looked for in fal's listing; it is released only once its window has closed.
     const lostSubmits = ledger.jobs.filter((j) => !j.final && j.falIds.length === 0);
     if (holding.length === 0 && openJobs.length === 0 && lostSubmits.length === 0) return true;
     const waiting = [...holding.map((r) => r.id), ...openJobs.map((j) => j.requestId)];
-    const lostWindowEnd = lostSubmits.map((j) => (sentAt.get(j.requestId) ?? jobsFinalAt) + Math.max(reconcileAfterMs, LOST_SUBMIT_WINDOW_MS));
-    const latest = Math.max(jobsFinalAt, ...waiting.map((id) => (sentAt.get(id) ?? jobsFinalAt) + reconcileAfterMs), ...lostWindowEnd);
+    const lostWindowEnd = lostSubmits.map((j) => (sentOf(j.requestId) ?? jobsFinalAt) + Math.max(reconcileAfterMs, LOST_SUBMIT_WINDOW_MS));
+    const latest = Math.max(jobsFinalAt, ...waiting.map((id) => (sentOf(id) ?? jobsFinalAt) + reconcileAfterMs), ...lostWindowEnd);
     return Date.now() > latest + 8_000 ? 'stuck' : false;
   }, 500);
   return { jobsFinal, holdsClosed };

@@ -47,6 +47,7 @@ export function imagesHandler(deps: ImagesRouteDeps): (req: Request, res: Respon
     res.locals.prompt = canonical.falInput['prompt'];
     const ctx: GenerateContext = {
       requestId: res.locals.requestId as string,
+      clientRequestId: res.locals.clientRequestId as string | undefined,
       keyId: (res.locals.principal as Principal).keyId,
       controller: requestController(res),
       publicBaseUrl: publicBase(req, deps.publicBaseUrl),
