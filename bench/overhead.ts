@@ -40,13 +40,13 @@ import { fixed, ms, rate, ratio, signedMs, table } from './lib/markdown.js';
 import type { BenchPath, BenchUpstream, Pairing } from './lib/paths.js';
 import { pairFigures, pathFigures, runPathRound, runRounds, type RoundPlan, type RoundResult } from './lib/rounds.js';
 import { summarize, type Summary } from './lib/stats.js';
-import { falDirectPath } from './paths/fal-direct.js';
+import { falDirectPath, serviceFalGateway } from './paths/fal-direct.js';
 import { openAiImagesPath } from './paths/openai-direct.js';
 import { PORTKEY_VERSION, startPortkey } from './paths/portkey.js';
 import { BENCH_API_KEY, benchServiceEnv, inProcessServicePath, serviceProcessPath } from './paths/service.js';
 import { bareHopProcessPath } from './paths/bare-hop.js';
 import { loadConfig } from '../src/config.js';
-import { createPooledFalGateway, type PooledFalGateway } from '../src/fal/pooled-gateway.js';
+import type { PooledFalGateway } from '../src/fal/pooled-gateway.js';
 import { measureLedger, type LedgerCost } from './probes/ledger-cost.js';
 import { instrument, type LedgerOp, type Timeline } from './probes/timeline.js';
 import { falEmulatorUpstream } from './upstreams/fal-emulator.js';
@@ -279,17 +279,9 @@ async function main(): Promise<void> {
  * retry rules are the service's.
  */
 function directFalGateway(falBaseUrl: string, workDir: string): PooledFalGateway {
-  const config = loadConfig({ HOST: '127.0.0.1', PORT: '0', ...benchServiceEnv(falBaseUrl, workDir) });
-  return createPooledFalGateway({
-    credentials: config.falKey,
-    baseUrl: config.falBaseUrl,
-    requestTimeoutMs: config.requestTimeoutMs,
-    storeIo: config.falStoreIo,
-    maxConnections: config.falMaxConnections,
-    statusStreamsMax: config.statusStreamsMax,
-    pollRps: config.statusPollRps,
-  });
+  return serviceFalGateway(loadConfig({ HOST: '127.0.0.1', PORT: '0', ...benchServiceEnv(falBaseUrl, workDir) }));
 }
+
 
 /** Second SIGUSR2 to a child started with bench/lib/cpu-profile-on-signal.mjs: stop, and wait until the file is written. */
 async function stopChildProfile(pid: number, logFile: string): Promise<void> {

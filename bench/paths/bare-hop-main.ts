@@ -7,7 +7,6 @@
 import pino from 'pino';
 import { loadConfig } from '../../src/config.js';
 import { createDatabase } from '../../src/db/index.js';
-import { createPooledFalGateway } from '../../src/fal/pooled-gateway.js';
 import { normalizeRequest } from '../../src/images/normalize.js';
 import { sha256Hex, staticKeyId } from '../../src/metering/auth.js';
 import { createLeaseStore, holdLease } from '../../src/metering/lease-store.js';
@@ -18,6 +17,7 @@ import { createServedModelRegistry } from '../../src/models/prices.js';
 import { modelCatalog } from '../../src/models/registry.js';
 import { optimizeForSize } from '../../src/optimize-for-size.js';
 import { startBareHop, type HopLedger } from './bare-hop-server.js';
+import { serviceFalGateway } from './fal-direct.js';
 import { createKeysStore } from '../../src/metering/keys-store.js';
 
 optimizeForSize();
@@ -28,15 +28,7 @@ const canonical = normalizeRequest(registry, JSON.parse(process.env.HOP_BODY ?? 
 const endpoint = canonical.model.endpoint;
 // The service adds sync_mode itself (true only for b64_json); the bench checks the emulator saw the same input.
 const input = { ...canonical.falInput, sync_mode: canonical.responseFormat === 'b64_json' };
-const pooled = createPooledFalGateway({
-  credentials: config.falKey,
-  baseUrl: config.falBaseUrl,
-  requestTimeoutMs: config.requestTimeoutMs,
-  storeIo: config.falStoreIo,
-  maxConnections: config.falMaxConnections,
-  statusStreamsMax: config.statusStreamsMax,
-  pollRps: config.statusPollRps,
-});
+const pooled = serviceFalGateway(config);
 
 let ledger: HopLedger | undefined;
 let closeLedger = async (): Promise<void> => {};

@@ -1,8 +1,8 @@
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { BenchPath, BenchUpstream } from '../lib/paths.js';
 import { spawnNode } from '../lib/procs.js';
-import { benchServiceEnv, httpImagesPath } from './service.js';
+import { benchServiceEnv, closeChildPath, httpImagesPath } from './service.js';
 
 const HOP_URL = /bare hop listening on (http:\/\/\S+)/;
 
@@ -37,11 +37,6 @@ export async function bareHopProcessPath(opts: {
     ...path,
     url: child.url,
     processes: [{ name: 'hop', pid: child.pid }],
-    async close() {
-      await path.close();
-      const code = await child.stop();
-      if (code !== 0) throw new Error(`hop (${opts.id}) exited with ${code}; see ${child.logFile}`);
-      await rm(dataDir, { recursive: true, force: true });
-    },
+    close: closeChildPath(path, child, dataDir),
   };
 }

@@ -8,7 +8,7 @@ import { loadConfig, type Config } from '../../src/config.js';
 import type { Emulator } from '../../src/emulator/index.js';
 import { startService, type Service } from '../../src/service.js';
 import type { BenchPath, BenchUpstream } from '../lib/paths.js';
-import { startServiceProcess } from '../lib/procs.js';
+import { startServiceProcess, type NodeChild } from '../lib/procs.js';
 
 export const BENCH_API_KEY = 'sk-bench-0123456789abcdef0123';
 
@@ -57,12 +57,17 @@ export async function serviceProcessPath(opts: {
     pid: child.pid,
     logFile: child.logFile,
     processes: [{ name: 'service', pid: child.pid }],
-    async close() {
-      await path.close();
-      const code = await child.stop();
-      if (code !== 0) throw new Error(`service (${opts.id}) exited with ${code}; see ${child.logFile}`);
-      await rm(dataDir, { recursive: true, force: true });
-    },
+    close: closeChildPath(path, child, dataDir),
+  };
+}
+
+/** Closes a path's client, then its process (which must exit cleanly), then removes the process's data directory. */
+export function closeChildPath(path: BenchPath, child: NodeChild, dataDir: string): () => Promise<void> {
+  return async () => {
+    await path.close();
+    const code = await child.stop();
+    if (code !== 0) throw new Error(`${child.name} exited with ${code}; see ${child.logFile}`);
+    await rm(dataDir, { recursive: true, force: true });
   };
 }
 
