@@ -20,8 +20,9 @@ import { startBareHop, type HopLedger } from './bare-hop-server.js';
 import { serviceFalGateway } from './fal-direct.js';
 import { createKeysStore } from '../../src/metering/keys-store.js';
 
-optimizeForSize();
 const config = loadConfig(process.env);
+// The service's V8 memory mode, as src/main.ts decides it.
+if (config.heapOptimizeForSize) optimizeForSize();
 const logger = pino({ level: 'warn' });
 const registry = createServedModelRegistry({ catalog: modelCatalog, prices: config.modelPrices, log: logger });
 const canonical = normalizeRequest(registry, JSON.parse(process.env.HOP_BODY ?? '{}') as Record<string, unknown>);
