@@ -74,8 +74,10 @@ export function closeChildPath(path: BenchPath, child: NodeChild, dataDir: strin
 /**
  * POST the bench body to an images endpoint answering the service's shape
  * (`meta.fal_request_id`), with an undici keep-alive client like an SDK in
- * production, its keep-alive long enough to survive the other paths' rounds,
- * so a round never starts by reconnecting.
+ * production. The gateways close idle connections after their own keep-alive
+ * timeout (5 s for the service and for Portkey's Node server alike), shorter
+ * than the other paths' rounds, so a round's first requests reconnect: inside
+ * the unrecorded warm-up, for both gateways the same way.
  */
 export function httpImagesPath(opts: { id: string; label: string; upstream: BenchUpstream; url: string; authorization: string; body: Record<string, unknown> }): BenchPath {
   const payload = JSON.stringify(opts.body);
