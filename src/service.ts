@@ -4,11 +4,10 @@ import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import type { Express } from 'express';
 import type { Logger } from 'pino';
-import { Agent, fetch as undiciFetch } from 'undici';
 import { createLogger, urlPassword } from './logging.js';
 import { loraReuseMarginMs, type Config } from './config.js';
 import { createApp } from './app.js';
-import { createFalGateway, type FalGateway } from './fal/gateway.js';
+import { createPooledFalGateway } from './fal/pooled-gateway.js';
 import { createMedia, type Media } from './images/media.js';
 import { createFileUrls, loadOrCreateFileUrlSecret } from './images/file-urls.js';
 import { createImageService, type ImageService } from './images/generate.js';
@@ -25,9 +24,7 @@ import { createIdempotencyStore } from './metering/idempotency-store.js';
 import { createAuthenticator, loadOrCreateGeneratedKey } from './metering/auth.js';
 import { startEmulator, type Emulator } from './emulator/index.js';
 import { createMetrics, type Metrics } from './metrics.js';
-import { createRedirectFetch, type FetchLike } from './fal/redirect-fetch.js';
-import { createYoungGarbageFetch } from './fal/young-garbage-fetch.js';
-import type { FalPhase } from './fal/errors.js';
+import { createRedirectFetch } from './fal/redirect-fetch.js';
 import { createCompletionRelay, type CompletionRelay } from './fal/completion-relay.js';
 import { createCompletionHub, createWebhookVerifier, type CompletionHub, type WebhookVerifier } from './fal/webhooks.js';
 import { FAL_WEBHOOK_PATH } from './http/routes/fal-webhook.js';
@@ -156,45 +153,36 @@ async function openStorage(config: Config, logger: Logger) {
   return { database, leaseStore, lease, ledger, reports: createReports(database), keys, billingWebhook, generatedKey, authenticate };
 }
 
-/** The fal gateway over two connection pools, and fal's webhooks when FAL_WEBHOOKS is on. */
+/** The fal gateway over two connection pools (src/fal/pooled-gateway.ts), and fal's webhooks when FAL_WEBHOOKS is on. */
 function createFal(config: Config, upstream: Upstream, metrics: Metrics, logger: Logger) {
-  // Separate pools: status streams hold a connection each for a whole job;
-  // everything else shares a bounded keep-alive pool, so thousands of
-  // waiting jobs never mean thousands of sockets to fal.
-  const shortPool = new Agent({ connections: config.falMaxConnections, keepAliveTimeout: 30_000 });
-  const streamPool = new Agent({ connections: config.statusStreamsMax || 1, keepAliveTimeout: 30_000, bodyTimeout: 0 });
-  const viaPool = (pool: Agent): FetchLike => (input, init) => undiciFetch(input as string, { ...(init as object), dispatcher: pool }) as unknown as Promise<Response>;
   // With Redis, replicas pass on callbacks that reached the wrong one (src/fal/completion-relay.ts).
   const relay: CompletionRelay | undefined =
     config.falWebhooks && config.redisUrl
       ? createCompletionRelay({ hub: createCompletionHub(), redisUrl: config.redisUrl, channel: `${config.redisKeyPrefix}:fal-completions`, logger })
       : undefined;
-  const falWebhooks: { hub: CompletionHub; verifier: WebhookVerifier } | undefined = config.falWebhooks
-    ? {
-        hub: relay ?? createCompletionHub(),
-        // fal's JWKS is fetched like any fal traffic, so FAL_BASE_URL redirects it too (the emulator serves one).
-        verifier: createWebhookVerifier({ jwksUrl: config.falJwksUrl, fetchImpl: createRedirectFetch({ baseUrl: upstream.falBaseUrl, fetchImpl: viaPool(shortPool) }) }),
-      }
-    : undefined;
-  const fal = createFalGateway({
+  const hub: CompletionHub | undefined = config.falWebhooks ? (relay ?? createCompletionHub()) : undefined;
+  const pooled = createPooledFalGateway({
     credentials: upstream.falKey,
     baseUrl: upstream.falBaseUrl,
     requestTimeoutMs: config.requestTimeoutMs,
     storeIo: config.falStoreIo,
-    // Calls with small answers skip fetch's per-request garbage, which outlives
-    // young collections (src/fal/young-garbage-fetch.ts): status polls repeat for as
-    // long as a job waits, and every job submits once (and may cancel).
-    fetchFor: (phase) => (BUFFERED_PHASES.has(phase) ? createYoungGarbageFetch(shortPool) : viaPool(phase === 'stream' ? streamPool : shortPool)),
-    maxStatusStreams: config.statusStreamsMax,
+    maxConnections: config.falMaxConnections,
+    statusStreamsMax: config.statusStreamsMax,
     pollRps: config.statusPollRps,
-    ...(falWebhooks ? { webhook: { url: `${config.publicBaseUrl}${FAL_WEBHOOK_PATH}`, hub: falWebhooks.hub, graceMs: config.falWebhookGraceMs } } : {}),
+    ...(hub ? { webhook: { url: `${config.publicBaseUrl}${FAL_WEBHOOK_PATH}`, hub, graceMs: config.falWebhookGraceMs } } : {}),
     observe: (phase, seconds) => {
       metrics.falCallDuration.observe({ phase }, seconds);
       if (phase === 'status' || phase === 'stream') metrics.upstreamStatusRequests.inc();
     },
   });
-  const closePools = (): Promise<void> => Promise.all([shortPool.close(), streamPool.close()]).then(() => {}, () => {});
-  return { fal, relay, falWebhooks, closePools };
+  const falWebhooks: { hub: CompletionHub; verifier: WebhookVerifier } | undefined = hub
+    ? {
+        hub,
+        // fal's JWKS is fetched like any fal traffic, so FAL_BASE_URL redirects it too (the emulator serves one).
+        verifier: createWebhookVerifier({ jwksUrl: config.falJwksUrl, fetchImpl: createRedirectFetch({ baseUrl: upstream.falBaseUrl, fetchImpl: pooled.shortFetch }) }),
+      }
+    : undefined;
+  return { fal: pooled.fal, relay, falWebhooks, closePools: pooled.close };
 }
 
 /** Image bytes in and out: downloads from fal and the image URLs this origin signs. */
@@ -371,8 +359,6 @@ function closeService(config: Config, p: CloseParts): Service['close'] {
   };
 }
 
-/** fal calls answered with a small JSON body that is read whole (results and status streams are read as they arrive). */
-const BUFFERED_PHASES: ReadonlySet<FalPhase> = new Set<FalPhase>(['submit', 'status', 'cancel']);
 
 /** Once the port is closed: how long answers still being written (aborted requests' errors) get before sockets are cut. */
 const ABORT_DRAIN_MS = 15_000;

@@ -25,6 +25,8 @@ export interface LoadOptions {
   /** Upper bound on requests started inside the window, whatever the duration. */
   maxRequests: number;
   requestTimeoutMs: number;
+  /** Called as the measured window opens and closes (to read other processes' counters over exactly that window). */
+  onWindow?: { open(): void; close(): void };
 }
 
 export interface LoadResult {
@@ -64,6 +66,7 @@ export async function runLoad(call: Call, opts: LoadOptions): Promise<LoadResult
     windowStart = performance.now();
     cpu0 = process.cpuUsage();
     elu0 = performance.eventLoopUtilization();
+    opts.onWindow?.open();
     closeTimer = setTimeout(closeWindow, opts.durationMs);
   };
   const closeWindow = () => {
@@ -71,6 +74,7 @@ export async function runLoad(call: Call, opts: LoadOptions): Promise<LoadResult
     windowEnd = performance.now();
     cpu1 = process.cpuUsage(cpu0);
     elu1 = performance.eventLoopUtilization(elu0);
+    opts.onWindow?.close();
     clearTimeout(closeTimer);
   };
   // Timers, not a check per request: under load the first request to notice

@@ -24,6 +24,8 @@ export interface BenchPath {
   readonly label: string;
   readonly upstream: BenchUpstream;
   readonly call: Call;
+  /** Processes of their own the path runs through (a gateway), whose CPU per request is read from /proc. */
+  readonly processes?: ReadonlyArray<{ readonly name: string; readonly pid: number }>;
   close(): Promise<void>;
 }
 

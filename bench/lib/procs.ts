@@ -58,8 +58,12 @@ function baseEnv(): Record<string, string> {
 
 export async function spawnNode(opts: {
   name: string;
-  /** Path relative to the repository root, run as `node --import tsx <script>`. */
+  /** Path relative to the repository root (or absolute), run as `node --import tsx <script>`. */
   script: string;
+  /** Arguments after the script. */
+  args?: string[];
+  /** False runs plain JavaScript without the tsx loader (a published package's own entry). */
+  tsx?: boolean;
   env: Record<string, string>;
   logDir: string;
   /** First capture group is the URL. */
@@ -72,7 +76,8 @@ export async function spawnNode(opts: {
   // cost this process CPU to drain, or block the child when nobody drains it.
   // Truncated: a name reused in one run must not find the previous process's URL in its log.
   const fd = openSync(logFile, 'w');
-  const child = spawn(process.execPath, [...(opts.nodeArgs ?? []), '--import', 'tsx', opts.script], {
+  const loader = opts.tsx === false ? [] : ['--import', 'tsx'];
+  const child = spawn(process.execPath, [...(opts.nodeArgs ?? []), ...loader, opts.script, ...(opts.args ?? [])], {
     cwd: REPO,
     env: { ...baseEnv(), ...opts.env },
     stdio: ['ignore', fd, fd],

@@ -1,4 +1,5 @@
 import { runLoad, type LoadOptions } from './load.js';
+import { readCpuMs } from './procfs.js';
 import type { BenchPath, Pairing } from './paths.js';
 import { median, summarize, type Summary } from './stats.js';
 
@@ -26,6 +27,8 @@ export interface RoundResult {
   latency: Summary;
   throughput: number;
   cpuMsPerRequest: number;
+  /** CPU per completed request of each of the path's own processes (BenchPath.processes), by name, ms. */
+  processCpuMsPerRequest: Record<string, number>;
   eventLoopUtilization: number;
   /** From the upstream marking the job done to the client holding the full response. */
   completionToResponse: Summary;
@@ -62,7 +65,19 @@ export async function runPathRound(path: BenchPath, concurrency: number, round: 
     maxRequests: plan.maxRequests,
     requestTimeoutMs: plan.requestTimeoutMs,
   };
+  const procs = path.processes ?? [];
+  const cpu0: number[] = [];
+  const cpu1: number[] = [];
+  if (procs.length > 0) {
+    opts.onWindow = {
+      open: () => procs.forEach((p, i) => (cpu0[i] = readCpuMs(p.pid))),
+      close: () => procs.forEach((p, i) => (cpu1[i] = readCpuMs(p.pid))),
+    };
+  }
   const load = await runLoad(path.call, opts);
+  const processCpuMsPerRequest = Object.fromEntries(
+    procs.map((p, i) => [p.name, load.completedInWindow > 0 ? (cpu1[i]! - cpu0[i]!) / load.completedInWindow : Number.NaN]),
+  );
   // Joined after the round so the look-ups cost nothing inside the window.
   const c2r: number[] = [];
   for (const o of load.outcomes) {
@@ -80,6 +95,7 @@ export async function runPathRound(path: BenchPath, concurrency: number, round: 
     latency: summarize(load.latencyMs),
     throughput: load.throughput,
     cpuMsPerRequest: load.cpuMsPerRequest,
+    processCpuMsPerRequest,
     eventLoopUtilization: load.eventLoopUtilization,
     completionToResponse: summarize(c2r),
     callsPerJob,
@@ -96,6 +112,7 @@ export interface PathFigures {
   p99: number;
   throughput: number;
   cpuMsPerRequest: number;
+  processCpuMsPerRequest: Record<string, number>;
   eventLoopUtilization: number;
   c2rP50: number;
   c2rP99: number;
@@ -117,6 +134,7 @@ export interface PairFigures extends Pairing {
 export function pathFigures(results: readonly RoundResult[], path: string, concurrency: number): PathFigures {
   const rs = results.filter((r) => r.path === path && r.concurrency === concurrency);
   const kinds = new Set(rs.flatMap((r) => Object.keys(r.callsPerJob)));
+  const procNames = new Set(rs.flatMap((r) => Object.keys(r.processCpuMsPerRequest)));
   return {
     path,
     concurrency,
@@ -125,6 +143,7 @@ export function pathFigures(results: readonly RoundResult[], path: string, concu
     p99: median(rs.map((r) => r.latency.p99)),
     throughput: median(rs.map((r) => r.throughput)),
     cpuMsPerRequest: median(rs.map((r) => r.cpuMsPerRequest)),
+    processCpuMsPerRequest: Object.fromEntries([...procNames].map((k) => [k, median(rs.map((r) => r.processCpuMsPerRequest[k] ?? Number.NaN))])),
     eventLoopUtilization: median(rs.map((r) => r.eventLoopUtilization)),
     c2rP50: median(rs.map((r) => r.completionToResponse.p50)),
     c2rP99: median(rs.map((r) => r.completionToResponse.p99)),

@@ -1,16 +1,18 @@
+import type { Config } from '../../src/config.js';
 import type { FalGateway } from '../../src/fal/gateway.js';
+import { createPooledFalGateway, type PooledFalGateway } from '../../src/fal/pooled-gateway.js';
 import { normalizeRequest } from '../../src/images/normalize.js';
 import { createModelRegistry, defaultModels } from '../../src/models/registry.js';
 import type { BenchPath, BenchUpstream } from '../lib/paths.js';
 
 /**
  * Path (a): the fal job our service would run for `body`, run straight
- * against the upstream through a fal gateway (the real `@fal-ai/client`
- * behind our transport), with the same submit → wait for completion → result
- * sequence the service uses. Given the service's own gateway instance (same
- * connection pools, stream limits and retry rules), what is left between (a)
- * and (b) is exactly our HTTP layer, validation, metering and response
- * building.
+ * against the upstream through a fal gateway built as the service builds its
+ * own (`serviceFalGateway`: the real `@fal-ai/client` behind our transport,
+ * the same connection pools, stream limits and retry rules), with the same
+ * submit → wait for completion → result sequence the service uses. What is
+ * left between (a) and (b) is then our HTTP layer, validation, metering and
+ * response building, and the service's process.
  */
 export function falDirectPath(opts: {
   id: string;
@@ -41,4 +43,21 @@ export function falDirectPath(opts: {
     },
     async close() {},
   };
+}
+
+/**
+ * The service's fal gateway (its two pools, stream limit and retry rules) as
+ * the service configures it from `config`, without the service's metrics
+ * and webhooks, which the bench's paths do not use.
+ */
+export function serviceFalGateway(config: Config): PooledFalGateway {
+  return createPooledFalGateway({
+    credentials: config.falKey,
+    baseUrl: config.falBaseUrl,
+    requestTimeoutMs: config.requestTimeoutMs,
+    storeIo: config.falStoreIo,
+    maxConnections: config.falMaxConnections,
+    statusStreamsMax: config.statusStreamsMax,
+    pollRps: config.statusPollRps,
+  });
 }

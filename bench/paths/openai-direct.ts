@@ -16,6 +16,7 @@ export function openAiImagesPath(opts: {
   baseUrl: string;
   headers: Record<string, string>;
   body: Record<string, unknown>;
+  processes?: BenchPath['processes'];
 }): BenchPath {
   const url = `${opts.baseUrl}/v1/images/generations`;
   const payload = JSON.stringify(opts.body);
@@ -25,6 +26,7 @@ export function openAiImagesPath(opts: {
     id: opts.id,
     label: opts.label,
     upstream: opts.upstream,
+    ...(opts.processes ? { processes: opts.processes } : {}),
     async call(signal) {
       const res = await fetch(url, { method: 'POST', headers, body: payload, signal, dispatcher: client });
       const json = (await res.json()) as { data?: Array<{ url?: unknown }> };

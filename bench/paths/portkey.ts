@@ -1,19 +1,18 @@
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
-import type { Server } from 'node:http';
-import { Server as NetServer, type AddressInfo } from 'node:net';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { spawnNode } from '../lib/procs.js';
 
 /**
  * Path (c)'s gateway: Portkey's open-source gateway, the npm package as
- * published, run in this process like our service in (b), so both gateways
- * share the event loop with the client and the upstream and their CPU per
- * request compares directly. It lives in its own folder (bench/peer) so the
- * service's dependencies never include it.
+ * published, run in a process of its own like our service in (b). It lives
+ * in its own folder (bench/peer) so the service's dependencies never include it.
  */
 
-const PEER_DIR = join(dirname(fileURLToPath(import.meta.url)), '..', 'peer');
+const HERE = dirname(fileURLToPath(import.meta.url));
+const PEER_DIR = join(HERE, '..', 'peer');
+const PORTKEY_URL = /portkey listening on (http:\/\/\S+)/;
 const PACKAGE = '@portkey-ai/gateway';
 export const PORTKEY_VERSION = '1.15.2';
 const ENTRY = join(PEER_DIR, 'node_modules', PACKAGE, 'build', 'start-server.js');
@@ -34,66 +33,41 @@ export function ensurePortkeyInstalled(log: (msg: string) => void): void {
 
 export interface PortkeyGateway {
   readonly url: string;
-  readonly address: AddressInfo;
+  readonly pid: number;
+  readonly logFile: string;
   close(): Promise<void>;
 }
 
-let started: PortkeyGateway | undefined;
-
 /**
- * The package ships only its start script, which builds the Hono app and
- * then serves it on every interface (`serve({fetch, port})` with no
- * hostname) at a port taken from argv. Rather than patch the file, the import
- * runs with `net.Server.prototype.listen` wrapped so that whatever it asks
- * for becomes 127.0.0.1 and a free port; the wrapper also captures the
- * server so it can be closed. Side effects meant for an interactive terminal
- * (console.clear, process-wide handlers that swallow uncaught errors) are
- * kept out of this process for the duration.
+ * Portkey in a process of its own, like the service in (b): its published
+ * start script run by plain `node` (no tsx), headless, with
+ * `bench/paths/portkey-loopback.mjs` preloaded so that whatever it asks
+ * `listen` for becomes 127.0.0.1 and a free port (the script serves on every
+ * interface otherwise). The one server it opens must report 127.0.0.1.
  */
-export async function startPortkey(log: (msg: string) => void): Promise<PortkeyGateway> {
-  if (started) return started;
+export async function startPortkey(log: (msg: string) => void, logDir: string): Promise<PortkeyGateway> {
   ensurePortkeyInstalled(log);
-
-  const listen = NetServer.prototype.listen;
-  const captured: NetServer[] = [];
-  const listenOn = listen as unknown as (this: NetServer, port: number, host: string, cb?: () => void) => NetServer;
-  const forced = function (this: NetServer, ...args: unknown[]) {
-    captured.push(this);
-    return listenOn.call(this, 0, '127.0.0.1', args.find((a): a is () => void => typeof a === 'function'));
-  };
-  const clear = console.clear;
-  const handlers = { uncaughtException: process.listeners('uncaughtException'), unhandledRejection: process.listeners('unhandledRejection') };
-  const argv = process.argv;
-  // The start script reads --port and --headless from argv; ours carry bench options.
-  process.argv = [argv[0]!, ENTRY, '--headless'];
-  NetServer.prototype.listen = forced as typeof listen;
-  console.clear = () => {};
-  // Its banner would announce localhost:8787, which is not where it listens here.
-  const write = process.stdout.write;
-  process.stdout.write = (() => true) as typeof process.stdout.write;
-  try {
-    await import(pathToFileURL(ENTRY).href);
-  } finally {
-    NetServer.prototype.listen = listen;
-    console.clear = clear;
-    process.stdout.write = write;
-    process.argv = argv;
-    for (const l of process.listeners('uncaughtException')) if (!handlers.uncaughtException.includes(l)) process.off('uncaughtException', l);
-    for (const l of process.listeners('unhandledRejection')) if (!handlers.unhandledRejection.includes(l)) process.off('unhandledRejection', l);
+  const child = await spawnNode({
+    name: 'portkey',
+    script: ENTRY,
+    args: ['--headless'],
+    tsx: false,
+    nodeArgs: ['--import', pathToFileURL(join(HERE, 'portkey-loopback.mjs')).href],
+    env: {},
+    logDir,
+    urlPattern: PORTKEY_URL,
+  });
+  const listening = readFileSync(child.logFile, 'utf8').match(new RegExp(PORTKEY_URL.source, 'g')) ?? [];
+  if (listening.length !== 1 || !child.url.startsWith('http://127.0.0.1:')) {
+    await child.stop();
+    throw new Error(`expected Portkey to open one server on 127.0.0.1, saw: ${listening.join(', ')}`);
   }
-  if (captured.length !== 1) throw new Error(`expected Portkey to open one server, saw ${captured.length}`);
-  const server = captured[0] as Server;
-  if (!server.listening) await new Promise<void>((resolve) => server.once('listening', () => resolve()));
-  const address = server.address() as AddressInfo;
-  if (address.address !== '127.0.0.1') throw new Error(`Portkey listens on ${address.address}, not 127.0.0.1`);
-  started = {
-    url: `http://127.0.0.1:${address.port}`,
-    address,
+  return {
+    url: child.url,
+    pid: child.pid,
+    logFile: child.logFile,
     async close() {
-      server.closeAllConnections();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-      started = undefined;
+      await child.stop();
     },
   };
-  return started;
 }
