@@ -16,17 +16,17 @@ import { createServer } from 'node:net';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { startEmulator } from '../../src/emulator/index.js';
 import { RequestLocals } from '../../src/http/waiting-requests.js';
 import { startTestService, TEST_KEY } from '../helpers/service.js';
+import { tsEntry } from '../helpers/entry.js';
 
 const JOBS = 1_000;
 /** Bytes of live heap per waiting job, the issue's target. */
 const LIMIT_BYTES = 20_000;
 const KEY = 'sk-test-0123456789abcdef';
-const FIXTURE = fileURLToPath(new URL('../fixtures/waiting-service.ts', import.meta.url));
+const FIXTURE = tsEntry(new URL('../fixtures/waiting-service.ts', import.meta.url));
 
 async function freePort(): Promise<number> {
   const srv = createServer();
@@ -96,7 +96,7 @@ async function measure(mode: 'polling' | 'webhook'): Promise<{ idle: number; pla
     // Polling mode: every job waits by polling (no status streams, which hold a connection each).
     ...(mode === 'polling' ? { STATUS_STREAMS_MAX: '0' } : { FAL_WEBHOOKS: 'true', PUBLIC_BASE_URL: `http://127.0.0.1:${port}`, FAL_WEBHOOK_GRACE_MS: '600000' }),
   };
-  const child = fork(FIXTURE, { env, execArgv: ['--expose-gc', '--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const child = fork(FIXTURE.file, { env, execArgv: ['--expose-gc', ...FIXTURE.execArgv], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   const agent = new http.Agent({ keepAlive: true, maxSockets: Infinity });
   const requests: Array<ReturnType<typeof post>> = [];
   try {
