@@ -93,6 +93,9 @@ async function measure(mode: 'polling' | 'webhook'): Promise<{ idle: number; pla
     DEFAULT_RPM_LIMIT: '0',
     REQUEST_TIMEOUT_MS: '600000',
     RECONCILE_INTERVAL_MS: '0',
+    // 1,000 requests arriving at once on a loaded machine can hold the event loop past the default
+    // 10 s ledger lease, and a lapsed lease refuses requests (503 lease_expired, tested elsewhere).
+    LEASE_EXPIRY_MS: '600000',
     // Polling mode: every job waits by polling (no status streams, which hold a connection each).
     ...(mode === 'polling' ? { STATUS_STREAMS_MAX: '0' } : { FAL_WEBHOOKS: 'true', PUBLIC_BASE_URL: `http://127.0.0.1:${port}`, FAL_WEBHOOK_GRACE_MS: '600000' }),
   };
@@ -111,8 +114,17 @@ async function measure(mode: 'polling' | 'webhook'): Promise<{ idle: number; pla
     const snapshots = process.env.WAITING_SNAPSHOTS;
     if (snapshots) await ask(child, { snapshot: join(snapshots, `${mode}-idle.heapsnapshot`) }, 'snapshot');
     emulator.armFault({ kind: 'never_finish', times: JOBS });
-    for (let i = 0; i < JOBS; i++) requests.push(post(url, agent, `waiting ${i}`));
-    await until(`${JOBS} jobs at fal`, () => emulator.jobs().filter((j) => j.status !== 'COMPLETED').length >= JOBS);
+    const answered: number[] = [];
+    for (let i = 0; i < JOBS; i++) {
+      const held = post(url, agent, `waiting ${i}`);
+      requests.push(held);
+      void held.done.then((status) => answered.push(status));
+    }
+    await until(`${JOBS} jobs at fal`, () => {
+      // A held request is never answered; an answer means it never reached fal, and waiting on would only time out.
+      if (answered.length > 0) throw new Error(`${answered.length} held requests were answered (${[...new Set(answered)].join(', ')}) instead of waiting at fal; the service's log above says why`);
+      return emulator.jobs().filter((j) => j.status !== 'COMPLETED').length >= JOBS;
+    });
     // Every job has been polled (or, with webhooks, waits on its callback) at least once.
     if (mode === 'polling') {
       const first = emulator.stats().status ?? 0;
