@@ -39,6 +39,39 @@ export const INTEGRATION = [
 
 export const TIERS = ['fast', 'integration'];
 
+/**
+ * Files the runner starts before all others, longest first (wall seconds of
+ * each alone, docs/TESTING.md). The runner starts files in the order given,
+ * two at a time: a long file started last would run on alone after every
+ * other file is done, so the longest go first and the short ones fill in.
+ */
+export const LONGEST_FIRST = [
+  // integration
+  'test/soak/fault-soak.test.ts',
+  'test/cli/cli.test.ts',
+  'test/fuzz/fuzz.test.ts',
+  // fast
+  'test/http/waiting-requests.test.ts',
+  'test/http/admin-usage.test.ts',
+  'test/fal/young-garbage-fetch.test.ts',
+  'test/metering/settlement.test.ts',
+  'test/fal/webhooks.test.ts',
+  'test/http/idempotency.test.ts',
+  'test/metering/billing-webhook.test.ts',
+  'test/http/stream.test.ts',
+  'test/images/fan-out.test.ts',
+  'test/metering/reconcile.test.ts',
+];
+
+/** `files` in the order the runner should start them: LONGEST_FIRST's order, then the rest as given. */
+export function longestFirst(files) {
+  const rank = (f) => {
+    const i = LONGEST_FIRST.indexOf(f);
+    return i === -1 ? LONGEST_FIRST.length : i;
+  };
+  return [...files].sort((a, b) => rank(a) - rank(b));
+}
+
 export function tierOf(file) {
   return INTEGRATION.some((p) => (p.endsWith('/') ? file.startsWith(p) : file === p)) ? 'integration' : 'fast';
 }
@@ -65,8 +98,11 @@ export function findTestFiles(filters = [], tier = undefined) {
     .sort();
 }
 
-/** Every listed integration path must exist, so a renamed file cannot slip into the fast tier unnoticed. */
-export function missingIntegrationPaths() {
+/**
+ * Every listed path must exist, so a renamed slow file cannot slip into the
+ * fast tier, or lose its early start, unnoticed.
+ */
+export function missingListedPaths() {
   const all = findTestFiles();
-  return INTEGRATION.filter((p) => !all.some((f) => (p.endsWith('/') ? f.startsWith(p) : f === p)));
+  return [...INTEGRATION, ...LONGEST_FIRST].filter((p) => !all.some((f) => (p.endsWith('/') ? f.startsWith(p) : f === p)));
 }

@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 // Times each test file on its own (one `node --test` process per file, one
 // file at a time), so the figures that decide the tiers in docs/TESTING.md
-// are not skewed by files running beside each other.
-// Usage: node scripts/time-tests.mjs [path-substring ...]
+// are not skewed by files running beside each other. Files run compiled, as
+// scripts/run-tests.mjs runs them (TEST_LOADER=tsx: through tsx instead).
+// Usage: node scripts/time-tests.mjs [--tier=fast|integration] [path-substring ...]
 // Prints one line per file, slowest first: wall seconds, CPU seconds (user +
 // system of the file's whole process tree, where Linux tells it), exit
 // status, tier, path. CPU seconds say what a file costs on a busy machine,
@@ -11,13 +12,24 @@ import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { findTestFiles, tierOf, root } from './test-files.mjs';
+import { findTestFiles, tierOf, root, TIERS } from './test-files.mjs';
+import { buildTestTree, compiledPath } from './test-build.mjs';
 
-const files = findTestFiles(process.argv.slice(2));
+const args = process.argv.slice(2);
+const tierArg = args.find((a) => a.startsWith('--tier='));
+const tier = tierArg?.slice('--tier='.length);
+if (tier !== undefined && !TIERS.includes(tier)) {
+  console.error(`time-tests: unknown tier ${JSON.stringify(tier)}; expected one of ${TIERS.join(', ')}`);
+  process.exit(2);
+}
+const files = findTestFiles(args.filter((a) => a !== tierArg), tier);
 if (files.length === 0) {
-  console.error('time-tests: no test files matched', process.argv.slice(2));
+  console.error('time-tests: no test files matched', args);
   process.exit(1);
 }
+const build = process.env.TEST_LOADER === 'tsx' ? undefined : buildTestTree();
+process.on('exit', () => build?.remove());
+const nodeArgs = build ? ['--enable-source-maps', '--test', '--test-reporter=spec'] : ['--import', 'tsx', '--test', '--test-reporter=spec'];
 /** User + system seconds of this process's waited-for descendants (Linux /proc), or NaN. */
 function childrenCpuSeconds() {
   try {
@@ -35,7 +47,7 @@ const rows = [];
 for (const file of files) {
   const started = process.hrtime.bigint();
   const cpuBefore = childrenCpuSeconds();
-  const r = spawnSync(process.execPath, ['--import', 'tsx', '--test', '--test-reporter=spec', file], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 256 * 1024 * 1024 });
+  const r = spawnSync(process.execPath, [...nodeArgs, build ? join(build.dir, compiledPath(file)) : file], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 256 * 1024 * 1024 });
   const seconds = Number(process.hrtime.bigint() - started) / 1e9;
   const cpu = childrenCpuSeconds() - cpuBefore;
   rows.push({ file, seconds, cpu, status: r.status ?? 1, tier: tierOf(file) });

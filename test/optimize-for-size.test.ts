@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
+import { tsEntry } from './helpers/entry.js';
 
 /**
  * Guards the departure in src/optimize-for-size.ts: the memory mode must keep
@@ -12,9 +13,10 @@ import { promisify } from 'node:util';
 
 const run = promisify(execFile);
 const root = new URL('../', import.meta.url).pathname;
+const FIXTURE = tsEntry(new URL('./fixtures/promoted-garbage.ts', import.meta.url));
 
 async function oldGeneration(mode: boolean): Promise<{ oldCommitted: number }> {
-  const { stdout } = await run(process.execPath, ['--import', 'tsx', 'test/fixtures/promoted-garbage.ts', ...(mode ? ['--mode'] : [])], { cwd: root, timeout: 120_000 });
+  const { stdout } = await run(process.execPath, [...FIXTURE.execArgv, FIXTURE.file, ...(mode ? ['--mode'] : [])], { cwd: root, timeout: 120_000 });
   return JSON.parse(stdout.trim().split('\n').pop()!);
 }
 

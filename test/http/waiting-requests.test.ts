@@ -16,17 +16,17 @@ import { createServer } from 'node:net';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { startEmulator } from '../../src/emulator/index.js';
 import { RequestLocals } from '../../src/http/waiting-requests.js';
 import { startTestService, TEST_KEY } from '../helpers/service.js';
+import { tsEntry } from '../helpers/entry.js';
 
 const JOBS = 1_000;
 /** Bytes of live heap per waiting job, the issue's target. */
 const LIMIT_BYTES = 20_000;
 const KEY = 'sk-test-0123456789abcdef';
-const FIXTURE = fileURLToPath(new URL('../fixtures/waiting-service.ts', import.meta.url));
+const FIXTURE = tsEntry(new URL('../fixtures/waiting-service.ts', import.meta.url));
 
 async function freePort(): Promise<number> {
   const srv = createServer();
@@ -93,10 +93,13 @@ async function measure(mode: 'polling' | 'webhook'): Promise<{ idle: number; pla
     DEFAULT_RPM_LIMIT: '0',
     REQUEST_TIMEOUT_MS: '600000',
     RECONCILE_INTERVAL_MS: '0',
+    // 1,000 requests arriving at once on a loaded machine can hold the event loop past the default
+    // 10 s ledger lease, and a lapsed lease refuses requests (503 lease_expired, tested elsewhere).
+    LEASE_EXPIRY_MS: '600000',
     // Polling mode: every job waits by polling (no status streams, which hold a connection each).
     ...(mode === 'polling' ? { STATUS_STREAMS_MAX: '0' } : { FAL_WEBHOOKS: 'true', PUBLIC_BASE_URL: `http://127.0.0.1:${port}`, FAL_WEBHOOK_GRACE_MS: '600000' }),
   };
-  const child = fork(FIXTURE, { env, execArgv: ['--expose-gc', '--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const child = fork(FIXTURE.file, { env, execArgv: ['--expose-gc', ...FIXTURE.execArgv], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   const agent = new http.Agent({ keepAlive: true, maxSockets: Infinity });
   const requests: Array<ReturnType<typeof post>> = [];
   try {
@@ -111,8 +114,17 @@ async function measure(mode: 'polling' | 'webhook'): Promise<{ idle: number; pla
     const snapshots = process.env.WAITING_SNAPSHOTS;
     if (snapshots) await ask(child, { snapshot: join(snapshots, `${mode}-idle.heapsnapshot`) }, 'snapshot');
     emulator.armFault({ kind: 'never_finish', times: JOBS });
-    for (let i = 0; i < JOBS; i++) requests.push(post(url, agent, `waiting ${i}`));
-    await until(`${JOBS} jobs at fal`, () => emulator.jobs().filter((j) => j.status !== 'COMPLETED').length >= JOBS);
+    const answered: number[] = [];
+    for (let i = 0; i < JOBS; i++) {
+      const held = post(url, agent, `waiting ${i}`);
+      requests.push(held);
+      void held.done.then((status) => answered.push(status));
+    }
+    await until(`${JOBS} jobs at fal`, () => {
+      // A held request is never answered; an answer means it never reached fal, and waiting on would only time out.
+      if (answered.length > 0) throw new Error(`${answered.length} held requests were answered (${[...new Set(answered)].join(', ')}) instead of waiting at fal; the service's log above says why`);
+      return emulator.jobs().filter((j) => j.status !== 'COMPLETED').length >= JOBS;
+    });
     // Every job has been polled (or, with webhooks, waits on its callback) at least once.
     if (mode === 'polling') {
       const first = emulator.stats().status ?? 0;
