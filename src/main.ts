@@ -1,3 +1,4 @@
+import { realpathSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
 import { loadConfig, ConfigError } from './config.js';
 import { logFormatFor, prettyDestination } from './logging.js';
@@ -79,7 +80,9 @@ function banner(service: Service): string {
   return `\n${lines.join('\n')}\n\n`;
 }
 
-if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
+// Node runs the entry by its real path: a symlinked entry (a deploy
+// directory of links) is still this process's entry.
+if (process.argv[1] && import.meta.url === pathToFileURL(realpathSync(process.argv[1])).href) {
   runServer().catch((err) => {
     process.stderr.write(`fatal: ${(err as Error)?.stack ?? String(err)}\n`);
     process.exit(1);
