@@ -98,6 +98,10 @@ export interface Config {
   imageMaxBytes: number;
   /** Longest one image download may take. */
   imageFetchTimeoutMs: number;
+  /** Largest image (or mask) file an edit may upload (EDIT_IMAGE_MAX_BYTES). */
+  editImageMaxBytes: number;
+  /** Hosts whose image URLs an edit may name without the public-address check (EDIT_IMAGE_HOSTS_ALLOWED), normalized. */
+  editImageHostsAllowed: string[];
   /** Absolute directory local LoRA files may be read from; unset = local paths refused. */
   loraDir: string | undefined;
   /** Largest local LoRA file we will upload to fal (LORA_MAX_BYTES). */
@@ -274,16 +278,7 @@ export function loadConfig(env: Env = process.env): Config {
     problems.push(`EMULATOR_IMAGE_MODE must be entropy or cheap (got ${JSON.stringify(imageMode)})`);
   }
 
-  let imageHostsAllowed: string[] | undefined;
-  const hostsRaw = str('IMAGE_HOSTS_ALLOWED');
-  if (hostsRaw !== undefined) {
-    imageHostsAllowed = [];
-    for (const entry of hostsRaw.split(',').map((h) => h.trim()).filter(Boolean)) {
-      const host = normalizeHostPattern(entry);
-      if (host === null) problems.push(`IMAGE_HOSTS_ALLOWED entries must be hostnames, *.suffix wildcards or IP addresses, without scheme or port (got ${JSON.stringify(entry)})`);
-      else imageHostsAllowed.push(host);
-    }
-  }
+  const imageHostsAllowed = hostList('IMAGE_HOSTS_ALLOWED', str('IMAGE_HOSTS_ALLOWED'), problems);
 
   let loraDir = str('LORA_DIR');
   if (loraDir !== undefined) {
@@ -348,6 +343,8 @@ export function loadConfig(env: Env = process.env): Config {
     imageHostsAllowed,
     imageMaxBytes: int('IMAGE_MAX_BYTES', 64 * 1024 * 1024, 1024, 2 ** 31 - 1),
     imageFetchTimeoutMs: int('IMAGE_FETCH_TIMEOUT_MS', 30_000, 100, 600_000),
+    editImageMaxBytes: int('EDIT_IMAGE_MAX_BYTES', 25 * 1024 * 1024, 1024, 2 ** 31 - 1),
+    editImageHostsAllowed: hostList('EDIT_IMAGE_HOSTS_ALLOWED', str('EDIT_IMAGE_HOSTS_ALLOWED'), problems) ?? [],
     loraDir,
     loraMaxBytes: int('LORA_MAX_BYTES', 2 * 1024 ** 3, 1, Number.MAX_SAFE_INTEGER),
     loraUploadTtlS: int('LORA_UPLOAD_TTL_S', 7 * 86_400, 60, 365 * 86_400),
@@ -384,4 +381,16 @@ export function loadConfig(env: Env = process.env): Config {
   if (config.falWebhooks && !config.publicBaseUrl) problems.push('FAL_WEBHOOKS needs PUBLIC_BASE_URL: the address fal posts job callbacks to');
   if (problems.length > 0) throw new ConfigError(problems);
   return config;
+}
+
+/** A comma-separated host list (hostnames, `*.suffix` wildcards, IP literals), normalized; undefined when unset. */
+function hostList(name: string, raw: string | undefined, problems: string[]): string[] | undefined {
+  if (raw === undefined) return undefined;
+  const out: string[] = [];
+  for (const entry of raw.split(',').map((h) => h.trim()).filter(Boolean)) {
+    const host = normalizeHostPattern(entry);
+    if (host === null) problems.push(`${name} entries must be hostnames, *.suffix wildcards or IP addresses, without scheme or port (got ${JSON.stringify(entry)})`);
+    else out.push(host);
+  }
+  return out;
 }

@@ -9,6 +9,8 @@ import { createMedia } from './images/media.js';
 import { createFileUrls, loadOrCreateFileUrlSecret } from './images/file-urls.js';
 import { createImageService, type ImageService } from './images/generate.js';
 import { createLoraResolver } from './images/loras.js';
+import { createInputUrlPolicy } from './images/input-urls.js';
+import { tmpdir } from 'node:os';
 import { createAnswerRecovery } from './images/recover-answer.js';
 import { modelCatalog, type ModelRegistry } from './models/registry.js';
 import { createServedModelRegistry } from './models/prices.js';
@@ -254,6 +256,10 @@ export async function startService(config: Config, overrides: ServiceOverrides =
     rateLimit: { limiter: rateLimiter, defaultRpm: config.defaultRpmLimit },
     streamKeepAliveMs: config.streamKeepAliveMs,
     strictParams: config.strictParams,
+    edits: {
+      inputs: { registry, fal, urls: createInputUrlPolicy({ allowed: config.editImageHostsAllowed }), tmpDir: tmpdir() },
+      maxFileBytes: config.editImageMaxBytes,
+    },
     readiness: [
       { name: 'upstream', check: () => fal.ping({ signal: AbortSignal.timeout(2000) }) },
       { name: 'storage', check: () => database.ping().then(() => true) },
