@@ -256,10 +256,7 @@ export async function startService(config: Config, overrides: ServiceOverrides =
     rateLimit: { limiter: rateLimiter, defaultRpm: config.defaultRpmLimit },
     streamKeepAliveMs: config.streamKeepAliveMs,
     strictParams: config.strictParams,
-    edits: {
-      inputs: { registry, fal, urls: createInputUrlPolicy({ allowed: config.editImageHostsAllowed }), tmpDir: tmpdir() },
-      maxFileBytes: config.editImageMaxBytes,
-    },
+    edits: editsDeps(config, registry, fal),
     readiness: [
       { name: 'upstream', check: () => fal.ping({ signal: AbortSignal.timeout(2000) }) },
       { name: 'storage', check: () => database.ping().then(() => true) },
@@ -368,3 +365,8 @@ const LEASE_EXPIRY_MARGIN_MS = 250;
 
 /** How long shutdown spends delivering due billing events before leaving them for the next start. */
 const BILLING_FLUSH_MS = 5_000;
+
+/** Image edits: input URLs checked against EDIT_IMAGE_HOSTS_ALLOWED, files capped by EDIT_IMAGE_MAX_BYTES and uploaded to fal. */
+function editsDeps(config: Config, registry: ModelRegistry, fal: FalGateway) {
+  return { inputs: { registry, fal, urls: createInputUrlPolicy({ allowed: config.editImageHostsAllowed }), tmpDir: tmpdir() }, maxFileBytes: config.editImageMaxBytes };
+}

@@ -41,8 +41,7 @@ export function editsHandler(deps: EditsRouteDeps): (req: Request, res: Response
       const body = req.body as Record<string, unknown>;
       if (typeof body !== 'object' || body === null || Array.isArray(body)) throw invalidRequest('The request body must be a JSON object or multipart/form-data.', null);
       const canonical = await prepareEdit(deps.edits, { body }, opts, controller.signal);
-      await answerRequest(deps, req, res, canonical, idemKey, body, controller);
-      return;
+      return answerRequest(deps, req, res, canonical, idemKey, body, controller);
     }
     const dir = await mkdtemp(join(tmpdir(), 'gw-edit-'));
     let prepared: { canonical: CanonicalRequest; idemBody: unknown };
@@ -57,7 +56,7 @@ export function editsHandler(deps: EditsRouteDeps): (req: Request, res: Response
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
-    await answerRequest(deps, req, res, prepared.canonical, idemKey, prepared.idemBody, controller);
+    return answerRequest(deps, req, res, prepared.canonical, idemKey, prepared.idemBody, controller);
   };
 }
 

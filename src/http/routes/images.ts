@@ -49,10 +49,10 @@ export function imagesHandler(deps: ImagesRouteDeps): (req: Request, res: Respon
       // The uploads and URL checks before the answer stop with the caller too.
       const controller = requestController(res);
       const canonical = await prepareEdit(deps.edits, { body }, { strictParams: deps.strictParams }, controller.signal);
-      await answerRequest(deps, req, res, canonical, idemKey, body, controller);
-      return;
+      return answerRequest(deps, req, res, canonical, idemKey, body, controller);
     }
-    await answerRequest(deps, req, res, normalizeRequest(deps.registry, body, { strictParams: deps.strictParams }), idemKey, body);
+    // Returned, not awaited: this frame ends here, and only the answer's waits on fal (src/http/waiting-requests.ts).
+    return answerRequest(deps, req, res, normalizeRequest(deps.registry, body, { strictParams: deps.strictParams }), idemKey, body);
   };
 }
 
