@@ -8,6 +8,8 @@ import { accessLog } from './http/access-log.js';
 import { requireAdmin, requireKey, type Authenticate } from './http/auth.js';
 import { jsonBody, bodyErrors } from './http/body.js';
 import { imagesHandler } from './http/routes/images.js';
+import { editBody, editsHandler } from './http/routes/edits.js';
+import type { EditInputsDeps } from './images/edit-inputs.js';
 import { filesRouter } from './http/routes/files.js';
 import { healthRouter, type ReadinessCheck } from './http/routes/health.js';
 import { adminKeysRouter } from './http/routes/admin-keys.js';
@@ -58,6 +60,8 @@ export interface AppDeps {
   streamKeepAliveMs?: number;
   /** STRICT_PARAMS: hints the model does not act on are refused instead of ignored. */
   strictParams?: boolean;
+  /** Image edits (POST /v1/images/edits, image_url on a generation); absent = not served. */
+  edits?: { inputs: EditInputsDeps; maxFileBytes: number } | undefined;
 }
 
 /**
@@ -88,25 +92,21 @@ export function createApp(deps: AppDeps): Express {
   // POST to it, and walking past them cost every image request. Its chain is
   // what it met before: the shutdown refusal, then auth, limits, body.
   // Limited before the body is read: a caller over its limit costs us no parsing.
-  app.post(
-    '/v1/images/generations',
-    refuseWhenStopping,
-    auth,
-    rateLimit(deps.rateLimit),
-    inFlightLimit(deps.maxInFlight, deps.metrics),
-    ...jsonBody(deps.maxBodyBytes),
-    answerLater(
-      imagesHandler({
-        registry: deps.registry,
-        images: deps.images,
-        publicBaseUrl: deps.publicBaseUrl,
-        idempotency: deps.idempotency,
-        streamKeepAliveMs: deps.streamKeepAliveMs ?? 15_000,
-        strictParams: deps.strictParams ?? false,
-      }),
-      writeError,
-    ),
-  );
+  const imagesDeps = {
+    registry: deps.registry,
+    images: deps.images,
+    publicBaseUrl: deps.publicBaseUrl,
+    idempotency: deps.idempotency,
+    streamKeepAliveMs: deps.streamKeepAliveMs ?? 15_000,
+    strictParams: deps.strictParams ?? false,
+    edits: deps.edits?.inputs,
+  };
+  const limits = [refuseWhenStopping, auth, rateLimit(deps.rateLimit), inFlightLimit(deps.maxInFlight, deps.metrics)];
+  app.post('/v1/images/generations', ...limits, ...jsonBody(deps.maxBodyBytes), answerLater(imagesHandler(imagesDeps), writeError));
+  if (deps.edits) {
+    const edits = { ...imagesDeps, edits: deps.edits.inputs, maxFileBytes: deps.edits.maxFileBytes };
+    app.post('/v1/images/edits', ...limits, ...editBody(deps.maxBodyBytes), answerLater(editsHandler(edits), writeError));
+  }
   app.use(healthRouter(deps.readiness, isShuttingDown));
   app.get('/metrics', async (_req, res) => {
     res.setHeader('content-type', deps.metrics.registry.contentType);

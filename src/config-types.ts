@@ -100,6 +100,10 @@ export interface MediaConfig {
   imageMaxBytes: number;
   /** Longest one image download may take. */
   imageFetchTimeoutMs: number;
+  /** Largest image (or mask) file an edit may upload (EDIT_IMAGE_MAX_BYTES). */
+  editImageMaxBytes: number;
+  /** Hosts whose image URLs an edit may name without the public-address check (EDIT_IMAGE_HOSTS_ALLOWED), normalized. */
+  editImageHostsAllowed: string[];
   /** Absolute directory local LoRA files may be read from; unset = local paths refused. */
   loraDir: string | undefined;
   /** Largest local LoRA file we will upload to fal (LORA_MAX_BYTES). */

@@ -170,22 +170,25 @@ function readMedia(r: EnvReader): MediaConfig {
   return {
     fileUrlSecret,
     fileUrlTtlS: r.int('FILE_URL_TTL_S', 86_400, 60, 30 * 86_400),
-    imageHostsAllowed: readImageHosts(r),
+    imageHostsAllowed: readHostList(r, 'IMAGE_HOSTS_ALLOWED'),
     imageMaxBytes: r.int('IMAGE_MAX_BYTES', 64 * 1024 * 1024, 1024, 2 ** 31 - 1),
     imageFetchTimeoutMs: r.int('IMAGE_FETCH_TIMEOUT_MS', 30_000, 100, 600_000),
+    editImageMaxBytes: r.int('EDIT_IMAGE_MAX_BYTES', 25 * 1024 * 1024, 1024, 2 ** 31 - 1),
+    editImageHostsAllowed: readHostList(r, 'EDIT_IMAGE_HOSTS_ALLOWED') ?? [],
     loraDir: readLoraDir(r),
     loraMaxBytes: r.int('LORA_MAX_BYTES', 2 * 1024 ** 3, 1, Number.MAX_SAFE_INTEGER),
     loraUploadTtlS: r.int('LORA_UPLOAD_TTL_S', 7 * 86_400, 60, 365 * 86_400),
   };
 }
 
-function readImageHosts(r: EnvReader): string[] | undefined {
-  const hostsRaw = r.str('IMAGE_HOSTS_ALLOWED');
-  if (hostsRaw === undefined) return undefined;
+/** A comma-separated host list (hostnames, `*.suffix` wildcards, IP literals), normalized; undefined when unset. */
+function readHostList(r: EnvReader, name: string): string[] | undefined {
+  const raw = r.str(name);
+  if (raw === undefined) return undefined;
   const hosts: string[] = [];
-  for (const entry of hostsRaw.split(',').map((h) => h.trim()).filter(Boolean)) {
+  for (const entry of raw.split(',').map((h) => h.trim()).filter(Boolean)) {
     const host = normalizeHostPattern(entry);
-    if (host === null) r.problems.push(`IMAGE_HOSTS_ALLOWED entries must be hostnames, *.suffix wildcards or IP addresses, without scheme or port (got ${JSON.stringify(entry)})`);
+    if (host === null) r.problems.push(`${name} entries must be hostnames, *.suffix wildcards or IP addresses, without scheme or port (got ${JSON.stringify(entry)})`);
     else hosts.push(host);
   }
   return hosts;

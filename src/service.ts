@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { setMaxListeners } from 'node:events';
 import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Express } from 'express';
 import type { Logger } from 'pino';
@@ -8,10 +9,12 @@ import { createLogger, urlPassword } from './logging.js';
 import { loraReuseMarginMs, type Config } from './config.js';
 import { createApp } from './app.js';
 import { createPooledFalGateway } from './fal/pooled-gateway.js';
+import type { FalGateway } from './fal/types.js';
 import { createMedia, type Media } from './images/media.js';
 import { createFileUrls, loadOrCreateFileUrlSecret } from './images/file-urls.js';
 import { createImageService, type ImageService } from './images/generate.js';
 import { createLoraResolver } from './images/loras.js';
+import { createInputUrlPolicy } from './images/input-urls.js';
 import { createAnswerRecovery } from './images/recover-answer.js';
 import { modelCatalog, type ModelRegistry } from './models/registry.js';
 import { createServedModelRegistry } from './models/prices.js';
@@ -274,6 +277,7 @@ function createServiceApp(config: Config, p: AppParts): Express {
     rateLimit: { limiter: rateLimiter, defaultRpm: config.defaultRpmLimit },
     streamKeepAliveMs: config.streamKeepAliveMs,
     strictParams: config.strictParams,
+    edits: editsDeps(config, registry, fal),
     readiness: [
       { name: 'upstream', check: () => fal.ping({ signal: AbortSignal.timeout(2000) }) },
       { name: 'storage', check: () => database.ping().then(() => true) },
@@ -359,9 +363,13 @@ function closeService(config: Config, p: CloseParts): Service['close'] {
   };
 }
 
-
 /** Once the port is closed: how long answers still being written (aborted requests' errors) get before sockets are cut. */
 const ABORT_DRAIN_MS = 15_000;
 
 /** How long shutdown spends delivering due billing events before leaving them for the next start. */
 const BILLING_FLUSH_MS = 5_000;
+
+/** Image edits: input URLs checked against EDIT_IMAGE_HOSTS_ALLOWED, files capped by EDIT_IMAGE_MAX_BYTES and uploaded to fal. */
+function editsDeps(config: Config, registry: ModelRegistry, fal: FalGateway) {
+  return { inputs: { registry, fal, urls: createInputUrlPolicy({ allowed: config.editImageHostsAllowed }), tmpDir: tmpdir() }, maxFileBytes: config.editImageMaxBytes };
+}

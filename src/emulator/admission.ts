@@ -14,6 +14,7 @@ import { withErrorHints } from './errors.js';
 import { BodyTooLargeError, headerValue, lifecycleSeconds, parseJsonBody, readBody, sendJson } from './http.js';
 import { imageDims, type JobFailure, type JobFaults, type JobRecord } from './jobs.js';
 import { validateInput } from './validate.js';
+import { loadEditInputs } from './edit-inputs.js';
 
 const isPlainObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 
@@ -138,6 +139,8 @@ export async function admit(ctx: Ctx, req: IncomingMessage, res: ServerResponse,
     const lora = missingLora(ctx, resolved);
     if (lora) faults.fail = { status: 422, body: { detail: [lora] }, at: 'start' };
   }
+  const loaded = input.ok && endpoint.images && !faults.fail ? await loadEditInputs(ctx, endpoint.images, resolved) : undefined;
+  if (loaded && !loaded.ok) faults.fail = { status: 422, body: { detail: [loaded.detail] }, at: 'start' };
   const job = ctx.engine.create(endpoint, body ?? {}, resolved, {
     via: phase === 'submit' ? 'queue' : 'run',
     webhookUrl,
@@ -148,6 +151,7 @@ export async function admit(ctx: Ctx, req: IncomingMessage, res: ServerResponse,
     storeIo: headerValue(req, 'x-fal-store-io')?.trim() !== '0',
     faults,
   });
+  if (loaded?.ok) job.edit = loaded.edit;
   // A committed fault: the job exists (and will bill) but this call fails,
   // the case where a client retry submits the same work twice.
   if (fault && fault.kind !== 'delay' && (await answerFault(ctx, req, res, { ...fault, delay_ms: 0 }, job.request_id))) return undefined;

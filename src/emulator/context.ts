@@ -46,9 +46,13 @@ export interface Ctx {
     readonly mediaTtlS: number | null;
     readonly concurrency: number;
     readonly kinder: ReadonlySet<string>;
+    /** Hosts (host or host:port) edit inputs may be fetched from besides the emulator's own CDN. */
+    readonly inputHosts: ReadonlySet<string>;
   };
   /** True when `url` names a file on this emulator's CDN that is not (or no longer) there. */
   mediaMissing(url: string): boolean;
+  /** The bytes of a file (or emulated image) on this emulator's CDN; undefined when gone, 'foreign' when the URL is not on its CDN. */
+  mediaBytes(url: string): Promise<Buffer | undefined | 'foreign'>;
   /** Base for URLs the emulator hands out (images, uploads). */
   publicUrl(): string;
   prices(): PriceTable;

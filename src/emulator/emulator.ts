@@ -12,6 +12,7 @@ import { endpointTable, ENDPOINTS, Z_IMAGE_TURBO_MAX_PIXELS } from './endpoints.
 import { createFaultBook } from './faults.js';
 import { sendJson } from './http.js';
 import { createImageCache, parseImageToken } from './images.js';
+import { inputBytes } from './edit-inputs.js';
 import { createEngine, type Engine, type JobRecord } from './jobs.js';
 import { webhookBody } from './output.js';
 import { DEFAULT_PRICES_FILE, loadPriceTable, missingPrices, PriceTableError, sumUsd, type PriceTable } from './pricing.js';
@@ -99,7 +100,8 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
 
   const faults = createFaultBook();
   const files = createFileStore(opts.storageBytes ?? 512 * 1024 * 1024);
-  const images = createImageCache(opts.imageCacheBytes ?? 256 * 1024 * 1024);
+  // An edit's output is rendered from its input, read the way the job read it.
+  const images = createImageCache(opts.imageCacheBytes ?? 256 * 1024 * 1024, (url) => inputBytes(ctx, url));
 
   const ctx: Ctx = {
     engine,
@@ -123,6 +125,16 @@ export async function startEmulator(opts: EmulatorOptions = {}): Promise<Emulato
         return !spec || (spec.expiresAt !== undefined && spec.expiresAt * 1000 <= Date.now());
       }
       return ctx.files.get(first, second) === undefined;
+    },
+    async mediaBytes(url) {
+      const segs = mediaSegments(url, addressing);
+      if (!segs) return 'foreign';
+      const [files, first, second] = segs;
+      if (files !== 'files' || first === undefined || second === undefined) return undefined;
+      if (first !== 'emulated') return ctx.files.get(first, second)?.data;
+      const spec = parseImageToken(second);
+      if (!spec || (spec.expiresAt !== undefined && spec.expiresAt * 1000 <= Date.now())) return undefined;
+      return ctx.images.get(spec).catch(() => undefined);
     },
     prices: () => structuredClone(prices),
     setPrices(table, merge) {
@@ -282,6 +294,7 @@ function contextOptions(opts: EmulatorOptions, kinder: ReadonlySet<Kinder>, conc
     concurrency,
     kinder,
     jsonBodyLimit: 50 * 1024 * 1024,
+    inputHosts: new Set((opts.inputHosts ?? []).map((h) => h.toLowerCase())),
     uploadLimit: 100 * 1024 * 1024,
   };
 }

@@ -4,9 +4,10 @@
  * stricter ones: fal has no prompt maxLength, for example) and the key of
  * its row in the price table. Adding an endpoint is adding an entry.
  *
- * Every entry describes a text-to-image app; the job engine reads the common
- * fields (prompt, image_size, num_images, seed, output_format, sync_mode,
- * enable_safety_checker, enable_prompt_expansion) from the validated input.
+ * Every entry describes a text-to-image app, or an image-to-image / inpaint
+ * app (`images`); the job engine reads the common fields (prompt, image_size,
+ * num_images, seed, output_format, sync_mode, enable_safety_checker,
+ * enable_prompt_expansion) from the validated input.
  */
 import { IMAGE_SIZE_PRESETS } from './images.js';
 import { largestImage, type ObjectRule, type Rule } from './validate.js';
@@ -16,6 +17,8 @@ export interface EndpointSpec {
   /** Row in the price table. */
   priceKey: string;
   input: ObjectRule;
+  /** An image-to-image or inpaint app: the input fields holding the image (and mask) URLs it fetches. */
+  images?: { image: string; mask?: string };
 }
 
 const PRESETS = Object.keys(IMAGE_SIZE_PRESETS);
@@ -111,6 +114,37 @@ const entry = (id: string, properties: Record<string, Rule>): EndpointSpec => ({
   input: { type: 'object', properties, required: ['prompt'] },
 });
 
+/**
+ * Z-Image Turbo's image-to-image and inpaint apps, as fal's API pages and
+ * @fal-ai/client 1.10.1's endpoint types give them
+ * (https://fal.ai/docs/model-api-reference/image-generation-api/z-image-turbo-image-to-image,
+ * .../z-image-turbo-inpaint): the text-to-image fields with `image_size`
+ * defaulting to `auto` (the input's size), `image_url`, `strength` (default
+ * 0.6; 1 on inpaint), and on inpaint `mask_image_url` and the ControlNet
+ * conditioning (`control_scale` 0.75, `control_start` 0, `control_end` 0.8).
+ */
+const edit = (properties: Record<string, Rule>, inpaint: boolean): Record<string, Rule> => ({
+  ...properties,
+  image_size: { ...(imageSize('auto') as Extract<Rule, { type: 'image_size' }>), presets: [...PRESETS, 'auto'] },
+  image_url: { type: 'string' },
+  strength: { type: 'number', minimum: 0, maximum: 1, default: inpaint ? 1 : 0.6 },
+  ...(inpaint
+    ? {
+        mask_image_url: { type: 'string' },
+        control_scale: { type: 'number', minimum: 0, maximum: 1, default: 0.75 },
+        control_start: { type: 'number', minimum: 0, maximum: 1, default: 0 },
+        control_end: { type: 'number', minimum: 0, maximum: 1, default: 0.8 },
+      }
+    : {}),
+});
+
+const editEntry = (id: string, properties: Record<string, Rule>, inpaint: boolean): EndpointSpec => ({
+  id,
+  priceKey: id,
+  input: { type: 'object', properties: edit(properties, inpaint), required: inpaint ? ['prompt', 'image_url', 'mask_image_url'] : ['prompt', 'image_url'] },
+  images: inpaint ? { image: 'image_url', mask: 'mask_image_url' } : { image: 'image_url' },
+});
+
 export const ENDPOINTS: readonly EndpointSpec[] = [
   entry('fal-ai/z-image/turbo', zImageTurbo),
   entry('fal-ai/z-image/turbo/lora', { ...zImageTurbo, loras }),
@@ -119,6 +153,10 @@ export const ENDPOINTS: readonly EndpointSpec[] = [
   entry('fal-ai/flux/schnell', fluxSchnell),
   entry('fal-ai/flux/dev', fluxDev),
   entry('fal-ai/flux-2/lora', flux2Lora),
+  editEntry('fal-ai/z-image/turbo/image-to-image', zImageTurbo, false),
+  editEntry('fal-ai/z-image/turbo/image-to-image/lora', { ...zImageTurbo, loras }, false),
+  editEntry('fal-ai/z-image/turbo/inpaint', zImageTurbo, true),
+  editEntry('fal-ai/z-image/turbo/inpaint/lora', { ...zImageTurbo, loras }, true),
 ];
 
 export function endpointTable(list: readonly EndpointSpec[] = ENDPOINTS): Map<string, EndpointSpec> {

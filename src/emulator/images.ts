@@ -11,6 +11,9 @@
 import { createHash } from 'node:crypto';
 import sharp from 'sharp';
 import { drawText, fillRect, GLYPH_HEIGHT, textCells, type RawImage } from './font.js';
+import { MissingSourceError, paintDerived } from './derived.js';
+
+export { MissingSourceError } from './derived.js';
 
 export type ImageFormat = 'png' | 'jpeg' | 'webp';
 export type ImageMode = 'entropy' | 'cheap';
@@ -35,10 +38,12 @@ export const IMAGE_SIZE_PRESETS: Record<string, { width: number; height: number 
 /**
  * What a URL token carries. `e` = entropy content, `c` = the cheap shared
  * image of a size/format, `b` = the black frame fal substitutes for an image
- * its safety checker blocked.
+ * its safety checker blocked, `d` = an edit: the input image (`src`)
+ * recoloured by `strength`, only where the mask (`mask`) is white when there
+ * is one (derived.ts).
  */
 export interface RenderSpec {
-  kind: 'e' | 'c' | 'b';
+  kind: 'e' | 'c' | 'b' | 'd';
   width: number;
   height: number;
   format: ImageFormat;
@@ -48,6 +53,10 @@ export interface RenderSpec {
   promptHash?: string;
   /** Unix seconds after which the URL is no longer served (media expiry); absent = never. */
   expiresAt?: number;
+  /** Edits (`d`): the input image's URL, the mask's, and the strength 0-1. */
+  src?: string;
+  mask?: string;
+  strength?: number;
 }
 
 export function promptHash(prompt: string): string {
@@ -57,10 +66,15 @@ export function promptHash(prompt: string): string {
 /** URL path (without leading slash, without host) for a render spec, served until `expiresAt` (unix seconds). */
 export function imagePath(spec: RenderSpec, expiresAt?: number): string {
   const compact: Record<string, unknown> = { v: 1, k: spec.kind, w: spec.width, h: spec.height, f: spec.format };
-  if (spec.kind === 'e') {
+  if (spec.kind === 'e' || spec.kind === 'd') {
     compact.s = spec.seed;
     compact.i = spec.index;
     compact.p = spec.promptHash;
+  }
+  if (spec.kind === 'd') {
+    compact.u = spec.src;
+    compact.m = spec.mask;
+    compact.t = spec.strength;
   }
   if (expiresAt !== undefined) compact.x = expiresAt;
   const token = Buffer.from(JSON.stringify(compact)).toString('base64url');
@@ -90,11 +104,18 @@ export function parseImageToken(tail: string): RenderSpec | null {
   if (o.v !== 1 || (format !== 'png' && format !== 'jpeg' && format !== 'webp')) return null;
   if (EXTENSIONS[format] !== m[2] && !(format === 'jpeg' && m[2] === 'jpeg')) return null;
   const kind = o.k;
-  if (kind !== 'e' && kind !== 'c' && kind !== 'b') return null;
+  if (kind !== 'e' && kind !== 'c' && kind !== 'b' && kind !== 'd') return null;
   const dim = (v: unknown) => typeof v === 'number' && Number.isInteger(v) && v > 0 && v <= MAX_DIMENSION;
   if (!dim(o.w) || !dim(o.h)) return null;
   const spec: RenderSpec = { kind, width: o.w as number, height: o.h as number, format };
-  if (kind === 'e') {
+  if (kind === 'd') {
+    if (typeof o.u !== 'string' || (o.m !== undefined && typeof o.m !== 'string')) return null;
+    if (typeof o.t !== 'number' || !(o.t >= 0 && o.t <= 1)) return null;
+    spec.src = o.u;
+    if (typeof o.m === 'string') spec.mask = o.m;
+    spec.strength = o.t;
+  }
+  if (kind === 'e' || kind === 'd') {
     if (typeof o.s !== 'number' || !Number.isFinite(o.s)) return null;
     if (typeof o.i !== 'number' || !Number.isInteger(o.i) || o.i < 0) return null;
     if (typeof o.p !== 'string' || !/^[0-9a-f]{16}$/.test(o.p)) return null;
@@ -249,9 +270,16 @@ async function encode(img: RawImage, format: ImageFormat): Promise<Buffer> {
   }
 }
 
-export async function renderImage(spec: RenderSpec): Promise<Buffer> {
+/** Reads an edit's input (image or mask) by its URL; undefined when it is gone. */
+export type SourceLoader = (url: string) => Promise<Buffer | undefined>;
+
+export async function renderImage(spec: RenderSpec, load?: SourceLoader): Promise<Buffer> {
   let img: RawImage;
-  if (spec.kind === 'e') img = paintEntropy(spec);
+  if (spec.kind === 'd') {
+    if (!load) throw new MissingSourceError('no source loader for an edit');
+    img = await paintDerived(spec, load);
+    stamp(img, ['EMULATED', `EDIT #${spec.index} SEED ${spec.seed}`], [16, 16, 16], [255, 255, 255]);
+  } else if (spec.kind === 'e') img = paintEntropy(spec);
   else if (spec.kind === 'b') img = paintFlat(spec, [0, 0, 0], [40, 40, 40], ['EMULATED', 'BLOCKED']);
   else img = paintFlat(spec, [96, 104, 120], [24, 24, 32], ['EMULATED']);
   return encode(img, spec.format);
@@ -268,7 +296,7 @@ export interface ImageCache {
  * single render (a client downloading 4 images right after completion would
  * otherwise render each twice when it retries).
  */
-export function createImageCache(maxBytes: number): ImageCache {
+export function createImageCache(maxBytes: number, load?: SourceLoader): ImageCache {
   const done = new Map<string, Buffer>();
   const inflight = new Map<string, Promise<Buffer>>();
   let bytes = 0;
@@ -287,7 +315,7 @@ export function createImageCache(maxBytes: number): ImageCache {
       }
       const pending = inflight.get(key);
       if (pending) return pending;
-      const p = renderImage(spec).then(
+      const p = renderImage(spec, load).then(
         (buf) => {
           inflight.delete(key);
           if (buf.length <= maxBytes) {

@@ -1,4 +1,5 @@
 /** The records and options of the job engine (jobs.ts). */
+import type { EditInput } from './edit-inputs.js';
 import type { EndpointSpec } from './endpoints.js';
 import type { ErrorHints } from './errors.js';
 import type { ImageFormat, ImageMode, RenderSpec } from './images.js';
@@ -68,6 +69,8 @@ export interface JobRecord {
   fail?: JobFailure;
   error?: { status: number; body: unknown; hints?: ErrorHints };
   images?: RenderSpec[];
+  /** An image-to-image or inpaint job: its inputs, read when it was admitted (edit-inputs.ts). */
+  edit?: EditInput;
   has_nsfw_concepts?: boolean[];
   /** What the job billed, success or failure; absent when it billed nothing. */
   charge?: Charge;

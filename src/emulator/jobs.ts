@@ -147,7 +147,8 @@ export function createEngine(opts: EngineOptions): Engine {
 
   const succeed = (job: JobRecord) => {
     const r = job.resolved;
-    const { width, height } = imageDims(r);
+    // fal's image_size "auto" on an edit: the input's size.
+    const { width, height } = job.edit && r.image_size === 'auto' ? job.edit : imageDims(r);
     const format = (r.output_format as ImageFormat | undefined) ?? 'png';
     const n = typeof r.num_images === 'number' ? r.num_images : 1;
     const safety = r.enable_safety_checker !== false;
@@ -159,6 +160,7 @@ export function createEngine(opts: EngineOptions): Engine {
       const nsfw = flagged.has(i);
       job.has_nsfw_concepts.push(nsfw);
       if (nsfw && safety) job.images.push({ kind: 'b', width, height, format });
+      else if (job.edit) job.images.push({ kind: 'd', width, height, format, seed: job.seed, index: i, promptHash: hash, src: job.edit.image_url, ...(job.edit.mask_url === undefined ? {} : { mask: job.edit.mask_url }), strength: job.edit.strength });
       else if (job.image_mode === 'cheap') job.images.push({ kind: 'c', width, height, format });
       else job.images.push({ kind: 'e', width, height, format, seed: job.seed, index: i, promptHash: hash });
     }

@@ -5,6 +5,7 @@
  * as on fal; upload PUTs, parts and completes are authorised by the token in
  * their URL, because the client sends them without credentials.
  */
+import { MissingSourceError } from './images.js';
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Ctx, Route } from './context.js';
@@ -46,7 +47,15 @@ export async function media(ctx: Ctx, req: IncomingMessage, res: ServerResponse,
       sendJson(res, 404, { detail: 'File not found' });
       return;
     }
-    const bytes = await ctx.images.get(spec);
+    let bytes: Buffer;
+    try {
+      bytes = await ctx.images.get(spec);
+    } catch (err) {
+      // An edit's output is rendered from its input: gone with it.
+      if (!(err instanceof MissingSourceError)) throw err;
+      sendJson(res, 404, { detail: 'File not found' });
+      return;
+    }
     sendBytes(res, 200, bytes, CONTENT_TYPES[spec.format], { 'cache-control': IMMUTABLE }, head);
     return;
   }

@@ -50,6 +50,8 @@ export interface EmulatorOptions {
   concurrency?: number;
   /** Seconds output media stays downloadable; default 3600. `null` (or kinder `media_never_expires`): forever. */
   mediaTtlS?: number | null;
+  /** Hosts (host or host:port) whose URLs edit inputs are fetched from, besides the emulator's own CDN; default none. */
+  inputHosts?: readonly string[];
   /** Real-fal behaviours to turn off, by name (see behaviours.ts); a test that needs one says so. */
   kinder?: readonly Kinder[];
 }

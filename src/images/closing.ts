@@ -56,7 +56,7 @@ export function closedBy(request: RequestRecord, deps: Pick<ClosingDeps, 'leaseI
 
 export interface UnchargedClose {
   requestId: string;
-  model: PricedModel & { id: string };
+  model: PricedModel & { id: string; endpoint?: string };
   pricing: RequestPricing;
   close: { status: 'released' | 'failed'; errorCode: string };
   jobs: readonly CompletedJob[];
@@ -95,7 +95,7 @@ const CLOSE_RETRY_FOR_MS = 3_600_000;
 export async function closeLater(deps: ClosingDeps, c: UnchargedClose, log: Logger): Promise<void> {
   deps.inFlight.enter(c.requestId);
   try {
-    await deps.pendingCloses?.record({ requestId: c.requestId, leaseId: deps.leaseId ?? null, model: c.model.id, pricing: encodePricing(c.pricing), close: c.close, jobs: [...c.jobs] });
+    await deps.pendingCloses?.record({ requestId: c.requestId, leaseId: deps.leaseId ?? null, model: c.model.id, ...(c.model.endpoint === undefined ? {} : { endpoint: c.model.endpoint }), pricing: encodePricing(c.pricing), close: c.close, jobs: [...c.jobs] });
   } catch (err) {
     log.error({ err }, 'could not keep the pending close on disk: should this process stop before the ledger returns, reconciliation would charge this request');
   }

@@ -270,13 +270,14 @@ export function createLoraResolver(opts: LoraResolverOptions): LoraResolver {
   };
 }
 
-function uploadFailed(err: unknown): ApiError {
+/** A failed upload to fal storage, as the caller sees it: no fal job exists yet, nothing is charged. `what`: "the LoRA file", "the image". */
+export function uploadFailed(err: unknown, what = 'the LoRA file'): ApiError {
   if (err instanceof ApiError) return err;
   if (err instanceof FalCallError) {
-    if (err.kind === 'aborted') return upstreamTimeout('Uploading the LoRA file to the image provider did not finish in time.');
+    if (err.kind === 'aborted') return upstreamTimeout(`Uploading ${what} to the image provider did not finish in time.`);
     if (err.kind === 'http' && err.status === 429) {
       return rateLimited('The image provider is rate limiting uploads. Retry after the indicated delay.', err.retryAfterS ?? 1, 'upstream_rate_limited');
     }
   }
-  return upstreamError('The LoRA file could not be uploaded to the image provider.', { code: 'upstream_upload_failed', cause: err });
+  return upstreamError(`${what[0]!.toUpperCase()}${what.slice(1)} could not be uploaded to the image provider.`, { code: 'upstream_upload_failed', cause: err });
 }

@@ -10,7 +10,7 @@
  * and the caller is told was ignored.
  */
 import { invalidRequest, modelNotFound } from '../errors.js';
-import type { ModelEntry, ModelRegistry } from '../models/registry.js';
+import type { EditKind, ModelEntry, ModelRegistry } from '../models/registry.js';
 import { PINNED_FIELDS } from '../models/registry.js';
 import { describeValidationErrors, showValue } from '../schemas/describe-error.js';
 import { fieldRule, IMAGE_SIZE_PRESET_PIXELS, type ImageSizePreset } from '../schemas/fields.js';
@@ -48,6 +48,12 @@ export interface CanonicalRequest {
 export interface NormalizeOptions {
   /** STRICT_PARAMS: hints (class 3 of the field policy) are refused with a 400 instead of ignored. */
   strictParams?: boolean;
+  /**
+   * An edit: the model runs on its edit endpoint of `kind` (a model without
+   * one is refused), and `image_size` `auto` stands for `autoSize` (the input
+   * image's size, or the model's largest when it is only known to fal).
+   */
+  edit?: { kind: EditKind; autoSize: { width: number; height: number } } | undefined;
 }
 
 /** Longest unknown field name echoed as the error's param; a longer one is not worth a client's memory. */
@@ -127,10 +133,12 @@ function sizeFromOpenAi(registry: ModelRegistry, model: ModelEntry, size: string
 }
 
 /** The size asked for in either dialect (the same size given in both must agree), else the model's default. */
-function imageSizeOf(registry: ModelRegistry, model: ModelEntry, req: ImageRequestFields): ImageSizeValue {
-  if (req.size == null || req.size === 'auto') return req.image_size ?? model.defaults.image_size;
+function imageSizeOf(registry: ModelRegistry, model: ModelEntry, req: ImageRequestFields): ImageSizeValue | 'auto' {
+  const imageSize = req.image_size as ImageSizeValue | 'auto' | undefined;
+  if (req.size == null || req.size === 'auto') return imageSize ?? model.defaults.image_size;
   const dims = sizeFromOpenAi(registry, model, req.size);
   if (req.image_size === undefined) return dims;
+  if (imageSize === 'auto') throw invalidRequest(`size ${showValue(req.size)} and image_size "auto" disagree; send one of them`, 'size');
   const given = pixelsOf(req.image_size);
   if (given.width !== dims.width || given.height !== dims.height) {
     throw invalidRequest(`size ${showValue(req.size)} and image_size ${describeSize(req.image_size)} disagree; send one of them`, 'size');
@@ -169,8 +177,9 @@ export function normalizeRequest(registry: ModelRegistry, body: unknown, opts: N
   if (!isPlainObject(body)) throw invalidRequest('The request body must be a JSON object.', null);
 
   const name = Object.hasOwn(body, 'model') ? body['model'] : undefined;
-  const model = typeof name === 'string' ? registry.lookup(name) : undefined;
-  if (!model) throw modelNotFound(name, registry.list().map((m) => m.id));
+  const found = typeof name === 'string' ? registry.lookup(name) : undefined;
+  if (!found) throw modelNotFound(name, registry.list().map((m) => m.id));
+  const model = opts.edit ? editModel(registry, found, opts.edit.kind) : found;
 
   rejectUnknownFields(registry, model, body);
   const validate = registry.validators(model).body;
@@ -231,7 +240,7 @@ export function normalizeRequest(registry: ModelRegistry, body: unknown, opts: N
     model,
     falInput,
     numImages,
-    size: pixelsOf(imageSize),
+    size: imageSize === 'auto' ? autoSize(opts) : pixelsOf(imageSize),
     responseFormat: stream ? 'b64_json' : (req.response_format ?? 'url'),
     stream,
     outputFormat,
@@ -241,4 +250,20 @@ export function normalizeRequest(registry: ModelRegistry, body: unknown, opts: N
     sentFields: Object.keys(body),
     ignoredParams,
   };
+}
+
+/** The model as an edit of `kind` runs it; a model without that endpoint is the caller's 400, naming the models that have one. */
+function editModel(registry: ModelRegistry, model: ModelEntry, kind: EditKind): ModelEntry {
+  const variant = registry.edit(model, kind);
+  if (variant) return variant;
+  const able = registry.list().filter((m) => registry.edit(m, kind)).map((m) => m.id);
+  const which = able.length > 0 ? able.join(', ') : 'none of the models this service serves';
+  if (kind === 'inpaint') throw invalidRequest(`${model.id} cannot repaint a masked area (no inpainting endpoint is served for it); leave mask out, or use one of: ${which}`, 'mask');
+  throw invalidRequest(`${model.id} does not edit images; models that do: ${which}`, 'model');
+}
+
+function autoSize(opts: NormalizeOptions): { width: number; height: number } {
+  // Only edit schemas offer "auto"; a generation never reaches here with it.
+  if (!opts.edit) throw new Error('image_size "auto" outside an edit');
+  return { ...opts.edit.autoSize };
 }

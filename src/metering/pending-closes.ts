@@ -20,6 +20,8 @@ export interface PendingClose {
   /** The lease the request was taken under: a later process takes it over from there. */
   leaseId: string | null;
   model: string;
+  /** The fal endpoint the request ran on (an edit's has its own price); absent in files written before it was kept. */
+  endpoint?: string;
   /** The request's encoded pricing (settlement.ts `encodePricing`). */
   pricing: string | null;
   close: { status: 'released' | 'failed'; errorCode: string };

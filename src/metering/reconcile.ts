@@ -206,7 +206,8 @@ const pastDeadline = (ctx: Ctx, job: JobRecord): boolean => ctx.now() - Date.par
 
 async function reconcileRequest(ctx: Ctx, r: RequestWithJobs, report: ReconcileReport): Promise<void> {
   const log = ctx.logger.child({ request_id: r.id });
-  const model = ctx.registry.lookup(r.model);
+  // The request's own endpoint prices it: an edit's endpoint has its own price.
+  const model = ctx.registry.forEndpoint(r.model, r.endpoint);
   const jobs = r.jobs.filter((j) => j.kind === 'job');
   if (jobs.length === 0) {
     await ctx.ledger.markOrphaned(r.id);
@@ -261,7 +262,7 @@ async function openRequestJob(ctx: Ctx, job: JobRecord, model: ModelEntry, prici
 /** An open job of a closed request, or a stray: its cost only; nobody will receive its images. */
 async function reconcileJob(ctx: Ctx, job: JobRecord, report: ReconcileReport): Promise<void> {
   const request = await ctx.ledger.getRequest(job.requestId);
-  const model = request && ctx.registry.lookup(request.model);
+  const model = request && ctx.registry.forEndpoint(request.model, request.endpoint);
   if (!request || !model || job.falRequestId === null) return;
   const pricing = decodePricing(request.pricing, ctx.markup);
   const s = await stepJob(ctx, { job, model, pricing, ctx: { pastDeadline: pastDeadline(ctx, job), imagesUnwanted: true }, requestOpen: false });
@@ -275,7 +276,7 @@ async function closePending(ctx: Ctx, report: ReconcileReport): Promise<void> {
   for (const p of await ctx.pendingCloses.list()) {
     // This process is still retrying it.
     if (ctx.inFlight?.(p.requestId)) continue;
-    const model = ctx.registry.lookup(p.model);
+    const model = p.endpoint === undefined ? ctx.registry.lookup(p.model) : ctx.registry.forEndpoint(p.model, p.endpoint);
     if (!model) {
       ctx.logger.error({ request_id: p.requestId, model: p.model }, 'reconcile: a pending close names a model no longer in the registry; its file is left for an operator');
       continue;

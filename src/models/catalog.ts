@@ -1,6 +1,7 @@
-import type { ModelDefinition, ModelEntry, UnconfirmedPricing } from './registry.js';
+import type { ModelDefinition, ModelEntry } from './registry.js';
+import { priceCatalog } from './prices.js';
 import { flux2Lora, fluxDev, fluxSchnell } from './flux.js';
-import { zImageBase, zImageBaseLora, zImageTurbo, zImageTurboLora } from './z-image.js';
+import { zImageBase, zImageBaseLora, zImageTurboDefinition, zImageTurboLoraDefinition } from './z-image.js';
 
 /**
  * Every model this service knows. Adding a model is one entry here (declared
@@ -10,8 +11,8 @@ import { zImageBase, zImageBaseLora, zImageTurbo, zImageTurboLora } from './z-im
  * gives it one (./prices.ts).
  */
 export const modelCatalog: readonly ModelDefinition[] = [
-  zImageTurbo,
-  zImageTurboLora,
+  zImageTurboDefinition,
+  zImageTurboLoraDefinition,
   zImageBase,
   zImageBaseLora,
   fluxSchnell,
@@ -19,9 +20,5 @@ export const modelCatalog: readonly ModelDefinition[] = [
   flux2Lora,
 ];
 
-function hasConfirmedPrice(d: ModelDefinition): d is ModelEntry {
-  return (d.pricing as Partial<UnconfirmedPricing>).unconfirmed === undefined;
-}
-
-/** The models served with no price configuration at all: the catalog's entries with confirmed prices. */
-export const defaultModels: readonly ModelEntry[] = modelCatalog.filter(hasConfirmedPrice);
+/** The models served with no price configuration at all: the catalog's entries with confirmed prices (an unpriced inpaint endpoint left out). */
+export const defaultModels: readonly ModelEntry[] = priceCatalog(modelCatalog, {}).served;

@@ -2,6 +2,7 @@ import type { ModelEntry } from './registry.js';
 import type { ModelObject } from '../schemas/models.js';
 import { IMAGE_SIZE_PRESET_PIXELS } from '../schemas/fields.js';
 import { formatDecimal, type Markup } from '../metering/money.js';
+import { capabilitiesOf } from './edits.js';
 
 /**
  * A registry entry as `GET /v1/models` shows it. Limits are read from the
@@ -35,6 +36,15 @@ export function describeModel(entry: ModelEntry, markup: Markup): ModelObject {
     description: entry.description,
     aliases: [...entry.aliases],
     endpoint: entry.endpoint,
+    capabilities: capabilitiesOf(entry),
+    ...(entry.edits
+      ? {
+          edit_endpoints: {
+            image_to_image: { endpoint: entry.edits.imageToImage.endpoint, usd_per_unit: entry.edits.imageToImage.pricing.rateUsd },
+            ...(entry.edits.inpaint ? { inpaint: { endpoint: entry.edits.inpaint.endpoint, usd_per_unit: entry.edits.inpaint.pricing.rateUsd } } : {}),
+          },
+        }
+      : {}),
     limits: {
       max_images_per_request: typeof n?.maximum === 'number' ? n.maximum : entry.maxImagesPerJob,
       max_images_per_job: entry.maxImagesPerJob,

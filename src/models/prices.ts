@@ -14,7 +14,7 @@
  * registry's full price validation like a declared price.
  */
 import type { ModelPricing, PriceRounding, PriceUnit } from '../metering/pricing.js';
-import { createModelRegistry, type ModelDefinition, type ModelEntry, type ModelRegistry, type UnconfirmedPricing } from './registry.js';
+import { createModelRegistry, type EditEndpoint, type EditKind, type ModelDefinition, type ModelEdits, type ModelEntry, type ModelRegistry, type UnconfirmedPricing } from './registry.js';
 
 /** One model's configured price: any subset of the price rule's fields. */
 export interface ModelPriceOverride {
@@ -47,37 +47,77 @@ function isUnconfirmed(p: ModelDefinition['pricing']): p is UnconfirmedPricing {
  * unpriced (and so unserved) without a word.
  */
 export function priceCatalog(catalog: readonly ModelDefinition[], prices: ModelPrices): PricedCatalog {
-  const byName = new Map<string, ModelDefinition>();
-  for (const d of catalog) for (const name of [d.id, ...d.aliases]) byName.set(name, d);
-  const overrides = new Map<ModelDefinition, { name: string; override: ModelPriceOverride }>();
+  // A model is priced by its id or an alias; an edit endpoint by its fal endpoint id.
+  const byName = new Map<string, PriceTarget>();
+  for (const d of catalog) {
+    for (const name of [d.id, ...d.aliases]) byName.set(name, { d });
+    for (const e of editEndpoints(d)) byName.set(e.target.endpoint, { d, edit: e.kind });
+  }
+  const overrides = new Map<string, { name: string; override: ModelPriceOverride }>();
   for (const [name, override] of Object.entries(prices)) {
-    const d = byName.get(name);
-    if (!d) throw new Error(`MODEL_PRICES names "${name}", which is not a model of this service (models: ${catalog.map((m) => m.id).join(', ')})`);
-    const twice = overrides.get(d);
-    if (twice) throw new Error(`MODEL_PRICES prices ${d.id} twice (as "${twice.name}" and "${name}")`);
-    overrides.set(d, { name, override });
+    const t = byName.get(name);
+    if (!t) throw new Error(`MODEL_PRICES names "${name}", which is not a model of this service (models: ${catalog.map((m) => m.id).join(', ')})`);
+    const key = targetKey(t);
+    const twice = overrides.get(key);
+    if (twice) throw new Error(`MODEL_PRICES prices ${t.d.id}${t.edit ? ` (${t.edit})` : ''} twice (as "${twice.name}" and "${name}")`);
+    overrides.set(key, { name, override });
   }
 
   const served: ModelEntry[] = [];
   const unserved: Array<{ id: string; endpoint: string; reason: string }> = [];
   const configured: Array<{ id: string; pricing: ModelPricing }> = [];
   for (const d of catalog) {
-    const o = overrides.get(d)?.override;
-    if (!o) {
-      if (isUnconfirmed(d.pricing)) unserved.push({ id: d.id, endpoint: d.endpoint, reason: d.pricing.unconfirmed });
-      else served.push({ ...d, pricing: d.pricing });
+    const priced = priceOf(d.id, d.pricing, overrides.get(targetKey({ d }))?.override, configured);
+    if (!priced) {
+      unserved.push({ id: d.id, endpoint: d.endpoint, reason: (d.pricing as UnconfirmedPricing).unconfirmed });
       continue;
     }
-    const { unconfirmed: _, ...declared } = d.pricing as unknown as Record<string, unknown>;
-    const merged = { ...declared, ...o } as unknown as ModelPricing;
-    if (merged.rateUsd === null || merged.rateUsd === undefined) {
-      // Configured, but without the one thing that was missing.
-      throw new Error(`MODEL_PRICES for ${d.id} has no rateUsd, and the model has no confirmed rate of its own`);
-    }
-    served.push({ ...d, pricing: merged });
-    configured.push({ id: d.id, pricing: merged });
+    const { edits: _, ...rest } = d;
+    const edits = pricedEdits(d, overrides, unserved, configured);
+    served.push(edits ? { ...rest, pricing: priced, edits } : { ...rest, pricing: priced });
   }
   return { served, unserved, configured };
+}
+
+interface PriceTarget {
+  d: ModelDefinition;
+  edit?: EditKind;
+}
+
+function targetKey(t: PriceTarget): string {
+  return `${t.d.id}\0${t.edit ?? ''}`;
+}
+
+function editEndpoints(d: ModelDefinition): Array<{ kind: EditKind; target: EditEndpoint<ModelPricing | UnconfirmedPricing> }> {
+  const out: Array<{ kind: EditKind; target: EditEndpoint<ModelPricing | UnconfirmedPricing> }> = [];
+  if (d.edits) out.push({ kind: 'image_to_image', target: d.edits.imageToImage });
+  if (d.edits?.inpaint) out.push({ kind: 'inpaint', target: d.edits.inpaint });
+  return out;
+}
+
+/** The declared rule with the configured one merged over it; undefined when neither gives a rate. */
+function priceOf(id: string, declared: ModelPricing | UnconfirmedPricing, o: ModelPriceOverride | undefined, configured: Array<{ id: string; pricing: ModelPricing }>): ModelPricing | undefined {
+  if (!o) return isUnconfirmed(declared) ? undefined : declared;
+  const { unconfirmed: _, ...rule } = declared as unknown as Record<string, unknown>;
+  const merged = { ...rule, ...o } as unknown as ModelPricing;
+  // Configured, but without the one thing that was missing.
+  if (merged.rateUsd === null || merged.rateUsd === undefined) throw new Error(`MODEL_PRICES for ${id} has no rateUsd, and it has no confirmed rate of its own`);
+  configured.push({ id, pricing: merged });
+  return merged;
+}
+
+/** The model's edit endpoints that have a price; an unpriced one is left out (and logged), never billed at $0. */
+function pricedEdits(d: ModelDefinition, overrides: Map<string, { override: ModelPriceOverride }>, unserved: Array<{ id: string; endpoint: string; reason: string }>, configured: Array<{ id: string; pricing: ModelPricing }>): ModelEdits | undefined {
+  if (!d.edits) return undefined;
+  const priced: Partial<Record<EditKind, EditEndpoint>> = {};
+  for (const { kind, target } of editEndpoints(d)) {
+    const pricing = priceOf(`${d.id} (${kind})`, target.pricing, overrides.get(targetKey({ d, edit: kind }))?.override, configured);
+    if (pricing) priced[kind] = { ...target, pricing };
+    else unserved.push({ id: `${d.id} (${kind})`, endpoint: target.endpoint, reason: (target.pricing as UnconfirmedPricing).unconfirmed });
+  }
+  if (!priced.image_to_image) return undefined;
+  const { inpaint: _, ...edits } = d.edits;
+  return priced.inpaint ? { ...edits, imageToImage: priced.image_to_image, inpaint: priced.inpaint } : { ...edits, imageToImage: priced.image_to_image };
 }
 
 export interface ServedRegistryOptions {
@@ -93,7 +133,7 @@ export function createServedModelRegistry(opts: ServedRegistryOptions): ModelReg
   for (const m of priced.unserved) {
     opts.log?.warn(
       { model: m.id, endpoint: m.endpoint },
-      `model ${m.id} is not served: ${m.reason}. To serve it, set MODEL_PRICES='{"${m.id}":"<USD per unit>"}'`,
+      `model ${m.id} is not served: ${m.reason}. To serve it, set MODEL_PRICES='{"${m.id.includes(' ') ? m.endpoint : m.id}":"<USD per unit>"}'`,
     );
   }
   for (const m of priced.configured) opts.log?.info({ model: m.id, pricing: m.pricing }, `model ${m.id} is priced from MODEL_PRICES`);

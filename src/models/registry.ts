@@ -10,6 +10,7 @@ import { compileInput } from '../schemas/ajv.js';
 import { validatePricing, type ModelPricing, type PriceRounding } from '../metering/pricing.js';
 import { IMAGE_SIZE_PRESET_PIXELS } from '../schemas/fields.js';
 import type { ImageSizeValue, OutputFormat } from '../schemas/image-request.js';
+import { capabilitiesOf, editVariant } from './edits.js';
 
 export { defaultModels, modelCatalog } from './catalog.js';
 
@@ -28,7 +29,8 @@ export interface RequestSchema {
  * bill; the rest document what fal does when the caller says nothing.
  */
 export type ModelDefaults = {
-  readonly image_size: ImageSizeValue;
+  /** `auto` (an edit's default): the input image's size. */
+  readonly image_size: ImageSizeValue | 'auto';
   readonly num_images: number;
   readonly output_format: OutputFormat;
   readonly enable_safety_checker: boolean;
@@ -56,7 +58,35 @@ export interface ModelEntry {
   readonly maxImagesPerRequest: number;
   readonly defaults: ModelDefaults;
   readonly pricing: ModelPricing;
+  /** Image edits, when fal serves the model with an input image. */
+  readonly edits?: ModelEdits;
 }
+
+/** One fal endpoint an edit goes to, with its own price (fal prices each endpoint). */
+export interface EditEndpoint<P = ModelPricing> {
+  /** fal endpoint id, e.g. `fal-ai/z-image/turbo/image-to-image`. */
+  readonly endpoint: string;
+  readonly pricing: P;
+  /** fal's page the fields, defaults and price were read from. */
+  readonly source: string;
+}
+
+/**
+ * What an edit of this model takes and where it goes: no mask →
+ * `imageToImage`; a mask → `inpaint`, when fal has one for the model.
+ */
+export interface ModelEdits<P = ModelPricing> {
+  /** The body of an edit (src/schemas/edit-request.ts): the generation fields, `image_size` with `auto`, `image_url`, `mask_url`, `strength`. */
+  readonly requestSchema: RequestSchema;
+  /** The largest output side: what a URL input with `size` auto is reserved at (its size is unknown until fal answers). */
+  readonly maxSide: number;
+  readonly imageToImage: EditEndpoint<P>;
+  readonly inpaint?: EditEndpoint<P>;
+}
+
+/** What a request asks of a model: generate from text, edit an image, or repaint a masked part of it. */
+export type EditKind = 'image_to_image' | 'inpaint';
+export type Capability = 'generations' | 'edits' | 'inpaint';
 
 /**
  * A price rule whose unit and rounding are known but whose rate no public
@@ -74,9 +104,10 @@ export interface UnconfirmedPricing {
   readonly unconfirmed: string;
 }
 
-/** A catalog entry: a `ModelEntry` whose price may still await configuration. */
-export interface ModelDefinition extends Omit<ModelEntry, 'pricing'> {
+/** A catalog entry: a `ModelEntry` whose prices (the model's, or its inpaint endpoint's) may still await configuration. */
+export interface ModelDefinition extends Omit<ModelEntry, 'pricing' | 'edits'> {
   readonly pricing: ModelPricing | UnconfirmedPricing;
+  readonly edits?: ModelEdits<ModelPricing | UnconfirmedPricing>;
 }
 
 /** Request fields sent to fal on every request (from `defaults` when the caller omits them) because the price depends on them. */
@@ -96,6 +127,16 @@ export interface ModelRegistry {
   list(): readonly ModelEntry[];
   /** The validators compiled for `model` when the registry was built. */
   validators(model: ModelEntry): ModelValidators;
+  /**
+   * The model as an edit of `kind` runs it: its id, with the edit endpoint,
+   * that endpoint's price and the edit body schema; undefined when the model
+   * has no such endpoint.
+   */
+  edit(model: ModelEntry, kind: EditKind): ModelEntry | undefined;
+  /** What `model` can do, for `GET /v1/models`. */
+  capabilities(model: ModelEntry): Capability[];
+  /** The entry that prices a ledger row: the model `name` as run on `endpoint` (an edit's endpoint included). */
+  forEndpoint(name: string, endpoint: string): ModelEntry | undefined;
 }
 
 const ENDPOINT_ID = /^[a-z0-9-]+\/[a-z0-9._-]+(?:\/[a-z0-9._-]+)*$/;
@@ -208,6 +249,7 @@ export function createModelRegistry(entries: readonly ModelEntry[]): ModelRegist
   const byName = new Map<string, ModelEntry>();
   const validators = new Map<ModelEntry, ModelValidators>();
   const list: ModelEntry[] = [];
+  const variants = new Map<string, ModelEntry>();
 
   entries.forEach((raw, i) => {
     const where = typeof raw?.id === 'string' ? raw.id : `entry #${i}`;
@@ -234,6 +276,12 @@ export function createModelRegistry(entries: readonly ModelEntry[]): ModelRegist
     }
     validators.set(entry, compiled);
     list.push(entry);
+    for (const kind of ['image_to_image', 'inpaint'] as const) {
+      const v = editVariant(entry, kind);
+      if (!v) continue;
+      validators.set(v, checkEdit(v, `${where} (${kind} edits)`));
+      variants.set(`${kind}\0${entry.id}`, v);
+    }
   });
   Object.freeze(list);
 
@@ -245,5 +293,31 @@ export function createModelRegistry(entries: readonly ModelEntry[]): ModelRegist
       if (!v) throw new Error(`Model registry: ${model.id} is not an entry of this registry`);
       return v;
     },
+    edit: (model, kind) => variants.get(`${kind}\0${model.id}`),
+    capabilities: (model) => capabilitiesOf(byName.get(model.id) ?? model),
+    forEndpoint(name, endpoint) {
+      const entry = byName.get(name);
+      if (!entry || entry.endpoint === endpoint) return entry;
+      return [variants.get(`image_to_image\0${entry.id}`), variants.get(`inpaint\0${entry.id}`)].find((v) => v?.endpoint === endpoint);
+    },
   };
+}
+
+/** An edit endpoint's entry: its id, price and body schema checked like a model's own. */
+function checkEdit(v: ModelEntry, where: string): ModelValidators {
+  if (!ENDPOINT_ID.test(v.endpoint)) fail(where, `endpoint must be a fal endpoint id (got ${JSON.stringify(v.endpoint)})`);
+  if (!isPositiveInt(v.edits?.maxSide)) fail(where, 'edits.maxSide must be a positive integer');
+  let compiled: ModelValidators;
+  try {
+    const imageSizeSchema = v.requestSchema.properties['image_size'];
+    compiled = { body: compileInput(v.requestSchema), imageSize: imageSizeSchema === undefined ? undefined : compileInput(imageSizeSchema) };
+  } catch (err) {
+    fail(where, `edits.requestSchema does not compile: ${(err as Error).message}`);
+  }
+  for (const field of ['model', 'prompt', 'image_url']) {
+    if (!Object.hasOwn(v.requestSchema.properties, field)) fail(where, `edits.requestSchema must define "${field}"`);
+  }
+  checkDefaults(v, where, compiled.body);
+  checkPricing(v, where);
+  return compiled;
 }

@@ -11,7 +11,9 @@
  * which is the rule aimlapi's published credits imply, and the ledger
  * records fal's own billable units beside our estimate to catch a mismatch.
  */
-import type { ModelDefaults, ModelDefinition, ModelEntry } from './registry.js';
+import type { EditEndpoint, ModelDefaults, ModelDefinition, ModelEdits, ModelEntry, UnconfirmedPricing } from './registry.js';
+import type { ModelPricing } from '../metering/pricing.js';
+import { zImageTurboEditRequestSchema, zImageTurboLoraEditRequestSchema } from '../schemas/edit-request.js';
 import {
   zImageBaseLoraRequestSchema,
   zImageBaseRequestSchema,
@@ -30,6 +32,53 @@ const zImageDefaults: ModelDefaults = {
   acceleration: 'regular',
 };
 
+const turboPricing: ModelPricing = { unit: 'megapixel', rateUsd: '0.005', megapixelPixels: 1_048_576, rounding: 'ceil_per_image', promptExpansionUsd: '0.0025' };
+const turboLoraPricing: ModelPricing = { unit: 'megapixel', rateUsd: '0.0085', megapixelPixels: 1_048_576, rounding: 'ceil_per_image', promptExpansionUsd: '0.0025' };
+
+/**
+ * fal's inpaint pages (fal.ai/docs/model-api-reference/image-generation-api/z-image-turbo-inpaint)
+ * give the fields (image_url, mask_image_url, strength default 1, control_scale, control_start,
+ * control_end, image_size default auto) but no source this service relies on states their price, so
+ * inpainting is served only when MODEL_PRICES prices the endpoint id; the unit and rounding are the family's.
+ */
+const inpaintUnconfirmed: UnconfirmedPricing = {
+  unit: 'megapixel',
+  rateUsd: null,
+  megapixelPixels: 1_048_576,
+  rounding: 'ceil_per_image',
+  promptExpansionUsd: '0.0025',
+  unconfirmed: "fal's price for Z-Image Turbo inpainting is not confirmed by any source this service relies on",
+};
+
+/**
+ * Edits of Z-Image Turbo. fal's API pages and @fal-ai/client 1.10.1's endpoint types
+ * (ZImageTurboImageToImageInput, ZImageTurboInpaintInput) give the fields: `image_url`,
+ * `strength` 0-1 (default 0.6 for image-to-image, 1 for inpaint), `image_size` default `auto`,
+ * `mask_image_url` (white = repaint) on inpaint, and the generation fields with their defaults.
+ * Prices: https://fal.ai/models/fal-ai/z-image/turbo/image-to-image ("$0.005 per megapixel") and
+ * https://fal.ai/models/fal-ai/z-image/turbo/image-to-image/lora ("$0.0085 per megapixel"), the same
+ * as text-to-image; prompt expansion +$0.0025 per request (the same pages' input schema).
+ */
+const turboEdits: ModelEdits = {
+  requestSchema: zImageTurboEditRequestSchema,
+  maxSide: 2048,
+  imageToImage: { endpoint: 'fal-ai/z-image/turbo/image-to-image', pricing: turboPricing, source: 'https://fal.ai/models/fal-ai/z-image/turbo/image-to-image' },
+};
+
+const turboLoraEdits: ModelEdits = {
+  requestSchema: zImageTurboLoraEditRequestSchema,
+  maxSide: 2048,
+  imageToImage: { endpoint: 'fal-ai/z-image/turbo/image-to-image/lora', pricing: turboLoraPricing, source: 'https://fal.ai/models/fal-ai/z-image/turbo/image-to-image/lora' },
+};
+
+const INPAINT_SOURCE = 'https://fal.ai/docs/model-api-reference/image-generation-api/z-image-turbo-inpaint';
+
+/** The catalog's entry: the model with its inpaint endpoint, whose price awaits MODEL_PRICES. */
+function withInpaint(entry: ModelEntry, inpaint: EditEndpoint<UnconfirmedPricing>): ModelDefinition {
+  if (!entry.edits) throw new Error(`${entry.id} has no edits to add inpainting to`);
+  return { ...entry, edits: { ...entry.edits, inpaint } };
+}
+
 /** Z-Image Turbo's public release (2025-11-27). */
 const Z_IMAGE_RELEASED = 1764201600;
 
@@ -44,13 +93,8 @@ export const zImageTurbo: ModelEntry = {
   maxImagesPerJob: 4,
   maxImagesPerRequest: 10,
   defaults: zImageDefaults,
-  pricing: {
-    unit: 'megapixel',
-    rateUsd: '0.005',
-    megapixelPixels: 1_048_576,
-    rounding: 'ceil_per_image',
-    promptExpansionUsd: '0.0025',
-  },
+  pricing: turboPricing,
+  edits: turboEdits,
 };
 
 export const zImageTurboLora: ModelEntry = {
@@ -64,14 +108,12 @@ export const zImageTurboLora: ModelEntry = {
   maxImagesPerJob: 4,
   maxImagesPerRequest: 10,
   defaults: zImageDefaults,
-  pricing: {
-    unit: 'megapixel',
-    rateUsd: '0.0085',
-    megapixelPixels: 1_048_576,
-    rounding: 'ceil_per_image',
-    promptExpansionUsd: '0.0025',
-  },
+  pricing: turboLoraPricing,
+  edits: turboLoraEdits,
 };
+
+export const zImageTurboDefinition = withInpaint(zImageTurbo, { endpoint: 'fal-ai/z-image/turbo/inpaint', pricing: inpaintUnconfirmed, source: INPAINT_SOURCE });
+export const zImageTurboLoraDefinition = withInpaint(zImageTurboLora, { endpoint: 'fal-ai/z-image/turbo/inpaint/lora', pricing: inpaintUnconfirmed, source: INPAINT_SOURCE });
 
 /** fal's defaults for fal-ai/z-image/base and its LoRA endpoint (fal's model page). */
 const zImageBaseDefaults: ModelDefaults = {

@@ -38,6 +38,8 @@ export const MAX_SEED = Number.MAX_SAFE_INTEGER;
 
 export const PROMPT_PATTERN = '\\S';
 export const SIZE_PATTERN = '^(?:auto|[1-9][0-9]{0,4}x[1-9][0-9]{0,4})$';
+/** An absolute http(s) URL without spaces; whether it may be fetched is decided later (images/input-urls.ts). */
+export const INPUT_URL_PATTERN = '^https?://[^\\s]+$';
 export const PROVIDER_PATTERN = '^(?:[aA][lL][iI][bB][aA][bB][aA]|[fF][aA][lL]|[aA][uU][tT][oO])$';
 /**
  * An https URL (no credentials, since the host part allows no "@"), a
@@ -60,6 +62,7 @@ export const LORA_PATH_PATTERN =
 export const PATTERN_HINTS: Readonly<Record<string, string>> = {
   [PROMPT_PATTERN]: 'must contain at least one non-whitespace character',
   [SIZE_PATTERN]: 'must be "auto" or "WIDTHxHEIGHT" (for example "1024x768")',
+  [INPUT_URL_PATTERN]: 'must be an absolute https:// URL',
   [PROVIDER_PATTERN]: 'must be one of "alibaba", "fal", "auto" (case-insensitive)',
   [LORA_PATH_PATTERN]:
     'must be an https:// URL, a Hugging Face repo id "owner/repo" (optionally "owner/repo/file.safetensors"), ' +

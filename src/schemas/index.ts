@@ -14,6 +14,7 @@ import {
   zImageTurboRequestSchema,
 } from './image-request.js';
 import { usageSettledEventSchema } from './usage-settled-event.js';
+import { zImageTurboEditRequestSchema, zImageTurboLoraEditRequestSchema } from './edit-request.js';
 import { apiKeyListSchema, apiKeySchema, createdApiKeySchema, createKeyRequestSchema, updateKeyRequestSchema } from './admin-keys.js';
 import { adminUsageReportSchema, usageReportSchema } from './usage.js';
 import { modelListSchema, modelSchema } from './models.js';
@@ -33,6 +34,8 @@ export const EMITTED_SCHEMAS: readonly EmittedSchema[] = [
   { file: 'flux-schnell.request.json', schema: fluxSchnellRequestSchema },
   { file: 'flux-dev.request.json', schema: fluxDevRequestSchema },
   { file: 'flux-2-lora.request.json', schema: flux2LoraRequestSchema },
+  { file: 'z-image-turbo.edit-request.json', schema: zImageTurboEditRequestSchema },
+  { file: 'z-image-turbo-lora.edit-request.json', schema: zImageTurboLoraEditRequestSchema },
   { file: 'images-response.json', schema: imagesResponseSchema },
   { file: 'error-response.json', schema: errorResponseSchema },
   { file: 'usage-settled.event.json', schema: usageSettledEventSchema },
@@ -58,6 +61,7 @@ export * from './describe-error.js';
 export * from './error-response.js';
 export * from './fields.js';
 export * from './image-request.js';
+export * from './edit-request.js';
 export * from './request-builder.js';
 export * from './images-response.js';
 export * from './usage-settled-event.js';

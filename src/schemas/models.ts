@@ -17,6 +17,22 @@ const modelObject = {
     description: { type: 'string' },
     aliases: { type: 'array', items: { type: 'string' }, description: 'Other exact names that select this model.' },
     endpoint: { type: 'string', description: "The fal endpoint id that serves it." },
+    capabilities: {
+      type: 'array',
+      items: { enum: ['generations', 'edits', 'inpaint'] },
+      description:
+        'What the model does: "generations" (POST /v1/images/generations), "edits" (POST /v1/images/edits, or image_url on a generation), "inpaint" (an edit with a mask).',
+    },
+    edit_endpoints: {
+      type: 'object',
+      description: 'The fal endpoints edits go to: image_to_image without a mask, inpaint with one.',
+      properties: {
+        image_to_image: { type: 'object', properties: { endpoint: { type: 'string' }, usd_per_unit: { type: 'string' } }, required: ['endpoint', 'usd_per_unit'], additionalProperties: false },
+        inpaint: { type: 'object', properties: { endpoint: { type: 'string' }, usd_per_unit: { type: 'string' } }, required: ['endpoint', 'usd_per_unit'], additionalProperties: false },
+      },
+      required: ['image_to_image'],
+      additionalProperties: false,
+    },
     limits: {
       type: 'object',
       properties: {
@@ -49,7 +65,7 @@ const modelObject = {
       additionalProperties: false,
     },
   },
-  required: ['id', 'object', 'created', 'owned_by', 'type', 'aliases', 'limits', 'pricing'],
+  required: ['id', 'object', 'created', 'owned_by', 'type', 'aliases', 'capabilities', 'limits', 'pricing'],
   additionalProperties: false,
 } as const;
 

@@ -278,7 +278,7 @@ describe('the catalog', () => {
   }
 
   it('prices every model without a confirmed price only through configuration', () => {
-    assert.deepEqual(priceCatalog(modelCatalog, {}).unserved.map((m) => m.id), ['alibaba/z-image-base', 'alibaba/z-image-base-lora']);
+    assert.deepEqual(priceCatalog(modelCatalog, {}).unserved.map((m) => m.id), ['alibaba/z-image-turbo (inpaint)', 'alibaba/z-image-turbo-lora (inpaint)', 'alibaba/z-image-base', 'alibaba/z-image-base-lora']);
   });
 });
 

@@ -38,8 +38,10 @@ describe('pricing the catalog', () => {
     assert.equal(registry.lookup('alibaba/z-image-base-lora'), undefined);
     assert.ok(registry.lookup('flux/dev'));
     const warned = lines.filter((l) => l.level === 'warn');
-    assert.deepEqual(warned.map((l) => l.obj['model']), ['alibaba/z-image-base', 'alibaba/z-image-base-lora']);
-    assert.match(warned[0]!.msg, /^model alibaba\/z-image-base is not served: fal's price for Z-Image Base is not confirmed.*MODEL_PRICES='\{"alibaba\/z-image-base":"<USD per unit>"\}'$/);
+    assert.deepEqual(warned.map((l) => l.obj['model']), ['alibaba/z-image-turbo (inpaint)', 'alibaba/z-image-turbo-lora (inpaint)', 'alibaba/z-image-base', 'alibaba/z-image-base-lora']);
+    assert.match(warned[0]!.msg, /^model alibaba\/z-image-turbo \(inpaint\) is not served: .*MODEL_PRICES='\{"fal-ai\/z-image\/turbo\/inpaint":"<USD per unit>"\}'$/);
+    assert.deepEqual(registry.capabilities(registry.lookup('alibaba/z-image-turbo')!), ['generations', 'edits']);
+    assert.match(warned[2]!.msg, /^model alibaba\/z-image-base is not served: fal's price for Z-Image Base is not confirmed.*MODEL_PRICES='\{"alibaba\/z-image-base":"<USD per unit>"\}'$/);
     assert.equal(lines.filter((l) => l.level === 'info').length, 0);
   });
 
@@ -57,7 +59,20 @@ describe('pricing the catalog', () => {
       modelCatalog.map((m) => m.id),
       'catalog order kept',
     );
-    assert.deepEqual(lines.map((l) => [l.level, l.obj['model']]), [['info', 'alibaba/z-image-base'], ['info', 'alibaba/z-image-base-lora']]);
+    assert.deepEqual(lines.filter((l) => l.level === 'info').map((l) => [l.level, l.obj['model']]), [['info', 'alibaba/z-image-base'], ['info', 'alibaba/z-image-base-lora']]);
+  });
+
+  it('serves an edit endpoint only once its price is configured, by its fal endpoint id', () => {
+    const registry = createServedModelRegistry({ catalog: modelCatalog, prices: { 'fal-ai/z-image/turbo/inpaint': { rateUsd: '0.006' } } });
+    const turbo = registry.lookup('alibaba/z-image-turbo')!;
+    assert.deepEqual(registry.capabilities(turbo), ['generations', 'edits', 'inpaint']);
+    assert.equal(registry.edit(turbo, 'inpaint')?.pricing.rateUsd, '0.006');
+    assert.equal(registry.edit(turbo, 'inpaint')?.endpoint, 'fal-ai/z-image/turbo/inpaint');
+    assert.equal(registry.edit(turbo, 'image_to_image')?.pricing.rateUsd, '0.005');
+    assert.equal(registry.forEndpoint('alibaba/z-image-turbo', 'fal-ai/z-image/turbo/inpaint'), registry.edit(turbo, 'inpaint'));
+    assert.equal(registry.forEndpoint('alibaba/z-image-turbo', 'fal-ai/z-image/turbo'), turbo);
+    assert.equal(registry.edit(registry.lookup('alibaba/z-image-turbo-lora')!, 'inpaint'), undefined);
+    assert.equal(registry.edit(registry.lookup('flux/dev')!, 'image_to_image'), undefined);
   });
 
   it('replaces a published price when configured', () => {
@@ -84,7 +99,11 @@ describe('pricing the catalog', () => {
 
   it('reports what it served, left out and priced from configuration', () => {
     const p = priceCatalog(modelCatalog, { 'alibaba/z-image-base': { rateUsd: '0.01' } });
-    assert.deepEqual(p.unserved.map((m) => [m.id, m.endpoint]), [['alibaba/z-image-base-lora', 'fal-ai/z-image/base/lora']]);
+    assert.deepEqual(p.unserved.map((m) => [m.id, m.endpoint]), [
+      ['alibaba/z-image-turbo (inpaint)', 'fal-ai/z-image/turbo/inpaint'],
+      ['alibaba/z-image-turbo-lora (inpaint)', 'fal-ai/z-image/turbo/inpaint/lora'],
+      ['alibaba/z-image-base-lora', 'fal-ai/z-image/base/lora'],
+    ]);
     assert.deepEqual(p.configured.map((m) => m.id), ['alibaba/z-image-base']);
     assert.equal(p.served.length, modelCatalog.length - 1);
   });

@@ -19,6 +19,15 @@ import { planSoak, type SoakRequest } from './scenarios.js';
 import { SUBMIT_TIMEOUT_MS } from '../../src/fal/submit-once.js';
 import { CLOCK_SKEW_MS } from '../../src/metering/lost-submits.js';
 import { runLoad, type Answer, type Target } from './load.js';
+import { createFalClient } from '@fal-ai/client';
+import { createRedirectFetch } from '../../src/fal/redirect-fetch.js';
+import { inputPng } from '../helpers/edit-images.js';
+
+/** The edits' input image, stored on the emulator's CDN as fal's storage would hold it. */
+async function uploadEditImage(emulatorUrl: string): Promise<string> {
+  const fal = createFalClient({ credentials: 'soak-fal-key', fetch: createRedirectFetch({ baseUrl: emulatorUrl }) });
+  return fal.storage.upload(new Blob([await inputPng(512, 384)], { type: 'image/png' }));
+}
 
 export interface SoakOptions {
   dialect: DatabaseDialect;
@@ -138,6 +147,8 @@ async function startRig(o: SoakOptions, logDir: string, children: NodeChild[], t
     DEFAULT_RPM_LIMIT: '0',
     SHUTDOWN_GRACE_MS: '1000',
     LOG_LEVEL: 'info',
+    // Edits name an image on the emulator's CDN (loopback): trusted as it is.
+    EDIT_IMAGE_HOSTS_ALLOWED: '127.0.0.1',
   };
   let generation = 0;
   const start = async () => {
@@ -207,6 +218,7 @@ export async function runFaultSoak(o: SoakOptions): Promise<SoakResult> {
     const keys = await createKeys(rig.serviceUrl(), o.budgets);
     log(`soak: seed ${o.seed}, ${o.requests} requests at concurrency ${o.concurrency}, ${o.dialect}, logs in ${logDir}`);
     const target: Target = {
+      editImageUrl: await uploadEditImage(rig.emulatorUrl),
       url: rig.serviceUrl,
       keyFor: (r) => keys[r.keyIndex]!,
       arm: (faults) => json(`${rig.emulatorUrl}/_emulator/faults`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(faults) }).then(() => {}),

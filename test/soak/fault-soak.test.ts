@@ -5,7 +5,7 @@ import { redactDatabaseUrl } from '../../src/db/index.js';
 import { describeDrift, formatAudit } from '../helpers/billing-audit.js';
 import { POSTGRES_URL, postgresAvailability } from '../helpers/databases.js';
 import { runFaultSoak, type SoakResult } from './driver.js';
-import { coverage, planSoak } from './scenarios.js';
+import { coverage, EDIT_IMAGE_URL, planSoak } from './scenarios.js';
 
 /**
  * Issue 16's acceptance as a test: every fault the emulator knows, mixed into
@@ -34,6 +34,11 @@ describe('the soak plan', () => {
     }
     assert.ok(seen.has('cancel_refused@cancel'));
     assert.ok(seen.has('abort'));
+  });
+
+  it('mixes image edits (image_url on a generation) into the load', () => {
+    const plan = planSoak({ seed: SEED, requests: REQUESTS, keys: BUDGETS.length, requestTimeoutMs: 6000 });
+    assert.ok(plan.filter((r) => r.body['image_url'] === EDIT_IMAGE_URL).length >= REQUESTS / 20, 'edits in the mix');
   });
 
   it('is the same plan for the same seed, and another for another seed', () => {
@@ -74,6 +79,8 @@ for (const dialect of ['sqlite', 'postgres'] as const) {
       assert.ok((soak.inFlightAtKill ?? 0) > 0, 'the SIGKILL landed with requests in flight');
       assert.ok(soak.audit.totals.billedJobs > REQUESTS / 2, 'fal billed jobs');
       assert.ok(soak.settled.jobsFinal, 'every fal job ended within the deadline');
+      const edits = soak.answers.filter((a) => soak.plan[a.index]?.body['image_url'] !== undefined);
+      assert.ok(edits.some((a) => a.status === 200), 'some edits succeeded (billed on fal-ai/z-image/turbo/image-to-image)');
     });
 
     it('fal’s bill equals the ledger job for job, to the micro-dollar, and in total', () => {

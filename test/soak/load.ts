@@ -6,7 +6,7 @@
  * flight at that moment lose their connection and get no answer.
  */
 import type { FaultSpec } from '../../src/emulator/faults.js';
-import type { SoakRequest } from './scenarios.js';
+import { EDIT_IMAGE_URL, type SoakRequest } from './scenarios.js';
 
 export interface Target {
   url(): string;
@@ -15,6 +15,8 @@ export interface Target {
   /** Called once the caller is done with a request (answered, left or cut off). */
   answered(r: SoakRequest): Promise<void>;
   kill(): Promise<void>;
+  /** The URL an edit's `image_url` placeholder (scenarios.ts EDIT_IMAGE_URL) stands for. */
+  editImageUrl: string;
 }
 
 export interface Answer {
@@ -51,7 +53,7 @@ async function send(r: SoakRequest, target: Target): Promise<Answer> {
     res = await fetch(`${target.url()}/v1/images/generations`, {
       method: 'POST',
       headers: { authorization: `Bearer ${target.keyFor(r)}`, 'content-type': 'application/json', 'x-request-id': r.requestId },
-      body: JSON.stringify(r.body),
+      body: JSON.stringify(r.body).replace(EDIT_IMAGE_URL, target.editImageUrl),
       signal: controller.signal,
     });
   } catch {

@@ -182,6 +182,9 @@ function roster(rng: Rng, o: PlanOptions): Scenario[] {
   ];
 }
 
+/** Stands for the input image's URL in an edit's body; the driver puts the image on the emulator's CDN and substitutes it when sending. */
+export const EDIT_IMAGE_URL = '{{soak-edit-image}}';
+
 const MODELS = ['alibaba/z-image-turbo', 'alibaba/z-image-turbo', 'alibaba/z-image-turbo', 'flux/schnell'];
 const SIZES = ['512x512', '1024x768', '1024x1024'];
 
@@ -226,6 +229,8 @@ export function planSoak(o: PlanOptions): SoakRequest[] {
       response_format: rng() < 0.35 ? 'b64_json' : 'url',
     };
     if (model === 'alibaba/z-image-turbo' && rng() < 0.2) body.enable_prompt_expansion = true;
+    // A quarter of Z-Image Turbo's requests are edits (image_url on a generation): fal's image-to-image endpoint, the same metering.
+    if (model === 'alibaba/z-image-turbo' && rng() < 0.25) body.image_url = EDIT_IMAGE_URL;
     // ignore_sync_mode only shows with b64_json (sync_mode), so it always asks for it.
     if (scenario.name.startsWith('job:ignore_sync_mode')) body.response_format = 'b64_json';
     out.push({ index, requestId: `soak-${o.seed}-${String(index).padStart(5, '0')}`, token, keyIndex: Math.floor(rng() * o.keys), body, scenario });
