@@ -82,7 +82,7 @@ export async function startService(config: Config, overrides: ServiceOverrides =
   // Taken before the first request is reserved: every request names it (src/metering/leases.ts).
   const leaseStore = createLeaseStore(database);
   const lease = await holdLease(leaseStore, { logger, renewMs: config.leaseRenewMs, expiryMs: config.leaseExpiryMs });
-  const ledger = createLedger(database, { leaseId: lease.id });
+  const ledger = createLedger(database, { leaseId: lease.id, onSliceError: (err, what) => logger.warn({ err }, what) });
   const reports = createReports(database);
   const keys = createKeysStore(database);
   const billingWebhook: BillingWebhookWorker | undefined = config.billingWebhookUrl
@@ -331,6 +331,8 @@ export async function startService(config: Config, overrides: ServiceOverrides =
         });
         shutdown.abort();
         await reconciling;
+        // Budget slices go back before the lease: a slice left behind waits for another process's round.
+        await ledger.slices?.returnAll().catch((err: unknown) => logger.warn({ err }, 'budget slices: could not return them; reconciliation will'));
         // Every request this process took is answered: whatever it left open is anyone's to settle now.
         await lease.release().catch((err: unknown) => logger.warn({ err }, 'lease: could not release it; it expires on its own'));
         if (billingWebhook) {

@@ -53,6 +53,67 @@ function openingStatements() {
         .onConflict((oc) => oc.column('id').doNothing())
         .returning('id'),
     ),
+    // A key without a budget: the request row is its whole reservation. The
+    // SELECT proves the key exists and has no budget in the same statement,
+    // reading the key row without locking it (docs/LEDGER-COST.md).
+    insertUnfunded: prepared((q: Kysely<DB>, p: Insertable<RequestsTable>) =>
+      q
+        .insertInto('requests')
+        .columns(['id', 'key_id', 'model', 'endpoint', 'end_user', 'pricing_json', 'status', 'reserved_micros', 'idempotency_key', 'created_at', 'lease_id', 'funded_by'])
+        .expression((eb) =>
+          eb
+            .selectFrom('api_keys')
+            .select([
+              sql<string>`${p.id}`.as('id'),
+              'api_keys.id as key_id',
+              sql<string>`${p.model}`.as('model'),
+              sql<string>`${p.endpoint}`.as('endpoint'),
+              sql<string | null>`${p.end_user}`.as('end_user'),
+              sql<string | null>`${p.pricing_json}`.as('pricing_json'),
+              sql<string>`'reserved'`.as('status'),
+              sql<bigint>`${p.reserved_micros}`.as('reserved_micros'),
+              sql<string | null>`${p.idempotency_key}`.as('idempotency_key'),
+              sql<string>`${p.created_at}`.as('created_at'),
+              sql<string | null>`${p.lease_id}`.as('lease_id'),
+              sql<string>`'none'`.as('funded_by'),
+            ])
+            .where('api_keys.id', '=', p.key_id)
+            .where('api_keys.budget_micros', 'is', null),
+        )
+        .onConflict((oc) => oc.column('id').doNothing())
+        .returning('id'),
+    ),
+    // A key with a budget on PostgreSQL: the hold was taken in memory from a
+    // slice (budget-slices.ts); the row is written only while that slice's
+    // row exists, so a slice returned meanwhile funds nothing.
+    insertSliced: prepared((q: Kysely<DB>, p: Insertable<RequestsTable> & { slice_id: string }) =>
+      q
+        .insertInto('requests')
+        .columns(['id', 'key_id', 'model', 'endpoint', 'end_user', 'pricing_json', 'status', 'reserved_micros', 'idempotency_key', 'created_at', 'lease_id', 'funded_by', 'slice_id'])
+        .expression((eb) =>
+          eb
+            .selectFrom('budget_slices')
+            .select([
+              sql<string>`${p.id}`.as('id'),
+              'budget_slices.key_id as key_id',
+              sql<string>`${p.model}`.as('model'),
+              sql<string>`${p.endpoint}`.as('endpoint'),
+              sql<string | null>`${p.end_user}`.as('end_user'),
+              sql<string | null>`${p.pricing_json}`.as('pricing_json'),
+              sql<string>`'reserved'`.as('status'),
+              sql<bigint>`${p.reserved_micros}`.as('reserved_micros'),
+              sql<string | null>`${p.idempotency_key}`.as('idempotency_key'),
+              sql<string>`${p.created_at}`.as('created_at'),
+              sql<string | null>`${p.lease_id}`.as('lease_id'),
+              sql<string>`'slice'`.as('funded_by'),
+              'budget_slices.id as slice_id',
+            ])
+            .where('budget_slices.id', '=', p.slice_id)
+            .where('budget_slices.key_id', '=', p.key_id),
+        )
+        .onConflict((oc) => oc.column('id').doNothing())
+        .returning('id'),
+    ),
     // The budget check and the hold are one statement: under concurrency
     // PostgreSQL re-evaluates the WHERE against the row as committed by
     // whoever held its lock, and SQLite writers are serialised, so no two
