@@ -25,9 +25,16 @@
  * process folds a slice it still reserves from; and a request is inserted
  * only while its slice's row exists, so a slice folded meanwhile funds nothing.
  *
- * Lock order: key row, then slice row (take); slice row, then key row (fold,
- * and a late charge on an orphan). A take writes a new slice row every time,
- * so it never waits on a slice row another transaction holds.
+ * Refusal: a take the key row cannot cover first returns the key's slices
+ * whose lease has expired (a dead process's slice counts once its lease has
+ * expired), then, while other live processes' slices hold an unused part
+ * that could cover the request, waits for it: a slice nobody reserved from
+ * for `idleReturnMs` gives its unused part back (all of it once no request
+ * holds). Only then is the request refused.
+ *
+ * Lock order: a slice row before its key row, everywhere (a take's give-back,
+ * a give-back, a return, a late charge on an orphan). A take's new slice row
+ * is inserted after the key row, and nobody else can hold it yet.
  */
 import { randomUUID } from 'node:crypto';
 import { sql, type Kysely, type Transaction } from 'kysely';
@@ -103,13 +110,25 @@ export function createSliceBook(db: Kysely<DB>, options: SliceBookOptions): Slic
         options.onError?.(err, 'budget slice: could not return it; reconciliation will');
       });
   };
-  const settleIdle = (s: Slice): void => {
-    if (s.inFlight > 0) return;
-    if (current.get(s.keyId) !== s) return retire(s);
+  /** What nobody has reserved from for `idleMs` goes back: all of it once no request holds, else its free part. */
+  const armIdle = (s: Slice): void => {
     clearTimeout(s.idle);
-    s.idle = setTimeout(() => s.inFlight === 0 && retire(s), idleMs);
+    if (s.inFlight === 0 && current.get(s.keyId) !== s) return retire(s);
+    s.idle = setTimeout(() => {
+      if (s.inFlight === 0) retire(s);
+      else if (!s.closing && !taking.has(s.keyId) && free(s) > 0n) giveBackFree(s);
+    }, idleMs);
     s.idle.unref();
   };
+  const giveBackFree = (s: Slice): void => {
+    const amount = free(s);
+    s.granted -= amount;
+    shrink(db, s.id, s.keyId, amount).catch((err: unknown) => {
+      s.granted += amount;
+      options.onError?.(err, 'budget slice: could not give back its unused part');
+    });
+  };
+  const now = () => toIsoTimestamp(clock());
 
   async function takeFor(keyId: string, amount: bigint): Promise<SliceRefusal | undefined> {
     const cur = current.get(keyId);
@@ -122,7 +141,8 @@ export function createSliceBook(db: Kysely<DB>, options: SliceBookOptions): Slic
       const s: Slice = { id: out.sliceId, keyId, granted: out.granted, used: 0n, inFlight: 0, closing: false };
       slices.set(s.id, s);
       current.set(keyId, s);
-      if (cur) settleIdle(cur);
+      if (cur) armIdle(cur);
+      armIdle(s);
       return undefined;
     } catch (err) {
       if (cur) cur.granted += giveBack;
@@ -132,12 +152,13 @@ export function createSliceBook(db: Kysely<DB>, options: SliceBookOptions): Slic
 
   return {
     async hold(keyId, amount) {
+      let waitUntil: number | undefined;
       for (;;) {
         const s = current.get(keyId);
         if (s && !s.closing && free(s) >= amount) {
           s.used += amount;
           s.inFlight++;
-          clearTimeout(s.idle);
+          armIdle(s);
           return { sliceId: s.id };
         }
         const pending = taking.get(keyId);
@@ -149,7 +170,18 @@ export function createSliceBook(db: Kysely<DB>, options: SliceBookOptions): Slic
         const mine = takeFor(keyId, amount).finally(() => taking.delete(keyId));
         taking.set(keyId, mine);
         const refused = await mine;
-        if (refused) return { refused };
+        if (!refused) continue;
+        if (refused.budgetMicros === null) return { refused };
+        // A dead process's slice counts once its lease has expired: returned here, not at the next round.
+        if ((await foldExpired(db, keyId, now())) > 0) continue;
+        // A live process's unused part comes back within `idleMs`: worth waiting for when it could cover this request.
+        waitUntil ??= Date.now() + idleMs + 500;
+        const headroom = refused.budgetMicros - refused.spentMicros - refused.reservedMicros;
+        if (Date.now() < waitUntil && headroom + (await othersFree(db, keyId, options.leaseId, now())) >= amount) {
+          await new Promise((r) => setTimeout(r, 100));
+          continue;
+        }
+        return { refused };
       }
     },
     unhold(sliceId, amount, sliceGone = false) {
@@ -163,14 +195,14 @@ export function createSliceBook(db: Kysely<DB>, options: SliceBookOptions): Slic
         if (s.inFlight === 0) slices.delete(s.id);
         return;
       }
-      settleIdle(s);
+      armIdle(s);
     },
     ended(sliceId, hold, charge) {
       const s = slices.get(sliceId);
       if (!s) return;
       s.used -= hold - charge;
       s.inFlight--;
-      settleIdle(s);
+      armIdle(s);
     },
     knows: (sliceId) => slices.get(sliceId)?.closing === false,
     async returnAll() {
@@ -196,16 +228,15 @@ async function take(
   input: { keyId: string; amount: bigint; giveBack: bigint; giveBackFrom: string | undefined; leaseId: string; at: string },
 ): Promise<{ sliceId: string; granted: bigint } | { refused: SliceRefusal }> {
   return db.transaction().execute(async (trx) => {
+    // The slice row before the key row, as everywhere (see the lock order above).
+    const giveBack = input.giveBack > 0n && input.giveBackFrom !== undefined && (await shrinkSlice(trx, input.giveBackFrom, input.giveBack)) ? input.giveBack : 0n;
     const key = await trx
       .updateTable('api_keys')
-      .set({ reserved_micros: sql<bigint>`reserved_micros - ${input.giveBack}` })
+      .set({ reserved_micros: sql<bigint>`reserved_micros - ${giveBack}` })
       .where('id', '=', input.keyId)
       .returning(['budget_micros', 'spent_micros', 'reserved_micros'])
       .executeTakeFirst();
     if (!key) throw new Error(`no key row for key id ${JSON.stringify(input.keyId)}`);
-    if (input.giveBack > 0n && input.giveBackFrom !== undefined) {
-      await trx.updateTable('budget_slices').set({ granted_micros: sql<bigint>`granted_micros - ${input.giveBack}` }).where('id', '=', input.giveBackFrom).execute();
-    }
     const budget = key.budget_micros === null ? null : toBigInt(key.budget_micros);
     const spent = toBigInt(key.spent_micros);
     const reserved = toBigInt(key.reserved_micros);
@@ -221,6 +252,47 @@ async function take(
     await trx.insertInto('budget_slices').values({ id: sliceId, key_id: input.keyId, lease_id: input.leaseId, granted_micros: granted, created_at: input.at }).execute();
     return { sliceId, granted };
   });
+}
+
+/** Lowers a slice's grant; false when its row is gone (returned meanwhile: nothing to give back). */
+async function shrinkSlice(trx: Transaction<DB>, sliceId: string, amount: bigint): Promise<boolean> {
+  const row = await trx.updateTable('budget_slices').set({ granted_micros: sql<bigint>`granted_micros - ${amount}` }).where('id', '=', sliceId).returning('id').executeTakeFirst();
+  return row !== undefined;
+}
+
+/** A live slice's unused part back to its key. */
+async function shrink(db: Kysely<DB>, sliceId: string, keyId: string, amount: bigint): Promise<void> {
+  await db.transaction().execute(async (trx) => {
+    if (!(await shrinkSlice(trx, sliceId, amount))) return;
+    await trx.updateTable('api_keys').set({ reserved_micros: sql<bigint>`reserved_micros - ${amount}` }).where('id', '=', keyId).execute();
+  });
+}
+
+/** Returns the key's slices whose lease has expired or is gone (those no request holds); answers how many. */
+async function foldExpired(db: Kysely<DB>, keyId: string, at: string): Promise<number> {
+  const rows = await db
+    .selectFrom('budget_slices')
+    .select('id')
+    .where('key_id', '=', keyId)
+    .where((eb) => eb.not(eb.exists(eb.selectFrom('leases').select('leases.id').whereRef('leases.id', '=', 'budget_slices.lease_id').where('leases.expires_at', '>', at))))
+    .execute();
+  let n = 0;
+  for (const r of rows) if (await fold(db, r.id)) n++;
+  return n;
+}
+
+/** What other live processes' slices of the key could still fund: grants less their requests' holds and charges. */
+async function othersFree(db: Kysely<DB>, keyId: string, leaseId: string, at: string): Promise<bigint> {
+  const row = await db
+    .selectFrom('budget_slices as s')
+    .select(
+      sql<bigint>`cast(coalesce(sum(s.granted_micros - (select coalesce(sum(case when r.status in ('reserved', 'submitted') then r.reserved_micros when r.status = 'settled' then r.charge_micros else 0 end), 0) from requests r where r.slice_id = s.id)), 0) as bigint)`.as('free'),
+    )
+    .where('s.key_id', '=', keyId)
+    .where('s.lease_id', '<>', leaseId)
+    .where((eb) => eb.exists(eb.selectFrom('leases').select('leases.id').whereRef('leases.id', '=', 's.lease_id').where('leases.expires_at', '>', at)))
+    .executeTakeFirst();
+  return row ? toBigInt(row.free) : 0n;
 }
 
 /**

@@ -135,6 +135,8 @@ export interface LedgerOptions {
    * at a time, so the key row costs it no queue.
    */
   budgetSlices?: boolean | undefined;
+  /** How long a budget slice nobody reserves from is kept (budget-slices.ts). */
+  sliceIdleReturnMs?: number | undefined;
   /** Where a slice that could not be returned is reported. */
   onSliceError?: ((err: unknown, what: string) => void) | undefined;
 }
@@ -158,7 +160,7 @@ export function createLedger(database: Database, options: LedgerOptions = {}): L
   /** Taken inside each transaction, so on SQLite (one writer at a time) stamps follow commit order. */
   const now = (): string => toIsoTimestamp(clock());
   const useSlices = options.leaseId !== undefined && (options.budgetSlices ?? database.dialect === 'postgres');
-  const slices = useSlices ? createSliceBook(db, { leaseId: options.leaseId!, clock, onError: options.onSliceError }) : undefined;
+  const slices = useSlices ? createSliceBook(db, { leaseId: options.leaseId!, clock, idleReturnMs: options.sliceIdleReturnMs, onError: options.onSliceError }) : undefined;
   const write = <T>(work: (trx: Transaction<DB>) => Promise<T>): Promise<T> => db.transaction().execute(work);
   /** A write whose slice-funded holds end: the slice book learns of them once the transaction has committed. */
   const writeEnding = async <T>(work: (trx: Transaction<DB>, ended: SliceEnd[]) => Promise<T>): Promise<T> => {
