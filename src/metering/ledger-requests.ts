@@ -85,16 +85,17 @@ export async function settle(trx: Transaction<DB>, q: LedgerStatements, input: S
   const funded: FundedBy = row.funded_by;
   // An orphan gave its hold back when it was orphaned.
   const hold = orphan ? 0n : toBigInt(row.reserved_micros);
-  // The key row is updated before the outbox insert on purpose: its row
-  // lock orders concurrent settles of one key, so outbox sequence numbers of
-  // a key are assigned in commit order and per-key delivery order cannot be
-  // overtaken by a transaction that committed later. Requests that do not
-  // write their key row (no budget, or a budget slice) give up that order:
-  // the billing webhook's receiver orders by settled_at and event id
-  // (docs/LEDGER-COST.md).
   if (funded === 'key') await q.chargeKey.run(trx, { keyId: request.keyId, hold, charge });
   else if (funded === 'slice' && orphan) await chargeLate(trx, row.slice_id, request.keyId, charge);
   else if (funded === 'slice') ended.push({ sliceId: row.slice_id ?? '', hold, charge });
+  // A billing event is inserted after its key row is written on purpose:
+  // that row lock orders concurrent settles of one key, so a key's outbox
+  // sequence numbers follow commit order and per-key delivery cannot be
+  // overtaken by a transaction that committed later. So with the webhook on,
+  // a request whose hold is not on the key row still writes it (changing
+  // nothing): the one per-key queue a deployment with a billing webhook keeps
+  // (docs/LEDGER-COST.md).
+  if (input.outboxEvent && funded !== 'key') await q.chargeKey.run(trx, { keyId: request.keyId, hold: 0n, charge: 0n });
   if (input.outboxEvent) {
     const { eventId, type, payload } = input.outboxEvent;
     const body: unknown = typeof payload === 'function' ? (payload as (r: RequestRecord) => unknown)(request) : payload;
