@@ -1,14 +1,13 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { startEmulator, type Emulator } from '../../src/emulator/index.js';
 import type { Database } from '../../src/db/index.js';
 import { createKeysStore } from '../../src/metering/keys-store.js';
 import { TEST_KEY } from '../helpers/service.js';
+import { startServiceProcess, until, type ServiceProcess as Proc } from '../helpers/service-process.js';
 import { createStorage, postgresAvailability, serviceEnv, type TestStorage } from '../helpers/databases.js';
 
 /**
@@ -20,43 +19,6 @@ import { createStorage, postgresAvailability, serviceEnv, type TestStorage } fro
  */
 const pg = await postgresAvailability();
 const skip = pg.ok ? false : process.env.CI ? false : `PostgreSQL not reachable: ${(pg as { reason: string }).reason}`;
-const root = new URL('../../', import.meta.url).pathname;
-
-interface Proc {
-  child: ChildProcess;
-  url: string;
-  exited: Promise<void>;
-}
-
-function startServiceProcess(env: Record<string, string>): Promise<Proc> {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
-    cwd: root,
-    env: { ...process.env, ...env, PORT: '0', LOG_LEVEL: 'info' },
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  const exited = new Promise<void>((r) => child.once('exit', () => r()));
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('service did not start')), 30_000);
-    createInterface({ input: child.stdout! }).on('line', (line) => {
-      const m = /listening on (http:\/\/\S+)/.exec(line);
-      if (m) {
-        clearTimeout(timer);
-        resolve({ child, url: m[1]!, exited });
-      }
-    });
-    child.once('exit', (code) => reject(new Error(`service exited early (${code})`)));
-  });
-}
-
-async function until<T>(fn: () => T | undefined | Promise<T | undefined>, ms: number, what: string): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 const N = 6;
 
@@ -139,7 +101,7 @@ describe('budget slices across two processes on PostgreSQL', { skip }, () => {
     const row = await until(async () => {
       const k = await keyRow(issued.record.id);
       return BigInt(k.reserved_micros) === 0n ? k : undefined;
-    }, 15_000, 'both slices returned');
+    }, 'both slices returned', 15_000);
     assert.equal(BigInt(row.spent_micros), await settledCharges(issued.record.id));
     assert.ok(BigInt(row.spent_micros) <= image * BigInt(N));
   });
@@ -153,7 +115,7 @@ describe('budget slices across two processes on PostgreSQL', { skip }, () => {
     await until(async () => {
       const open = await database.db.selectFrom('requests').select('id').where('key_id', '=', issued.record.id).where('status', 'in', ['reserved', 'submitted']).execute();
       return open.length > 0 ? true : undefined;
-    }, 15_000, 'requests in flight');
+    }, 'requests in flight', 15_000);
     a.child.kill('SIGKILL');
     await a.exited;
     const answers = await Promise.all(burst);
@@ -165,7 +127,7 @@ describe('budget slices across two processes on PostgreSQL', { skip }, () => {
       const slices = await database.db.selectFrom('budget_slices').select('id').where('key_id', '=', issued.record.id).execute();
       const k = await keyRow(issued.record.id);
       return open.length === 0 && slices.length === 0 && BigInt(k.reserved_micros) === 0n ? k : undefined;
-    }, 60_000, 'the dead process’s slice returned');
+    }, 'the dead process’s slice returned', 60_000);
     const charges = await settledCharges(issued.record.id);
     assert.equal(BigInt(row.spent_micros), charges, 'the key counts exactly its settled requests’ charges');
     assert.ok(charges <= image * BigInt(N), 'never overspent');

@@ -2,6 +2,7 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import request from 'supertest';
 import { startTestService, TEST_KEY, type TestService } from '../helpers/service.js';
+import { until } from '../helpers/service-process.js';
 import { createLedger, jobIdFor } from '../../src/metering/ledger.js';
 import { parseMarkup, parseUsd } from '../../src/metering/money.js';
 import { createReconciler } from '../../src/metering/reconcile.js';
@@ -18,16 +19,6 @@ import { createReconciler } from '../../src/metering/reconcile.js';
 
 const MODEL = 'alibaba/z-image-turbo';
 const GIVE_UP_MS = 3_000;
-
-async function until<T>(fn: () => Promise<T | undefined | false>, what: string, ms = 30_000): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 describe('reconciliation gives up on jobs fal never resolves', () => {
   let t: TestService;
