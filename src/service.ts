@@ -185,7 +185,7 @@ export async function startService(config: Config, overrides: ServiceOverrides =
     reconciling ??= reconciler
       .run({ olderThanMs: config.reconcileAfterMs })
       .then((report) => {
-        if (report.examined > 0 || report.lostFound.length > 0 || report.lostAbsent.length > 0 || report.pendingClosed.length > 0 || report.jobsClosed.length > 0) logger.info({ reconcile: { ...report, examined: report.examined } }, 'reconciled open requests');
+        if (report.examined > 0 || report.lostFound.length > 0 || report.lostAbsent.length > 0 || report.pendingClosed.length > 0 || report.jobsClosed.length > 0 || (report.slicesReturned ?? 0) > 0) logger.info({ reconcile: { ...report, examined: report.examined } }, 'reconciled open requests');
         watchLease(report.nextLeaseExpiryMs);
         return report;
       })
