@@ -94,9 +94,9 @@ describe('budget slices across two processes on PostgreSQL', { skip }, () => {
     const served = answers.filter((r) => r.status === 200).length;
     assert.equal(served, N, answers.map((r) => r.status).join(','));
     assert.ok(answers.every((r) => r.status === 200 || (r.status === 429 && r.body.error?.code === 'insufficient_quota')));
-    const funded = await database.db.selectFrom('requests').select(['funded_by', 'lease_id']).where('key_id', '=', issued.record.id).execute();
-    assert.ok(funded.every((r) => r.funded_by === 'slice'), 'every hold came from a budget slice');
-    assert.equal(new Set(funded.map((r) => r.lease_id)).size, 2, 'both processes served the key');
+    // Which process served how many depends on which requests came first; every hold came from a slice.
+    const funded = await database.db.selectFrom('requests').select('funded_by').where('key_id', '=', issued.record.id).execute();
+    assert.ok(funded.length === N && funded.every((r) => r.funded_by === 'slice'), 'every hold came from a budget slice');
     // Both processes return their slices once idle: the key row then holds nothing, and counts every charge.
     const row = await until(async () => {
       const k = await keyRow(issued.record.id);
@@ -110,24 +110,30 @@ describe('budget slices across two processes on PostgreSQL', { skip }, () => {
     const [a, b] = procs as [Proc, Proc];
     const image = await oneImage(b);
     const issued = await createKeysStore(database).create({ name: 'killed', budgetMicros: image * BigInt(N) });
-    const burst = Array.from({ length: 4 * N }, (_, i) => post(i % 2 ? a : b, issued.key, `kill burst ${i}`));
-    // Kill once the first process has requests of this key in flight at fal.
+    // The first process's half goes first, so it surely holds a slice when it dies; the second's joins before the kill.
+    const burst = Array.from({ length: 2 * N }, (_, i) => post(a, issued.key, `kill burst a${i}`));
+    // Kill once the first process holds a slice of this key and has requests of it in flight.
+    const lease = await database.db.selectFrom('leases').select('id').where('pid', '=', BigInt(a.child.pid!)).executeTakeFirstOrThrow();
     await until(async () => {
-      const open = await database.db.selectFrom('requests').select('id').where('key_id', '=', issued.record.id).where('status', 'in', ['reserved', 'submitted']).execute();
-      return open.length > 0 ? true : undefined;
-    }, 'requests in flight', 15_000);
+      const open = await database.db.selectFrom('requests').select('id').where('key_id', '=', issued.record.id).where('lease_id', '=', lease.id).where('status', 'in', ['reserved', 'submitted']).execute();
+      const slice = await database.db.selectFrom('budget_slices').select('id').where('key_id', '=', issued.record.id).where('lease_id', '=', lease.id).executeTakeFirst();
+      return open.length > 0 && slice ? true : undefined;
+    }, 'the first process to hold a slice with requests in flight', 15_000);
+    burst.push(...Array.from({ length: 2 * N }, (_, i) => post(b, issued.key, `kill burst b${i}`)));
     a.child.kill('SIGKILL');
     await a.exited;
     const answers = await Promise.all(burst);
     const served = answers.filter((r) => r.status === 200).length;
     assert.ok(served <= N);
     // The dead process's lease expires (3 s); the survivor's rounds (every 1 s) settle its requests and return its slice.
+    // A request killed before its submit left keeps its hold until fal's listing shows no job for it, which
+    // can take the submit's whole window (SUBMIT_TIMEOUT_MS, 60 s): so up to 150 s here.
     const row = await until(async () => {
       const open = await database.db.selectFrom('requests').select('id').where('key_id', '=', issued.record.id).where('status', 'in', ['reserved', 'submitted']).execute();
       const slices = await database.db.selectFrom('budget_slices').select('id').where('key_id', '=', issued.record.id).execute();
       const k = await keyRow(issued.record.id);
       return open.length === 0 && slices.length === 0 && BigInt(k.reserved_micros) === 0n ? k : undefined;
-    }, 'the dead process’s slice returned', 60_000);
+    }, 'the dead process’s slice returned', 150_000);
     const charges = await settledCharges(issued.record.id);
     assert.equal(BigInt(row.spent_micros), charges, 'the key counts exactly its settled requests’ charges');
     assert.ok(charges <= image * BigInt(N), 'never overspent');
