@@ -27,6 +27,7 @@ export const INTEGRATION = [
   'test/images/generate-faults.test.ts', // every upstream fault, deadlines and reconciliation
   'test/images/loras-uploads.test.ts', // a 95 MB LoRA file through multipart storage, media lifetimes
   'test/main.test.ts', // starts and signals src/main.ts as a process
+  'test/metering/budget-slices-replicas.test.ts', // two service processes on PostgreSQL share a budget; one is SIGKILLed
   'test/metering/crash-recovery.test.ts', // kills service processes mid-request
   'test/metering/ledger.test.ts', // the ledger's whole contract, on SQLite and PostgreSQL
   'test/metering/reconcile-job.test.ts', // waits out real give-up deadlines (JOB_GIVE_UP_MS) through the service

@@ -152,7 +152,7 @@ async function openStorage(config: Config, logger: Logger) {
     : undefined;
   const generatedKey = config.apiKeys.length === 0 && !config.adminApiKey ? await loadOrCreateGeneratedKey(config.dataDir) : undefined;
   const authenticate = createAuthenticator({ keys, staticKeys: config.apiKeys, adminKey: config.adminApiKey, generatedKeyHash: generatedKey?.sha256 });
-  const ledger = createLedger(database, { leaseId: lease.id });
+  const ledger = createLedger(database, { leaseId: lease.id, onSliceError: (err, what) => logger.warn({ err }, what) });
   return { database, leaseStore, lease, ledger, reports: createReports(database), keys, billingWebhook, generatedKey, authenticate };
 }
 
@@ -344,6 +344,8 @@ function closeService(config: Config, p: CloseParts): Service['close'] {
       });
       p.lifecycle.shutdown.abort();
       await lastRound;
+      // Budget slices go back before the lease: a slice left behind waits for another process's round.
+      await p.ledger.slices?.returnAll().catch((err: unknown) => p.logger.warn({ err }, 'budget slices: could not return them; reconciliation will'));
       // Every request this process took is answered: whatever it left open is anyone's to settle now.
       await p.lease.release().catch((err: unknown) => p.logger.warn({ err }, 'lease: could not release it; it expires on its own'));
       if (p.billingWebhook) {

@@ -77,6 +77,21 @@ export interface RequestsTable {
   settled_at: string | null;
   /** The lease of the process that took the request (leases.id); null on rows written without one. */
   lease_id: ColumnType<string | null, string | null | undefined, string | null>;
+  /** What holds the reservation (migration 0006): the key row, nothing (no budget), or a budget slice. */
+  funded_by: ColumnType<FundedBy, FundedBy | undefined, FundedBy>;
+  /** The budget slice (budget_slices.id) a `slice` request's hold came from. */
+  slice_id: ColumnType<string | null, string | null | undefined, string | null>;
+}
+
+export type FundedBy = 'key' | 'none' | 'slice';
+
+/** A share of a key's budget taken by one process lease (src/metering/budget-slices.ts). */
+export interface BudgetSlicesTable {
+  id: string;
+  key_id: string;
+  lease_id: string;
+  granted_micros: Int64;
+  created_at: string;
 }
 
 export interface UpstreamJobsTable {
@@ -163,4 +178,5 @@ export interface DB {
   upstream_jobs: UpstreamJobsTable;
   idempotency: IdempotencyTable;
   outbox: OutboxTable;
+  budget_slices: BudgetSlicesTable;
 }

@@ -4,9 +4,9 @@
  * plaintext exists only in the answer to `create`.
  */
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
-import type { Kysely, Selectable, Updateable } from 'kysely';
+import { sql, type Kysely, type Selectable, type Transaction, type Updateable } from 'kysely';
 import type { Database } from '../db/database.js';
-import type { ApiKeysTable, DB, KeyKind, KeyRole } from '../db/schema.js';
+import type { ApiKeysTable, DB, KeyKind, KeyRole, RequestStatus } from '../db/schema.js';
 import { systemClock, toBigInt, toIsoTimestamp, toNullableBigInt, toNullableNumber, type Clock } from '../db/values.js';
 
 export interface KeyRecord {
@@ -18,8 +18,13 @@ export interface KeyRecord {
   enabled: boolean;
   /** Lifetime budget; null means unlimited. */
   budgetMicros: bigint | null;
+  /**
+   * Charges of the key's settled requests, summed from their rows (the key
+   * row's own counters only enforce budgets: docs/LEDGER-COST.md). Not read
+   * by `findByKey`/`findByHash`, which authenticate on the request path: 0 there.
+   */
   spentMicros: bigint;
-  /** Held by requests in flight. */
+  /** Held by requests in flight, summed from their rows (0 from `findByKey`/`findByHash`). */
   reservedMicros: bigint;
   rpmLimit: number | null;
   createdAt: string;
@@ -90,7 +95,7 @@ export function createKeysStore(database: Database, options: { clock?: Clock | u
 
   async function get(id: string): Promise<KeyRecord | null> {
     const row = await db.selectFrom('api_keys').selectAll().where('id', '=', id).executeTakeFirst();
-    return row ? toKey(row) : null;
+    return row ? (await withUsage(db, [toKey(row)], id))[0]! : null;
   }
 
   async function update(id: string, patch: KeyPatch): Promise<KeyRecord | null> {
@@ -100,13 +105,13 @@ export function createKeysStore(database: Database, options: { clock?: Clock | u
     if (patch.budgetMicros !== undefined) set.budget_micros = checkBudget(patch.budgetMicros);
     if (patch.rpmLimit !== undefined) set.rpm_limit = checkRpm(patch.rpmLimit);
     if (patch.role !== undefined) set.role = checkRole(patch.role);
-    const changed = await db
-      .updateTable('api_keys')
-      .set(set)
-      .where('id', '=', id)
-      .returningAll()
-      .executeTakeFirst();
-    return changed ? toKey(changed) : null;
+    const changed = await db.transaction().execute(async (trx) => {
+      const before = await trx.selectFrom('api_keys').select('budget_micros').where('id', '=', id).executeTakeFirst();
+      const row = await trx.updateTable('api_keys').set(set).where('id', '=', id).returningAll().executeTakeFirst();
+      if (row && before?.budget_micros === null && row.budget_micros !== null) return countSpendForBudget(trx, id);
+      return row;
+    });
+    return changed ? (await withUsage(db, [toKey(changed)], id))[0]! : null;
   }
 
   async function findByHash(keyHash: string): Promise<KeyRecord | null> {
@@ -137,7 +142,7 @@ export function createKeysStore(database: Database, options: { clock?: Clock | u
 
     async list() {
       const rows = await db.selectFrom('api_keys').selectAll().orderBy('created_at').orderBy('id').execute();
-      return rows.map(toKey);
+      return withUsage(db, rows.map(toKey));
     },
 
     get,
@@ -214,6 +219,48 @@ async function ensureStatic(
     .returningAll()
     .executeTakeFirstOrThrow();
   return toKey(changed);
+}
+
+/**
+ * The key's usage from its requests' rows: the one record of it for every
+ * key, whichever funds its holds (a key without a budget writes no shared
+ * counter). `only`: one key's (an index range), else every key's.
+ */
+async function withUsage(db: Kysely<DB>, keys: KeyRecord[], only?: string): Promise<KeyRecord[]> {
+  const sums = (status: RequestStatus[], column: 'charge_micros' | 'reserved_micros') => {
+    let q = db.selectFrom('requests').select(['key_id', sql<bigint>`cast(coalesce(sum(${sql.ref(column)}), 0) as bigint)`.as('micros')]).where('status', 'in', status);
+    if (only !== undefined) q = q.where('key_id', '=', only);
+    return q.groupBy('key_id').execute();
+  };
+  const [spent, held] = await Promise.all([sums(['settled'], 'charge_micros'), sums(['reserved', 'submitted'], 'reserved_micros')]);
+  const by = (rows: Array<{ key_id: string; micros: bigint }>) => new Map(rows.map((r) => [r.key_id, toBigInt(r.micros)]));
+  const spentBy = by(spent);
+  const heldBy = by(held);
+  return keys.map((k) => ({ ...k, spentMicros: spentBy.get(k.id) ?? 0n, reservedMicros: heldBy.get(k.id) ?? 0n }));
+}
+
+/**
+ * A key given a budget sets its budget counter from its requests' rows: the
+ * charges settled on the key row or on a returned slice, every charge
+ * without a budget, and the holds of requests in flight without a budget at
+ * their maximum (their settles write no counter). Charges of slices not yet
+ * returned are left to the slice's return, so each is counted once. The key
+ * row is locked first (the UPDATE before this), so a settle or slice return
+ * that counts on it commits wholly before or after this sum.
+ */
+async function countSpendForBudget(trx: Transaction<DB>, id: string): Promise<Selectable<ApiKeysTable> | undefined> {
+  const unreturned = trx.selectFrom('budget_slices').select('budget_slices.id');
+  const counted = await trx
+    .selectFrom('requests')
+    .select(
+      sql<bigint>`cast(coalesce(sum(case
+        when status = 'settled' and (funded_by <> 'slice' or slice_id not in (${unreturned})) then charge_micros
+        when status in ('reserved', 'submitted') and funded_by = 'none' then reserved_micros
+        else 0 end), 0) as bigint)`.as('spent'),
+    )
+    .where('key_id', '=', id)
+    .executeTakeFirstOrThrow();
+  return trx.updateTable('api_keys').set({ spent_micros: toBigInt(counted.spent) }).where('id', '=', id).returningAll().executeTakeFirst();
 }
 
 function checkRole(role: KeyRole): KeyRole {

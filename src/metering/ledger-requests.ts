@@ -10,6 +10,8 @@ import { sql, type Kysely, type Transaction } from 'kysely';
 import type { DB } from '../db/schema.js';
 import { toBigInt, toNumber, type Clock } from '../db/values.js';
 import { ownedBy, HOLDING, type LedgerStatements } from './ledger-statements.js';
+import { chargeLate } from './budget-slices.js';
+import type { FundedBy } from '../db/schema.js';
 import type { CompleteJobInput } from './ledger-jobs.js';
 import { enqueueOutboxEvent, type OutboxEventInput } from './outbox-store.js';
 import { requestOrThrow, toRequest, type RequestRecord } from './records.js';
@@ -51,7 +53,17 @@ export interface ReleaseResult {
   request: RequestRecord;
 }
 
-export async function settle(trx: Transaction<DB>, q: LedgerStatements, input: SettleInput, at: string, clock: Clock): Promise<SettleResult> {
+/**
+ * A slice-funded request's hold ended in a transaction: applied to the
+ * process's slice book only after that transaction commits (ledger.ts).
+ */
+export interface SliceEnd {
+  sliceId: string;
+  hold: bigint;
+  charge: bigint;
+}
+
+export async function settle(trx: Transaction<DB>, q: LedgerStatements, input: SettleInput, at: string, clock: Clock, ended: SliceEnd[] = []): Promise<SettleResult> {
   const charge = toBigInt(input.chargeMicros);
   if (charge < 0n) throw new RangeError('chargeMicros must not be negative');
   const values = {
@@ -62,23 +74,28 @@ export async function settle(trx: Transaction<DB>, q: LedgerStatements, input: S
     at,
   };
   await q.refreshCost.run(trx, { requestId: input.requestId });
-  let hold: bigint;
   let row = (await q.settleHolding.run(trx, values)).rows[0];
-  if (row) {
-    hold = toBigInt(row.reserved_micros);
-  } else {
+  const orphan = row === undefined;
+  if (!row) {
     row = (await q.settleOrphan.run(trx, values)).rows[0];
     if (!row) return { settled: false, request: await requestOrThrow(trx, input.requestId) };
-    // An orphan gave its hold back when it was orphaned.
-    hold = 0n;
   }
   // The row as settled: the key update below does not touch it.
   const request = toRequest(row);
-  // The key row is updated before the outbox insert on purpose: its row
-  // lock orders concurrent settles of one key, so outbox sequence numbers of
-  // a key are assigned in commit order and per-key delivery order cannot be
-  // overtaken by a transaction that committed later.
-  await q.chargeKey.run(trx, { keyId: request.keyId, hold, charge });
+  const funded: FundedBy = row.funded_by;
+  // An orphan gave its hold back when it was orphaned.
+  const hold = orphan ? 0n : toBigInt(row.reserved_micros);
+  if (funded === 'key') await q.chargeKey.run(trx, { keyId: request.keyId, hold, charge });
+  else if (funded === 'slice' && orphan) await chargeLate(trx, row.slice_id, request.keyId, charge);
+  else if (funded === 'slice') ended.push({ sliceId: row.slice_id ?? '', hold, charge });
+  // A billing event is inserted after its key row is written on purpose:
+  // that row lock orders concurrent settles of one key, so a key's outbox
+  // sequence numbers follow commit order and per-key delivery cannot be
+  // overtaken by a transaction that committed later. So with the webhook on,
+  // a request whose hold is not on the key row still writes it (changing
+  // nothing): the one per-key queue a deployment with a billing webhook keeps
+  // (docs/LEDGER-COST.md).
+  if (input.outboxEvent && funded !== 'key') await q.chargeKey.run(trx, { keyId: request.keyId, hold: 0n, charge: 0n });
   if (input.outboxEvent) {
     const { eventId, type, payload } = input.outboxEvent;
     const body: unknown = typeof payload === 'function' ? (payload as (r: RequestRecord) => unknown)(request) : payload;
@@ -87,7 +104,7 @@ export async function settle(trx: Transaction<DB>, q: LedgerStatements, input: S
   return { settled: true, request };
 }
 
-export async function release(trx: Transaction<DB>, input: ReleaseInput, at: string, own: string | undefined): Promise<ReleaseResult> {
+export async function release(trx: Transaction<DB>, input: ReleaseInput, at: string, own: string | undefined, ended: SliceEnd[] = []): Promise<ReleaseResult> {
   const closed = ownedBy(
     trx
       .updateTable('requests')
@@ -95,9 +112,9 @@ export async function release(trx: Transaction<DB>, input: ReleaseInput, at: str
       .where('id', '=', input.requestId),
     own,
   );
-  const fromHolding = await closed.where('status', 'in', HOLDING).returning(['key_id', 'reserved_micros']).executeTakeFirst();
+  const fromHolding = await closed.where('status', 'in', HOLDING).returning(['key_id', 'reserved_micros', 'funded_by', 'slice_id']).executeTakeFirst();
   if (fromHolding) {
-    await returnHold(trx, fromHolding.key_id, toBigInt(fromHolding.reserved_micros));
+    await returnHold(trx, fromHolding, ended);
     return { released: true, request: await requestOrThrow(trx, input.requestId) };
   }
   // An orphan resolved as not billed: close it; its hold is already back.
@@ -105,7 +122,7 @@ export async function release(trx: Transaction<DB>, input: ReleaseInput, at: str
   return { released: fromOrphan !== undefined, request: await requestOrThrow(trx, input.requestId) };
 }
 
-export async function markOrphaned(trx: Transaction<DB>, requestId: string, own: string | undefined): Promise<boolean> {
+export async function markOrphaned(trx: Transaction<DB>, requestId: string, own: string | undefined, ended: SliceEnd[] = []): Promise<boolean> {
   const row = await ownedBy(
     trx
       .updateTable('requests')
@@ -114,21 +131,25 @@ export async function markOrphaned(trx: Transaction<DB>, requestId: string, own:
       .where('status', 'in', HOLDING),
     own,
   )
-    .returning(['key_id', 'reserved_micros'])
+    .returning(['key_id', 'reserved_micros', 'funded_by', 'slice_id'])
     .executeTakeFirst();
   if (!row) {
     await requestOrThrow(trx, requestId);
     return false;
   }
-  await returnHold(trx, row.key_id, toBigInt(row.reserved_micros));
+  await returnHold(trx, row, ended);
   return true;
 }
 
-async function returnHold(trx: Transaction<DB>, keyId: string, hold: bigint): Promise<void> {
+/** A hold ends uncharged: back on the key row, back to its slice once committed, or nothing to return (no budget). */
+async function returnHold(trx: Transaction<DB>, row: { key_id: string; reserved_micros: bigint; funded_by: FundedBy; slice_id: string | null }, ended: SliceEnd[]): Promise<void> {
+  const hold = toBigInt(row.reserved_micros);
+  if (row.funded_by === 'slice') ended.push({ sliceId: row.slice_id ?? '', hold, charge: 0n });
+  if (row.funded_by !== 'key') return;
   await trx
     .updateTable('api_keys')
     .set({ reserved_micros: sql<bigint>`reserved_micros - ${hold}` })
-    .where('id', '=', keyId)
+    .where('id', '=', row.key_id)
     .execute();
 }
 

@@ -31,6 +31,25 @@ export function ownedBy<Q extends { where: (...args: any[]) => Q }>(q: Q, ownLea
 type JobValues = { images: number; pixels: number; unitsEstimate: string; unitsFal: string | null; cost: bigint; estimated: number; at: string; id: string; otherIds: string | null };
 type SettleValues = { requestId: string; charge: bigint; credits: bigint; images: number; at: string };
 
+const REQUEST_VALUE_COLUMNS = ['id', 'client_request_id', 'model', 'endpoint', 'end_user', 'pricing_json', 'status', 'reserved_micros', 'idempotency_key', 'created_at', 'lease_id'] as const;
+
+/** A reservation's request row as selected values, in REQUEST_VALUE_COLUMNS order, for an INSERT … SELECT (the key id and funding come from the row selected). */
+function requestValues(p: Insertable<RequestsTable>) {
+  return [
+    sql<string>`${p.id}`.as('id'),
+    sql<string | null>`${p.client_request_id ?? null}`.as('client_request_id'),
+    sql<string>`${p.model}`.as('model'),
+    sql<string>`${p.endpoint}`.as('endpoint'),
+    sql<string | null>`${p.end_user}`.as('end_user'),
+    sql<string | null>`${p.pricing_json}`.as('pricing_json'),
+    sql<string>`'reserved'`.as('status'),
+    sql<bigint>`${p.reserved_micros}`.as('reserved_micros'),
+    sql<string | null>`${p.idempotency_key}`.as('idempotency_key'),
+    sql<string>`${p.created_at}`.as('created_at'),
+    sql<string | null>`${p.lease_id}`.as('lease_id'),
+  ] as const;
+}
+
 /** reserve and recordSubmit. */
 function openingStatements() {
   return {
@@ -54,6 +73,43 @@ function openingStatements() {
         // The target names the per-key label's unique index only: a label the
         // key already used inserts nothing (and returns no row), while any
         // other conflict (our own id) still fails the statement.
+        .onConflict((oc) => oc.columns(['key_id', 'client_request_id']).doNothing())
+        .returning('id'),
+    ),
+    // A key without a budget: the request row is its whole reservation. The
+    // SELECT proves the key exists and has no budget in the same statement,
+    // reading the key row without locking it (docs/LEDGER-COST.md).
+    insertUnfunded: prepared((q: Kysely<DB>, p: Insertable<RequestsTable>) =>
+      q
+        .insertInto('requests')
+        // In the order of the SELECT below: INSERT … SELECT matches by position.
+        .columns([...REQUEST_VALUE_COLUMNS, 'key_id', 'funded_by'])
+        .expression((eb) =>
+          eb
+            .selectFrom('api_keys')
+            .select([...requestValues(p), 'api_keys.id as key_id', sql<string>`'none'`.as('funded_by')])
+            .where('api_keys.id', '=', p.key_id)
+            .where('api_keys.budget_micros', 'is', null),
+        )
+        // As insertRequest: only the key's label conflicts without an error.
+        .onConflict((oc) => oc.columns(['key_id', 'client_request_id']).doNothing())
+        .returning('id'),
+    ),
+    // A key with a budget on PostgreSQL: the hold was taken in memory from a
+    // slice (budget-slices.ts); the row is written only while that slice's
+    // row exists, so a slice returned meanwhile funds nothing.
+    insertSliced: prepared((q: Kysely<DB>, p: Insertable<RequestsTable> & { slice_id: string }) =>
+      q
+        .insertInto('requests')
+        .columns([...REQUEST_VALUE_COLUMNS, 'key_id', 'funded_by', 'slice_id'])
+        .expression((eb) =>
+          eb
+            .selectFrom('budget_slices')
+            .select([...requestValues(p), 'budget_slices.key_id as key_id', sql<string>`'slice'`.as('funded_by'), 'budget_slices.id as slice_id'])
+            .where('budget_slices.id', '=', p.slice_id)
+            .where('budget_slices.key_id', '=', p.key_id),
+        )
+        // As insertRequest: only the key's label conflicts without an error.
         .onConflict((oc) => oc.columns(['key_id', 'client_request_id']).doNothing())
         .returning('id'),
     ),

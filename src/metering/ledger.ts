@@ -21,16 +21,18 @@
  * keeps its hold until that search ends.
  */
 import type { Kysely, Transaction } from 'kysely';
-import { ledgerStatements, HOLDING, type LedgerStatements } from './ledger-statements.js';
+import { ledgerStatements, HOLDING } from './ledger-statements.js';
 import type { Database } from '../db/database.js';
 import { OPEN_JOB, type DB } from '../db/schema.js';
-import { systemClock, toBigInt, toIsoTimestamp, type Clock, type TimeInput } from '../db/values.js';
+import { systemClock, toIsoTimestamp, type Clock, type TimeInput } from '../db/values.js';
 import { inScope } from './lease-store.js';
 import type { ReconcileScope } from './leases.js';
 import { toJob, withJobs, type JobRecord, type RequestWithJobs } from './records.js';
 
-import { adopt, markOrphaned, release, settle, type ReleaseInput, type ReleaseResult, type SettleInput, type SettleResult } from './ledger-requests.js';
-import { closeJob, completeJob, jobIdFor, recordStrays, recordSubmit, type CloseJobInput, type CompleteJobInput, type CompleteJobResult } from './ledger-jobs.js';
+import { createSliceBook, foldOrphanSlices, type SliceBook } from './budget-slices.js';
+import { reserve, type ReserveContext } from './ledger-reserve.js';
+import { adopt, markOrphaned, release, settle, type SliceEnd, type ReleaseInput, type ReleaseResult, type SettleInput, type SettleResult } from './ledger-requests.js';
+import { closeJob, completeJob, recordStrays, recordSubmit, type CloseJobInput, type CompleteJobInput, type CompleteJobResult } from './ledger-jobs.js';
 
 export { jobIdFor, strayIdFor, type CloseJobInput, type CompleteJobInput, type CompleteJobResult } from './ledger-jobs.js';
 export type { ReleaseInput, ReleaseResult, SettleInput, SettleOutboxEvent, SettleResult } from './ledger-requests.js';
@@ -117,19 +119,32 @@ export interface Ledger {
   getRequest(requestId: string): Promise<RequestWithJobs | null>;
   /** By the caller's `x-request-id`, which names a request only within its key. */
   getRequestByClientId(keyId: string, clientRequestId: string): Promise<RequestWithJobs | null>;
+  /**
+   * Returns the budget slices of leases the scope does not count live, and
+   * this process's own that it no longer reserves from, each once none of
+   * its requests holds (budget-slices.ts). Answers how many.
+   */
+  returnSlices(scope: ReconcileScope): Promise<number>;
+  /** This process's budget slices (PostgreSQL under a lease; budget-slices.ts); undefined where budgets are held on the key row. */
+  readonly slices: SliceBook | undefined;
 }
 
-export class UnknownKeyError extends Error {
-  constructor(readonly keyId: string) {
-    super(`no key row for key id ${JSON.stringify(keyId)}; static keys need keys.ensureStatic() first`);
-    this.name = 'UnknownKeyError';
-  }
-}
+export { UnknownKeyError } from './ledger-reserve.js';
 
 export interface LedgerOptions {
   clock?: Clock | undefined;
   /** The lease of the process writing (leases.ts): every request it reserves names it. */
   leaseId?: string | undefined;
+  /**
+   * Budgets held through slices (budget-slices.ts) rather than on the key
+   * row. Default: on PostgreSQL when there is a lease. SQLite has one writer
+   * at a time, so the key row costs it no queue.
+   */
+  budgetSlices?: boolean | undefined;
+  /** How long a budget slice nobody reserves from is kept (budget-slices.ts). */
+  sliceIdleReturnMs?: number | undefined;
+  /** Where a slice that could not be returned is reported. */
+  onSliceError?: ((err: unknown, what: string) => void) | undefined;
 }
 
 /**
@@ -150,10 +165,22 @@ export function createLedger(database: Database, options: LedgerOptions = {}): L
   const clock = options.clock ?? systemClock;
   /** Taken inside each transaction, so on SQLite (one writer at a time) stamps follow commit order. */
   const now = (): string => toIsoTimestamp(clock());
+  const useSlices = options.leaseId !== undefined && (options.budgetSlices ?? database.dialect === 'postgres');
+  const slices = useSlices ? createSliceBook(db, { leaseId: options.leaseId!, clock, idleReturnMs: options.sliceIdleReturnMs, onError: options.onSliceError }) : undefined;
   const write = <T>(work: (trx: Transaction<DB>) => Promise<T>): Promise<T> => db.transaction().execute(work);
+  /** A write whose slice-funded holds end: the slice book learns of them once the transaction has committed. */
+  const writeEnding = async <T>(work: (trx: Transaction<DB>, ended: SliceEnd[]) => Promise<T>): Promise<T> => {
+    const ended: SliceEnd[] = [];
+    const out = await db.transaction().execute((trx) => work(trx, ended));
+    for (const e of ended) slices?.ended(e.sliceId, e.hold, e.charge);
+    return out;
+  };
+  const reserving: ReserveContext = { db, q, now, leaseId: options.leaseId ?? null, slices, budgeted: new Set() };
 
   return {
-    reserve: (input) => reserve(db, q, input, now, options.leaseId ?? null),
+    slices,
+    returnSlices: (scope) => foldOrphanSlices(db, { live: scope.live, ownLeaseId: scope.ownLeaseId, book: slices }),
+    reserve: (input) => reserve(reserving, input),
     recordSubmit: (input) => write((trx) => recordSubmit(trx, q, input)),
     completeJob: (input) =>
       write(async (trx) => {
@@ -168,24 +195,24 @@ export function createLedger(database: Database, options: LedgerOptions = {}): L
         return out;
       }),
     recordStrays: (input) => write((trx) => recordStrays(trx, input, now())),
-    settle: (input) => write((trx) => settle(trx, q, input, now(), clock)),
+    settle: (input) => writeEnding((trx, ended) => settle(trx, q, input, now(), clock, ended)),
     // One transaction for the whole close of a request: the jobs' rows and
     // the charge commit together, and the request pays for one commit, not one per job plus one.
     settleJobs: ({ jobs, settle: closing }) =>
-      write(async (trx) => {
+      writeEnding(async (trx, ended) => {
         const completed: CompleteJobResult[] = [];
         for (const job of jobs) completed.push(await completeJob(trx, q, job, now()));
-        const settlement = await settle(trx, q, closing, now(), clock);
+        const settlement = await settle(trx, q, closing, now(), clock, ended);
         // Refreshed before it is read back: the settled row and its event carry the cost with it.
         return { jobs: completed, settlement };
       }),
     release: (input) =>
-      write(async (trx) => {
+      writeEnding(async (trx, ended) => {
         for (const job of input.jobs ?? []) await completeJob(trx, q, job, now());
         if ((input.jobs ?? []).length > 0) await q.refreshCost.run(trx, { requestId: input.requestId });
-        return release(trx, input, now(), own);
+        return release(trx, input, now(), own, ended);
       }),
-    markOrphaned: (requestId) => write((trx) => markOrphaned(trx, requestId, own)),
+    markOrphaned: (requestId) => writeEnding((trx, ended) => markOrphaned(trx, requestId, own, ended)),
     // The reconciling round's clock, which decided the owner's lease had expired.
     adopt: (input) => adopt(db, input, input.at === undefined ? now() : toIsoTimestamp(input.at)),
 
@@ -253,64 +280,4 @@ function openJobs(db: Kysely<DB>, opts: ListOpenOptions) {
   if (opts.scope) rows = rows.where((eb) => inScope(eb, opts.scope!, 'requests.lease_id', 'upstream_jobs.created_at'));
   else if (opts.createdBefore !== undefined) rows = rows.where('upstream_jobs.created_at', '<', toIsoTimestamp(opts.createdBefore));
   return rows.orderBy('upstream_jobs.created_at').orderBy('upstream_jobs.id').limit(opts.limit ?? 1000);
-}
-
-async function reserve(db: Kysely<DB>, q: LedgerStatements, input: ReserveInput, now: () => string, leaseId: string | null): Promise<ReserveResult> {
-  const amount = input.maxChargeMicros;
-  if (amount < 0n) throw new RangeError('maxChargeMicros must not be negative');
-  if (input.inputHashes && input.inputHashes.length !== (input.jobs ?? 0)) throw new RangeError(`inputHashes has ${input.inputHashes.length} entries for ${input.jobs ?? 0} jobs`);
-  if (input.estimates && input.estimates.length !== (input.jobs ?? 0)) throw new RangeError(`estimates has ${input.estimates.length} entries for ${input.jobs ?? 0} jobs`);
-  try {
-    return await db.transaction().execute((trx) => reserveIn(trx, q, input, now(), leaseId));
-  } catch (error) {
-    // A key with no row fails the request insert on its foreign key, in
-    // each dialect's own words; say what it means.
-    if (!(error instanceof UnknownKeyError)) {
-      const key = await db.selectFrom('api_keys').select('id').where('id', '=', input.keyId).executeTakeFirst().catch(() => null);
-      if (key === undefined) throw new UnknownKeyError(input.keyId);
-    }
-    throw error;
-  }
-}
-
-async function reserveIn(trx: Transaction<DB>, q: LedgerStatements, input: ReserveInput, at: string, leaseId: string | null): Promise<ReserveResult> {
-  const amount = input.maxChargeMicros;
-  // The request row first, the key row last: on PostgreSQL the key's row
-  // lock is then held only from the hold to the commit, and every request of
-  // one key queues on that lock, so its length bounds a key's throughput.
-  const inserted = await q.insertRequest.run(trx, {
-    id: input.requestId,
-    client_request_id: input.clientRequestId ?? null,
-    key_id: input.keyId,
-    model: input.model,
-    endpoint: input.endpoint,
-    end_user: input.user ?? null,
-    pricing_json: input.pricing ?? null,
-    status: 'reserved',
-    reserved_micros: amount,
-    idempotency_key: input.idempotencyKey ?? null,
-    created_at: at,
-    lease_id: leaseId,
-  });
-  // Only the (key, label) index is a conflict the insert skips; our own id colliding is an error.
-  if (inserted.rows.length === 0) return { ok: false, reason: 'request_id_taken' };
-  const held = await q.hold.run(trx, { amount, keyId: input.keyId });
-  if (held.rows.length > 0) {
-    for (let i = 0; i < (input.jobs ?? 0); i++) {
-      await q.insertJob.run(trx, { id: jobIdFor(input.requestId, i), requestId: input.requestId, endpoint: input.endpoint, inputHash: input.inputHashes?.[i] ?? null, estimate: input.estimates?.[i] ?? null, at });
-    }
-    return { ok: true };
-  }
-  // Refused: the request row goes again in the same transaction, so the
-  // attempt commits nothing and the caller's label stays free.
-  await trx.deleteFrom('requests').where('id', '=', input.requestId).execute();
-  const key = await trx.selectFrom('api_keys').select(['budget_micros', 'spent_micros', 'reserved_micros']).where('id', '=', input.keyId).executeTakeFirst();
-  if (!key) throw new UnknownKeyError(input.keyId);
-  return {
-    ok: false,
-    reason: 'insufficient_quota',
-    budgetMicros: toBigInt(key.budget_micros ?? 0n),
-    spentMicros: toBigInt(key.spent_micros),
-    reservedMicros: toBigInt(key.reserved_micros),
-  };
 }

@@ -66,6 +66,8 @@ export interface ReconcileReport {
   pendingClosed: string[];
   /** Expired leases no open request names, deleted. */
   leasesRemoved: number;
+  /** Budget slices of processes no longer live (or this one's, no longer used) returned to their keys. */
+  slicesReturned?: number;
   /** The round did nothing: this process's own lease is not known live. */
   skipped?: 'lease_expired';
   /**
@@ -177,6 +179,8 @@ async function runRound(ctx: Ctx, olderThanMs: number): Promise<ReconcileReport>
     }
   }
   if (ctx.leases) report.leasesRemoved = await ctx.leases.store.sweep().catch(() => 0);
+  // After the requests: a dead process's slice is returned once none of its requests holds.
+  if (which.scope) report.slicesReturned = await ctx.ledger.returnSlices(which.scope).catch((err: unknown) => (ctx.logger.error({ err }, 'reconcile: budget slices could not be returned'), 0));
   return report;
 }
 

@@ -248,7 +248,8 @@ function auditKeys(keys: readonly LedgerKey[], requests: readonly LedgerRequest[
   for (const k of keys) {
     if (k.budgetMicros !== null && k.spentMicros > k.budgetMicros) out.push({ kind: 'over_budget', keyId: k.id, budgetMicros: k.budgetMicros, spentMicros: k.spentMicros });
     const sum = charges.get(k.id) ?? 0n;
-    if (k.spentMicros !== sum) out.push({ kind: 'spent_differs', keyId: k.id, spentMicros: k.spentMicros, chargesMicros: sum });
+    // A key without a budget keeps no counter on its row: its requests' rows are its usage (docs/LEDGER-COST.md).
+    if (k.budgetMicros !== null && k.spentMicros !== sum) out.push({ kind: 'spent_differs', keyId: k.id, spentMicros: k.spentMicros, chargesMicros: sum });
     if (k.reservedMicros !== 0n) out.push({ kind: 'reservation_left', keyId: k.id, reservedMicros: k.reservedMicros });
   }
   return out;

@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
 import { startTestService, TEST_KEY, type TestService } from '../helpers/service.js';
+import { until } from '../helpers/service-process.js';
 import { createImageService } from '../../src/images/generate.js';
 import { normalizeRequest } from '../../src/images/normalize.js';
 import type { Media } from '../../src/images/media.js';
@@ -31,16 +32,6 @@ const unreachable = () => Object.assign(new Error('connect ECONNREFUSED 127.0.0.
  */
 
 const MODEL = 'alibaba/z-image-turbo';
-
-async function until<T>(fn: () => Promise<T | undefined | false> | T | undefined | false, what: string, ms = 30_000): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
 
 const media: Media = { toClientUrl: (u) => u, base64: async () => 'aGVsbG8=', proxyTarget: () => null };
 

@@ -1,15 +1,14 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { startEmulator, type Emulator } from '../../src/emulator/index.js';
 import { createDatabase, type Database } from '../../src/db/index.js';
 import { createLedger } from '../../src/metering/ledger.js';
 import { parseUsd } from '../../src/metering/money.js';
 import { TEST_KEY } from '../helpers/service.js';
+import { startServiceProcess, until, type ServiceProcess as Proc } from '../helpers/service-process.js';
 
 /**
  * SIGKILL the service with jobs in flight, start it again on the same data,
@@ -24,47 +23,6 @@ import { TEST_KEY } from '../helpers/service.js';
  * which neither the age rule nor the interval's first round could do before
  * the deadline below.
  */
-
-const root = new URL('../../', import.meta.url).pathname;
-
-interface Proc {
-  child: ChildProcess;
-  url: string;
-  lines: Array<Record<string, unknown>>;
-  exited: Promise<void>;
-}
-
-function startServiceProcess(env: Record<string, string>): Promise<Proc> {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
-    cwd: root,
-    env: { ...process.env, ...env, PORT: '0', LOG_LEVEL: 'info' },
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  const lines: Array<Record<string, unknown>> = [];
-  const exited = new Promise<void>((r) => child.once('exit', () => r()));
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('service did not start')), 30_000);
-    createInterface({ input: child.stdout! }).on('line', (line) => {
-      const m = /listening on (http:\/\/\S+)/.exec(line);
-      if (m) {
-        clearTimeout(timer);
-        resolve({ child, url: m[1]!, lines, exited });
-      }
-      if (line.startsWith('{')) lines.push(JSON.parse(line) as Record<string, unknown>);
-    });
-    child.once('exit', (code) => reject(new Error(`service exited early (${code})`)));
-  });
-}
-
-async function until<T>(fn: () => T | undefined | Promise<T | undefined>, ms: number, what: string): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
 
 describe('crash recovery', () => {
   let emulator: Emulator;
@@ -103,7 +61,7 @@ describe('crash recovery', () => {
     // held submit is still unanswered.
     database = await createDatabase({ dataDir });
     const db = database.db;
-    await until(async () => (await db.selectFrom('upstream_jobs').select('fal_request_id').where('fal_request_id', 'is not', null).execute()).length === 4, 30_000, 'four fal ids saved');
+    await until(async () => (await db.selectFrom('upstream_jobs').select('fal_request_id').where('fal_request_id', 'is not', null).execute()).length === 4, 'four fal ids saved');
     assert.equal(emulator.jobs().filter((j) => String(j.input.prompt).startsWith('held')).length, 0, 'the held submit is unanswered');
     first.child.kill('SIGKILL');
     await first.exited;
@@ -111,14 +69,14 @@ describe('crash recovery', () => {
     assert.ok(answers.every((a) => a === 'connection lost'), 'no request was answered before the kill');
 
     // Let every job finish at fal (and be billed there) while we are down.
-    await until(() => emulator.jobs().length === 5 && emulator.jobs().every((j) => j.status === 'COMPLETED'), 30_000, 'jobs to finish at fal');
+    await until(() => emulator.jobs().length === 5 && emulator.jobs().every((j) => j.status === 'COMPLETED'), 'jobs to finish at fal');
     assert.equal(emulator.billing().length, 5);
 
     const second = await startServiceProcess(env);
     procs.push(second);
     const restartedAt = Date.now();
     // Under the interval's first round (60 s), so only the lease rule can have settled them.
-    const line = await until(() => second.lines.find((l) => l.msg === 'reconciled open requests'), 50_000, 'the dead process’s requests to be reconciled');
+    const line = await until(() => second.lines.find((l) => l.msg === 'reconciled open requests'), 'the dead process’s requests to be reconciled', 50_000);
     const holdsClosedAfterMs = Date.now() - restartedAt;
     t.diagnostic(`holds closed ${holdsClosedAfterMs} ms after the restart (lease expiry 10 s)`);
     const report = line.reconcile as { settled: string[]; orphaned: string[]; lostFound: string[] };

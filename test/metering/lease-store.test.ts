@@ -114,6 +114,9 @@ describeEachDialect('lease store', (ctx: DialectContext) => {
       assert.equal((await owner.release({ requestId: id, status: 'failed' })).released, false);
       const done = await adopter.settle({ requestId: id, chargeMicros: 60n, credits: 120, images: 1 });
       assert.equal(done.settled, true);
+      // On PostgreSQL the owner's hold came from its budget slice: returned by a round that finds the owner's lease gone.
+      const returned = await adopter.returnSlices({ live: ['adopter'], ownLeaseId: 'adopter', createdBefore: '', ownCreatedBefore: '' });
+      assert.equal(returned, database.dialect === 'postgres' ? 1 : 0);
       const key = await database.db.selectFrom('api_keys').select(['spent_micros', 'reserved_micros']).where('id', '=', keyId).executeTakeFirstOrThrow();
       assert.deepEqual([BigInt(key.spent_micros), BigInt(key.reserved_micros)], [60n, 0n]);
     });
