@@ -115,7 +115,9 @@ describeEachDialect('migration 0005 on a database at 0004 with rows', ({ dialect
     await (database.db as any).insertInto('requests').values([row('trace-0001.caller'), row(ours)]).execute();
     await database.db.insertInto('upstream_jobs').values({ id: `${ours}/0`, request_id: ours, endpoint: 'fal-ai/z-image/turbo', status: 'completed', created_at: at }).execute();
 
-    assert.deepEqual(await database.migrate(), ['0005_client_request_id']);
+    const upTo5 = await migrator.migrateTo('0005_client_request_id');
+    assert.equal(upTo5.error, undefined);
+    assert.deepEqual(upTo5.results?.map((r) => r.migrationName), ['0005_client_request_id']);
     const after5 = await database.db.selectFrom('requests').select(['id', 'client_request_id']).orderBy('id').execute();
     assert.deepEqual(after5, [
       { id: ours, client_request_id: null },
@@ -123,6 +125,8 @@ describeEachDialect('migration 0005 on a database at 0004 with rows', ({ dialect
     ].sort((x, y) => (x.id < y.id ? -1 : 1)));
     assert.equal((await database.db.selectFrom('upstream_jobs').select('request_id').executeTakeFirstOrThrow()).request_id, ours, 'jobs still name their request');
 
+    // Today's ledger writes the later migrations' columns too.
+    await database.migrate();
     const ledger = createLedger(database);
     const reserve = (keyId: string, label: string) =>
       ledger.reserve({ requestId: `req_${randomUUID().replace(/-/g, '')}`, clientRequestId: label, keyId, model: 'alibaba/z-image-turbo', endpoint: 'fal-ai/z-image/turbo', maxChargeMicros: 1n });
