@@ -36,7 +36,8 @@ export function bindKeyForm(onKey) {
 
 /** Calls the API with the stored key; answers the parsed body whatever the status. */
 export async function api(path, init = {}) {
-  const headers = { authorization: `Bearer ${storedKey()}`, ...(init.body ? { 'content-type': 'application/json' } : {}) };
+  // A string body is JSON; a FormData body gets its multipart content type (with the boundary) from fetch itself.
+  const headers = { authorization: `Bearer ${storedKey()}`, ...(typeof init.body === 'string' ? { 'content-type': 'application/json' } : {}) };
   let res;
   try {
     res = await fetch(path, { ...init, headers, cache: 'no-store', credentials: 'omit' });

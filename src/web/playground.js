@@ -1,4 +1,5 @@
 import { api, bindKeyForm, h, setStatus, showError } from './common.js';
+import { applyEditMode, canEdit, editForm, isEditMode } from './playground-edit.js';
 
 const $ = (id) => document.getElementById(id);
 const form = $('generate-form');
@@ -27,12 +28,22 @@ async function loadModels() {
     return;
   }
   models = res.body.data;
-  const previous = modelSelect.value;
-  modelSelect.replaceChildren(...models.map((m) => h('option', { value: m.id }, m.id)));
-  if (models.some((m) => m.id === previous)) modelSelect.value = previous;
-  applyLimits();
+  fillModels();
   form.hidden = false;
-  setStatus('Write a prompt and press Generate.');
+}
+
+/** The model picker lists every model to generate, and in Edit mode only those whose capabilities include `edits`. */
+function fillModels() {
+  const edit = isEditMode();
+  const shown = edit ? models.filter(canEdit) : models;
+  const previous = modelSelect.value;
+  modelSelect.replaceChildren(...shown.map((m) => h('option', { value: m.id }, m.id)));
+  if (shown.some((m) => m.id === previous)) modelSelect.value = previous;
+  $('generate').textContent = edit ? 'Edit' : 'Generate';
+  $('size-field').hidden = edit;
+  applyLimits();
+  if (shown.length === 0) setStatus('No model here can edit images.');
+  else setStatus(edit ? 'Pick an image, write a prompt and press Edit.' : 'Write a prompt and press Generate.');
 }
 
 function priceText(pricing) {
@@ -44,6 +55,7 @@ function priceText(pricing) {
 /** Shapes the form to the selected model's limits, as GET /v1/models states them. */
 function applyLimits() {
   const model = currentModel();
+  applyEditMode(model);
   if (!model) return;
   const l = model.limits;
   $('model-info').textContent = [model.description, priceText(model.pricing)].filter(Boolean).join(' · ');
@@ -75,7 +87,7 @@ function applyLimits() {
 }
 
 function showCustomSize() {
-  const custom = sizeSelect.value === CUSTOM;
+  const custom = sizeSelect.value === CUSTOM && !$('size-field').hidden;
   $('custom-size').hidden = !custom;
   $('width').required = custom;
   $('height').required = custom;
@@ -111,7 +123,8 @@ function addLora() {
 
 function requestBody() {
   const body = { model: modelSelect.value, prompt: $('prompt').value, n: $('count').valueAsNumber };
-  body.image_size = sizeSelect.value === CUSTOM ? { width: $('width').valueAsNumber, height: $('height').valueAsNumber } : sizeSelect.value;
+  // An edit leaves the size out: the service's default for edits is the input's size.
+  if (!$('size-field').hidden) body.image_size = sizeSelect.value === CUSTOM ? { width: $('width').valueAsNumber, height: $('height').valueAsNumber } : sizeSelect.value;
   if ($('seed').value !== '') body.seed = $('seed').valueAsNumber;
   if (!$('steps-field').hidden && $('steps').value !== '') body.num_inference_steps = $('steps').valueAsNumber;
   if (!$('loras').hidden && loraList.children.length > 0) {
@@ -123,16 +136,20 @@ function requestBody() {
   return body;
 }
 
+/** Generate mode posts JSON to /v1/images/generations; Edit mode posts a form with the files to /v1/images/edits. */
 async function generate(event) {
   event.preventDefault();
+  const edit = isEditMode();
   const body = requestBody();
   const button = $('generate');
   button.disabled = true;
   showError('');
-  setStatus(`Generating ${body.n} image${body.n === 1 ? '' : 's'}…`);
+  setStatus(`${edit ? 'Editing' : 'Generating'} ${body.n} image${body.n === 1 ? '' : 's'}…`);
   const started = performance.now();
   try {
-    const res = await api('/v1/images/generations', { method: 'POST', body: JSON.stringify(body) });
+    const res = edit
+      ? await api('/v1/images/edits', { method: 'POST', body: await editForm(body) })
+      : await api('/v1/images/generations', { method: 'POST', body: JSON.stringify(body) });
     if (!res.ok) {
       setStatus('');
       showError(res.message);
@@ -171,6 +188,7 @@ function showResult(result, prompt) {
 }
 
 modelSelect.addEventListener('change', applyLimits);
+for (const radio of document.querySelectorAll('input[name="mode"]')) radio.addEventListener('change', fillModels);
 sizeSelect.addEventListener('change', showCustomSize);
 $('add-lora').addEventListener('click', addLora);
 form.addEventListener('submit', generate);

@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { describeInBrowser, screenshot, type GuardedPage } from '../helpers/browser.js';
 import { startTestService, OTHER_KEY, TEST_KEY, type TestService } from '../helpers/service.js';
+import { BLUE, H, RED, W, inputPng, maxDiff, pixelsOf } from '../helpers/edit-images.js';
 
 /**
  * The playground, the usage page and the docs, as a person uses them in
@@ -45,7 +46,8 @@ function assertStayedLocal(g: GuardedPage): void {
 describeInBrowser('pages in headless Chromium', (browser) => {
   let t: TestService;
   before(async () => {
-    t = await startTestService();
+    // Inpainting is served only when its endpoint is priced (docs/MODELS.md): the drawn mask needs it.
+    t = await startTestService({ MODEL_PRICES: '{"fal-ai/z-image/turbo/inpaint":"0.006"}' });
   });
   after(async () => {
     await t.close();
@@ -57,19 +59,25 @@ describeInBrowser('pages in headless Chromium', (browser) => {
     return (await res.json()) as UsageReport;
   }
 
-  async function models(): Promise<Array<{ id: string; limits: Record<string, number> }>> {
+  async function models(): Promise<Array<{ id: string; limits: Record<string, number>; capabilities: string[] }>> {
     const res = await fetch(`${t.url}/v1/models`, { headers: { authorization: `Bearer ${TEST_KEY}` } });
-    return ((await res.json()) as { data: Array<{ id: string; limits: Record<string, number> }> }).data;
+    return ((await res.json()) as { data: Array<{ id: string; limits: Record<string, number>; capabilities: string[] }> }).data;
+  }
+
+  /** A new tab on the playground with TEST_KEY typed in and used, once `model` is listed. */
+  async function openPlayground(model: string): Promise<GuardedPage> {
+    const g = await browser.open();
+    await g.page.goto(`${t.url}/`);
+    await g.page.getByLabel('API key', { exact: true }).fill(TEST_KEY);
+    await g.page.getByRole('button', { name: 'Use key' }).click();
+    await g.page.locator(`#model option[value="${model}"]`).waitFor({ state: 'attached' });
+    return g;
   }
 
   it('playground: type the key, pick a model, generate; the images render at the requested size and the cost shown is the response’s', async () => {
-    const g = await browser.open();
+    const g = await openPlayground('alibaba/z-image-turbo');
     const { page } = g;
-    await page.goto(`${t.url}/`);
-    await page.getByLabel('API key', { exact: true }).fill(TEST_KEY);
-    await page.getByRole('button', { name: 'Use key' }).click();
     const model = page.getByLabel('Model', { exact: true });
-    await page.locator('#model option[value="alibaba/z-image-turbo"]').waitFor({ state: 'attached' });
     const listed = await model.locator('option').evaluateAll((os) => os.map((o) => o.getAttribute('value')));
     assert.deepEqual(listed, (await models()).map((m) => m.id));
 
@@ -127,12 +135,8 @@ describeInBrowser('pages in headless Chromium', (browser) => {
   });
 
   it('playground: the controls follow the model’s limits from /v1/models; LoRAs only where the model takes them', async () => {
-    const g = await browser.open();
+    const g = await openPlayground('alibaba/z-image-turbo-lora');
     const { page } = g;
-    await page.goto(`${t.url}/`);
-    await page.getByLabel('API key', { exact: true }).fill(TEST_KEY);
-    await page.getByRole('button', { name: 'Use key' }).click();
-    await page.locator('#model option[value="alibaba/z-image-turbo-lora"]').waitFor({ state: 'attached' });
     const limits = new Map((await models()).map((m) => [m.id, m.limits]));
 
     for (const id of ['alibaba/z-image-turbo', 'alibaba/z-image-turbo-lora']) {
@@ -190,6 +194,111 @@ describeInBrowser('pages in headless Chromium', (browser) => {
     assert.equal(await g.page.locator('#generate-form').isVisible(), false);
     assert.deepEqual(g.offsite, []);
     await g.page.close();
+  });
+
+  /** A tab in Edit mode with the key typed in and the image chosen. */
+  async function openEdit(image: { name: string; mimeType: string; buffer: Buffer }): Promise<GuardedPage> {
+    const g = await openPlayground('alibaba/z-image-turbo');
+    const { page } = g;
+    await page.getByRole('radio', { name: 'Edit' }).check();
+    await page.getByLabel('Image', { exact: true }).setInputFiles(image);
+    await page.getByLabel('Prompt', { exact: true }).fill('repaint it');
+    return g;
+  }
+
+  function postEdit(page: GuardedPage['page']) {
+    return Promise.all([
+      page.waitForResponse((r) => r.url() === `${t.url}/v1/images/edits`),
+      page.getByRole('button', { name: 'Edit', exact: true }).click(),
+    ]).then(([response]) => response);
+  }
+
+  it('playground edit: only models that edit are offered; an image without a mask comes back at its size, with the cost shown', async () => {
+    const g = await openEdit({ name: 'input.png', mimeType: 'image/png', buffer: await inputPng() });
+    const { page } = g;
+    const all = await models();
+    const listed = await page.locator('#model option').evaluateAll((os) => os.map((o) => o.getAttribute('value')));
+    assert.deepEqual(listed, all.filter((m) => m.capabilities.includes('edits')).map((m) => m.id));
+    assert.ok(listed.length < all.length, 'some models only generate');
+    // The mask controls only for a model that inpaints.
+    for (const id of listed) {
+      await page.getByLabel('Model', { exact: true }).selectOption(id!);
+      assert.equal(await page.getByRole('group', { name: 'Mask (optional)' }).isVisible(), all.find((m) => m.id === id)!.capabilities.includes('inpaint'), id!);
+    }
+    await page.getByLabel('Model', { exact: true }).selectOption('alibaba/z-image-turbo');
+    assert.equal(await page.getByLabel('Size', { exact: true }).isVisible(), false, 'an edit takes the input’s size');
+    await page.getByRole('img', { name: 'The image to edit' }).waitFor();
+
+    const response = await postEdit(page);
+    assert.equal(response.status(), 200);
+    assert.match(response.request().headers()['content-type']!, /^multipart\/form-data; boundary=/);
+    const sent = response.request().postData()!;
+    assert.doesNotMatch(sent, /name="mask"/, 'no mask drawn, none sent');
+    assert.match(sent, /name="image"; filename="input.png"/);
+    const body = (await response.json()) as { data: Array<{ url: string }>; meta: { usage: { cost_usd: string } } };
+    const img = page.getByRole('img', { name: 'Image 1 of 1: repaint it' });
+    await img.waitFor();
+    const size = await img.evaluate((el) => (el as unknown as ImageElement).decode().then(() => [(el as unknown as ImageElement).naturalWidth, (el as unknown as ImageElement).naturalHeight]));
+    assert.deepEqual(size, [W, H]);
+    assert.equal(await img.evaluate((el) => (el as unknown as ImageElement).src), body.data[0]!.url);
+    const cost = page.locator('#cost-usd');
+    assert.equal(await cost.getAttribute('data-cost-usd'), body.meta.usage.cost_usd);
+    assert.equal(await cost.textContent(), `$${body.meta.usage.cost_usd}`);
+    assert.equal(body.meta.usage.cost_usd, response.headers()['x-usage-cost-usd']);
+    await screenshot(page, 'playground-edit');
+    assertStayedLocal(g);
+    await page.close();
+  });
+
+  it('playground edit: a stroke drawn on the preview becomes the mask; only the area under it is repainted', async () => {
+    const g = await openEdit({ name: 'input.png', mimeType: 'image/png', buffer: await inputPng() });
+    const { page } = g;
+    await page.getByLabel('Brush size (image pixels)').fill('16');
+    const canvas = page.getByRole('img', { name: 'Mask: draw over the area to change' });
+    await page.getByRole('img', { name: 'The image to edit' }).waitFor();
+    const box = (await canvas.boundingBox())!;
+    // A horizontal stroke in the image's own pixels, y = 40, x from 20 to 100 (the red half), away from the EMULATED band in the middle.
+    const client = (x: number, y: number): [number, number] => [box.x + (x * box.width) / W, box.y + (y * box.height) / H];
+    await page.mouse.move(...client(20, 40));
+    await page.mouse.down();
+    await page.mouse.move(...client(100, 40), { steps: 8 });
+    await page.mouse.up();
+    assert.equal(await page.getByRole('button', { name: 'Clear mask' }).isEnabled(), true);
+
+    const response = await postEdit(page);
+    assert.equal(response.status(), 200);
+    assert.match(response.request().postData()!, /name="mask"; filename="mask.png"/);
+    const body = (await response.json()) as { data: Array<{ url: string }> };
+    await page.getByRole('img', { name: 'Image 1 of 1: repaint it' }).waitFor();
+    const out = await pixelsOf(Buffer.from(await (await fetch(body.data[0]!.url)).arrayBuffer()));
+    assert.deepEqual([out.width, out.height], [W, H]);
+    assert.ok(maxDiff(out, RED, 30, 38, 90, 42) > 25, 'under the stroke: repainted');
+    assert.ok(maxDiff(out, RED, 0, 0, W / 2, 20) <= 2, 'above the stroke (red half): kept');
+    // The stroke spans x 12–108 (a 16-pixel round brush from 20 to 100): either end of its row is kept.
+    assert.ok(maxDiff(out, RED, 0, 34, 8, 46) <= 2, 'left of the stroke: kept');
+    assert.ok(maxDiff(out, RED, 114, 34, W / 2, 46) <= 2, 'right of the stroke: kept');
+    assert.ok(maxDiff(out, BLUE, W / 2, 0, W, 60) <= 2, 'beside the stroke (blue half): kept');
+    assert.ok(maxDiff(out, RED, 0, H - 20, W / 2, H) <= 2, 'far below (red half): kept');
+    assert.ok(maxDiff(out, BLUE, W / 2, H - 20, W, H) <= 2, 'far below (blue half): kept');
+    await screenshot(page, 'playground-inpaint');
+    assertStayedLocal(g);
+    await page.close();
+  });
+
+  it('playground edit: bytes that are no image are refused, and the error names image', async () => {
+    const g = await openEdit({ name: 'notes.png', mimeType: 'image/png', buffer: Buffer.from('just some text, not an image\n') });
+    const { page } = g;
+    const response = await postEdit(page);
+    assert.equal(response.status(), 400);
+    const body = (await response.json()) as { error: { param: string; message: string } };
+    assert.equal(body.error.param, 'image');
+    const alert = page.getByRole('alert');
+    await alert.filter({ hasText: body.error.message }).waitFor();
+    assert.match((await alert.textContent())!, /\bimage\b/);
+    assert.equal(await page.locator('#images img').count(), 0);
+    // The 400 itself is a console error in Chromium ("Failed to load resource"): only the fence is checked.
+    assert.deepEqual(g.offsite, []);
+    await page.close();
   });
 
   it('usage: the charts’ numbers equal GET /v1/usage by day and by model, for the key typed in', async () => {
