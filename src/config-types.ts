@@ -21,6 +21,14 @@ export interface ServerConfig {
   headersTimeoutMs: number;
   /** Longest a client may take to send a whole request, body included; answers are not limited by it. */
   bodyTimeoutMs: number;
+  /**
+   * How long an idle kept-alive connection stays open. Longer than the idle
+   * expiry of the clients and load balancers in front of us (httpx, under
+   * the openai Python SDK, 5 s; undici 4 s; an AWS ALB 60 s), so the client
+   * side always closes first: a server that closes first races the client's
+   * next request on that socket, which then fails with ECONNRESET.
+   */
+  keepAliveTimeoutMs: number;
   /** HEAP_OPTIMIZE_FOR_SIZE: V8's memory-saving heap mode (src/optimize-for-size.ts), less memory per waiting job for more CPU per submit. */
   heapOptimizeForSize: boolean;
 }

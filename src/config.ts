@@ -79,6 +79,7 @@ function readServer(r: EnvReader): ServerConfig {
     strictParams: r.bool('STRICT_PARAMS', false),
     headersTimeoutMs: r.int('HEADERS_TIMEOUT_MS', 10_000, 100, 600_000),
     bodyTimeoutMs: r.int('BODY_TIMEOUT_MS', 30_000, 100, 3_600_000),
+    keepAliveTimeoutMs: r.int('KEEP_ALIVE_TIMEOUT_MS', 65_000, 1_000, 3_600_000),
     heapOptimizeForSize: r.bool('HEAP_OPTIMIZE_FOR_SIZE', true),
   };
   if (server.bodyTimeoutMs < server.headersTimeoutMs) {

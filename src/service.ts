@@ -291,7 +291,7 @@ async function listen(app: Express, config: Config, logger: Logger, metrics: Met
   // The timeouts bound how long a client may take to send its request; the
   // answer (a job of minutes) is bounded by REQUEST_TIMEOUT_MS instead.
   const server = createHttpServer(app, logger, {
-    limits: { headersTimeoutMs: config.headersTimeoutMs, bodyTimeoutMs: config.bodyTimeoutMs, maxConnections: config.maxConnections },
+    limits: { headersTimeoutMs: config.headersTimeoutMs, bodyTimeoutMs: config.bodyTimeoutMs, keepAliveTimeoutMs: config.keepAliveTimeoutMs, maxConnections: config.maxConnections },
     onRefused: (reason) => metrics.refusals.inc({ reason }),
   });
   await new Promise<void>((resolve, reject) => {

@@ -29,6 +29,8 @@ export interface ConnectionLimits {
   headersTimeoutMs: number;
   /** Longest a client may take to send a whole request, body included. Answers are not limited by it. */
   bodyTimeoutMs: number;
+  /** How long an idle kept-alive connection is kept (config `KEEP_ALIVE_TIMEOUT_MS` gives the reason). */
+  keepAliveTimeoutMs: number;
   /** Connections held at once; past it a new connection is closed unanswered (Node's `maxConnections`). */
   maxConnections: number;
 }
@@ -89,6 +91,7 @@ export function createHttpServer(app: RequestListener, logger?: Logger, opts: Ht
     server.emit('request', req, res);
   });
 
+  if (opts.limits) server.keepAliveTimeout = opts.limits.keepAliveTimeoutMs;
   if (opts.limits) capConnections(server, opts.limits.maxConnections, opts.onRefused, logger);
 
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {

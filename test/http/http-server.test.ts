@@ -116,6 +116,32 @@ describe('connection limits: a slow client holds a socket for the configured sec
     assert.equal(refusals(await metrics(), 'request_timeout'), before + 2);
   });
 
+  it('an idle kept-alive connection outlives the headers timeout and announces KEEP_ALIVE_TIMEOUT_MS (65 s): a request on it 2.5 s later is answered', async () => {
+    const socket = connect(Number(new URL(t.url).port), '127.0.0.1');
+    let data = '';
+    let closed = false;
+    socket.setEncoding('latin1');
+    socket.on('data', (c: string) => (data += c));
+    socket.on('close', () => (closed = true));
+    const answers = async (n: number) => {
+      const deadline = Date.now() + 15_000;
+      while ((data.match(/HTTP\/1\.1 200 /g) ?? []).length < n && !closed && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    };
+    try {
+      socket.write('GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n');
+      await answers(1);
+      assert.match(data, /^HTTP\/1\.1 200 /);
+      assert.match(data, /\r\nKeep-Alive: timeout=65\r\n/i);
+      await new Promise((r) => setTimeout(r, 2_500));
+      assert.equal(closed, false, 'the server closed an idle kept-alive connection at the headers timeout');
+      socket.write('GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n');
+      await answers(2);
+      assert.equal((data.match(/HTTP\/1\.1 200 /g) ?? []).length, 2, data);
+    } finally {
+      socket.destroy();
+    }
+  });
+
   it('a body sent too slowly: 408 and closed, and its in-flight place is given back', async () => {
     const head = [
       'POST /v1/images/generations HTTP/1.1',
@@ -152,7 +178,7 @@ describe('connection limits: the cap on connections sits above MAX_IN_FLIGHT', (
     assert.equal(loadConfig({ ...base, MAX_IN_FLIGHT: '10', MAX_CONNECTIONS: '11' }).maxConnections, 11);
     assert.throws(() => loadConfig({ ...base, MAX_IN_FLIGHT: '10', MAX_CONNECTIONS: '10' }), /MAX_CONNECTIONS \(10\) must be greater than MAX_IN_FLIGHT \(10\)/);
     const d = loadConfig(base);
-    assert.deepEqual([d.headersTimeoutMs, d.bodyTimeoutMs], [10_000, 30_000]);
+    assert.deepEqual([d.headersTimeoutMs, d.bodyTimeoutMs, d.keepAliveTimeoutMs], [10_000, 30_000, 65_000]);
   });
 
   describe('MAX_IN_FLIGHT=2, MAX_CONNECTIONS=5', () => {
