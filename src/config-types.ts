@@ -29,8 +29,13 @@ export interface ServerConfig {
    * next request on that socket, which then fails with ECONNRESET.
    */
   keepAliveTimeoutMs: number;
-  /** HEAP_OPTIMIZE_FOR_SIZE: V8's memory-saving heap mode (src/optimize-for-size.ts), less memory per waiting job for more CPU per submit. */
-  heapOptimizeForSize: boolean;
+  /**
+   * HEAP_OPTIMIZE_FOR_SIZE: V8's memory-saving heap mode (src/optimize-for-size.ts), less memory per
+   * waiting job for more CPU per submit: always, never, or `auto`, from `heapOptimizeForSizeFrom` requests in progress.
+   */
+  heapOptimizeForSize: boolean | 'auto';
+  /** HEAP_OPTIMIZE_FOR_SIZE_FROM: requests in progress from which `auto` turns the mode on (off again below half). */
+  heapOptimizeForSizeFrom: number;
 }
 
 /** Who may call. */

@@ -80,12 +80,18 @@ function readServer(r: EnvReader): ServerConfig {
     headersTimeoutMs: r.int('HEADERS_TIMEOUT_MS', 10_000, 100, 600_000),
     bodyTimeoutMs: r.int('BODY_TIMEOUT_MS', 30_000, 100, 3_600_000),
     keepAliveTimeoutMs: r.int('KEEP_ALIVE_TIMEOUT_MS', 65_000, 1_000, 3_600_000),
-    heapOptimizeForSize: r.bool('HEAP_OPTIMIZE_FOR_SIZE', true),
+    heapOptimizeForSize: heapMode(r),
+    heapOptimizeForSizeFrom: r.int('HEAP_OPTIMIZE_FOR_SIZE_FROM', 1_000, 1, 10_000_000),
   };
   if (server.bodyTimeoutMs < server.headersTimeoutMs) {
     r.problems.push(`BODY_TIMEOUT_MS (${server.bodyTimeoutMs}) must be at least HEADERS_TIMEOUT_MS (${server.headersTimeoutMs}): the whole request includes its headers`);
   }
   return server;
+}
+
+/** `auto` (the default), or a boolean word for always / never. */
+function heapMode(r: EnvReader): boolean | 'auto' {
+  return (r.str('HEAP_OPTIMIZE_FOR_SIZE') ?? 'auto').toLowerCase() === 'auto' ? 'auto' : r.bool('HEAP_OPTIMIZE_FOR_SIZE', true);
 }
 
 function readAuth(r: EnvReader): AuthConfig {

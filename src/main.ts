@@ -3,7 +3,7 @@ import { pathToFileURL } from 'node:url';
 import { loadConfig, ConfigError } from './config.js';
 import { logFormatFor, prettyDestination } from './logging.js';
 import { startService, type Service } from './service.js';
-import { optimizeForSize } from './optimize-for-size.js';
+import { heapModeByLoad, optimizeForSize } from './optimize-for-size.js';
 
 /** Process concerns only: configuration, start, banner, signals. */
 export async function runServer(env: Record<string, string | undefined> = process.env): Promise<void> {
@@ -18,7 +18,7 @@ export async function runServer(env: Record<string, string | undefined> = proces
     throw err;
   }
   // Before the service allocates anything: the mode sizes the old generation as it grows.
-  if (config.heapOptimizeForSize) optimizeForSize();
+  if (config.heapOptimizeForSize === true) optimizeForSize();
 
   // Signals are handled from the first moment: a SIGTERM that arrives while
   // we start (or right after the banner) must still shut down cleanly.
@@ -52,6 +52,10 @@ export async function runServer(env: Record<string, string | undefined> = proces
 
   const pretty = logFormatFor(config.logFormat, process.stdout.isTTY === true) === 'pretty';
   service = await startService(config, pretty ? { logDestination: prettyDestination() } : {});
+  if (config.heapOptimizeForSize === 'auto') {
+    const server = service.server;
+    heapModeByLoad({ inProgress: () => server.requestsInProgress, from: config.heapOptimizeForSizeFrom });
+  }
   process.stdout.write(banner(service));
   if (stopRequested) stop(stopRequested);
 }

@@ -1,6 +1,5 @@
 /** What `startService` (src/service.ts) returns, and what tests may put in place of its parts. */
 import type { Express } from 'express';
-import type { Server } from 'node:http';
 import type { DestinationStream, Logger } from 'pino';
 import type { Database } from './db/index.js';
 import type { Emulator } from './emulator/index.js';
@@ -14,10 +13,11 @@ import type { Reconciler, ReconcileReport } from './metering/reconcile.js';
 import type { Reports } from './metering/reports.js';
 import type { Metrics } from './metrics.js';
 import type { ModelRegistry } from './models/registry.js';
+import type { HttpServer } from './http/http-server.js';
 
 export interface Service {
   app: Express;
-  server: Server;
+  server: HttpServer;
   url: string;
   logger: Logger;
   fal: FalGateway;

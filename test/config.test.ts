@@ -27,13 +27,16 @@ describe('config: JOB_GIVE_UP_MS', () => {
 describe('config: HEAP_OPTIMIZE_FOR_SIZE', () => {
   const base = { FAL_KEY: 'k', API_KEYS: 'sk-config-test-0123456789' };
 
-  it('is on unless turned off', () => {
-    assert.equal(loadConfig(base).heapOptimizeForSize, true);
+  it('is auto unless set, from 1,000 requests in progress; true and false force it', () => {
+    assert.equal(loadConfig(base).heapOptimizeForSize, 'auto');
+    assert.equal(loadConfig(base).heapOptimizeForSizeFrom, 1_000);
+    assert.equal(loadConfig({ ...base, HEAP_OPTIMIZE_FOR_SIZE: 'AUTO', HEAP_OPTIMIZE_FOR_SIZE_FROM: '50' }).heapOptimizeForSizeFrom, 50);
+    assert.equal(loadConfig({ ...base, HEAP_OPTIMIZE_FOR_SIZE: 'true' }).heapOptimizeForSize, true);
     assert.equal(loadConfig({ ...base, HEAP_OPTIMIZE_FOR_SIZE: 'false' }).heapOptimizeForSize, false);
     assert.equal(loadConfig({ ...base, HEAP_OPTIMIZE_FOR_SIZE: '0' }).heapOptimizeForSize, false);
   });
 
-  it('refuses a value that is not a boolean, naming the variable', () => {
+  it('refuses a value that is neither auto nor a boolean, naming the variable', () => {
     assert.throws(
       () => loadConfig({ ...base, HEAP_OPTIMIZE_FOR_SIZE: 'maybe' }),
       (err: unknown) => err instanceof ConfigError && err.problems.some((p) => p.includes('HEAP_OPTIMIZE_FOR_SIZE')),

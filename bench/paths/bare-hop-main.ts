@@ -22,7 +22,8 @@ import { createKeysStore } from '../../src/metering/keys-store.js';
 
 const config = loadConfig(process.env);
 // The service's V8 memory mode, as src/main.ts decides it.
-if (config.heapOptimizeForSize) optimizeForSize();
+// As the service at the bench's load: `auto` sets the mode only from HEAP_OPTIMIZE_FOR_SIZE_FROM waiting requests.
+if (config.heapOptimizeForSize === true) optimizeForSize();
 const logger = pino({ level: 'warn' });
 const registry = createServedModelRegistry({ catalog: modelCatalog, prices: config.modelPrices, log: logger });
 const canonical = normalizeRequest(registry, JSON.parse(process.env.HOP_BODY ?? '{}') as Record<string, unknown>);
