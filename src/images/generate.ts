@@ -17,7 +17,6 @@ import type { FalGateway, LoraResolver, Media, RequestLedger, Settlement } from 
 import { RequestStop, Shutdown } from './request-stop.js';
 import { imagesResponse } from './response.js';
 import { progressReporter } from './progress.js';
-import { mapFalError } from './upstream-errors.js';
 
 /**
  * The use case: one caller request → its fal jobs → an OpenAI-shaped
@@ -212,7 +211,7 @@ async function finish(deps: ImageServiceDeps, now: () => number, run: Run, outco
   if (caller.answer === 'metering_unavailable') throw meteringUnavailable(true);
   // Only a failure needs to know which name the caller gave each field.
   const fieldOrigins = Object.fromEntries(Object.keys(req.falInput).map((f) => [f, OPENAI_ALIASES[f] && req.sentFields.includes(OPENAI_ALIASES[f]!) ? OPENAI_ALIASES[f]! : f]));
-  throw mapFalError(caller.error, { submitted: !caller.retrySafe, fieldOrigins, abortReason: stop.reason() });
+  throw deps.fal.callerError(caller.error, { submitted: !caller.retrySafe, fieldOrigins, abortReason: stop.reason() });
 }
 
 /** Every job completed: the images are answered once their charge is committed. */

@@ -15,6 +15,9 @@
  * The data they carry is imported as types from where it lives.
  */
 import type { Logger } from 'pino';
+import type { ApiError } from '../errors.js';
+import type { FalCallError } from '../fal/errors.js';
+import type { MapContext } from '../fal/upstream-errors.js';
 import type { CallOptions, FalCancelOutcome, FalJobStatus, FalResult } from '../fal/types.js';
 import type { FalListedRequest, ListingWindow } from '../fal/request-listing.js';
 import type { CloseJobInput, JobRecord, RequestRecord, RequestWithJobs, ReserveInput, ReserveResult } from '../metering/ledger.js';
@@ -71,6 +74,11 @@ export interface FalGateway {
   listRequests(endpoint: string, window: ListingWindow, opts?: CallOptions): Promise<FalListedRequest[]>;
   /** Any HTTP answer from the queue host counts as reachable. */
   ping(opts?: CallOptions): Promise<boolean>;
+  /**
+   * A failed job's error as the caller is told it: fal's statuses and
+   * error bodies mapped onto ours, never forwarded (src/fal/upstream-errors.ts).
+   */
+  callerError(err: FalCallError, ctx: MapContext): ApiError;
   /** Counters for metrics and benchmarks. */
   readonly stats: { statusCalls: number; streamCalls: number; streamsOpen: number; webhookWakeups: number };
 }

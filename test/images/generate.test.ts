@@ -7,6 +7,7 @@ import pino from 'pino';
 import { jobSeed, type GenerateContext } from '../../src/images/generate.js';
 import { imageServiceOver } from '../helpers/image-service.js';
 import { FalCallError, type FalGateway, type FalJobStatus, type FalResult } from '../../src/fal/gateway.js';
+import { mapFalError } from '../../src/fal/upstream-errors.js';
 import { createDatabase, type Database } from '../../src/db/index.js';
 import { createLedger, type Ledger } from '../../src/metering/ledger.js';
 import { createKeysStore } from '../../src/metering/keys-store.js';
@@ -40,6 +41,7 @@ function fakeFal(script: Script): FalGateway & { submitted: Array<Record<string,
     submitted,
     cancelled,
     stats: { statusCalls: 0, streamCalls: 0, streamsOpen: 0, webhookWakeups: 0 },
+    callerError: mapFalError,
     async submit(_endpoint, input) {
       submitted.push(input);
       return script.submit ? script.submit(input, submitted.length) : { falRequestId: `fal-${submitted.length}`, strayIds: [] };
