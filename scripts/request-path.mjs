@@ -22,7 +22,10 @@
  *   module that declares it, and that module's own imports are followed by
  *   these same rules: a port declared beside its implementation (e.g.
  *   `FalGateway` in src/fal/gateway.ts) brings the implementation's imports
- *   onto the path, a port declared on its own (types only) does not;
+ *   onto the path, a port declared on its own (types only) does not. A
+ *   module that re-exports a port (`export type { X } from …`) counts as
+ *   declaring it: importing the port from there reaches that module, so a
+ *   re-export cannot hide where the request's code leads;
  * - an implementation the composition root puts behind a port declared
  *   elsewhere (e.g. the billing webhook worker behind `BillingEvents`), and
  *   the composition root itself, are not counted: the path is what the
@@ -42,8 +45,8 @@ export const MAX_MODULES = 12;
 function edges(file, root, options, host) {
   const source = ts.createSourceFile(file, readFileSync(file, 'utf8'), ts.ScriptTarget.Latest, true);
   const out = [];
-  const resolveSrc = (spec) => {
-    const r = ts.resolveModuleName(spec, file, options, host).resolvedModule;
+  const resolveSrc = (spec, from = file) => {
+    const r = ts.resolveModuleName(spec, from, options, host).resolvedModule;
     return r && !r.isExternalLibraryImport && r.resolvedFileName.startsWith(join(root, 'src') + '/') ? r.resolvedFileName : undefined;
   };
   const add = (spec, via) => {
@@ -62,7 +65,7 @@ function edges(file, root, options, host) {
       }
       const target = resolveSrc(spec);
       const names = named.map((e) => (e.propertyName ?? e.name).text);
-      const called = target ? names.filter((n) => portsOf(target).has(n)) : [];
+      const called = target ? names.filter((n) => portsOf(target, resolveSrc).has(n)) : [];
       if (called.length > 0) out.push({ target, via: `port ${called.join(', ')}` });
     } else if (ts.isExportDeclaration(st) && st.moduleSpecifier && ts.isStringLiteral(st.moduleSpecifier)) {
       const named = st.exportClause && ts.isNamedExports(st.exportClause) ? st.exportClause.elements : [];
@@ -78,17 +81,26 @@ function edges(file, root, options, host) {
 }
 
 const ports = new Map();
-/** The ports `file` declares: interfaces (or object types) with at least one method, something a caller calls rather than data it reads. */
-function portsOf(file) {
+/**
+ * The ports `file` declares: interfaces (or object types) with at least one
+ * method, something a caller calls rather than data it reads; and the ports
+ * it re-exports from other src modules (`resolveSrc` resolves their
+ * specifiers from `file`).
+ */
+function portsOf(file, resolveSrc) {
   if (ports.has(file)) return ports.get(file);
+  const names = new Set();
+  ports.set(file, names);
   const source = ts.createSourceFile(file, readFileSync(file, 'utf8'), ts.ScriptTarget.Latest, true);
   const callable = (m) => ts.isMethodSignature(m) || (ts.isPropertySignature(m) && m.type !== undefined && ts.isFunctionTypeNode(m.type));
-  const names = new Set(
-    source.statements
-      .filter((st) => (ts.isInterfaceDeclaration(st) && st.members.some(callable)) || (ts.isTypeAliasDeclaration(st) && ts.isTypeLiteralNode(st.type) && st.type.members.some(callable)))
-      .map((st) => st.name.text),
-  );
-  ports.set(file, names);
+  for (const st of source.statements) {
+    if ((ts.isInterfaceDeclaration(st) && st.members.some(callable)) || (ts.isTypeAliasDeclaration(st) && ts.isTypeLiteralNode(st.type) && st.type.members.some(callable))) names.add(st.name.text);
+    if (ts.isExportDeclaration(st) && st.moduleSpecifier && ts.isStringLiteral(st.moduleSpecifier) && st.exportClause && ts.isNamedExports(st.exportClause)) {
+      const from = resolveSrc(st.moduleSpecifier.text, file);
+      if (!from) continue;
+      for (const e of st.exportClause.elements) if (portsOf(from, resolveSrc).has((e.propertyName ?? e.name).text)) names.add(e.name.text);
+    }
+  }
   return names;
 }
 

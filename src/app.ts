@@ -7,8 +7,10 @@ import { requestId } from './http/request-id.js';
 import { accessLog } from './http/access-log.js';
 import { requireAdmin, requireKey, type Authenticate } from './http/auth.js';
 import { jsonBody, bodyErrors } from './http/body.js';
-import { imagesHandler } from './http/routes/images.js';
-import { editBody, editsHandler } from './http/routes/edits.js';
+import { imagesHandler, usageHeaders } from './http/routes/images.js';
+import { editBody, editsHandler, generationsOrEdits } from './http/routes/edits.js';
+import { imageStreams } from './http/image-stream.js';
+import { sendImagesAsBuffers } from './http/images-json.js';
 import type { EditInputsDeps } from './images/edit-inputs.js';
 import { filesRouter } from './http/routes/files.js';
 import { healthRouter, type ReadinessCheck } from './http/routes/health.js';
@@ -19,9 +21,9 @@ import type { Reports } from './metering/reports.js';
 import type { ModelRegistry } from './models/registry.js';
 import type { ImageService } from './images/generate.js';
 import type { Media } from './images/media.js';
-import type { IdempotencyOptions } from './http/idempotency.js';
+import { idempotencyKeyHeader, replays, type IdempotencyOptions } from './http/idempotency.js';
 import { rateLimit, type RateLimitOptions } from './http/rate-limit.js';
-import { addSecurityHeadersOnWrite, answerLater } from './http/waiting-requests.js';
+import { abortWhenCallerLeaves, addSecurityHeadersOnWrite, answerLater } from './http/waiting-requests.js';
 import cors from 'cors';
 import type { Metrics } from './metrics.js';
 import { inFlightLimit, refuseWhenShuttingDown } from './http/backpressure.js';
@@ -82,6 +84,8 @@ export function createApp(deps: AppDeps): Express {
   // Strict defaults everywhere, on every answer of the app as it is written; the HTML pages
   // relax two directives for themselves (routes/web.ts).
   addSecurityHeadersOnWrite(app.response);
+  // Images answers' base64 goes to the socket as the Buffers fal sent, never a string.
+  sendImagesAsBuffers(app.response);
   if (deps.corsOrigins.length > 0) {
     app.use(cors({ origin: deps.corsOrigins, allowedHeaders: ['authorization', 'content-type', 'idempotency-key', 'x-request-id'], exposedHeaders: ['x-request-id', 'x-usage-cost-usd', 'x-usage-credits', 'x-ignored-params', 'retry-after'] }));
   }
@@ -92,21 +96,21 @@ export function createApp(deps: AppDeps): Express {
   // POST to it, and walking past them cost every image request. Its chain is
   // what it met before: the shutdown refusal, then auth, limits, body.
   // Limited before the body is read: a caller over its limit costs us no parsing.
+  // After the body parser, before the handler: the Idempotency-Key header's check, and the request's one AbortController.
   const imagesDeps = {
     registry: deps.registry,
     images: deps.images,
     publicBaseUrl: deps.publicBaseUrl,
-    idempotency: deps.idempotency,
-    streamKeepAliveMs: deps.streamKeepAliveMs ?? 15_000,
+    replays: replays(deps.idempotency, usageHeaders),
+    streams: imageStreams({ images: deps.images, keepAliveMs: deps.streamKeepAliveMs ?? 15_000 }),
     strictParams: deps.strictParams ?? false,
-    edits: deps.edits?.inputs,
   };
   const limits = [refuseWhenStopping, auth, rateLimit(deps.rateLimit), inFlightLimit(deps.maxInFlight, deps.metrics)];
-  app.post('/v1/images/generations', ...limits, ...jsonBody(deps.maxBodyBytes), answerLater(imagesHandler(imagesDeps), writeError));
-  if (deps.edits) {
-    const edits = { ...imagesDeps, edits: deps.edits.inputs, maxFileBytes: deps.edits.maxFileBytes };
-    app.post('/v1/images/edits', ...limits, ...editBody(deps.maxBodyBytes), answerLater(editsHandler(edits), writeError));
-  }
+  const beforeAnswer = [idempotencyKeyHeader, abortWhenCallerLeaves];
+  const edits = deps.edits && editsHandler({ ...imagesDeps, edits: deps.edits.inputs, maxFileBytes: deps.edits.maxFileBytes });
+  const generations = edits ? generationsOrEdits(edits, imagesHandler(imagesDeps)) : imagesHandler(imagesDeps);
+  app.post('/v1/images/generations', ...limits, ...jsonBody(deps.maxBodyBytes), ...beforeAnswer, answerLater(generations, writeError));
+  if (edits) app.post('/v1/images/edits', ...limits, ...editBody(deps.maxBodyBytes), ...beforeAnswer, answerLater(edits, writeError));
   app.use(healthRouter(deps.readiness, isShuttingDown));
   app.get('/metrics', async (_req, res) => {
     res.setHeader('content-type', deps.metrics.registry.contentType);

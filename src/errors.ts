@@ -171,3 +171,16 @@ export class AnswerWithheld extends Error {
     this.name = 'AnswerWithheld';
   }
 }
+
+/**
+ * The images fal returned could not be delivered (a download failed, was
+ * refused by the outbound policy, or was not base64): thrown by the media
+ * port (src/images/ports.ts, `Media`), so the use case closes the request
+ * uncharged and answers upstream_media_error.
+ */
+export class MediaError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'MediaError';
+  }
+}

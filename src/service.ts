@@ -33,7 +33,8 @@ import { createCompletionHub, createWebhookVerifier, type CompletionHub, type We
 import { FAL_WEBHOOK_PATH } from './http/routes/fal-webhook.js';
 import { createReconciler, type Reconciler } from './metering/reconcile.js';
 import { createReconcileSchedule, type ReconcileSchedule } from './metering/reconcile-schedule.js';
-import { createPendingCloses } from './metering/pending-closes.js';
+import { createPendingCloses, type PendingCloses } from './metering/pending-closes.js';
+import { createSettlement, InFlight } from './images/closing.js';
 import { createLeaseStore, holdLease } from './metering/lease-store.js';
 import { createOutboxStore } from './metering/outbox-store.js';
 import { createBillingWebhookWorker, type BillingWebhookWorker } from './metering/billing-webhook.js';
@@ -204,9 +205,9 @@ async function createServiceMedia(config: Config, falBaseUrl: string | undefined
 type ImageParts = Pick<Storage, 'ledger' | 'lease' | 'billingWebhook'> &
   Pick<FalParts, 'fal'> &
   Pick<Upstream, 'falBaseUrl'> &
-  Pick<Parameters<typeof createImageService>[0], 'media' | 'markup' | 'logger' | 'metrics' | 'pendingCloses' | 'shutdownSignal'>;
+  Pick<Parameters<typeof createImageService>[0], 'media' | 'markup' | 'logger' | 'metrics' | 'shutdownSignal'> & { pendingCloses: PendingCloses };
 
-/** The use case, with the LoRA files it may upload to fal. */
+/** The use case, with the LoRA files it may upload to fal and the closing of its requests' rows. */
 function createImages(config: Config, p: ImageParts): ImageService {
   const loras = createLoraResolver({
     loraDir: config.loraDir,
@@ -219,7 +220,9 @@ function createImages(config: Config, p: ImageParts): ImageService {
     reuseMarginMs: loraReuseMarginMs(config),
   });
   const { fal, ledger, lease, pendingCloses, media, markup, logger, shutdownSignal, metrics } = p;
-  return createImageService({ fal, ledger, lease, pendingCloses, media, markup, requestTimeoutMs: config.requestTimeoutMs, logger, shutdownSignal, billingEvents: p.billingWebhook, loras, metrics });
+  const inFlight = new InFlight();
+  const settlement = createSettlement({ ledger, inFlight, leaseId: lease.id, pendingCloses, billingEvents: p.billingWebhook });
+  return createImageService({ fal, ledger, settlement, inFlight, lease, media, markup, requestTimeoutMs: config.requestTimeoutMs, logger, shutdownSignal, loras, metrics });
 }
 
 function createRateLimiter(config: Config, logger: Logger, metrics: Metrics): KeyRateLimiter {

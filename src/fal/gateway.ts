@@ -9,6 +9,7 @@ import type { CompletionHub } from './webhooks.js';
 import type { InlineExtraction, InlineImage } from './inline-images.js';
 import { DimensionsError, dimensionsFromUrl, fillDimensions, isSide } from './image-dimensions.js';
 import { listRequests } from './request-listing.js';
+import { mapFalError } from './upstream-errors.js';
 import type { FalGateway, FalImageOutput, FalJobStatus, FalResult } from './types.js';
 
 export { FalCallError, type FalPhase, type FalErrorKind } from './errors.js';
@@ -261,6 +262,7 @@ export function createFalGateway(opts: FalGatewayOptions): FalGateway {
 
   const gateway: FalGateway = {
     stats,
+    callerError: mapFalError,
 
     async submit(endpoint, input, o = {}) {
       const webhookUrl = o.webhookUrl ?? opts.webhook?.url;

@@ -25,14 +25,6 @@ import type { FalCall } from './fal-call.js';
  * job (REFERENCE §3b), but if one was made it bills and must be recorded.
  */
 
-/**
- * How long a submit may take. A submit is never cut by the request's stop
- * (a sibling's failure, the caller leaving, the deadline): cut in flight it
- * may have made a job we never learn of. It runs to its answer, bounded by
- * this, and a job it made is then cancelled through fal. It also closes the
- * window in which fal's request listing is searched for a lost submit.
- */
-export const SUBMIT_TIMEOUT_MS = 60_000;
 
 export interface Submitted {
   falRequestId: string;

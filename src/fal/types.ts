@@ -53,32 +53,5 @@ export interface CallOptions {
   signal?: AbortSignal;
 }
 
-export interface FalGateway {
-  /**
-   * `strayIds`: jobs fal reported on earlier, refused attempts of this submit
-   * (a 503 can still have created one): they may bill and must be recorded.
-   */
-  submit(endpoint: string, input: Record<string, unknown>, opts?: CallOptions & { webhookUrl?: string }): Promise<{ falRequestId: string; strayIds: string[] }>;
-  /** Resolves once the job reports COMPLETED (which failed jobs also do). */
-  waitForCompletion(endpoint: string, falRequestId: string, opts?: CallOptions & { onStatus?: (s: FalJobStatus) => void }): Promise<void>;
-  status(endpoint: string, falRequestId: string, opts?: CallOptions): Promise<FalJobStatus>;
-  result(endpoint: string, falRequestId: string, opts?: CallOptions): Promise<FalResult>;
-  cancel(endpoint: string, falRequestId: string, opts?: CallOptions): Promise<FalCancelOutcome>;
-  /**
-   * Stores a file in fal's storage and answers its public URL, which fal
-   * inputs can reference. The client's `storage.upload` sends it whole
-   * (initiate, one PUT) or, over 90 MB, in 10 MB parts (initiate-multipart,
-   * the parts, complete). `lifetimeS`: how long fal keeps it (its
-   * `X-Fal-Object-Lifecycle`); unset, the account's default applies.
-   */
-  upload(data: Blob | Buffer, contentType: string, fileName: string, opts?: CallOptions & { lifetimeS?: number }): Promise<string>;
-  /**
-   * Every request fal lists for `endpoint` sent within `window`, with its
-   * input: how a submit whose answer was lost is found (request-listing.ts).
-   */
-  listRequests(endpoint: string, window: ListingWindow, opts?: CallOptions): Promise<FalListedRequest[]>;
-  /** Any HTTP answer from the queue host counts as reachable. */
-  ping(opts?: CallOptions): Promise<boolean>;
-  /** Counters for metrics and benchmarks. */
-  readonly stats: { statusCalls: number; streamCalls: number; streamsOpen: number; webhookWakeups: number };
-}
+/** The port the rest of the service calls fal through is declared with the request's other ports. */
+export type { FalGateway } from '../images/ports.js';

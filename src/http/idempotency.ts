@@ -1,9 +1,12 @@
 import { createHash } from 'node:crypto';
+import type { RequestHandler } from 'express';
 import { AnswerWithheld, ApiError, errorResponse, invalidRequest } from '../errors.js';
 import type { GenerateOutcome } from '../images/generate.js';
+import type { CanonicalRequest } from '../images/normalize.js';
 import type { AnswerRecovery, Recovered } from '../images/recover-answer.js';
 import type { IdempotencyStore, RunningClaim } from '../metering/idempotency-store.js';
 import type { Charge } from '../metering/pricing.js';
+import type { RequestLocals } from './waiting-requests.js';
 
 /**
  * `Idempotency-Key`, scoped per API key. A repeat with an equal body gets the
@@ -58,6 +61,59 @@ export function parseIdempotencyKey(raw: string | undefined): string | undefined
   if (raw === undefined) return undefined;
   if (!KEY_SHAPE.test(raw)) throw invalidRequest('Idempotency-Key must be 1 to 255 printable ASCII characters.', 'Idempotency-Key', 'invalid_idempotency_key');
   return raw;
+}
+
+/**
+ * The image routes' `Idempotency-Key` header, checked before the body is
+ * (a malformed key is refused whatever the body says) and kept on the
+ * request's locals for the answer.
+ */
+export const idempotencyKeyHeader: RequestHandler = (req, res, next) => {
+  (res.locals as RequestLocals).idempotencyKey = parseIdempotencyKey(req.get('idempotency-key'));
+  next();
+};
+
+/** What an image route hands over for an answer under an Idempotency-Key (`replays`). */
+export interface ReplayScope {
+  keyId: string;
+  idemKey: string;
+  requestId: string;
+  /** What a repeat's body must equal. */
+  body: unknown;
+  /** The caller's response: once destroyed, an error is not stored (see `IdempotencyScope.callerGone`). */
+  caller: { readonly destroyed: boolean };
+  /** The request, for answering a repeat from its ledger row. */
+  request: CanonicalRequest;
+  publicBaseUrl: string;
+  /** The retry's own caller leaving ends its wait. */
+  signal?: AbortSignal | undefined;
+}
+
+/**
+ * The image routes' answers under an Idempotency-Key: `withIdempotency`
+ * bound to the options and to the headers of a 200 answer, each repeat
+ * recovered from the ledger through `opts.recovery`.
+ */
+export function replays(opts: IdempotencyOptions, okHeaders: (outcome: GenerateOutcome) => Record<string, string>) {
+  return {
+    answer(s: ReplayScope, work: (run: IdempotentRun) => Promise<Reply>): Promise<Reply> {
+      const recovery = opts.recovery;
+      return withIdempotency(
+        opts,
+        {
+          keyId: s.keyId,
+          idemKey: s.idemKey,
+          requestId: s.requestId,
+          body: s.body,
+          callerGone: () => s.caller.destroyed,
+          recover: recovery && ((claim) => recovery.recover(claim, s.request, s.publicBaseUrl)),
+          okHeaders,
+          signal: s.signal,
+        },
+        work,
+      );
+    },
+  };
 }
 
 export interface IdempotentRun {

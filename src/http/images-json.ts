@@ -4,22 +4,33 @@ import { b64Parts } from '../images/b64-item.js';
 import { drainedOrClosed } from './drain.js';
 
 /**
- * Sends an images answer as JSON. When its `data` items hold their base64 as
- * Buffers (src/images/b64-item.ts), the body is written in pieces: the JSON
- * around each image, made by JSON.stringify with a marker where the image
- * goes, and the image's Buffers themselves in between, so a 10 MB image is
- * never turned into a string and copied (as `res.json` would, twice). The
- * result is byte for byte what `res.json` sends for the same body, with the
+ * Images answers as JSON, mounted by app.ts on the app's response prototype
+ * (as the security headers are, src/http/waiting-requests.ts): `res.json` of
+ * a body whose `data` items hold their base64 as Buffers
+ * (src/images/b64-item.ts) writes it in pieces: the JSON around each image,
+ * made by JSON.stringify with a marker where the image goes, and the image's
+ * Buffers themselves in between, so a 10 MB image is never turned into a
+ * string and copied (as Express's `res.json` would, twice). The result is
+ * byte for byte what Express's `res.json` sends for the same body, with the
  * same headers (Content-Type, Content-Length and the ETag Express computes).
- * Any other body goes through `res.json`.
+ * Any other body goes through Express's `res.json`.
  */
-export async function sendImagesJson(req: Request, res: Response, status: number, headers: Record<string, string>, body: unknown): Promise<void> {
-  const pieces = answerPieces(body, (v) => stringify(req, v));
-  if (!pieces) {
-    res.status(status).set(headers).json(body);
-    return;
-  }
-  res.status(status).set(headers);
+export function sendImagesAsBuffers(responsePrototype: object): void {
+  const json = (responsePrototype as { json: (this: Response, body: unknown) => Response }).json;
+  Object.defineProperty(responsePrototype, 'json', {
+    configurable: true,
+    writable: true,
+    value: function jsonWithImageBuffers(this: Response, body: unknown): Response {
+      const pieces = answerPieces(body, (v) => stringify(this.req, v));
+      if (!pieces) return json.call(this, body);
+      // Nothing may escape as an unhandled rejection: a write that fails ends the connection.
+      writePieces(this.req, this, pieces).catch(() => this.destroy());
+      return this;
+    },
+  });
+}
+
+async function writePieces(req: Request, res: Response, pieces: Buffer[]): Promise<void> {
   if (!res.get('Content-Type')) res.set('Content-Type', 'application/json; charset=utf-8');
   const length = pieces.reduce((n, p) => n + p.length, 0);
   if (!res.get('Transfer-Encoding')) res.set('Content-Length', String(length));

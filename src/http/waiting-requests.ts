@@ -82,8 +82,10 @@ export class RequestLocals {
   errorCode: string | undefined = undefined;
   /** performance.now() when the request arrived, for the access log's duration. */
   startedAt = 0;
-  /** Aborted when the caller leaves before its answer (see `callerSignal`). */
+  /** Aborted when the caller leaves before its answer (`abortWhenCallerLeaves`). */
   caller: AbortController | undefined = undefined;
+  /** The image routes' `Idempotency-Key`, once checked (src/http/idempotency.ts). */
+  idempotencyKey: string | undefined = undefined;
   /** `requestId` is ours; `clientRequestId` the caller's `x-request-id`, if it sent a usable one. */
   constructor(
     readonly requestId: string,
@@ -131,6 +133,12 @@ export function requestController(res: Response): AbortController {
   (res.locals as RequestLocals).caller = controller;
   res.on('close', onResponseClose);
   return controller;
+}
+
+/** Mounted before the image routes' handlers: each request's controller is on its locals (`caller`) before the handler runs. */
+export function abortWhenCallerLeaves(_req: Request, res: Response, next: () => void): void {
+  requestController(res);
+  next();
 }
 
 function onResponseClose(this: Response): void {

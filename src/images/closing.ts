@@ -2,9 +2,10 @@ import type { Logger } from 'pino';
 import { AnswerWithheld } from '../errors.js';
 import type { Ledger, RequestRecord } from '../metering/ledger.js';
 import type { PendingCloses } from '../metering/pending-closes.js';
-import type { PricedModel } from '../metering/pricing.js';
-import { closeUncharged, encodePricing, type CompletedJob, type RequestPricing } from '../metering/settlement.js';
+import { encodePricing, type PricedModel, type RequestPricing } from '../metering/pricing.js';
+import { closeUncharged, settleCompleted, type BillingEvents, type CompletedJob } from '../metering/settlement.js';
 import { MeteringUnavailable } from './job-runner.js';
+import type { Settlement } from './ports.js';
 
 /**
  * How a request's row is closed by the process answering it, when the
@@ -14,6 +15,20 @@ import { MeteringUnavailable } from './job-runner.js';
  * it over because this one's lease expired (leases.ts), in which case this
  * process writes neither the row nor an answer.
  */
+
+/**
+ * The use case's `Settlement` port (src/images/ports.ts): its requests'
+ * rows settled on their completed jobs (settlement.ts, a billing event with
+ * each when the billing webhook is on) or closed by the rules below.
+ */
+export function createSettlement(deps: ClosingDeps & { billingEvents?: BillingEvents | undefined }): Settlement {
+  return {
+    settle: (model, requestId, pricing, jobs) => settleCompleted(deps.ledger, model, requestId, pricing, jobs, { billingEvents: deps.billingEvents }),
+    closeUncharged: (c, log) => closeUnchargedNow(deps, c, log),
+    closeLater: (c, log) => closeLater(deps, c, log),
+    closedBy: (request, log) => closedBy(request, deps, log),
+  };
+}
 
 /** Requests this process is working on (answering, or closing in the background): its reconciliation leaves them alone. */
 export class InFlight {

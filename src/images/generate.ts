@@ -1,25 +1,22 @@
 import type { Logger } from 'pino';
 import { isStorageUnavailable } from '../db/errors.js';
-import { ApiError, insufficientQuota, serviceUnavailable, storageFailed, upstreamError } from '../errors.js';
-import type { PendingCloses } from '../metering/pending-closes.js';
-import { InFlight, closeUnchargedNow, closeLater, closedBy, type ClosingDeps } from './closing.js';
-import type { FalGateway, FalJobStatus, FalResult } from '../fal/gateway.js';
+import { ApiError, insufficientQuota, MediaError, serviceUnavailable, storageFailed, upstreamError } from '../errors.js';
+import type { InFlight } from './closing.js';
+import type { FalJobStatus, FalResult } from '../fal/types.js';
 import { decideRequest } from '../metering/job-state.js';
-import { jobIdFor, type Ledger } from '../metering/ledger.js';
+import { jobIdFor } from '../metering/job-ids.js';
 import { inputHash } from '../metering/lost-submits.js';
 import { formatUsd, type Markup } from '../metering/money.js';
-import { callerChargeForJobs, jobEstimates, maxCharge, splitIntoJobs, type Charge } from '../metering/pricing.js';
-import { encodePricing, settleCompleted, type BillingEvents, type CompletedJob } from '../metering/settlement.js';
+import { callerChargeForJobs, encodePricing, jobEstimates, maxCharge, splitIntoJobs, type Charge } from '../metering/pricing.js';
+import type { CompletedJob } from '../metering/settlement.js';
 import type { Metrics } from '../metrics.js';
 import type { ImagesResponse } from '../schemas/images-response.js';
 import { MeteringUnavailable, runJob, type JobOutcome } from './job-runner.js';
-import type { LoraResolver } from './loras.js';
-import { MediaError, type Media } from './media.js';
 import type { CanonicalRequest } from './normalize.js';
+import type { FalGateway, LoraResolver, Media, RequestLedger, Settlement } from './ports.js';
 import { RequestStop, Shutdown } from './request-stop.js';
 import { imagesResponse } from './response.js';
 import { progressReporter } from './progress.js';
-import { mapFalError } from './upstream-errors.js';
 
 /**
  * The use case: one caller request → its fal jobs → an OpenAI-shaped
@@ -72,7 +69,11 @@ export interface GenerateOutcome {
 
 export interface ImageServiceDeps {
   fal: FalGateway;
-  ledger: Ledger;
+  ledger: RequestLedger;
+  /** Settles or closes the request's row (src/images/closing.ts, `createSettlement`). */
+  settlement: Settlement;
+  /** The requests this process is working on, shared with `settlement` (a close retried in the background counts). */
+  inFlight: InFlight;
   media: Media;
   markup: Markup;
   requestTimeoutMs: number;
@@ -81,14 +82,10 @@ export interface ImageServiceDeps {
   metrics?: Metrics;
   /** Fires on shutdown after the grace period: abandon waits, cancel jobs. */
   shutdownSignal?: AbortSignal;
-  /** Set when the billing webhook is on: settlements then write an event for it. */
-  billingEvents?: BillingEvents | undefined;
   /** Turns local LoRA paths into fal storage URLs (uploading once); absent = inputs go to fal as they are. */
   loras?: LoraResolver;
   /** This process's lease (src/metering/lease-store.ts): no request is taken while it is not known live. */
   lease?: { readonly id: string; valid(): boolean } | undefined;
-  /** Where closes the ledger could not take wait (src/metering/pending-closes.ts). */
-  pendingCloses?: PendingCloses | undefined;
 }
 
 export interface ImageService {
@@ -103,8 +100,7 @@ const OPENAI_ALIASES: Record<string, string> = { num_images: 'n', image_size: 's
 export function createImageService(deps: ImageServiceDeps): ImageService {
   const now = deps.now ?? Date.now;
   const shutdown = new Shutdown(deps.shutdownSignal);
-  const inFlight = new InFlight();
-  const closing: ClosingDeps = { ledger: deps.ledger, inFlight, leaseId: deps.lease?.id, pendingCloses: deps.pendingCloses };
+  const inFlight = deps.inFlight;
   return {
     async generate(req, ctx) {
       deps.metrics?.jobsInFlight.inc();
@@ -112,7 +108,7 @@ export function createImageService(deps: ImageServiceDeps): ImageService {
       inFlight.enter(ctx.requestId);
       const stop = new RequestStop(ctx.controller, shutdown);
       try {
-        return await generate(deps, closing, now, req, ctx, stop);
+        return await generate(deps, now, req, ctx, stop);
       } catch (err) {
         if (!(err instanceof MeteringUnavailable)) throw err;
         deps.logger.error({ err: err.cause, what: err.what, request_id: ctx.requestId, client_request_id: ctx.clientRequestId }, 'ledger write failed');
@@ -141,9 +137,9 @@ interface Run {
  * thousands at once) only this small frame and the job runner's are
  * suspended, not the locals of preparing and finishing.
  */
-async function generate(deps: ImageServiceDeps, closing: ClosingDeps, now: () => number, canonical: CanonicalRequest, ctx: GenerateContext, stop: RequestStop): Promise<GenerateOutcome> {
+async function generate(deps: ImageServiceDeps, now: () => number, canonical: CanonicalRequest, ctx: GenerateContext, stop: RequestStop): Promise<GenerateOutcome> {
   const run = await prepare(deps, canonical, ctx, stop);
-  return finish({ ...deps, closing }, now, run, await runJobs(deps, run, ctx, stop), ctx, stop);
+  return finish(deps, now, run, await runJobs(deps, run, ctx, stop), ctx, stop);
 }
 
 /** LoRA uploads, the reservation and the deadline. */
@@ -187,15 +183,12 @@ async function runJobs(deps: ImageServiceDeps, run: Run, ctx: GenerateContext, s
   }
 }
 
-/** The use case's dependencies once the request is under way: the closing rules of closing.ts beside them. */
-type FinishDeps = ImageServiceDeps & { closing: ClosingDeps };
-
 /**
  * Every job has a state: the job-state rules decide the answer and the
  * request's ledger row. Images are charged only once their answer is built:
  * a request answered with an error is closed uncharged, whatever fal billed.
  */
-async function finish(deps: FinishDeps, now: () => number, run: Run, outcomes: JobOutcome[], ctx: GenerateContext, stop: RequestStop): Promise<GenerateOutcome> {
+async function finish(deps: ImageServiceDeps, now: () => number, run: Run, outcomes: JobOutcome[], ctx: GenerateContext, stop: RequestStop): Promise<GenerateOutcome> {
   const { req } = run;
   const log = deps.logger.child({ request_id: ctx.requestId, client_request_id: ctx.clientRequestId, model: req.model.id });
   const decision = decideRequest(outcomes, stop.reason());
@@ -207,9 +200,9 @@ async function finish(deps: FinishDeps, now: () => number, run: Run, outcomes: J
   if (w.write === 'settle') {
     // No answer is written (the caller left): a settle that changed nothing only needs to know it was not taken over.
     const s = await settle(deps, req, ctx.requestId, run.pricing, completed, log);
-    if (!s.settled) closedBy(s.request, deps.closing, log);
+    if (!s.settled) deps.settlement.closedBy(s.request, log);
   } else if (w.write === 'close') {
-    const how = await closeUnchargedNow(deps.closing, { requestId: ctx.requestId, model: req.model, pricing: run.pricing, close: w, jobs: completed }, log);
+    const how = await deps.settlement.closeUncharged({ requestId: ctx.requestId, model: req.model, pricing: run.pricing, close: w, jobs: completed }, log);
     if (how === 'settled_elsewhere') {
       const answer = await answerChargedElsewhere(deps, now, run, ctx, decision.completed, completed, log);
       if (answer) return answer;
@@ -218,11 +211,11 @@ async function finish(deps: FinishDeps, now: () => number, run: Run, outcomes: J
   if (caller.answer === 'metering_unavailable') throw meteringUnavailable(true);
   // Only a failure needs to know which name the caller gave each field.
   const fieldOrigins = Object.fromEntries(Object.keys(req.falInput).map((f) => [f, OPENAI_ALIASES[f] && req.sentFields.includes(OPENAI_ALIASES[f]!) ? OPENAI_ALIASES[f]! : f]));
-  throw mapFalError(caller.error, { submitted: !caller.retrySafe, fieldOrigins, abortReason: stop.reason() });
+  throw deps.fal.callerError(caller.error, { submitted: !caller.retrySafe, fieldOrigins, abortReason: stop.reason() });
 }
 
 /** Every job completed: the images are answered once their charge is committed. */
-async function answerImages(deps: FinishDeps, now: () => number, run: Run, ctx: GenerateContext, results: readonly FalResult[], completed: readonly CompletedJob[], log: Logger): Promise<GenerateOutcome> {
+async function answerImages(deps: ImageServiceDeps, now: () => number, run: Run, ctx: GenerateContext, results: readonly FalResult[], completed: readonly CompletedJob[], log: Logger): Promise<GenerateOutcome> {
   const { req } = run;
   const body = await buildAnswer(deps, now, run, ctx, results, completed, log);
   let settled: Awaited<ReturnType<typeof settle>>;
@@ -230,12 +223,12 @@ async function answerImages(deps: FinishDeps, now: () => number, run: Run, ctx: 
     settled = await settle(deps, req, ctx.requestId, run.pricing, completed, log);
   } catch (err) {
     // The caller is told 503: those images are never to be charged, so the close is kept and retried until the ledger is back.
-    await closeLater(deps.closing, { requestId: ctx.requestId, model: req.model, pricing: run.pricing, close: { status: 'failed', errorCode: 'metering_unavailable' }, jobs: completed }, log);
+    await deps.settlement.closeLater({ requestId: ctx.requestId, model: req.model, pricing: run.pricing, close: { status: 'failed', errorCode: 'metering_unavailable' }, jobs: completed }, log);
     throw err;
   }
   if (!settled.settled) {
     // Settled first by a reconciliation that took the caller for gone: the same jobs, so the same charge, unless closed uncharged.
-    if (closedBy(settled.request, deps.closing, log) === 'closed') {
+    if (deps.settlement.closedBy(settled.request, log) === 'closed') {
       log.error({ status: settled.request.status }, 'another process closed the request uncharged before its images were charged; they are not delivered');
       throw meteringUnavailable(true);
     }
@@ -252,7 +245,7 @@ async function answerImages(deps: FinishDeps, now: () => number, run: Run, ctx: 
  * fal's completed jobs. When that charge is exactly the completed images
  * in hand, they are the answer: a caller charged is a caller answered 200.
  */
-async function answerChargedElsewhere(deps: FinishDeps, now: () => number, run: Run, ctx: GenerateContext, results: readonly FalResult[], completed: readonly CompletedJob[], log: Logger): Promise<GenerateOutcome | undefined> {
+async function answerChargedElsewhere(deps: ImageServiceDeps, now: () => number, run: Run, ctx: GenerateContext, results: readonly FalResult[], completed: readonly CompletedJob[], log: Logger): Promise<GenerateOutcome | undefined> {
   const row = await deps.ledger.getRequest(ctx.requestId);
   const charge = callerChargeForJobs(run.req.model, completed.map((j) => j.images), run.pricing.promptExpansion, run.pricing.markup);
   if (completed.length === 0 || row?.chargeMicros !== charge.micros) {
@@ -273,7 +266,7 @@ function completedJob(r: FalResult, jobId: string): CompletedJob {
  * delivered the request is closed uncharged (fal's cost recorded) and the
  * caller told not to retry: fal billed the jobs.
  */
-async function buildAnswer(deps: FinishDeps, now: () => number, run: Run, ctx: GenerateContext, results: readonly FalResult[], completed: readonly CompletedJob[], log: Logger): Promise<ImagesResponseBody> {
+async function buildAnswer(deps: ImageServiceDeps, now: () => number, run: Run, ctx: GenerateContext, results: readonly FalResult[], completed: readonly CompletedJob[], log: Logger): Promise<ImagesResponseBody> {
   const { req } = run;
   try {
     // The charge is known before settling: the answer carries it.
@@ -282,7 +275,7 @@ async function buildAnswer(deps: FinishDeps, now: () => number, run: Run, ctx: G
   } catch (err) {
     if (!(err instanceof MediaError)) throw err;
     log.error({ err: err.message }, 'could not deliver images');
-    await closeUnchargedNow(deps.closing, { requestId: ctx.requestId, model: req.model, pricing: run.pricing, close: { status: 'failed', errorCode: 'upstream_media_error' }, jobs: completed }, log);
+    await deps.settlement.closeUncharged({ requestId: ctx.requestId, model: req.model, pricing: run.pricing, close: { status: 'failed', errorCode: 'upstream_media_error' }, jobs: completed }, log);
     throw upstreamError('The generated images could not be retrieved from the provider.', { code: 'upstream_media_error', shouldRetry: false });
   }
 }
@@ -354,7 +347,7 @@ function baseSeedFor(req: CanonicalRequest): number | undefined {
 }
 
 async function settle(deps: ImageServiceDeps, req: CanonicalRequest, requestId: string, pricing: { promptExpansion: boolean; markup: Markup }, jobs: readonly CompletedJob[], log: Logger) {
-  const out = await meter('settle', () => settleCompleted(deps.ledger, req.model, requestId, pricing, jobs, { billingEvents: deps.billingEvents }));
+  const out = await meter('settle', () => deps.settlement.settle(req.model, requestId, pricing, jobs));
   for (const d of out.disagreements) {
     log.warn({ fal_request_id: d.falRequestId, units_estimate: d.unitsEstimate, units_fal: d.unitsFal }, 'fal billed a different quantity than our estimate');
     deps.metrics?.unitsDisagreements.inc({ model: req.model.id });

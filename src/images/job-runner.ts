@@ -1,11 +1,12 @@
 import type { Logger } from 'pino';
 import { ApiError } from '../errors.js';
-import { FalCallError, type FalGateway, type FalJobStatus, type FalResult } from '../fal/gateway.js';
-import type { Ledger } from '../metering/ledger.js';
-import { SUBMIT_TIMEOUT_MS } from '../fal/submit-once.js';
+import { FalCallError } from '../fal/errors.js';
+import type { FalJobStatus, FalResult } from '../fal/types.js';
+import { SUBMIT_TIMEOUT_MS } from '../metering/lost-submits.js';
 import { nextJobState, type CancelOutcome, type Ended, type JobEvent, type JobState } from '../metering/job-state.js';
 import { failedJobCost, type PricedModel } from '../metering/pricing.js';
 import type { Metrics } from '../metrics.js';
+import type { FalGateway, RequestLedger } from './ports.js';
 import type { RequestStop } from './request-stop.js';
 
 /**
@@ -17,7 +18,7 @@ import type { RequestStop } from './request-stop.js';
 
 export interface JobRunnerDeps {
   fal: FalGateway;
-  ledger: Ledger;
+  ledger: RequestLedger;
   logger: Logger;
   metrics?: Metrics | undefined;
 }

@@ -28,6 +28,7 @@ import { basename, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import type { Logger } from 'pino';
 import { ApiError, invalidRequest, rateLimited, upstreamError, upstreamTimeout } from '../errors.js';
 import { FalCallError, type FalGateway } from '../fal/gateway.js';
+import type { LoraResolver } from './ports.js';
 
 export interface LoraResolverOptions {
   /** LORA_DIR (absolute); undefined refuses every local path. */
@@ -53,16 +54,7 @@ export interface LoraResolverOptions {
   now?: () => number;
 }
 
-export interface LoraResolver {
-  /**
-   * `falInput` with each local LoRA path replaced by its fal storage URL (a
-   * new object; the input is not changed). Refused paths are a 400 naming
-   * `loras`; a failed upload is a 5xx (no fal job exists yet).
-   */
-  resolve(falInput: Record<string, unknown>, signal?: AbortSignal): Promise<Record<string, unknown>>;
-  /** Uploads made and uploads avoided, for tests and operators. */
-  readonly stats: { uploads: number; cacheHits: number };
-}
+export type { LoraResolver } from './ports.js';
 
 interface CacheEntry {
   target: string;

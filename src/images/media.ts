@@ -9,7 +9,9 @@
  */
 import { createImageHostPolicy, RefusedUrlError, type Resolve } from './outbound.js';
 import type { Base64Parts } from './b64-item.js';
-import type { FileUrls, SignedFile } from './file-urls.js';
+import type { FileUrls } from './file-urls.js';
+import { MediaError } from '../errors.js';
+import type { Media } from './ports.js';
 
 export interface MediaOptions {
   /** The fal-protocol server whose media we proxy (FAL_BASE_URL / the emulator). */
@@ -30,30 +32,8 @@ export interface MediaOptions {
 /** fal's media hosts, as the first path segment under the emulator's addressing. */
 const MEDIA_HOST = /^(?:[a-z0-9-]+\.)*fal\.media$/;
 
-export class MediaError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'MediaError';
-  }
-}
-
-export interface Media {
-  /** The URL we hand the caller (API key `tenant`) for an image fal returned. */
-  toClientUrl(falUrl: string, publicBaseUrl: string, tenant: string): string;
-  /**
-   * Bare base64 (no `data:` prefix) for an image fal returned: a string when
-   * fal sent a data URI (a slice of it, no copy) and Buffers when it had to be
-   * downloaded, so a 10 MB image is never also a 10 MB string. b64Item()
-   * reads either as text.
-   */
-  base64(falUrl: string, signal?: AbortSignal): Promise<string | Base64Parts>;
-  /**
-   * For GET /v1/files/<rest>?<query>: the upstream URL to proxy and what the
-   * URL's signature proved, or null if it is not ours to serve (not a media
-   * path, or the signature is missing, altered or expired).
-   */
-  proxyTarget(rest: string, query: Record<string, unknown>): { url: string; signed: SignedFile } | null;
-}
+export { MediaError } from '../errors.js';
+export type { Media } from '../images/ports.js';
 
 export function createMedia(opts: MediaOptions): Media {
   const base = opts.falBaseUrl?.replace(/\/+$/, '');

@@ -10,10 +10,10 @@
  * and the caller is told was ignored.
  */
 import { invalidRequest, modelNotFound } from '../errors.js';
-import type { EditKind, ModelEntry, ModelRegistry } from '../models/registry.js';
-import { PINNED_FIELDS } from '../models/registry.js';
+import type { EditKind, ModelEntry } from '../models/registry.js';
 import { describeValidationErrors, showValue } from '../schemas/describe-error.js';
-import { fieldRule, IMAGE_SIZE_PRESET_PIXELS, type ImageSizePreset } from '../schemas/fields.js';
+import { fieldRule, IMAGE_SIZE_PRESET_PIXELS, PINNED_FIELDS, type ImageSizePreset } from '../schemas/fields.js';
+import type { ModelRegistry } from './ports.js';
 import type { ImageRequestFields, ImageSizeValue, OutputFormat, ResponseFormat } from '../schemas/image-request.js';
 
 export interface CanonicalRequest {

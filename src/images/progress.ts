@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import type { FalJobStatus } from '../fal/gateway.js';
+import type { FalJobStatus } from '../fal/types.js';
 import type { GenerateProgress } from './generate.js';
 
 /** A request's progress as its callers who follow along (streaming) hear it. */

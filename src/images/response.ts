@@ -1,9 +1,9 @@
-import type { FalResult } from '../fal/gateway.js';
+import type { FalResult } from '../fal/types.js';
 import { inlineDataUri } from '../fal/inline-images.js';
 import type { Charge } from '../metering/pricing.js';
 import type { ImagesResponse } from '../schemas/images-response.js';
 import { b64Item } from './b64-item.js';
-import type { Media } from './media.js';
+import type { Media } from './ports.js';
 import type { CanonicalRequest } from './normalize.js';
 
 /** The domain result → the OpenAI/aimlapi images JSON (`data[].url | b64_json`, `meta.usage`). */

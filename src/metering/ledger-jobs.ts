@@ -10,16 +10,9 @@ import { toBigInt, toNumber } from '../db/values.js';
 import type { LedgerStatements } from './ledger-statements.js';
 import { canonicalDecimal } from './money.js';
 import { jobOrThrow, toJob, type JobRecord } from './records.js';
+import { strayIdFor } from './job-ids.js';
 
-/** Our id of a request's i-th fal job. */
-export function jobIdFor(requestId: string, index: number): string {
-  return `${requestId}/${index}`;
-}
-
-/** Our id of a job fal made on a refused submit attempt of a request. */
-export function strayIdFor(requestId: string, falRequestId: string): string {
-  return `${requestId}/stray/${falRequestId}`;
-}
+export { jobIdFor, strayIdFor } from './job-ids.js';
 
 export interface CompleteJobInput {
   /** Our job id (`jobIdFor`, or a stray's). */

@@ -15,6 +15,16 @@ import { createHash } from 'node:crypto';
  * not already another job's in the ledger.
  */
 
+/**
+ * How long a submit may take (the job runner's bound on it). A submit is
+ * never cut by the request's stop (a sibling's failure, the caller leaving,
+ * the deadline): cut in flight it may have made a job we never learn of. It
+ * runs to its answer, bounded by this, and a job it made is then cancelled
+ * through fal. It also closes the window in which fal's request listing is
+ * searched for a lost submit (`submitWindow`).
+ */
+export const SUBMIT_TIMEOUT_MS = 60_000;
+
 /** JSON with object keys sorted at every level and no whitespace: the same value always gives the same text. */
 export function canonicalJson(value: unknown): string {
   if (value === null || typeof value !== 'object') return JSON.stringify(value) ?? 'null';

@@ -9,7 +9,7 @@
  * `maxCharge` is the caller charge if every requested image comes back, for
  * the reservation made before fal is called.
  */
-import { addRatio, ceilToMicros, formatDecimal, formatUsd, MoneyError, mulRatio, parseDecimal, ratio, type Markup, type Ratio } from './money.js';
+import { addRatio, ceilToMicros, formatDecimal, formatUsd, MoneyError, mulRatio, parseDecimal, parseMarkup, ratio, type Markup, type Ratio } from './money.js';
 
 /** aimlapi's unit: $1 = 2,000,000 credits, so one micro-dollar is 2 credits. */
 export const CREDITS_PER_MICRO = 2n;
@@ -325,4 +325,23 @@ export function failedJobCost(model: PricedModel, falBillableUnits: string | nul
     return { micros: 0n, unitsFal: null, known: false };
   }
   return { micros: costOfUnits(model.pricing, units, expansionFee), unitsFal: formatDecimal(units), known: true };
+}
+
+/** What a request's charge depends on besides its images, kept on its ledger row so it is priced the same live and after a crash. */
+export interface RequestPricing {
+  promptExpansion: boolean;
+  markup: Markup;
+}
+
+export function encodePricing(p: RequestPricing): string {
+  return JSON.stringify({ prompt_expansion: p.promptExpansion, markup: formatDecimal(p.markup) });
+}
+
+export function decodePricing(json: string | null, fallbackMarkup: Markup): RequestPricing {
+  if (!json) return { promptExpansion: false, markup: fallbackMarkup };
+  const raw = JSON.parse(json) as { prompt_expansion?: unknown; markup?: unknown };
+  return {
+    promptExpansion: raw.prompt_expansion === true,
+    markup: typeof raw.markup === 'string' ? parseMarkup(raw.markup) : fallbackMarkup,
+  };
 }

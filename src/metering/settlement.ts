@@ -1,6 +1,6 @@
 import type { Ledger, ReleaseResult, RequestRecord } from './ledger.js';
-import { callerChargeForJobs, upstreamCost, type Charge, type PricedModel } from './pricing.js';
-import { formatDecimal, formatUsd, parseMarkup, type Markup } from './money.js';
+import { callerChargeForJobs, upstreamCost, type Charge, type PricedModel, type RequestPricing } from './pricing.js';
+import { formatUsd } from './money.js';
 import type { UsageSettledData } from '../schemas/usage-settled-event.js';
 
 /**
@@ -9,23 +9,7 @@ import type { UsageSettledData } from '../schemas/usage-settled-event.js';
  * as it would have been live.
  */
 
-export interface RequestPricing {
-  promptExpansion: boolean;
-  markup: Markup;
-}
-
-export function encodePricing(p: RequestPricing): string {
-  return JSON.stringify({ prompt_expansion: p.promptExpansion, markup: formatDecimal(p.markup) });
-}
-
-export function decodePricing(json: string | null, fallbackMarkup: Markup): RequestPricing {
-  if (!json) return { promptExpansion: false, markup: fallbackMarkup };
-  const raw = JSON.parse(json) as { prompt_expansion?: unknown; markup?: unknown };
-  return {
-    promptExpansion: raw.prompt_expansion === true,
-    markup: typeof raw.markup === 'string' ? parseMarkup(raw.markup) : fallbackMarkup,
-  };
-}
+export { decodePricing, encodePricing, type RequestPricing } from './pricing.js';
 
 export interface CompletedJob {
   /** Our job id (the ledger's key). */

@@ -8,9 +8,13 @@
 import type { ErrorObject, ValidateFunction } from 'ajv';
 import { compileInput } from '../schemas/ajv.js';
 import { validatePricing, type ModelPricing, type PriceRounding } from '../metering/pricing.js';
-import { IMAGE_SIZE_PRESET_PIXELS } from '../schemas/fields.js';
+import { IMAGE_SIZE_PRESET_PIXELS, PINNED_FIELDS } from '../schemas/fields.js';
 import type { ImageSizeValue, OutputFormat } from '../schemas/image-request.js';
 import { capabilitiesOf, editVariant } from './edits.js';
+import type { ModelRegistry } from '../images/ports.js';
+
+export type { ModelRegistry } from '../images/ports.js';
+export { PINNED_FIELDS } from '../schemas/fields.js';
 
 export { defaultModels, modelCatalog } from './catalog.js';
 
@@ -110,33 +114,12 @@ export interface ModelDefinition extends Omit<ModelEntry, 'pricing' | 'edits'> {
   readonly edits?: ModelEdits<ModelPricing | UnconfirmedPricing>;
 }
 
-/** Request fields sent to fal on every request (from `defaults` when the caller omits them) because the price depends on them. */
-export const PINNED_FIELDS = ['image_size', 'num_images', 'output_format', 'enable_safety_checker', 'enable_prompt_expansion'] as const;
 
 export interface ModelValidators {
   /** The whole request body against the model's schema. */
   readonly body: ValidateFunction;
   /** The model's `image_size` field alone, for checking OpenAI's `size` against the same limits. */
   readonly imageSize: ValidateFunction | undefined;
-}
-
-export interface ModelRegistry {
-  /** Exact match on id or declared alias. */
-  lookup(name: string): ModelEntry | undefined;
-  /** Every model, in declaration order. */
-  list(): readonly ModelEntry[];
-  /** The validators compiled for `model` when the registry was built. */
-  validators(model: ModelEntry): ModelValidators;
-  /**
-   * The model as an edit of `kind` runs it: its id, with the edit endpoint,
-   * that endpoint's price and the edit body schema; undefined when the model
-   * has no such endpoint.
-   */
-  edit(model: ModelEntry, kind: EditKind): ModelEntry | undefined;
-  /** What `model` can do, for `GET /v1/models`. */
-  capabilities(model: ModelEntry): Capability[];
-  /** The entry that prices a ledger row: the model `name` as run on `endpoint` (an edit's endpoint included). */
-  forEndpoint(name: string, endpoint: string): ModelEntry | undefined;
 }
 
 const ENDPOINT_ID = /^[a-z0-9-]+\/[a-z0-9._-]+(?:\/[a-z0-9._-]+)*$/;

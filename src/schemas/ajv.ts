@@ -1,5 +1,5 @@
 import { Ajv, type SchemaValidateFunction, type ValidateFunction } from 'ajv';
-import { firstUnstorable, STORABLE_TEXT, withStorableText } from './text.js';
+import { firstUnstorable, STORABLE_TEXT, unstorableWords, withStorableText } from './text.js';
 
 /**
  * The one Ajv instance of the service: the image route's per-model
@@ -12,11 +12,11 @@ import { firstUnstorable, STORABLE_TEXT, withStorableText } from './text.js';
  */
 export const ajv = new Ajv({ strict: true, allErrors: false, verbose: true, allowUnionTypes: true });
 
-/** Text both databases store as sent (./text.ts); the error's params say where it fails. */
+/** Text both databases store as sent (./text.ts); the error's params say where it fails, and its message in words (describe-error.ts puts it after the field's path). */
 const storableText: SchemaValidateFunction = (required: boolean, data: string) => {
   const bad = required ? firstUnstorable(data) : undefined;
   if (!bad) return true;
-  storableText.errors = [{ keyword: STORABLE_TEXT, message: 'must be storable text', params: { index: bad.index, codePoint: bad.codePoint } }];
+  storableText.errors = [{ keyword: STORABLE_TEXT, message: unstorableWords(bad), params: { index: bad.index, codePoint: bad.codePoint } }];
   return false;
 };
 ajv.addKeyword({ keyword: STORABLE_TEXT, type: 'string', schemaType: 'boolean', errors: true, validate: storableText });

@@ -6,7 +6,6 @@
  */
 import type { ErrorObject } from 'ajv';
 import { PATTERN_HINTS, UNSUPPORTED_VALUE_REASONS } from './fields.js';
-import { STORABLE_TEXT, unstorableWords } from './text.js';
 
 export interface ValidationFailure {
   /** The top-level field the caller sent that holds the bad value; null for the body itself. */
@@ -169,9 +168,8 @@ function describeOne(e: ErrorObject, opts: DescribeOptions): ValidationFailure {
       const branches = Array.isArray(e.schema) ? e.schema : [];
       return at(`${path} must be ${branches.map(branchWords).join(' or ')} ${got}`);
     }
-    case STORABLE_TEXT:
-      return at(`${path} ${unstorableWords({ index: Number(params['index']), codePoint: String(params['codePoint']) })} ${got}`);
     default:
+      // Our own keywords (storableText, ajv.ts) word their failure in the message.
       return at(`${path} ${e.message ?? `fails ${e.keyword}`} ${got}`);
   }
 }

@@ -324,3 +324,10 @@ export const lorasField = {
     additionalProperties: false,
   },
 } as const;
+
+/**
+ * Request fields sent to fal on every request (from the model's `defaults`
+ * when the caller omits them) because the price depends on them: a change of
+ * fal's defaults cannot make an image cost something other than what we bill.
+ */
+export const PINNED_FIELDS = ['image_size', 'num_images', 'output_format', 'enable_safety_checker', 'enable_prompt_expansion'] as const;

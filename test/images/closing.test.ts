@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import pino from 'pino';
 import { startTestService, TEST_KEY, type TestService } from '../helpers/service.js';
 import { until } from '../helpers/service-process.js';
-import { createImageService } from '../../src/images/generate.js';
+import { imageServiceOver } from '../helpers/image-service.js';
 import { normalizeRequest } from '../../src/images/normalize.js';
 import type { Media } from '../../src/images/media.js';
 import { ApiError } from '../../src/errors.js';
@@ -106,7 +106,7 @@ describe('closing a request', () => {
           return out;
         },
       };
-      const images = createImageService({ fal: s.fal, ledger: failing, media, markup: parseMarkup('1'), requestTimeoutMs: 60_000, logger: s.logger, pendingCloses: pending });
+      const images = imageServiceOver({ fal: s.fal, ledger: failing, media, markup: parseMarkup('1'), requestTimeoutMs: 60_000, logger: s.logger, pendingCloses: pending });
       const canonical = normalizeRequest(s.registry, { model: MODEL, prompt: 'ledger-lost a quiet harbour', size: '512x512' });
       const keyId = (await s.keys.create({ name: 'pending close', budgetMicros: null })).record.id;
       await assert.rejects(images.generate(canonical, { requestId: 'req-ledger-lost', keyId, publicBaseUrl: 'http://gw' }), (err: unknown) => err instanceof ApiError && err.status === 503 && err.code === 'metering_unavailable');
@@ -166,7 +166,7 @@ describe('closing a request', () => {
 
   it('a process whose lease is not known live takes no request: 503, nothing reserved, nothing sent to fal', async () => {
     const s = t.service;
-    const images = createImageService({ fal: s.fal, ledger: s.ledger, media, markup: parseMarkup('1'), requestTimeoutMs: 60_000, logger: pino({ level: 'silent' }), lease: { id: 'lapsed', valid: () => false } });
+    const images = imageServiceOver({ fal: s.fal, ledger: s.ledger, media, markup: parseMarkup('1'), requestTimeoutMs: 60_000, logger: pino({ level: 'silent' }), lease: { id: 'lapsed', valid: () => false } });
     const canonical = normalizeRequest(s.registry, { model: MODEL, prompt: 'lease-invalid a quiet harbour', size: '512x512' });
     const keyId = (await s.keys.create({ name: 'lapsed', budgetMicros: null })).record.id;
     const jobsBefore = t.emulator.jobs().length;

@@ -4,8 +4,10 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
-import { createImageService, jobSeed, type GenerateContext } from '../../src/images/generate.js';
+import { jobSeed, type GenerateContext } from '../../src/images/generate.js';
+import { imageServiceOver } from '../helpers/image-service.js';
 import { FalCallError, type FalGateway, type FalJobStatus, type FalResult } from '../../src/fal/gateway.js';
+import { mapFalError } from '../../src/fal/upstream-errors.js';
 import { createDatabase, type Database } from '../../src/db/index.js';
 import { createLedger, type Ledger } from '../../src/metering/ledger.js';
 import { createKeysStore } from '../../src/metering/keys-store.js';
@@ -39,6 +41,7 @@ function fakeFal(script: Script): FalGateway & { submitted: Array<Record<string,
     submitted,
     cancelled,
     stats: { statusCalls: 0, streamCalls: 0, streamsOpen: 0, webhookWakeups: 0 },
+    callerError: mapFalError,
     async submit(_endpoint, input) {
       submitted.push(input);
       return script.submit ? script.submit(input, submitted.length) : { falRequestId: `fal-${submitted.length}`, strayIds: [] };
@@ -95,7 +98,7 @@ async function setup(t: { after(fn: () => Promise<void>): void }, script: Script
   const ledger: Ledger = createLedger(database);
   const key = await createKeysStore(database).ensureStatic('sk-generate-unit-0001');
   const fal = fakeFal(script);
-  const images = createImageService({ fal, ledger, media, markup: parseMarkup('1'), requestTimeoutMs, logger: pino({ level: 'silent' }) });
+  const images = imageServiceOver({ fal, ledger, media, markup: parseMarkup('1'), requestTimeoutMs, logger: pino({ level: 'silent' }) });
   let n = 0;
   const ctx = (over: Partial<GenerateContext> = {}): GenerateContext => ({ requestId: `req_unit_${++n}`, keyId: key.id, publicBaseUrl: 'http://gw', ...over });
   return { fal, ledger, images, ctx };

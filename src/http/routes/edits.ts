@@ -7,9 +7,8 @@ import { prepareEdit, type EditInputsDeps } from '../../images/edit-inputs.js';
 import type { CanonicalRequest } from '../../images/normalize.js';
 import { jsonBody } from '../body.js';
 import { coerceFormFields } from '../form-fields.js';
-import { parseIdempotencyKey } from '../idempotency.js';
 import { readMultipart, type UploadedFile } from '../multipart.js';
-import { requestController } from '../waiting-requests.js';
+import type { RequestLocals } from '../waiting-requests.js';
 import { answerRequest, type ImagesRouteDeps } from './images.js';
 
 export interface EditsRouteDeps extends ImagesRouteDeps {
@@ -34,14 +33,13 @@ export function editBody(maxBodyBytes: number): RequestHandler[] {
  */
 export function editsHandler(deps: EditsRouteDeps): (req: Request, res: Response) => Promise<void> {
   return async (req, res) => {
-    const idemKey = parseIdempotencyKey(req.get('idempotency-key'));
-    const controller = requestController(res);
+    const controller = (res.locals as RequestLocals).caller!;
     const opts = { strictParams: deps.strictParams };
     if (!isMultipart(req)) {
       const body = req.body as Record<string, unknown>;
       if (typeof body !== 'object' || body === null || Array.isArray(body)) throw invalidRequest('The request body must be a JSON object or multipart/form-data.', null);
       const canonical = await prepareEdit(deps.edits, { body }, opts, controller.signal);
-      return answerRequest(deps, req, res, canonical, idemKey, body, controller);
+      return answerRequest(deps, req, res, canonical, body);
     }
     const dir = await mkdtemp(join(tmpdir(), 'gw-edit-'));
     let prepared: { canonical: CanonicalRequest; idemBody: unknown };
@@ -56,8 +54,24 @@ export function editsHandler(deps: EditsRouteDeps): (req: Request, res: Response
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
-    return answerRequest(deps, req, res, prepared.canonical, idemKey, prepared.idemBody, controller);
+    return answerRequest(deps, req, res, prepared.canonical, prepared.idemBody);
   };
+}
+
+/**
+ * `POST /v1/images/generations` when edits are served: a JSON body naming an
+ * input image (`image_url` or `mask_url`, as aimlapi takes them) is an edit
+ * of the model's image, answered by the edits handler; any other body is a
+ * generation.
+ */
+export function generationsOrEdits(edits: Handler, generations: Handler): Handler {
+  return (req, res) => (isEditBody(req.body) ? edits(req, res) : generations(req, res));
+}
+
+type Handler = (req: Request, res: Response) => Promise<void>;
+
+function isEditBody(body: unknown): body is Record<string, unknown> {
+  return typeof body === 'object' && body !== null && !Array.isArray(body) && (Object.hasOwn(body, 'image_url') || Object.hasOwn(body, 'mask_url'));
 }
 
 /** Our models take exactly one image (and one mask). */

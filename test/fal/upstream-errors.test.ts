@@ -1,10 +1,10 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { FalCallError, type FalCallErrorInit } from '../../src/fal/errors.js';
-import { mapFalError, type MapContext } from '../../src/images/upstream-errors.js';
+import { mapFalError, type MapContext } from '../../src/fal/upstream-errors.js';
 
 /**
- * fal's failures as our answers (src/images/upstream-errors.ts): status,
+ * fal's failures as our answers (src/fal/upstream-errors.ts): status,
  * code, param, and `x-should-retry`, which says `true` only where fal refused
  * before any job existed and says a resend may work, and `false` wherever a
  * job may exist (a resend could bill twice).

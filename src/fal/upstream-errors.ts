@@ -1,8 +1,9 @@
 import { ApiError, invalidRequest, rateLimited, upstreamError, upstreamTimeout } from '../errors.js';
-import type { FalCallError } from '../fal/gateway.js';
+import type { FalCallError } from './errors.js';
 
 /**
- * fal's statuses mapped onto ours, never forwarded: fal's 401 is our outage
+ * A failed fal job as the caller is told it (the gateway's `callerError`,
+ * src/images/ports.ts): fal's statuses mapped onto ours, never forwarded: fal's 401 is our outage
  * (502), not the caller's bad key, and fal's 422 is the caller's bad input
  * (400) named by the field the caller sent.
  */
