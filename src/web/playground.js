@@ -46,8 +46,15 @@ function fillModels() {
   else setStatus(edit ? 'Pick an image, write a prompt and press Edit.' : 'Write a prompt and press Generate.');
 }
 
-function priceText(pricing) {
+/** What the selected model charges for what the form will send: a generation, or in Edit mode an edit (and an edit with a mask, when the model inpaints). */
+function priceText(model) {
+  const pricing = model.pricing;
   const markup = Number(pricing.caller_markup) === 1 ? '' : ` × ${pricing.caller_markup} markup`;
+  const edits = model.edit_endpoints;
+  if (isEditMode() && edits) {
+    const masked = edits.inpaint ? `, $${edits.inpaint.usd_per_unit} with a mask` : '';
+    return `edit: $${edits.image_to_image.usd_per_unit} per ${pricing.unit}${masked}${markup}`;
+  }
   const extra = pricing.prompt_expansion_usd ? ` (+$${pricing.prompt_expansion_usd} with prompt expansion)` : '';
   return `$${pricing.usd_per_unit} per ${pricing.unit}${markup}${extra}`;
 }
@@ -58,7 +65,7 @@ function applyLimits() {
   applyEditMode(model);
   if (!model) return;
   const l = model.limits;
-  $('model-info').textContent = [model.description, priceText(model.pricing)].filter(Boolean).join(' · ');
+  $('model-info').textContent = [model.description, priceText(model)].filter(Boolean).join(' · ');
   $('prompt').maxLength = l.prompt_max_length;
 
   const previous = sizeSelect.value;

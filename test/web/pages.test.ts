@@ -59,7 +59,7 @@ describeInBrowser('pages in headless Chromium', (browser) => {
     return (await res.json()) as UsageReport;
   }
 
-  async function models(): Promise<Array<{ id: string; limits: Record<string, number>; capabilities: string[] }>> {
+  async function models(): Promise<Array<{ id: string; limits: Record<string, number>; capabilities: string[]; edit_endpoints?: { image_to_image: { usd_per_unit: string }; inpaint?: { usd_per_unit: string } } }>> {
     const res = await fetch(`${t.url}/v1/models`, { headers: { authorization: `Bearer ${TEST_KEY}` } });
     return ((await res.json()) as { data: Array<{ id: string; limits: Record<string, number>; capabilities: string[] }> }).data;
   }
@@ -226,6 +226,10 @@ describeInBrowser('pages in headless Chromium', (browser) => {
       assert.equal(await page.getByRole('group', { name: 'Mask (optional)' }).isVisible(), all.find((m) => m.id === id)!.capabilities.includes('inpaint'), id!);
     }
     await page.getByLabel('Model', { exact: true }).selectOption('alibaba/z-image-turbo');
+    // The price line is the edit's: image-to-image, and inpaint with a mask (priced by MODEL_PRICES here).
+    const edits = all.find((m) => m.id === 'alibaba/z-image-turbo')!.edit_endpoints!;
+    assert.ok(edits.inpaint, 'the test prices inpainting');
+    assert.match(await page.locator('#model-info').textContent() ?? '', new RegExp(`edit: \\$${edits.image_to_image.usd_per_unit.replace('.', '\\.')} per \\w+, \\$${edits.inpaint.usd_per_unit.replace('.', '\\.')} with a mask`));
     assert.equal(await page.getByLabel('Size', { exact: true }).isVisible(), false, 'an edit takes the input’s size');
     await page.getByRole('img', { name: 'The image to edit' }).waitFor();
 
