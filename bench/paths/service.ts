@@ -74,10 +74,10 @@ export function closeChildPath(path: BenchPath, child: NodeChild, dataDir: strin
 /**
  * POST the bench body to an images endpoint answering the service's shape
  * (`meta.fal_request_id`), with an undici keep-alive client like an SDK in
- * production. The gateways close idle connections after their own keep-alive
- * timeout (5 s for the service and for Portkey's Node server alike), shorter
- * than the other paths' rounds, so a round's first requests reconnect: inside
- * the unrecorded warm-up, for both gateways the same way.
+ * production. A gateway closes idle connections after its own keep-alive
+ * timeout (65 s for the service, `KEEP_ALIVE_TIMEOUT_MS`; 5 s for Portkey's
+ * Node server); where that is shorter than the other paths' rounds, a round's
+ * first requests reconnect, inside the unrecorded warm-up.
  */
 export function httpImagesPath(opts: { id: string; label: string; upstream: BenchUpstream; url: string; authorization: string; body: Record<string, unknown> }): BenchPath {
   const payload = JSON.stringify(opts.body);
