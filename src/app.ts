@@ -102,7 +102,7 @@ export function createApp(deps: AppDeps): Express {
     images: deps.images,
     publicBaseUrl: deps.publicBaseUrl,
     replays: replays(deps.idempotency, usageHeaders),
-    streams: imageStreams({ images: deps.images, keepAliveMs: deps.streamKeepAliveMs ?? 15_000 }),
+    streams: imageStreams({ images: deps.images, keepAliveMs: deps.streamKeepAliveMs ?? 15_000, logger: deps.logger }),
     strictParams: deps.strictParams ?? false,
   };
   const limits = [refuseWhenStopping, auth, rateLimit(deps.rateLimit), inFlightLimit(deps.maxInFlight, deps.metrics)];

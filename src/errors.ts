@@ -184,3 +184,18 @@ export class MediaError extends Error {
     this.name = 'MediaError';
   }
 }
+
+/**
+ * Storage failed under a ledger write or read that a request's ports make
+ * (`RequestLedger`, `Settlement`): `unavailable` when storage cannot be
+ * reached or take work right now, so a retry may succeed; otherwise it
+ * answered and refused. The adapters sort the driver's error, which is the
+ * cause (src/metering/request-ledger.ts over src/db/errors.ts), so the use
+ * case never reads a driver's error.
+ */
+export class StorageError extends Error {
+  constructor(readonly unavailable: boolean, cause: unknown) {
+    super(unavailable ? 'storage unavailable' : 'storage refused the statement', { cause });
+    this.name = 'StorageError';
+  }
+}

@@ -21,6 +21,8 @@ import { createServedModelRegistry } from './models/prices.js';
 import { formatUsd, parseMarkup, type Markup } from './metering/money.js';
 import { createDatabase } from './db/index.js';
 import { createLedger } from './metering/ledger.js';
+import { SUBMIT_TIMEOUT_MS } from './metering/lost-submits.js';
+import { requestLedger } from './metering/request-ledger.js';
 import { createReports } from './metering/reports.js';
 import { createKeysStore } from './metering/keys-store.js';
 import { createIdempotencyStore } from './metering/idempotency-store.js';
@@ -222,7 +224,8 @@ function createImages(config: Config, p: ImageParts): ImageService {
   const { fal, ledger, lease, pendingCloses, media, markup, logger, shutdownSignal, metrics } = p;
   const inFlight = new InFlight();
   const settlement = createSettlement({ ledger, inFlight, leaseId: lease.id, pendingCloses, billingEvents: p.billingWebhook });
-  return createImageService({ fal, ledger, settlement, inFlight, lease, media, markup, requestTimeoutMs: config.requestTimeoutMs, logger, shutdownSignal, loras, metrics });
+  // One submit bound for the job runner and the lost-submit search that relies on it.
+  return createImageService({ fal, ledger: requestLedger(ledger), settlement, inFlight, lease, media, markup, requestTimeoutMs: config.requestTimeoutMs, submitTimeoutMs: SUBMIT_TIMEOUT_MS, logger, shutdownSignal, loras, metrics });
 }
 
 function createRateLimiter(config: Config, logger: Logger, metrics: Metrics): KeyRateLimiter {

@@ -356,8 +356,8 @@ describe('app: stream: true', () => {
     const images = fakeImageService({
       outcome: b64Outcome(),
       progress: [
-        { jobIndex: 0, jobCount: 1, status: 'queued', queuePosition: 2 },
-        { jobIndex: 0, jobCount: 1, status: 'in_progress', queuePosition: null },
+        { jobIndex: 0, jobCount: 1, status: { status: 'IN_QUEUE', queuePosition: 2 } },
+        { jobIndex: 0, jobCount: 1, status: { status: 'IN_PROGRESS' } },
       ],
     });
     const app = fakeApp({ images });
@@ -376,7 +376,7 @@ describe('app: stream: true', () => {
   });
 
   it('a failure after the stream started is an error event in the one shape; before it, an ordinary error answer', async () => {
-    const late = fakeApp({ images: fakeImageService({ error: upstreamError('fal failed'), progress: [{ jobIndex: 0, jobCount: 1, status: 'queued', queuePosition: 0 }] }) });
+    const late = fakeApp({ images: fakeImageService({ error: upstreamError('fal failed'), progress: [{ jobIndex: 0, jobCount: 1, status: { status: 'IN_QUEUE', queuePosition: 0 } }] }) });
     const res = await request(late).post('/v1/images/generations').set(auth).send({ model: MODEL, prompt: 'a kite', stream: true });
     assert.equal(res.status, 200);
     const events = sseEvents(res.text);

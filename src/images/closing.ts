@@ -3,6 +3,7 @@ import { AnswerWithheld } from '../errors.js';
 import type { Ledger, RequestRecord } from '../metering/ledger.js';
 import type { PendingCloses } from '../metering/pending-closes.js';
 import { encodePricing, type PricedModel, type RequestPricing } from '../metering/pricing.js';
+import { asStorageError, sortStorageErrors } from '../metering/request-ledger.js';
 import { closeUncharged, settleCompleted, type BillingEvents, type CompletedJob } from '../metering/settlement.js';
 import { MeteringUnavailable } from './job-runner.js';
 import type { Settlement } from './ports.js';
@@ -23,7 +24,7 @@ import type { Settlement } from './ports.js';
  */
 export function createSettlement(deps: ClosingDeps & { billingEvents?: BillingEvents | undefined }): Settlement {
   return {
-    settle: (model, requestId, pricing, jobs) => settleCompleted(deps.ledger, model, requestId, pricing, jobs, { billingEvents: deps.billingEvents }),
+    settle: (model, requestId, pricing, jobs) => sortStorageErrors(() => settleCompleted(deps.ledger, model, requestId, pricing, jobs, { billingEvents: deps.billingEvents })),
     closeUncharged: (c, log) => closeUnchargedNow(deps, c, log),
     closeLater: (c, log) => closeLater(deps, c, log),
     closedBy: (request, log) => closedBy(request, deps, log),
@@ -88,7 +89,7 @@ export async function closeUnchargedNow(deps: ClosingDeps, c: UnchargedClose, lo
     out = await closeUncharged(deps.ledger, c.model, c.requestId, c.pricing, c.close, c.jobs);
   } catch (err) {
     await closeLater(deps, c, log);
-    throw new MeteringUnavailable('close', err);
+    throw new MeteringUnavailable('close', asStorageError(err));
   }
   if (out.released) return 'closed';
   return closedBy(out.request, deps, log) === 'settled' ? 'settled_elsewhere' : 'closed_elsewhere';

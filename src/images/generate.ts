@@ -1,11 +1,8 @@
 import type { Logger } from 'pino';
-import { isStorageUnavailable } from '../db/errors.js';
 import { ApiError, insufficientQuota, MediaError, serviceUnavailable, storageFailed, upstreamError } from '../errors.js';
 import type { InFlight } from './closing.js';
 import type { FalJobStatus, FalResult } from '../fal/types.js';
 import { decideRequest } from '../metering/job-state.js';
-import { jobIdFor } from '../metering/job-ids.js';
-import { inputHash } from '../metering/lost-submits.js';
 import { formatUsd, type Markup } from '../metering/money.js';
 import { callerChargeForJobs, encodePricing, jobEstimates, maxCharge, splitIntoJobs, type Charge } from '../metering/pricing.js';
 import type { CompletedJob } from '../metering/settlement.js';
@@ -16,7 +13,6 @@ import type { CanonicalRequest } from './normalize.js';
 import type { FalGateway, LoraResolver, Media, RequestLedger, Settlement } from './ports.js';
 import { RequestStop, Shutdown } from './request-stop.js';
 import { imagesResponse } from './response.js';
-import { progressReporter } from './progress.js';
 
 /**
  * The use case: one caller request → its fal jobs → an OpenAI-shaped
@@ -46,17 +42,13 @@ export interface GenerateContext {
   idempotencyKey?: string | undefined;
   /** Called once a fal job exists or may exist (submit answered, or its outcome unknown). */
   onSubmitted?: (() => void) | undefined;
-  /** Told each change of a fal job's state, for callers who follow along (streaming). */
-  onProgress?: ((progress: GenerateProgress) => void) | undefined;
-}
-
-export interface GenerateProgress {
-  /** Which of the request's fal jobs, from 0 (n above the per-job maximum runs several). */
-  jobIndex: number;
-  jobCount: number;
-  status: 'queued' | 'in_progress' | 'completed';
-  /** Jobs ahead of this one, when fal said. */
-  queuePosition: number | null;
+  /**
+   * Told each state fal reports for job `jobIndex` of the request's
+   * `jobCount` (from 0: n above the per-job maximum runs several), repeats
+   * included, for callers who follow along (streaming: src/images/progress.ts
+   * keeps the changes).
+   */
+  onJobStatus?: ((jobIndex: number, jobCount: number, status: FalJobStatus) => void) | undefined;
 }
 
 export type ImagesResponseBody = ImagesResponse;
@@ -77,6 +69,8 @@ export interface ImageServiceDeps {
   media: Media;
   markup: Markup;
   requestTimeoutMs: number;
+  /** How long a submit may take (job-runner.ts, `JobRunnerDeps`). */
+  submitTimeoutMs: number;
   logger: Logger;
   now?: () => number;
   metrics?: Metrics;
@@ -112,7 +106,7 @@ export function createImageService(deps: ImageServiceDeps): ImageService {
       } catch (err) {
         if (!(err instanceof MeteringUnavailable)) throw err;
         deps.logger.error({ err: err.cause, what: err.what, request_id: ctx.requestId, client_request_id: ctx.clientRequestId }, 'ledger write failed');
-        if (!isStorageUnavailable(err.cause)) throw storageFailed(err.cause);
+        if (!err.unavailable) throw storageFailed(err.cause);
         throw meteringUnavailable(err.what !== 'reserve');
       } finally {
         stop.dispose();
@@ -129,6 +123,8 @@ interface Run {
   req: CanonicalRequest;
   pricing: { promptExpansion: boolean; markup: Markup };
   baseSeed: number | undefined;
+  /** Our id of each job (its ledger row), in job order. */
+  jobIds: readonly string[];
   startedAt: number;
 }
 
@@ -149,11 +145,11 @@ async function prepare(deps: ImageServiceDeps, canonical: CanonicalRequest, ctx:
   const req = falInput === canonical.falInput ? canonical : { ...canonical, falInput };
   const pricing = { promptExpansion: req.promptExpansion, markup: deps.markup };
   const baseSeed = baseSeedFor(req);
-  // Each job's input is hashed onto its row and dropped: runJobs builds the same inputs again (same seed), so none is held through the reservation.
-  await reserve(deps, req, ctx, encodePricing(pricing), jobInputs(req, baseSeed).map(inputHash));
+  // The ledger keeps what identifies each job's input on its row; runJobs builds the same inputs again (same seed), so none is held while the jobs wait.
+  const jobIds = await reserve(deps, req, ctx, encodePricing(pricing), jobInputs(req, baseSeed));
   // The deadline bounds the fal work: a LoRA upload and the reservation before it are not part of it.
   stop.startDeadline(deps.requestTimeoutMs);
-  return { req, pricing, baseSeed, startedAt: performance.now() };
+  return { req, pricing, baseSeed, jobIds, startedAt: performance.now() };
 }
 
 /**
@@ -162,14 +158,14 @@ async function prepare(deps: ImageServiceDeps, canonical: CanonicalRequest, ctx:
  * unwatched.
  */
 async function runJobs(deps: ImageServiceDeps, run: Run, ctx: GenerateContext, stop: RequestStop): Promise<JobOutcome[]> {
-  const { id: model, endpoint } = run.req.model;
+  const { endpoint } = run.req.model;
   const inputs = jobInputs(run.req, run.baseSeed);
   const count = inputs.length;
-  const progress = ctx.onProgress ? progressReporter(ctx.onProgress, deps.logger.child({ request_id: ctx.requestId, client_request_id: ctx.clientRequestId, model })) : undefined;
+  const onJobStatus = ctx.onJobStatus;
   const jobs = inputs.map((input, i) =>
     runJob(
       deps,
-      { jobId: jobIdFor(ctx.requestId, i), requestId: ctx.requestId, clientRequestId: ctx.clientRequestId, model: run.req.model, promptExpansion: run.req.promptExpansion, endpoint, onSubmitted: ctx.onSubmitted, onStatus: progress && ((st: FalJobStatus) => progress(i, st, count)) },
+      { jobId: run.jobIds[i]!, requestId: ctx.requestId, clientRequestId: ctx.clientRequestId, model: run.req.model, promptExpansion: run.req.promptExpansion, endpoint, onSubmitted: ctx.onSubmitted, onStatus: onJobStatus && ((st: FalJobStatus) => onJobStatus(i, count, st)) },
       input,
       stop,
     ),
@@ -193,7 +189,7 @@ async function finish(deps: ImageServiceDeps, now: () => number, run: Run, outco
   const log = deps.logger.child({ request_id: ctx.requestId, client_request_id: ctx.clientRequestId, model: req.model.id });
   const decision = decideRequest(outcomes, stop.reason());
   // The completed jobs, in job order as `decision.completed` lists them, each under its ledger id.
-  const completed = outcomes.flatMap((o, i) => (o.at === 'completed' ? [completedJob(o.result, jobIdFor(ctx.requestId, i))] : []));
+  const completed = outcomes.flatMap((o, i) => (o.at === 'completed' ? [completedJob(o.result, run.jobIds[i]!)] : []));
   const caller = decision.caller;
   const w = decision.ledger;
   if (caller.answer === 'images') return answerImages(deps, now, run, ctx, decision.completed, completed, log);
@@ -290,7 +286,8 @@ function observeDelivered(deps: ImageServiceDeps, run: Run, results: readonly Fa
   m.upstreamCostUsd.inc({ model }, Number(formatUsd(settled.upstreamCostMicros)));
 }
 
-async function reserve(deps: ImageServiceDeps, req: CanonicalRequest, ctx: GenerateContext, pricing: string, inputHashes: string[]): Promise<void> {
+/** The reservation of the request and its jobs: our id of each job, in job order. */
+async function reserve(deps: ImageServiceDeps, req: CanonicalRequest, ctx: GenerateContext, pricing: string, inputs: Array<Record<string, unknown>>): Promise<readonly string[]> {
   // A request taken under a lease others may think expired would be settled by them while this process works on it.
   if (deps.lease && !deps.lease.valid()) throw serviceUnavailable('This replica cannot renew its lease on the usage ledger; nothing was done. Try again shortly.', 1, 'lease_expired');
   const maxChargeMicros = maxCharge(req, deps.markup);
@@ -305,12 +302,11 @@ async function reserve(deps: ImageServiceDeps, req: CanonicalRequest, ctx: Gener
       maxChargeMicros,
       pricing,
       idempotencyKey: ctx.idempotencyKey ?? null,
-      jobs: inputHashes.length,
-      inputHashes,
+      jobInputs: inputs,
       estimates: jobEstimates(req),
     }),
   );
-  if (reserved.ok) return;
+  if (reserved.ok) return reserved.jobIds;
   if (reserved.reason === 'request_id_taken') {
     // Only this key's own requests can take its label: another key's never show here.
     throw new ApiError(409, `The x-request-id ${JSON.stringify(ctx.clientRequestId)} was already used for another request of this key; send a new one, or none.`, {

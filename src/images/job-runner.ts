@@ -1,8 +1,7 @@
 import type { Logger } from 'pino';
-import { ApiError } from '../errors.js';
+import { ApiError, StorageError } from '../errors.js';
 import { FalCallError } from '../fal/errors.js';
 import type { FalJobStatus, FalResult } from '../fal/types.js';
-import { SUBMIT_TIMEOUT_MS } from '../metering/lost-submits.js';
 import { nextJobState, type CancelOutcome, type Ended, type JobEvent, type JobState } from '../metering/job-state.js';
 import { failedJobCost, type PricedModel } from '../metering/pricing.js';
 import type { Metrics } from '../metrics.js';
@@ -19,6 +18,14 @@ import type { RequestStop } from './request-stop.js';
 export interface JobRunnerDeps {
   fal: FalGateway;
   ledger: RequestLedger;
+  /**
+   * How long a submit may take. A submit is never cut by the request's stop
+   * (cut in flight it may have made a job we never learn of): it runs to its
+   * answer, bounded by this, which also closes the window reconciliation
+   * searches fal's request listing in for a lost submit (SUBMIT_TIMEOUT_MS,
+   * src/metering/lost-submits.ts, wired by src/service.ts).
+   */
+  submitTimeoutMs: number;
   logger: Logger;
   metrics?: Metrics | undefined;
 }
@@ -44,11 +51,18 @@ export type JobOutcome = JobState<FalResult, FalCallError>;
 /** How long we wait for fal to confirm a cancel before leaving it to reconciliation. */
 const CANCEL_CONFIRM_MS = 2_000;
 
-/** Ledger writes failing on the way: the caller is told metering is unavailable, never served unmetered. */
+/**
+ * Ledger writes failing on the way: the caller is told metering is
+ * unavailable, never served unmetered. `unavailable`: storage could not be
+ * reached or take work (the ports' StorageError says so), where a retry may
+ * succeed; the cause is storage's own error, for the log.
+ */
 export class MeteringUnavailable extends Error {
-  constructor(readonly what: string, cause: unknown) {
-    super(`ledger ${what} failed`, { cause });
+  readonly unavailable: boolean;
+  constructor(readonly what: string, err: unknown) {
+    super(`ledger ${what} failed`, { cause: err instanceof StorageError ? err.cause : err });
     this.name = 'MeteringUnavailable';
+    this.unavailable = err instanceof StorageError && err.unavailable;
   }
 }
 
@@ -66,7 +80,7 @@ async function submit(deps: JobRunnerDeps, job: Job, input: Record<string, unkno
   const start: JobOutcome = { at: 'submitting' };
   let answer: { falRequestId: string; strayIds: string[] };
   try {
-    answer = await deps.fal.submit(job.endpoint, input, { signal: AbortSignal.timeout(SUBMIT_TIMEOUT_MS) });
+    answer = await deps.fal.submit(job.endpoint, input, { signal: AbortSignal.timeout(deps.submitTimeoutMs) });
   } catch (err) {
     const fe = asFalError(err);
     await recordStrays(deps, job, fe.strayIds, log);

@@ -7,8 +7,9 @@
  * because OpenAI-compatible clients may refuse loopback/private URLs that do
  * not share the API's origin.
  */
+import { inlineDataUri } from '../fal/inline-images.js';
 import { createImageHostPolicy, RefusedUrlError, type Resolve } from './outbound.js';
-import type { Base64Parts } from './b64-item.js';
+import { b64Item, type Base64Parts } from './b64-item.js';
 import type { FileUrls } from './file-urls.js';
 import { MediaError } from '../errors.js';
 import type { Media } from './ports.js';
@@ -35,7 +36,16 @@ const MEDIA_HOST = /^(?:[a-z0-9-]+\.)*fal\.media$/;
 export { MediaError } from '../errors.js';
 export type { Media } from '../images/ports.js';
 
-export function createMedia(opts: MediaOptions): Media {
+/** The `Media` port, and the bare base64 of an image fal returned as a URL or a data URI. */
+export interface ImageMedia extends Media {
+  /**
+   * Bare base64 (no `data:` prefix): a string when fal sent a data URI (a
+   * slice of it, no copy) and Buffers when it had to be downloaded.
+   */
+  base64(falUrl: string, signal?: AbortSignal): Promise<string | Base64Parts>;
+}
+
+export function createMedia(opts: MediaOptions): ImageMedia {
   const base = opts.falBaseUrl?.replace(/\/+$/, '');
   const fetchImpl = opts.fetchImpl ?? fetch;
   const maxBytes = opts.maxBytes ?? 64 * 1024 * 1024;
@@ -54,7 +64,10 @@ export function createMedia(opts: MediaOptions): Media {
       return signed ? { url: `${base}/${rest}`, signed } : null;
     },
 
-    toClientUrl(falUrl, publicBaseUrl, tenant) {
+    clientUrl(result, falUrl, publicBaseUrl, tenant) {
+      // fal sent the image inline although we asked for a URL (no sync_mode): the caller gets the data URI fal sent.
+      const inline = result.inlineImages?.get(falUrl);
+      if (inline) return inlineDataUri(inline);
       if (base && falUrl.startsWith(`${base}/`)) {
         const rest = falUrl.slice(base.length + 1);
         if (mediaPath(rest)) return `${publicBaseUrl.replace(/\/+$/, '')}/v1/files/${rest}?${opts.fileUrls.sign(rest, tenant)}`;
@@ -62,6 +75,8 @@ export function createMedia(opts: MediaOptions): Media {
       return falUrl;
     },
 
+    // Buffers until the answer is written (src/http/images-json.ts).
+    b64Item: async (result, falUrl, signal) => b64Item(result.inlineImages?.get(falUrl) ?? (await base64(falUrl, signal))),
     base64,
   };
 

@@ -5,11 +5,12 @@
  * (src/service.ts) builds each implementation and hands it in through the
  * factories (`createImageService`, `createApp`):
  *
- * - `ModelRegistry`: src/models/registry.ts (the served entries: src/models/prices.ts)
+ * - `ModelRegistry`: src/models/registry.ts (the served entries: src/models/prices.ts; a
+ *   request's fields checked and mapped: src/models/request-fields.ts)
  * - `FalGateway`: src/fal/gateway.ts over @fal-ai/client (pooled: src/fal/pooled-gateway.ts)
- * - `RequestLedger`: the usage ledger, src/metering/ledger.ts (SQLite or PostgreSQL)
+ * - `RequestLedger`: src/metering/request-ledger.ts over the usage ledger, src/metering/ledger.ts (SQLite or PostgreSQL)
  * - `Settlement`: a request's row settled or closed, src/images/closing.ts over src/metering/settlement.ts
- * - `Media`: downloads and signed URLs of fal's images, src/images/media.ts
+ * - `Media`: each image's b64_json item or URL (fal's inline base64, downloads, signed URLs), src/images/media.ts
  * - `LoraResolver`: local LoRA paths uploaded to fal's storage, src/images/loras.ts
  *
  * The data they carry is imported as types from where it lives.
@@ -23,8 +24,8 @@ import type { FalListedRequest, ListingWindow } from '../fal/request-listing.js'
 import type { CloseJobInput, JobRecord, RequestRecord, RequestWithJobs, ReserveInput, ReserveResult } from '../metering/ledger.js';
 import type { RequestPricing } from '../metering/pricing.js';
 import type { CompletedJob, SettlementOutcome } from '../metering/settlement.js';
-import type { Capability, EditKind, ModelEntry, ModelValidators } from '../models/registry.js';
-import type { Base64Parts } from './b64-item.js';
+import type { Capability, EditKind, ModelEntry } from '../models/registry.js';
+import type { ImageRequestFields, ImageSizeValue } from '../schemas/image-request.js';
 import type { SignedFile } from './file-urls.js';
 import type { UnchargedClose } from './closing.js';
 
@@ -33,8 +34,32 @@ export interface ModelRegistry {
   lookup(name: string): ModelEntry | undefined;
   /** Every model, in declaration order. */
   list(): readonly ModelEntry[];
-  /** The validators compiled for `model` when the registry was built. */
-  validators(model: ModelEntry): ModelValidators;
+  /**
+   * `body` held to `model`'s own fields: a field the model does not have is
+   * refused (naming the models that accept it), then the model's schema
+   * runs. A refusal is the caller's 400 naming the field.
+   */
+  checkBody(model: ModelEntry, body: Record<string, unknown>): void;
+  /**
+   * The image size a checked body asks for in either dialect (OpenAI's
+   * `size` held to the model's `image_size` limits; the same size given in
+   * both must agree), else the model's default. A refusal is the 400 naming `size`.
+   */
+  imageSize(model: ModelEntry, req: ImageRequestFields): ImageSizeValue | 'auto';
+  /** Pixels of an `image_size` value. */
+  pixels(size: ImageSizeValue): { width: number; height: number };
+  /**
+   * The hints the caller sent that `model` does not act on, in the order
+   * sent: ignored and listed, or the caller's 400 under `strict`, or with
+   * `stream` when the hint would change what a stream delivers.
+   */
+  ignoredHints(model: ModelEntry, body: Record<string, unknown>, opts: { stream: boolean; strict: boolean }): string[];
+  /**
+   * Exactly what goes to fal for a checked body: the prompt, the
+   * price-deciding fields the model has at their values in `pinned`, and the
+   * model's other fields the caller sent.
+   */
+  falInput(model: ModelEntry, body: Record<string, unknown>, pinned: Readonly<Record<string, unknown>>): Record<string, unknown>;
   /**
    * The model as an edit of `kind` runs it: its id, with the edit endpoint,
    * that endpoint's price and the edit body schema; undefined when the model
@@ -84,12 +109,19 @@ export interface FalGateway {
 }
 
 /**
- * The usage ledger's writes and reads one request makes (src/metering/ledger.ts
- * declares them, with the rest of the ledger): the reservation, each job's
- * row, and the request's row when another process may have closed it.
+ * The usage ledger's writes and reads one request makes
+ * (src/metering/request-ledger.ts over src/metering/ledger.ts): the
+ * reservation, each job's row, and the request's row when another process
+ * may have closed it. Storage failures are thrown as StorageError (src/errors.ts).
  */
 export interface RequestLedger {
-  reserve(input: ReserveInput): Promise<ReserveResult>;
+  /**
+   * Holds the request's maximum charge against its key's budget and writes
+   * its row and one row per job input, in job order (each with what
+   * identifies its input, so a submit whose answer was lost can be found);
+   * answers the jobs' ids, or why nothing was held.
+   */
+  reserve(input: RequestReservation): Promise<Reservation>;
   /** Adds fal's id to a job row as soon as submit answers. Repeating it is a no-op. */
   recordSubmit(input: { jobId: string; falRequestId: string }): Promise<JobRecord>;
   /** An open job reaches a final state without images; a job already final is left as it is. */
@@ -100,18 +132,25 @@ export interface RequestLedger {
   getRequest(requestId: string): Promise<RequestWithJobs | null>;
 }
 
+/** A request's reservation: its row as ledger.ts takes it, and the fal input of each of its jobs. */
+export type RequestReservation = Omit<ReserveInput, 'jobs' | 'inputHashes'> & { jobInputs: ReadonlyArray<Record<string, unknown>> };
+
+/** The reservation held, with our id of each job (its ledger row), in job order; or why not. */
+export type Reservation = { ok: true; jobIds: readonly string[] } | Exclude<ReserveResult, { ok: true }>;
+
 /**
  * A request's row at its end: settled on its completed jobs in one ledger
  * transaction, or closed uncharged, and what to do when that close does not
  * go through (src/images/closing.ts).
  */
 export interface Settlement {
-  /** Records every completed job and charges the request for their images. */
+  /** Records every completed job and charges the request for their images. Storage failures are thrown as StorageError. */
   settle(model: UnchargedClose['model'], requestId: string, pricing: RequestPricing, jobs: readonly CompletedJob[]): Promise<SettlementOutcome>;
   /**
    * Closes the request uncharged now: `closed` when this call did, else who
    * did. When the ledger cannot be written the close is kept and retried
-   * (`closeLater`) and the call throws MeteringUnavailable.
+   * (`closeLater`) and the call throws MeteringUnavailable, storage's
+   * failure sorted (`unavailable`).
    */
   closeUncharged(c: UnchargedClose, log: Logger): Promise<'closed' | 'settled_elsewhere' | 'closed_elsewhere'>;
   /** Keeps a close the ledger could not take on disk and retries it in the background. */
@@ -124,15 +163,20 @@ export interface Settlement {
 }
 
 export interface Media {
-  /** The URL we hand the caller (API key `tenant`) for an image fal returned. */
-  toClientUrl(falUrl: string, publicBaseUrl: string, tenant: string): string;
   /**
-   * Bare base64 (no `data:` prefix) for an image fal returned: a string when
-   * fal sent a data URI (a slice of it, no copy) and Buffers when it had to be
-   * downloaded, so a 10 MB image is never also a 10 MB string. b64Item()
-   * reads either as text. A download that fails throws MediaError (src/errors.ts).
+   * The URL we hand the caller (API key `tenant`) for image `falUrl` of
+   * `result`: ours, signed, for an image we proxy; the data URI fal sent for
+   * an image it sent inline although a URL was asked for; else fal's.
    */
-  base64(falUrl: string, signal?: AbortSignal): Promise<string | Base64Parts>;
+  clientUrl(result: FalResult, falUrl: string, publicBaseUrl: string, tenant: string): string;
+  /**
+   * The `b64_json` answer item for image `falUrl` of `result`: the base64 fal
+   * sent inline (views of its result body), a slice of a data URI, or our
+   * download of the image. It reads as a plain `{ b64_json }` but holds
+   * Buffers (src/images/b64-item.ts), so a 10 MB image is never also a 10 MB
+   * string. A download that fails throws MediaError (src/errors.ts).
+   */
+  b64Item(result: FalResult, falUrl: string, signal?: AbortSignal): Promise<{ b64_json: string }>;
   /**
    * For GET /v1/files/<rest>?<query>: the upstream URL to proxy and what the
    * URL's signature proved, or null if it is not ours to serve (not a media

@@ -1,8 +1,6 @@
 import type { FalResult } from '../fal/types.js';
-import { inlineDataUri } from '../fal/inline-images.js';
 import type { Charge } from '../metering/pricing.js';
 import type { ImagesResponse } from '../schemas/images-response.js';
-import { b64Item } from './b64-item.js';
 import type { Media } from './ports.js';
 import type { CanonicalRequest } from './normalize.js';
 
@@ -49,20 +47,15 @@ export async function imagesResponse(input: ResponseInput, media: Media): Promis
 }
 
 /**
- * The images as the caller asked for them. Base64 stays as the Buffers it
- * came in (fal's result body, or our download of it) until the route writes
- * them (b64-item.ts). A download that fails throws the media layer's MediaError.
+ * The images as the caller asked for them, each from the media port. Base64
+ * stays as the Buffers it came in (fal's result body, or our download of it)
+ * until the route writes them. A download that fails throws the media
+ * layer's MediaError.
  */
 async function imageItems(input: ResponseInput, media: Media): Promise<ImageItem[]> {
   const { req, results } = input;
   if (req.responseFormat === 'b64_json') {
-    return Promise.all(results.flatMap((r) => r.output.images.map(async (i) => b64Item(r.inlineImages?.get(i.url) ?? (await media.base64(i.url))))));
+    return Promise.all(results.flatMap((r) => r.output.images.map((i) => media.b64Item(r, i.url))));
   }
-  return results.flatMap((r) => r.output.images.map((i) => ({ url: media.toClientUrl(inlineAsUrl(r, i.url), input.publicBaseUrl, input.tenant) })));
-}
-
-/** fal sent an image inline although we asked for a URL (no sync_mode): the caller gets the data URI fal sent. */
-function inlineAsUrl(r: FalResult, url: string): string {
-  const inline = r.inlineImages?.get(url);
-  return inline ? inlineDataUri(inline) : url;
+  return results.flatMap((r) => r.output.images.map((i) => ({ url: media.clientUrl(r, i.url, input.publicBaseUrl, input.tenant) })));
 }

@@ -3,7 +3,8 @@
  * SSE framing is the HTTP layer's (src/http/sse.ts).
  */
 import type { ImageGenerationCompletedEvent, ImageGenerationProgressEvent } from '../schemas/image-stream-events.js';
-import type { GenerateProgress, ImagesResponseBody } from './generate.js';
+import type { ImagesResponseBody } from './generate.js';
+import type { GenerateProgress } from './progress.js';
 import type { CanonicalRequest } from './normalize.js';
 import { formatUsd, parseUsd } from '../metering/money.js';
 import { creditsFromMicros } from '../metering/pricing.js';

@@ -11,6 +11,7 @@ import { validatePricing, type ModelPricing, type PriceRounding } from '../meter
 import { IMAGE_SIZE_PRESET_PIXELS, PINNED_FIELDS } from '../schemas/fields.js';
 import type { ImageSizeValue, OutputFormat } from '../schemas/image-request.js';
 import { capabilitiesOf, editVariant } from './edits.js';
+import { checkBody, falInputOf, ignoredHints, imageSizeOf, pixelsOf } from './request-fields.js';
 import type { ModelRegistry } from '../images/ports.js';
 
 export type { ModelRegistry } from '../images/ports.js';
@@ -114,6 +115,12 @@ export interface ModelDefinition extends Omit<ModelEntry, 'pricing' | 'edits'> {
   readonly edits?: ModelEdits<ModelPricing | UnconfirmedPricing>;
 }
 
+
+/** The registry as built: the port, and the validators it compiled for each entry. */
+export interface CompiledModelRegistry extends ModelRegistry {
+  /** The validators compiled for `model` when the registry was built. */
+  validators(model: ModelEntry): ModelValidators;
+}
 
 export interface ModelValidators {
   /** The whole request body against the model's schema. */
@@ -227,7 +234,7 @@ function freezeEntry(e: ModelEntry): ModelEntry {
  * Builds the registry, compiling each model's validators once. Throws, naming
  * the model and the problem, on any invalid entry or clashing name.
  */
-export function createModelRegistry(entries: readonly ModelEntry[]): ModelRegistry {
+export function createModelRegistry(entries: readonly ModelEntry[]): CompiledModelRegistry {
   if (!Array.isArray(entries) || entries.length === 0) throw new Error('Model registry: no models configured');
   const byName = new Map<string, ModelEntry>();
   const validators = new Map<ModelEntry, ModelValidators>();
@@ -268,14 +275,20 @@ export function createModelRegistry(entries: readonly ModelEntry[]): ModelRegist
   });
   Object.freeze(list);
 
+  const validatorsOf = (model: ModelEntry): ModelValidators => {
+    const v = validators.get(model);
+    if (!v) throw new Error(`Model registry: ${model.id} is not an entry of this registry`);
+    return v;
+  };
   return {
     lookup: (name) => byName.get(name),
     list: () => list,
-    validators(model) {
-      const v = validators.get(model);
-      if (!v) throw new Error(`Model registry: ${model.id} is not an entry of this registry`);
-      return v;
-    },
+    validators: validatorsOf,
+    checkBody: (model, body) => checkBody(list, validatorsOf(model), model, body),
+    imageSize: (model, req) => imageSizeOf(validatorsOf(model), model, req),
+    pixels: pixelsOf,
+    ignoredHints,
+    falInput: falInputOf,
     edit: (model, kind) => variants.get(`${kind}\0${model.id}`),
     capabilities: (model) => capabilitiesOf(byName.get(model.id) ?? model),
     forEndpoint(name, endpoint) {

@@ -8,7 +8,8 @@
 import pino, { type Logger } from 'pino';
 import { createApp, type AppDeps } from '../../src/app.js';
 import type { Authenticate, Principal } from '../../src/http/auth.js';
-import type { GenerateContext, GenerateOutcome, GenerateProgress, ImageService } from '../../src/images/generate.js';
+import type { GenerateContext, GenerateOutcome, ImageService } from '../../src/images/generate.js';
+import type { FalJobStatus } from '../../src/fal/types.js';
 import type { CanonicalRequest } from '../../src/images/normalize.js';
 import type { Media } from '../../src/images/media.js';
 import type { KeysStore } from '../../src/metering/keys-store.js';
@@ -54,10 +55,17 @@ export function cannedOutcome(overrides: Partial<GenerateOutcome> = {}): Generat
   };
 }
 
-/** What the fake use case does with one call: answer, fail, or report progress first. */
+/** A state fal reported for one of the request's jobs, as the use case tells it (`GenerateContext.onJobStatus`). */
+export interface FakeJobStatus {
+  jobIndex: number;
+  jobCount: number;
+  status: FalJobStatus;
+}
+
+/** What the fake use case does with one call: answer, fail, or report job states first. */
 export type FakeBehaviour =
-  | { outcome: GenerateOutcome; progress?: GenerateProgress[] }
-  | { error: unknown; progress?: GenerateProgress[] };
+  | { outcome: GenerateOutcome; progress?: FakeJobStatus[] }
+  | { error: unknown; progress?: FakeJobStatus[] };
 
 export interface FakeImageService extends ImageService {
   calls: Array<{ req: CanonicalRequest; ctx: GenerateContext }>;
@@ -71,7 +79,7 @@ export function fakeImageService(behaviour: FakeBehaviour | ((req: CanonicalRequ
     async generate(req, ctx) {
       calls.push({ req, ctx });
       const b = typeof behaviour === 'function' ? behaviour(req) : behaviour;
-      for (const p of b.progress ?? []) ctx.onProgress?.(p);
+      for (const p of b.progress ?? []) ctx.onJobStatus?.(p.jobIndex, p.jobCount, p.status);
       ctx.onSubmitted?.();
       if ('error' in b) throw b.error;
       return b.outcome;
@@ -92,8 +100,8 @@ export function fakeAuthenticate(keys: Record<string, Principal> = { [USER_KEY]:
 
 export function fakeMedia(): Media {
   return {
-    toClientUrl: (falUrl) => falUrl,
-    base64: () => notInFake('Media.base64'),
+    clientUrl: (_result, falUrl) => falUrl,
+    b64Item: () => notInFake('Media.b64Item'),
     proxyTarget: () => null,
   };
 }

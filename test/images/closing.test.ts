@@ -33,7 +33,7 @@ const unreachable = () => Object.assign(new Error('connect ECONNREFUSED 127.0.0.
 
 const MODEL = 'alibaba/z-image-turbo';
 
-const media: Media = { toClientUrl: (u) => u, base64: async () => 'aGVsbG8=', proxyTarget: () => null };
+const media: Media = { clientUrl: (_r, u) => u, b64Item: async () => ({ b64_json: 'aGVsbG8=' }), proxyTarget: () => null };
 
 describe('closing a request', () => {
   let t: TestService;

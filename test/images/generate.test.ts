@@ -76,8 +76,8 @@ function fakeFal(script: Script): FalGateway & { submitted: Array<Record<string,
 }
 
 const media: Media = {
-  toClientUrl: (u) => u,
-  base64: async () => 'aGVsbG8=',
+  clientUrl: (_r, u) => u,
+  b64Item: async () => ({ b64_json: 'aGVsbG8=' }),
   proxyTarget: () => null,
 };
 

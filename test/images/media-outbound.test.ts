@@ -4,7 +4,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { b64Item } from '../../src/images/b64-item.js';
 import { createFileUrls } from '../../src/images/file-urls.js';
-import { createMedia, MediaError, type Media } from '../../src/images/media.js';
+import { createMedia, MediaError, type ImageMedia } from '../../src/images/media.js';
 import { isPrivateAddress, normalizeHostPattern } from '../../src/images/outbound.js';
 import { loadConfig, ConfigError } from '../../src/config.js';
 
@@ -102,7 +102,7 @@ after(async () => {
   await new Promise<void>((r) => server.close(() => r()));
 });
 
-async function refused(media: Media, url: string, pattern: RegExp): Promise<void> {
+async function refused(media: ImageMedia, url: string, pattern: RegExp): Promise<void> {
   await assert.rejects(media.base64(url), (err: unknown) => {
     assert.ok(err instanceof MediaError, `${url}: expected a MediaError, got ${String(err)}`);
     assert.match(err.message, pattern, url);
