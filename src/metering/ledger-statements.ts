@@ -1,6 +1,7 @@
 import { sql, type Insertable, type Kysely } from 'kysely';
 import { prepared } from '../db/prepared.js';
 import type { DB, RequestStatus, RequestsTable } from '../db/schema.js';
+import { JOB_COLUMNS, REQUEST_COLUMNS } from './records.js';
 
 /** A request in these states holds its reservation on its key. */
 export const HOLDING: RequestStatus[] = ['reserved', 'submitted'];
@@ -135,7 +136,7 @@ function openingStatements() {
         .set({ fal_request_id: p.falRequestId, status: 'submitted' })
         .where('id', '=', p.id)
         .where('status', '=', 'submitting')
-        .returningAll(),
+        .returning(JOB_COLUMNS),
     ),
     // Only a request still holding its reservation moves on; a late record
     // for a closed or orphaned request keeps the job visible without reopening it.
@@ -168,7 +169,7 @@ function closingStatements(ownLeaseId: string | undefined) {
         })
         .where('id', '=', p.id)
         .where('status', 'in', ['submitting', 'submitted', 'failed', 'cancelled', 'lost'])
-        .returningAll(),
+        .returning(JOB_COLUMNS),
     ),
     settleHolding: prepared((q: Kysely<DB>, p: SettleValues) =>
       ownedBy(
@@ -178,7 +179,7 @@ function closingStatements(ownLeaseId: string | undefined) {
           .where('id', '=', p.requestId)
           .where('status', 'in', HOLDING),
         ownLeaseId,
-      ).returningAll(),
+      ).returning(REQUEST_COLUMNS),
     ),
     settleOrphan: prepared((q: Kysely<DB>, p: SettleValues) =>
       ownedBy(
@@ -188,7 +189,7 @@ function closingStatements(ownLeaseId: string | undefined) {
           .where('id', '=', p.requestId)
           .where('status', '=', 'orphaned'),
         ownLeaseId,
-      ).returningAll(),
+      ).returning(REQUEST_COLUMNS),
     ),
     // A request's upstream cost is the sum of its jobs' (failed ones and strays included), refreshed after every job write.
     refreshCost: prepared((q: Kysely<DB>, p: { requestId: string }) =>
