@@ -32,7 +32,8 @@ import { toJob, withJobs, type JobRecord, type RequestWithJobs } from './records
 import { createSliceBook, foldOrphanSlices, type SliceBook } from './budget-slices.js';
 import { reserve, type ReserveContext } from './ledger-reserve.js';
 import { adopt, markOrphaned, release, settle, type SliceEnd, type ReleaseInput, type ReleaseResult, type SettleInput, type SettleResult } from './ledger-requests.js';
-import { closeJob, completeJob, recordStrays, recordSubmit, type CloseJobInput, type CompleteJobInput, type CompleteJobResult } from './ledger-jobs.js';
+import { pgOpeningStatements } from './ledger-statements-pg.js';
+import { closeJob, completeJob, recordStrays, recordSubmit, recordSubmitAlone, type CloseJobInput, type CompleteJobInput, type CompleteJobResult } from './ledger-jobs.js';
 
 export { jobIdFor, strayIdFor, type CloseJobInput, type CompleteJobInput, type CompleteJobResult } from './ledger-jobs.js';
 export type { ReleaseInput, ReleaseResult, SettleInput, SettleOutboxEvent, SettleResult } from './ledger-requests.js';
@@ -175,13 +176,14 @@ export function createLedger(database: Database, options: LedgerOptions = {}): L
     for (const e of ended) slices?.ended(e.sliceId, e.hold, e.charge);
     return out;
   };
-  const reserving: ReserveContext = { db, q, now, leaseId: options.leaseId ?? null, slices, budgeted: new Set() };
+  const pgq = database.dialect === 'postgres' ? pgOpeningStatements() : undefined;
+  const reserving: ReserveContext = { db, q, pg: pgq, now, leaseId: options.leaseId ?? null, slices, budgeted: new Set() };
 
   return {
     slices,
     returnSlices: (scope) => foldOrphanSlices(db, { live: scope.live, ownLeaseId: scope.ownLeaseId, book: slices }),
     reserve: (input) => reserve(reserving, input),
-    recordSubmit: (input) => write((trx) => recordSubmit(trx, q, input)),
+    recordSubmit: (input) => (pgq ? recordSubmitAlone(db, pgq, input) : write((trx) => recordSubmit(trx, q, input))),
     completeJob: (input) =>
       write(async (trx) => {
         const out = await completeJob(trx, q, input, now());
