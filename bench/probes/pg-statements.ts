@@ -125,7 +125,7 @@ async function main(): Promise<void> {
     const env = serviceEnv(emu.url, join(dir.path, 'data'), {
       DATABASE_URL: `${schema.url}&application_name=${appName}`,
       API_KEYS: staticKeys.join(','),
-      ADMIN_KEY: ADMIN,
+      ADMIN_API_KEY: ADMIN,
       REDIS_URL: args.redis,
       REDIS_KEY_PREFIX: prefix,
       DEFAULT_RPM_LIMIT: '1000000',

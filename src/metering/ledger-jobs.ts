@@ -80,8 +80,9 @@ async function alreadySubmitted(db: Kysely<DB>, input: { jobId: string; falReque
   return existing;
 }
 
-export async function completeJob(trx: Transaction<DB>, q: LedgerStatements, input: CompleteJobInput, at: string): Promise<CompleteJobResult> {
-  const values = {
+/** A job's completion as the completing UPDATE writes it. */
+export function completionValues(input: CompleteJobInput, at: string) {
+  return {
     id: input.jobId,
     otherIds: input.otherFalId ?? null,
     images: toNumber(input.images),
@@ -93,14 +94,17 @@ export async function completeJob(trx: Transaction<DB>, q: LedgerStatements, inp
     estimated: input.unitsFal === null || input.unitsFal === undefined ? 1 : 0,
     at,
   };
-  const row = (await q.completeJob.run(trx, values)).rows[0];
+}
+
+/** What completeJob answers for a job row, changed by it or (a repeat) as it stands. */
+export function completeResult(job: JobRecord, changed: boolean): CompleteJobResult {
+  return { job, changed, unitsMismatch: job.unitsFal !== null && job.unitsEstimate !== null && job.unitsFal !== job.unitsEstimate };
+}
+
+export async function completeJob(trx: Transaction<DB>, q: LedgerStatements, input: CompleteJobInput, at: string): Promise<CompleteJobResult> {
+  const row = (await q.completeJob.run(trx, completionValues(input, at))).rows[0];
   // Unchanged (a repeat): report the row as it stands.
-  const job = row ? toJob(row) : await jobOrThrow(trx, input.jobId);
-  return {
-    job,
-    changed: row !== undefined,
-    unitsMismatch: job.unitsFal !== null && job.unitsEstimate !== null && job.unitsFal !== job.unitsEstimate,
-  };
+  return completeResult(row ? toJob(row) : await jobOrThrow(trx, input.jobId), row !== undefined);
 }
 
 export async function closeJob(trx: Transaction<DB>, input: CloseJobInput, at: string): Promise<{ changed: boolean; job: JobRecord }> {

@@ -1,7 +1,10 @@
 import { sql, type ExpressionBuilder, type Insertable, type Kysely } from 'kysely';
 import { prepared } from '../db/prepared.js';
-import type { DB, RequestStatus, RequestsTable } from '../db/schema.js';
+import type { DB, JobStatus, RequestStatus, RequestsTable } from '../db/schema.js';
 import { JOB_COLUMNS, REQUEST_COLUMNS } from './records.js';
+
+/** A job in these states takes a completion: a result from fal is a fact and overrides an earlier guess. */
+export const COMPLETABLE: JobStatus[] = ['submitting', 'submitted', 'failed', 'cancelled', 'lost'];
 
 /** A request in these states holds its reservation on its key. */
 export const HOLDING: RequestStatus[] = ['reserved', 'submitted'];
@@ -187,7 +190,7 @@ function closingStatements(ownLeaseId: string | undefined) {
           status: 'completed',
         })
         .where('id', '=', p.id)
-        .where('status', 'in', ['submitting', 'submitted', 'failed', 'cancelled', 'lost'])
+        .where('status', 'in', COMPLETABLE)
         .returning(JOB_COLUMNS),
     ),
     settleHolding: prepared((q: Kysely<DB>, p: SettleValues) =>

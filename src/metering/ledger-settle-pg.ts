@@ -1,0 +1,127 @@
+/**
+ * A request's close on PostgreSQL in one statement (src/metering/ledger.ts
+ * `settleJobs`): its completed jobs and its charge, without `BEGIN`/`COMMIT`,
+ * for the common case only: a request still holding its reservation, owned
+ * by this process, whose hold is not on its key row, settled without a
+ * billing event. Anything else changes nothing here (every write of the
+ * statement waits on the request row it locked first) and goes through the
+ * multi-statement transaction, which handles every case.
+ *
+ * One statement sees one snapshot: the request's cost is the sum over its
+ * other jobs as they stand plus the jobs this statement completes, as they
+ * are written (the CTE's RETURNING rows), since a CTE cannot see another's writes.
+ */
+import { sql, type CompiledQuery, type Kysely, type RawBuilder, type Selectable } from 'kysely';
+import { prepared } from '../db/prepared.js';
+import type { DB, RequestsTable, UpstreamJobsTable } from '../db/schema.js';
+import { toBigInt, toNumber } from '../db/values.js';
+import { completeResult, completionValues, type CompleteJobInput, type CompleteJobResult } from './ledger-jobs.js';
+import type { SettleInput, SettleResult, SliceEnd } from './ledger-requests.js';
+import { COMPLETABLE, HOLDING } from './ledger-statements.js';
+import { JOB_COLUMNS, REQUEST_COLUMNS, jobOrThrow, toJob, toRequest } from './records.js';
+
+type SettleArrays = {
+  requestId: string;
+  charge: bigint;
+  credits: bigint;
+  images: number;
+  at: string;
+  ids: string[];
+  jobImages: number[];
+  pixels: number[];
+  unitsEstimate: string[];
+  unitsFal: Array<string | null>;
+  costs: string[];
+  estimated: number[];
+  otherIds: Array<string | null>;
+};
+
+type Job = Selectable<UpstreamJobsTable>;
+type Row = Selectable<RequestsTable> & { [K in keyof Job as `job_${K}`]: Job[K] | null };
+
+const list = (cols: readonly string[], prefix: string): RawBuilder<unknown> => sql.join(cols.map((c) => sql.ref(`${prefix}.${c}`)));
+
+function statement(q: Kysely<DB>, p: SettleArrays, ownLeaseId: string | undefined): CompiledQuery<Row> {
+  const owned = ownLeaseId === undefined ? sql`` : sql`and (lease_id is null or lease_id = ${ownLeaseId})`;
+  const jobOut = sql.join(JOB_COLUMNS.map((c) => sql`${sql.ref(`j.${c}`)} as ${sql.id(`job_${c}`)}`));
+  return sql<Row>`with l as (
+  select id from requests
+  where id = ${p.requestId} and status in (${sql.join(HOLDING)}) and funded_by <> 'key' ${owned}
+  for update
+), v as (
+  select unnest(${p.ids}::text[]) as id, unnest(${p.jobImages}::bigint[]) as images, unnest(${p.pixels}::bigint[]) as pixels,
+    unnest(${p.unitsEstimate}::text[]) as units_estimate, unnest(${p.unitsFal}::text[]) as units_fal,
+    unnest(${p.costs}::bigint[]) as upstream_cost_micros, unnest(${p.estimated}::bigint[]) as cost_estimated,
+    unnest(${p.otherIds}::text[]) as fal_other_ids
+), j as (
+  update upstream_jobs as u
+  set images = v.images, pixels = v.pixels, units_estimate = v.units_estimate, units_fal = v.units_fal,
+    upstream_cost_micros = v.upstream_cost_micros, cost_estimated = v.cost_estimated, fal_other_ids = v.fal_other_ids,
+    error_code = null, fal_last_word = null, completed_at = ${p.at}, status = 'completed'
+  from v
+  where u.id = v.id and u.request_id = ${p.requestId} and u.status in (${sql.join(COMPLETABLE)}) and exists (select from l)
+  returning ${list(JOB_COLUMNS, 'u')}
+), s as (
+  update requests
+  set status = 'settled', charge_micros = ${p.charge}, credits = ${p.credits}, images = ${p.images}, error_code = null, settled_at = ${p.at},
+    upstream_cost_micros = (select coalesce(sum(upstream_cost_micros), 0) from upstream_jobs where request_id = ${p.requestId} and id not in (select id from j))
+      + (select coalesce(sum(upstream_cost_micros), 0) from j)
+  where id in (select id from l)
+  returning ${list(REQUEST_COLUMNS, 'requests')}
+)
+select ${list(REQUEST_COLUMNS, 's')}, ${jobOut} from s left join j on true`.compile(q);
+}
+
+export function pgSettleStatement(ownLeaseId: string | undefined) {
+  return prepared((q: Kysely<DB>, p: SettleArrays) => ({ compile: () => statement(q, p, ownLeaseId) }));
+}
+
+export type PgSettleStatement = ReturnType<typeof pgSettleStatement>;
+
+/**
+ * The settle in one statement; undefined when it changed nothing (not the
+ * common case): the caller then runs the transaction.
+ */
+export async function settleJobsAlone(
+  db: Kysely<DB>,
+  statement: PgSettleStatement,
+  input: { jobs: readonly CompleteJobInput[]; settle: SettleInput },
+  at: string,
+  ended: SliceEnd[],
+): Promise<{ jobs: CompleteJobResult[]; settlement: SettleResult } | undefined> {
+  const { settle } = input;
+  if (settle.outboxEvent) return undefined;
+  const values = input.jobs.map((j) => completionValues(j, at));
+  if (new Set(values.map((v) => v.id)).size !== values.length) return undefined;
+  const charge = toBigInt(settle.chargeMicros);
+  if (charge < 0n) throw new RangeError('chargeMicros must not be negative');
+  const { rows } = await statement.run(db, {
+    requestId: settle.requestId,
+    charge,
+    credits: toBigInt(settle.credits),
+    images: toNumber(settle.images),
+    at,
+    ids: values.map((v) => v.id),
+    jobImages: values.map((v) => v.images),
+    pixels: values.map((v) => v.pixels),
+    unitsEstimate: values.map((v) => v.unitsEstimate),
+    unitsFal: values.map((v) => v.unitsFal),
+    costs: values.map((v) => v.cost.toString()),
+    estimated: values.map((v) => v.estimated),
+    otherIds: values.map((v) => v.otherIds),
+  });
+  const first = rows[0];
+  if (first === undefined) return undefined;
+  const written = new Map(rows.filter((r) => r.job_id !== null).map((r) => [r.job_id!, toJob(jobOf(r))]));
+  const jobs: CompleteJobResult[] = [];
+  for (const v of values) {
+    const job = written.get(v.id);
+    jobs.push(job ? completeResult(job, true) : completeResult(await jobOrThrow(db, v.id), false));
+  }
+  if (first.funded_by === 'slice') ended.push({ sliceId: first.slice_id ?? '', hold: toBigInt(first.reserved_micros), charge });
+  return { jobs, settlement: { settled: true, request: toRequest(first) } };
+}
+
+function jobOf(row: Row): Job {
+  return Object.fromEntries(JOB_COLUMNS.map((c) => [c, row[`job_${c}`]])) as unknown as Job;
+}
