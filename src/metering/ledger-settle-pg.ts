@@ -7,6 +7,9 @@
  * statement waits on the request row it locked first) and goes through the
  * multi-statement transaction, which handles every case.
  *
+ * Every row is reached by its key (`id = …`, never `id in (select …)`): a
+ * named statement may keep a generic plan, which must not scan a table.
+ *
  * One statement sees one snapshot: the request's cost is the sum over its
  * other jobs as they stand plus the jobs this statement completes, as they
  * are written (the CTE's RETURNING rows), since a CTE cannot see another's writes.
@@ -59,14 +62,14 @@ function statement(q: Kysely<DB>, p: SettleArrays, ownLeaseId: string | undefine
     upstream_cost_micros = v.upstream_cost_micros, cost_estimated = v.cost_estimated, fal_other_ids = v.fal_other_ids,
     error_code = null, fal_last_word = null, completed_at = ${p.at}, status = 'completed'
   from v
-  where u.id = v.id and u.request_id = ${p.requestId} and u.status in (${sql.join(COMPLETABLE)}) and exists (select from l)
+  where u.id = any(${p.ids}::text[]) and u.id = v.id and u.request_id = ${p.requestId} and u.status in (${sql.join(COMPLETABLE)}) and exists (select from l)
   returning ${list(JOB_COLUMNS, 'u')}
 ), s as (
   update requests
   set status = 'settled', charge_micros = ${p.charge}, credits = ${p.credits}, images = ${p.images}, error_code = null, settled_at = ${p.at},
     upstream_cost_micros = (select coalesce(sum(upstream_cost_micros), 0) from upstream_jobs where request_id = ${p.requestId} and id not in (select id from j))
       + (select coalesce(sum(upstream_cost_micros), 0) from j)
-  where id in (select id from l)
+  where id = ${p.requestId} and exists (select from l)
   returning ${list(REQUEST_COLUMNS, 'requests')}
 )
 select ${list(REQUEST_COLUMNS, 's')}, ${jobOut} from s left join j on true`.compile(q);

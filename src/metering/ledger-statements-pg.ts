@@ -78,7 +78,8 @@ export function pgOpeningStatements() {
           w
             .updateTable('requests')
             .set({ status: 'submitted' })
-            .where('id', 'in', (eb) => eb.selectFrom('j').select('j.request_id'))
+            // A scalar subquery (j has at most one row): the request is found by its primary key, whatever plan the named statement keeps.
+            .where('id', '=', (eb) => eb.selectFrom('j').select('j.request_id'))
             .where('status', '=', 'reserved')
             .returning('requests.id'),
         )
