@@ -57,6 +57,10 @@ try {
   await batch(n);
   const per = (ms: number) => ((ms * 1000) / n).toFixed(0);
   console.log(`${values.budgeted ? 'budgeted' : 'unbudgeted'}, plan_cache_mode ${values['plan-cache-mode']}, ${n} requests, backend CPU µs/request: reserve ${per(spent.reserve)}, recordSubmit ${per(spent.recordSubmit)}, settleJobs ${per(spent.settleJobs)}, total ${per(spent.reserve + spent.recordSubmit + spent.settleJobs)}`);
+  // A statement whose plan scans a table shows here (pg_stat counters are flushed at the end of each transaction).
+  await new Promise((r) => setTimeout(r, 600));
+  const scans = await sql<{ relname: string; seq_scan: string; idx_scan: string }>`select relname, seq_scan, idx_scan from pg_stat_user_tables where schemaname = ${schema} and relname in ('requests', 'upstream_jobs', 'api_keys', 'budget_slices') order by relname`.execute(database.db);
+  console.log(`sequential scans: ${scans.rows.map((r) => `${r.relname} ${r.seq_scan} (index scans ${r.idx_scan})`).join(', ')}`);
   await ledger.slices?.returnAll();
 } finally {
   await database.close();

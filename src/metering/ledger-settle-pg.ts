@@ -3,17 +3,18 @@
  * `settleJobs`): its completed jobs and its charge, without `BEGIN`/`COMMIT`,
  * for the common case only: a request still holding its reservation, owned
  * by this process, whose hold is not on its key row, settled without a
- * billing event. Anything else changes nothing here (every write of the
- * statement waits on the request row it locked first) and goes through the
- * multi-statement transaction, which handles every case.
+ * billing event. The request's UPDATE decides (it locks the row, and
+ * re-checks those conditions on the row as committed by whoever held it
+ * before); the jobs are written only when it settled the request, so
+ * anything else changes nothing here and goes through the multi-statement
+ * transaction, which handles every case.
  *
  * Every row is reached by its key (`id = …`, never `id in (select …)`): a
  * named statement may keep a generic plan, which must not scan a table.
  *
- * One statement sees one snapshot: the request's cost is the sum over its
- * other jobs as they stand plus the jobs this statement completes, as they
- * are written (the CTE's RETURNING rows), since a CTE cannot see another's writes.
- */
+ * One statement sees one snapshot, and a CTE cannot see another's writes:
+ * the request's cost is its jobs' as they stand, each job this statement
+ * completes counted at the cost it writes. */
 import { sql, type CompiledQuery, type Kysely, type RawBuilder, type Selectable } from 'kysely';
 import { prepared } from '../db/prepared.js';
 import type { DB, RequestsTable, UpstreamJobsTable } from '../db/schema.js';
@@ -47,30 +48,29 @@ const list = (cols: readonly string[], prefix: string): RawBuilder<unknown> => s
 function statement(q: Kysely<DB>, p: SettleArrays, ownLeaseId: string | undefined): CompiledQuery<Row> {
   const owned = ownLeaseId === undefined ? sql`` : sql`and (lease_id is null or lease_id = ${ownLeaseId})`;
   const jobOut = sql.join(JOB_COLUMNS.map((c) => sql`${sql.ref(`j.${c}`)} as ${sql.id(`job_${c}`)}`));
-  return sql<Row>`with l as (
-  select id from requests
-  where id = ${p.requestId} and status in (${sql.join(HOLDING)}) and funded_by <> 'key' ${owned}
-  for update
-), v as (
+  return sql<Row>`with v as (
   select unnest(${p.ids}::text[]) as id, unnest(${p.jobImages}::bigint[]) as images, unnest(${p.pixels}::bigint[]) as pixels,
     unnest(${p.unitsEstimate}::text[]) as units_estimate, unnest(${p.unitsFal}::text[]) as units_fal,
     unnest(${p.costs}::bigint[]) as upstream_cost_micros, unnest(${p.estimated}::bigint[]) as cost_estimated,
     unnest(${p.otherIds}::text[]) as fal_other_ids
+), s as (
+  update requests
+  set status = 'settled', charge_micros = ${p.charge}, credits = ${p.credits}, images = ${p.images}, error_code = null, settled_at = ${p.at},
+    upstream_cost_micros = (
+      select coalesce(sum(case when v.id is not null and o.status in (${sql.join(COMPLETABLE)}) then v.upstream_cost_micros else o.upstream_cost_micros end), 0)
+      from upstream_jobs as o left join v on v.id = o.id
+      where o.request_id = ${p.requestId}
+    )
+  where id = ${p.requestId} and status in (${sql.join(HOLDING)}) and funded_by <> 'key' ${owned}
+  returning ${list(REQUEST_COLUMNS, 'requests')}
 ), j as (
   update upstream_jobs as u
   set images = v.images, pixels = v.pixels, units_estimate = v.units_estimate, units_fal = v.units_fal,
     upstream_cost_micros = v.upstream_cost_micros, cost_estimated = v.cost_estimated, fal_other_ids = v.fal_other_ids,
     error_code = null, fal_last_word = null, completed_at = ${p.at}, status = 'completed'
   from v
-  where u.id = any(${p.ids}::text[]) and u.id = v.id and u.request_id = ${p.requestId} and u.status in (${sql.join(COMPLETABLE)}) and exists (select from l)
+  where u.id = any(${p.ids}::text[]) and u.id = v.id and u.request_id = ${p.requestId} and u.status in (${sql.join(COMPLETABLE)}) and exists (select from s)
   returning ${list(JOB_COLUMNS, 'u')}
-), s as (
-  update requests
-  set status = 'settled', charge_micros = ${p.charge}, credits = ${p.credits}, images = ${p.images}, error_code = null, settled_at = ${p.at},
-    upstream_cost_micros = (select coalesce(sum(upstream_cost_micros), 0) from upstream_jobs where request_id = ${p.requestId} and id not in (select id from j))
-      + (select coalesce(sum(upstream_cost_micros), 0) from j)
-  where id = ${p.requestId} and exists (select from l)
-  returning ${list(REQUEST_COLUMNS, 'requests')}
 )
 select ${list(REQUEST_COLUMNS, 's')}, ${jobOut} from s left join j on true`.compile(q);
 }
