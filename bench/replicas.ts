@@ -30,7 +30,6 @@
 import { parseArgs } from 'node:util';
 import os from 'node:os';
 import pg from 'pg';
-import { Redis } from 'ioredis';
 import { keepAliveAgent, post } from './lib/http-client.js';
 import type { Call } from './lib/load.js';
 import { describeMachine } from './lib/machine.js';
@@ -41,7 +40,7 @@ import { BENCH_FAL_CONCURRENCY, startEmulatorProcess, startServiceProcess, type 
 import { machineLine, writeSection } from './lib/readme-section.js';
 import { median } from './lib/stats.js';
 import { pathFigures, runPathRound, type RoundResult } from './lib/rounds.js';
-import { BENCH_KEY, emulatorAdmin, imageBody, log, pgSchema, serviceEnv, tempDir, timeBudget } from './lib/scale.js';
+import { BENCH_KEY, clearRedisPrefix, emulatorAdmin, imageBody, issueKeys, log, pgSchema, serviceEnv, tempDir, timeBudget } from './lib/scale.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -123,21 +122,6 @@ function roundRobin(id: string, targets: NodeChild[], keys: readonly string[], t
   };
 }
 
-/** Keys issued with a budget no run reaches, through service `url`'s admin API. */
-async function budgetedKeys(url: string, n: number): Promise<string[]> {
-  const out: string[] = [];
-  for (let i = 0; i < n; i++) {
-    const res = await fetch(`${url}/v1/admin/keys`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${ADMIN_KEY}`, 'content-type': 'application/json' },
-      body: JSON.stringify({ name: `bench budgeted ${i}`, budget_usd: NEVER_REACHED_USD }),
-    });
-    if (res.status !== 201) throw new Error(`issuing a budgeted key: HTTP ${res.status} ${await res.text()}`);
-    out.push(((await res.json()) as { key: string }).key);
-  }
-  return out;
-}
-
 /** A plan cell's path id: processes, keys, funding. */
 const pathId = (n: 1 | 2, keys: number, f: Funding) => `${n}/${keys}/${f}`;
 
@@ -184,7 +168,7 @@ async function main(): Promise<void> {
     const b = await startServiceProcess(dir.path, env, 'service-b');
     children.push(b);
     log(`emulator ${emu.url}; services ${a.url} (pid ${a.pid}), ${b.url} (pid ${b.pid}); schema ${schema.schema}; redis prefix ${prefix}`);
-    const keySets: Record<Funding, string[]> = { unbudgeted: KEYS, budgeted: fundings.includes('budgeted') ? await budgetedKeys(a.url, KEYS.length) : [] };
+    const keySets: Record<Funding, string[]> = { unbudgeted: KEYS, budgeted: fundings.includes('budgeted') ? await issueKeys(a.url, ADMIN_KEY, KEYS.length, NEVER_REACHED_USD) : [] };
     const allPaths: BenchPath[] = [];
     for (const { c, keys } of plan) {
       const paths = fundings.flatMap((f) => {
@@ -245,16 +229,7 @@ async function main(): Promise<void> {
   } finally {
     for (const c of children.reverse()) await c.stop(15_000);
     await schema.drop();
-    const redis = new Redis(args.redis, { lazyConnect: true, maxRetriesPerRequest: 1 });
-    try {
-      await redis.connect();
-      const keys = await redis.keys(`${prefix}*`);
-      if (keys.length) await redis.del(...keys);
-    } catch (err) {
-      log(`could not clean Redis keys ${prefix}*: ${(err as Error).message}`);
-    } finally {
-      redis.disconnect();
-    }
+    await clearRedisPrefix(args.redis, prefix);
     if (process.env.BENCH_KEEP) log(`logs kept in ${dir.path}`);
     else await dir.remove();
   }

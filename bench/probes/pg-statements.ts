@@ -20,11 +20,10 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
-import { Redis } from 'ioredis';
 import { keepAliveAgent, post } from '../lib/http-client.js';
 import { readAllCpu, cpuDeltas, readCpuMs } from '../lib/procfs.js';
 import { BENCH_FAL_CONCURRENCY, startEmulatorProcess, startServiceProcess, type NodeChild } from '../lib/procs.js';
-import { BENCH_KEY, imageBody, log, pgSchema, serviceEnv, sleep, tempDir, timeBudget } from '../lib/scale.js';
+import { BENCH_KEY, clearRedisPrefix, imageBody, issueKeys, pgSchema, serviceEnv, sleep, tempDir, timeBudget } from '../lib/scale.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -75,20 +74,6 @@ function backendCpu(pids: readonly number[]): number {
   }, 0);
 }
 
-async function issueKeys(url: string, n: number): Promise<string[]> {
-  const keys: string[] = [];
-  for (let i = 0; i < n; i++) {
-    const res = await fetch(`${url}/v1/admin/keys`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${ADMIN}`, 'content-type': 'application/json' },
-      body: JSON.stringify({ name: `bench budgeted ${i}`, budget_usd: '1000000.000000' }),
-    });
-    if (res.status !== 201) throw new Error(`issuing a key: HTTP ${res.status} ${await res.text()}`);
-    keys.push(((await res.json()) as { key: string }).key);
-  }
-  return keys;
-}
-
 async function burst(url: string, keys: readonly string[], n: number): Promise<number> {
   const agent = keepAliveAgent();
   const body = imageBody();
@@ -133,7 +118,7 @@ async function main(): Promise<void> {
     });
     const svc = await startServiceProcess(dir.path, env, 'service', ['--import', PRELOAD]);
     children.push(svc);
-    const keys = args.budgeted ? await issueKeys(svc.url, maxKeys) : staticKeys;
+    const keys = args.budgeted ? await issueKeys(svc.url, ADMIN, maxKeys, '1000000.000000') : staticKeys;
     for (const k of cells) {
       const use = keys.slice(0, k);
       await burst(svc.url, use, Math.min(200, requests));
@@ -167,16 +152,7 @@ async function main(): Promise<void> {
   } finally {
     for (const c of children.reverse()) await c.stop(15_000);
     await schema.drop();
-    const redis = new Redis(args.redis, { lazyConnect: true, maxRetriesPerRequest: 1 });
-    try {
-      await redis.connect();
-      const left = await redis.keys(`${prefix}*`);
-      if (left.length) await redis.del(...left);
-    } catch (err) {
-      log(`could not clean Redis keys ${prefix}*: ${(err as Error).message}`);
-    } finally {
-      redis.disconnect();
-    }
+    await clearRedisPrefix(args.redis, prefix);
     await dir.remove();
   }
 }
