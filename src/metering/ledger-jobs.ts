@@ -8,7 +8,7 @@ import type { Kysely, Transaction } from 'kysely';
 import { OPEN_JOB, type DB } from '../db/schema.js';
 import { toBigInt, toNumber } from '../db/values.js';
 import type { LedgerStatements } from './ledger-statements.js';
-import type { PgOpeningStatements } from './ledger-statements-pg.js';
+import type { PgOpeningStatements } from './ledger-pg.js';
 import { canonicalDecimal } from './money.js';
 import { jobOrThrow, toJob, type JobRecord } from './records.js';
 
@@ -65,7 +65,7 @@ export async function recordSubmit(trx: Transaction<DB>, q: LedgerStatements, in
   return toJob(row);
 }
 
-/** recordSubmit on PostgreSQL: the job and its request in one statement (ledger-statements-pg.ts), no transaction around it. */
+/** recordSubmit on PostgreSQL: the job and its request in one statement (ledger-pg.ts), no transaction around it. */
 export async function recordSubmitAlone(db: Kysely<DB>, pg: PgOpeningStatements, input: { jobId: string; falRequestId: string }): Promise<JobRecord> {
   const [row] = (await pg.recordSubmit.run(db, { id: input.jobId, falRequestId: input.falRequestId })).rows;
   return row ? toJob(row) : alreadySubmitted(db, input);

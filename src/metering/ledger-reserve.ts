@@ -20,7 +20,7 @@ import { toBigInt } from '../db/values.js';
 import type { SliceBook } from './budget-slices.js';
 import { jobIdFor } from './ledger-jobs.js';
 import type { LedgerStatements } from './ledger-statements.js';
-import type { JobArrays, PgOpeningStatements } from './ledger-statements-pg.js';
+import type { JobArrays, PgOpeningStatements } from './ledger-pg.js';
 import type { ReserveInput, ReserveResult } from './ledger.js';
 
 export class UnknownKeyError extends Error {
@@ -33,7 +33,7 @@ export class UnknownKeyError extends Error {
 export interface ReserveContext {
   db: Kysely<DB>;
   q: LedgerStatements;
-  /** PostgreSQL: each reservation is one statement (ledger-statements-pg.ts) instead of a transaction. */
+  /** PostgreSQL: each reservation is one statement (ledger-pg.ts) instead of a transaction. */
   pg: PgOpeningStatements | undefined;
   now: () => string;
   leaseId: string | null;

@@ -32,8 +32,7 @@ import { toJob, withJobs, type JobRecord, type RequestWithJobs } from './records
 import { createSliceBook, foldOrphanSlices, type SliceBook } from './budget-slices.js';
 import { reserve, type ReserveContext } from './ledger-reserve.js';
 import { adopt, markOrphaned, release, settle, type SliceEnd, type ReleaseInput, type ReleaseResult, type SettleInput, type SettleResult } from './ledger-requests.js';
-import { pgOpeningStatements } from './ledger-statements-pg.js';
-import { pgSettleStatement, settleJobsAlone } from './ledger-settle-pg.js';
+import { pgOpeningStatements, pgSettleStatement, settleJobsAlone } from './ledger-pg.js';
 import { closeJob, completeJob, recordStrays, recordSubmit, recordSubmitAlone, type CloseJobInput, type CompleteJobInput, type CompleteJobResult } from './ledger-jobs.js';
 
 export { jobIdFor, strayIdFor, type CloseJobInput, type CompleteJobInput, type CompleteJobResult } from './ledger-jobs.js';
@@ -203,7 +202,7 @@ export function createLedger(database: Database, options: LedgerOptions = {}): L
     // One transaction for the whole close of a request: the jobs' rows and
     // the charge commit together, and the request pays for one commit, not
     // one per job plus one. On PostgreSQL the common case is one statement
-    // (ledger-settle-pg.ts); whatever it leaves unchanged takes the transaction.
+    // (ledger-pg.ts); whatever it leaves unchanged takes the transaction.
     settleJobs: async ({ jobs, settle: closing }) => {
       if (pgSettle) {
         const ended: SliceEnd[] = [];

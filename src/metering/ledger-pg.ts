@@ -1,28 +1,113 @@
 /**
- * A request's close on PostgreSQL in one statement (src/metering/ledger.ts
- * `settleJobs`): its completed jobs and its charge, without `BEGIN`/`COMMIT`,
- * for the common case only: a request still holding its reservation, owned
- * by this process, whose hold is not on its key row, settled without a
- * billing event. The request's UPDATE decides (it locks the row, and
- * re-checks those conditions on the row as committed by whoever held it
- * before); the jobs are written only when it settled the request, so
- * anything else changes nothing here and goes through the multi-statement
- * transaction, which handles every case.
+ * The ledger's writes on PostgreSQL for the request path, one statement each,
+ * sent without `BEGIN`/`COMMIT` (docs/LEDGER-COST.md): a single statement is
+ * its own transaction, so its data-modifying CTEs commit together or not at
+ * all, exactly as the multi-statement transactions they stand for
+ * (src/metering/ledger-statements.ts, which SQLite runs: it has no
+ * data-modifying CTEs). Each saves the round trips of `BEGIN`, `COMMIT` and
+ * its other statements, and their server work.
  *
- * Every row is reached by its key (`id = …`, never `id in (select …)`): a
- * named statement may keep a generic plan, which must not scan a table.
+ * - reserve: the request row and, only when it was written, its job rows;
+ * - recordSubmit: fal's id on the job and `submitted` on its request;
+ * - settle, for the common case only: a request still holding its
+ *   reservation, owned by this process, whose hold is not on its key row,
+ *   settled without a billing event. The request's UPDATE decides (it locks
+ *   the row and re-checks those conditions on the row as committed by
+ *   whoever held it before); the jobs are written only when it settled the
+ *   request, so anything else changes nothing here and goes through the
+ *   transaction, which handles every case.
  *
- * One statement sees one snapshot, and a CTE cannot see another's writes:
- * the request's cost is its jobs' as they stand, each job this statement
- * completes counted at the cost it writes. */
-import { sql, type CompiledQuery, type Kysely, type RawBuilder, type Selectable } from 'kysely';
+ * Every row is reached by its key (`id = …`, `id = any($ids)`, never
+ * `id in (select …)`): a named statement may keep a generic plan, which must
+ * not scan a table. Every statement of one command sees the same snapshot
+ * and a CTE cannot see another's writes, only their RETURNING rows: the
+ * settled request's cost is its jobs' as they stand, each job the statement
+ * completes counted at the cost it writes.
+ */
+import { sql, type CompiledQuery, type Insertable, type Kysely, type RawBuilder, type Selectable } from 'kysely';
 import { prepared } from '../db/prepared.js';
 import type { DB, RequestsTable, UpstreamJobsTable } from '../db/schema.js';
 import { toBigInt, toNumber } from '../db/values.js';
 import { completeResult, completionValues, type CompleteJobInput, type CompleteJobResult } from './ledger-jobs.js';
 import type { SettleInput, SettleResult, SliceEnd } from './ledger-requests.js';
-import { COMPLETABLE, HOLDING } from './ledger-statements.js';
+import { COMPLETABLE, HOLDING, slicedInsert, unfundedInsert, type SlicedValues } from './ledger-statements.js';
 import { JOB_COLUMNS, REQUEST_COLUMNS, jobOrThrow, toJob, toRequest } from './records.js';
+
+/** A reservation's job rows, as arrays in job order (one element per job; none for a request without jobs). */
+export type JobArrays = {
+  job_ids: string[];
+  input_hashes: Array<string | null>;
+  /** Decimal strings: node-postgres sends an array's elements as text. */
+  estimates: Array<string | null>;
+};
+
+const JOB_INSERT_COLUMNS = ['id', 'request_id', 'endpoint', 'input_hash', 'estimate_micros', 'kind', 'status', 'created_at'] as const;
+
+/**
+ * The request row (`insert`, answering its id when written) and, only when
+ * it was written, every job row: set-returning functions in one select list
+ * run in step, one row per job.
+ */
+function withJobs(q: Kysely<DB>, insert: (w: Pick<Kysely<DB>, 'insertInto'>) => ReturnType<typeof unfundedInsert>, p: Insertable<RequestsTable> & JobArrays) {
+  return q
+    .with('r', (w) => insert(w))
+    .with('j', (w) =>
+      w
+        .insertInto('upstream_jobs')
+        .columns(JOB_INSERT_COLUMNS)
+        .expression((eb) =>
+          eb
+            .selectFrom('r')
+            .select([
+              sql<string>`unnest(${p.job_ids}::text[])`.as('id'),
+              'r.id as request_id',
+              sql<string>`${p.endpoint}`.as('endpoint'),
+              sql<string | null>`unnest(${p.input_hashes}::text[])`.as('input_hash'),
+              sql<bigint | null>`unnest(${p.estimates}::bigint[])`.as('estimate_micros'),
+              sql<string>`'job'`.as('kind'),
+              sql<string>`'submitting'`.as('status'),
+              sql<string>`${p.created_at}`.as('created_at'),
+            ]),
+        )
+        .returning('upstream_jobs.id'),
+    )
+    .selectFrom('r')
+    .select('r.id');
+}
+
+export function pgOpeningStatements() {
+  return {
+    reserveUnfunded: prepared((q: Kysely<DB>, p: Insertable<RequestsTable> & JobArrays) => withJobs(q, (w) => unfundedInsert(w, p), p)),
+    reserveSliced: prepared((q: Kysely<DB>, p: SlicedValues & JobArrays) => withJobs(q, (w) => slicedInsert(w, p), p)),
+    // fal's id on the job and `submitted` on its request (only one still
+    // holding its reservation: a late record for a closed request keeps the
+    // job visible without reopening it).
+    recordSubmit: prepared((q: Kysely<DB>, p: { id: string; falRequestId: string }) =>
+      q
+        .with('j', (w) =>
+          w
+            .updateTable('upstream_jobs')
+            .set({ fal_request_id: p.falRequestId, status: 'submitted' })
+            .where('id', '=', p.id)
+            .where('status', '=', 'submitting')
+            .returning(JOB_COLUMNS),
+        )
+        .with('r', (w) =>
+          w
+            .updateTable('requests')
+            .set({ status: 'submitted' })
+            // A scalar subquery (j has at most one row): the request is found by its primary key, whatever plan the named statement keeps.
+            .where('id', '=', (eb) => eb.selectFrom('j').select('j.request_id'))
+            .where('status', '=', 'reserved')
+            .returning('requests.id'),
+        )
+        .selectFrom('j')
+        .select(JOB_COLUMNS.map((c) => `j.${c}` as const)),
+    ),
+  };
+}
+
+export type PgOpeningStatements = ReturnType<typeof pgOpeningStatements>;
 
 type SettleArrays = {
   requestId: string;

@@ -6,7 +6,7 @@ import { keyWithBudget, reserveInput, uid } from '../helpers/ledger.js';
 
 /**
  * The request path's writes as PostgreSQL runs them, one statement each
- * (src/metering/ledger-statements-pg.ts, ledger-settle-pg.ts), against what
+ * (src/metering/ledger-pg.ts), against what
  * the transactions SQLite runs answer: the same rows and results.
  */
 describeEachDialect('the request path in one statement per write', (ctx: DialectContext) => {
