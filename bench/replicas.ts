@@ -5,12 +5,20 @@
  * requests between them.
  *
  *   npx tsx bench/replicas.ts [--quick] [--plan=16x1,64x1,64x16] [--rounds=N] [--duration=S]
+ *       [--funding=unbudgeted,budgeted | --budgeted]
  *       [--pg=postgres://postgres@127.0.0.1:5432/test] [--redis=redis://127.0.0.1:6379] [--no-write]
  *
  * A plan cell is concurrency × API keys: the client rotates through that
  * many keys, because every reservation and settlement updates its key's row
  * (budget) in PostgreSQL, and with a single key those updates queue on one
  * row lock whatever the number of processes.
+ *
+ * Keys are *unbudgeted* (static keys from API_KEYS, no budget: a request
+ * writes no shared row) or *budgeted* (keys issued through the admin API
+ * with a budget no run can reach, so every request takes the budget-slice
+ * path of src/metering/budget-slices.ts and none is refused). The full run
+ * measures both, in the same alternating rounds; --quick only the first
+ * unless --funding or --budgeted says otherwise.
  *
  * Both processes run for the whole bench; in "1" rounds only the first gets
  * requests. Rounds alternate 1, 2, 1, 2, … so the drift of a shared machine
@@ -22,7 +30,6 @@
 import { parseArgs } from 'node:util';
 import os from 'node:os';
 import pg from 'pg';
-import { Redis } from 'ioredis';
 import { keepAliveAgent, post } from './lib/http-client.js';
 import type { Call } from './lib/load.js';
 import { describeMachine } from './lib/machine.js';
@@ -33,7 +40,7 @@ import { BENCH_FAL_CONCURRENCY, startEmulatorProcess, startServiceProcess, type 
 import { machineLine, writeSection } from './lib/readme-section.js';
 import { median } from './lib/stats.js';
 import { pathFigures, runPathRound, type RoundResult } from './lib/rounds.js';
-import { BENCH_KEY, emulatorAdmin, imageBody, log, pgSchema, serviceEnv, tempDir, timeBudget } from './lib/scale.js';
+import { BENCH_KEY, clearRedisPrefix, emulatorAdmin, imageBody, issueKeys, log, pgSchema, serviceEnv, tempDir, timeBudget } from './lib/scale.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -45,6 +52,8 @@ const { values: args } = parseArgs({
     pg: { type: 'string', default: 'postgres://postgres@127.0.0.1:5432/test' },
     redis: { type: 'string', default: 'redis://127.0.0.1:6379' },
     'no-write': { type: 'boolean', default: false },
+    funding: { type: 'string' },
+    budgeted: { type: 'boolean', default: false },
   },
   strict: true,
 });
@@ -54,12 +63,19 @@ const plan = args.plan.split(',').map((cell) => {
   if (!Number.isInteger(c) || !Number.isInteger(k) || c! < 1 || k! < 1) throw new Error(`--plan cells are <concurrency>x<keys>, got ${cell}`);
   return { c: c!, keys: k! };
 });
+type Funding = 'unbudgeted' | 'budgeted';
+const fundings = (args.funding ?? (args.budgeted ? 'budgeted' : args.quick ? 'unbudgeted' : 'unbudgeted,budgeted')).split(',') as Funding[];
+for (const f of fundings) if (f !== 'unbudgeted' && f !== 'budgeted') throw new Error(`--funding takes unbudgeted and/or budgeted, got ${f}`);
+/** Issues the budgeted keys (the admin API needs an admin key). */
+const ADMIN_KEY = 'sk-bench-replicas-admin-0123456789abcdef';
+/** A budget no run reaches (a request holds at most a few cents): budgeted keys are never refused. */
+const NEVER_REACHED_USD = '1000000.000000';
 const rounds = Number(args.rounds ?? (args.quick ? 2 : 5));
 const durationMs = Number(args.duration ?? (args.quick ? 5 : 15)) * 1000;
 const warmupMs = 1500;
 const latencyMs = Number(args.latency);
 const KEYS = Array.from({ length: Math.max(...plan.map((p) => p.keys)) }, (_, i) => (i === 0 ? BENCH_KEY : `${BENCH_KEY}-${i}`));
-timeBudget(plan.length * rounds * 2 * (durationMs + warmupMs + 30_000) + 5 * 60_000, 'bench/replicas.ts');
+timeBudget(plan.length * fundings.length * rounds * 2 * (durationMs + warmupMs + 30_000) + 5 * 60_000, 'bench/replicas.ts');
 
 /** The emulator's counters are not needed per round: completion timestamps are issue 3's subject (bench/overhead.ts). */
 const noUpstream: BenchUpstream = { label: 'emulator (standalone)', reset() {}, completedAtMs: () => undefined, counters: () => ({ jobs: 0, calls: {} }) };
@@ -69,7 +85,7 @@ interface Tally {
   failed: number;
 }
 
-function roundRobin(id: string, targets: NodeChild[], keys: number, tally: Tally): BenchPath {
+function roundRobin(id: string, targets: NodeChild[], keys: readonly string[], tally: Tally): BenchPath {
   let agent = keepAliveAgent();
   const urls = targets.map((t) => `${t.url}/v1/images/generations`);
   const body = imageBody();
@@ -77,7 +93,7 @@ function roundRobin(id: string, targets: NodeChild[], keys: number, tally: Tally
   let key = 0;
   const call: Call = async (signal) => {
     const url = urls[next++ % urls.length]!;
-    const r = await post(url, body, { agent, headers: { authorization: `Bearer ${KEYS[key++ % keys]}` }, timeoutMs: 60_000 });
+    const r = await post(url, body, { agent, headers: { authorization: `Bearer ${keys[key++ % keys.length]}` }, timeoutMs: 60_000 });
     if (signal.aborted) throw new Error('timed out');
     if (r.status !== 200) {
       tally.failed++;
@@ -106,9 +122,13 @@ function roundRobin(id: string, targets: NodeChild[], keys: number, tally: Tally
   };
 }
 
+/** A plan cell's path id: processes, keys, funding. */
+const pathId = (n: 1 | 2, keys: number, f: Funding) => `${n}/${keys}/${f}`;
+
 interface RoundCpu {
   path: string;
   concurrency: number;
+  round: number;
   /** Where the machine's CPU went during the round, in cores (CPU ms per wall ms). */
   cores: Record<'service a' | 'service b' | 'emulator' | 'PostgreSQL' | 'Redis' | 'bench client' | 'other processes' | 'not attributed' | 'idle', number>;
   /** CPU of each service process over the round, as a share of one core. */
@@ -136,6 +156,7 @@ async function main(): Promise<void> {
     const env = serviceEnv(emu.url, `${dir.path}/unused-data`, {
       DATABASE_URL: schema.url,
       API_KEYS: KEYS.join(','),
+      ...(fundings.includes('budgeted') ? { ADMIN_API_KEY: ADMIN_KEY } : {}),
       REDIS_URL: args.redis,
       REDIS_KEY_PREFIX: prefix,
       // A limit that is never reached: every request still takes its token from Redis.
@@ -147,9 +168,13 @@ async function main(): Promise<void> {
     const b = await startServiceProcess(dir.path, env, 'service-b');
     children.push(b);
     log(`emulator ${emu.url}; services ${a.url} (pid ${a.pid}), ${b.url} (pid ${b.pid}); schema ${schema.schema}; redis prefix ${prefix}`);
+    const keySets: Record<Funding, string[]> = { unbudgeted: KEYS, budgeted: fundings.includes('budgeted') ? await issueKeys(a.url, ADMIN_KEY, KEYS.length, NEVER_REACHED_USD) : [] };
     const allPaths: BenchPath[] = [];
     for (const { c, keys } of plan) {
-      const paths = [roundRobin(`1/${keys}`, [a], keys, tally), roundRobin(`2/${keys}`, [a, b], keys, tally)];
+      const paths = fundings.flatMap((f) => {
+        const use = keySets[f].slice(0, keys);
+        return [roundRobin(pathId(1, keys, f), [a], use, tally), roundRobin(pathId(2, keys, f), [a, b], use, tally)];
+      });
       allPaths.push(...paths);
       for (let r = 0; r < rounds; r++) {
         for (const p of paths) {
@@ -183,11 +208,11 @@ async function main(): Promise<void> {
           for (const d of others) top.set(d.comm, (top.get(d.comm) ?? 0) + d.ms);
           for (const [comm, v] of top) otherComms.set(comm, (otherComms.get(comm) ?? 0) + v);
           results.push(res);
-          if (res.firstError) roundErrors.push(`c=${c}, ${keys} key(s), ${p.label}, round ${r + 1}: ${res.errors} × first: ${res.firstError}`);
+          if (res.firstError) roundErrors.push(`c=${c}, ${keys} ${p.id.split('/')[2]} key(s), ${p.label}, round ${r + 1}: ${res.errors} × first: ${res.firstError}`);
           // Whole round (warm-up included) against requests of the whole round: both sides cover the same span.
           const n = res.throughput * (durationMs / 1000);
-          cpu.push({ path: p.id, concurrency: c, cores, util: used.map((u) => u / wall), cpuMsPerRequest: (used[0]! + used[1]!) / (wall / durationMs) / Math.max(1, n) });
-          log(`c=${c} keys=${keys} round ${r + 1} ${p.label}: ${rate(res.throughput)} req/s, p50 ${ms(res.latency.p50)} ms, p99 ${ms(res.latency.p99)} ms, errors ${res.errors}, CPU ${used.map((u) => `${Math.round((u / wall) * 100)}%`).join(' + ')}`);
+          cpu.push({ path: p.id, concurrency: c, round: r, cores, util: used.map((u) => u / wall), cpuMsPerRequest: (used[0]! + used[1]!) / (wall / durationMs) / Math.max(1, n) });
+          log(`c=${c} keys=${keys} ${p.id.split('/')[2]} round ${r + 1} ${p.label}: ${rate(res.throughput)} req/s, p50 ${ms(res.latency.p50)} ms, p99 ${ms(res.latency.p99)} ms, errors ${res.errors}, CPU ${used.map((u) => `${Math.round((u / wall) * 100)}%`).join(' + ')}, PostgreSQL ${fixed(cores.PostgreSQL, 2)} cores = ${fixed((cores.PostgreSQL * 1000) / Math.max(1e-9, res.throughput), 2)} ms/req`);
         }
       }
     }
@@ -204,22 +229,14 @@ async function main(): Promise<void> {
   } finally {
     for (const c of children.reverse()) await c.stop(15_000);
     await schema.drop();
-    const redis = new Redis(args.redis, { lazyConnect: true, maxRetriesPerRequest: 1 });
-    try {
-      await redis.connect();
-      const keys = await redis.keys(`${prefix}*`);
-      if (keys.length) await redis.del(...keys);
-    } catch (err) {
-      log(`could not clean Redis keys ${prefix}*: ${(err as Error).message}`);
-    } finally {
-      redis.disconnect();
-    }
+    await clearRedisPrefix(args.redis, prefix);
     if (process.env.BENCH_KEEP) log(`logs kept in ${dir.path}`);
     else await dir.remove();
   }
 
-  const rows = plan.flatMap(({ c, keys }) => {
-    const [p1, p2] = [`1/${keys}`, `2/${keys}`];
+  const cells = plan.flatMap((cell) => fundings.map((f) => ({ ...cell, f })));
+  const rows = cells.flatMap(({ c, keys, f }) => {
+    const [p1, p2] = [pathId(1, keys, f), pathId(2, keys, f)];
     const one = pathFigures(results, p1, c);
     const two = pathFigures(results, p2, c);
     const gain = median(
@@ -234,9 +251,12 @@ async function main(): Promise<void> {
       return [0, 1].map((i) => `${Math.round(median(rs.map((q) => q.util[i]!)) * 100)}%`).join(' + ');
     };
     const cpuPer = (path: string) => fixed(median(cpu.filter((q) => q.path === path && q.concurrency === c).map((q) => q.cpuMsPerRequest)), 1);
+    // Issue 22's measure: every postgres process's CPU over the round ÷ the round's requests.
+    const pgPer = (path: string) =>
+      fixed(median(cpu.filter((q) => q.path === path && q.concurrency === c).map((q) => (q.cores.PostgreSQL * 1000) / Math.max(1e-9, results.find((x) => x.path === path && x.concurrency === c && x.round === q.round)?.throughput ?? Number.NaN))), 2);
     return [
-      [String(c), String(keys), '1', rate(one.throughput), ms(one.p50), ms(one.p99), String(one.errors), util(p1), cpuPer(p1), ''],
-      [String(c), String(keys), '2', rate(two.throughput), ms(two.p50), ms(two.p99), String(two.errors), util(p2), cpuPer(p2), `**${fixed(gain)}×**`],
+      [String(c), String(keys), f, '1', rate(one.throughput), ms(one.p50), ms(one.p99), String(one.errors), util(p1), cpuPer(p1), pgPer(p1), ''],
+      [String(c), String(keys), f, '2', rate(two.throughput), ms(two.p50), ms(two.p99), String(two.errors), util(p2), cpuPer(p2), pgPer(p2), `**${fixed(gain)}×**`],
     ];
   });
   const budgetKeys = ['service a', 'service b', 'emulator', 'PostgreSQL', 'Redis', 'bench client', 'other processes', 'not attributed', 'idle'] as const;
@@ -246,33 +266,34 @@ async function main(): Promise<void> {
     .slice(0, 5)
     .map(([comm, v]) => `${comm} ${Math.round((v / Math.max(1, otherTotal)) * 100)}%`)
     .join(', ');
-  const budgetRows = plan.flatMap(({ c, keys }) =>
-    ['1', '2'].map((n) => {
-      const rs = cpu.filter((q) => q.path === `${n}/${keys}` && q.concurrency === c);
-      return [String(c), String(keys), n, ...budgetKeys.map((k) => fixed(median(rs.map((q) => q.cores[k])), 2))];
+  const budgetRows = cells.flatMap(({ c, keys, f }) =>
+    ([1, 2] as const).map((n) => {
+      const rs = cpu.filter((q) => q.path === pathId(n, keys, f) && q.concurrency === c);
+      return [String(c), String(keys), f, String(n), ...budgetKeys.map((k) => fixed(median(rs.map((q) => q.cores[k])), 2))];
     }),
   );
   const seconds = (Date.now() - startedAt.getTime()) / 1000;
   const text = [
-    `Run: \`npx tsx bench/replicas.ts${args.quick ? ' --quick' : ''}\` on ${startedAt.toISOString().slice(0, 10)} (${Math.round(seconds)} s).`,
+    `Run: \`npx tsx bench/replicas.ts${process.argv.slice(2).filter((a) => a !== '--no-write').map((a) => ` ${a}`).join('')}\` on ${startedAt.toISOString().slice(0, 10)} (${Math.round(seconds)} s).`,
     '',
     machineLine(machine, Math.round(os.loadavg()[0]! * 100) / 100),
     '',
     `Setup: one standalone emulator (**cheap** images, **${latencyMs} ms** per job) and two service processes (\`node --import tsx src/main.ts\`), all on 127.0.0.1, ` +
       `sharing PostgreSQL 127.0.0.1:5432 (a throwaway schema through \`search_path\` in \`DATABASE_URL\`) and Redis 127.0.0.1:6379 (\`REDIS_URL\`, a unique \`REDIS_KEY_PREFIX\`); ` +
       `\`DEFAULT_RPM_LIMIT=1000000\` so every request takes a rate-limit token from Redis without ever being refused; info access logs to a file. ` +
-      `The client (node:http keep-alive, closed loop) round-robins between the processes of the row, and between its *API keys* (static keys, no budget). ${rounds} alternating rounds (1, 2, 1, 2, …) of ${durationMs / 1000} s after ${warmupMs / 1000} s of warm-up; medians over rounds.`,
+      `The client (node:http keep-alive, closed loop) round-robins between the processes of the row, and between its *API keys*: *unbudgeted* are static keys without a budget, *budgeted* keys issued through the admin API with a budget of $${NEVER_REACHED_USD} (never reached: every request takes a hold from its process's budget slice, none is refused). ${rounds} alternating rounds (${fundings.length > 1 ? 'each funding on 1, then 2 processes, in turn' : '1, 2, 1, 2, …'}) of ${durationMs / 1000} s after ${warmupMs / 1000} s of warm-up; medians over rounds.`,
     '',
-    table(['concurrency', 'API keys', 'processes', 'req/s', 'p50 ms', 'p99 ms', 'errors', 'CPU of process a + b', 'service CPU ms/req', '2 ÷ 1 req/s'], rows),
+    table(['concurrency', 'API keys', 'keys', 'processes', 'req/s', 'p50 ms', 'p99 ms', 'errors', 'CPU of process a + b', 'service CPU ms/req', 'PostgreSQL CPU ms/req', '2 ÷ 1 req/s'], rows),
     '',
     '*CPU of process a + b*: each service process\'s CPU over the round as a share of one core (/proc/<pid>/stat). *service CPU ms/req*: both processes together per completed request. ' +
+      '*PostgreSQL CPU ms/req*: every postgres process\'s CPU over the round (the table below) ÷ the round\'s requests, median over rounds (issue 22\'s measure). ' +
       `The machine has ${machine.nproc} vCPUs, shared here with the emulator, PostgreSQL, Redis and this client (and, on a busy host, other work: see the load average), ` +
       'so a second process can only add what CPU is left.',
     '',
     `**Where the machine's CPU went** (cores, median over rounds; ${machine.nproc} in all; from /proc/<pid>/stat and /proc/stat. *PostgreSQL* and *Redis* are every postgres and redis-server process, ` +
       '*other processes*: everything else running on the host (here mostly: ' + (topOthers || 'none') + '); *not attributed*: busy time no process was charged with (interrupts, the loopback network\'s softirq work, processes that exited mid-round))',
     '',
-    table(['concurrency', 'API keys', 'processes', ...budgetKeys], budgetRows),
+    table(['concurrency', 'API keys', 'keys', 'processes', ...budgetKeys], budgetRows),
     '',
     ...(roundErrors.length ? ['**Errors**', '', ...roundErrors.map((e) => `- ${e}`), ''] : []),
     check
@@ -286,8 +307,9 @@ async function main(): Promise<void> {
       'replicas',
       'More than one process: 1 vs 2 replicas on PostgreSQL + Redis (issue 6)',
       `\`\`\`sh
-npx tsx bench/replicas.ts            # concurrency 16 and 64 with one API key, 64 with 16 keys; 5 rounds of 15 s; about 9 minutes
-npx tsx bench/replicas.ts --quick    # 2 rounds of 5 s
+npx tsx bench/replicas.ts            # concurrency 16 and 64 with one API key, 64 with 16 keys, unbudgeted and budgeted keys; 5 rounds of 15 s; about 18 minutes
+npx tsx bench/replicas.ts --quick    # 2 rounds of 5 s, unbudgeted keys only
+npx tsx bench/replicas.ts --quick --budgeted               # budgeted keys only (--funding=unbudgeted,budgeted: both)
 \`\`\`
 
 Needs PostgreSQL on 127.0.0.1:5432 (database \`test\`, user \`postgres\`; a schema is created and dropped) and

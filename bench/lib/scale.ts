@@ -2,6 +2,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
+import { Redis } from 'ioredis';
 import { getJson } from './http-client.js';
 
 /**
@@ -111,3 +112,33 @@ export function log(msg: string): void {
 export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
+
+/** Deletes a bench's Redis keys (its unique prefix); a failure is logged, not thrown. */
+export async function clearRedisPrefix(url: string, prefix: string): Promise<void> {
+  const redis = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 1 });
+  try {
+    await redis.connect();
+    const keys = await redis.keys(`${prefix}*`);
+    if (keys.length) await redis.del(...keys);
+  } catch (err) {
+    log(`could not clean Redis keys ${prefix}*: ${(err as Error).message}`);
+  } finally {
+    redis.disconnect();
+  }
+}
+
+/** `n` keys issued through service `url`'s admin API, each with a budget of `budgetUsd`: their plaintexts. */
+export async function issueKeys(url: string, adminKey: string, n: number, budgetUsd: string): Promise<string[]> {
+  const out: string[] = [];
+  for (let i = 0; i < n; i++) {
+    const res = await fetch(`${url}/v1/admin/keys`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${adminKey}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ name: `bench budgeted ${i}`, budget_usd: budgetUsd }),
+    });
+    if (res.status !== 201) throw new Error(`issuing a budgeted key: HTTP ${res.status} ${await res.text()}`);
+    out.push(((await res.json()) as { key: string }).key);
+  }
+  return out;
+}
+

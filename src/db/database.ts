@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { Kysely, PostgresDialect, sql, type Dialect } from 'kysely';
 import pg from 'pg';
 import { migrateToLatest } from './migrations.js';
+import { statementName } from './prepared.js';
 import type { DB } from './schema.js';
 import { createSqliteDialect } from './sqlite.js';
 
@@ -141,7 +142,10 @@ async function openPostgres(url: string, options: DatabaseOptions): Promise<Data
   // would be an unhandled 'error' event, a crash. The query in flight fails
   // on its own (storage unavailable, src/db/errors.ts) and the pool drops the
   // client when it is released.
-  pool.on('connect', (client) => client.on('error', (error) => options.logger?.warn({ err: error }, 'PostgreSQL connection lost while in use')));
+  pool.on('connect', (client) => {
+    client.on('error', (error) => options.logger?.warn({ err: error }, 'PostgreSQL connection lost while in use'));
+    sendPreparedByName(client);
+  });
 
   const dialect: Dialect = new PostgresDialect({ pool });
   const db = new Kysely<DB>({ dialect });
@@ -158,6 +162,20 @@ async function openPostgres(url: string, options: DatabaseOptions): Promise<Data
     }
   }
   return wrap(db, 'postgres', effectiveSchema);
+}
+
+/**
+ * Kysely sends every query as text and values; a text compiled once by
+ * src/db/prepared.ts goes instead under its name, so node-postgres parses it
+ * on this connection once and then only binds and executes it.
+ */
+function sendPreparedByName(client: pg.PoolClient): void {
+  const query = client.query.bind(client) as (...args: unknown[]) => unknown;
+  client.query = ((config: unknown, values?: unknown, callback?: unknown) => {
+    const name = typeof config === 'string' && Array.isArray(values) ? statementName(config) : undefined;
+    if (name !== undefined) return query({ name, text: config, values }, callback);
+    return query(config, values, callback);
+  }) as typeof client.query;
 }
 
 async function createSchemaIfMissing(url: string, schema: string): Promise<void> {

@@ -51,6 +51,14 @@ export function createAuthenticator(opts: AuthenticatorOptions): (token: string)
   const now = opts.now ?? Date.now;
   const cache = new Map<string, { at: number; principal: Principal | null }>();
   const ensured = new Set<string>();
+  const lookups = new Map<string, Promise<Principal | null>>();
+  const lookup = async (hash: string): Promise<Principal | null> => {
+    const rec = await opts.keys.findByHash(hash);
+    const principal: Principal | null = rec && rec.enabled ? { keyId: rec.id, role: rec.role, rpmLimit: rec.rpmLimit } : null;
+    if (cache.size > 10_000) cache.clear();
+    cache.set(hash, { at: now(), principal });
+    return principal;
+  };
 
   return async (token) => {
     const hash = sha256Hex(token);
@@ -66,11 +74,13 @@ export function createAuthenticator(opts: AuthenticatorOptions): (token: string)
     }
     const hit = cache.get(hash);
     if (hit && now() - hit.at < ttl) return hit.principal;
-    const rec = await opts.keys.findByHash(hash);
-    const principal: Principal | null = rec && rec.enabled ? { keyId: rec.id, role: rec.role, rpmLimit: rec.rpmLimit } : null;
-    if (cache.size > 10_000) cache.clear();
-    cache.set(hash, { at: now(), principal });
-    return principal;
+    // One lookup per key at a time: the requests that find its entry expired together wait for the same answer.
+    let pending = lookups.get(hash);
+    if (!pending) {
+      pending = lookup(hash).finally(() => lookups.delete(hash));
+      lookups.set(hash, pending);
+    }
+    return pending;
   };
 }
 

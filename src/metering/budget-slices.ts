@@ -41,8 +41,14 @@ import { sql, type Kysely, type Transaction } from 'kysely';
 import type { DB } from '../db/schema.js';
 import { toBigInt, toIsoTimestamp, systemClock, type Clock } from '../db/values.js';
 
-/** Slices are at most this many of the request's amount: what one process may hold that others cannot use. */
-const MAX_SLICE_REQUESTS = 32n;
+/**
+ * Slices are at most this many of the request's amount: what one process may
+ * hold that others cannot use (besides the share rule, half the headroom
+ * among live leases, which bounds it on a small budget). Each slice costs a
+ * take and a return, about ten statements (docs/LEDGER-COST.md): at 256
+ * that is a few hundredths of a statement per request.
+ */
+const MAX_SLICE_REQUESTS = 256n;
 /** A slice nobody reserves from for this long is returned. */
 const DEFAULT_IDLE_RETURN_MS = 1_000;
 

@@ -4,10 +4,11 @@
  * job completed or closed at what fal billed, strays recorded. Each is a
  * conditional UPDATE on the row's current state, so a repeat changes nothing.
  */
-import type { Transaction } from 'kysely';
+import type { Kysely, Transaction } from 'kysely';
 import { OPEN_JOB, type DB } from '../db/schema.js';
 import { toBigInt, toNumber } from '../db/values.js';
 import type { LedgerStatements } from './ledger-statements.js';
+import type { PgOpeningStatements } from './ledger-pg.js';
 import { canonicalDecimal } from './money.js';
 import { jobOrThrow, toJob, type JobRecord } from './records.js';
 import { strayIdFor } from './job-ids.js';
@@ -52,19 +53,29 @@ export interface CloseJobInput {
 
 export async function recordSubmit(trx: Transaction<DB>, q: LedgerStatements, input: { jobId: string; falRequestId: string }): Promise<JobRecord> {
   const [row] = (await q.recordSubmit.run(trx, { id: input.jobId, falRequestId: input.falRequestId })).rows;
-  if (!row) {
-    const existing = await jobOrThrow(trx, input.jobId);
-    if (existing.falRequestId !== input.falRequestId) {
-      throw new Error(`job ${input.jobId} already has fal request ${existing.falRequestId ?? '(none)'} and state ${existing.status}, not ${input.falRequestId}`);
-    }
-    return existing;
-  }
+  if (!row) return alreadySubmitted(trx, input);
   await q.markSubmitted.run(trx, { requestId: row.request_id });
   return toJob(row);
 }
 
-export async function completeJob(trx: Transaction<DB>, q: LedgerStatements, input: CompleteJobInput, at: string): Promise<CompleteJobResult> {
-  const values = {
+/** recordSubmit on PostgreSQL: the job and its request in one statement (ledger-pg.ts), no transaction around it. */
+export async function recordSubmitAlone(db: Kysely<DB>, pg: PgOpeningStatements, input: { jobId: string; falRequestId: string }): Promise<JobRecord> {
+  const [row] = (await pg.recordSubmit.run(db, { id: input.jobId, falRequestId: input.falRequestId })).rows;
+  return row ? toJob(row) : alreadySubmitted(db, input);
+}
+
+/** A repeat of a submit's record changes nothing; a different fal id for the same job is a bug. */
+async function alreadySubmitted(db: Kysely<DB>, input: { jobId: string; falRequestId: string }): Promise<JobRecord> {
+  const existing = await jobOrThrow(db, input.jobId);
+  if (existing.falRequestId !== input.falRequestId) {
+    throw new Error(`job ${input.jobId} already has fal request ${existing.falRequestId ?? '(none)'} and state ${existing.status}, not ${input.falRequestId}`);
+  }
+  return existing;
+}
+
+/** A job's completion as the completing UPDATE writes it. */
+export function completionValues(input: CompleteJobInput, at: string) {
+  return {
     id: input.jobId,
     otherIds: input.otherFalId ?? null,
     images: toNumber(input.images),
@@ -76,14 +87,17 @@ export async function completeJob(trx: Transaction<DB>, q: LedgerStatements, inp
     estimated: input.unitsFal === null || input.unitsFal === undefined ? 1 : 0,
     at,
   };
-  const row = (await q.completeJob.run(trx, values)).rows[0];
+}
+
+/** What completeJob answers for a job row, changed by it or (a repeat) as it stands. */
+export function completeResult(job: JobRecord, changed: boolean): CompleteJobResult {
+  return { job, changed, unitsMismatch: job.unitsFal !== null && job.unitsEstimate !== null && job.unitsFal !== job.unitsEstimate };
+}
+
+export async function completeJob(trx: Transaction<DB>, q: LedgerStatements, input: CompleteJobInput, at: string): Promise<CompleteJobResult> {
+  const row = (await q.completeJob.run(trx, completionValues(input, at))).rows[0];
   // Unchanged (a repeat): report the row as it stands.
-  const job = row ? toJob(row) : await jobOrThrow(trx, input.jobId);
-  return {
-    job,
-    changed: row !== undefined,
-    unitsMismatch: job.unitsFal !== null && job.unitsEstimate !== null && job.unitsFal !== job.unitsEstimate,
-  };
+  return completeResult(row ? toJob(row) : await jobOrThrow(trx, input.jobId), row !== undefined);
 }
 
 export async function closeJob(trx: Transaction<DB>, input: CloseJobInput, at: string): Promise<{ changed: boolean; job: JobRecord }> {

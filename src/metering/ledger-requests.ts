@@ -73,12 +73,16 @@ export async function settle(trx: Transaction<DB>, q: LedgerStatements, input: S
     images: toNumber(input.images),
     at,
   };
-  await q.refreshCost.run(trx, { requestId: input.requestId });
+  // Each settling UPDATE refreshes the request's upstream cost from its jobs as it settles it.
   let row = (await q.settleHolding.run(trx, values)).rows[0];
   const orphan = row === undefined;
   if (!row) {
     row = (await q.settleOrphan.run(trx, values)).rows[0];
-    if (!row) return { settled: false, request: await requestOrThrow(trx, input.requestId) };
+    if (!row) {
+      // Nothing to settle: the jobs just recorded still count in the request's cost.
+      await q.refreshCost.run(trx, { requestId: input.requestId });
+      return { settled: false, request: await requestOrThrow(trx, input.requestId) };
+    }
   }
   // The row as settled: the key update below does not touch it.
   const request = toRequest(row);

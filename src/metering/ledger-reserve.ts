@@ -20,6 +20,7 @@ import { toBigInt } from '../db/values.js';
 import type { SliceBook } from './budget-slices.js';
 import { jobIdFor } from './ledger-jobs.js';
 import type { LedgerStatements } from './ledger-statements.js';
+import type { JobArrays, PgOpeningStatements } from './ledger-pg.js';
 import type { ReserveInput, ReserveResult } from './ledger.js';
 
 export class UnknownKeyError extends Error {
@@ -32,6 +33,8 @@ export class UnknownKeyError extends Error {
 export interface ReserveContext {
   db: Kysely<DB>;
   q: LedgerStatements;
+  /** PostgreSQL: each reservation is one statement (ledger-pg.ts) instead of a transaction. */
+  pg: PgOpeningStatements | undefined;
   now: () => string;
   leaseId: string | null;
   slices: SliceBook | undefined;
@@ -48,7 +51,7 @@ export async function reserve(ctx: ReserveContext, input: ReserveInput): Promise
   if (input.estimates && input.estimates.length !== (input.jobs ?? 0)) throw new RangeError(`estimates has ${input.estimates.length} entries for ${input.jobs ?? 0} jobs`);
   const values = rowValues(input, ctx.now(), ctx.leaseId);
   if (!ctx.budgeted.has(input.keyId)) {
-    const out = await ctx.db.transaction().execute((trx) => reserveUnfunded(trx, ctx.q, input, values));
+    const out = await reserveUnfunded(ctx, input, values);
     if (out !== 'budgeted') return out;
     ctx.budgeted.add(input.keyId);
   }
@@ -96,16 +99,37 @@ async function insertJobs(trx: Transaction<DB>, q: LedgerStatements, input: Rese
   }
 }
 
-/** The unfunded insert; `budgeted` when it wrote nothing because the key has a budget. */
-async function reserveUnfunded(trx: Transaction<DB>, q: LedgerStatements, input: ReserveInput, values: RowValues): Promise<ReserveResult | 'budgeted'> {
-  const inserted = await q.insertUnfunded.run(trx, values);
-  if (inserted.rows.length > 0) {
-    await insertJobs(trx, q, input, values.created_at);
-    return { ok: true };
+/** A reservation's job rows as the single-statement reservation takes them. */
+function jobArrays(input: ReserveInput): JobArrays {
+  const n = input.jobs ?? 0;
+  const each = <T>(f: (i: number) => T): T[] => Array.from({ length: n }, (_, i) => f(i));
+  return {
+    job_ids: each((i) => jobIdFor(input.requestId, i)),
+    input_hashes: each((i) => input.inputHashes?.[i] ?? null),
+    estimates: each((i) => input.estimates?.[i]?.toString() ?? null),
+  };
+}
+
+/** The request row and its jobs' rows, together or not at all; true when written. */
+async function writeReservation(ctx: ReserveContext, input: ReserveInput, values: RowValues, sliceId?: string): Promise<boolean> {
+  if (ctx.pg) {
+    const rows = sliceId === undefined ? await ctx.pg.reserveUnfunded.run(ctx.db, { ...values, ...jobArrays(input) }) : await ctx.pg.reserveSliced.run(ctx.db, { ...values, slice_id: sliceId, ...jobArrays(input) });
+    return rows.rows.length > 0;
   }
+  return ctx.db.transaction().execute(async (trx) => {
+    const inserted = sliceId === undefined ? await ctx.q.insertUnfunded.run(trx, values) : await ctx.q.insertSliced.run(trx, { ...values, slice_id: sliceId });
+    if (inserted.rows.length === 0) return false;
+    await insertJobs(trx, ctx.q, input, values.created_at);
+    return true;
+  });
+}
+
+/** The unfunded insert; `budgeted` when it wrote nothing because the key has a budget. */
+async function reserveUnfunded(ctx: ReserveContext, input: ReserveInput, values: RowValues): Promise<ReserveResult | 'budgeted'> {
+  if (await writeReservation(ctx, input, values)) return { ok: true };
   // Why nothing was written: read only on this rare path.
-  if (await labelTaken(trx, input)) return { ok: false, reason: 'request_id_taken' };
-  const key = await trx.selectFrom('api_keys').select('budget_micros').where('id', '=', input.keyId).executeTakeFirst();
+  if (await labelTaken(ctx.db, input)) return { ok: false, reason: 'request_id_taken' };
+  const key = await ctx.db.selectFrom('api_keys').select('budget_micros').where('id', '=', input.keyId).executeTakeFirst();
   if (!key) throw new UnknownKeyError(input.keyId);
   return 'budgeted';
 }
@@ -120,18 +144,13 @@ async function reserveSliced(ctx: ReserveContext, slices: SliceBook, input: Rese
       if (held.refused.budgetMicros !== null) return { ok: false, reason: 'insufficient_quota', ...held.refused, budgetMicros: held.refused.budgetMicros };
       // The budget was removed: the key's requests are unfunded again.
       ctx.budgeted.delete(input.keyId);
-      const out = await ctx.db.transaction().execute((trx) => reserveUnfunded(trx, ctx.q, input, values));
+      const out = await reserveUnfunded(ctx, input, values);
       if (out !== 'budgeted') return out;
       continue;
     }
     let written: boolean;
     try {
-      written = await ctx.db.transaction().execute(async (trx) => {
-        const inserted = await ctx.q.insertSliced.run(trx, { ...values, slice_id: held.sliceId });
-        if (inserted.rows.length === 0) return false;
-        await insertJobs(trx, ctx.q, input, values.created_at);
-        return true;
-      });
+      written = await writeReservation(ctx, input, values, held.sliceId);
     } catch (error) {
       slices.unhold(held.sliceId, amount);
       throw error;

@@ -1,6 +1,10 @@
-import { sql, type Insertable, type Kysely } from 'kysely';
+import { sql, type ExpressionBuilder, type Insertable, type Kysely } from 'kysely';
 import { prepared } from '../db/prepared.js';
-import type { DB, RequestStatus, RequestsTable } from '../db/schema.js';
+import type { DB, JobStatus, RequestStatus, RequestsTable } from '../db/schema.js';
+import { JOB_COLUMNS, REQUEST_COLUMNS } from './records.js';
+
+/** A job in these states takes a completion: a result from fal is a fact and overrides an earlier guess. */
+export const COMPLETABLE: JobStatus[] = ['submitting', 'submitted', 'failed', 'cancelled', 'lost'];
 
 /** A request in these states holds its reservation on its key. */
 export const HOLDING: RequestStatus[] = ['reserved', 'submitted'];
@@ -50,6 +54,44 @@ function requestValues(p: Insertable<RequestsTable>) {
   ] as const;
 }
 
+export type SlicedValues = Insertable<RequestsTable> & { slice_id: string };
+
+/** The request row of a key without a budget, written only while the key exists and has none. */
+export function unfundedInsert(q: Pick<Kysely<DB>, 'insertInto'>, p: Insertable<RequestsTable>) {
+  return (
+    q
+      .insertInto('requests')
+      // In the order of the SELECT below: INSERT … SELECT matches by position.
+      .columns([...REQUEST_VALUE_COLUMNS, 'key_id', 'funded_by'])
+      .expression((eb) =>
+        eb
+          .selectFrom('api_keys')
+          .select([...requestValues(p), 'api_keys.id as key_id', sql<string>`'none'`.as('funded_by')])
+          .where('api_keys.id', '=', p.key_id)
+          .where('api_keys.budget_micros', 'is', null),
+      )
+      // As insertRequest: only the key's label conflicts without an error.
+      .onConflict((oc) => oc.columns(['key_id', 'client_request_id']).doNothing())
+      .returning('id')
+  );
+}
+
+/** The request row of a slice-funded hold, written only while the slice's row exists. */
+export function slicedInsert(q: Pick<Kysely<DB>, 'insertInto'>, p: SlicedValues) {
+  return q
+    .insertInto('requests')
+    .columns([...REQUEST_VALUE_COLUMNS, 'key_id', 'funded_by', 'slice_id'])
+    .expression((eb) =>
+      eb
+        .selectFrom('budget_slices')
+        .select([...requestValues(p), 'budget_slices.key_id as key_id', sql<string>`'slice'`.as('funded_by'), 'budget_slices.id as slice_id'])
+        .where('budget_slices.id', '=', p.slice_id)
+        .where('budget_slices.key_id', '=', p.key_id),
+    )
+    .onConflict((oc) => oc.columns(['key_id', 'client_request_id']).doNothing())
+    .returning('id');
+}
+
 /** reserve and recordSubmit. */
 function openingStatements() {
   return {
@@ -79,40 +121,11 @@ function openingStatements() {
     // A key without a budget: the request row is its whole reservation. The
     // SELECT proves the key exists and has no budget in the same statement,
     // reading the key row without locking it (docs/LEDGER-COST.md).
-    insertUnfunded: prepared((q: Kysely<DB>, p: Insertable<RequestsTable>) =>
-      q
-        .insertInto('requests')
-        // In the order of the SELECT below: INSERT … SELECT matches by position.
-        .columns([...REQUEST_VALUE_COLUMNS, 'key_id', 'funded_by'])
-        .expression((eb) =>
-          eb
-            .selectFrom('api_keys')
-            .select([...requestValues(p), 'api_keys.id as key_id', sql<string>`'none'`.as('funded_by')])
-            .where('api_keys.id', '=', p.key_id)
-            .where('api_keys.budget_micros', 'is', null),
-        )
-        // As insertRequest: only the key's label conflicts without an error.
-        .onConflict((oc) => oc.columns(['key_id', 'client_request_id']).doNothing())
-        .returning('id'),
-    ),
+    insertUnfunded: prepared((q: Kysely<DB>, p: Insertable<RequestsTable>) => unfundedInsert(q, p)),
     // A key with a budget on PostgreSQL: the hold was taken in memory from a
     // slice (budget-slices.ts); the row is written only while that slice's
     // row exists, so a slice returned meanwhile funds nothing.
-    insertSliced: prepared((q: Kysely<DB>, p: Insertable<RequestsTable> & { slice_id: string }) =>
-      q
-        .insertInto('requests')
-        .columns([...REQUEST_VALUE_COLUMNS, 'key_id', 'funded_by', 'slice_id'])
-        .expression((eb) =>
-          eb
-            .selectFrom('budget_slices')
-            .select([...requestValues(p), 'budget_slices.key_id as key_id', sql<string>`'slice'`.as('funded_by'), 'budget_slices.id as slice_id'])
-            .where('budget_slices.id', '=', p.slice_id)
-            .where('budget_slices.key_id', '=', p.key_id),
-        )
-        // As insertRequest: only the key's label conflicts without an error.
-        .onConflict((oc) => oc.columns(['key_id', 'client_request_id']).doNothing())
-        .returning('id'),
-    ),
+    insertSliced: prepared((q: Kysely<DB>, p: SlicedValues) => slicedInsert(q, p)),
     // The budget check and the hold are one statement: under concurrency
     // PostgreSQL re-evaluates the WHERE against the row as committed by
     // whoever held its lock, and SQLite writers are serialised, so no two
@@ -135,7 +148,7 @@ function openingStatements() {
         .set({ fal_request_id: p.falRequestId, status: 'submitted' })
         .where('id', '=', p.id)
         .where('status', '=', 'submitting')
-        .returningAll(),
+        .returning(JOB_COLUMNS),
     ),
     // Only a request still holding its reservation moves on; a late record
     // for a closed or orphaned request keeps the job visible without reopening it.
@@ -143,6 +156,16 @@ function openingStatements() {
       q.updateTable('requests').set({ status: 'submitted' }).where('id', '=', p.requestId).where('status', '=', 'reserved'),
     ),
   };
+}
+
+/** A settle's values, with the request's upstream cost (its jobs' sum, as of the statement) refreshed in the same UPDATE. */
+function settled(p: SettleValues) {
+  return { status: 'settled' as const, charge_micros: p.charge, credits: p.credits, images: p.images, error_code: null, settled_at: p.at };
+}
+
+/** The sum of a request's jobs' upstream costs (failed ones and strays included). */
+function jobsCost(eb: ExpressionBuilder<DB, 'requests'>, requestId: string) {
+  return eb.selectFrom('upstream_jobs').select(sql<bigint>`coalesce(sum(upstream_cost_micros), 0)`.as('cost')).where('upstream_jobs.request_id', '=', requestId);
 }
 
 /** completeJob and settle (settleJobs is both). */
@@ -167,39 +190,34 @@ function closingStatements(ownLeaseId: string | undefined) {
           status: 'completed',
         })
         .where('id', '=', p.id)
-        .where('status', 'in', ['submitting', 'submitted', 'failed', 'cancelled', 'lost'])
-        .returningAll(),
+        .where('status', 'in', COMPLETABLE)
+        .returning(JOB_COLUMNS),
     ),
     settleHolding: prepared((q: Kysely<DB>, p: SettleValues) =>
       ownedBy(
         q
           .updateTable('requests')
-          .set({ status: 'settled', charge_micros: p.charge, credits: p.credits, images: p.images, error_code: null, settled_at: p.at })
+          .set((eb) => ({ ...settled(p), upstream_cost_micros: jobsCost(eb, p.requestId) }))
           .where('id', '=', p.requestId)
           .where('status', 'in', HOLDING),
         ownLeaseId,
-      ).returningAll(),
+      ).returning(REQUEST_COLUMNS),
     ),
     settleOrphan: prepared((q: Kysely<DB>, p: SettleValues) =>
       ownedBy(
         q
           .updateTable('requests')
-          .set({ status: 'settled', charge_micros: p.charge, credits: p.credits, images: p.images, error_code: null, settled_at: p.at })
+          .set((eb) => ({ ...settled(p), upstream_cost_micros: jobsCost(eb, p.requestId) }))
           .where('id', '=', p.requestId)
           .where('status', '=', 'orphaned'),
         ownLeaseId,
-      ).returningAll(),
+      ).returning(REQUEST_COLUMNS),
     ),
     // A request's upstream cost is the sum of its jobs' (failed ones and strays included), refreshed after every job write.
     refreshCost: prepared((q: Kysely<DB>, p: { requestId: string }) =>
       q
         .updateTable('requests')
-        .set((eb) => ({
-          upstream_cost_micros: eb
-            .selectFrom('upstream_jobs')
-            .select(sql<bigint>`coalesce(sum(upstream_cost_micros), 0)`.as('cost'))
-            .where('upstream_jobs.request_id', '=', p.requestId),
-        }))
+        .set((eb) => ({ upstream_cost_micros: jobsCost(eb, p.requestId) }))
         .where('id', '=', p.requestId),
     ),
     chargeKey: prepared((q: Kysely<DB>, p: { keyId: string; hold: bigint; charge: bigint }) =>

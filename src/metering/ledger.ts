@@ -32,7 +32,8 @@ import { toJob, withJobs, type JobRecord, type RequestWithJobs } from './records
 import { createSliceBook, foldOrphanSlices, type SliceBook } from './budget-slices.js';
 import { reserve, type ReserveContext } from './ledger-reserve.js';
 import { adopt, markOrphaned, release, settle, type SliceEnd, type ReleaseInput, type ReleaseResult, type SettleInput, type SettleResult } from './ledger-requests.js';
-import { closeJob, completeJob, recordStrays, recordSubmit, type CloseJobInput, type CompleteJobInput, type CompleteJobResult } from './ledger-jobs.js';
+import { pgOpeningStatements, pgSettleStatement, settleJobsAlone } from './ledger-pg.js';
+import { closeJob, completeJob, recordStrays, recordSubmit, recordSubmitAlone, type CloseJobInput, type CompleteJobInput, type CompleteJobResult } from './ledger-jobs.js';
 
 export { jobIdFor, strayIdFor, type CloseJobInput, type CompleteJobInput, type CompleteJobResult } from './ledger-jobs.js';
 export type { ReleaseInput, ReleaseResult, SettleInput, SettleOutboxEvent, SettleResult } from './ledger-requests.js';
@@ -175,13 +176,15 @@ export function createLedger(database: Database, options: LedgerOptions = {}): L
     for (const e of ended) slices?.ended(e.sliceId, e.hold, e.charge);
     return out;
   };
-  const reserving: ReserveContext = { db, q, now, leaseId: options.leaseId ?? null, slices, budgeted: new Set() };
+  const pgq = database.dialect === 'postgres' ? pgOpeningStatements() : undefined;
+  const pgSettle = database.dialect === 'postgres' ? pgSettleStatement(own) : undefined;
+  const reserving: ReserveContext = { db, q, pg: pgq, now, leaseId: options.leaseId ?? null, slices, budgeted: new Set() };
 
   return {
     slices,
     returnSlices: (scope) => foldOrphanSlices(db, { live: scope.live, ownLeaseId: scope.ownLeaseId, book: slices }),
     reserve: (input) => reserve(reserving, input),
-    recordSubmit: (input) => write((trx) => recordSubmit(trx, q, input)),
+    recordSubmit: (input) => (pgq ? recordSubmitAlone(db, pgq, input) : write((trx) => recordSubmit(trx, q, input))),
     completeJob: (input) =>
       write(async (trx) => {
         const out = await completeJob(trx, q, input, now());
@@ -197,15 +200,23 @@ export function createLedger(database: Database, options: LedgerOptions = {}): L
     recordStrays: (input) => write((trx) => recordStrays(trx, input, now())),
     settle: (input) => writeEnding((trx, ended) => settle(trx, q, input, now(), clock, ended)),
     // One transaction for the whole close of a request: the jobs' rows and
-    // the charge commit together, and the request pays for one commit, not one per job plus one.
-    settleJobs: ({ jobs, settle: closing }) =>
-      writeEnding(async (trx, ended) => {
+    // the charge commit together, and the request pays for one commit, not
+    // one per job plus one. On PostgreSQL the common case is one statement
+    // (ledger-pg.ts); whatever it leaves unchanged takes the transaction.
+    settleJobs: async ({ jobs, settle: closing }) => {
+      if (pgSettle) {
+        const ended: SliceEnd[] = [];
+        const alone = await settleJobsAlone(db, pgSettle, { jobs, settle: closing }, now(), ended);
+        for (const e of ended) slices?.ended(e.sliceId, e.hold, e.charge);
+        if (alone) return alone;
+      }
+      return writeEnding(async (trx, ended) => {
         const completed: CompleteJobResult[] = [];
         for (const job of jobs) completed.push(await completeJob(trx, q, job, now()));
         const settlement = await settle(trx, q, closing, now(), clock, ended);
-        // Refreshed before it is read back: the settled row and its event carry the cost with it.
         return { jobs: completed, settlement };
-      }),
+      });
+    },
     release: (input) =>
       writeEnding(async (trx, ended) => {
         for (const job of input.jobs ?? []) await completeJob(trx, q, job, now());

@@ -67,6 +67,24 @@ export interface RequestWithJobs extends RequestRecord {
   jobs: JobRecord[];
 }
 
+/**
+ * Every column of each table, named: what the ledger's prepared statements
+ * return instead of `*` (src/db/prepared.ts says why). The records are typed
+ * so a column added to the schema must be added here too.
+ */
+const REQUEST_COLUMN_SET: Record<keyof RequestsTable, true> = {
+  id: true, client_request_id: true, key_id: true, model: true, endpoint: true, end_user: true, pricing_json: true, status: true,
+  reserved_micros: true, charge_micros: true, credits: true, upstream_cost_micros: true, images: true, error_code: true,
+  idempotency_key: true, created_at: true, settled_at: true, lease_id: true, funded_by: true, slice_id: true,
+};
+const JOB_COLUMN_SET: Record<keyof UpstreamJobsTable, true> = {
+  id: true, request_id: true, kind: true, fal_request_id: true, fal_other_ids: true, input_hash: true, endpoint: true, status: true,
+  images: true, pixels: true, units_estimate: true, units_fal: true, upstream_cost_micros: true, error_code: true, created_at: true,
+  completed_at: true, estimate_micros: true, cost_estimated: true, fal_last_word: true,
+};
+export const REQUEST_COLUMNS = Object.keys(REQUEST_COLUMN_SET) as Array<keyof RequestsTable>;
+export const JOB_COLUMNS = Object.keys(JOB_COLUMN_SET) as Array<keyof UpstreamJobsTable>;
+
 export function toRequest(row: Selectable<RequestsTable>): RequestRecord {
   return {
     id: row.id,
