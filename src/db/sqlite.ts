@@ -262,10 +262,30 @@ export function createSqliteDialect(options: SqliteOptions): GatewaySqliteDialec
     // Money columns exceed 2^53; every integer comes back as bigint.
     db.defaultSafeIntegers(true);
     db.pragma(`busy_timeout = ${Math.max(0, Math.trunc(options.busyTimeoutMs))}`);
-    db.pragma('journal_mode = WAL');
+    enableWal(db, options.busyTimeoutMs);
     db.pragma(`synchronous = ${options.synchronous === 'normal' ? 'NORMAL' : 'FULL'}`);
     db.pragma('foreign_keys = ON');
     cacheStatements(db);
     return db;
   }, file);
+}
+
+/**
+ * Switching a file to WAL needs it briefly alone, and SQLite answers
+ * SQLITE_BUSY at once, without waiting on its busy handler, when another
+ * process holds it at that moment (two replicas or a migration starting on
+ * the same new file; seen as "database is locked" under load). Retried, at
+ * startup only, within the busy timeout; the file stays in WAL once switched.
+ */
+export function enableWal(db: { pragma(source: string): unknown }, timeoutMs: number): void {
+  const deadline = Date.now() + Math.max(0, timeoutMs);
+  for (;;) {
+    try {
+      db.pragma('journal_mode = WAL');
+      return;
+    } catch (err) {
+      if (!String((err as { code?: unknown }).code).startsWith('SQLITE_BUSY') || Date.now() >= deadline) throw err;
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 10);
+    }
+  }
 }
