@@ -222,7 +222,7 @@ async function main(): Promise<void> {
     await db.connect();
     try {
       const { rows } = await db.query<{ n: string }>('select count(*) as n from requests');
-      check = { ledgerRows: Number(rows[0]!.n), emulatorJobs: (await emulatorAdmin(emu.url).health()).jobs };
+      check = { ledgerRows: Number(rows[0]!.n), emulatorJobs: (await emulatorAdmin(emu.url).health()).jobs_created };
     } finally {
       await db.end();
     }

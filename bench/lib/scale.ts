@@ -52,7 +52,7 @@ export interface EmulatorJob {
 export const emulatorAdmin = (url: string) => ({
   stats: async () => (await getJson<{ calls: Record<string, number> }>(`${url}/_emulator/stats`)).calls,
   jobs: async () => (await getJson<{ jobs: EmulatorJob[] }>(`${url}/_emulator/jobs`, 120_000)).jobs,
-  health: () => getJson<{ jobs: number }>(`${url}/_emulator/health`),
+  health: () => getJson<{ jobs: number; jobs_created: number }>(`${url}/_emulator/health`),
   webhooks: async () =>
     (await getJson<{ deliveries: Array<{ request_id: string; attempt: number; at: string; status?: number; error?: string; ok: boolean }> }>(`${url}/_emulator/webhooks`, 120_000)).deliveries,
   async reset() {

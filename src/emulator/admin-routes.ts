@@ -30,6 +30,7 @@ const health: AdminRoute = (ctx, _req, res) =>
     status: 'ok',
     uptime_s: Math.round((Date.now() - ctx.started) / 1000),
     jobs: ctx.engine.list().length,
+    jobs_created: ctx.engine.seq,
     pending_webhooks: ctx.webhooks.pending(),
     image_mode: ctx.options.imageMode,
     latency_ms: ctx.options.latencyMs,

@@ -264,6 +264,9 @@ describe('fal queue protocol with the real @fal-ai/client', () => {
     assert.equal(typeof h.json.running, 'number');
     const jobs = await raw(emu, 'GET', '_emulator/jobs', { key: null });
     assert.ok(jobs.json.jobs.length > 0);
+    // Every job made since start, beyond the ones still held.
+    assert.equal(h.json.jobs, jobs.json.jobs.length);
+    assert.ok(h.json.jobs_created >= h.json.jobs, `${h.json.jobs_created} created, ${h.json.jobs} held`);
     const stats = await raw(emu, 'GET', '_emulator/stats', { key: null });
     assert.ok(stats.json.calls.submit > 0);
   });
