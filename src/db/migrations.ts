@@ -314,8 +314,10 @@ export async function migrateToLatest(
   });
   let { error, results } = await migrator.migrateToLatest();
   // Kysely's Migrator lists every schema's tables before it takes its lock;
-  // a schema another client drops meanwhile fails that read (3F000/42P01,
-  // naming the other schema). Nothing was applied, so the run is repeated.
+  // a schema another client drops or alters meanwhile fails that read
+  // (3F000/42P01 naming the other schema, 42703 for a column another
+  // migration just dropped, XX000 "cache lookup failed"). Nothing was
+  // applied, so the run is repeated.
   for (let attempt = 1; error && attempt < 10 && droppedElsewhere(error, options.schema); attempt++) {
     await new Promise((r) => setTimeout(r, 20 * attempt));
     ({ error, results } = await migrator.migrateToLatest());
@@ -329,10 +331,11 @@ export async function migrateToLatest(
   return (results ?? []).filter((r) => r.status === 'Success').map((r) => r.migrationName);
 }
 
-/** PostgreSQL's "schema / relation does not exist" for an object outside the schema being migrated. */
+/** PostgreSQL's "schema / relation / column does not exist" for an object outside the schema being migrated. */
 function droppedElsewhere(error: unknown, schema: string | undefined): boolean {
   const code = (error as { code?: unknown }).code;
-  if (code !== '3F000' && code !== '42P01') return false;
   const message = String((error as Error).message ?? '');
+  const catalogRace = code === '3F000' || code === '42P01' || code === '42703' || (code === 'XX000' && message.startsWith('cache lookup failed'));
+  if (!catalogRace) return false;
   return schema === undefined || !message.includes(`"${schema}"`);
 }

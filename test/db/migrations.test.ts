@@ -4,14 +4,16 @@ import pg from 'pg';
 import { describeEachDialect, POSTGRES_URL } from '../helpers/databases.js';
 
 /**
- * Migrating while other clients drop their schemas (what parallel test
- * suites, or other apps on a shared server, do): Kysely's Migrator lists
- * every schema's tables before it takes its lock, and a schema dropped during
- * that read used to fail the migration with "schema … does not exist".
+ * Migrating while other clients create, alter and drop their schemas (what
+ * parallel test suites, or other apps on a shared server, do): Kysely's
+ * Migrator lists every schema's tables and their columns' sequences before
+ * it takes its lock, and a schema dropped or a column dropped during that
+ * read fails it ("schema … does not exist", "column … does not exist").
+ * src/db/migrations.ts repeats such a run.
  */
 describeEachDialect('migrations beside other clients’ schema churn', ({ dialect, fresh }) => {
   if (dialect !== 'postgres') return;
-  it('every fresh schema migrates while others are created and dropped', async () => {
+  it('every fresh schema migrates while others are created, altered and dropped', async () => {
     const churn = new pg.Client({ connectionString: POSTGRES_URL });
     await churn.connect();
     let stop = false;
@@ -20,7 +22,8 @@ describeEachDialect('migrations beside other clients’ schema churn', ({ dialec
       for (let i = 0; !stop; i++) {
         const name = `t_churn_${process.pid}_${i}`;
         await churn.query(`create schema ${name}`);
-        await churn.query(`create table ${name}.t (id int)`);
+        await churn.query(`create table ${name}.t (id int, c serial)`);
+        await churn.query(`alter table ${name}.t drop column c`);
         await churn.query(`drop schema ${name} cascade`);
         dropped++;
         // A suite drops its schema when it ends; a few a second from each of several suites is the busy case.
