@@ -317,7 +317,7 @@ async function reserve(deps: ImageServiceDeps, req: CanonicalRequest, ctx: Gener
   }
   deps.metrics?.refusals.inc({ reason: 'budget' });
   throw insufficientQuota(
-    `This request may cost up to $${formatUsd(maxChargeMicros)}, which would exceed the key's budget ($${formatUsd(reserved.budgetMicros ?? 0n)} total, $${formatUsd(reserved.spentMicros)} spent, $${formatUsd(reserved.reservedMicros)} reserved by requests in flight).`,
+    `This request may cost up to $${formatUsd(maxChargeMicros)}, which would exceed the key's budget ($${formatUsd(reserved.budgetMicros ?? 0n)} total, $${formatUsd(reserved.spentMicros)} spent, $${formatUsd(reserved.reservedMicros)} set aside for requests in flight, which comes back as they finish, or within seconds where it is not used).`,
   );
 }
 

@@ -31,6 +31,7 @@ describe('budgets', () => {
       assert.equal(r.body.error.type, 'insufficient_quota');
       assert.equal(r.body.error.code, 'insufficient_quota');
       assert.equal(r.headers['x-should-retry'], 'false');
+      assert.match(r.body.error.message, /may cost up to \$0\.005000, .*\(\$0\.012000 total, \$[0-9.]+ spent, \$[0-9.]+ set aside for requests in flight/);
     }
     assert.equal(ok.length, 2, 'exactly as many as the budget fits');
     const charged = ok.reduce((s, r) => s + parseUsd(r.body.meta.usage.cost_usd as string), 0n);
