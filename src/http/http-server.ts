@@ -91,8 +91,10 @@ export function createHttpServer(app: RequestListener, logger?: Logger, opts: Ht
     server.emit('request', req, res);
   });
 
-  if (opts.limits) server.keepAliveTimeout = opts.limits.keepAliveTimeoutMs;
-  if (opts.limits) capConnections(server, opts.limits.maxConnections, opts.onRefused, logger);
+  if (opts.limits) {
+    server.keepAliveTimeout = opts.limits.keepAliveTimeoutMs;
+    capConnections(server, opts.limits.maxConnections, opts.onRefused, logger);
+  }
 
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
     if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') opts.onRefused?.('request_timeout');
