@@ -143,7 +143,12 @@ function readStorage(r: EnvReader): StorageConfig {
     // Its password must not reach stderr when the value is malformed.
     databaseUrl: r.secretUrl('DATABASE_URL', ['postgres:', 'postgresql:']),
     sqliteSynchronous: sqliteSync === 'full' ? 'full' : 'normal',
-    databasePoolSize: r.int('DATABASE_POOL_SIZE', 20, 1, 1000),
+    // A request holds a connection only for one short statement at a time,
+    // never across a network call: a few connections serve thousands of
+    // statements a second. More of them only add server processes competing
+    // for the database's cores (docs/LEDGER-COST.md, "Connections"), and ten
+    // replicas must fit PostgreSQL's default max_connections (100).
+    databasePoolSize: r.int('DATABASE_POOL_SIZE', 5, 1, 1000),
     databaseAcquireTimeoutMs: r.int('DATABASE_ACQUIRE_TIMEOUT_MS', 30_000, 100, 600_000),
     idempotencyTtlS: r.int('IDEMPOTENCY_TTL_S', 86_400, 1, 30 * 86_400),
   };

@@ -42,7 +42,38 @@ export function migrations(dialect: DatabaseDialect): Record<string, Migration> 
         await addBudgetSlices(db, dialect);
       },
     },
+    '0007_unique_when_set': {
+      async up(db: Kysely<any>) {
+        await uniqueWhenSet(db, dialect);
+      },
+    },
   };
+}
+
+/**
+ * 0007: a unique index of a column that is usually null holds only the rows
+ * where it is set (docs/LEDGER-COST.md). A request without a caller's label
+ * and a job before fal has answered wrote a null entry that no reader looks
+ * up and no uniqueness check compares (nulls are distinct). Both indexes are
+ * rebuilt, holding writes to their table while they build. SQLite keeps the
+ * jobs' fal id as its table's UNIQUE constraint, which it cannot drop
+ * without rebuilding the table.
+ */
+async function uniqueWhenSet(db: Kysely<any>, dialect: DatabaseDialect): Promise<void> {
+  await db.schema.dropIndex('requests_key_client_id').execute();
+  await db.schema
+    .createIndex('requests_key_client_id')
+    .on('requests')
+    .columns(['key_id', 'client_request_id'])
+    .unique()
+    .where(sql.ref('client_request_id'), 'is not', null)
+    .execute();
+  if (dialect !== 'postgres') return;
+  const constraint = await sql<{ name: string }>`select c.conname as name from pg_constraint c
+    join pg_attribute a on a.attrelid = c.conrelid and a.attnum = any(c.conkey)
+    where c.conrelid = 'upstream_jobs'::regclass and c.contype = 'u' and a.attname = 'fal_request_id' and cardinality(c.conkey) = 1`.execute(db);
+  for (const { name } of constraint.rows) await sql`alter table upstream_jobs drop constraint ${sql.id(name)}`.execute(db);
+  await db.schema.createIndex('upstream_jobs_fal_request_id').on('upstream_jobs').column('fal_request_id').unique().where(sql.ref('fal_request_id'), 'is not', null).execute();
 }
 
 /** 0001, first half: the tables a reservation touches. */

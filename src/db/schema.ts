@@ -18,6 +18,12 @@ export type Int64WithDefault = ColumnType<bigint, bigint | number | undefined, b
 type NullableInt64 = ColumnType<bigint | null, bigint | number | null, bigint | number | null>;
 
 export type KeyRole = 'user' | 'admin';
+/**
+ * A request's life: `reserved` from its reservation until it closes
+ * (`settled`, `released`, `failed`, `orphaned`); what reached fal is its
+ * jobs' state. `submitted` is never written: a row that has it holds its
+ * reservation exactly as `reserved` does (HOLDING).
+ */
 export type RequestStatus = 'reserved' | 'submitted' | 'settled' | 'released' | 'failed' | 'orphaned';
 /**
  * A fal job's life (src/metering/job-state.ts): `submitting` (the row is

@@ -8,7 +8,6 @@ import type { Kysely, Transaction } from 'kysely';
 import { OPEN_JOB, type DB } from '../db/schema.js';
 import { toBigInt, toNumber } from '../db/values.js';
 import type { LedgerStatements } from './ledger-statements.js';
-import type { PgOpeningStatements } from './ledger-pg.js';
 import { canonicalDecimal } from './money.js';
 import { jobOrThrow, toJob, type JobRecord } from './records.js';
 import { strayIdFor } from './job-ids.js';
@@ -51,16 +50,15 @@ export interface CloseJobInput {
   falLastWord?: string | null | undefined;
 }
 
-export async function recordSubmit(trx: Transaction<DB>, q: LedgerStatements, input: { jobId: string; falRequestId: string }): Promise<JobRecord> {
-  const [row] = (await q.recordSubmit.run(trx, { id: input.jobId, falRequestId: input.falRequestId })).rows;
-  if (!row) return alreadySubmitted(trx, input);
-  await q.markSubmitted.run(trx, { requestId: row.request_id });
-  return toJob(row);
-}
-
-/** recordSubmit on PostgreSQL: the job and its request in one statement (ledger-pg.ts), no transaction around it. */
-export async function recordSubmitAlone(db: Kysely<DB>, pg: PgOpeningStatements, input: { jobId: string; falRequestId: string }): Promise<JobRecord> {
-  const [row] = (await pg.recordSubmit.run(db, { id: input.jobId, falRequestId: input.falRequestId })).rows;
+/**
+ * fal's id on the job: one UPDATE of the job row, its own transaction on
+ * both databases. The request row is not written: it holds its reservation
+ * (`reserved`) until it closes, and what reached fal is its jobs' state.
+ * Every request index of PostgreSQL would take a new entry for a status
+ * change, for no reader (docs/LEDGER-COST.md).
+ */
+export async function recordSubmit(db: Kysely<DB>, q: LedgerStatements, input: { jobId: string; falRequestId: string }): Promise<JobRecord> {
+  const [row] = (await q.recordSubmit.run(db, { id: input.jobId, falRequestId: input.falRequestId })).rows;
   return row ? toJob(row) : alreadySubmitted(db, input);
 }
 

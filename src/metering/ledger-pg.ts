@@ -8,7 +8,6 @@
  * its other statements, and their server work.
  *
  * - reserve: the request row and, only when it was written, its job rows;
- * - recordSubmit: fal's id on the job and `submitted` on its request;
  * - settle, for the common case only: a request still holding its
  *   reservation, owned by this process, whose hold is not on its key row,
  *   settled without a billing event. The request's UPDATE decides (it locks
@@ -79,31 +78,6 @@ export function pgOpeningStatements() {
   return {
     reserveUnfunded: prepared((q: Kysely<DB>, p: Insertable<RequestsTable> & JobArrays) => withJobs(q, (w) => unfundedInsert(w, p), p)),
     reserveSliced: prepared((q: Kysely<DB>, p: SlicedValues & JobArrays) => withJobs(q, (w) => slicedInsert(w, p), p)),
-    // fal's id on the job and `submitted` on its request (only one still
-    // holding its reservation: a late record for a closed request keeps the
-    // job visible without reopening it).
-    recordSubmit: prepared((q: Kysely<DB>, p: { id: string; falRequestId: string }) =>
-      q
-        .with('j', (w) =>
-          w
-            .updateTable('upstream_jobs')
-            .set({ fal_request_id: p.falRequestId, status: 'submitted' })
-            .where('id', '=', p.id)
-            .where('status', '=', 'submitting')
-            .returning(JOB_COLUMNS),
-        )
-        .with('r', (w) =>
-          w
-            .updateTable('requests')
-            .set({ status: 'submitted' })
-            // A scalar subquery (j has at most one row): the request is found by its primary key, whatever plan the named statement keeps.
-            .where('id', '=', (eb) => eb.selectFrom('j').select('j.request_id'))
-            .where('status', '=', 'reserved')
-            .returning('requests.id'),
-        )
-        .selectFrom('j')
-        .select(JOB_COLUMNS.map((c) => `j.${c}` as const)),
-    ),
   };
 }
 

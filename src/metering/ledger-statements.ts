@@ -1,4 +1,4 @@
-import { sql, type ExpressionBuilder, type Insertable, type Kysely } from 'kysely';
+import { sql, type ExpressionBuilder, type Insertable, type Kysely, type OnConflictBuilder } from 'kysely';
 import { prepared } from '../db/prepared.js';
 import type { DB, JobStatus, RequestStatus, RequestsTable } from '../db/schema.js';
 import { JOB_COLUMNS, REQUEST_COLUMNS } from './records.js';
@@ -57,6 +57,15 @@ function requestValues(p: Insertable<RequestsTable>) {
 export type SlicedValues = Insertable<RequestsTable> & { slice_id: string };
 
 /** The request row of a key without a budget, written only while the key exists and has none. */
+/**
+ * The conflict target of every reservation insert: the per-key label's
+ * unique index, which holds labelled rows only (migration 0007), so the
+ * target repeats its predicate. A label the key already used inserts
+ * nothing (and returns no row); any other conflict (our own id) still fails
+ * the statement.
+ */
+const labelTaken = (oc: OnConflictBuilder<DB, 'requests'>) => oc.columns(['key_id', 'client_request_id']).where('client_request_id', 'is not', null).doNothing();
+
 export function unfundedInsert(q: Pick<Kysely<DB>, 'insertInto'>, p: Insertable<RequestsTable>) {
   return (
     q
@@ -70,8 +79,7 @@ export function unfundedInsert(q: Pick<Kysely<DB>, 'insertInto'>, p: Insertable<
           .where('api_keys.id', '=', p.key_id)
           .where('api_keys.budget_micros', 'is', null),
       )
-      // As insertRequest: only the key's label conflicts without an error.
-      .onConflict((oc) => oc.columns(['key_id', 'client_request_id']).doNothing())
+      .onConflict(labelTaken)
       .returning('id')
   );
 }
@@ -88,7 +96,7 @@ export function slicedInsert(q: Pick<Kysely<DB>, 'insertInto'>, p: SlicedValues)
         .where('budget_slices.id', '=', p.slice_id)
         .where('budget_slices.key_id', '=', p.key_id),
     )
-    .onConflict((oc) => oc.columns(['key_id', 'client_request_id']).doNothing())
+    .onConflict(labelTaken)
     .returning('id');
 }
 
@@ -112,10 +120,7 @@ function openingStatements() {
           created_at: p.created_at,
           lease_id: p.lease_id,
         })
-        // The target names the per-key label's unique index only: a label the
-        // key already used inserts nothing (and returns no row), while any
-        // other conflict (our own id) still fails the statement.
-        .onConflict((oc) => oc.columns(['key_id', 'client_request_id']).doNothing())
+        .onConflict(labelTaken)
         .returning('id'),
     ),
     // A key without a budget: the request row is its whole reservation. The
@@ -149,11 +154,6 @@ function openingStatements() {
         .where('id', '=', p.id)
         .where('status', '=', 'submitting')
         .returning(JOB_COLUMNS),
-    ),
-    // Only a request still holding its reservation moves on; a late record
-    // for a closed or orphaned request keeps the job visible without reopening it.
-    markSubmitted: prepared((q: Kysely<DB>, p: { requestId: string }) =>
-      q.updateTable('requests').set({ status: 'submitted' }).where('id', '=', p.requestId).where('status', '=', 'reserved'),
     ),
   };
 }

@@ -33,7 +33,7 @@ import { createSliceBook, foldOrphanSlices, type SliceBook } from './budget-slic
 import { reserve, type ReserveContext } from './ledger-reserve.js';
 import { adopt, markOrphaned, release, settle, type SliceEnd, type ReleaseInput, type ReleaseResult, type SettleInput, type SettleResult } from './ledger-requests.js';
 import { pgOpeningStatements, pgSettleStatement, settleJobsAlone } from './ledger-pg.js';
-import { closeJob, completeJob, recordStrays, recordSubmit, recordSubmitAlone, type CloseJobInput, type CompleteJobInput, type CompleteJobResult } from './ledger-jobs.js';
+import { closeJob, completeJob, recordStrays, recordSubmit, type CloseJobInput, type CompleteJobInput, type CompleteJobResult } from './ledger-jobs.js';
 
 export { jobIdFor, strayIdFor, type CloseJobInput, type CompleteJobInput, type CompleteJobResult } from './ledger-jobs.js';
 export type { ReleaseInput, ReleaseResult, SettleInput, SettleOutboxEvent, SettleResult } from './ledger-requests.js';
@@ -184,7 +184,7 @@ export function createLedger(database: Database, options: LedgerOptions = {}): L
     slices,
     returnSlices: (scope) => foldOrphanSlices(db, { live: scope.live, ownLeaseId: scope.ownLeaseId, book: slices }),
     reserve: (input) => reserve(reserving, input),
-    recordSubmit: (input) => (pgq ? recordSubmitAlone(db, pgq, input) : write((trx) => recordSubmit(trx, q, input))),
+    recordSubmit: (input) => recordSubmit(db, q, input),
     completeJob: (input) =>
       write(async (trx) => {
         const out = await completeJob(trx, q, input, now());

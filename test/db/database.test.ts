@@ -109,6 +109,30 @@ describeEachDialect('migrations', ({ dialect, fresh, open }) => {
     assert.equal(typeof row.budget_micros, 'bigint');
   });
 
+  it('0007: the unique indexes of usually-null columns hold only rows where they are set, and still refuse a duplicate', async () => {
+    const database = await open();
+    const defs =
+      dialect === 'postgres'
+        ? (await sql<{ name: string; def: string }>`select indexname as name, indexdef as def from pg_indexes where schemaname = current_schema() and indexname in ('requests_key_client_id', 'upstream_jobs_fal_request_id')`.execute(database.db)).rows
+        : (await sql<{ name: string; def: string }>`select name, sql as def from sqlite_master where type = 'index' and name = 'requests_key_client_id'`.execute(database.db)).rows;
+    const byName = new Map(defs.map((d) => [d.name, d.def.toLowerCase().replace(/[()"]/g, '')]));
+    assert.match(byName.get('requests_key_client_id') ?? '', /unique index .*where client_request_id is not null/);
+    if (dialect === 'postgres') {
+      assert.match(byName.get('upstream_jobs_fal_request_id') ?? '', /unique index .*where fal_request_id is not null/);
+      const constraints = await sql<{ n: bigint }>`select count(*) as n from pg_constraint where conrelid = 'upstream_jobs'::regclass and contype = 'u'`.execute(database.db);
+      assert.equal(constraints.rows[0]?.n, 0n, 'the full UNIQUE constraint is gone');
+    }
+    const at = toIsoTimestamp(new Date());
+    const key = `k-0007-${randomBytes(4).toString('hex')}`;
+    await database.db.insertInto('api_keys').values({ id: key, name: 'n', key_hash: randomBytes(32).toString('hex'), role: 'user', budget_micros: null, created_at: at, updated_at: at }).execute();
+    const row = (id: string, label: string | null) => ({ id, client_request_id: label, key_id: key, model: 'm', endpoint: 'e', end_user: null, status: 'reserved' as const, reserved_micros: 1n, idempotency_key: null, created_at: at });
+    await database.db.insertInto('requests').values([row(`${key}-a`, null), row(`${key}-b`, null), row(`${key}-c`, 'label')]).execute();
+    await assert.rejects(database.db.insertInto('requests').values(row(`${key}-d`, 'label')).execute(), /unique|UNIQUE/);
+    const job = (id: string, fal: string | null) => ({ id, request_id: `${key}-a`, endpoint: 'e', status: 'submitting' as const, fal_request_id: fal, created_at: at });
+    await database.db.insertInto('upstream_jobs').values([job(`${key}-a/0`, null), job(`${key}-a/1`, null), job(`${key}-a/2`, 'fal-1')]).execute();
+    await assert.rejects(database.db.insertInto('upstream_jobs').values(job(`${key}-a/3`, 'fal-1')).execute(), /unique|UNIQUE/);
+  });
+
   if (dialect === 'postgres') {
     it('without a schema option, migrates the connection\'s current schema', async (t) => {
       // The search_path comes from the URL here, as a deployment might set it;

@@ -77,7 +77,7 @@ describe('closing a request', () => {
     assert.match(String(await answer), /^no answer/, 'the connection is closed without an answer');
     assert.ok(t.logs.some((l) => String(l.msg).startsWith('lease lost: another process took this request over')));
     const untouched = (await requestRow(s, 'req-taken-over'))!;
-    assert.equal(untouched.status, 'submitted', 'the old owner wrote nothing');
+    assert.equal(untouched.status, 'reserved', 'the old owner wrote nothing');
     assert.equal(untouched.leaseId, peer.id);
 
     const second = await peerRound();
@@ -114,7 +114,7 @@ describe('closing a request', () => {
       assert.equal(images.inFlight('req-ledger-lost'), true, 'retried in the background meanwhile');
       // The process dies here. The request is still open: left alone, a round would take its caller for gone and charge it.
       const open = (await requestRow(s, 'req-ledger-lost'))!;
-      assert.equal(open.status, 'submitted');
+      assert.equal(open.status, 'reserved');
       assert.equal(open.jobs[0]!.status, 'submitted');
 
       const report = await createReconciler({ ledger: s.ledger, fal: s.fal, registry: s.registry, markup: parseMarkup('1'), logger: s.logger, pendingCloses: pending }).run({ olderThanMs: 0 });

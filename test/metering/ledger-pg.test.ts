@@ -24,7 +24,7 @@ describeEachDialect('the request path in one statement per write', (ctx: Dialect
     ]);
     const submitted = await ledger.recordSubmit({ jobId: one, falRequestId: uid('fal') });
     assert.deepEqual([submitted.id, submitted.status], [one, 'submitted']);
-    assert.equal((await ledger.getRequest(requestId))?.status, 'submitted');
+    assert.equal((await ledger.getRequest(requestId))?.status, 'reserved');
     await ledger.recordSubmit({ jobId: two, falRequestId: uid('fal') });
     const stray = uid('fal');
     await ledger.recordStrays({ requestId, endpoint: 'e', falRequestIds: [stray] });
@@ -57,7 +57,7 @@ describeEachDialect('the request path in one statement per write', (ctx: Dialect
     const out = await mine.settleJobs({ jobs: [{ jobId: job, images: 1, pixels: 1, unitsEstimate: '1', upstreamCostMicros: 5n }], settle: { requestId, chargeMicros: 9n, credits: 1, images: 1 } });
     assert.equal(out.settlement.settled, false);
     const row = await mine.getRequest(requestId);
-    assert.deepEqual([row?.status, row?.chargeMicros, row?.leaseId], ['submitted', 0n, 'lease-b']);
+    assert.deepEqual([row?.status, row?.chargeMicros, row?.leaseId], ['reserved', 0n, 'lease-b']);
     // The job is a fact from fal whoever owns the request: recorded, with the request's cost, uncharged.
     assert.deepEqual([row?.jobs[0]?.status, row?.upstreamCostMicros], ['completed', 5n]);
   });

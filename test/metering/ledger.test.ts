@@ -249,7 +249,7 @@ describeEachDialect('ledger', (ctx: DialectContext) => {
       await assert.rejects(ledger.recordSubmit({ jobId: jobIdFor(requestId, 0), falRequestId: falB }), /already has fal request/);
       await ledger.recordSubmit({ jobId: jobIdFor(requestId, 1), falRequestId: falB });
       const request = await ledger.getRequest(requestId);
-      assert.equal(request?.status, 'submitted');
+      assert.equal(request?.status, 'reserved', 'the request holds its reservation; what reached fal is its jobs');
       assert.deepEqual(request?.jobs.map((j) => j.falRequestId).sort(), [falA, falB].sort());
       assert.ok(request?.jobs.every((j) => j.status === 'submitted' && j.kind === 'job'));
     });
@@ -316,7 +316,7 @@ describeEachDialect('ledger', (ctx: DialectContext) => {
       assert.deepEqual((await ledger.listOpenJobs()).filter((j) => j.requestId === requestId).map((j) => j.id), [strayIdFor(requestId, stray)], 'the stray is open until reconciliation learns its cost');
       const completedStray = await ledger.completeJob({ jobId: strayIdFor(requestId, stray), images: 1, pixels: 4, unitsEstimate: '1', upstreamCostMicros: 3n });
       assert.deepEqual([completedStray.changed, completedStray.job.kind, completedStray.job.upstreamCostMicros], [true, 'stray', 3n]);
-      assert.equal(row?.status, 'submitted');
+      assert.equal(row?.status, 'reserved');
     });
   });
 
@@ -362,7 +362,7 @@ describeEachDialect('ledger', (ctx: DialectContext) => {
         RangeError,
       );
       const row = await ledger.getRequest(requestId);
-      assert.deepEqual([row?.status, row?.jobs.map((j) => [j.status, j.completedAt])], ['submitted', [['submitted', null]]]);
+      assert.deepEqual([row?.status, row?.jobs.map((j) => [j.status, j.completedAt])], ['reserved', [['submitted', null]]]);
     });
   });
 
@@ -387,7 +387,7 @@ describeEachDialect('ledger', (ctx: DialectContext) => {
       const open = await ledger.listOpen();
       assert.deepEqual(open.map((r) => [r.id, r.status, r.jobs.map((j) => j.falRequestId)]), [
         [reserved, 'reserved', []],
-        [submitted, 'submitted', ['fal-b']],
+        [submitted, 'reserved', ['fal-b']],
       ]);
       assert.deepEqual((await ledger.listOpen({ createdBefore: '2025-05-01T10:00:01.000Z' })).map((r) => r.id), [reserved]);
       assert.deepEqual((await ledger.listOrphaned()).map((r) => [r.id, r.status]), [[orphan, 'orphaned']]);

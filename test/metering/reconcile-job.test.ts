@@ -120,12 +120,12 @@ describe('reconciliation gives up on jobs fal never resolves', () => {
     const id = (await requestRow(t.service, 'req-forever-gone'))!.id;
     await until(async () => !t.service.images.inFlight(id), 'the request to be let go');
     const open = (await requestRow(t.service, 'req-forever-gone'))!;
-    assert.equal(open.status, 'submitted', 'held while fal may still complete it for the caller');
+    assert.equal(open.status, 'reserved', 'held while fal may still complete it for the caller');
     assert.ok((await keyReserved()) > 0n);
 
     const early = await earlyRound('req-forever-gone');
     assert.ok(early.running.includes(id));
-    assert.equal((await requestRow(t.service, 'req-forever-gone'))?.status, 'submitted');
+    assert.equal((await requestRow(t.service, 'req-forever-gone'))?.status, 'reserved');
     await pastDeadline('req-forever-gone');
     const late = await round();
     assert.deepEqual(late.abandoned, [id]);
@@ -153,7 +153,7 @@ describe('reconciliation gives up on jobs fal never resolves', () => {
 
     const early = await earlyRound(requestId);
     assert.ok(early.unresolved.includes(requestId), JSON.stringify(early));
-    assert.equal((await requestRow(t.service, requestId))?.status, 'submitted');
+    assert.equal((await requestRow(t.service, requestId))?.status, 'reserved');
     await pastDeadline(requestId);
     const late = await round();
     assert.deepEqual(late.abandoned, [requestId]);

@@ -250,13 +250,13 @@ describe('reconcile: leases', () => {
     const live = await reconcile(own.id);
     assert.equal(live.examined, 0, 'neither is touched: the peer is live, the own request young');
     assert.equal(live.nextLeaseExpiryMs, peer.expiresAtMs, 'the round says when to look again');
-    assert.equal((await t.service.ledger.getRequest(peers))?.status, 'submitted');
+    assert.equal((await t.service.ledger.getRequest(peers))?.status, 'reserved');
 
     const expired = await reconcile(own.id, 10_001);
     assert.deepEqual(expired.released, [peers], 'fal knows no such job: released');
     assert.equal(expired.nextLeaseExpiryMs, undefined);
     assert.equal((await t.service.ledger.getRequest(peers))?.status, 'failed');
-    assert.equal((await t.service.ledger.getRequest(mine))?.status, 'submitted');
+    assert.equal((await t.service.ledger.getRequest(mine))?.status, 'reserved');
   });
 
   it('a dead owner’s lost submit is settled once its lease expiry (and the clock skew) has passed, not a submit timeout after its row', async () => {
@@ -292,6 +292,6 @@ describe('reconcile: leases', () => {
     await store.release(gone.id);
     const report = await reconcile(`own-${Math.random()}`);
     assert.deepEqual(report.released, [orphan]);
-    assert.equal((await t.service.ledger.getRequest(leaseless))?.status, 'submitted');
+    assert.equal((await t.service.ledger.getRequest(leaseless))?.status, 'reserved');
   });
 });
