@@ -47,6 +47,12 @@ export function migrations(dialect: DatabaseDialect): Record<string, Migration> 
         await uniqueWhenSet(db, dialect);
       },
     },
+    '0008_lost_jobs': {
+      async up(db: Kysely<any>) {
+        // Jobs given up as lost, in the order they were: what reconciliation asks fal about again (src/metering/late-word.ts).
+        await db.schema.createIndex('upstream_jobs_lost').on('upstream_jobs').columns(['completed_at', 'id']).where(sql.ref('status'), '=', 'lost').execute();
+      },
+    },
   };
 }
 

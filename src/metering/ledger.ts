@@ -20,7 +20,7 @@
  * is looked for in fal's request listing (reconcile.ts) and its request
  * keeps its hold until that search ends.
  */
-import type { Kysely, Transaction } from 'kysely';
+import { sql, type Kysely, type Transaction } from 'kysely';
 import { ledgerStatements, HOLDING } from './ledger-statements.js';
 import type { Database } from '../db/database.js';
 import { OPEN_JOB, type DB } from '../db/schema.js';
@@ -99,6 +99,12 @@ export interface Ledger {
   knownFalIds(falRequestIds: readonly string[]): Promise<Set<string>>;
   /** Jobs not final yet that fal named, created before `createdBefore`, oldest first: what job reconciliation asks fal about. */
   listOpenJobs(options?: ListOpenOptions): Promise<JobRecord[]>;
+  /**
+   * Jobs given up as `lost` that fal named, given up at or after `since`,
+   * in the order they were given up, after `after` (a page's last job):
+   * whom fal's late word may still concern (late-word.ts).
+   */
+  listLostJobs(options: { since: string; after?: { at: string; id: string } | undefined; limit: number }): Promise<JobRecord[]>;
   settle(input: SettleInput): Promise<SettleResult>;
   /** completeJob for each job, then settle, in one transaction. */
   settleJobs(input: { jobs: readonly CompleteJobInput[]; settle: SettleInput }): Promise<{ jobs: CompleteJobResult[]; settlement: SettleResult }>;
@@ -241,6 +247,13 @@ export function createLedger(database: Database, options: LedgerOptions = {}): L
     },
 
     listLostSubmits: (opts = {}) => lostSubmits(db, opts),
+
+    async listLostJobs({ since, after, limit }) {
+      // `status = 'lost'` as a literal: SQLite uses the partial index upstream_jobs_lost only for a literal term.
+      let rows = db.selectFrom('upstream_jobs').selectAll().where(sql<boolean>`status = 'lost'`).where('completed_at', '>=', since).where('fal_request_id', 'is not', null);
+      if (after) rows = rows.where((eb) => eb.or([eb('completed_at', '>', after.at), eb.and([eb('completed_at', '=', after.at), eb('id', '>', after.id)])]));
+      return (await rows.orderBy('completed_at').orderBy('id').limit(limit).execute()).map(toJob);
+    },
 
     async knownFalIds(ids) {
       const known = new Set<string>();

@@ -82,5 +82,5 @@ export function createReconcileSchedule({ reconciler, logger, olderThanMs, inter
 }
 
 function worthLogging(report: ReconcileReport): boolean {
-  return report.examined > 0 || report.lostFound.length > 0 || report.lostAbsent.length > 0 || report.pendingClosed.length > 0 || report.jobsClosed.length > 0 || (report.slicesReturned ?? 0) > 0;
+  return report.examined > 0 || report.lostFound.length > 0 || report.lostAbsent.length > 0 || report.lateCompleted.length > 0 || report.pendingClosed.length > 0 || report.jobsClosed.length > 0 || (report.slicesReturned ?? 0) > 0;
 }

@@ -7,6 +7,7 @@ import type { Markup } from './money.js';
 import type { LeaseStore } from './lease-store.js';
 import { mayReconcile, nextForeignExpiry, reconcileScope, type ReconcileScope } from './leases.js';
 import { HOLDING } from './ledger-statements.js';
+import { createLateWord, type LateWord } from './late-word.js';
 import { findLostSubmits } from './lost-submit-search.js';
 import { SUBMIT_TIMEOUT_MS } from './lost-submits.js';
 import { lookAtFal, stepJob } from './reconcile-job.js';
@@ -60,6 +61,8 @@ export interface ReconcileReport {
   lostFound: string[];
   /** Lost submits fal's listing shows no request for: closed `refused`, $0. */
   lostAbsent: string[];
+  /** Jobs given up as `lost` that fal completed later: now at fal's cost, nobody charged (late-word.ts). */
+  lateCompleted: string[];
   /** Requests of a dead owner this round took over. */
   adopted: string[];
   /** Requests answered with an error while the ledger was down, closed uncharged from DATA_DIR (pending-closes.ts). */
@@ -115,10 +118,12 @@ export interface Reconciler {
 }
 
 /** The reconciler's dependencies with their defaults filled in. */
-type Ctx = ReconcilerDeps & { now: () => number; giveUpAfterMs: number; submitTimeoutMs: number };
+type Ctx = ReconcilerDeps & { now: () => number; giveUpAfterMs: number; submitTimeoutMs: number; lateWord: LateWord };
 
 export function createReconciler(deps: ReconcilerDeps): Reconciler {
-  const ctx: Ctx = { ...deps, now: deps.now ?? Date.now, giveUpAfterMs: deps.giveUpAfterMs ?? DEFAULT_GIVE_UP_AFTER_MS, submitTimeoutMs: deps.submitTimeoutMs ?? SUBMIT_TIMEOUT_MS };
+  const now = deps.now ?? Date.now;
+  const lateWord = createLateWord({ ...deps, now });
+  const ctx: Ctx = { ...deps, now, giveUpAfterMs: deps.giveUpAfterMs ?? DEFAULT_GIVE_UP_AFTER_MS, submitTimeoutMs: deps.submitTimeoutMs ?? SUBMIT_TIMEOUT_MS, lateWord };
   return {
     run: (opts = {}) => runRound(ctx, opts.olderThanMs ?? 0),
     reconcileOne: (requestId, opts = {}) => reconcileOne(ctx, requestId, opts.olderThanMs ?? 0),
@@ -138,7 +143,7 @@ async function reconcileOne(ctx: Ctx, requestId: string, olderThanMs: number): P
 }
 
 function emptyReport(): ReconcileReport {
-  return { examined: 0, settled: [], released: [], orphaned: [], running: [], unresolved: [], abandoned: [], jobsClosed: [], lostFound: [], lostAbsent: [], adopted: [], pendingClosed: [], leasesRemoved: 0 };
+  return { examined: 0, settled: [], released: [], orphaned: [], running: [], unresolved: [], abandoned: [], jobsClosed: [], lostFound: [], lostAbsent: [], lateCompleted: [], adopted: [], pendingClosed: [], leasesRemoved: 0 };
 }
 
 async function runRound(ctx: Ctx, olderThanMs: number): Promise<ReconcileReport> {
@@ -178,6 +183,7 @@ async function runRound(ctx: Ctx, olderThanMs: number): Promise<ReconcileReport>
       ctx.logger.error({ err, job_id: job.id }, 'reconcile: failed on a job');
     }
   }
+  report.lateCompleted = await ctx.lateWord.run().catch((err: unknown) => (ctx.logger.error({ err }, 'reconcile: lost jobs could not be listed'), []));
   if (ctx.leases) report.leasesRemoved = await ctx.leases.store.sweep().catch(() => 0);
   // After the requests: a dead process's slice is returned once none of its requests holds.
   if (which.scope) report.slicesReturned = await ctx.ledger.returnSlices(which.scope).catch((err: unknown) => (ctx.logger.error({ err }, 'reconcile: budget slices could not be returned'), 0));

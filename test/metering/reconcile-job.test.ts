@@ -5,6 +5,7 @@ import { startTestService, TEST_KEY, type TestService } from '../helpers/service
 import { until } from '../helpers/service-process.js';
 import { createLedger, jobIdFor } from '../../src/metering/ledger.js';
 import { parseMarkup, parseUsd } from '../../src/metering/money.js';
+import { createLateWord, LATE_WORD_WATCH_MS } from '../../src/metering/late-word.js';
 import { createReconciler } from '../../src/metering/reconcile.js';
 import { requestRow } from '../helpers/requests.js';
 
@@ -165,5 +166,48 @@ describe('reconciliation gives up on jobs fal never resolves', () => {
     assert.equal(row.jobs[0]!.upstreamCostMicros, 4_000n, 'the estimate written at reservation');
     const key = await t.service.database.db.selectFrom('api_keys').select('reserved_micros').where('id', '=', keyId).executeTakeFirstOrThrow();
     assert.equal(BigInt(key.reserved_micros), 0n);
+
+    // fal's result reads again: the next round records what fal billed instead of the estimate, and charges nobody.
+    const billed = t.emulator.billing().find((b) => b.request_id === falRequestId)!;
+    assert.notEqual(parseUsd(billed.usd), 4_000n, 'fal billed other than the estimate');
+    t.emulator.clearFaults();
+    const later = await round();
+    assert.deepEqual(later.lateCompleted, [jobIdFor(requestId, 0)]);
+    const corrected = (await requestRow(t.service, requestId))!;
+    assert.equal(corrected.jobs[0]!.status, 'completed');
+    assert.equal(corrected.jobs[0]!.costEstimated, false);
+    assert.equal(corrected.jobs[0]!.upstreamCostMicros, parseUsd(billed.usd), 'the job costs what fal billed');
+    assert.equal(corrected.upstreamCostMicros, parseUsd(billed.usd), 'and so does its request');
+    assert.deepEqual([corrected.status, corrected.chargeMicros], ['failed', 0n], 'the request stays closed, uncharged');
+    assert.deepEqual((await round()).lateCompleted, [], 'recorded once');
+  });
+
+  it('asks fal again about lost jobs a page per round, and not about those given up longer ago than the watch', async () => {
+    const model = t.service.registry.lookup(MODEL)!;
+    const s = t.service;
+    const keyId = (await s.keys.create({ name: 'late-pages', budgetMicros: null })).record.id;
+    const ledger = createLedger(s.database);
+    const ids = ['req-late-a', 'req-late-b', 'req-late-c'];
+    for (const requestId of ids) {
+      assert.deepEqual(await ledger.reserve({ requestId, keyId, model: MODEL, endpoint: model.endpoint, maxChargeMicros: 50_000n, jobs: 1, estimates: [4_000n] }), { ok: true });
+      const { falRequestId } = await s.fal.submit(model.endpoint, { prompt: `${requestId} a quiet harbour`, image_size: 'square' });
+      await ledger.recordSubmit({ jobId: jobIdFor(requestId, 0), falRequestId });
+      await s.fal.waitForCompletion(model.endpoint, falRequestId);
+      await ledger.closeJob({ jobId: jobIdFor(requestId, 0), status: 'lost', upstreamCostMicros: 4_000n, costEstimated: true, errorCode: 'gave_up' });
+      await ledger.release({ requestId, status: 'failed', errorCode: 'gave_up' });
+    }
+    const lateWord = (perRound: number, now = Date.now) => createLateWord({ ledger: s.ledger, fal: s.fal, registry: s.registry, markup: parseMarkup('1'), logger: s.logger, now, perRound });
+    const dayLater = () => Date.now() + LATE_WORD_WATCH_MS + 60_000;
+    assert.deepEqual(await lateWord(5, dayLater).run(), [], 'given up longer ago than the watch: not asked about');
+    // Other tests' lost jobs are in the list too: each round looks at two, and goes on where the last stopped.
+    const paged = lateWord(2);
+    const seen: string[] = [];
+    for (let r = 0; r < 10 && !ids.every((id) => seen.includes(jobIdFor(id, 0))); r++) {
+      const page = await paged.run();
+      assert.ok(page.length <= 2, JSON.stringify(page));
+      seen.push(...page);
+    }
+    assert.deepEqual(seen.filter((j) => ids.some((id) => j === jobIdFor(id, 0))).sort(), ids.map((id) => jobIdFor(id, 0)).sort());
+    for (const requestId of ids) assert.equal((await requestRow(s, requestId))!.jobs[0]!.costEstimated, false);
   });
 });

@@ -1,0 +1,84 @@
+/**
+ * fal's late word on jobs given up as `lost`. A job is given up at its
+ * deadline (JOB_GIVE_UP_MS) at what fal last reported or at its estimate;
+ * fal may still run it afterwards (a queue backed up for longer than the
+ * deadline, a cancel a running app ignored) and bill what it really used.
+ * For `LATE_WORD_WATCH_MS` after the give-up, each reconciliation round asks
+ * fal about a page of such jobs; one fal completed is recorded as completed
+ * at fal's units (the ledger's completeJob: a result from fal overrides the
+ * give-up, and the request's upstream cost follows), so the ledger's
+ * upstream cost ends at what fal billed. The caller's charge never changes:
+ * the request was closed without delivering these images.
+ *
+ * The page moves on from round to round (a cursor in this process, wrapping
+ * around), so a backlog of lost jobs costs each round at most `perRound`
+ * looks. Rounds of several processes may look at the same job; recording a
+ * completion twice changes nothing the second time.
+ */
+import type { Logger } from 'pino';
+import type { FalGateway } from '../fal/gateway.js';
+import type { ModelRegistry } from '../models/registry.js';
+import type { Ledger } from './ledger.js';
+import type { Markup } from './money.js';
+import { lookAtFal } from './reconcile-job.js';
+import { completions, decodePricing } from './settlement.js';
+
+/** How long after its give-up a lost job is still asked about. */
+export const LATE_WORD_WATCH_MS = 24 * 60 * 60_000;
+/** Lost jobs looked at per round. */
+export const LATE_WORD_PER_ROUND = 20;
+
+export interface LateWordDeps {
+  ledger: Ledger;
+  fal: FalGateway;
+  registry: ModelRegistry;
+  markup: Markup;
+  logger: Logger;
+  now: () => number;
+  watchMs?: number | undefined;
+  perRound?: number | undefined;
+}
+
+export interface LateWord {
+  /** One round: the ids of the jobs it recorded as completed. */
+  run(): Promise<string[]>;
+}
+
+export function createLateWord(deps: LateWordDeps): LateWord {
+  let after: { at: string; id: string } | undefined;
+  return {
+    async run() {
+      const since = new Date(deps.now() - (deps.watchMs ?? LATE_WORD_WATCH_MS)).toISOString();
+      const jobs = await deps.ledger.listLostJobs({ since, after, limit: deps.perRound ?? LATE_WORD_PER_ROUND });
+      // A short page was the end of the list: the next round starts over.
+      const last = jobs.at(-1);
+      after = last && jobs.length === (deps.perRound ?? LATE_WORD_PER_ROUND) ? { at: last.completedAt ?? since, id: last.id } : undefined;
+      const completed: string[] = [];
+      for (const job of jobs) {
+        try {
+          if (await lookAgain(deps, job)) completed.push(job.id);
+        } catch (err) {
+          deps.logger.warn({ err, job_id: job.id, fal_request_id: job.falRequestId }, 'reconcile: could not ask fal again about a lost job');
+        }
+      }
+      return completed;
+    },
+  };
+}
+
+async function lookAgain(deps: LateWordDeps, job: Awaited<ReturnType<Ledger['listLostJobs']>>[number]): Promise<boolean> {
+  const request = await deps.ledger.getRequest(job.requestId);
+  const model = request && deps.registry.forEndpoint(request.model, request.endpoint);
+  if (!request || !model) return false;
+  const seen = await lookAtFal(deps, job);
+  if (!seen.completed) return false;
+  const [input] = completions(model, decodePricing(request.pricing, deps.markup), [seen.completed]);
+  const out = await deps.ledger.completeJob(input!);
+  if (out.changed) {
+    deps.logger.warn(
+      { request_id: job.requestId, job_id: job.id, fal_request_id: job.falRequestId, lost_cost_micros: String(job.upstreamCostMicros), upstream_cost_micros: String(out.job.upstreamCostMicros) },
+      'reconcile: a job given up as lost completed at fal later; its cost is now what fal billed (nobody is charged)',
+    );
+  }
+  return out.changed;
+}
