@@ -229,6 +229,33 @@ describeEachDialect('ledger', (ctx: DialectContext) => {
     });
   });
 
+  describe('jobs given up as lost', () => {
+    it('lists those fal named, given up since a time, in the order given up, one page after another', async () => {
+      const database = await (await fresh()).open();
+      const time = manualClock('2026-01-01T00:00:00.000Z');
+      const ledger = createLedger(database, { clock: time.clock });
+      const keyId = await keyWithBudget(database, null);
+      const jobs: string[] = [];
+      for (const [i, fal] of ['fal-1', 'fal-2', null, 'fal-4', 'fal-5'].entries()) {
+        const requestId = uid('req');
+        await ledger.reserve({ ...reserveInput(keyId, 10n, requestId), jobs: 1 });
+        const jobId = jobIdFor(requestId, 0);
+        if (fal) await ledger.recordSubmit({ jobId, falRequestId: uid(fal) });
+        time.set(`2026-01-01T00:0${i + 1}:00.000Z`);
+        await ledger.closeJob({ jobId, status: i === 4 ? 'failed' : 'lost', upstreamCostMicros: 1n, costEstimated: true });
+        jobs.push(jobId);
+      }
+      const [j1, j2, , j4] = jobs;
+      const page1 = await ledger.listLostJobs({ since: '2026-01-01T00:00:00.000Z', limit: 2 });
+      assert.deepEqual(page1.map((j) => j.id), [j1, j2], 'in the order given up; the job fal never named is left out');
+      const last = page1.at(-1)!;
+      const page2 = await ledger.listLostJobs({ since: '2026-01-01T00:00:00.000Z', after: { at: last.completedAt!, id: last.id }, limit: 2 });
+      assert.deepEqual(page2.map((j) => j.id), [j4], 'the failed job is not lost');
+      assert.deepEqual((await ledger.listLostJobs({ since: '2026-01-01T00:02:00.000Z', limit: 5 })).map((j) => j.id), [j2, j4]);
+      assert.deepEqual(await ledger.listLostJobs({ since: '2026-01-01T00:05:00.000Z', limit: 5 }), []);
+    });
+  });
+
   describe('upstream jobs', () => {
     it('writes every job’s row with the reservation, adds fal’s id once, and refuses another id for the same job', async () => {
       const database = await open();
