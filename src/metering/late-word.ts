@@ -5,10 +5,12 @@
  * deadline, a cancel a running app ignored) and bill what it really used.
  * For `LATE_WORD_WATCH_MS` after the give-up, each reconciliation round asks
  * fal about a page of such jobs; one fal completed is recorded as completed
- * at fal's units (the ledger's completeJob: a result from fal overrides the
- * give-up, and the request's upstream cost follows), so the ledger's
- * upstream cost ends at what fal billed. The caller's charge never changes:
- * the request was closed without delivering these images.
+ * at fal's units (the ledger's completeLostJob, which keeps the give-up's
+ * error code; the request's upstream cost follows), so the ledger's
+ * upstream cost ends at what fal billed, all of it unrecovered. The caller's
+ * charge never changes: only a job whose request has closed is asked about,
+ * since reconciliation settles a request still holding on the jobs that
+ * completed, and a closed request never reopens.
  *
  * The page moves on from round to round (a cursor in this process, wrapping
  * around), so a backlog of lost jobs costs each round at most `perRound`
@@ -20,6 +22,7 @@ import type { FalGateway } from '../fal/gateway.js';
 import type { ModelRegistry } from '../models/registry.js';
 import type { Ledger } from './ledger.js';
 import type { Markup } from './money.js';
+import { HOLDING } from './ledger-statements.js';
 import { lookAtFal } from './reconcile-job.js';
 import { completions, decodePricing } from './settlement.js';
 
@@ -68,12 +71,14 @@ export function createLateWord(deps: LateWordDeps): LateWord {
 
 async function lookAgain(deps: LateWordDeps, job: Awaited<ReturnType<Ledger['listLostJobs']>>[number]): Promise<boolean> {
   const request = await deps.ledger.getRequest(job.requestId);
-  const model = request && deps.registry.forEndpoint(request.model, request.endpoint);
-  if (!request || !model) return false;
+  // A request still holding is settled by reconciliation on the jobs that completed: this one, completed now, would be charged. Closed, it never reopens.
+  if (!request || HOLDING.includes(request.status)) return false;
+  const model = deps.registry.forEndpoint(request.model, request.endpoint);
+  if (!model) return false;
   const seen = await lookAtFal(deps, job);
   if (!seen.completed) return false;
   const [input] = completions(model, decodePricing(request.pricing, deps.markup), [seen.completed]);
-  const out = await deps.ledger.completeJob(input!);
+  const out = await deps.ledger.completeLostJob(input!);
   if (out.changed) {
     deps.logger.warn(
       { request_id: job.requestId, job_id: job.id, fal_request_id: job.falRequestId, lost_cost_micros: String(job.upstreamCostMicros), upstream_cost_micros: String(out.job.upstreamCostMicros) },

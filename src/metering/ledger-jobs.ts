@@ -11,6 +11,7 @@ import type { LedgerStatements } from './ledger-statements.js';
 import { canonicalDecimal } from './money.js';
 import { jobOrThrow, toJob, type JobRecord } from './records.js';
 import { strayIdFor } from './job-ids.js';
+import { GAVE_UP } from './job-state.js';
 
 export { jobIdFor, strayIdFor } from './job-ids.js';
 
@@ -95,6 +96,25 @@ export function completeResult(job: JobRecord, changed: boolean): CompleteJobRes
 export async function completeJob(trx: Transaction<DB>, q: LedgerStatements, input: CompleteJobInput, at: string): Promise<CompleteJobResult> {
   const row = (await q.completeJob.run(trx, completionValues(input, at))).rows[0];
   // Unchanged (a repeat): report the row as it stands.
+  return completeResult(row ? toJob(row) : await jobOrThrow(trx, input.jobId), row !== undefined);
+}
+
+/**
+ * fal's result for a job given up as `lost` whose request has closed
+ * (late-word.ts): completed at what fal billed, keeping the give-up's error
+ * code. No caller paid for it, and the code is what tells it from a
+ * completed job its settled request charged (reports.ts, unrecovered).
+ * Only a `lost` job changes.
+ */
+export async function completeLostJob(trx: Transaction<DB>, input: CompleteJobInput, at: string): Promise<CompleteJobResult> {
+  const v = completionValues(input, at);
+  const row = await trx
+    .updateTable('upstream_jobs')
+    .set({ images: v.images, pixels: v.pixels, units_estimate: v.unitsEstimate, units_fal: v.unitsFal, upstream_cost_micros: v.cost, cost_estimated: v.estimated, fal_other_ids: v.otherIds, error_code: GAVE_UP, fal_last_word: null, completed_at: v.at, status: 'completed' })
+    .where('id', '=', v.id)
+    .where('status', '=', 'lost')
+    .returningAll()
+    .executeTakeFirst();
   return completeResult(row ? toJob(row) : await jobOrThrow(trx, input.jobId), row !== undefined);
 }
 

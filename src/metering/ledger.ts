@@ -33,7 +33,7 @@ import { createSliceBook, foldOrphanSlices, type SliceBook } from './budget-slic
 import { reserve, type ReserveContext } from './ledger-reserve.js';
 import { adopt, markOrphaned, release, settle, type SliceEnd, type ReleaseInput, type ReleaseResult, type SettleInput, type SettleResult } from './ledger-requests.js';
 import { pgOpeningStatements, pgSettleStatement, settleJobsAlone } from './ledger-pg.js';
-import { closeJob, completeJob, recordStrays, recordSubmit, type CloseJobInput, type CompleteJobInput, type CompleteJobResult } from './ledger-jobs.js';
+import { closeJob, completeJob, completeLostJob, recordStrays, recordSubmit, type CloseJobInput, type CompleteJobInput, type CompleteJobResult } from './ledger-jobs.js';
 
 export { jobIdFor, strayIdFor, type CloseJobInput, type CompleteJobInput, type CompleteJobResult } from './ledger-jobs.js';
 export type { ReleaseInput, ReleaseResult, SettleInput, SettleOutboxEvent, SettleResult } from './ledger-requests.js';
@@ -82,6 +82,8 @@ export interface Ledger {
   /** Adds fal's id to a job row as soon as submit answers. Repeating it is a no-op. */
   recordSubmit(input: { jobId: string; falRequestId: string }): Promise<JobRecord>;
   completeJob(input: CompleteJobInput): Promise<CompleteJobResult>;
+  /** fal's late result for a job given up as `lost`, its request closed: completed, still marked given up, never charged (completeLostJob). */
+  completeLostJob(input: CompleteJobInput): Promise<CompleteJobResult>;
   /** An open job reaches a final state without images; a job already final is left as it is. */
   closeJob(input: CloseJobInput): Promise<{ changed: boolean; job: JobRecord }>;
   /**
@@ -194,6 +196,12 @@ export function createLedger(database: Database, options: LedgerOptions = {}): L
     completeJob: (input) =>
       write(async (trx) => {
         const out = await completeJob(trx, q, input, now());
+        if (out.changed) await q.refreshCost.run(trx, { requestId: out.job.requestId });
+        return out;
+      }),
+    completeLostJob: (input) =>
+      write(async (trx) => {
+        const out = await completeLostJob(trx, input, now());
         if (out.changed) await q.refreshCost.run(trx, { requestId: out.job.requestId });
         return out;
       }),

@@ -196,7 +196,8 @@ export function createReports(database: Database, options: ReportsOptions = {}):
         .selectFrom('upstream_jobs as j')
         .innerJoin('requests as r', 'r.id', 'j.request_id')
         .where('j.upstream_cost_micros', '>', 0n)
-        .where((eb) => eb.not(eb.and([eb('r.status', '=', 'settled'), eb('j.kind', '=', 'job'), eb('j.status', '=', 'completed')])));
+        // Charged: a job its settled request completed. One completed after it was given up (error code kept, late-word.ts) was not.
+        .where((eb) => eb.not(eb.and([eb('r.status', '=', 'settled'), eb('j.kind', '=', 'job'), eb('j.status', '=', 'completed'), eb('j.error_code', 'is', null)])));
       if (filter.from !== undefined) q = q.where('j.completed_at', '>=', toIsoTimestamp(filter.from));
       if (filter.to !== undefined) q = q.where('j.completed_at', '<', toIsoTimestamp(filter.to));
       if (filter.model !== undefined) q = q.where('r.model', '=', filter.model);

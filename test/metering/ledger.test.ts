@@ -254,6 +254,26 @@ describeEachDialect('ledger', (ctx: DialectContext) => {
       assert.deepEqual((await ledger.listLostJobs({ since: '2026-01-01T00:02:00.000Z', limit: 5 })).map((j) => j.id), [j2, j4]);
       assert.deepEqual(await ledger.listLostJobs({ since: '2026-01-01T00:05:00.000Z', limit: 5 }), []);
     });
+
+    it("completes a lost job at fal's word still marked given up, so its settled request's charge never covers it", async () => {
+      const database = await (await fresh()).open();
+      const ledger = createLedger(database);
+      const keyId = await keyWithBudget(database, null);
+      const requestId = uid('req');
+      await ledger.reserve({ ...reserveInput(keyId, 100n, requestId), model: 'm-late', jobs: 2 });
+      const [lost, paid] = [jobIdFor(requestId, 0), jobIdFor(requestId, 1)];
+      await ledger.closeJob({ jobId: lost, status: 'lost', upstreamCostMicros: 4n, costEstimated: true, errorCode: 'gave_up' });
+      await ledger.settleJobs({ jobs: [{ jobId: paid, images: 1, pixels: 1, unitsEstimate: '1', unitsFal: '1', upstreamCostMicros: 5n }], settle: { requestId, chargeMicros: 9n, credits: 1, images: 1 } });
+      const late = { jobId: lost, images: 1, pixels: 1, unitsEstimate: '1', unitsFal: '1', upstreamCostMicros: 6n };
+      assert.equal((await ledger.completeLostJob({ ...late, jobId: paid })).changed, false, 'only a lost job');
+      const out = await ledger.completeLostJob(late);
+      assert.deepEqual([out.changed, out.job.status, out.job.upstreamCostMicros, out.job.costEstimated, out.job.errorCode], [true, 'completed', 6n, false, 'gave_up']);
+      assert.equal((await ledger.completeLostJob(late)).changed, false, 'recorded once');
+      const row = await ledger.getRequest(requestId);
+      assert.deepEqual([row?.status, row?.chargeMicros, row?.images, row?.upstreamCostMicros], ['settled', 9n, 1, 11n]);
+      const unrecovered = await createReports(database).unrecovered({ keyId });
+      assert.deepEqual([unrecovered.totalMicros, unrecovered.jobs], [6n, 1], 'no caller paid for the late one');
+    });
   });
 
   describe('upstream jobs', () => {

@@ -1,0 +1,79 @@
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { startTestService, type TestService } from '../helpers/service.js';
+import { createLedger, jobIdFor } from '../../src/metering/ledger.js';
+import { parseMarkup, parseUsd } from '../../src/metering/money.js';
+import { createLateWord } from '../../src/metering/late-word.js';
+import { createReconciler } from '../../src/metering/reconcile.js';
+
+/**
+ * fal's late word on jobs given up as lost (src/metering/late-word.ts),
+ * through the real ledger, gateway and emulator: a job fal completes after
+ * its give-up costs what fal billed, and nobody is ever charged for it.
+ * Requests are reserved here, as the service would, with two jobs: one
+ * given up as lost while fal in fact completed it, the other completed.
+ * The service's own rounds are off (RECONCILE_INTERVAL_MS 0 after start-up).
+ */
+
+const MODEL = 'alibaba/z-image-turbo';
+
+describe('late word on jobs given up as lost', () => {
+  let t: TestService;
+  before(async () => {
+    t = await startTestService({ RECONCILE_INTERVAL_MS: '0' });
+  });
+  after(async () => {
+    await t.close();
+  });
+
+  const lateWord = () => createLateWord({ ledger: t.service.ledger, fal: t.service.fal, registry: t.service.registry, markup: parseMarkup('1'), logger: t.service.logger, now: Date.now });
+  const round = () => createReconciler({ ledger: t.service.ledger, fal: t.service.fal, registry: t.service.registry, markup: parseMarkup('1'), logger: t.service.logger }).run({ olderThanMs: 0 });
+
+  /** An open request of a key of its own whose caller left: job 0 given up as lost at a 4,000-micro estimate though fal completed it, job 1 completed at fal. */
+  async function openRequestWithLostJob(tag: string): Promise<{ requestId: string; keyId: string; lost: string; falLost: string }> {
+    const s = t.service;
+    const model = s.registry.lookup(MODEL)!;
+    const keyId = (await s.keys.create({ name: tag, budgetMicros: null })).record.id;
+    const ledger = createLedger(s.database);
+    const requestId = `req-${tag}`;
+    assert.deepEqual(await ledger.reserve({ requestId, keyId, model: MODEL, endpoint: model.endpoint, maxChargeMicros: 100_000n, jobs: 2, estimates: [4_000n, 4_000n] }), { ok: true });
+    const fal: string[] = [];
+    for (const i of [0, 1]) {
+      const { falRequestId } = await s.fal.submit(model.endpoint, { prompt: `${tag} ${i} a quiet harbour`, image_size: 'square' });
+      await ledger.recordSubmit({ jobId: jobIdFor(requestId, i), falRequestId });
+      await s.fal.waitForCompletion(model.endpoint, falRequestId);
+      fal.push(falRequestId);
+    }
+    const lost = jobIdFor(requestId, 0);
+    await ledger.closeJob({ jobId: lost, status: 'lost', upstreamCostMicros: 4_000n, costEstimated: true, errorCode: 'gave_up' });
+    return { requestId, keyId, lost, falLost: fal[0]! };
+  }
+
+  it('leaves a lost job alone while its request still holds, so the round that settles the request never charges for it', async () => {
+    const { requestId, lost } = await openRequestWithLostJob('late-open');
+    assert.deepEqual(await lateWord().run(), [], 'its request still holds: the lost job is not asked about');
+    assert.equal((await t.service.ledger.getRequest(requestId))?.jobs[0]?.status, 'lost');
+
+    // The round settles the request on its completed job, then (the request closed) records fal's word on the lost one.
+    const report = await round();
+    assert.ok(report.settled.includes(requestId), JSON.stringify(report));
+    assert.deepEqual(report.lateCompleted, [lost]);
+    const settled = (await t.service.ledger.getRequest(requestId))!;
+    assert.deepEqual([settled.status, settled.images, settled.jobs.map((j) => j.status)], ['settled', 1, ['completed', 'completed']], 'charged for the completed job only, never for the lost one');
+    assert.deepEqual(await lateWord().run(), [], 'recorded once');
+  });
+
+  it('a lost job of a settled request completed later stays unrecovered cost, at what fal billed', async () => {
+    const { requestId, keyId, lost, falLost } = await openRequestWithLostJob('late-settled');
+    assert.deepEqual(await t.service.reports.unrecovered({ keyId }), { totalMicros: 4_000n, estimatedMicros: 4_000n, jobs: 1, byModel: [{ model: MODEL, micros: 4_000n, estimatedMicros: 4_000n, jobs: 1 }] }, 'the lost job, at its estimate');
+    const report = await round();
+    assert.ok(report.settled.includes(requestId));
+    assert.deepEqual(report.lateCompleted, [lost]);
+    const billed = parseUsd(t.emulator.billing().find((b) => b.request_id === falLost)!.usd);
+    assert.notEqual(billed, 4_000n);
+    const row = (await t.service.ledger.getRequest(requestId))!;
+    assert.deepEqual([row.jobs[0]!.status, row.jobs[0]!.upstreamCostMicros, row.jobs[0]!.costEstimated, row.images], ['completed', billed, false, 1]);
+    const after = await t.service.reports.unrecovered({ keyId });
+    assert.deepEqual([after.totalMicros, after.estimatedMicros, after.jobs], [billed, 0n, 1], 'nobody paid for it: still unrecovered, now at fal’s cost');
+  });
+});
