@@ -61,9 +61,12 @@ export function migrations(dialect: DatabaseDialect): Record<string, Migration> 
  * where it is set (docs/LEDGER-COST.md). A request without a caller's label
  * and a job before fal has answered wrote a null entry that no reader looks
  * up and no uniqueness check compares (nulls are distinct). Both indexes are
- * rebuilt, holding writes to their table while they build. SQLite keeps the
- * jobs' fal id as its table's UNIQUE constraint, which it cannot drop
- * without rebuilding the table.
+ * rebuilt in the migration's transaction, which holds their tables until it
+ * commits (on PostgreSQL reads too: dropping an index locks its table
+ * exclusively). SQLite keeps the jobs' fal id as its table's UNIQUE
+ * constraint, which it cannot drop without rebuilding the table. Reservation
+ * inserts must repeat the predicate (`labelTaken`), so code older than this
+ * migration fails every reservation once it has run (docs/OPERATIONS.md).
  */
 async function uniqueWhenSet(db: Kysely<any>, dialect: DatabaseDialect): Promise<void> {
   await db.schema.dropIndex('requests_key_client_id').execute();
