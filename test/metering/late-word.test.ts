@@ -1,5 +1,6 @@
-import { describe, it, before, after } from 'node:test';
+import { it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { describeEachDialect, serviceEnv } from '../helpers/databases.js';
 import { startTestService, type TestService } from '../helpers/service.js';
 import { createLedger, jobIdFor } from '../../src/metering/ledger.js';
 import { parseMarkup, parseUsd } from '../../src/metering/money.js';
@@ -13,14 +14,15 @@ import { createReconciler } from '../../src/metering/reconcile.js';
  * Requests are reserved here, as the service would, with two jobs: one
  * given up as lost while fal in fact completed it, the other completed.
  * The service's own rounds are off (RECONCILE_INTERVAL_MS 0 after start-up).
+ * On both databases.
  */
 
 const MODEL = 'alibaba/z-image-turbo';
 
-describe('late word on jobs given up as lost', () => {
+describeEachDialect('late word on jobs given up as lost', ({ fresh }) => {
   let t: TestService;
   before(async () => {
-    t = await startTestService({ RECONCILE_INTERVAL_MS: '0' });
+    t = await startTestService({ ...(await serviceEnv(await fresh())), RECONCILE_INTERVAL_MS: '0' });
   });
   after(async () => {
     await t.close();
