@@ -6,6 +6,7 @@
  */
 import { Migrator, sql, type Kysely, type Migration, type MigrationProvider } from 'kysely';
 import type { DatabaseDialect } from './database.js';
+import { labelIndexFull, lostJobsIndex, uniqueWhenSet } from './migrations-indexes.js';
 import { addBudgetSlices, addClientRequestId } from './migrations-per-key.js';
 
 export function migrations(dialect: DatabaseDialect): Record<string, Migration> {
@@ -49,40 +50,15 @@ export function migrations(dialect: DatabaseDialect): Record<string, Migration> 
     },
     '0008_lost_jobs': {
       async up(db: Kysely<any>) {
-        // Jobs given up as lost, in the order they were: what reconciliation asks fal about again (src/metering/late-word.ts).
-        await db.schema.createIndex('upstream_jobs_lost').on('upstream_jobs').columns(['completed_at', 'id']).where(sql.ref('status'), '=', 'lost').execute();
+        await lostJobsIndex(db);
+      },
+    },
+    '0009_label_index_full': {
+      async up(db: Kysely<any>) {
+        await labelIndexFull(db);
       },
     },
   };
-}
-
-/**
- * 0007: a unique index of a column that is usually null holds only the rows
- * where it is set (docs/LEDGER-COST.md). A request without a caller's label
- * and a job before fal has answered wrote a null entry that no reader looks
- * up and no uniqueness check compares (nulls are distinct). Both indexes are
- * rebuilt in the migration's transaction, which holds their tables until it
- * commits (on PostgreSQL reads too: dropping an index locks its table
- * exclusively). SQLite keeps the jobs' fal id as its table's UNIQUE
- * constraint, which it cannot drop without rebuilding the table. Reservation
- * inserts must repeat the predicate (`labelTaken`), so code older than this
- * migration fails every reservation once it has run (docs/OPERATIONS.md).
- */
-async function uniqueWhenSet(db: Kysely<any>, dialect: DatabaseDialect): Promise<void> {
-  await db.schema.dropIndex('requests_key_client_id').execute();
-  await db.schema
-    .createIndex('requests_key_client_id')
-    .on('requests')
-    .columns(['key_id', 'client_request_id'])
-    .unique()
-    .where(sql.ref('client_request_id'), 'is not', null)
-    .execute();
-  if (dialect !== 'postgres') return;
-  const constraint = await sql<{ name: string }>`select c.conname as name from pg_constraint c
-    join pg_attribute a on a.attrelid = c.conrelid and a.attnum = any(c.conkey)
-    where c.conrelid = 'upstream_jobs'::regclass and c.contype = 'u' and a.attname = 'fal_request_id' and cardinality(c.conkey) = 1`.execute(db);
-  for (const { name } of constraint.rows) await sql`alter table upstream_jobs drop constraint ${sql.id(name)}`.execute(db);
-  await db.schema.createIndex('upstream_jobs_fal_request_id').on('upstream_jobs').column('fal_request_id').unique().where(sql.ref('fal_request_id'), 'is not', null).execute();
 }
 
 /** 0001, first half: the tables a reservation touches. */

@@ -109,14 +109,14 @@ describeEachDialect('migrations', ({ dialect, fresh, open }) => {
     assert.equal(typeof row.budget_micros, 'bigint');
   });
 
-  it('0007: the unique indexes of usually-null columns hold only rows where they are set, and still refuse a duplicate', async () => {
+  it('0007 to 0009: the jobs’ fal id index holds only set ids; the label index stays full, which reservations of older and current code both name', async () => {
     const database = await open();
     const defs =
       dialect === 'postgres'
         ? (await sql<{ name: string; def: string }>`select indexname as name, indexdef as def from pg_indexes where schemaname = current_schema() and indexname in ('requests_key_client_id', 'upstream_jobs_fal_request_id')`.execute(database.db)).rows
         : (await sql<{ name: string; def: string }>`select name, sql as def from sqlite_master where type = 'index' and name = 'requests_key_client_id'`.execute(database.db)).rows;
     const byName = new Map(defs.map((d) => [d.name, d.def.toLowerCase().replace(/[()"]/g, '')]));
-    assert.match(byName.get('requests_key_client_id') ?? '', /unique index .*where client_request_id is not null/);
+    assert.match(byName.get('requests_key_client_id') ?? '', /unique index .*key_id, client_request_id$/, 'full: no predicate');
     if (dialect === 'postgres') {
       assert.match(byName.get('upstream_jobs_fal_request_id') ?? '', /unique index .*where fal_request_id is not null/);
       const constraints = await sql<{ n: bigint }>`select count(*) as n from pg_constraint where conrelid = 'upstream_jobs'::regclass and contype = 'u'`.execute(database.db);
@@ -128,6 +128,12 @@ describeEachDialect('migrations', ({ dialect, fresh, open }) => {
     const row = (id: string, label: string | null) => ({ id, client_request_id: label, key_id: key, model: 'm', endpoint: 'e', end_user: null, status: 'reserved' as const, reserved_micros: 1n, idempotency_key: null, created_at: at });
     await database.db.insertInto('requests').values([row(`${key}-a`, null), row(`${key}-b`, null), row(`${key}-c`, 'label')]).execute();
     await assert.rejects(database.db.insertInto('requests').values(row(`${key}-d`, 'label')).execute(), /unique|UNIQUE/);
+    // A reused label inserts nothing under either conflict target: code older than 0007 names the index without the predicate.
+    for (const target of [sql`(key_id, client_request_id)`, sql`(key_id, client_request_id) where client_request_id is not null`]) {
+      const r = await sql`insert into requests (id, client_request_id, key_id, model, endpoint, status, reserved_micros, created_at)
+        values (${`${key}-e`}, 'label', ${key}, 'm', 'e', 'reserved', 1, ${at}) on conflict ${target} do nothing`.execute(database.db);
+      assert.equal(Number(r.numAffectedRows ?? 0n), 0);
+    }
     const job = (id: string, fal: string | null) => ({ id, request_id: `${key}-a`, endpoint: 'e', status: 'submitting' as const, fal_request_id: fal, created_at: at });
     await database.db.insertInto('upstream_jobs').values([job(`${key}-a/0`, null), job(`${key}-a/1`, null), job(`${key}-a/2`, 'fal-1')]).execute();
     await assert.rejects(database.db.insertInto('upstream_jobs').values(job(`${key}-a/3`, 'fal-1')).execute(), /unique|UNIQUE/);
