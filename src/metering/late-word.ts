@@ -14,7 +14,10 @@
  *
  * The page moves on from round to round (a cursor in this process, wrapping
  * around), so a backlog of lost jobs costs each round at most `perRound`
- * looks. Rounds of several processes may look at the same job; recording a
+ * looks, and at most `budgetMs` of waiting for fal: rounds run one at a
+ * time, and a fal that hangs must not hold up the settlement of open
+ * requests in the next one. A look the budget cuts short changes nothing;
+ * the next round starts from that job. Rounds of several processes may look at the same job; recording a
  * completion twice changes nothing the second time.
  */
 import type { Logger } from 'pino';
@@ -30,6 +33,8 @@ import { completions, decodePricing } from './settlement.js';
 export const LATE_WORD_WATCH_MS = 24 * 60 * 60_000;
 /** Lost jobs looked at per round. */
 export const LATE_WORD_PER_ROUND = 20;
+/** How long a round's page may wait for fal in all. */
+export const LATE_WORD_BUDGET_MS = 10_000;
 
 export interface LateWordDeps {
   ledger: Ledger;
@@ -40,6 +45,7 @@ export interface LateWordDeps {
   now: () => number;
   watchMs?: number | undefined;
   perRound?: number | undefined;
+  budgetMs?: number | undefined;
 }
 
 export interface LateWord {
@@ -52,31 +58,38 @@ export function createLateWord(deps: LateWordDeps): LateWord {
   return {
     async run() {
       const since = new Date(deps.now() - (deps.watchMs ?? LATE_WORD_WATCH_MS)).toISOString();
-      const jobs = await deps.ledger.listLostJobs({ since, after, limit: deps.perRound ?? LATE_WORD_PER_ROUND });
-      // A short page was the end of the list: the next round starts over.
-      const last = jobs.at(-1);
-      after = last && jobs.length === (deps.perRound ?? LATE_WORD_PER_ROUND) ? { at: last.completedAt ?? since, id: last.id } : undefined;
+      const limit = deps.perRound ?? LATE_WORD_PER_ROUND;
+      const jobs = await deps.ledger.listLostJobs({ since, after, limit });
+      const budget = AbortSignal.timeout(deps.budgetMs ?? LATE_WORD_BUDGET_MS);
       const completed: string[] = [];
+      let looked = 0;
       for (const job of jobs) {
+        if (budget.aborted) break;
         try {
-          if (await lookAgain(deps, job)) completed.push(job.id);
+          if (await lookAgain(deps, job, budget)) completed.push(job.id);
         } catch (err) {
           deps.logger.warn({ err, job_id: job.id, fal_request_id: job.falRequestId }, 'reconcile: could not ask fal again about a lost job');
         }
+        // A look the budget cut short is taken again next round.
+        if (!budget.aborted) looked++;
       }
+      // The next round goes on after the last job looked at; after a whole short page (the end of the list), from the start.
+      const last = looked > 0 ? jobs[looked - 1] : undefined;
+      if (looked < jobs.length) after = last ? { at: last.completedAt ?? since, id: last.id } : after;
+      else after = last && jobs.length === limit ? { at: last.completedAt ?? since, id: last.id } : undefined;
       return completed;
     },
   };
 }
 
-async function lookAgain(deps: LateWordDeps, job: Awaited<ReturnType<Ledger['listLostJobs']>>[number]): Promise<boolean> {
+async function lookAgain(deps: LateWordDeps, job: Awaited<ReturnType<Ledger['listLostJobs']>>[number], budget: AbortSignal): Promise<boolean> {
   const request = await deps.ledger.getRequest(job.requestId);
   // A request still holding is settled by reconciliation on the jobs that completed: this one, completed now, would be charged. Closed, it never reopens.
   if (!request || HOLDING.includes(request.status)) return false;
   const model = deps.registry.forEndpoint(request.model, request.endpoint);
   if (!model) return false;
-  const seen = await lookAtFal(deps, job);
-  if (!seen.completed) return false;
+  const seen = await lookAtFal(deps, job, budget);
+  if (!seen.completed || budget.aborted) return false;
   const [input] = completions(model, decodePricing(request.pricing, deps.markup), [seen.completed]);
   const out = await deps.ledger.completeLostJob(input!);
   if (out.changed) {

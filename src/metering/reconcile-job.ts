@@ -32,14 +32,16 @@ export interface Look {
   completed?: CompletedJob;
 }
 
-export async function lookAtFal(deps: JobLookDeps, job: JobRecord): Promise<Look> {
+/** `within`, when given, also ends the look (a caller's own time budget). */
+export async function lookAtFal(deps: JobLookDeps, job: JobRecord, within?: AbortSignal): Promise<Look> {
   const id = job.falRequestId!;
+  const bound = (ms: number) => (within ? AbortSignal.any([AbortSignal.timeout(ms), within]) : AbortSignal.timeout(ms));
   let failed: { errorType?: string } | undefined;
   try {
-    const st = await deps.fal.status(job.endpoint, id, { signal: AbortSignal.timeout(STATUS_TIMEOUT_MS) });
+    const st = await deps.fal.status(job.endpoint, id, { signal: bound(STATUS_TIMEOUT_MS) });
     if (st.status !== 'COMPLETED') return { look: { seen: 'waiting', status: st.status } };
     failed = st.failed;
-    const r = await deps.fal.result(job.endpoint, id, { signal: AbortSignal.timeout(RESULT_TIMEOUT_MS) });
+    const r = await deps.fal.result(job.endpoint, id, { signal: bound(RESULT_TIMEOUT_MS) });
     const completed = { jobId: job.id, falRequestId: id, otherFalId: r.otherFalId, images: r.output.images.map((i) => ({ width: i.width, height: i.height })), billableUnits: r.billableUnits };
     return { look: { seen: 'completed' }, completed };
   } catch (err) {

@@ -79,3 +79,34 @@ describeEachDialect('late word on jobs given up as lost', ({ fresh }) => {
     assert.deepEqual([after.totalMicros, after.estimatedMicros, after.jobs], [billed, 0n, 1], 'nobody paid for it: still unrecovered, now at fal’s cost');
   });
 });
+
+it('stops asking once the round’s budget for fal is spent, and the next round starts from the job it was asking about', async () => {
+  const lost = ['r1/0', 'r2/0', 'r3/0'].map((id, i) => ({ id, requestId: id.split('/')[0]!, falRequestId: `fal-${id}`, endpoint: 'e', completedAt: `2026-01-01T00:0${i}:00.000Z`, upstreamCostMicros: 4_000n }));
+  const asked: Array<{ after?: { at: string; id: string } | undefined }> = [];
+  const ledger = {
+    listLostJobs: async (o: { after?: { at: string; id: string } }) => {
+      asked.push({ after: o.after });
+      return lost.filter((j) => !o.after || j.id > o.after.id);
+    },
+    getRequest: async () => ({ status: 'failed', model: MODEL, endpoint: 'e', pricing: null }),
+    completeLostJob: async () => assert.fail('nothing completed'),
+  };
+  // fal answers r1 at once and never answers r2 until the call is cut.
+  const fal = {
+    status: (_e: string, id: string, o: { signal: AbortSignal }) =>
+      id === 'fal-r2/0' ? new Promise((_, reject) => o.signal.addEventListener('abort', () => reject(new Error('cut')), { once: true })) : Promise.resolve({ status: 'IN_PROGRESS' }),
+  };
+  const warnings: string[] = [];
+  const logger = { warn: (_o: unknown, msg: string) => warnings.push(msg) };
+  const word = createLateWord({ ledger, fal, registry: { forEndpoint: () => ({}) }, markup: parseMarkup('1'), logger, now: Date.now, budgetMs: 200 } as unknown as Parameters<typeof createLateWord>[0]);
+  // The budget's timer does not hold the event loop open (AbortSignal.timeout); a server would.
+  const open = setInterval(() => {}, 1_000);
+  try {
+    assert.deepEqual(await word.run(), [], 'r2 hangs until the budget cuts it; r3 is not asked about');
+    assert.deepEqual(await word.run(), []);
+  } finally {
+    clearInterval(open);
+  }
+  assert.deepEqual(asked.map((a) => a.after?.id), [undefined, 'r1/0'], 'the second round starts after r1, from r2');
+  assert.equal(warnings.length, 0, 'a look cut by the budget is not an error to report');
+});
