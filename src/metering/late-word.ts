@@ -23,7 +23,7 @@
 import type { Logger } from 'pino';
 import type { FalGateway } from '../fal/gateway.js';
 import type { ModelRegistry } from '../models/registry.js';
-import type { Ledger } from './ledger.js';
+import type { JobRecord, Ledger } from './ledger.js';
 import type { Markup } from './money.js';
 import { HOLDING } from './ledger-statements.js';
 import { lookAtFal } from './reconcile-job.js';
@@ -73,16 +73,16 @@ export function createLateWord(deps: LateWordDeps): LateWord {
         // A look the budget cut short is taken again next round.
         if (!budget.aborted) looked++;
       }
-      // The next round goes on after the last job looked at; after a whole short page (the end of the list), from the start.
-      const last = looked > 0 ? jobs[looked - 1] : undefined;
-      if (looked < jobs.length) after = last ? { at: last.completedAt ?? since, id: last.id } : after;
-      else after = last && jobs.length === limit ? { at: last.completedAt ?? since, id: last.id } : undefined;
+      // The next round goes on after the last job looked at, or starts over once a short page was looked at whole (the end of the list).
+      const last = jobs[looked - 1];
+      if (looked === jobs.length && jobs.length < limit) after = undefined;
+      else if (last) after = { at: last.completedAt ?? since, id: last.id };
       return completed;
     },
   };
 }
 
-async function lookAgain(deps: LateWordDeps, job: Awaited<ReturnType<Ledger['listLostJobs']>>[number], budget: AbortSignal): Promise<boolean> {
+async function lookAgain(deps: LateWordDeps, job: JobRecord, budget: AbortSignal): Promise<boolean> {
   const request = await deps.ledger.getRequest(job.requestId);
   // A request still holding is settled by reconciliation on the jobs that completed: this one, completed now, would be charged. Closed, it never reopens.
   if (!request || HOLDING.includes(request.status)) return false;

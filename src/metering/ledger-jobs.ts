@@ -7,7 +7,7 @@
 import type { Kysely, Transaction } from 'kysely';
 import { OPEN_JOB, type DB } from '../db/schema.js';
 import { toBigInt, toNumber } from '../db/values.js';
-import type { LedgerStatements } from './ledger-statements.js';
+import { completedRow, type LedgerStatements } from './ledger-statements.js';
 import { canonicalDecimal } from './money.js';
 import { jobOrThrow, toJob, type JobRecord } from './records.js';
 import { strayIdFor } from './job-ids.js';
@@ -110,7 +110,7 @@ export async function completeLostJob(trx: Transaction<DB>, input: CompleteJobIn
   const v = completionValues(input, at);
   const row = await trx
     .updateTable('upstream_jobs')
-    .set({ images: v.images, pixels: v.pixels, units_estimate: v.unitsEstimate, units_fal: v.unitsFal, upstream_cost_micros: v.cost, cost_estimated: v.estimated, fal_other_ids: v.otherIds, error_code: GAVE_UP, fal_last_word: null, completed_at: v.at, status: 'completed' })
+    .set(completedRow(v, GAVE_UP))
     .where('id', '=', v.id)
     .where('status', '=', 'lost')
     .returningAll()

@@ -32,7 +32,7 @@ export function ownedBy<Q extends { where: (...args: any[]) => Q }>(q: Q, ownLea
 }
 
 
-type JobValues = { images: number; pixels: number; unitsEstimate: string; unitsFal: string | null; cost: bigint; estimated: number; at: string; id: string; otherIds: string | null };
+export type JobValues = { images: number; pixels: number; unitsEstimate: string; unitsFal: string | null; cost: bigint; estimated: number; at: string; id: string; otherIds: string | null };
 type SettleValues = { requestId: string; charge: bigint; credits: bigint; images: number; at: string };
 
 const REQUEST_VALUE_COLUMNS = ['id', 'client_request_id', 'model', 'endpoint', 'end_user', 'pricing_json', 'status', 'reserved_micros', 'idempotency_key', 'created_at', 'lease_id'] as const;
@@ -56,16 +56,17 @@ function requestValues(p: Insertable<RequestsTable>) {
 
 export type SlicedValues = Insertable<RequestsTable> & { slice_id: string };
 
-/** The request row of a key without a budget, written only while the key exists and has none. */
 /**
  * The conflict target of every reservation insert: the per-key label's
- * unique index, which holds labelled rows only (migration 0007), so the
- * target repeats its predicate. A label the key already used inserts
- * nothing (and returns no row); any other conflict (our own id) still fails
- * the statement.
+ * unique index. It names `WHERE client_request_id IS NOT NULL`, which the
+ * full index (migration 0009) satisfies and a partial one would too, so the
+ * index can become partial once no process older than 0007 is left. A label
+ * the key already used inserts nothing (and returns no row); any other
+ * conflict (our own id) still fails the statement.
  */
 const labelTaken = (oc: OnConflictBuilder<DB, 'requests'>) => oc.columns(['key_id', 'client_request_id']).where('client_request_id', 'is not', null).doNothing();
 
+/** The request row of a key without a budget, written only while the key exists and has none. */
 export function unfundedInsert(q: Pick<Kysely<DB>, 'insertInto'>, p: Insertable<RequestsTable>) {
   return (
     q
@@ -168,6 +169,23 @@ function jobsCost(eb: ExpressionBuilder<DB, 'requests'>, requestId: string) {
   return eb.selectFrom('upstream_jobs').select(sql<bigint>`coalesce(sum(upstream_cost_micros), 0)`.as('cost')).where('upstream_jobs.request_id', '=', requestId);
 }
 
+/** A job row as fal's result completes it; `errorCode` is kept only on a job given up before (completeLostJob). */
+export function completedRow(p: JobValues, errorCode: string | null) {
+  return {
+    images: p.images,
+    pixels: p.pixels,
+    units_estimate: p.unitsEstimate,
+    units_fal: p.unitsFal,
+    upstream_cost_micros: p.cost,
+    cost_estimated: p.estimated,
+    fal_other_ids: p.otherIds,
+    error_code: errorCode,
+    fal_last_word: null,
+    completed_at: p.at,
+    status: 'completed' as const,
+  };
+}
+
 /** completeJob and settle (settleJobs is both). */
 function closingStatements(ownLeaseId: string | undefined) {
   return {
@@ -176,19 +194,7 @@ function closingStatements(ownLeaseId: string | undefined) {
     completeJob: prepared((q: Kysely<DB>, p: JobValues) =>
       q
         .updateTable('upstream_jobs')
-        .set({
-          images: p.images,
-          pixels: p.pixels,
-          units_estimate: p.unitsEstimate,
-          units_fal: p.unitsFal,
-          upstream_cost_micros: p.cost,
-          cost_estimated: p.estimated,
-          fal_other_ids: p.otherIds,
-          error_code: null,
-          fal_last_word: null,
-          completed_at: p.at,
-          status: 'completed',
-        })
+        .set(completedRow(p, null))
         .where('id', '=', p.id)
         .where('status', 'in', COMPLETABLE)
         .returning(JOB_COLUMNS),

@@ -184,6 +184,13 @@ export function createLedger(database: Database, options: LedgerOptions = {}): L
     for (const e of ended) slices?.ended(e.sliceId, e.hold, e.charge);
     return out;
   };
+  // A job write that changed its row refreshes its request's upstream cost in the same transaction.
+  const costRefreshed = <T extends { changed: boolean; job: JobRecord }>(work: (trx: Transaction<DB>) => Promise<T>): Promise<T> =>
+    write(async (trx) => {
+      const out = await work(trx);
+      if (out.changed) await q.refreshCost.run(trx, { requestId: out.job.requestId });
+      return out;
+    });
   const pgq = database.dialect === 'postgres' ? pgOpeningStatements() : undefined;
   const pgSettle = database.dialect === 'postgres' ? pgSettleStatement(own) : undefined;
   const reserving: ReserveContext = { db, q, pg: pgq, now, leaseId: options.leaseId ?? null, slices, budgeted: new Set() };
@@ -193,24 +200,9 @@ export function createLedger(database: Database, options: LedgerOptions = {}): L
     returnSlices: (scope) => foldOrphanSlices(db, { live: scope.live, ownLeaseId: scope.ownLeaseId, book: slices }),
     reserve: (input) => reserve(reserving, input),
     recordSubmit: (input) => recordSubmit(db, q, input),
-    completeJob: (input) =>
-      write(async (trx) => {
-        const out = await completeJob(trx, q, input, now());
-        if (out.changed) await q.refreshCost.run(trx, { requestId: out.job.requestId });
-        return out;
-      }),
-    completeLostJob: (input) =>
-      write(async (trx) => {
-        const out = await completeLostJob(trx, input, now());
-        if (out.changed) await q.refreshCost.run(trx, { requestId: out.job.requestId });
-        return out;
-      }),
-    closeJob: (input) =>
-      write(async (trx) => {
-        const out = await closeJob(trx, input, now());
-        if (out.changed) await q.refreshCost.run(trx, { requestId: out.job.requestId });
-        return out;
-      }),
+    completeJob: (input) => costRefreshed((trx) => completeJob(trx, q, input, now())),
+    completeLostJob: (input) => costRefreshed((trx) => completeLostJob(trx, input, now())),
+    closeJob: (input) => costRefreshed((trx) => closeJob(trx, input, now())),
     recordStrays: (input) => write((trx) => recordStrays(trx, input, now())),
     settle: (input) => writeEnding((trx, ended) => settle(trx, q, input, now(), clock, ended)),
     // One transaction for the whole close of a request: the jobs' rows and
