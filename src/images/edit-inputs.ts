@@ -61,7 +61,11 @@ export async function prepareEdit(deps: EditInputsDeps, input: EditInput, opts: 
   const kind: EditKind = mask || hasUrl('mask_url') ? 'inpaint' : 'image_to_image';
   refuseModelFirst(deps.registry, body, kind, opts);
   if (image && hasUrl('image_url')) throw invalidRequest('Send the image either as the file image or as image_url, not both.', 'image');
-  if (!image && !hasUrl('image_url')) throw invalidRequest('image is required: the image to edit, as a file (multipart) or as image_url (JSON).', 'image');
+  // The error names the field the caller sent: image_url sent as null is theirs to correct, not a missing file.
+  if (!image && !hasUrl('image_url')) {
+    const sentNull = Object.hasOwn(body, 'image_url');
+    throw invalidRequest(`image is required: the image to edit, as a file (multipart) or as image_url (JSON)${sentNull ? '; image_url was null' : ''}.`, sentNull ? 'image_url' : 'image');
+  }
   if (mask && hasUrl('mask_url')) throw invalidRequest('Send the mask either as the file mask or as mask_url, not both.', 'mask');
 
   const imageInfo = image ? await inspect(image, 'image') : undefined;

@@ -56,6 +56,7 @@ describe('POST /v1/images/edits refuses bad input before fal sees anything', () 
     ['a URL to a loopback address', async () => ({ model: 'alibaba/z-image-turbo', prompt: 'x', image_url: 'https://127.0.0.1/cat.png' }), 400, 'image_url'],
     ['a URL whose name resolves to loopback', async () => ({ model: 'alibaba/z-image-turbo', prompt: 'x', image_url: 'https://localhost/cat.png' }), 400, 'image_url'],
     ['a URL to the metadata service', async () => ({ model: 'alibaba/z-image-turbo', prompt: 'x', image_url: 'https://169.254.169.254/latest' }), 400, 'image_url'],
+    ['image_url sent as null', async () => ({ model: 'alibaba/z-image-turbo', prompt: 'x', image_url: null }), 400, 'image_url'],
     ['a plain http URL', async () => ({ model: 'alibaba/z-image-turbo', prompt: 'x', image_url: 'http://example.com/cat.png' }), 400, 'image_url'],
     ['a mask URL to a private address', async () => ({ model: 'alibaba/z-image-turbo', prompt: 'x', image_url: 'https://93.184.215.14/a.png', mask_url: 'https://10.0.0.8/m.png' }), 400, 'mask_url'],
     ['an image both as a file and as image_url', async () => [...base, ['image_url', 'https://93.184.215.14/a.png'], ['image', await png()]], 400, 'image'],
