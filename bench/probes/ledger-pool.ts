@@ -34,8 +34,12 @@ const { values } = parseArgs({
     'database-url': { type: 'string', default: 'postgres://postgres@127.0.0.1:5432/test' },
   },
 });
-/** `P` or `P:async` (synchronous_commit off on the variant's connections, to size what commits cost). */
-const specs = values.pools.split(',').map((v) => ({ label: v, pool: Number(v.split(':')[0]), async: v.includes(':async'), ordered: v.includes(':ordered') }));
+/**
+ * `P`, `P:async` (synchronous_commit off on the variant's connections, to
+ * size what commits cost) or `P:solo` (each write its own statement: no
+ * group commit, src/metering/group-commit.ts).
+ */
+const specs = values.pools.split(',').map((v) => ({ label: v, pool: Number(v.split(':')[0]), async: v.includes(':async'), ordered: v.includes(':ordered'), solo: v.includes(':solo') }));
 const replicas = Number(values.replicas);
 const concurrency = Number(values.concurrency);
 const rounds = Number(values.rounds);
@@ -62,7 +66,7 @@ async function openVariant(spec: (typeof specs)[number], keyId: () => Promise<st
       : await createDatabase({ databaseUrl: url, dataDir: '/tmp', schema, poolSize: spec.pool });
     const lease = await createLeaseStore(database).acquire({ id: `pool-${spec.label}-${i}-${process.pid}`, host: 'probe', pid: process.pid, expiryMs: 3_600_000 });
     databases.push(database);
-    ledgers.push(createLedger(database, { leaseId: lease.id }));
+    ledgers.push(createLedger(database, { leaseId: lease.id, ...(spec.solo ? { groupCommit: false as const } : {}) }));
   }
   return { label: spec.label, newId: spec.ordered ? orderedId : randomId, ledgers, databases, keyId: await keyId() };
 }

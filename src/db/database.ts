@@ -54,6 +54,8 @@ export interface DatabaseOptions {
 
 export interface Database {
   readonly db: Kysely<DB>;
+  /** PostgreSQL: the connections of the ledger's grouped writes (openPostgres); undefined on SQLite. */
+  readonly writes: Kysely<DB> | undefined;
   readonly dialect: DatabaseDialect;
   /** The PostgreSQL schema in use (undefined for SQLite). */
   readonly schema: string | undefined;
@@ -120,9 +122,44 @@ async function openPostgres(url: string, options: DatabaseOptions): Promise<Data
   }
   if (schema !== undefined) await createSchemaIfMissing(url, schema);
 
+  const pool = openPool(url, schema, options, { max: options.poolSize ?? 10 });
+  // The ledger's grouped writes (src/metering/group-commit.ts) have
+  // connections of their own, one per kind of write, on which every named
+  // statement keeps its generic plan: those statements are written for one
+  // (src/metering/ledger-pg.ts, "Plans"), and PostgreSQL would otherwise
+  // plan them anew on every run. Other queries keep the server's default.
+  // Each connection is replaced after GROUPED_WRITE_PLAN_SECONDS, so a plan
+  // made while the tables were nearly empty (a new database) is made again
+  // once they hold rows, with or without autovacuum.
+  const writePool = openPool(url, schema, options, { max: GROUPED_WRITE_CONNECTIONS, maxLifetimeSeconds: GROUPED_WRITE_PLAN_SECONDS }, 'set plan_cache_mode = force_generic_plan');
+  const dialect: Dialect = new PostgresDialect({ pool });
+  const db = new Kysely<DB>({ dialect });
+  const writes = new Kysely<DB>({ dialect: new PostgresDialect({ pool: writePool }) });
+  let effectiveSchema = schema;
+  if (effectiveSchema === undefined) {
+    try {
+      const result = await sql<{ schema: string }>`select current_schema() as schema`.execute(db);
+      effectiveSchema = result.rows[0]?.schema ?? 'public';
+    } catch (error) {
+      await db.destroy().catch(() => {});
+      await writes.destroy().catch(() => {});
+      throw new Error(`PostgreSQL not reachable at ${redactDatabaseUrl(url)}: ${(error as Error).message}`, {
+        cause: error,
+      });
+    }
+  }
+  return wrap(db, 'postgres', effectiveSchema, writes);
+}
+
+/** Connections of the ledger's grouped writes: one for each kind (reserve without a budget, reserve from a slice, recordSubmit, settle). */
+export const GROUPED_WRITE_CONNECTIONS = 4;
+/** How long a connection of the grouped writes keeps its plans (openPostgres). */
+export const GROUPED_WRITE_PLAN_SECONDS = 60;
+
+function openPool(url: string, schema: string | undefined, options: DatabaseOptions, size: { max: number; maxLifetimeSeconds?: number }, setup?: string): pg.Pool {
   const pool = new pg.Pool({
     connectionString: url,
-    max: options.poolSize ?? 10,
+    ...size,
     connectionTimeoutMillis: options.connectTimeoutMs ?? 5000,
     // A startup parameter rather than a SET after connect: it applies before
     // the pool hands the connection to anyone, with no extra round trip.
@@ -145,23 +182,12 @@ async function openPostgres(url: string, options: DatabaseOptions): Promise<Data
   pool.on('connect', (client) => {
     client.on('error', (error) => options.logger?.warn({ err: error }, 'PostgreSQL connection lost while in use'));
     sendPreparedByName(client);
+    // Queued on the client before anything the pool hands it out for. A
+    // session setting, not a startup option: a URL's own `options` would
+    // replace that.
+    if (setup !== undefined) client.query(setup).catch((error: unknown) => options.logger?.warn({ err: error, setup }, 'PostgreSQL connection setting failed'));
   });
-
-  const dialect: Dialect = new PostgresDialect({ pool });
-  const db = new Kysely<DB>({ dialect });
-  let effectiveSchema = schema;
-  if (effectiveSchema === undefined) {
-    try {
-      const result = await sql<{ schema: string }>`select current_schema() as schema`.execute(db);
-      effectiveSchema = result.rows[0]?.schema ?? 'public';
-    } catch (error) {
-      await db.destroy().catch(() => {});
-      throw new Error(`PostgreSQL not reachable at ${redactDatabaseUrl(url)}: ${(error as Error).message}`, {
-        cause: error,
-      });
-    }
-  }
-  return wrap(db, 'postgres', effectiveSchema);
+  return pool;
 }
 
 /**
@@ -200,10 +226,11 @@ async function createSchemaIfMissing(url: string, schema: string): Promise<void>
   }
 }
 
-function wrap(db: Kysely<DB>, dialect: DatabaseDialect, schema: string | undefined): Database {
+function wrap(db: Kysely<DB>, dialect: DatabaseDialect, schema: string | undefined, writes?: Kysely<DB>): Database {
   let closed: Promise<void> | undefined;
   return {
     db,
+    writes,
     dialect,
     schema,
     async ping() {
@@ -213,7 +240,7 @@ function wrap(db: Kysely<DB>, dialect: DatabaseDialect, schema: string | undefin
       return migrateToLatest(db, dialect, schema !== undefined ? { schema } : {});
     },
     close() {
-      closed ??= db.destroy();
+      closed ??= Promise.all([db.destroy(), writes?.destroy()]).then(() => {});
       return closed;
     },
   };

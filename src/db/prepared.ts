@@ -56,6 +56,8 @@ class Slot {
 export interface Prepared<D, P, R> {
   /** Runs on `executor`: the database itself or a transaction of it (same dialect as the first run). */
   run(executor: Kysely<D>, params: P): Promise<QueryResult<R>>;
+  /** The statement's text for `executor`'s dialect: what tests EXPLAIN. */
+  text(executor: Kysely<D>): string;
 }
 
 /**
@@ -67,7 +69,7 @@ export function prepared<D, P extends Record<string, unknown>, R>(build: (db: Ky
   /** For each compiled parameter: the name of the value it takes, or undefined for a constant. */
   let slots: Array<string | undefined> = [];
   let constants: unknown[] = [];
-  const bind = (executor: Kysely<D>, params: P): CompiledQuery<R> => {
+  const compile = (executor: Kysely<D>): CompiledQuery<R> => {
     if (compiled === undefined) {
       const stand = new Proxy({} as P, { get: (_t, key) => new Slot(String(key)) });
       compiled = build(executor, stand).compile();
@@ -76,6 +78,10 @@ export function prepared<D, P extends Record<string, unknown>, R>(build: (db: Ky
       slots = compiled.parameters.map((v) => (v instanceof Slot ? v.name : undefined));
       constants = compiled.parameters.map((v) => (v instanceof Slot ? undefined : v));
     }
+    return compiled;
+  };
+  const bind = (executor: Kysely<D>, params: P): CompiledQuery<R> => {
+    const compiled = compile(executor);
     const parameters = new Array<unknown>(slots.length);
     for (let i = 0; i < slots.length; i++) {
       const name = slots[i];
@@ -90,5 +96,6 @@ export function prepared<D, P extends Record<string, unknown>, R>(build: (db: Ky
     async run(executor, params) {
       return executor.executeQuery<R>(bind(executor, params));
     },
+    text: (executor) => compile(executor).sql,
   };
 }

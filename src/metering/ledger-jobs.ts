@@ -12,6 +12,7 @@ import { canonicalDecimal } from './money.js';
 import { jobOrThrow, toJob, type JobRecord } from './records.js';
 import { strayIdFor } from './job-ids.js';
 import { GAVE_UP } from './job-state.js';
+import type { PgWrites } from './ledger-pg.js';
 
 export { jobIdFor, strayIdFor } from './job-ids.js';
 
@@ -58,7 +59,8 @@ export interface CloseJobInput {
  * Every request index of PostgreSQL would take a new entry for a status
  * change, for no reader (docs/LEDGER-COST.md).
  */
-export async function recordSubmit(db: Kysely<DB>, q: LedgerStatements, input: { jobId: string; falRequestId: string }): Promise<JobRecord> {
+export async function recordSubmit(db: Kysely<DB>, q: LedgerStatements, input: { jobId: string; falRequestId: string }, pg: PgWrites | undefined): Promise<JobRecord> {
+  if (pg) return (await pg.recordSubmit(input)) ?? alreadySubmitted(db, input);
   const [row] = (await q.recordSubmit.run(db, { id: input.jobId, falRequestId: input.falRequestId })).rows;
   return row ? toJob(row) : alreadySubmitted(db, input);
 }

@@ -1,189 +1,328 @@
 /**
- * The ledger's writes on PostgreSQL for the request path, one statement each,
- * sent without `BEGIN`/`COMMIT` (docs/LEDGER-COST.md): a single statement is
- * its own transaction, so its data-modifying CTEs commit together or not at
- * all, exactly as the multi-statement transactions they stand for
- * (src/metering/ledger-statements.ts, which SQLite runs: it has no
- * data-modifying CTEs). Each saves the round trips of `BEGIN`, `COMMIT` and
- * its other statements, and their server work.
+ * The ledger's writes on PostgreSQL for the request path, one statement each
+ * for any number of requests (group-commit.ts sends the writes that queued
+ * together as one), sent without `BEGIN`/`COMMIT` (docs/LEDGER-COST.md): a
+ * single statement is its own transaction, so its data-modifying CTEs
+ * commit together or not at all, exactly as the multi-statement
+ * transactions they stand for (src/metering/ledger-statements.ts, which
+ * SQLite runs: it has no data-modifying CTEs).
  *
- * - reserve: the request row and, only when it was written, its job rows;
+ * - reserve: each request row and, only when it was written, its job rows;
+ * - recordSubmit: fal's id on each job still `submitting`;
  * - settle, for the common case only: a request still holding its
  *   reservation, owned by this process, whose hold is not on its key row,
- *   settled without a billing event. The request's UPDATE decides (it locks
+ *   settled without a billing event. Each request's UPDATE decides (it locks
  *   the row and re-checks those conditions on the row as committed by
- *   whoever held it before); the jobs are written only when it settled the
+ *   whoever held it before); its jobs are written only when it settled the
  *   request, so anything else changes nothing here and goes through the
  *   transaction, which handles every case.
  *
- * Every row is reached by its key (`id = …`, `id = any($ids)`, never
- * `id in (select …)`): a named statement may keep a generic plan, which must
- * not scan a table. Every statement of one command sees the same snapshot
- * and a CTE cannot see another's writes, only their RETURNING rows: the
- * settled request's cost is its jobs' as they stand, each job the statement
- * completes counted at the cost it writes.
+ * Each request's rows are decided by conditions on that request's rows
+ * alone, so a request's outcome is the same in a batch as alone.
+ *
+ * Plans. These statements run on connections that keep each statement's
+ * generic plan (src/db/database.ts): left to choose, PostgreSQL planned a
+ * settle anew on most runs, which cost more than running it (measured with
+ * bench/probes/ledger-pool.ts: 806 custom plans in 1,190 runs, and twice the
+ * CPU per request). A generic plan is made once, perhaps while the tables
+ * are empty, and must reach every row by its primary key whatever they
+ * later hold:
+ * - each list of values ends in `limit cardinality(…)`, which drops no row
+ *   but makes the planner count the list as one row (it cannot see a
+ *   parameter's length), so a join probes the primary key instead of
+ *   scanning the table (without it, a plan made on a new schema scanned
+ *   `requests` on every settle, for as long as the connection lived);
+ * - every status is a parameter, so no partial index can stand in for the
+ *   primary key;
+ * - a table's rows are reached only by a join of its key to a list: a
+ *   condition such as `id = any($ids)` beside it let a plan made on empty
+ *   tables count the table's matching rows as one and scan it.
+ * test/metering/ledger-pg.test.ts checks the plans on a new schema.
+ *
+ * Every statement of one command sees the same snapshot and a CTE cannot
+ * see another's writes, only their RETURNING rows: a settled request's cost
+ * is its jobs' as they stand, each job the statement completes counted at
+ * the cost it writes.
  */
-import { sql, type CompiledQuery, type Insertable, type Kysely, type RawBuilder, type Selectable } from 'kysely';
+import { sql, type Kysely, type RawBuilder, type Selectable } from 'kysely';
 import { prepared } from '../db/prepared.js';
-import type { DB, RequestsTable, UpstreamJobsTable } from '../db/schema.js';
+import type { DB, UpstreamJobsTable, RequestsTable } from '../db/schema.js';
 import { toBigInt, toNumber } from '../db/values.js';
+import { createGroup, type GroupOptions } from './group-commit.js';
 import { completeResult, completionValues, type CompleteJobInput, type CompleteJobResult } from './ledger-jobs.js';
 import type { SettleInput, SettleResult, SliceEnd } from './ledger-requests.js';
-import { COMPLETABLE, HOLDING, slicedInsert, unfundedInsert, type SlicedValues } from './ledger-statements.js';
-import { JOB_COLUMNS, REQUEST_COLUMNS, jobOrThrow, toJob, toRequest } from './records.js';
+import { COMPLETABLE, HOLDING } from './ledger-statements.js';
+import { JOB_COLUMNS, REQUEST_COLUMNS, jobOrThrow, toJob, toRequest, type JobRecord } from './records.js';
 
-/** A reservation's job rows, as arrays in job order (one element per job; none for a request without jobs). */
-export type JobArrays = {
-  job_ids: string[];
-  input_hashes: Array<string | null>;
-  /** Decimal strings: node-postgres sends an array's elements as text. */
-  estimates: Array<string | null>;
-};
-
-const JOB_INSERT_COLUMNS = ['id', 'request_id', 'endpoint', 'input_hash', 'estimate_micros', 'kind', 'status', 'created_at'] as const;
-
-/**
- * The request row (`insert`, answering its id when written) and, only when
- * it was written, every job row: set-returning functions in one select list
- * run in step, one row per job.
- */
-function withJobs(q: Kysely<DB>, insert: (w: Pick<Kysely<DB>, 'insertInto'>) => ReturnType<typeof unfundedInsert>, p: Insertable<RequestsTable> & JobArrays) {
-  return q
-    .with('r', (w) => insert(w))
-    .with('j', (w) =>
-      w
-        .insertInto('upstream_jobs')
-        .columns(JOB_INSERT_COLUMNS)
-        .expression((eb) =>
-          eb
-            .selectFrom('r')
-            .select([
-              sql<string>`unnest(${p.job_ids}::text[])`.as('id'),
-              'r.id as request_id',
-              sql<string>`${p.endpoint}`.as('endpoint'),
-              sql<string | null>`unnest(${p.input_hashes}::text[])`.as('input_hash'),
-              sql<bigint | null>`unnest(${p.estimates}::bigint[])`.as('estimate_micros'),
-              sql<string>`'job'`.as('kind'),
-              sql<string>`'submitting'`.as('status'),
-              sql<string>`${p.created_at}`.as('created_at'),
-            ]),
-        )
-        .returning('upstream_jobs.id'),
-    )
-    .selectFrom('r')
-    .select('r.id');
+/** A reservation's request row, as ledger-reserve.ts builds it, and what funds it. */
+export interface ReservationRow {
+  id: string;
+  client_request_id: string | null;
+  key_id: string;
+  model: string;
+  endpoint: string;
+  end_user: string | null;
+  pricing_json: string | null;
+  reserved_micros: bigint;
+  idempotency_key: string | null;
+  created_at: string;
+  lease_id: string | null;
+  /** The budget slice funding the hold; none for a key without a budget. */
+  slice_id?: string | undefined;
+  /** Its jobs, in job order. */
+  jobs: Array<{ id: string; inputHash: string | null; estimate: bigint | null }>;
 }
 
-export function pgOpeningStatements() {
+export interface SettleItem {
+  jobs: readonly CompleteJobInput[];
+  settle: SettleInput;
+  at: string;
+}
+
+/** What a settle wrote: undefined when it changed nothing (the caller then runs the transaction). */
+export type SettledAlone = { jobs: CompleteJobResult[]; settlement: SettleResult; ended: SliceEnd | undefined } | undefined;
+
+export interface PgWrites {
+  /** True when the request row (and so its jobs') was written. */
+  reserve(row: ReservationRow): Promise<boolean>;
+  /** The job row when this write gave it fal's id; undefined when it was not `submitting`. */
+  recordSubmit(input: { jobId: string; falRequestId: string }): Promise<JobRecord | undefined>;
+  settle(item: SettleItem): Promise<SettledAlone>;
+}
+
+/** How writes are grouped: `false` sends each alone, as many at once as the pool allows. */
+export type GroupCommit = Pick<GroupOptions<unknown, unknown>, 'maxBatch'> | false;
+
+export const DEFAULT_GROUP_COMMIT: GroupCommit = { maxBatch: 64 };
+
+const cols = (names: readonly string[], prefix: string): RawBuilder<unknown> => sql.join(names.map((c) => sql.ref(`${prefix}.${c}`)));
+const arrays = <T>(rows: readonly T[], pick: (r: T) => unknown): unknown[] => rows.map(pick);
+
+type ReserveParams = Record<string, unknown[]>;
+
+/** Both reservations: a key without a budget (`funding` none) or a slice of one (`slice`). */
+function reserveStatement(funding: 'none' | 'slice') {
+  return prepared((q: Kysely<DB>, p: ReserveParams) => {
+    const source =
+      funding === 'none'
+        ? sql`join api_keys as k on k.id = v.key_id and k.budget_micros is null`
+        : sql`join budget_slices as b on b.id = v.slice_id and b.key_id = v.key_id`;
+    const funded = funding === 'none' ? sql`'none', null` : sql`'slice', b.id`;
+    const statement = sql<{ id: string }>`with v as (
+  select unnest(${p.ids}::text[]) as id, unnest(${p.labels}::text[]) as client_request_id, unnest(${p.keys}::text[]) as key_id,
+    unnest(${p.models}::text[]) as model, unnest(${p.endpoints}::text[]) as endpoint, unnest(${p.users}::text[]) as end_user,
+    unnest(${p.pricings}::text[]) as pricing_json, unnest(${p.holds}::bigint[]) as reserved_micros,
+    unnest(${p.idempotencyKeys}::text[]) as idempotency_key, unnest(${p.ats}::text[]) as created_at,
+    unnest(${p.leases}::text[]) as lease_id, unnest(${p.slices}::text[]) as slice_id
+  limit cardinality(${p.ids}::text[])
+), r as (
+  insert into requests (id, client_request_id, key_id, model, endpoint, end_user, pricing_json, status, reserved_micros, idempotency_key, created_at, lease_id, funded_by, slice_id)
+  select v.id, v.client_request_id, v.key_id, v.model, v.endpoint, v.end_user, v.pricing_json, 'reserved', v.reserved_micros, v.idempotency_key, v.created_at, v.lease_id, ${funded}
+  from v ${source}
+  on conflict (key_id, client_request_id) where client_request_id is not null do nothing
+  returning requests.id, requests.endpoint, requests.created_at
+), j as (
+  insert into upstream_jobs (id, request_id, endpoint, input_hash, estimate_micros, kind, status, created_at)
+  select jv.id, r.id, r.endpoint, jv.input_hash, jv.estimate_micros, 'job', 'submitting', r.created_at
+  from (select unnest(${p.jobIds}::text[]) as id, unnest(${p.jobRequests}::text[]) as request_id,
+    unnest(${p.inputHashes}::text[]) as input_hash, unnest(${p.estimates}::bigint[]) as estimate_micros
+    limit cardinality(${p.jobIds}::text[])) as jv
+  join r on r.id = jv.request_id
+  returning upstream_jobs.id
+)
+select r.id from r`;
+    return { compile: () => statement.compile(q) };
+  });
+}
+
+function reserveParams(rows: readonly ReservationRow[]): ReserveParams {
+  const jobs = rows.flatMap((r) => r.jobs.map((j) => ({ ...j, requestId: r.id })));
   return {
-    reserveUnfunded: prepared((q: Kysely<DB>, p: Insertable<RequestsTable> & JobArrays) => withJobs(q, (w) => unfundedInsert(w, p), p)),
-    reserveSliced: prepared((q: Kysely<DB>, p: SlicedValues & JobArrays) => withJobs(q, (w) => slicedInsert(w, p), p)),
+    ids: arrays(rows, (r) => r.id),
+    labels: arrays(rows, (r) => r.client_request_id),
+    keys: arrays(rows, (r) => r.key_id),
+    models: arrays(rows, (r) => r.model),
+    endpoints: arrays(rows, (r) => r.endpoint),
+    users: arrays(rows, (r) => r.end_user),
+    pricings: arrays(rows, (r) => r.pricing_json),
+    holds: arrays(rows, (r) => r.reserved_micros.toString()),
+    idempotencyKeys: arrays(rows, (r) => r.idempotency_key),
+    ats: arrays(rows, (r) => r.created_at),
+    leases: arrays(rows, (r) => r.lease_id),
+    slices: arrays(rows, (r) => r.slice_id ?? null),
+    jobIds: arrays(jobs, (j) => j.id),
+    jobRequests: arrays(jobs, (j) => j.requestId),
+    inputHashes: arrays(jobs, (j) => j.inputHash),
+    estimates: arrays(jobs, (j) => j.estimate?.toString() ?? null),
   };
 }
 
-export type PgOpeningStatements = ReturnType<typeof pgOpeningStatements>;
-
-type SettleArrays = {
-  requestId: string;
-  charge: bigint;
-  credits: bigint;
-  images: number;
-  at: string;
-  ids: string[];
-  jobImages: number[];
-  pixels: number[];
-  unitsEstimate: string[];
-  unitsFal: Array<string | null>;
-  costs: string[];
-  estimated: number[];
-  otherIds: Array<string | null>;
-};
+const recordSubmitStatement = prepared((q: Kysely<DB>, p: { ids: string[]; falIds: string[] }) => ({
+  compile: () =>
+    sql<Selectable<UpstreamJobsTable>>`update upstream_jobs as u set fal_request_id = v.fal_request_id, status = 'submitted'
+from (select unnest(${p.ids}::text[]) as id, unnest(${p.falIds}::text[]) as fal_request_id limit cardinality(${p.ids}::text[])) as v
+where u.id = v.id and u.status = 'submitting'
+returning ${cols(JOB_COLUMNS, 'u')}`.compile(q),
+}));
 
 type Job = Selectable<UpstreamJobsTable>;
-type Row = Selectable<RequestsTable> & { [K in keyof Job as `job_${K}`]: Job[K] | null };
+type SettleRow = Selectable<RequestsTable> & { [K in keyof Job as `job_${K}`]: Job[K] | null };
 
-const list = (cols: readonly string[], prefix: string): RawBuilder<unknown> => sql.join(cols.map((c) => sql.ref(`${prefix}.${c}`)));
-
-function statement(q: Kysely<DB>, p: SettleArrays, ownLeaseId: string | undefined): CompiledQuery<Row> {
-  const owned = ownLeaseId === undefined ? sql`` : sql`and (lease_id is null or lease_id = ${ownLeaseId})`;
+function settleStatement(ownLeaseId: string | undefined) {
+  const owned = ownLeaseId === undefined ? sql`` : sql`and (requests.lease_id is null or requests.lease_id = ${ownLeaseId})`;
   const jobOut = sql.join(JOB_COLUMNS.map((c) => sql`${sql.ref(`j.${c}`)} as ${sql.id(`job_${c}`)}`));
-  return sql<Row>`with v as (
-  select unnest(${p.ids}::text[]) as id, unnest(${p.jobImages}::bigint[]) as images, unnest(${p.pixels}::bigint[]) as pixels,
+  return prepared((q: Kysely<DB>, p: Record<string, unknown[]>) => ({
+    compile: () =>
+      sql<SettleRow>`with r as (
+  select unnest(${p.requestIds}::text[]) as id, unnest(${p.charges}::bigint[]) as charge, unnest(${p.credits}::bigint[]) as credits,
+    unnest(${p.images}::bigint[]) as images, unnest(${p.ats}::text[]) as at
+  limit cardinality(${p.requestIds}::text[])
+), v as (
+  select unnest(${p.ids}::text[]) as id, unnest(${p.jobRequests}::text[]) as request_id, unnest(${p.jobAts}::text[]) as at,
+    unnest(${p.jobImages}::bigint[]) as images, unnest(${p.pixels}::bigint[]) as pixels,
     unnest(${p.unitsEstimate}::text[]) as units_estimate, unnest(${p.unitsFal}::text[]) as units_fal,
     unnest(${p.costs}::bigint[]) as upstream_cost_micros, unnest(${p.estimated}::bigint[]) as cost_estimated,
     unnest(${p.otherIds}::text[]) as fal_other_ids
+  limit cardinality(${p.ids}::text[])
 ), s as (
   update requests
-  set status = 'settled', charge_micros = ${p.charge}, credits = ${p.credits}, images = ${p.images}, error_code = null, settled_at = ${p.at},
+  set status = 'settled', charge_micros = r.charge, credits = r.credits, images = r.images, error_code = null, settled_at = r.at,
     upstream_cost_micros = (
       select coalesce(sum(case when v.id is not null and o.status in (${sql.join(COMPLETABLE)}) then v.upstream_cost_micros else o.upstream_cost_micros end), 0)
-      from upstream_jobs as o left join v on v.id = o.id
-      where o.request_id = ${p.requestId}
+      from upstream_jobs as o left join v on v.id = o.id and v.request_id = o.request_id
+      where o.request_id = requests.id
     )
-  where id = ${p.requestId} and status in (${sql.join(HOLDING)}) and funded_by <> 'key' ${owned}
-  returning ${list(REQUEST_COLUMNS, 'requests')}
+  from r
+  where requests.id = r.id and requests.status in (${sql.join(HOLDING)}) and requests.funded_by <> 'key' ${owned}
+  returning ${cols(REQUEST_COLUMNS, 'requests')}
 ), j as (
   update upstream_jobs as u
   set images = v.images, pixels = v.pixels, units_estimate = v.units_estimate, units_fal = v.units_fal,
     upstream_cost_micros = v.upstream_cost_micros, cost_estimated = v.cost_estimated, fal_other_ids = v.fal_other_ids,
-    error_code = null, fal_last_word = null, completed_at = ${p.at}, status = 'completed'
+    error_code = null, fal_last_word = null, completed_at = v.at, status = 'completed'
   from v
-  where u.id = any(${p.ids}::text[]) and u.id = v.id and u.request_id = ${p.requestId} and u.status in (${sql.join(COMPLETABLE)}) and exists (select from s)
-  returning ${list(JOB_COLUMNS, 'u')}
+  where u.id = v.id and u.request_id = v.request_id and u.status in (${sql.join(COMPLETABLE)})
+    and exists (select from s where s.id = v.request_id)
+  returning ${cols(JOB_COLUMNS, 'u')}
 )
-select ${list(REQUEST_COLUMNS, 's')}, ${jobOut} from s left join j on true`.compile(q);
+select ${cols(REQUEST_COLUMNS, 's')}, ${jobOut} from s left join j on j.request_id = s.id`.compile(q),
+  }));
 }
 
-export function pgSettleStatement(ownLeaseId: string | undefined) {
-  return prepared((q: Kysely<DB>, p: SettleArrays) => ({ compile: () => statement(q, p, ownLeaseId) }));
+type Completion = ReturnType<typeof completionValues> & { requestId: string };
+
+function settleParams(items: readonly SettleItem[]) {
+  const jobs: Completion[] = items.flatMap((it) => it.jobs.map((j) => ({ ...completionValues(j, it.at), requestId: it.settle.requestId })));
+  return {
+    requestIds: arrays(items, (it) => it.settle.requestId),
+    charges: arrays(items, (it) => toBigInt(it.settle.chargeMicros).toString()),
+    credits: arrays(items, (it) => toBigInt(it.settle.credits).toString()),
+    images: arrays(items, (it) => toNumber(it.settle.images)),
+    ats: arrays(items, (it) => it.at),
+    ids: arrays(jobs, (v) => v.id),
+    jobRequests: arrays(jobs, (v) => v.requestId),
+    jobAts: arrays(jobs, (v) => v.at),
+    jobImages: arrays(jobs, (v) => v.images),
+    pixels: arrays(jobs, (v) => v.pixels),
+    unitsEstimate: arrays(jobs, (v) => v.unitsEstimate),
+    unitsFal: arrays(jobs, (v) => v.unitsFal),
+    costs: arrays(jobs, (v) => v.cost.toString()),
+    estimated: arrays(jobs, (v) => v.estimated),
+    otherIds: arrays(jobs, (v) => v.otherIds),
+  };
 }
 
-export type PgSettleStatement = ReturnType<typeof pgSettleStatement>;
+function jobOf(row: SettleRow): Job {
+  return Object.fromEntries(JOB_COLUMNS.map((c) => [c, row[`job_${c}`]])) as unknown as Job;
+}
+
+/** Whether the settle statement can close this request alone (the common case); otherwise the transaction does. */
+export function settlesAlone(item: { jobs: readonly CompleteJobInput[]; settle: SettleInput }): boolean {
+  if (item.settle.outboxEvent) return false;
+  if (toBigInt(item.settle.chargeMicros) < 0n) throw new RangeError('chargeMicros must not be negative');
+  return new Set(item.jobs.map((j) => j.jobId)).size === item.jobs.length;
+}
 
 /**
- * The settle in one statement; undefined when it changed nothing (not the
- * common case): the caller then runs the transaction.
+ * Runs `many` on batches whose items share no key (`keyOf`): a request or job
+ * named twice in one statement would be written once and answered twice.
+ * A batch with a repeat is sent one write at a time, in order.
  */
-export async function settleJobsAlone(
-  db: Kysely<DB>,
-  statement: PgSettleStatement,
-  input: { jobs: readonly CompleteJobInput[]; settle: SettleInput },
-  at: string,
-  ended: SliceEnd[],
-): Promise<{ jobs: CompleteJobResult[]; settlement: SettleResult } | undefined> {
-  const { settle } = input;
-  if (settle.outboxEvent) return undefined;
-  const values = input.jobs.map((j) => completionValues(j, at));
-  if (new Set(values.map((v) => v.id)).size !== values.length) return undefined;
-  const charge = toBigInt(settle.chargeMicros);
-  if (charge < 0n) throw new RangeError('chargeMicros must not be negative');
-  const { rows } = await statement.run(db, {
-    requestId: settle.requestId,
-    charge,
-    credits: toBigInt(settle.credits),
-    images: toNumber(settle.images),
-    at,
-    ids: values.map((v) => v.id),
-    jobImages: values.map((v) => v.images),
-    pixels: values.map((v) => v.pixels),
-    unitsEstimate: values.map((v) => v.unitsEstimate),
-    unitsFal: values.map((v) => v.unitsFal),
-    costs: values.map((v) => v.cost.toString()),
-    estimated: values.map((v) => v.estimated),
-    otherIds: values.map((v) => v.otherIds),
-  });
-  const first = rows[0];
-  if (first === undefined) return undefined;
-  const written = new Map(rows.filter((r) => r.job_id !== null).map((r) => [r.job_id!, toJob(jobOf(r))]));
-  const jobs: CompleteJobResult[] = [];
-  for (const v of values) {
-    const job = written.get(v.id);
-    jobs.push(job ? completeResult(job, true) : completeResult(await jobOrThrow(db, v.id), false));
-  }
-  if (first.funded_by === 'slice') ended.push({ sliceId: first.slice_id ?? '', hold: toBigInt(first.reserved_micros), charge });
-  return { jobs, settlement: { settled: true, request: toRequest(first) } };
+function distinct<I, O>(keysOf: (item: I) => string[], many: (items: readonly I[]) => Promise<O[]>) {
+  return async (items: readonly I[]): Promise<O[]> => {
+    const seen = new Set<string>();
+    const keys = items.flatMap(keysOf);
+    for (const k of keys) seen.add(k);
+    if (seen.size === keys.length) return many(items);
+    const outs: O[] = [];
+    for (const item of items) outs.push(...(await many([item])));
+    return outs;
+  };
 }
 
-function jobOf(row: Row): Job {
-  return Object.fromEntries(JOB_COLUMNS.map((c) => [c, row[`job_${c}`]])) as unknown as Job;
+/** The four statements, compiled once per ledger (their text names the lease). */
+export function pgStatements(ownLeaseId: string | undefined) {
+  return { reserveNone: reserveStatement('none'), reserveSlice: reserveStatement('slice'), recordSubmit: recordSubmitStatement, settle: settleStatement(ownLeaseId) };
+}
+
+export function pgWrites(db: Kysely<DB>, ownLeaseId: string | undefined, grouping: GroupCommit = DEFAULT_GROUP_COMMIT): PgWrites {
+  const { reserveNone, reserveSlice, recordSubmit, settle: settleOne } = pgStatements(ownLeaseId);
+
+  const reserveMany = (statement: typeof reserveNone) =>
+    distinct(
+      (r: ReservationRow) => [r.id, ...r.jobs.map((j) => j.id)],
+      async (rows: readonly ReservationRow[]) => {
+        const written = new Set((await statement.run(db, reserveParams(rows))).rows.map((r) => r.id));
+        return rows.map((r) => written.has(r.id));
+      },
+    );
+
+  const recordMany = distinct(
+    (i: { jobId: string }) => [i.jobId],
+    async (inputs: ReadonlyArray<{ jobId: string; falRequestId: string }>) => {
+      const { rows } = await recordSubmit.run(db, { ids: inputs.map((i) => i.jobId), falIds: inputs.map((i) => i.falRequestId) });
+      const byId = new Map(rows.map((r) => [r.id, toJob(r)]));
+      return inputs.map((i) => byId.get(i.jobId));
+    },
+  );
+
+  const settleMany = distinct(
+    (it: SettleItem) => [it.settle.requestId, ...it.jobs.map((j) => j.jobId)],
+    async (items: readonly SettleItem[]): Promise<SettledAlone[]> => {
+      const { rows } = await settleOne.run(db, settleParams(items));
+      const byRequest = new Map<string, SettleRow[]>();
+      for (const r of rows) byRequest.set(r.id, [...(byRequest.get(r.id) ?? []), r]);
+      const outs: SettledAlone[] = [];
+      for (const it of items) outs.push(await settledResult(db, it, byRequest.get(it.settle.requestId)));
+      return outs;
+    },
+  );
+
+  const group = <I, O>(many: (items: readonly I[]) => Promise<O[]>) => {
+    const one = async (item: I): Promise<O> => (await many([item]))[0]!;
+    if (grouping === false) return one;
+    return createGroup<I, O>({ many: (items) => many(items), one, maxBatch: grouping.maxBatch });
+  };
+
+  const none = group(reserveMany(reserveNone));
+  const sliced = group(reserveMany(reserveSlice));
+  return {
+    reserve: (row) => (row.slice_id === undefined ? none(row) : sliced(row)),
+    recordSubmit: group(recordMany),
+    settle: group(settleMany),
+  };
+}
+
+async function settledResult(db: Kysely<DB>, item: SettleItem, rows: SettleRow[] | undefined): Promise<SettledAlone> {
+  const first = rows?.[0];
+  if (rows === undefined || first === undefined) return undefined;
+  const written = new Map(rows.filter((r) => r.job_id !== null).map((r) => [r.job_id!, toJob(jobOf(r))]));
+  const jobs: CompleteJobResult[] = [];
+  for (const j of item.jobs) {
+    const job = written.get(j.jobId);
+    jobs.push(job ? completeResult(job, true) : completeResult(await jobOrThrow(db, j.jobId), false));
+  }
+  const charge = toBigInt(item.settle.chargeMicros);
+  const ended = first.funded_by === 'slice' ? { sliceId: first.slice_id ?? '', hold: toBigInt(first.reserved_micros), charge } : undefined;
+  return { jobs, settlement: { settled: true, request: toRequest(first) }, ended };
 }

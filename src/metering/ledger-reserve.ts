@@ -20,7 +20,7 @@ import { toBigInt } from '../db/values.js';
 import type { SliceBook } from './budget-slices.js';
 import { jobIdFor } from './ledger-jobs.js';
 import type { LedgerStatements } from './ledger-statements.js';
-import type { JobArrays, PgOpeningStatements } from './ledger-pg.js';
+import type { PgWrites, ReservationRow } from './ledger-pg.js';
 import type { ReserveInput, ReserveResult } from './ledger.js';
 
 export class UnknownKeyError extends Error {
@@ -34,7 +34,7 @@ export interface ReserveContext {
   db: Kysely<DB>;
   q: LedgerStatements;
   /** PostgreSQL: each reservation is one statement (ledger-pg.ts) instead of a transaction. */
-  pg: PgOpeningStatements | undefined;
+  pg: PgWrites | undefined;
   now: () => string;
   leaseId: string | null;
   slices: SliceBook | undefined;
@@ -99,23 +99,15 @@ async function insertJobs(trx: Transaction<DB>, q: LedgerStatements, input: Rese
   }
 }
 
-/** A reservation's job rows as the single-statement reservation takes them. */
-function jobArrays(input: ReserveInput): JobArrays {
-  const n = input.jobs ?? 0;
-  const each = <T>(f: (i: number) => T): T[] => Array.from({ length: n }, (_, i) => f(i));
-  return {
-    job_ids: each((i) => jobIdFor(input.requestId, i)),
-    input_hashes: each((i) => input.inputHashes?.[i] ?? null),
-    estimates: each((i) => input.estimates?.[i]?.toString() ?? null),
-  };
+/** A reservation as the single-statement reservation takes it. */
+function reservationRow(input: ReserveInput, values: RowValues, sliceId: string | undefined): ReservationRow {
+  const jobs = Array.from({ length: input.jobs ?? 0 }, (_, i) => ({ id: jobIdFor(input.requestId, i), inputHash: input.inputHashes?.[i] ?? null, estimate: input.estimates?.[i] ?? null }));
+  return { ...values, slice_id: sliceId, jobs };
 }
 
 /** The request row and its jobs' rows, together or not at all; true when written. */
 async function writeReservation(ctx: ReserveContext, input: ReserveInput, values: RowValues, sliceId?: string): Promise<boolean> {
-  if (ctx.pg) {
-    const rows = sliceId === undefined ? await ctx.pg.reserveUnfunded.run(ctx.db, { ...values, ...jobArrays(input) }) : await ctx.pg.reserveSliced.run(ctx.db, { ...values, slice_id: sliceId, ...jobArrays(input) });
-    return rows.rows.length > 0;
-  }
+  if (ctx.pg) return ctx.pg.reserve(reservationRow(input, values, sliceId));
   return ctx.db.transaction().execute(async (trx) => {
     const inserted = sliceId === undefined ? await ctx.q.insertUnfunded.run(trx, values) : await ctx.q.insertSliced.run(trx, { ...values, slice_id: sliceId });
     if (inserted.rows.length === 0) return false;

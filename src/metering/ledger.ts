@@ -32,7 +32,7 @@ import { toJob, withJobs, type JobRecord, type RequestWithJobs } from './records
 import { createSliceBook, foldOrphanSlices, type SliceBook } from './budget-slices.js';
 import { reserve, type ReserveContext } from './ledger-reserve.js';
 import { adopt, markOrphaned, release, settle, type SliceEnd, type ReleaseInput, type ReleaseResult, type SettleInput, type SettleResult } from './ledger-requests.js';
-import { pgOpeningStatements, pgSettleStatement, settleJobsAlone } from './ledger-pg.js';
+import { pgWrites, settlesAlone, type GroupCommit } from './ledger-pg.js';
 import { closeJob, completeJob, completeLostJob, recordStrays, recordSubmit, type CloseJobInput, type CompleteJobInput, type CompleteJobResult } from './ledger-jobs.js';
 
 export { jobIdFor, strayIdFor, type CloseJobInput, type CompleteJobInput, type CompleteJobResult } from './ledger-jobs.js';
@@ -152,6 +152,12 @@ export interface LedgerOptions {
   budgetSlices?: boolean | undefined;
   /** How long a budget slice nobody reserves from is kept (budget-slices.ts). */
   sliceIdleReturnMs?: number | undefined;
+  /**
+   * PostgreSQL: how the request path's writes of concurrent requests are
+   * grouped into one statement each (group-commit.ts). Default
+   * DEFAULT_GROUP_COMMIT; `false` sends each alone.
+   */
+  groupCommit?: GroupCommit | undefined;
   /** Where a slice that could not be returned is reported. */
   onSliceError?: ((err: unknown, what: string) => void) | undefined;
 }
@@ -191,15 +197,14 @@ export function createLedger(database: Database, options: LedgerOptions = {}): L
       if (out.changed) await q.refreshCost.run(trx, { requestId: out.job.requestId });
       return out;
     });
-  const pgq = database.dialect === 'postgres' ? pgOpeningStatements() : undefined;
-  const pgSettle = database.dialect === 'postgres' ? pgSettleStatement(own) : undefined;
-  const reserving: ReserveContext = { db, q, pg: pgq, now, leaseId: options.leaseId ?? null, slices, budgeted: new Set() };
+  const pg = database.dialect === 'postgres' ? pgWrites(database.writes ?? db, own, options.groupCommit) : undefined;
+  const reserving: ReserveContext = { db, q, pg, now, leaseId: options.leaseId ?? null, slices, budgeted: new Set() };
 
   return {
     slices,
     returnSlices: (scope) => foldOrphanSlices(db, { live: scope.live, ownLeaseId: scope.ownLeaseId, book: slices }),
     reserve: (input) => reserve(reserving, input),
-    recordSubmit: (input) => recordSubmit(db, q, input),
+    recordSubmit: (input) => recordSubmit(db, q, input, pg),
     completeJob: (input) => costRefreshed((trx) => completeJob(trx, q, input, now())),
     completeLostJob: (input) => costRefreshed((trx) => completeLostJob(trx, input, now())),
     closeJob: (input) => costRefreshed((trx) => closeJob(trx, input, now())),
@@ -210,11 +215,10 @@ export function createLedger(database: Database, options: LedgerOptions = {}): L
     // one per job plus one. On PostgreSQL the common case is one statement
     // (ledger-pg.ts); whatever it leaves unchanged takes the transaction.
     settleJobs: async ({ jobs, settle: closing }) => {
-      if (pgSettle) {
-        const ended: SliceEnd[] = [];
-        const alone = await settleJobsAlone(db, pgSettle, { jobs, settle: closing }, now(), ended);
-        for (const e of ended) slices?.ended(e.sliceId, e.hold, e.charge);
-        if (alone) return alone;
+      if (pg && settlesAlone({ jobs, settle: closing })) {
+        const alone = await pg.settle({ jobs, settle: closing, at: now() });
+        if (alone?.ended) slices?.ended(alone.ended.sliceId, alone.ended.hold, alone.ended.charge);
+        if (alone) return { jobs: alone.jobs, settlement: alone.settlement };
       }
       return writeEnding(async (trx, ended) => {
         const completed: CompleteJobResult[] = [];

@@ -59,7 +59,7 @@ describeEachDialect('the ledger\'s per-request writes', (ctx: DialectContext) =>
       },
       transformResult: (args) => Promise.resolve(args.result),
     };
-    const ledger = createLedger({ ...base, db: base.db.withPlugin(counter) });
+    const ledger = createLedger({ ...base, db: base.db.withPlugin(counter), writes: base.writes?.withPlugin(counter) });
     const keyId = (await createKeysStore(base).create({ name: 'p', budgetMicros: null })).record.id;
     const lifecycle = async (n: number) => {
       const requestId = `req-prepared-${n}`;

@@ -1,7 +1,11 @@
 import assert from 'node:assert/strict';
 import { it } from 'node:test';
+import { CompiledQuery, type KyselyPlugin } from 'kysely';
+import pg from 'pg';
 import { createLedger, jobIdFor, strayIdFor } from '../../src/metering/ledger.js';
-import { describeEachDialect, type DialectContext } from '../helpers/databases.js';
+import { pgStatements } from '../../src/metering/ledger-pg.js';
+import type { Database } from '../../src/db/index.js';
+import { POSTGRES_URL, describeEachDialect, type DialectContext } from '../helpers/databases.js';
 import { keyWithBudget, reserveInput, uid } from '../helpers/ledger.js';
 
 /**
@@ -72,4 +76,117 @@ describeEachDialect('the request path in one statement per write', (ctx: Dialect
     assert.deepEqual(await ledger.reserve({ ...reserveInput(keyId, 1n, second), clientRequestId: 'label', jobs: 1 }), { ok: false, reason: 'request_id_taken' });
     assert.equal(await ledger.getRequest(second), null);
   });
+
+  it('writes many requests at once exactly as it writes each alone, in few statements on PostgreSQL', async () => {
+    const { database, statements } = counted(await ctx.open());
+    const mine = createLedger(database, { leaseId: 'lease-m', budgetSlices: false });
+    const keyId = await keyWithBudget(database, null);
+    const ids = Array.from({ length: 20 }, () => uid('req'));
+    const jobs = ids.map((id) => jobIdFor(id, 0));
+    const before = statements();
+    const reserved = await Promise.all(ids.map((id, i) => mine.reserve({ ...reserveInput(keyId, 10n, id), jobs: 1, inputHashes: [`h${i}`], estimates: [BigInt(i)] })));
+    assert.ok(reserved.every((r) => r.ok));
+    const falIds = jobs.map(() => uid('fal'));
+    const submitted = await Promise.all(jobs.map((jobId, i) => mine.recordSubmit({ jobId, falRequestId: falIds[i]! })));
+    assert.deepEqual(submitted.map((j) => [j.id, j.falRequestId, j.status]), jobs.map((j, i) => [j, falIds[i], 'submitted']));
+    // The last request was taken over by another process before its settle: that one is not this process's to settle.
+    assert.equal(await mine.adopt({ requestId: ids[19]!, fromLeaseId: 'lease-m', toLeaseId: 'lease-other' }), true);
+    const settled = await Promise.all(
+      ids.map((requestId, i) =>
+        mine.settleJobs({ jobs: [{ jobId: jobs[i]!, images: 1, pixels: 4, unitsEstimate: '1', upstreamCostMicros: BigInt(100 + i) }], settle: { requestId, chargeMicros: BigInt(i), credits: 1, images: 1 } }),
+      ),
+    );
+    assert.deepEqual(
+      settled.map((s) => [s.settlement.settled, s.jobs[0]?.changed, s.jobs[0]?.job.upstreamCostMicros]),
+      ids.map((_, i) => [i < 19, true, BigInt(100 + i)]),
+    );
+    for (const [i, requestId] of ids.entries()) {
+      const row = await mine.getRequest(requestId);
+      assert.deepEqual([row?.status, row?.chargeMicros, row?.upstreamCostMicros, row?.jobs[0]?.inputHash, row?.jobs[0]?.estimateMicros], i < 19 ? ['settled', BigInt(i), BigInt(100 + i), `h${i}`, BigInt(i)] : ['reserved', 0n, 119n, 'h19', 19n]);
+    }
+    // Each kind: the first write alone, the nineteen that queued behind it in one statement. The
+    // takeover's row is not settled by the statement; its settle then runs as a transaction elsewhere.
+    if (ctx.dialect === 'postgres') assert.equal(statements() - before, 6);
+  });
+
+  it('answers each caller of a batch with its own outcome: a label taken in the same batch, an id used before, a submit repeated', async () => {
+    const database = await ctx.open();
+    const ledger = createLedger(database);
+    const keyId = await keyWithBudget(database, null);
+    const used = uid('req');
+    await ledger.reserve({ ...reserveInput(keyId, 1n, used), jobs: 1 });
+    const [a, b, c, d] = [uid('req'), uid('req'), uid('req'), uid('req')];
+    const outs = await Promise.all([
+      ledger.reserve({ ...reserveInput(keyId, 1n, a), jobs: 1 }),
+      ledger.reserve({ ...reserveInput(keyId, 1n, b), clientRequestId: 'twice', jobs: 1 }),
+      ledger.reserve({ ...reserveInput(keyId, 1n, c), clientRequestId: 'twice', jobs: 1 }),
+      ledger.reserve({ ...reserveInput(keyId, 1n, used), jobs: 1 }).catch((e: Error) => e),
+      ledger.reserve({ ...reserveInput(keyId, 1n, d), jobs: 2 }),
+    ]);
+    assert.deepEqual(outs[0], { ok: true });
+    assert.deepEqual(outs[4], { ok: true });
+    assert.ok(outs[3] instanceof Error, 'an id used before fails its own reservation');
+    assert.deepEqual([outs[1], outs[2]].map((o) => JSON.stringify(o)).sort(), [JSON.stringify({ ok: false, reason: 'request_id_taken' }), JSON.stringify({ ok: true })]);
+    const loser = (outs[1] as { ok: boolean }).ok ? c : b;
+    assert.equal(await ledger.getRequest(loser), null);
+    assert.equal((await ledger.getRequest(d))?.jobs.length, 2);
+    const fal = uid('fal');
+    const twice = await Promise.all([ledger.recordSubmit({ jobId: jobIdFor(a, 0), falRequestId: fal }), ledger.recordSubmit({ jobId: jobIdFor(a, 0), falRequestId: fal })]);
+    assert.deepEqual(twice.map((j) => [j.falRequestId, j.status]), [[fal, 'submitted'], [fal, 'submitted']]);
+  });
+
+  if (ctx.dialect === 'postgres') {
+    it('plans every grouped write through primary keys once the tables hold rows, analyzed or not, on connections that keep one plan', async () => {
+      const storage = await ctx.fresh();
+      const database = await storage.open();
+      const show = await database.writes!.executeQuery<{ plan_cache_mode: string }>(CompiledQuery.raw('show plan_cache_mode'));
+      assert.equal(show.rows[0]?.plan_cache_mode, 'force_generic_plan');
+      // A new database's first rows, as a minute of traffic leaves them: never analyzed (no autovacuum here), then analyzed.
+      const ledger = createLedger(database);
+      const keyId = await keyWithBudget(database, null);
+      const ids = Array.from({ length: 3000 }, () => uid('req'));
+      await Promise.all(ids.map((id) => ledger.reserve({ ...reserveInput(keyId, 1n, id), jobs: 1 })));
+      for (const analyzed of [false, true]) {
+        if (analyzed) await database.db.executeQuery(CompiledQuery.raw('analyze requests, upstream_jobs, api_keys, budget_slices'));
+        assert.deepEqual(await tableScans(database), [], analyzed ? 'analyzed' : 'never analyzed');
+      }
+    });
+  }
 });
+
+/** The grouped writes' generic plans, each prepared anew on a connection of its own: `statement: table` for every table one scans. */
+async function tableScans(database: Database): Promise<string[]> {
+  const client = new pg.Client({ connectionString: POSTGRES_URL });
+  await client.connect();
+  try {
+    await client.query(`set search_path = "${database.schema}"; set plan_cache_mode = force_generic_plan`);
+    const scans: string[] = [];
+    for (const [name, statement] of Object.entries(pgStatements('lease-x'))) {
+      const text = statement.text(database.db);
+      const count = Math.max(...[...text.matchAll(/\$(\d+)/g)].map((m) => Number(m[1])));
+      await client.query(`prepare ${name} as ${text}`);
+      const { rows } = await client.query(`explain (format json) execute ${name}(${Array(count).fill('null').join(', ')})`);
+      await client.query(`deallocate ${name}`);
+      for (const m of JSON.stringify(rows[0]['QUERY PLAN']).matchAll(/"Node Type":"Seq Scan"[^}]*?"Relation Name":"(\w+)"/g)) {
+        // Keys and budget slices are read from tables that hold a few rows here: a scan is their cheapest path.
+        if (m[1] !== 'api_keys' && m[1] !== 'budget_slices') scans.push(`${name}: ${m[1]}`);
+      }
+    }
+    return scans;
+  } finally {
+    await client.end();
+  }
+}
+
+/** The database with a count of the statements its grouped writes ran. */
+function counted(database: Database): { database: Database; statements: () => number } {
+  let n = 0;
+  const plugin: KyselyPlugin = {
+    transformQuery: (args) => args.node,
+    transformResult: async (args) => {
+      n++;
+      return args.result;
+    },
+  };
+  return { database: database.writes ? { ...database, writes: database.writes.withPlugin(plugin) } : database, statements: () => n };
+}
