@@ -8,9 +8,10 @@
  *
  * Why: PostgreSQL's CPU per request is spent per statement (waking a
  * backend, bind, execute, commit), not per row. Measured with
- * `npx tsx bench/probes/ledger-pool.ts --pools=5:solo,5` (docs/LEDGER-COST.md,
- * "Group commit"): 1.010 ms of PostgreSQL CPU per request with every write
- * alone, 0.413 grouped, and 1,872 against 1,083 requests a second.
+ * `npx tsx bench/probes/ledger-pool.ts --pools=5:solo,5 --rounds=5`
+ * (docs/LEDGER-COST.md, "Group commit"): 1.200 ms of PostgreSQL CPU per
+ * request with every write alone, 0.459 grouped, and 1,693 against 874
+ * requests a second per process.
  * test/metering/ledger-pg.test.ts fails when twenty requests written at
  * once take more than two statements per kind of write.
  *
