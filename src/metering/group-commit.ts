@@ -21,7 +21,9 @@
  * again alone, so one write's error (a duplicate id, a deadlock) reaches its
  * caller only. An error without a SQLSTATE (a lost connection: the commit
  * may or may not have happened) reaches every caller of the batch, as it
- * would have reached each of them alone.
+ * would have reached each of them alone. A batch naming a key twice
+ * (`keysOf`) is sent one write at a time, each answered by its own
+ * statement: one statement would write the row once and answer both.
  */
 import pg from 'pg';
 
@@ -32,6 +34,8 @@ export interface GroupOptions<I, O> {
   one(item: I): Promise<O>;
   /** Most writes in one statement. */
   maxBatch: number;
+  /** The rows an item writes: a batch naming one twice leaves one write at a time. */
+  keysOf?: ((item: I) => readonly string[]) | undefined;
 }
 
 export type Group<I, O> = (item: I) => Promise<O>;
@@ -47,23 +51,23 @@ export function createGroup<I, O>(options: GroupOptions<I, O>): Group<I, O> {
   /** One statement of a kind at a time: writes queue while it is on its way. */
   let busy = false;
 
+  /** One after another, each caller answered by its own write: the kind keeps its one connection. */
+  const eachAlone = async (batch: Array<Waiting<I, O>>): Promise<void> => {
+    for (const w of batch) await options.one(w.item).then(w.resolve, w.reject);
+  };
+
   const send = async (batch: Array<Waiting<I, O>>): Promise<void> => {
     try {
-      if (batch.length === 1) {
-        const w = batch[0]!;
-        await options.one(w.item).then(w.resolve, w.reject);
+      if (batch.length === 1 || repeats(batch.map((w) => w.item), options.keysOf)) {
+        await eachAlone(batch);
         return;
       }
       let outs: O[];
       try {
         outs = await options.many(batch.map((w) => w.item));
       } catch (error) {
-        if (!refusedWhole(error)) {
-          for (const w of batch) w.reject(error);
-          return;
-        }
-        // One after another: the kind keeps its one connection.
-        for (const w of batch) await options.one(w.item).then(w.resolve, w.reject);
+        if (refusedWhole(error)) await eachAlone(batch);
+        else for (const w of batch) w.reject(error);
         return;
       }
       batch.forEach((w, i) => w.resolve(outs[i]!));
@@ -84,6 +88,12 @@ export function createGroup<I, O>(options: GroupOptions<I, O>): Group<I, O> {
       queue.push({ item, resolve, reject });
       pump();
     });
+}
+
+function repeats<I>(items: readonly I[], keysOf: GroupOptions<I, unknown>['keysOf']): boolean {
+  if (keysOf === undefined) return false;
+  const keys = items.flatMap(keysOf);
+  return new Set(keys).size !== keys.length;
 }
 
 /** The server answered with an error: the statement rolled back whole, so its writes may be sent again. */
