@@ -19,11 +19,13 @@
  * commits whole or not at all. When the server refuses a batch (an error
  * with a SQLSTATE: nothing of it committed), each of its writes is sent
  * again alone, so one write's error (a duplicate id, a deadlock) reaches its
- * caller only. An error without a SQLSTATE (a lost connection: the commit
- * may or may not have happened) reaches every caller of the batch, as it
- * would have reached each of them alone. A batch naming a key twice
- * (`keysOf`) is sent one write at a time, each answered by its own
- * statement: one statement would write the row once and answer both.
+ * caller only. An error without a SQLSTATE (a lost connection), or one that
+ * ends the session (a shutdown, a proxy's lost server connection: the commit
+ * may or may not have happened), reaches every caller of the batch, as it
+ * would have reached each of them alone, and nothing is sent again. A batch
+ * naming a key twice (`keysOf`) is sent one write at a time, each answered
+ * by its own statement: one statement would write the row once and answer
+ * both.
  */
 import pg from 'pg';
 
@@ -96,7 +98,16 @@ function repeats<I>(items: readonly I[], keysOf: GroupOptions<I, unknown>['keysO
   return new Set(keys).size !== keys.length;
 }
 
-/** The server answered with an error: the statement rolled back whole, so its writes may be sent again. */
+/**
+ * SQLSTATEs of errors that end the session, which say nothing of a commit:
+ * a backend terminated or a server shutting down (57P…) may be past it, and
+ * a proxy such as PgBouncer answers 08… when it lost the server under a
+ * statement, not knowing whether it committed.
+ */
+const SESSION_ENDED = /^(08|57P)/;
+
+/** The server refused the statement and the session goes on: it rolled back whole, so its writes may be sent again. */
 function refusedWhole(error: unknown): boolean {
-  return error instanceof pg.DatabaseError;
+  if (!(error instanceof pg.DatabaseError)) return false;
+  return !SESSION_ENDED.test(error.code ?? '') && error.severity !== 'FATAL' && error.severity !== 'PANIC';
 }

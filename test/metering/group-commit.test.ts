@@ -82,6 +82,20 @@ describe('group commit', () => {
     assert.deepEqual(h.sent.map((s) => s.how), ['one', 'many', 'one', 'one', 'one']);
   });
 
+  it('fails every caller of a batch whose session the server or a proxy ended (its commit unknown), and sends nothing again', async () => {
+    for (const ended of [
+      Object.assign(new pg.DatabaseError('terminating connection due to administrator command', 0, 'error'), { code: '57P01', severity: 'FATAL' }),
+      Object.assign(new pg.DatabaseError('server conn crashed?', 0, 'error'), { code: '08P01', severity: 'FATAL' }),
+    ]) {
+      const h = harness();
+      const outs = ['a', 'b', 'c'].map((i) => h.write(i).catch((e: Error) => e.message));
+      await h.answer();
+      await h.answer(ended);
+      assert.deepEqual(await Promise.all(outs), ['a:alone', ended.message, ended.message]);
+      assert.equal(h.sent.length, 2);
+    }
+  });
+
   it('sends a batch naming one key twice one write at a time, each caller answered by its own write', async () => {
     const h = harness(64, (item) => [item.slice(0, 1)]);
     h.failing.add('b2');
