@@ -161,7 +161,7 @@ const recordSubmitStatement = prepared((q: Kysely<DB>, p: { ids: string[]; falId
   compile: () =>
     sql<Selectable<UpstreamJobsTable>>`update upstream_jobs as u set fal_request_id = v.fal_request_id, status = 'submitted'
 from (select unnest(${p.ids}::text[]) as id, unnest(${p.falIds}::text[]) as fal_request_id limit cardinality(${p.ids}::text[])) as v
-where u.id = v.id and u.status = 'submitting'
+where u.id = v.id and u.status = ${'submitting'}
 returning ${cols(JOB_COLUMNS, 'u')}`.compile(q),
 }));
 
