@@ -20,9 +20,13 @@
  * commits whole or not at all. When the server refuses a batch (an error
  * with a SQLSTATE: nothing of it committed), each of its writes is sent
  * again alone, so one write's error (a duplicate id, a deadlock) reaches its
- * caller only. An error without a SQLSTATE (a lost connection: the commit
- * may or may not have happened) reaches every caller of the batch, as it
- * would have reached each of them alone.
+ * caller only. An error without a SQLSTATE (a lost connection), or one that
+ * ends the session (a shutdown, a proxy's lost server connection: the commit
+ * may or may not have happened), reaches every caller of the batch, as it
+ * would have reached each of them alone, and nothing is sent again. A batch
+ * naming a key twice (`keysOf`) is sent one write at a time, each answered
+ * by its own statement: one statement would write the row once and answer
+ * both.
  */
 import pg from 'pg';
 
@@ -33,6 +37,8 @@ export interface GroupOptions<I, O> {
   one(item: I): Promise<O>;
   /** Most writes in one statement. */
   maxBatch: number;
+  /** The rows an item writes: a batch naming one twice leaves one write at a time. */
+  keysOf?: ((item: I) => readonly string[]) | undefined;
 }
 
 export type Group<I, O> = (item: I) => Promise<O>;
@@ -48,23 +54,23 @@ export function createGroup<I, O>(options: GroupOptions<I, O>): Group<I, O> {
   /** One statement of a kind at a time: writes queue while it is on its way. */
   let busy = false;
 
+  /** One after another, each caller answered by its own write: the kind keeps its one connection. */
+  const eachAlone = async (batch: Array<Waiting<I, O>>): Promise<void> => {
+    for (const w of batch) await options.one(w.item).then(w.resolve, w.reject);
+  };
+
   const send = async (batch: Array<Waiting<I, O>>): Promise<void> => {
     try {
-      if (batch.length === 1) {
-        const w = batch[0]!;
-        await options.one(w.item).then(w.resolve, w.reject);
+      if (batch.length === 1 || repeats(batch.map((w) => w.item), options.keysOf)) {
+        await eachAlone(batch);
         return;
       }
       let outs: O[];
       try {
         outs = await options.many(batch.map((w) => w.item));
       } catch (error) {
-        if (!refusedWhole(error)) {
-          for (const w of batch) w.reject(error);
-          return;
-        }
-        // One after another: the kind keeps its one connection.
-        for (const w of batch) await options.one(w.item).then(w.resolve, w.reject);
+        if (refusedWhole(error)) await eachAlone(batch);
+        else for (const w of batch) w.reject(error);
         return;
       }
       batch.forEach((w, i) => w.resolve(outs[i]!));
@@ -87,7 +93,22 @@ export function createGroup<I, O>(options: GroupOptions<I, O>): Group<I, O> {
     });
 }
 
-/** The server answered with an error: the statement rolled back whole, so its writes may be sent again. */
+function repeats<I>(items: readonly I[], keysOf: GroupOptions<I, unknown>['keysOf']): boolean {
+  if (keysOf === undefined) return false;
+  const keys = items.flatMap(keysOf);
+  return new Set(keys).size !== keys.length;
+}
+
+/**
+ * SQLSTATEs of errors that end the session, which say nothing of a commit:
+ * a backend terminated or a server shutting down (57P…) may be past it, and
+ * a proxy such as PgBouncer answers 08… when it lost the server under a
+ * statement, not knowing whether it committed.
+ */
+const SESSION_ENDED = /^(08|57P)/;
+
+/** The server refused the statement and the session goes on: it rolled back whole, so its writes may be sent again. */
 function refusedWhole(error: unknown): boolean {
-  return error instanceof pg.DatabaseError;
+  if (!(error instanceof pg.DatabaseError)) return false;
+  return !SESSION_ENDED.test(error.code ?? '') && error.severity !== 'FATAL' && error.severity !== 'PANIC';
 }

@@ -161,7 +161,7 @@ const recordSubmitStatement = prepared((q: Kysely<DB>, p: { ids: string[]; falId
   compile: () =>
     sql<Selectable<UpstreamJobsTable>>`update upstream_jobs as u set fal_request_id = v.fal_request_id, status = 'submitted'
 from (select unnest(${p.ids}::text[]) as id, unnest(${p.falIds}::text[]) as fal_request_id limit cardinality(${p.ids}::text[])) as v
-where u.id = v.id and u.status = 'submitting'
+where u.id = v.id and u.status = ${'submitting'}
 returning ${cols(JOB_COLUMNS, 'u')}`.compile(q),
 }));
 
@@ -243,23 +243,6 @@ export function settlesAlone(item: { jobs: readonly CompleteJobInput[]; settle: 
   return new Set(item.jobs.map((j) => j.jobId)).size === item.jobs.length;
 }
 
-/**
- * Runs `many` on batches whose items share no key (`keyOf`): a request or job
- * named twice in one statement would be written once and answered twice.
- * A batch with a repeat is sent one write at a time, in order.
- */
-function distinct<I, O>(keysOf: (item: I) => string[], many: (items: readonly I[]) => Promise<O[]>) {
-  return async (items: readonly I[]): Promise<O[]> => {
-    const seen = new Set<string>();
-    const keys = items.flatMap(keysOf);
-    for (const k of keys) seen.add(k);
-    if (seen.size === keys.length) return many(items);
-    const outs: O[] = [];
-    for (const item of items) outs.push(...(await many([item])));
-    return outs;
-  };
-}
-
 /** The four statements, compiled once per ledger (their text names the lease). */
 export function pgStatements(ownLeaseId: string | undefined) {
   return { reserveNone: reserveStatement('none'), reserveSlice: reserveStatement('slice'), recordSubmit: recordSubmitStatement, settle: settleStatement(ownLeaseId) };
@@ -268,48 +251,41 @@ export function pgStatements(ownLeaseId: string | undefined) {
 export function pgWrites(db: Kysely<DB>, ownLeaseId: string | undefined, grouping: GroupCommit = DEFAULT_GROUP_COMMIT): PgWrites {
   const { reserveNone, reserveSlice, recordSubmit, settle: settleOne } = pgStatements(ownLeaseId);
 
-  const reserveMany = (statement: typeof reserveNone) =>
-    distinct(
-      (r: ReservationRow) => [r.id, ...r.jobs.map((j) => j.id)],
-      async (rows: readonly ReservationRow[]) => {
-        const written = new Set((await statement.run(db, reserveParams(rows))).rows.map((r) => r.id));
-        return rows.map((r) => written.has(r.id));
-      },
-    );
-
-  const recordMany = distinct(
-    (i: { jobId: string }) => [i.jobId],
-    async (inputs: ReadonlyArray<{ jobId: string; falRequestId: string }>) => {
-      const { rows } = await recordSubmit.run(db, { ids: inputs.map((i) => i.jobId), falIds: inputs.map((i) => i.falRequestId) });
-      const byId = new Map(rows.map((r) => [r.id, toJob(r)]));
-      return inputs.map((i) => byId.get(i.jobId));
-    },
-  );
-
-  const settleMany = distinct(
-    (it: SettleItem) => [it.settle.requestId, ...it.jobs.map((j) => j.jobId)],
-    async (items: readonly SettleItem[]): Promise<SettledAlone[]> => {
-      const { rows } = await settleOne.run(db, settleParams(items));
-      const byRequest = new Map<string, SettleRow[]>();
-      for (const r of rows) byRequest.set(r.id, [...(byRequest.get(r.id) ?? []), r]);
-      const outs: SettledAlone[] = [];
-      for (const it of items) outs.push(await settledResult(db, it, byRequest.get(it.settle.requestId)));
-      return outs;
-    },
-  );
-
-  const group = <I, O>(many: (items: readonly I[]) => Promise<O[]>) => {
-    const one = async (item: I): Promise<O> => (await many([item]))[0]!;
-    if (grouping === false) return one;
-    return createGroup<I, O>({ many: (items) => many(items), one, maxBatch: grouping.maxBatch });
+  const reserveMany = (statement: typeof reserveNone) => async (rows: readonly ReservationRow[]) => {
+    const written = new Set((await statement.run(db, reserveParams(rows))).rows.map((r) => r.id));
+    return rows.map((r) => written.has(r.id));
   };
 
-  const none = group(reserveMany(reserveNone));
-  const sliced = group(reserveMany(reserveSlice));
+  const recordMany = async (inputs: ReadonlyArray<{ jobId: string; falRequestId: string }>) => {
+    const { rows } = await recordSubmit.run(db, { ids: inputs.map((i) => i.jobId), falIds: inputs.map((i) => i.falRequestId) });
+    const byId = new Map(rows.map((r) => [r.id, toJob(r)]));
+    return inputs.map((i) => byId.get(i.jobId));
+  };
+
+  // Only the statement is grouped: what a caller reads once it has committed
+  // is its own, so a failed read reaches that caller alone.
+  const settleMany = async (items: readonly SettleItem[]): Promise<Array<SettleRow[] | undefined>> => {
+    const { rows } = await settleOne.run(db, settleParams(items));
+    const byRequest = new Map<string, SettleRow[]>();
+    for (const r of rows) byRequest.set(r.id, [...(byRequest.get(r.id) ?? []), r]);
+    return items.map((it) => byRequest.get(it.settle.requestId));
+  };
+
+  // A request or job named twice in one statement would be written once and answered twice.
+  const group = <I, O>(many: (items: readonly I[]) => Promise<O[]>, keysOf: (item: I) => string[]) => {
+    const one = async (item: I): Promise<O> => (await many([item]))[0]!;
+    if (grouping === false) return one;
+    return createGroup<I, O>({ many: (items) => many(items), one, maxBatch: grouping.maxBatch, keysOf });
+  };
+
+  const reserveKeys = (r: ReservationRow) => [r.id, ...r.jobs.map((j) => j.id)];
+  const none = group(reserveMany(reserveNone), reserveKeys);
+  const sliced = group(reserveMany(reserveSlice), reserveKeys);
+  const settled = group(settleMany, (it: SettleItem) => [it.settle.requestId, ...it.jobs.map((j) => j.jobId)]);
   return {
     reserve: (row) => (row.slice_id === undefined ? none(row) : sliced(row)),
-    recordSubmit: group(recordMany),
-    settle: group(settleMany),
+    recordSubmit: group(recordMany, (i) => [i.jobId]),
+    settle: async (item) => settledResult(db, item, await settled(item)),
   };
 }
 

@@ -4,7 +4,7 @@ import pg from 'pg';
 import { createGroup } from '../../src/metering/group-commit.js';
 
 /** A write kind whose statements the test answers by hand, recording what left and how. */
-function harness(maxBatch = 64) {
+function harness(maxBatch = 64, keysOf?: (item: string) => string[]) {
   const sent: Array<{ how: 'many' | 'one'; items: string[] }> = [];
   const pending: Array<{ settle: (outcome: Error | undefined) => void }> = [];
   const leave = (how: 'many' | 'one', items: string[]) =>
@@ -15,6 +15,7 @@ function harness(maxBatch = 64) {
   const failing = new Set<string>();
   const write = createGroup<string, string>({
     maxBatch,
+    keysOf,
     async many(items) {
       await leave('many', [...items]);
       return items.map((i) => `${i}:done`);
@@ -79,6 +80,29 @@ describe('group commit', () => {
     for (let i = 0; i < 3; i++) await h.answer();
     assert.deepEqual(await Promise.all(outs), ['a:alone', 'b:alone', 'c refused', 'd:alone']);
     assert.deepEqual(h.sent.map((s) => s.how), ['one', 'many', 'one', 'one', 'one']);
+  });
+
+  it('fails every caller of a batch whose session the server or a proxy ended (its commit unknown), and sends nothing again', async () => {
+    for (const ended of [
+      Object.assign(new pg.DatabaseError('terminating connection due to administrator command', 0, 'error'), { code: '57P01', severity: 'FATAL' }),
+      Object.assign(new pg.DatabaseError('server conn crashed?', 0, 'error'), { code: '08P01', severity: 'FATAL' }),
+    ]) {
+      const h = harness();
+      const outs = ['a', 'b', 'c'].map((i) => h.write(i).catch((e: Error) => e.message));
+      await h.answer();
+      await h.answer(ended);
+      assert.deepEqual(await Promise.all(outs), ['a:alone', ended.message, ended.message]);
+      assert.equal(h.sent.length, 2);
+    }
+  });
+
+  it('sends a batch naming one key twice one write at a time, each caller answered by its own write', async () => {
+    const h = harness(64, (item) => [item.slice(0, 1)]);
+    h.failing.add('b2');
+    const outs = ['a', 'b1', 'c', 'b2'].map((i) => h.write(i).catch((e: Error) => e.message));
+    for (let i = 0; i < 4; i++) await h.answer();
+    assert.deepEqual(await Promise.all(outs), ['a:alone', 'b1:alone', 'c:alone', 'b2 refused']);
+    assert.deepEqual(h.sent.map((s) => s.how), ['one', 'one', 'one', 'one']);
   });
 
   it('fails every caller of a batch whose outcome is unknown (no answer from the server), and sends nothing again', async () => {
