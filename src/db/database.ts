@@ -122,16 +122,12 @@ async function openPostgres(url: string, options: DatabaseOptions): Promise<Data
   }
   if (schema !== undefined) await createSchemaIfMissing(url, schema);
 
-  const pool = openPool(url, schema, options, { max: options.poolSize ?? 10 });
+  const pool = openPool(url, schema, options, options.poolSize ?? 10);
   // The ledger's grouped writes (src/metering/group-commit.ts) have
-  // connections of their own, one per kind of write, on which every named
-  // statement keeps its generic plan: those statements are written for one
-  // (src/metering/ledger-pg.ts, "Plans"), and PostgreSQL would otherwise
-  // plan them anew on every run. Other queries keep the server's default.
-  // Each connection is replaced after GROUPED_WRITE_PLAN_SECONDS, so a plan
-  // made while the tables were nearly empty (a new database) is made again
-  // once they hold rows, with or without autovacuum.
-  const writePool = openPool(url, schema, options, { max: GROUPED_WRITE_CONNECTIONS, maxLifetimeSeconds: GROUPED_WRITE_PLAN_SECONDS }, 'set plan_cache_mode = force_generic_plan');
+  // connections of their own, one per kind of write, with settings for the
+  // four statements they run (GROUPED_WRITE_SETTINGS). Other queries keep
+  // the server's defaults.
+  const writePool = openPool(url, schema, options, GROUPED_WRITE_CONNECTIONS, GROUPED_WRITE_SETTINGS);
   const dialect: Dialect = new PostgresDialect({ pool });
   const db = new Kysely<DB>({ dialect });
   const writes = new Kysely<DB>({ dialect: new PostgresDialect({ pool: writePool }) });
@@ -153,13 +149,20 @@ async function openPostgres(url: string, options: DatabaseOptions): Promise<Data
 
 /** Connections of the ledger's grouped writes: one for each kind (reserve without a budget, reserve from a slice, recordSubmit, settle). */
 export const GROUPED_WRITE_CONNECTIONS = 4;
-/** How long a connection of the grouped writes keeps its plans (openPostgres). */
-export const GROUPED_WRITE_PLAN_SECONDS = 60;
+/**
+ * The grouped writes' session (src/metering/ledger-pg.ts, "Plans"): each
+ * named statement keeps its generic plan (PostgreSQL's own choice planned
+ * them anew on most runs, which cost more than running them), and that plan
+ * reaches rows by index even when it was made on empty tables, whose scan
+ * the planner would otherwise price below any index and keep. Every row
+ * these statements touch is named by its key, so an index is always right.
+ */
+export const GROUPED_WRITE_SETTINGS = 'set plan_cache_mode = force_generic_plan; set enable_seqscan = off';
 
-function openPool(url: string, schema: string | undefined, options: DatabaseOptions, size: { max: number; maxLifetimeSeconds?: number }, setup?: string): pg.Pool {
+function openPool(url: string, schema: string | undefined, options: DatabaseOptions, max: number, setup?: string): pg.Pool {
   const pool = new pg.Pool({
     connectionString: url,
-    ...size,
+    max,
     connectionTimeoutMillis: options.connectTimeoutMs ?? 5000,
     // A startup parameter rather than a SET after connect: it applies before
     // the pool hands the connection to anyone, with no extra round trip.

@@ -21,22 +21,18 @@
  * alone, so a request's outcome is the same in a batch as alone.
  *
  * Plans. These statements run on connections that keep each statement's
- * generic plan (src/db/database.ts): left to choose, PostgreSQL planned a
- * settle anew on most runs, which cost more than running it (measured with
- * bench/probes/ledger-pool.ts: 806 custom plans in 1,190 runs, and twice the
- * CPU per request). A generic plan is made once, perhaps while the tables
- * are empty, and must reach every row by its primary key whatever they
- * later hold:
+ * generic plan and never choose a table scan (GROUPED_WRITE_SETTINGS in
+ * src/db/database.ts; docs/LEDGER-COST.md, "Plans"). A generic plan is made
+ * once, perhaps while the tables are empty, so each statement is written
+ * for its index to be the primary key whatever the tables hold later:
  * - each list of values ends in `limit cardinality(…)`, which drops no row
  *   but makes the planner count the list as one row (it cannot see a
- *   parameter's length), so a join probes the primary key instead of
- *   scanning the table (without it, a plan made on a new schema scanned
- *   `requests` on every settle, for as long as the connection lived);
+ *   parameter's length), so a join probes the key once per value;
+ * - a table's rows are reached only by a join of its key to a list (a
+ *   condition such as `id = any($ids)` beside it made the planner count the
+ *   matching rows as one and read them another way);
  * - every status is a parameter, so no partial index can stand in for the
- *   primary key;
- * - a table's rows are reached only by a join of its key to a list: a
- *   condition such as `id = any($ids)` beside it let a plan made on empty
- *   tables count the table's matching rows as one and scan it.
+ *   primary key.
  * test/metering/ledger-pg.test.ts checks the plans on a new schema.
  *
  * Every statement of one command sees the same snapshot and a CTE cannot
