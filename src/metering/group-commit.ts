@@ -9,8 +9,8 @@
  * Why: PostgreSQL's CPU per request is spent per statement (waking a
  * backend, bind, execute, commit), not per row. Measured with
  * `npx tsx bench/probes/ledger-pool.ts --pools=5:solo,5 --rounds=5`
- * (docs/LEDGER-COST.md, "Group commit"): 1.200 ms of PostgreSQL CPU per
- * request with every write alone, 0.459 grouped, and 1,693 against 874
+ * (docs/LEDGER-COST.md, "Group commit"): 1.358 ms of PostgreSQL CPU per
+ * request with every write alone, 0.481 grouped, and 1,613 against 783
  * requests a second per process.
  * test/metering/ledger-pg.test.ts fails when twenty requests written at
  * once take more than two statements per kind of write.
