@@ -21,8 +21,9 @@
  * unless --funding or --budgeted says otherwise.
  *
  * Both processes run for the whole bench; in "1" rounds only the first gets
- * requests. Rounds alternate 1, 2, 1, 2, … so the drift of a shared machine
- * lands on both alike, and figures are medians over rounds
+ * requests. Each round runs every plan cell, each on 1 then 2 processes, so
+ * the drift of a shared machine (and the ledger's growing tables) lands on
+ * every cell alike, and figures are medians over rounds
  * (bench/lib/rounds.ts). At the end the ledger's rows are counted against
  * the answers the client got and the jobs the emulator saw: nothing lost
  * or doubled between processes.
@@ -169,14 +170,19 @@ async function main(): Promise<void> {
     children.push(b);
     log(`emulator ${emu.url}; services ${a.url} (pid ${a.pid}), ${b.url} (pid ${b.pid}); schema ${schema.schema}; redis prefix ${prefix}`);
     const keySets: Record<Funding, string[]> = { unbudgeted: KEYS, budgeted: fundings.includes('budgeted') ? await issueKeys(a.url, ADMIN_KEY, KEYS.length, NEVER_REACHED_USD) : [] };
-    const allPaths: BenchPath[] = [];
-    for (const { c, keys } of plan) {
-      const paths = fundings.flatMap((f) => {
+    const cells = plan.map(({ c, keys }) => ({
+      c,
+      keys,
+      paths: fundings.flatMap((f) => {
         const use = keySets[f].slice(0, keys);
         return [roundRobin(pathId(1, keys, f), [a], use, tally), roundRobin(pathId(2, keys, f), [a, b], use, tally)];
-      });
-      allPaths.push(...paths);
-      for (let r = 0; r < rounds; r++) {
+      }),
+    }));
+    const allPaths: BenchPath[] = cells.flatMap((cell) => cell.paths);
+    // Every cell in every round, so the cells compared (one key against
+    // sixteen) see the same drift of the machine and the same table sizes.
+    for (let r = 0; r < rounds; r++) {
+      for (const { c, keys, paths } of cells) {
         for (const p of paths) {
           const c0 = [readCpuMs(a.pid), readCpuMs(b.pid)];
           const procs0 = readAllCpu();
@@ -281,7 +287,7 @@ async function main(): Promise<void> {
     `Setup: one standalone emulator (**cheap** images, **${latencyMs} ms** per job) and two service processes (\`node --import tsx src/main.ts\`), all on 127.0.0.1, ` +
       `sharing PostgreSQL 127.0.0.1:5432 (a throwaway schema through \`search_path\` in \`DATABASE_URL\`) and Redis 127.0.0.1:6379 (\`REDIS_URL\`, a unique \`REDIS_KEY_PREFIX\`); ` +
       `\`DEFAULT_RPM_LIMIT=1000000\` so every request takes a rate-limit token from Redis without ever being refused; info access logs to a file. ` +
-      `The client (node:http keep-alive, closed loop) round-robins between the processes of the row, and between its *API keys*: *unbudgeted* are static keys without a budget, *budgeted* keys issued through the admin API with a budget of $${NEVER_REACHED_USD} (never reached: every request takes a hold from its process's budget slice, none is refused). ${rounds} alternating rounds (${fundings.length > 1 ? 'each funding on 1, then 2 processes, in turn' : '1, 2, 1, 2, …'}) of ${durationMs / 1000} s after ${warmupMs / 1000} s of warm-up; medians over rounds.`,
+      `The client (node:http keep-alive, closed loop) round-robins between the processes of the row, and between its *API keys*: *unbudgeted* are static keys without a budget, *budgeted* keys issued through the admin API with a budget of $${NEVER_REACHED_USD} (never reached: every request takes a hold from its process's budget slice, none is refused). ${rounds} alternating rounds (in each, every plan cell in turn${fundings.length > 1 ? ', each funding on 1, then 2 processes' : ', on 1, then 2 processes'}) of ${durationMs / 1000} s after ${warmupMs / 1000} s of warm-up; medians over rounds.`,
     '',
     table(['concurrency', 'API keys', 'keys', 'processes', 'req/s', 'p50 ms', 'p99 ms', 'errors', 'CPU of process a + b', 'service CPU ms/req', 'PostgreSQL CPU ms/req', '2 ÷ 1 req/s'], rows),
     '',
