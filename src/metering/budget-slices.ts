@@ -78,6 +78,13 @@ export interface SliceBook {
   unhold(sliceId: string, amount: bigint, sliceGone?: boolean): void;
   /** A request funded by the slice closed: its hold ended, `charge` of it spent (0 when released). Unknown slices are ignored. */
   ended(sliceId: string, hold: bigint, charge: bigint): void;
+  /**
+   * A hold whose write may have committed or not (its answer was lost): it
+   * stays counted, and nothing more is reserved from the slice, which
+   * reconciliation returns from the rows once none of its requests holds.
+   * Giving the hold back instead would count it twice if the row exists.
+   */
+  unsure(sliceId: string): void;
   /** Whether this process reserves from the slice (reconciliation leaves such slices alone). */
   knows(sliceId: string): boolean;
   /** Returns every slice that no open request holds (shutdown). */
@@ -209,6 +216,13 @@ export function createSliceBook(db: Kysely<DB>, options: SliceBookOptions): Slic
       s.used -= hold - charge;
       s.inFlight--;
       armIdle(s);
+    },
+    unsure(sliceId) {
+      const s = slices.get(sliceId);
+      if (!s || s.closing) return;
+      s.closing = true;
+      clearTimeout(s.idle);
+      if (current.get(s.keyId) === s) current.delete(s.keyId);
     },
     knows: (sliceId) => slices.get(sliceId)?.closing === false,
     async returnAll() {

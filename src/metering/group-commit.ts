@@ -108,7 +108,7 @@ function repeats<I>(items: readonly I[], keysOf: GroupOptions<I, unknown>['keysO
 const SESSION_ENDED = /^(08|57P)/;
 
 /** The server refused the statement and the session goes on: it rolled back whole, so its writes may be sent again. */
-function refusedWhole(error: unknown): boolean {
+export function refusedWhole(error: unknown): boolean {
   if (!(error instanceof pg.DatabaseError)) return false;
   return !SESSION_ENDED.test(error.code ?? '') && error.severity !== 'FATAL' && error.severity !== 'PANIC';
 }

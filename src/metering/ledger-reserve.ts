@@ -21,6 +21,7 @@ import type { SliceBook } from './budget-slices.js';
 import { jobIdFor } from './ledger-jobs.js';
 import type { LedgerStatements } from './ledger-statements.js';
 import type { PgWrites, ReservationRow } from './ledger-pg.js';
+import { refusedWhole } from './group-commit.js';
 import type { ReserveInput, ReserveResult } from './ledger.js';
 
 export class UnknownKeyError extends Error {
@@ -144,7 +145,9 @@ async function reserveSliced(ctx: ReserveContext, slices: SliceBook, input: Rese
     try {
       written = await writeReservation(ctx, input, values, held.sliceId);
     } catch (error) {
-      slices.unhold(held.sliceId, amount);
+      // Only a refusal wrote nothing for certain; after a lost answer the row may hold the amount.
+      if (ctx.pg === undefined || refusedWhole(error)) slices.unhold(held.sliceId, amount);
+      else slices.unsure(held.sliceId);
       throw error;
     }
     if (written) return { ok: true };

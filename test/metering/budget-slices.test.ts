@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { sql, type KyselyPlugin } from 'kysely';
 import type { Database } from '../../src/db/index.js';
 import { createKeysStore } from '../../src/metering/keys-store.js';
 import { createLeaseStore } from '../../src/metering/lease-store.js';
@@ -111,6 +112,36 @@ describeEachDialect('budget slices', (ctx) => {
     assert.equal((await ledger.settle({ requestId: orphan, chargeMicros: 400n, credits: 800, images: 1 })).settled, true);
     assert.deepEqual(await keyRow(database, keyId), { spent: 400n, reserved: 0n });
   });
+
+  if (ctx.dialect === 'postgres') {
+    it('a reservation whose answer was lost after its commit keeps its hold counted: the budget is never overspent', async () => {
+      const base = await ctx.open();
+      const keyId = await keyWithBudget(base, 2n * AMOUNT);
+      // The grouped write that wrote the row commits, then its answer is lost (as a dropped connection would lose it).
+      let lose = true;
+      const losing: KyselyPlugin = {
+        transformQuery: (args) => args.node,
+        transformResult: async (args) => {
+          if (lose && args.result.rows.length > 0) {
+            lose = false;
+            throw new Error('Connection terminated unexpectedly');
+          }
+          return args.result;
+        },
+      };
+      const leaseId = uid('lease');
+      await createLeaseStore(base).acquire({ id: leaseId, host: 'test', pid: 1, expiryMs: 60_000 });
+      const ledger = createLedger({ ...base, writes: base.writes!.withPlugin(losing) }, { leaseId, budgetSlices: true, sliceIdleReturnMs: 60_000 });
+      const lost = uid('req');
+      await assert.rejects(ledger.reserve(reserveInput(keyId, AMOUNT, lost)), /Connection terminated/);
+      assert.equal((await ledger.getRequest(lost))?.status, 'reserved', 'the row was written');
+      // One more fits the budget beside it, never two.
+      const more = await Promise.all([uid('req'), uid('req')].map((id) => ledger.reserve(reserveInput(keyId, AMOUNT, id))));
+      assert.ok(more.filter((r) => r.ok).length <= 1, `served ${more.filter((r) => r.ok).length} beside a hold of ${AMOUNT} on a budget of ${2n * AMOUNT}`);
+      const held = await base.db.selectFrom('requests').select(sql<string>`coalesce(sum(reserved_micros), 0)`.as('held')).where('key_id', '=', keyId).where('status', '=', 'reserved').executeTakeFirstOrThrow();
+      assert.ok(BigInt(held.held) <= 2n * AMOUNT);
+    });
+  }
 });
 
 describe('a key given a budget', () => {
