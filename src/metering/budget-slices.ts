@@ -66,8 +66,6 @@ interface Slice {
   /** Holds of this process's requests still open plus charges settled on it, as this process counts them. */
   used: bigint;
   inFlight: number;
-  /** Holds whose write has not answered yet: while any is on its way the slice is not returned (its row may be read by that insert). */
-  writing: number;
   /** Being returned: nothing more is reserved from it. */
   closing: boolean;
   idle?: NodeJS.Timeout | undefined;
@@ -87,9 +85,7 @@ export interface SliceBook {
    * Giving the hold back instead would count it twice if the row exists.
    */
   unsure(sliceId: string): void;
-  /** A hold's write answered with its row written. */
-  written(sliceId: string): void;
-  /** Whether this process reserves from the slice or a write from it is on its way (reconciliation leaves such slices alone). */
+  /** Whether this process reserves from the slice (reconciliation leaves such slices alone). */
   knows(sliceId: string): boolean;
   /** Returns every slice that no open request holds (shutdown). */
   returnAll(): Promise<void>;
@@ -155,7 +151,7 @@ export function createSliceBook(db: Kysely<DB>, options: SliceBookOptions): Slic
     try {
       const out = await take(db, { keyId, amount, giveBack, giveBackFrom: cur?.id, leaseId: options.leaseId, at: toIsoTimestamp(clock()) });
       if ('refused' in out) return out.refused;
-      const s: Slice = { id: out.sliceId, keyId, granted: out.granted, used: 0n, inFlight: 0, writing: 0, closing: false };
+      const s: Slice = { id: out.sliceId, keyId, granted: out.granted, used: 0n, inFlight: 0, closing: false };
       slices.set(s.id, s);
       current.set(keyId, s);
       if (cur) armIdle(cur);
@@ -175,7 +171,6 @@ export function createSliceBook(db: Kysely<DB>, options: SliceBookOptions): Slic
         if (s && !s.closing && free(s) >= amount) {
           s.used += amount;
           s.inFlight++;
-          s.writing++;
           armIdle(s);
           return { sliceId: s.id };
         }
@@ -207,7 +202,6 @@ export function createSliceBook(db: Kysely<DB>, options: SliceBookOptions): Slic
       if (!s) return;
       s.used -= amount;
       s.inFlight--;
-      s.writing--;
       if (sliceGone) {
         s.closing = true;
         if (current.get(s.keyId) === s) current.delete(s.keyId);
@@ -225,21 +219,12 @@ export function createSliceBook(db: Kysely<DB>, options: SliceBookOptions): Slic
     },
     unsure(sliceId) {
       const s = slices.get(sliceId);
-      if (!s) return;
-      s.writing--;
-      if (s.closing) return;
+      if (!s || s.closing) return;
       s.closing = true;
       clearTimeout(s.idle);
       if (current.get(s.keyId) === s) current.delete(s.keyId);
     },
-    written(sliceId) {
-      const s = slices.get(sliceId);
-      if (s) s.writing--;
-    },
-    knows: (sliceId) => {
-      const s = slices.get(sliceId);
-      return s !== undefined && (!s.closing || s.writing > 0);
-    },
+    knows: (sliceId) => slices.get(sliceId)?.closing === false,
     async returnAll() {
       for (const s of slices.values()) {
         clearTimeout(s.idle);

@@ -150,10 +150,7 @@ async function reserveSliced(ctx: ReserveContext, slices: SliceBook, input: Rese
       else slices.unsure(held.sliceId);
       throw error;
     }
-    if (written) {
-      slices.written(held.sliceId);
-      return { ok: true };
-    }
+    if (written) return { ok: true };
     const taken = await labelTaken(ctx.db, input);
     slices.unhold(held.sliceId, amount, !taken);
     if (taken) return { ok: false, reason: 'request_id_taken' };
